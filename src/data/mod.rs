@@ -1,0 +1,5 @@
+//! Data sets.
+
+pub mod toy2d;
+
+pub use toy2d::{Target, ALL_TARGETS};

@@ -1,0 +1,93 @@
+//! ActNorm (Glow §3.1): a per-channel affine map `y = (x + b) * exp(logs)` whose parameters are
+//! initialised from the first training batch so that the output has zero mean and unit
+//! variance per channel, then trained freely. Unlike batch norm it does not depend on the batch
+//! after initialisation, so it works with small batches and has an exact, data-independent
+//! log-determinant `H * W * sum(logs)`.
+
+use burn::module::{Module, Param};
+use burn::tensor::{Device, Tensor};
+
+use crate::flow::{broadcast_logdet, pixels, Flow};
+use crate::tensor_util::{from_vec, replace, to_vec, trainable};
+
+/// Per-channel affine flow with data-dependent initialisation.
+#[derive(Module, Debug)]
+pub struct ActNorm {
+    pub bias: Param<Tensor<1>>,
+    pub logs: Param<Tensor<1>>,
+    /// Whether the data-dependent initialisation has happened. burn does not save plain fields,
+    /// so checkpoints store this flag in their JSON state and restore it on load.
+    pub initialized: bool,
+}
+
+/// Added to the standard deviation before the log, so constant channels do not give `-inf`.
+const STD_EPS: f64 = 1e-6;
+
+impl ActNorm {
+    pub fn new(channels: usize, device: &Device) -> Self {
+        ActNorm {
+            bias: trainable(Tensor::zeros([channels], device)),
+            logs: trainable(Tensor::zeros([channels], device)),
+            initialized: false,
+        }
+    }
+
+    pub fn channels(&self) -> usize {
+        self.bias.dims()[0]
+    }
+
+    /// Set `b = -mean_c(x)`, `logs = -log(std_c(x) + eps)` from a batch (statistics in float64
+    /// on the host). Keeps parameter identities so an optimizer created later is unaffected.
+    pub fn initialize(&mut self, x: &Tensor<4>) {
+        let [n, c, h, w] = x.dims();
+        let data = to_vec(x.clone());
+        let count = (n * h * w) as f64;
+        let mut mean = vec![0f64; c];
+        let mut m2 = vec![0f64; c];
+        for ni in 0..n {
+            for (ci, (mu, s2)) in mean.iter_mut().zip(m2.iter_mut()).enumerate() {
+                let base = (ni * c + ci) * h * w;
+                for &v in &data[base..base + h * w] {
+                    *mu += v as f64;
+                    *s2 += (v as f64) * (v as f64);
+                }
+            }
+        }
+        let device = self.bias.device();
+        let mut b = Vec::with_capacity(c);
+        let mut logs = Vec::with_capacity(c);
+        for ci in 0..c {
+            let mu = mean[ci] / count;
+            // Unbiased variance, as torch.std uses.
+            let var = ((m2[ci] - count * mu * mu) / (count - 1.0).max(1.0)).max(0.0);
+            b.push(-mu as f32);
+            logs.push(-(var.sqrt() + STD_EPS).ln() as f32);
+        }
+        self.bias = replace(&self.bias, from_vec(b, [c], &device));
+        self.logs = replace(&self.logs, from_vec(logs, [c], &device));
+        self.initialized = true;
+    }
+
+    fn shaped(&self, p: &Param<Tensor<1>>) -> Tensor<4> {
+        p.val().reshape([1, self.channels(), 1, 1])
+    }
+
+    fn logdet(&self, x: &Tensor<4>) -> Tensor<1> {
+        let n = x.dims()[0];
+        broadcast_logdet(self.logs.val().sum().mul_scalar(pixels(x) as f32), n)
+    }
+}
+
+impl Flow for ActNorm {
+    fn forward(&self, x: Tensor<4>) -> (Tensor<4>, Tensor<1>) {
+        let ld = self.logdet(&x);
+        let y = (x + self.shaped(&self.bias)) * self.shaped(&self.logs).exp();
+        (y, ld)
+    }
+
+    fn inverse(&self, y: Tensor<4>) -> (Tensor<4>, Tensor<1>) {
+        let ld = self.logdet(&y).neg();
+        let x = y * self.shaped(&self.logs).neg().exp() - self.shaped(&self.bias);
+        (x, ld)
+    }
+}

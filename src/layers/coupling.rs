@@ -1,0 +1,161 @@
+//! Coupling layers (Real NVP / Glow): split the channels into a conditioning half `x_a` and a
+//! transformed half `x_b`; a network of `x_a` gives the parameters of an elementwise bijection
+//! of `x_b`. The Jacobian is triangular, so the log-determinant is a sum of log-scales.
+//!
+//! `swap` selects which half conditions, so stacked couplings alternate halves. On 2D vectors the
+//! halves are the two coordinates; on images they are channel halves.
+
+use burn::module::{Module, Param};
+use burn::tensor::activation::{log_sigmoid, sigmoid};
+use burn::tensor::{Device, Tensor};
+
+use crate::flow::Flow;
+use crate::nets::CouplingNet;
+use crate::tensor_util::trainable;
+
+/// `(x_a, x_b)`: the conditioning and the transformed half.
+fn split(x: Tensor<4>, swap: bool) -> (Tensor<4>, Tensor<4>) {
+    let c = x.dims()[1];
+    let first = c / 2;
+    let lo = x.clone().narrow(1, 0, first);
+    let hi = x.narrow(1, first, c - first);
+    if swap {
+        (hi, lo)
+    } else {
+        (lo, hi)
+    }
+}
+
+fn join(xa: Tensor<4>, yb: Tensor<4>, swap: bool) -> Tensor<4> {
+    if swap {
+        Tensor::cat(vec![yb, xa], 1)
+    } else {
+        Tensor::cat(vec![xa, yb], 1)
+    }
+}
+
+/// Number of channels of the transformed half of a `channels`-channel input.
+pub fn transformed_channels(channels: usize, swap: bool) -> usize {
+    if swap {
+        channels / 2
+    } else {
+        channels - channels / 2
+    }
+}
+
+/// Number of channels of the conditioning half.
+pub fn conditioning_channels(channels: usize, swap: bool) -> usize {
+    channels - transformed_channels(channels, swap)
+}
+
+fn per_sample_sum(t: Tensor<4>) -> Tensor<1> {
+    let n = t.dims()[0];
+    t.reshape([n as i64, -1]).sum_dim(1).reshape([n])
+}
+
+/// The tutorial's scale `s = tanh(raw) * alpha + beta` with learned scalars: bounded log-scale.
+#[derive(Module, Debug)]
+pub struct TanhScale {
+    pub alpha: Param<Tensor<1>>,
+    pub beta: Param<Tensor<1>>,
+}
+
+impl TanhScale {
+    pub fn new(device: &Device) -> Self {
+        TanhScale {
+            alpha: trainable(Tensor::ones([1], device)),
+            beta: trainable(Tensor::zeros([1], device)),
+        }
+    }
+
+    fn log_scale(&self, raw: Tensor<4>) -> Tensor<4> {
+        raw.tanh() * self.alpha.val().reshape([1, 1, 1, 1]) + self.beta.val().reshape([1, 1, 1, 1])
+    }
+}
+
+/// Affine coupling. The network outputs `2 * C_b` channels: the shift (first `C_b`) and the
+/// raw scale (last `C_b`).
+/// - Glow form (`tanh_scale: None`): `y_b = (x_b + shift) * sigmoid(raw + 2)`; the +2 starts the
+///   scale near 0.88 and the sigmoid keeps it in (0, 1), which is what makes Glow stable.
+/// - Tutorial form (`tanh_scale: Some`): `y_b = x_b * exp(tanh(raw) * alpha + beta) + shift`.
+#[derive(Module, Debug)]
+pub struct AffineCoupling {
+    pub net: CouplingNet,
+    pub tanh_scale: Option<TanhScale>,
+    pub swap: bool,
+}
+
+impl AffineCoupling {
+    pub fn new(net: CouplingNet, tanh_scale: Option<TanhScale>, swap: bool) -> Self {
+        AffineCoupling { net, tanh_scale, swap }
+    }
+
+    /// `(shift, log_scale)` for the transformed half.
+    fn params(&self, xa: Tensor<4>, cb: usize) -> (Tensor<4>, Tensor<4>, Option<Tensor<4>>) {
+        let h = self.net.forward(xa);
+        let shift = h.clone().narrow(1, 0, cb);
+        let raw = h.narrow(1, cb, cb);
+        match &self.tanh_scale {
+            Some(ts) => (shift, ts.log_scale(raw), None),
+            None => {
+                let z = raw.add_scalar(2.0);
+                (shift, log_sigmoid(z.clone()), Some(sigmoid(z)))
+            }
+        }
+    }
+}
+
+impl Flow for AffineCoupling {
+    fn forward(&self, x: Tensor<4>) -> (Tensor<4>, Tensor<1>) {
+        let (xa, xb) = split(x, self.swap);
+        let cb = xb.dims()[1];
+        let (shift, log_scale, scale) = self.params(xa.clone(), cb);
+        let yb = match scale {
+            None => xb * log_scale.clone().exp() + shift,
+            Some(scale) => (xb + shift) * scale,
+        };
+        (join(xa, yb, self.swap), per_sample_sum(log_scale))
+    }
+
+    fn inverse(&self, y: Tensor<4>) -> (Tensor<4>, Tensor<1>) {
+        let (xa, yb) = split(y, self.swap);
+        let cb = yb.dims()[1];
+        let (shift, log_scale, scale) = self.params(xa.clone(), cb);
+        let xb = match scale {
+            None => (yb - shift) * log_scale.clone().neg().exp(),
+            Some(scale) => yb / scale - shift,
+        };
+        (join(xa, xb, self.swap), per_sample_sum(log_scale).neg())
+    }
+}
+
+/// Additive coupling (NICE): `y_b = x_b + NN(x_a)`, volume preserving (log-determinant 0).
+#[derive(Module, Debug)]
+pub struct AdditiveCoupling {
+    pub net: CouplingNet,
+    pub swap: bool,
+}
+
+impl AdditiveCoupling {
+    pub fn new(net: CouplingNet, swap: bool) -> Self {
+        AdditiveCoupling { net, swap }
+    }
+}
+
+impl Flow for AdditiveCoupling {
+    fn forward(&self, x: Tensor<4>) -> (Tensor<4>, Tensor<1>) {
+        let n = x.dims()[0];
+        let device = x.device();
+        let (xa, xb) = split(x, self.swap);
+        let yb = xb + self.net.forward(xa.clone());
+        (join(xa, yb, self.swap), Tensor::zeros([n], &device))
+    }
+
+    fn inverse(&self, y: Tensor<4>) -> (Tensor<4>, Tensor<1>) {
+        let n = y.dims()[0];
+        let device = y.device();
+        let (xa, yb) = split(y, self.swap);
+        let xb = yb - self.net.forward(xa.clone());
+        (join(xa, xb, self.swap), Tensor::zeros([n], &device))
+    }
+}

@@ -1,0 +1,63 @@
+//! Fixed channel permutations (Real NVP's reversal and Glow's random-shuffle ablation).
+//! Volume preserving: log-determinant 0.
+
+use burn::module::{Module, Param, ParamId};
+use burn::tensor::{Device, Int, Tensor, TensorData};
+use rand::seq::SliceRandom;
+use rand::Rng;
+
+use crate::flow::Flow;
+
+/// Reverse the channel order.
+#[derive(Module, Debug)]
+pub struct Reverse {
+    pub channels: usize,
+}
+
+impl Flow for Reverse {
+    fn forward(&self, x: Tensor<4>) -> (Tensor<4>, Tensor<1>) {
+        let [n, ..] = x.dims();
+        let device = x.device();
+        (x.flip([1]), Tensor::zeros([n], &device))
+    }
+
+    fn inverse(&self, y: Tensor<4>) -> (Tensor<4>, Tensor<1>) {
+        self.forward(y)
+    }
+}
+
+/// A fixed random channel permutation, saved with the model.
+#[derive(Module, Debug)]
+pub struct Shuffle {
+    pub perm: Param<Tensor<1, Int>>,
+    pub inv_perm: Param<Tensor<1, Int>>,
+}
+
+impl Shuffle {
+    pub fn new(channels: usize, rng: &mut impl Rng, device: &Device) -> Self {
+        let mut perm: Vec<i64> = (0..channels as i64).collect();
+        perm.shuffle(rng);
+        let mut inv = vec![0i64; channels];
+        for (i, &p) in perm.iter().enumerate() {
+            inv[p as usize] = i as i64;
+        }
+        let int = |v: Vec<i64>| {
+            Param::initialized(ParamId::new(), Tensor::<1, Int>::from_data(TensorData::new(v, [channels]), device))
+        };
+        Shuffle { perm: int(perm), inv_perm: int(inv) }
+    }
+}
+
+impl Flow for Shuffle {
+    fn forward(&self, x: Tensor<4>) -> (Tensor<4>, Tensor<1>) {
+        let [n, ..] = x.dims();
+        let device = x.device();
+        (x.select(1, self.perm.val()), Tensor::zeros([n], &device))
+    }
+
+    fn inverse(&self, y: Tensor<4>) -> (Tensor<4>, Tensor<1>) {
+        let [n, ..] = y.dims();
+        let device = y.device();
+        (y.select(1, self.inv_perm.val()), Tensor::zeros([n], &device))
+    }
+}

@@ -1,0 +1,236 @@
+//! Small dense linear algebra on the host in float64: the one-time LU at initialisation, matrix
+//! inverses for generation, and `log|det|` for the plain 1x1 convolution. Channel counts are
+//! small (C <= 512), so O(C^3) host work is negligible next to a training step, and float64 keeps
+//! log-determinants and inverses exact to float32 output precision.
+
+/// Row-major square matrix.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Mat {
+    pub n: usize,
+    pub a: Vec<f64>,
+}
+
+impl Mat {
+    pub fn zeros(n: usize) -> Self {
+        Mat { n, a: vec![0.0; n * n] }
+    }
+    pub fn eye(n: usize) -> Self {
+        let mut m = Self::zeros(n);
+        for i in 0..n {
+            m.a[i * n + i] = 1.0;
+        }
+        m
+    }
+    pub fn from_f32(n: usize, v: &[f32]) -> Self {
+        assert_eq!(v.len(), n * n, "matrix data of the wrong length");
+        Mat { n, a: v.iter().map(|&x| x as f64).collect() }
+    }
+    pub fn to_f32(&self) -> Vec<f32> {
+        self.a.iter().map(|&x| x as f32).collect()
+    }
+    pub fn get(&self, i: usize, j: usize) -> f64 {
+        self.a[i * self.n + j]
+    }
+    pub fn set(&mut self, i: usize, j: usize, v: f64) {
+        self.a[i * self.n + j] = v;
+    }
+    pub fn matmul(&self, o: &Mat) -> Mat {
+        let n = self.n;
+        let mut r = Mat::zeros(n);
+        for i in 0..n {
+            for k in 0..n {
+                let aik = self.get(i, k);
+                if aik == 0.0 {
+                    continue;
+                }
+                for j in 0..n {
+                    r.a[i * n + j] += aik * o.a[k * n + j];
+                }
+            }
+        }
+        r
+    }
+    pub fn transpose(&self) -> Mat {
+        let n = self.n;
+        let mut r = Mat::zeros(n);
+        for i in 0..n {
+            for j in 0..n {
+                r.set(j, i, self.get(i, j));
+            }
+        }
+        r
+    }
+}
+
+/// LU factorisation with partial pivoting: `A = P L U`, `L` unit lower triangular.
+pub struct Lu {
+    pub p: Mat,
+    pub l: Mat,
+    pub u: Mat,
+}
+
+/// Factor `a` as `P L U`. Returns `None` for a (numerically) singular matrix.
+pub fn lu(a: &Mat) -> Option<Lu> {
+    let n = a.n;
+    let mut u = a.clone();
+    let mut l = Mat::eye(n);
+    let mut perm: Vec<usize> = (0..n).collect();
+    for k in 0..n {
+        let piv = (k..n).max_by(|&i, &j| u.get(i, k).abs().total_cmp(&u.get(j, k).abs()))?;
+        if u.get(piv, k) == 0.0 {
+            return None;
+        }
+        if piv != k {
+            for j in 0..n {
+                u.a.swap(k * n + j, piv * n + j);
+            }
+            for j in 0..k {
+                l.a.swap(k * n + j, piv * n + j);
+            }
+            perm.swap(k, piv);
+        }
+        for i in k + 1..n {
+            let f = u.get(i, k) / u.get(k, k);
+            l.set(i, k, f);
+            for j in k..n {
+                let v = u.get(i, j) - f * u.get(k, j);
+                u.set(i, j, v);
+            }
+        }
+    }
+    // Row k of the factored matrix is row perm[k] of `a`: (P^T A) = L U, so A = P L U with
+    // P[perm[k], k] = 1.
+    let mut p = Mat::zeros(n);
+    for (k, &r) in perm.iter().enumerate() {
+        p.set(r, k, 1.0);
+    }
+    Some(Lu { p, l, u })
+}
+
+/// `log|det a|` and the sign of `det a`; `None` if singular.
+pub fn slogdet(a: &Mat) -> Option<(f64, f64)> {
+    let f = lu(a)?;
+    let mut sign = permutation_sign(&f.p);
+    let mut logdet = 0.0;
+    for i in 0..a.n {
+        let d = f.u.get(i, i);
+        sign *= d.signum();
+        logdet += d.abs().ln();
+    }
+    Some((sign, logdet))
+}
+
+fn permutation_sign(p: &Mat) -> f64 {
+    let n = p.n;
+    let mut perm: Vec<usize> = (0..n)
+        .map(|k| (0..n).find(|&r| p.get(r, k) == 1.0).unwrap_or(k))
+        .collect();
+    let mut sign = 1.0;
+    for i in 0..n {
+        while perm[i] != i {
+            let j = perm[i];
+            perm.swap(i, j);
+            sign = -sign;
+        }
+    }
+    sign
+}
+
+/// Inverse by Gauss-Jordan elimination with partial pivoting; `None` if singular.
+pub fn inverse(a: &Mat) -> Option<Mat> {
+    let n = a.n;
+    let mut m = a.clone();
+    let mut inv = Mat::eye(n);
+    for k in 0..n {
+        let piv = (k..n).max_by(|&i, &j| m.get(i, k).abs().total_cmp(&m.get(j, k).abs()))?;
+        let pv = m.get(piv, k);
+        if pv == 0.0 || !pv.is_finite() {
+            return None;
+        }
+        for j in 0..n {
+            m.a.swap(k * n + j, piv * n + j);
+            inv.a.swap(k * n + j, piv * n + j);
+        }
+        let d = m.get(k, k);
+        for j in 0..n {
+            m.a[k * n + j] /= d;
+            inv.a[k * n + j] /= d;
+        }
+        for i in 0..n {
+            if i != k {
+                let f = m.get(i, k);
+                if f != 0.0 {
+                    for j in 0..n {
+                        m.a[i * n + j] -= f * m.a[k * n + j];
+                        inv.a[i * n + j] -= f * inv.a[k * n + j];
+                    }
+                }
+            }
+        }
+    }
+    Some(inv)
+}
+
+/// A random orthogonal matrix: Gram-Schmidt (twice, for stability) on a Gaussian matrix.
+pub fn random_orthogonal(n: usize, rng: &mut impl rand::Rng) -> Mat {
+    use rand_distr::{Distribution, StandardNormal};
+    let mut cols: Vec<Vec<f64>> = (0..n)
+        .map(|_| (0..n).map(|_| StandardNormal.sample(rng)).collect())
+        .collect();
+    for k in 0..n {
+        for _ in 0..2 {
+            for j in 0..k {
+                let d: f64 = (0..n).map(|i| cols[k][i] * cols[j][i]).sum();
+                for i in 0..n {
+                    cols[k][i] -= d * cols[j][i];
+                }
+            }
+        }
+        let norm = cols[k].iter().map(|v| v * v).sum::<f64>().sqrt();
+        cols[k].iter_mut().for_each(|v| *v /= norm);
+    }
+    let mut m = Mat::zeros(n);
+    for (j, col) in cols.iter().enumerate() {
+        for (i, &v) in col.iter().enumerate() {
+            m.set(i, j, v);
+        }
+    }
+    m
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use rand::SeedableRng;
+
+    #[test]
+    fn lu_reconstructs_and_inverse_is_inverse() {
+        let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(3);
+        let a = random_orthogonal(7, &mut rng);
+        let f = lu(&a).unwrap();
+        let r = f.p.matmul(&f.l).matmul(&f.u);
+        for (x, y) in r.a.iter().zip(&a.a) {
+            assert!((x - y).abs() < 1e-12);
+        }
+        let ai = inverse(&a).unwrap();
+        let e = a.matmul(&ai);
+        for i in 0..7 {
+            for j in 0..7 {
+                assert!((e.get(i, j) - if i == j { 1.0 } else { 0.0 }).abs() < 1e-12);
+            }
+        }
+        // Orthogonal: |det| = 1.
+        assert!(slogdet(&a).unwrap().1.abs() < 1e-12);
+    }
+
+    #[test]
+    fn slogdet_matches_hand_computed() {
+        let a = Mat { n: 2, a: vec![0.0, 2.0, -3.0, 1.0] }; // det = 6
+        let (s, l) = slogdet(&a).unwrap();
+        assert_eq!(s, 1.0);
+        assert!((l - 6f64.ln()).abs() < 1e-12);
+        let b = Mat { n: 2, a: vec![0.0, 2.0, 3.0, 1.0] }; // det = -6
+        assert_eq!(slogdet(&b).unwrap().0, -1.0);
+        assert!(slogdet(&Mat { n: 2, a: vec![1.0, 2.0, 2.0, 4.0] }).is_none());
+    }
+}

@@ -1,0 +1,78 @@
+//! Multi-layer perceptron used as the coupling network of the 2D models.
+
+use burn::module::{Module, Param};
+use burn::tensor::activation::relu;
+use burn::tensor::{Device, Tensor};
+use rand::Rng;
+
+use crate::flow::{nchw_to_vec, vec_to_nchw};
+use crate::tensor_util::{from_vec, trainable};
+
+/// A dense layer `y = x W + b` (weight stored `[in, out]`).
+#[derive(Module, Debug)]
+pub struct Dense {
+    pub weight: Param<Tensor<2>>,
+    pub bias: Param<Tensor<1>>,
+}
+
+impl Dense {
+    /// PyTorch's default initialisation: U(-1/sqrt(in), 1/sqrt(in)) for weight and bias.
+    pub fn new(input: usize, output: usize, rng: &mut impl Rng, device: &Device) -> Self {
+        let bound = 1.0 / (input as f32).sqrt();
+        let mut draw = |k: usize| (0..k).map(|_| rng.gen_range(-bound..bound)).collect::<Vec<_>>();
+        let w = draw(input * output);
+        let b = draw(output);
+        Dense {
+            weight: trainable(from_vec(w, [input, output], device)),
+            bias: trainable(from_vec(b, [output], device)),
+        }
+    }
+
+    /// All-zero layer: a coupling whose net ends in it starts as the identity map.
+    pub fn zeros(input: usize, output: usize, device: &Device) -> Self {
+        Dense {
+            weight: trainable(Tensor::zeros([input, output], device)),
+            bias: trainable(Tensor::zeros([output], device)),
+        }
+    }
+
+    pub fn forward(&self, x: Tensor<2>) -> Tensor<2> {
+        let out = self.bias.dims()[0];
+        x.matmul(self.weight.val()) + self.bias.val().reshape([1, out])
+    }
+}
+
+/// `input -> [hidden, ReLU] x depth -> output`, the last layer zero-initialised.
+#[derive(Module, Debug)]
+pub struct Mlp {
+    pub hidden: Vec<Dense>,
+    pub out: Dense,
+}
+
+impl Mlp {
+    pub fn new(
+        input: usize,
+        output: usize,
+        width: usize,
+        depth: usize,
+        rng: &mut impl Rng,
+        device: &Device,
+    ) -> Self {
+        let mut hidden = Vec::with_capacity(depth);
+        let mut fan_in = input;
+        for _ in 0..depth {
+            hidden.push(Dense::new(fan_in, width, rng, device));
+            fan_in = width;
+        }
+        Mlp { hidden, out: Dense::zeros(fan_in, output, device) }
+    }
+
+    /// Applies the MLP to `[N, C, 1, 1]` vectors.
+    pub fn forward(&self, x: Tensor<4>) -> Tensor<4> {
+        let mut h = nchw_to_vec(x);
+        for layer in &self.hidden {
+            h = relu(layer.forward(h));
+        }
+        vec_to_nchw(self.out.forward(h))
+    }
+}

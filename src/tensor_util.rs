@@ -1,0 +1,33 @@
+//! Host <-> tensor conversions and parameter construction helpers.
+
+use burn::module::{Param, ParamId};
+use burn::tensor::{Device, Tensor, TensorData};
+
+/// A float tensor of the given shape from host values.
+pub fn from_vec<const D: usize>(v: Vec<f32>, shape: [usize; D], device: &Device) -> Tensor<D> {
+    Tensor::from_data(TensorData::new(v, shape), device)
+}
+
+/// Host copy of a float tensor (synchronises with the device).
+pub fn to_vec<const D: usize>(t: Tensor<D>) -> Vec<f32> {
+    t.into_data().convert::<f32>().iter::<f32>().collect()
+}
+
+/// A trainable parameter.
+pub fn trainable<const D: usize>(t: Tensor<D>) -> Param<Tensor<D>> {
+    Param::from_tensor(t)
+}
+
+/// A fixed buffer that is saved with the model but never trained (permutation matrices, signs,
+/// masks). burn only saves `Param` fields, hence a `Param` without gradient.
+pub fn buffer<const D: usize>(t: Tensor<D>) -> Param<Tensor<D>> {
+    Param::from_tensor(t).set_require_grad(false)
+}
+
+/// Replace a parameter's value, keeping its identity (optimizer state is keyed by `ParamId`).
+pub fn replace<const D: usize>(p: &Param<Tensor<D>>, value: Tensor<D>) -> Param<Tensor<D>> {
+    let id: ParamId = p.id;
+    let mut np = Param::from_tensor(value);
+    np.id = id;
+    np
+}

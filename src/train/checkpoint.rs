@@ -1,0 +1,80 @@
+//! Checkpoints: `model.safetensors` (weights and fixed buffers), `optimizer.bpk` (burn's Adam
+//! moments, keyed by the model's stable parameter ids) and `state.json` (config, step, ActNorm
+//! initialisation flags, ...). Every file is written to a temporary name and renamed, and
+//! `state.json` is written last, so an interrupted save leaves the previous checkpoint usable.
+
+use std::path::{Path, PathBuf};
+
+use anyhow::{bail, Context, Result};
+use burn::module::Module;
+use burn::optim::ModuleOptimizer;
+use burn::store::{ModuleSnapshot, SafetensorsStore};
+use serde::{de::DeserializeOwned, Serialize};
+
+
+pub const MODEL_FILE: &str = "model.safetensors";
+pub const OPTIMIZER_FILE: &str = "optimizer.bpk";
+pub const STATE_FILE: &str = "state.json";
+
+fn tmp_path(path: &Path) -> PathBuf {
+    let name = path.file_name().and_then(|n| n.to_str()).unwrap_or("file");
+    path.with_file_name(format!(".{name}.tmp{}", std::process::id()))
+}
+
+/// Save a module's parameters as safetensors, atomically.
+pub fn save_model<M: Module + ModuleSnapshot>(model: &M, path: &Path) -> Result<()> {
+    let tmp = tmp_path(path);
+    let mut store = SafetensorsStore::from_file(&tmp).overwrite(true);
+    model
+        .save_into(&mut store)
+        .map_err(|e| anyhow::anyhow!("cannot write weights to {}: {e:?}", tmp.display()))?;
+    std::fs::rename(&tmp, path).with_context(|| format!("cannot move weights to {}", path.display()))
+}
+
+/// Load parameters saved by [`save_model`] into `model` (which must have the same structure).
+pub fn load_model<M: Module + ModuleSnapshot>(mut model: M, path: &Path) -> Result<M> {
+    if !path.exists() {
+        bail!("{}: checkpoint weights not found", path.display());
+    }
+    let mut store = SafetensorsStore::from_file(path);
+    let result = model
+        .load_from(&mut store)
+        .map_err(|e| anyhow::anyhow!("{}: cannot load weights: {e:?}", path.display()))?;
+    if !result.errors.is_empty() || !result.missing.is_empty() {
+        bail!(
+            "{}: weights do not match the model (missing: {:?}, errors: {:?})",
+            path.display(),
+            result.missing,
+            result.errors
+        );
+    }
+    Ok(model)
+}
+
+pub fn save_optimizer(optim: &ModuleOptimizer, path: &Path) -> Result<()> {
+    let tmp = tmp_path(path);
+    optim
+        .save(&tmp)
+        .map_err(|e| anyhow::anyhow!("cannot write optimizer state {}: {e:?}", tmp.display()))?;
+    std::fs::rename(&tmp, path).with_context(|| format!("cannot move {}", path.display()))
+}
+
+pub fn load_optimizer(optim: ModuleOptimizer, path: &Path) -> Result<ModuleOptimizer> {
+    if !path.exists() {
+        bail!("{}: optimizer state not found", path.display());
+    }
+    optim
+        .load(path)
+        .map_err(|e| anyhow::anyhow!("{}: cannot load optimizer state: {e:?}", path.display()))
+}
+
+pub fn save_json<T: Serialize>(value: &T, path: &Path) -> Result<()> {
+    let text = serde_json::to_string_pretty(value)?;
+    crate::fsutil::write_atomic(path, text.as_bytes())
+}
+
+pub fn load_json<T: DeserializeOwned>(path: &Path) -> Result<T> {
+    let text = std::fs::read_to_string(path)
+        .with_context(|| format!("{}: cannot read checkpoint state", path.display()))?;
+    serde_json::from_str(&text).with_context(|| format!("{}: malformed checkpoint state", path.display()))
+}

@@ -1,0 +1,83 @@
+//! Evaluation of a trained 2D model: test NLL, target entropy, density grids, samples.
+
+use burn::tensor::Device;
+use rand::SeedableRng;
+use rand_chacha::ChaCha8Rng;
+
+use crate::data::toy2d::Target;
+use crate::models::Flow2d;
+use crate::tensor_util::{from_vec, to_vec};
+use crate::viz::DensityGrid;
+
+const EVAL_BATCH: usize = 8192;
+
+/// Model log-density at each point (model in evaluation mode, on a non-autodiff device).
+pub fn log_prob_points(model: &Flow2d, points: &[[f64; 2]], device: &Device) -> Vec<f64> {
+    let mut out = Vec::with_capacity(points.len());
+    for chunk in points.chunks(EVAL_BATCH) {
+        let flat: Vec<f32> = chunk.iter().flat_map(|p| [p[0] as f32, p[1] as f32]).collect();
+        let x = from_vec(flat, [chunk.len(), 2], device);
+        out.extend(to_vec(model.log_prob(x)).into_iter().map(f64::from));
+    }
+    out
+}
+
+/// Mean negative log-likelihood in nats.
+pub fn mean_nll(logp: &[f64]) -> f64 {
+    -logp.iter().sum::<f64>() / logp.len() as f64
+}
+
+/// Monte Carlo entropy of the target over `points` (None where the density is unknown).
+pub fn target_entropy(target: Target, points: &[[f64; 2]]) -> Option<f64> {
+    let mut s = 0.0;
+    for p in points {
+        s -= target.log_prob(*p)?;
+    }
+    Some(s / points.len() as f64)
+}
+
+/// Exact model density on a `size x size` grid over the target's box.
+pub fn model_density_grid(model: &Flow2d, target: Target, size: usize, device: &Device) -> DensityGrid {
+    let b = target.box_half_width();
+    let pts = DensityGrid::points(size, b);
+    let values = log_prob_points(model, &pts, device).into_iter().map(f64::exp).collect();
+    DensityGrid { size, half_width: b, values }
+}
+
+/// The target density on the same grid: exact where known, else a histogram of 400k samples.
+pub fn target_density_grid(target: Target, size: usize) -> DensityGrid {
+    let b = target.box_half_width();
+    if target.has_log_prob() {
+        let pts = DensityGrid::points(size, b);
+        let values = pts.iter().map(|p| target.log_prob(*p).map_or(0.0, f64::exp)).collect();
+        return DensityGrid { size, half_width: b, values };
+    }
+    let bins = 64;
+    let n = 400_000;
+    let mut rng = ChaCha8Rng::seed_from_u64(12345);
+    let mut counts = vec![0f64; bins * bins];
+    for p in target.sample(n, &mut rng) {
+        let col = ((p[0] + b) / (2.0 * b) * bins as f64).floor();
+        let row = ((b - p[1]) / (2.0 * b) * bins as f64).floor();
+        if (0.0..bins as f64).contains(&col) && (0.0..bins as f64).contains(&row) {
+            counts[row as usize * bins + col as usize] += 1.0;
+        }
+    }
+    let cell = (2.0 * b / bins as f64).powi(2);
+    let values = (0..size * size)
+        .map(|i| {
+            let (r, c) = (i / size * bins / size, i % size * bins / size);
+            counts[r * bins + c] / (n as f64 * cell)
+        })
+        .collect();
+    DensityGrid { size, half_width: b, values }
+}
+
+/// `n` model samples (temperature 1) and their model log-densities.
+pub fn model_samples(model: &Flow2d, n: usize, seed: u64, device: &Device) -> (Vec<[f64; 2]>, Vec<f64>) {
+    let mut rng = ChaCha8Rng::seed_from_u64(seed);
+    let (x, logp) = model.sample(n, 1.0, &mut rng, device);
+    let xs = to_vec(x);
+    let pts = xs.chunks(2).map(|c| [c[0] as f64, c[1] as f64]).collect();
+    (pts, to_vec(logp).into_iter().map(f64::from).collect())
+}

@@ -1,0 +1,8 @@
+//! Training loops, evaluation, checkpoints.
+
+pub mod checkpoint;
+pub mod data2d;
+pub mod eval2d;
+pub mod train2d;
+
+pub use train2d::{train2d, RunIo, Start, Summary, Train2dOptions};

@@ -1,0 +1,410 @@
+//! Maximum-likelihood training of a 2D flow (the tutorial's experiment), with metrics, pictures,
+//! checkpoints and exact resume.
+
+use std::fs::OpenOptions;
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+use anyhow::{bail, Context, Result};
+use burn::module::Module;
+use burn::optim::{AdamConfig, GradientsParams, ModuleOptimizer};
+use burn::tensor::Device;
+use serde::{Deserialize, Serialize};
+
+use super::checkpoint::{self, MODEL_FILE, OPTIMIZER_FILE, STATE_FILE};
+use super::data2d::{test_points, DataStream};
+use super::eval2d;
+use crate::data::toy2d::Target;
+use crate::models::{Flow2d, Flow2dConfig};
+use crate::tensor_util::{from_vec, to_vec};
+use crate::viz::{self, colour_bar, panels, scatter, Canvas, DensityGrid};
+
+/// Training hyper-parameters (defaults: the tutorial's recipe).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Train2dOptions {
+    pub target: Target,
+    /// Total number of optimisation steps.
+    pub steps: usize,
+    pub batch: usize,
+    pub lr: f64,
+    /// StepLR: multiply the learning rate by `lr_gamma` every `lr_step` steps.
+    pub lr_step: usize,
+    pub lr_gamma: f64,
+    /// Seed of the training data (the model's init seed is in its config).
+    pub seed: u64,
+    /// Number of density frames in the training GIF.
+    pub frames: usize,
+    /// Write a metrics row every this many steps.
+    pub log_every: usize,
+    /// Save a checkpoint every this many steps (0: only at the end).
+    pub checkpoint_every: usize,
+    /// Held-out test points.
+    pub test_samples: usize,
+    /// Resolution of density maps.
+    pub grid: usize,
+}
+
+impl Train2dOptions {
+    pub fn new(target: Target) -> Self {
+        Train2dOptions {
+            target,
+            steps: 20_000,
+            batch: 1024,
+            lr: 1e-4,
+            lr_step: 10_000,
+            lr_gamma: 0.5,
+            seed: 0,
+            frames: 20,
+            log_every: 10,
+            checkpoint_every: 0,
+            test_samples: 20_000,
+            grid: 256,
+        }
+    }
+
+    pub fn validate(&self) -> Result<()> {
+        if self.batch == 0 {
+            bail!("--batch must be at least 1");
+        }
+        if !(self.lr.is_finite() && self.lr > 0.0) {
+            bail!("--lr must be a positive number, got {}", self.lr);
+        }
+        if self.lr_step == 0 {
+            bail!("--lr-step must be at least 1");
+        }
+        if self.log_every == 0 {
+            bail!("--log-every must be at least 1");
+        }
+        if self.test_samples == 0 {
+            bail!("--test-samples must be at least 1");
+        }
+        if self.grid < 2 {
+            bail!("--grid must be at least 2");
+        }
+        Ok(())
+    }
+
+    /// The StepLR learning rate at `step`.
+    pub fn lr_at(&self, step: usize) -> f64 {
+        self.lr * self.lr_gamma.powi((step / self.lr_step) as i32)
+    }
+}
+
+/// What a checkpoint's `state.json` holds.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct RunState {
+    pub model: Flow2dConfig,
+    pub options: Train2dOptions,
+    /// Steps completed.
+    pub step: usize,
+    pub actnorm_initialized: Vec<bool>,
+    /// Training wall time so far (excluding evaluation and pictures).
+    pub train_seconds: f64,
+}
+
+/// `summary.json`.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct Summary {
+    pub model: String,
+    pub target: String,
+    pub steps: usize,
+    pub test_nll: f64,
+    pub entropy: Option<f64>,
+    pub test_nll_minus_entropy: Option<f64>,
+    pub off_mode_share: Option<f64>,
+    pub target_off_mode_share: Option<f64>,
+    pub train_seconds: f64,
+    pub seconds_per_step: f64,
+    pub parameters: usize,
+    pub config: Flow2dConfig,
+    pub options: Train2dOptions,
+}
+
+/// How a run starts.
+pub enum Start {
+    Fresh(Flow2dConfig),
+    /// Continue from the checkpoint directory of an earlier run.
+    Resume(PathBuf),
+}
+
+/// Where and how to report progress.
+pub struct RunIo {
+    pub out: PathBuf,
+    pub progress: bool,
+}
+
+fn checkpoint_dir(out: &Path) -> PathBuf {
+    out.join("checkpoint")
+}
+
+fn frames_dir(out: &Path) -> PathBuf {
+    out.join("frames")
+}
+
+/// Load a trained model (evaluation mode, on `device`) from a run or checkpoint directory.
+pub fn load_trained(dir: &Path, device: &Device) -> Result<(Flow2d, RunState)> {
+    let ck = if dir.join(STATE_FILE).exists() { dir.to_path_buf() } else { checkpoint_dir(dir) };
+    let state: RunState = checkpoint::load_json(&ck.join(STATE_FILE))?;
+    let mut model = Flow2d::new(&state.model, device);
+    model = checkpoint::load_model(model, &ck.join(MODEL_FILE))?;
+    model
+        .flow
+        .set_actnorm_flags(&state.actnorm_initialized)
+        .map_err(|e| anyhow::anyhow!("{}: {e}", ck.join(STATE_FILE).display()))?;
+    Ok((model, state))
+}
+
+fn save_checkpoint(out: &Path, model: &Flow2d, optim: &ModuleOptimizer, state: &RunState) -> Result<()> {
+    let ck = checkpoint_dir(out);
+    std::fs::create_dir_all(&ck).with_context(|| format!("cannot create {}", ck.display()))?;
+    checkpoint::save_model(model, &ck.join(MODEL_FILE))?;
+    checkpoint::save_optimizer(optim, &ck.join(OPTIMIZER_FILE))?;
+    checkpoint::save_json(state, &ck.join(STATE_FILE))
+}
+
+/// A reference scale for density pictures: the target's peak density on the grid.
+pub fn density_scale(target: Target, grid: usize) -> f64 {
+    eval2d::target_density_grid(target, grid).max().max(1e-12)
+}
+
+/// Train (or resume), then evaluate and write every output into `io.out`.
+pub fn train2d(start: Start, options: Option<Train2dOptions>, io: &RunIo, device: &Device) -> Result<Summary> {
+    let train_device = device.clone().autodiff();
+    let (mut model, mut optim, opts, cfg, first_step, mut train_seconds) = match start {
+        Start::Fresh(cfg) => {
+            cfg.validate().map_err(anyhow::Error::msg)?;
+            let opts = options.context("training options are required for a fresh run")?;
+            let model = Flow2d::new(&cfg, &train_device);
+            let optim = AdamConfig::new().with_epsilon(1e-8).init();
+            (model, optim, opts, cfg, 0, 0.0)
+        }
+        Start::Resume(dir) => {
+            let ck = checkpoint_dir(&dir);
+            let state: RunState = checkpoint::load_json(&ck.join(STATE_FILE))
+                .with_context(|| format!("--resume {}: not a run directory with a checkpoint", dir.display()))?;
+            let mut model = Flow2d::new(&state.model, &train_device);
+            model = checkpoint::load_model(model, &ck.join(MODEL_FILE))?;
+            model
+                .flow
+                .set_actnorm_flags(&state.actnorm_initialized)
+                .map_err(|e| anyhow::anyhow!("{}: {e}", ck.join(STATE_FILE).display()))?;
+            let optim = checkpoint::load_optimizer(AdamConfig::new().with_epsilon(1e-8).init(), &ck.join(OPTIMIZER_FILE))?;
+            let mut opts = state.options.clone();
+            if let Some(o) = options {
+                // Only the step budget may change on resume; the rest defines the run.
+                opts.steps = o.steps;
+            }
+            (model, optim, opts, state.model, state.step, state.train_seconds)
+        }
+    };
+    opts.validate()?;
+    let out = &io.out;
+    std::fs::create_dir_all(out).with_context(|| format!("--out {}: cannot create directory", out.display()))?;
+    std::fs::create_dir_all(frames_dir(out))?;
+    if first_step > opts.steps {
+        bail!("--steps {} is below the {} steps the checkpoint has already done", opts.steps, first_step);
+    }
+
+    let mut data = DataStream::new(opts.target, opts.seed, opts.batch);
+    if first_step == 0 && !model.flow.actnorm_flags().iter().all(|&f| f) {
+        let x = from_vec(data.batch_at(0), [opts.batch, 2], &train_device);
+        model.initialize(x);
+    }
+
+    let metrics_path = out.join("metrics.csv");
+    let mut metrics = if first_step == 0 {
+        let mut f = std::fs::File::create(&metrics_path)
+            .with_context(|| format!("cannot create {}", metrics_path.display()))?;
+        writeln!(f, "step,loss,lr,seconds")?;
+        f
+    } else {
+        OpenOptions::new()
+            .append(true)
+            .create(true)
+            .open(&metrics_path)
+            .with_context(|| format!("cannot open {}", metrics_path.display()))?
+    };
+
+    let frame_every = if opts.frames == 0 { usize::MAX } else { (opts.steps / opts.frames).max(1) };
+    let vmax = density_scale(opts.target, opts.grid);
+    let bar = progress_bar(io.progress, opts.steps as u64, first_step as u64);
+    let mut window = (0.0f64, 0usize);
+    let mut clock = Instant::now();
+    let mut rate_clock = (Instant::now(), first_step);
+
+    for step in first_step..opts.steps {
+        let lr = opts.lr_at(step);
+        let x = from_vec(data.batch_at(step), [opts.batch, 2], &train_device);
+        let loss = model.log_prob(x).mean().neg();
+        let value = to_vec(loss.clone())[0] as f64;
+        if !value.is_finite() {
+            bail!(
+                "training diverged: loss is {value} at step {} (lr {lr:e}); the last checkpoint in {} is intact",
+                step + 1,
+                checkpoint_dir(out).display()
+            );
+        }
+        let grads = GradientsParams::from_grads(loss.backward(), &model);
+        model = optim.step(lr, model, grads);
+        window.0 += value;
+        window.1 += 1;
+        let done = step + 1;
+
+        if done % opts.log_every == 0 || done == opts.steps {
+            train_seconds += clock.elapsed().as_secs_f64();
+            clock = Instant::now();
+            writeln!(metrics, "{done},{:.6},{lr:e},{train_seconds:.3}", window.0 / window.1 as f64)?;
+            if let Some(b) = &bar {
+                let dt = rate_clock.0.elapsed().as_secs_f64();
+                let rate = (done - rate_clock.1) as f64 / dt.max(1e-9);
+                b.set_position(done as u64);
+                b.set_message(format!("loss {:.4}  {rate:.1} it/s", window.0 / window.1 as f64));
+                if dt > 5.0 {
+                    rate_clock = (Instant::now(), done);
+                }
+            }
+            window = (0.0, 0);
+        }
+        let frame_due = done % frame_every == 0 || done == opts.steps;
+        let ckpt_due = opts.checkpoint_every > 0 && done % opts.checkpoint_every == 0;
+        if frame_due || ckpt_due {
+            train_seconds += clock.elapsed().as_secs_f64();
+            if frame_due && opts.frames > 0 {
+                let eval = model.valid();
+                let grid = eval2d::model_density_grid(&eval, opts.target, opts.grid, device);
+                let path = frames_dir(out).join(format!("{done:08}.idx"));
+                crate::fsutil::write_atomic(&path, &grid.indices(vmax))?;
+            }
+            if ckpt_due {
+                let state = RunState {
+                    model: cfg.clone(),
+                    options: opts.clone(),
+                    step: done,
+                    actnorm_initialized: model.flow.actnorm_flags(),
+                    train_seconds,
+                };
+                save_checkpoint(out, &model, &optim, &state)?;
+            }
+            clock = Instant::now();
+        }
+    }
+    train_seconds += clock.elapsed().as_secs_f64();
+    if let Some(b) = &bar {
+        b.finish();
+    }
+    metrics.flush()?;
+
+    let state = RunState {
+        model: cfg.clone(),
+        options: opts.clone(),
+        step: opts.steps,
+        actnorm_initialized: model.flow.actnorm_flags(),
+        train_seconds,
+    };
+    save_checkpoint(out, &model, &optim, &state)?;
+
+    let eval = model.valid();
+    let summary = evaluate_and_draw(&eval, &state, out, device, vmax)?;
+    checkpoint::save_json(&summary, &out.join("summary.json"))?;
+    Ok(summary)
+}
+
+fn progress_bar(enabled: bool, len: u64, pos: u64) -> Option<indicatif::ProgressBar> {
+    if !enabled {
+        return None;
+    }
+    let b = indicatif::ProgressBar::new(len);
+    b.set_style(
+        indicatif::ProgressStyle::with_template("{elapsed_precise} [{bar:30}] step {pos}/{len} {msg} (eta {eta})")
+            .expect("valid progress template")
+            .progress_chars("=> "),
+    );
+    b.set_position(pos);
+    Some(b)
+}
+
+/// Test metrics and every picture of a finished run.
+fn evaluate_and_draw(model: &Flow2d, state: &RunState, out: &Path, device: &Device, vmax: f64) -> Result<Summary> {
+    let opts = &state.options;
+    let target = opts.target;
+    let test = test_points(target, opts.seed, opts.test_samples);
+    let logp = eval2d::log_prob_points(model, &test, device);
+    let test_nll = eval2d::mean_nll(&logp);
+    let entropy = eval2d::target_entropy(target, &test);
+    let (samples, sample_logp) = eval2d::model_samples(model, opts.test_samples, opts.seed ^ 0x5A3D, device);
+    let b = target.box_half_width();
+
+    // target.png: data coloured by the true density where known.
+    let target_pts = test.iter().take(20_000).cloned().collect::<Vec<_>>();
+    let target_dens: Option<Vec<f64>> =
+        target_pts.iter().map(|p| target.log_prob(*p).map(f64::exp)).collect();
+    let target_plot = scatter(&target_pts, target_dens.as_deref().map(|d| (d, vmax)), b, 512);
+    titled(&format!("target: {}", target.name()), target_plot, None).save_png(&out.join("target.png"))?;
+
+    let sample_dens: Vec<f64> = sample_logp.iter().map(|l| l.exp()).collect();
+    let sample_plot = scatter(&samples, Some((&sample_dens, vmax)), b, 512);
+    titled(&format!("{} samples", state.model.model.name()), sample_plot, None)
+        .save_png(&out.join("samples.png"))?;
+
+    let grid = eval2d::model_density_grid(model, target, opts.grid, device);
+    titled(
+        &format!("{} density, nll {test_nll:.3}", state.model.model.name()),
+        grid.render(vmax),
+        Some(colour_bar(vmax, opts.grid)),
+    )
+    .save_png(&out.join("density.png"))?;
+
+    write_training_gif(out, opts.grid)?;
+
+    Ok(Summary {
+        model: state.model.model.name().into(),
+        target: target.name().into(),
+        steps: state.step,
+        test_nll,
+        entropy,
+        test_nll_minus_entropy: entropy.map(|e| test_nll - e),
+        off_mode_share: target.off_mode_share(&samples),
+        target_off_mode_share: target.off_mode_share(&test),
+        train_seconds: state.train_seconds,
+        seconds_per_step: state.train_seconds / state.step.max(1) as f64,
+        parameters: model.num_params(),
+        config: state.model.clone(),
+        options: opts.clone(),
+    })
+}
+
+fn titled(title: &str, c: Canvas, bar: Option<Canvas>) -> Canvas {
+    panels(&[(title.to_string(), c)], bar)
+}
+
+/// Assemble the saved density frames into `training.gif` (100 ms a frame, looping).
+fn write_training_gif(out: &Path, size: usize) -> Result<()> {
+    let mut entries: Vec<PathBuf> = std::fs::read_dir(frames_dir(out))?
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .filter(|p| p.extension().is_some_and(|x| x == "idx"))
+        .collect();
+    entries.sort();
+    let mut frames = Vec::new();
+    for p in entries {
+        let bytes = std::fs::read(&p)?;
+        if bytes.len() == size * size {
+            let step = p.file_stem().and_then(|s| s.to_str()).and_then(|s| s.parse().ok()).unwrap_or(0);
+            frames.push((step, bytes));
+        }
+    }
+    if frames.is_empty() {
+        return Ok(());
+    }
+    viz::write_gif(&out.join("training.gif"), &frames, size, 10)
+}
+
+/// The density map of several models and the target, side by side on one scale.
+pub fn comparison_picture(target: Target, grids: &[(String, DensityGrid)], grid: usize) -> Canvas {
+    let vmax = density_scale(target, grid);
+    let mut items = vec![("target".to_string(), eval2d::target_density_grid(target, grid).render(vmax))];
+    for (name, g) in grids {
+        items.push((name.clone(), g.render(vmax)));
+    }
+    panels(&items, Some(colour_bar(vmax, grid)))
+}
