@@ -57,8 +57,9 @@ pub struct CommonArgs {
     /// Coupling-network hidden layers.
     #[arg(long, default_value_t = 2)]
     pub depth: usize,
-    /// Coupling form: tanh (tutorial), sigmoid (Glow) or additive.
-    #[arg(long, value_enum, default_value = "tanh")]
+    /// Coupling form: sigmoid (Glow's (x + t) * sigmoid(s + 2)), tanh (the tutorial's
+    /// x * exp(tanh(s) * a + b) + t) or additive.
+    #[arg(long, value_enum, default_value = "sigmoid")]
     pub coupling: CouplingKind,
     /// Seed for initialisation and data.
     #[arg(long, default_value_t = 0)]
@@ -75,12 +76,21 @@ pub struct CommonArgs {
     /// Compute device: flex (CPU) or cuda.
     #[arg(long, default_value = "flex")]
     pub device: String,
+    /// Threads for data-parallel training (default: all cores). Runs are deterministic for a
+    /// given thread count.
+    #[arg(long)]
+    pub threads: Option<usize>,
     /// Hide the progress bar.
     #[arg(long)]
     pub quiet: bool,
 }
 
 impl CommonArgs {
+    fn threads(&self) -> usize {
+        self.threads
+            .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()))
+    }
+
     fn options(&self, default_steps: usize) -> Train2dOptions {
         let mut o = Train2dOptions::new(self.target);
         o.steps = self.steps.unwrap_or(default_steps);
@@ -157,7 +167,7 @@ pub fn run<I: IntoIterator<Item = T>, T: Into<OsString> + Clone>(args: I) -> Res
 
 fn cmd_train2d(a: Train2dArgs) -> Result<()> {
     let device = crate::device_by_name(&a.common.device)?;
-    let io = RunIo { out: a.out.clone(), progress: !a.common.quiet };
+    let io = RunIo { out: a.out.clone(), progress: !a.common.quiet, threads: a.common.threads() };
     let summary = match &a.resume {
         Some(dir) => {
             let opts = a.common.steps.map(|s| {
@@ -189,7 +199,7 @@ fn cmd_compare(a: CompareArgs) -> Result<()> {
         if !a.common.quiet {
             eprintln!("training {title} on {} for {} steps -> {}", opts.target.name(), opts.steps, out.display());
         }
-        let io = RunIo { out: out.clone(), progress: !a.common.quiet };
+        let io = RunIo { out: out.clone(), progress: !a.common.quiet, threads: a.common.threads() };
         let cfg = a.common.config(kind, Permutation::Lu);
         let s = train2d(Start::Fresh(cfg), Some(opts.clone()), &io, &device)?;
         let (model, _) = load_trained(&out, &device)?;

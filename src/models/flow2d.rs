@@ -84,7 +84,7 @@ impl Flow2dConfig {
             layers: 32,
             hidden: 64,
             depth: 2,
-            coupling: CouplingKind::Tanh,
+            coupling: CouplingKind::Sigmoid,
             permutation: Permutation::Lu,
             init_seed: 0,
         }

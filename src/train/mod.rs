@@ -3,6 +3,7 @@
 pub mod checkpoint;
 pub mod data2d;
 pub mod eval2d;
+pub mod parallel;
 pub mod train2d;
 
 pub use train2d::{train2d, RunIo, Start, Summary, Train2dOptions};

@@ -8,16 +8,16 @@ use std::time::Instant;
 
 use anyhow::{bail, Context, Result};
 use burn::module::Module;
-use burn::optim::{AdamConfig, GradientsParams, ModuleOptimizer};
+use burn::optim::{AdamConfig, ModuleOptimizer};
 use burn::tensor::Device;
 use serde::{Deserialize, Serialize};
 
 use super::checkpoint::{self, MODEL_FILE, OPTIMIZER_FILE, STATE_FILE};
 use super::data2d::{test_points, DataStream};
-use super::eval2d;
+use super::{eval2d, parallel};
 use crate::data::toy2d::Target;
-use crate::models::{Flow2d, Flow2dConfig};
-use crate::tensor_util::{from_vec, to_vec};
+use crate::models::{Flow2d, Flow2dConfig, ModelKind};
+use crate::tensor_util::from_vec;
 use crate::viz::{self, colour_bar, panels, scatter, Canvas, DensityGrid};
 
 /// Training hyper-parameters (defaults: the tutorial's recipe).
@@ -132,6 +132,8 @@ pub enum Start {
 pub struct RunIo {
     pub out: PathBuf,
     pub progress: bool,
+    /// Threads for data-parallel gradients (results are deterministic for a given count).
+    pub threads: usize,
 }
 
 fn checkpoint_dir(out: &Path) -> PathBuf {
@@ -232,12 +234,16 @@ pub fn train2d(start: Start, options: Option<Train2dOptions>, io: &RunIo, device
     let mut window = (0.0f64, 0usize);
     let mut clock = Instant::now();
     let mut rate_clock = (Instant::now(), first_step);
+    let threads = io.threads.max(1);
 
     for step in first_step..opts.steps {
         let lr = opts.lr_at(step);
-        let x = from_vec(data.batch_at(step), [opts.batch, 2], &train_device);
-        let loss = model.log_prob(x).mean().neg();
-        let value = to_vec(loss.clone())[0] as f64;
+        let batch = data.batch_at(step);
+        // Batch norm needs the statistics of the whole batch: Real NVP runs unsharded.
+        let shards = if cfg.model == ModelKind::Realnvp { 1 } else { threads };
+        let (value, grads) = parallel::loss_and_grads(&model, &batch, 2, shards, &train_device, |m, x| {
+            m.log_prob(x).mean().neg()
+        });
         if !value.is_finite() {
             bail!(
                 "training diverged: loss is {value} at step {} (lr {lr:e}); the last checkpoint in {} is intact",
@@ -245,7 +251,6 @@ pub fn train2d(start: Start, options: Option<Train2dOptions>, io: &RunIo, device
                 checkpoint_dir(out).display()
             );
         }
-        let grads = GradientsParams::from_grads(loss.backward(), &model);
         model = optim.step(lr, model, grads);
         window.0 += value;
         window.1 += 1;

@@ -1,0 +1,99 @@
+//! Helpers shared by the integration tests: parameter perturbation (so zero-initialised layers
+//! are not trivially the identity) and brute-force Jacobian log-determinants.
+#![allow(dead_code)]
+
+use burn::module::{Module, ModuleMapper, Param};
+use burn::tensor::{Device, Tensor};
+use glowflow::linalg::{slogdet, Mat};
+use glowflow::tensor_util::{from_vec, to_vec};
+use rand::{Rng, SeedableRng};
+use rand_chacha::ChaCha8Rng;
+
+pub fn ad_device() -> Device {
+    glowflow::default_device().autodiff()
+}
+
+pub fn plain_device() -> Device {
+    glowflow::default_device()
+}
+
+/// Add N(0, scale^2) noise to every trainable parameter (fixed buffers are left alone).
+pub fn perturb<M: Module>(m: M, scale: f32, seed: u64) -> M {
+    struct Noise(ChaCha8Rng, f32);
+    impl ModuleMapper for Noise {
+        fn map_float<const D: usize>(&mut self, p: Param<Tensor<D>>) -> Param<Tensor<D>> {
+            let v = p.val();
+            if !v.is_require_grad() {
+                return p;
+            }
+            let shape = v.dims();
+            let vals: Vec<f32> =
+                to_vec(v).into_iter().map(|a| a + self.0.gen_range(-1.0f32..1.0) * self.1).collect();
+            let nv = from_vec(vals, shape, &p.device());
+            glowflow::tensor_util::replace(&p, nv)
+        }
+    }
+    m.map(&mut Noise(ChaCha8Rng::seed_from_u64(seed), scale))
+}
+
+/// Uniform random input in [-1.5, 1.5) of the given shape.
+pub fn random_input(shape: [usize; 4], seed: u64, device: &Device) -> Tensor<4> {
+    let mut rng = ChaCha8Rng::seed_from_u64(seed);
+    let n: usize = shape.iter().product();
+    from_vec((0..n).map(|_| rng.gen_range(-1.5f32..1.5)).collect(), shape, device)
+}
+
+pub fn max_abs_diff(a: Tensor<4>, b: Tensor<4>) -> f32 {
+    to_vec(a - b).iter().fold(0f32, |m, v| m.max(v.abs()))
+}
+
+pub fn max_abs_diff1(a: Tensor<1>, b: Tensor<1>) -> f32 {
+    to_vec(a - b).iter().fold(0f32, |m, v| m.max(v.abs()))
+}
+
+/// Per-sample `log|det dz/dx|` of `f` at `x` (on an autodiff device) by autodiff: one backward
+/// pass per output dimension gives that row of every sample's Jacobian (samples must not
+/// interact), then a float64 determinant.
+pub fn jacobian_logdets(f: impl Fn(Tensor<4>) -> Tensor<4>, x: Tensor<4>) -> Vec<f64> {
+    let [b, c, h, w] = x.dims();
+    let d = c * h * w;
+    let mut jac = vec![Mat::zeros(d); b];
+    for i in 0..d {
+        let xg = x.clone().detach().require_grad();
+        let z = f(xg.clone());
+        let sel = z.reshape([b, d]).narrow(1, i, 1).sum();
+        let grads = sel.backward();
+        let g = to_vec(xg.grad(&grads).expect("input takes part in the output"));
+        for (s, m) in jac.iter_mut().enumerate() {
+            for j in 0..d {
+                m.set(i, j, g[s * d + j] as f64);
+            }
+        }
+    }
+    jac.iter().map(|m| slogdet(m).expect("Jacobian is invertible").1).collect()
+}
+
+/// The same by central finite differences in float32 (exact for affine maps up to rounding).
+pub fn fd_jacobian_logdets(f: impl Fn(Tensor<4>) -> Tensor<4>, x: Tensor<4>, eps: f32) -> Vec<f64> {
+    let [b, c, h, w] = x.dims();
+    let d = c * h * w;
+    let device = x.device();
+    let base = to_vec(x);
+    let mut jac = vec![Mat::zeros(d); b];
+    for j in 0..d {
+        let mut plus = base.clone();
+        let mut minus = base.clone();
+        for s in 0..b {
+            plus[s * d + j] += eps;
+            minus[s * d + j] -= eps;
+        }
+        let zp = to_vec(f(from_vec(plus, [b, c, h, w], &device)));
+        let zm = to_vec(f(from_vec(minus, [b, c, h, w], &device)));
+        for (s, m) in jac.iter_mut().enumerate() {
+            for i in 0..d {
+                m.set(i, j, ((zp[s * d + i] - zm[s * d + i]) / (2.0 * eps)) as f64);
+            }
+        }
+    }
+    jac.iter().map(|m| slogdet(m).expect("Jacobian is invertible").1).collect()
+}

@@ -1,0 +1,224 @@
+//! Every layer: inverse(forward(x)) == x, forward log-det == -inverse log-det, and the forward
+//! log-det equals log|det J| of a brute-force Jacobian — on vectors and on small images.
+
+mod common;
+
+use burn::tensor::Tensor;
+use common::*;
+use glowflow::flow::Flow;
+use glowflow::layers::*;
+use glowflow::linalg::{slogdet, Mat};
+use glowflow::nets::{CouplingNet, Mlp};
+use glowflow::tensor_util::to_vec;
+use rand::SeedableRng;
+use rand_chacha::ChaCha8Rng;
+
+const SHAPES: [[usize; 4]; 3] = [[5, 2, 1, 1], [5, 4, 1, 1], [3, 4, 2, 2]];
+
+/// Checks all three properties of `layer` at a random input of `shape`.
+fn check(name: &str, layer: &impl Flow, shape: [usize; 4], seed: u64) {
+    let device = ad_device();
+    let x = random_input(shape, seed, &device);
+    let (z, ld) = layer.forward(x.clone());
+    let (back, ld_inv) = layer.inverse(z);
+    let err = max_abs_diff(back, x.clone());
+    assert!(err <= 1e-4, "{name} {shape:?}: inverse error {err}");
+    let sym = max_abs_diff1(ld.clone(), ld_inv.neg());
+    assert!(sym <= 1e-4, "{name} {shape:?}: forward/inverse log-det mismatch {sym}");
+    let brute = jacobian_logdets(|t| layer.forward(t).0, x);
+    for (a, b) in to_vec(ld).iter().zip(&brute) {
+        assert!((*a as f64 - b).abs() <= 1e-3, "{name} {shape:?}: log-det {a} vs Jacobian {b}");
+    }
+}
+
+fn rng(seed: u64) -> ChaCha8Rng {
+    ChaCha8Rng::seed_from_u64(seed)
+}
+
+#[test]
+fn actnorm() {
+    let device = ad_device();
+    for (k, s) in SHAPES.iter().enumerate() {
+        let mut a = ActNorm::new(s[1], &device);
+        a.initialize(&random_input([64, s[1], s[2], s[3]], 100 + k as u64, &device).mul_scalar(3.0).add_scalar(0.7));
+        check("ActNorm", &perturb(a, 0.3, k as u64), *s, k as u64);
+    }
+}
+
+#[test]
+fn actnorm_initialisation_normalises_each_channel() {
+    let device = ad_device();
+    let x = random_input([256, 3, 4, 4], 7, &device);
+    // Give channels very different scales and offsets.
+    let scale = Tensor::<1>::from_floats([0.1, 5.0, 40.0], &device).reshape([1, 3, 1, 1]);
+    let shift = Tensor::<1>::from_floats([-3.0, 0.5, 100.0], &device).reshape([1, 3, 1, 1]);
+    let x = x * scale + shift;
+    let mut a = ActNorm::new(3, &device);
+    assert!(!a.initialized);
+    a.initialize(&x);
+    assert!(a.initialized);
+    let y = to_vec(a.forward(x).0);
+    for c in 0..3 {
+        let vals: Vec<f64> = (0..256)
+            .flat_map(|n| (0..16).map(move |p| (n, p)))
+            .map(|(n, p)| y[(n * 3 + c) * 16 + p] as f64)
+            .collect();
+        let mean = vals.iter().sum::<f64>() / vals.len() as f64;
+        let var = vals.iter().map(|v| (v - mean).powi(2)).sum::<f64>() / (vals.len() - 1) as f64;
+        assert!(mean.abs() < 1e-4, "channel {c} mean {mean}");
+        assert!((var.sqrt() - 1.0).abs() < 1e-3, "channel {c} std {}", var.sqrt());
+    }
+}
+
+#[test]
+fn lu_conv() {
+    let device = ad_device();
+    for (k, s) in SHAPES.iter().enumerate() {
+        let l = InvConv1x1Lu::new(s[1], &mut rng(k as u64), &device);
+        check("InvConv1x1Lu", &perturb(l, 0.2, k as u64), *s, k as u64);
+    }
+}
+
+#[test]
+fn lu_logdet_equals_log_abs_det_of_weight() {
+    let device = ad_device();
+    for c in [2, 3, 8] {
+        let l = perturb(InvConv1x1Lu::new(c, &mut rng(c as u64), &device), 0.3, 9);
+        let w = Mat::from_f32(c, &to_vec(l.weight()));
+        let (_, expected) = slogdet(&w).unwrap();
+        let x = random_input([2, c, 1, 1], 1, &device);
+        let ld = to_vec(l.forward(x).1);
+        assert!((ld[0] as f64 - expected).abs() < 1e-4, "C={c}: {} vs {expected}", ld[0]);
+        // Per pixel: an H x W image multiplies it by H * W.
+        let x = random_input([2, c, 3, 2], 1, &device);
+        let ld = to_vec(l.forward(x).1);
+        assert!((ld[0] as f64 - 6.0 * expected).abs() < 1e-3);
+    }
+}
+
+#[test]
+fn plain_conv() {
+    let device = ad_device();
+    for (k, s) in SHAPES.iter().enumerate() {
+        let l = InvConv1x1::new(s[1], &mut rng(k as u64), &device);
+        check("InvConv1x1", &perturb(l, 0.2, k as u64), *s, k as u64);
+    }
+}
+
+#[test]
+fn plain_conv_logdet_gradient_is_inverse_transpose() {
+    // d/dW log|det W| = W^-T: the surrogate must give exactly that gradient.
+    let device = ad_device();
+    let l = perturb(InvConv1x1::new(3, &mut rng(5), &device), 0.3, 5);
+    let x = random_input([1, 3, 1, 1], 2, &device);
+    let grads = l.forward(x).1.sum().backward();
+    let g = to_vec(l.weight.val().grad(&grads).unwrap());
+    let w = Mat::from_f32(3, &to_vec(l.weight.val()));
+    let inv_t = glowflow::linalg::inverse(&w).unwrap().transpose();
+    for (a, b) in g.iter().zip(&inv_t.a) {
+        assert!((*a as f64 - b).abs() < 1e-4);
+    }
+}
+
+fn mlp(cond: usize, out: usize, seed: u64) -> CouplingNet {
+    let device = ad_device();
+    CouplingNet::Mlp(Mlp::new(cond, out, 16, 2, &mut rng(seed), &device))
+}
+
+#[test]
+fn affine_coupling_both_forms_and_halves() {
+    let device = ad_device();
+    for s in &SHAPES[..2] {
+        let c = s[1];
+        for swap in [false, true] {
+            let cond = coupling::conditioning_channels(c, swap);
+            let out = coupling::transformed_channels(c, swap);
+            for tanh in [false, true] {
+                let ts = tanh.then(|| TanhScale::new(&device));
+                let layer = perturb(AffineCoupling::new(mlp(cond, 2 * out, 3), ts, swap), 0.5, 4);
+                check(&format!("AffineCoupling(tanh={tanh}, swap={swap})"), &layer, *s, 11);
+            }
+        }
+    }
+}
+
+#[test]
+fn coupling_starts_as_identity() {
+    // Zero-initialised output layer: every coupling begins as the identity map.
+    let device = ad_device();
+    let layer = AffineCoupling::new(mlp(1, 2, 3), Some(TanhScale::new(&device)), false);
+    let x = random_input([8, 2, 1, 1], 3, &device);
+    let (z, ld) = layer.forward(x.clone());
+    assert!(max_abs_diff(z, x) == 0.0);
+    assert!(to_vec(ld).iter().all(|v| *v == 0.0));
+}
+
+#[test]
+fn additive_coupling() {
+    for s in &SHAPES[..2] {
+        let c = s[1];
+        for swap in [false, true] {
+            let cond = coupling::conditioning_channels(c, swap);
+            let out = coupling::transformed_channels(c, swap);
+            let layer = perturb(AdditiveCoupling::new(mlp(cond, out, 5), swap), 0.5, 6);
+            check("AdditiveCoupling", &layer, *s, 12);
+        }
+    }
+}
+
+#[test]
+fn permutations() {
+    let device = ad_device();
+    for (k, s) in SHAPES.iter().enumerate() {
+        check("Reverse", &Reverse { channels: s[1] }, *s, k as u64);
+        check("Shuffle", &Shuffle::new(s[1], &mut rng(k as u64), &device), *s, k as u64);
+    }
+}
+
+#[test]
+fn flow_batchnorm_eval_mode_is_exact_bijection() {
+    // Train-mode passes set non-trivial running statistics; evaluation then uses them.
+    let ad = ad_device();
+    for (k, s) in SHAPES.iter().enumerate() {
+        let bn = perturb(FlowBatchNorm::new(s[1], &ad), 0.3, k as u64);
+        for i in 0..30 {
+            let x = random_input([64, s[1], s[2], s[3]], 50 + i, &ad).mul_scalar(2.0).add_scalar(0.4);
+            let _ = bn.forward(x);
+        }
+        let bn = burn::module::Module::valid(&bn);
+        let dev = plain_device();
+        let x = random_input(*s, k as u64, &dev);
+        let (z, ld) = bn.forward(x.clone());
+        let (back, ld_inv) = bn.inverse(z);
+        assert!(max_abs_diff(back, x.clone()) <= 1e-4);
+        assert!(max_abs_diff1(ld.clone(), ld_inv.neg()) <= 1e-4);
+        let fd = fd_jacobian_logdets(|t| bn.forward(t).0, x, 1e-2);
+        for (a, b) in to_vec(ld).iter().zip(&fd) {
+            assert!((*a as f64 - b).abs() <= 1e-3, "BN log-det {a} vs Jacobian {b}");
+        }
+    }
+}
+
+#[test]
+fn flow_batchnorm_train_mode_uses_batch_statistics() {
+    let ad = ad_device();
+    let bn = perturb(FlowBatchNorm::new(2, &ad), 0.3, 1);
+    let x = random_input([512, 2, 1, 1], 3, &ad).mul_scalar(2.0).add_scalar(1.0);
+    let (z, ld) = bn.forward(x.clone());
+    let xs = to_vec(x);
+    let zs = to_vec(z);
+    let lg = to_vec(bn.log_gamma.val());
+    let mut expected = 0.0;
+    for c in 0..2 {
+        let v: Vec<f64> = (0..512).map(|n| xs[n * 2 + c] as f64).collect();
+        let mean = v.iter().sum::<f64>() / 512.0;
+        let var = v.iter().map(|a| (a - mean).powi(2)).sum::<f64>() / 512.0;
+        expected += lg[c] as f64 - 0.5 * (var + 1e-5).ln();
+        // Output of the batch has mean beta and std exp(log_gamma).
+        let out: Vec<f64> = (0..512).map(|n| zs[n * 2 + c] as f64).collect();
+        let om = out.iter().sum::<f64>() / 512.0;
+        let os = (out.iter().map(|a| (a - om).powi(2)).sum::<f64>() / 512.0).sqrt();
+        assert!((os - (lg[c] as f64).exp()).abs() < 1e-3);
+    }
+    assert!((to_vec(ld)[0] as f64 - expected).abs() < 1e-4);
+}
