@@ -122,7 +122,7 @@ fn plain_conv_logdet_gradient_is_inverse_transpose() {
 
 fn mlp(cond: usize, out: usize, seed: u64) -> CouplingNet {
     let device = ad_device();
-    CouplingNet::Mlp(Mlp::new(cond, out, 16, 2, &mut rng(seed), &device))
+    CouplingNet::Mlp(Mlp::new(cond, out, 16, 2, true, &mut rng(seed), &device))
 }
 
 #[test]

@@ -152,7 +152,7 @@ pub const COMPARE_DEFAULT_STEPS: usize = 4_000;
 pub fn run<I: IntoIterator<Item = T>, T: Into<OsString> + Clone>(args: I) -> Result<()> {
     let cli = Cli::try_parse_from(args).map_err(|e| {
         if e.use_stderr() {
-            anyhow::anyhow!("{e}")
+            anyhow::anyhow!("{}", e.to_string().trim_start_matches("error: ").trim_end())
         } else {
             // --help / --version: print and succeed.
             print!("{e}");

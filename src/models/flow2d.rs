@@ -113,7 +113,7 @@ fn coupling(cfg: &Flow2dConfig, swap: bool, rng: &mut ChaCha8Rng, device: &Devic
     let cond = crate::layers::coupling::conditioning_channels(DIM, swap);
     let out = crate::layers::coupling::transformed_channels(DIM, swap);
     let net_out = if cfg.coupling == CouplingKind::Additive { out } else { 2 * out };
-    let net = CouplingNet::Mlp(Mlp::new(cond, net_out, cfg.hidden, cfg.depth, rng, device));
+    let net = CouplingNet::Mlp(Mlp::new(cond, net_out, cfg.hidden, cfg.depth, false, rng, device));
     match cfg.coupling {
         CouplingKind::Tanh => {
             Layer::AffineCoupling(AffineCoupling::new(net, Some(TanhScale::new(device)), swap))

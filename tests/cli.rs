@@ -1,0 +1,110 @@
+//! The command-line tool: outputs of `train2d` and `compare`, and clear errors for bad input.
+
+use std::process::Command;
+
+fn glowflow() -> Command {
+    Command::new(env!("CARGO_BIN_EXE_glowflow"))
+}
+
+const QUICK: [&str; 14] = [
+    "--steps", "6", "--batch", "64", "--layers", "2", "--hidden", "8", "--test-samples", "500",
+    "--frames", "3", "--quiet", "--threads",
+];
+
+#[test]
+fn train2d_writes_every_output() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("run");
+    let status = glowflow()
+        .args(["train2d", "--model", "glow", "--target", "normals", "--out"])
+        .arg(&out)
+        .args(QUICK)
+        .arg("1")
+        .status()
+        .unwrap();
+    assert!(status.success());
+    for f in [
+        "metrics.csv",
+        "summary.json",
+        "target.png",
+        "samples.png",
+        "density.png",
+        "training.gif",
+        "checkpoint/model.safetensors",
+        "checkpoint/optimizer.bpk",
+        "checkpoint/state.json",
+    ] {
+        let p = out.join(f);
+        assert!(p.metadata().map(|m| m.len() > 0).unwrap_or(false), "{f} missing or empty");
+    }
+    let s: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(out.join("summary.json")).unwrap()).unwrap();
+    for k in ["model", "target", "steps", "test_nll", "entropy", "train_seconds", "parameters"] {
+        assert!(s.get(k).is_some(), "summary.json lacks {k}");
+    }
+    assert_eq!(s["model"], "glow");
+    assert_eq!(s["steps"], 6);
+    assert!(s["test_nll"].as_f64().unwrap().is_finite());
+    let metrics = std::fs::read_to_string(out.join("metrics.csv")).unwrap();
+    assert!(metrics.starts_with("step,loss,lr,seconds\n"));
+    // The GIF holds the frames.
+    let gif = std::fs::read(out.join("training.gif")).unwrap();
+    assert!(gif.starts_with(b"GIF89a"));
+
+    // Resume to a larger budget continues from step 6.
+    let status = glowflow()
+        .args(["train2d", "--resume"])
+        .arg(&out)
+        .args(["--out"])
+        .arg(&out)
+        .args(["--steps", "10", "--quiet", "--threads", "1"])
+        .status()
+        .unwrap();
+    assert!(status.success());
+    let s: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(out.join("summary.json")).unwrap()).unwrap();
+    assert_eq!(s["steps"], 10);
+}
+
+#[test]
+fn compare_writes_table_picture_and_json() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("cmp");
+    let status = glowflow()
+        .args(["compare", "--target", "rings", "--out"])
+        .arg(&out)
+        .args(QUICK)
+        .arg("2")
+        .status()
+        .unwrap();
+    assert!(status.success());
+    assert!(out.join("compare.png").exists());
+    assert!(out.join("compare.md").exists());
+    let v: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(out.join("compare.json")).unwrap()).unwrap();
+    assert_eq!(v["target"], "rings");
+    assert_eq!(v["steps"], 6);
+    assert!(v["entropy"].as_f64().is_some());
+    for m in ["glow", "realnvp"] {
+        assert!(v["models"][m]["test_nll"].as_f64().unwrap().is_finite());
+        assert!(v["models"][m]["train_seconds"].as_f64().is_some());
+    }
+}
+
+#[test]
+fn bad_input_gets_a_clear_error() {
+    let cases: [(&[&str], &str); 4] = [
+        (&["train2d", "--target", "nosuch"], "nosuch"),
+        (&["train2d", "--batch", "0", "--steps", "1"], "--batch"),
+        (&["train2d", "--lr=-1", "--steps", "1"], "--lr"),
+        (&["train2d", "--resume", "/nonexistent/run"], "--resume"),
+    ];
+    for (args, needle) in cases {
+        let dir = tempfile::tempdir().unwrap();
+        let out = glowflow().args(args).arg("--out").arg(dir.path()).arg("--quiet").output().unwrap();
+        assert!(!out.status.success(), "{args:?} should fail");
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(err.contains(needle), "{args:?}: error does not mention {needle}: {err}");
+        assert!(!err.contains("panicked"), "{args:?} panicked: {err}");
+    }
+}
