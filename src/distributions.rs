@@ -35,4 +35,3 @@ pub fn standard_normal_sample(
         .collect();
     crate::tensor_util::from_vec(v, shape, device)
 }
-

@@ -51,7 +51,9 @@ pub fn device_by_name(name: &str) -> anyhow::Result<Device> {
         #[cfg(feature = "cuda")]
         "cuda" => Ok(Device::cuda(0)),
         #[cfg(not(feature = "cuda"))]
-        "cuda" => anyhow::bail!("--device cuda: this build has no CUDA support (rebuild with `--features cuda`)"),
+        "cuda" => anyhow::bail!(
+            "--device cuda: this build has no CUDA support (rebuild with `--features cuda`)"
+        ),
         other => anyhow::bail!("--device {other}: unknown device (expected flex or cuda)"),
     }
 }

@@ -12,7 +12,10 @@ pub struct Mat {
 
 impl Mat {
     pub fn zeros(n: usize) -> Self {
-        Mat { n, a: vec![0.0; n * n] }
+        Mat {
+            n,
+            a: vec![0.0; n * n],
+        }
     }
     pub fn eye(n: usize) -> Self {
         let mut m = Self::zeros(n);
@@ -23,7 +26,10 @@ impl Mat {
     }
     pub fn from_f32(n: usize, v: &[f32]) -> Self {
         assert_eq!(v.len(), n * n, "matrix data of the wrong length");
-        Mat { n, a: v.iter().map(|&x| x as f64).collect() }
+        Mat {
+            n,
+            a: v.iter().map(|&x| x as f64).collect(),
+        }
     }
     pub fn to_f32(&self) -> Vec<f32> {
         self.a.iter().map(|&x| x as f32).collect()
@@ -225,12 +231,22 @@ mod tests {
 
     #[test]
     fn slogdet_matches_hand_computed() {
-        let a = Mat { n: 2, a: vec![0.0, 2.0, -3.0, 1.0] }; // det = 6
+        let a = Mat {
+            n: 2,
+            a: vec![0.0, 2.0, -3.0, 1.0],
+        }; // det = 6
         let (s, l) = slogdet(&a).unwrap();
         assert_eq!(s, 1.0);
         assert!((l - 6f64.ln()).abs() < 1e-12);
-        let b = Mat { n: 2, a: vec![0.0, 2.0, 3.0, 1.0] }; // det = -6
+        let b = Mat {
+            n: 2,
+            a: vec![0.0, 2.0, 3.0, 1.0],
+        }; // det = -6
         assert_eq!(slogdet(&b).unwrap().0, -1.0);
-        assert!(slogdet(&Mat { n: 2, a: vec![1.0, 2.0, 2.0, 4.0] }).is_none());
+        assert!(slogdet(&Mat {
+            n: 2,
+            a: vec![1.0, 2.0, 2.0, 4.0]
+        })
+        .is_none());
     }
 }

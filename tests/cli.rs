@@ -7,8 +7,20 @@ fn glowflow() -> Command {
 }
 
 const QUICK: [&str; 14] = [
-    "--steps", "6", "--batch", "64", "--layers", "2", "--hidden", "8", "--test-samples", "500",
-    "--frames", "3", "--quiet", "--threads",
+    "--steps",
+    "6",
+    "--batch",
+    "64",
+    "--layers",
+    "2",
+    "--hidden",
+    "8",
+    "--test-samples",
+    "500",
+    "--frames",
+    "3",
+    "--quiet",
+    "--threads",
 ];
 
 #[test]
@@ -35,11 +47,22 @@ fn train2d_writes_every_output() {
         "checkpoint/state.json",
     ] {
         let p = out.join(f);
-        assert!(p.metadata().map(|m| m.len() > 0).unwrap_or(false), "{f} missing or empty");
+        assert!(
+            p.metadata().map(|m| m.len() > 0).unwrap_or(false),
+            "{f} missing or empty"
+        );
     }
     let s: serde_json::Value =
         serde_json::from_str(&std::fs::read_to_string(out.join("summary.json")).unwrap()).unwrap();
-    for k in ["model", "target", "steps", "test_nll", "entropy", "train_seconds", "parameters"] {
+    for k in [
+        "model",
+        "target",
+        "steps",
+        "test_nll",
+        "entropy",
+        "train_seconds",
+        "parameters",
+    ] {
         assert!(s.get(k).is_some(), "summary.json lacks {k}");
     }
     assert_eq!(s["model"], "glow");
@@ -101,10 +124,19 @@ fn bad_input_gets_a_clear_error() {
     ];
     for (args, needle) in cases {
         let dir = tempfile::tempdir().unwrap();
-        let out = glowflow().args(args).arg("--out").arg(dir.path()).arg("--quiet").output().unwrap();
+        let out = glowflow()
+            .args(args)
+            .arg("--out")
+            .arg(dir.path())
+            .arg("--quiet")
+            .output()
+            .unwrap();
         assert!(!out.status.success(), "{args:?} should fail");
         let err = String::from_utf8_lossy(&out.stderr);
-        assert!(err.contains(needle), "{args:?}: error does not mention {needle}: {err}");
+        assert!(
+            err.contains(needle),
+            "{args:?}: error does not mention {needle}: {err}"
+        );
         assert!(!err.contains("panicked"), "{args:?} panicked: {err}");
     }
 }

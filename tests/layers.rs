@@ -24,10 +24,16 @@ fn check(name: &str, layer: &impl Flow, shape: [usize; 4], seed: u64) {
     let err = max_abs_diff(back, x.clone());
     assert!(err <= 1e-4, "{name} {shape:?}: inverse error {err}");
     let sym = max_abs_diff1(ld.clone(), ld_inv.neg());
-    assert!(sym <= 1e-4, "{name} {shape:?}: forward/inverse log-det mismatch {sym}");
+    assert!(
+        sym <= 1e-4,
+        "{name} {shape:?}: forward/inverse log-det mismatch {sym}"
+    );
     let brute = jacobian_logdets(|t| layer.forward(t).0, x);
     for (a, b) in to_vec(ld).iter().zip(&brute) {
-        assert!((*a as f64 - b).abs() <= 1e-3, "{name} {shape:?}: log-det {a} vs Jacobian {b}");
+        assert!(
+            (*a as f64 - b).abs() <= 1e-3,
+            "{name} {shape:?}: log-det {a} vs Jacobian {b}"
+        );
     }
 }
 
@@ -40,7 +46,11 @@ fn actnorm() {
     let device = ad_device();
     for (k, s) in SHAPES.iter().enumerate() {
         let mut a = ActNorm::new(s[1], &device);
-        a.initialize(&random_input([64, s[1], s[2], s[3]], 100 + k as u64, &device).mul_scalar(3.0).add_scalar(0.7));
+        a.initialize(
+            &random_input([64, s[1], s[2], s[3]], 100 + k as u64, &device)
+                .mul_scalar(3.0)
+                .add_scalar(0.7),
+        );
         check("ActNorm", &perturb(a, 0.3, k as u64), *s, k as u64);
     }
 }
@@ -66,7 +76,11 @@ fn actnorm_initialisation_normalises_each_channel() {
         let mean = vals.iter().sum::<f64>() / vals.len() as f64;
         let var = vals.iter().map(|v| (v - mean).powi(2)).sum::<f64>() / (vals.len() - 1) as f64;
         assert!(mean.abs() < 1e-4, "channel {c} mean {mean}");
-        assert!((var.sqrt() - 1.0).abs() < 1e-3, "channel {c} std {}", var.sqrt());
+        assert!(
+            (var.sqrt() - 1.0).abs() < 1e-3,
+            "channel {c} std {}",
+            var.sqrt()
+        );
     }
 }
 
@@ -88,7 +102,11 @@ fn lu_logdet_equals_log_abs_det_of_weight() {
         let (_, expected) = slogdet(&w).unwrap();
         let x = random_input([2, c, 1, 1], 1, &device);
         let ld = to_vec(l.forward(x).1);
-        assert!((ld[0] as f64 - expected).abs() < 1e-4, "C={c}: {} vs {expected}", ld[0]);
+        assert!(
+            (ld[0] as f64 - expected).abs() < 1e-4,
+            "C={c}: {} vs {expected}",
+            ld[0]
+        );
         // Per pixel: an H x W image multiplies it by H * W.
         let x = random_input([2, c, 3, 2], 1, &device);
         let ld = to_vec(l.forward(x).1);
@@ -136,7 +154,12 @@ fn affine_coupling_both_forms_and_halves() {
             for tanh in [false, true] {
                 let ts = tanh.then(|| TanhScale::new(&device));
                 let layer = perturb(AffineCoupling::new(mlp(cond, 2 * out, 3), ts, swap), 0.5, 4);
-                check(&format!("AffineCoupling(tanh={tanh}, swap={swap})"), &layer, *s, 11);
+                check(
+                    &format!("AffineCoupling(tanh={tanh}, swap={swap})"),
+                    &layer,
+                    *s,
+                    11,
+                );
             }
         }
     }
@@ -171,7 +194,12 @@ fn permutations() {
     let device = ad_device();
     for (k, s) in SHAPES.iter().enumerate() {
         check("Reverse", &Reverse { channels: s[1] }, *s, k as u64);
-        check("Shuffle", &Shuffle::new(s[1], &mut rng(k as u64), &device), *s, k as u64);
+        check(
+            "Shuffle",
+            &Shuffle::new(s[1], &mut rng(k as u64), &device),
+            *s,
+            k as u64,
+        );
     }
 }
 
@@ -182,7 +210,9 @@ fn flow_batchnorm_eval_mode_is_exact_bijection() {
     for (k, s) in SHAPES.iter().enumerate() {
         let bn = perturb(FlowBatchNorm::new(s[1], &ad), 0.3, k as u64);
         for i in 0..30 {
-            let x = random_input([64, s[1], s[2], s[3]], 50 + i, &ad).mul_scalar(2.0).add_scalar(0.4);
+            let x = random_input([64, s[1], s[2], s[3]], 50 + i, &ad)
+                .mul_scalar(2.0)
+                .add_scalar(0.4);
             let _ = bn.forward(x);
         }
         let bn = burn::module::Module::valid(&bn);
@@ -194,7 +224,10 @@ fn flow_batchnorm_eval_mode_is_exact_bijection() {
         assert!(max_abs_diff1(ld.clone(), ld_inv.neg()) <= 1e-4);
         let fd = fd_jacobian_logdets(|t| bn.forward(t).0, x, 1e-2);
         for (a, b) in to_vec(ld).iter().zip(&fd) {
-            assert!((*a as f64 - b).abs() <= 1e-3, "BN log-det {a} vs Jacobian {b}");
+            assert!(
+                (*a as f64 - b).abs() <= 1e-3,
+                "BN log-det {a} vs Jacobian {b}"
+            );
         }
     }
 }
@@ -203,7 +236,9 @@ fn flow_batchnorm_eval_mode_is_exact_bijection() {
 fn flow_batchnorm_train_mode_uses_batch_statistics() {
     let ad = ad_device();
     let bn = perturb(FlowBatchNorm::new(2, &ad), 0.3, 1);
-    let x = random_input([512, 2, 1, 1], 3, &ad).mul_scalar(2.0).add_scalar(1.0);
+    let x = random_input([512, 2, 1, 1], 3, &ad)
+        .mul_scalar(2.0)
+        .add_scalar(1.0);
     let (z, ld) = bn.forward(x.clone());
     let xs = to_vec(x);
     let zs = to_vec(z);

@@ -29,7 +29,11 @@ fn small_options(steps: usize) -> Train2dOptions {
 }
 
 fn io(out: &Path) -> RunIo {
-    RunIo { out: out.to_path_buf(), progress: false, threads: 2 }
+    RunIo {
+        out: out.to_path_buf(),
+        progress: false,
+        threads: 2,
+    }
 }
 
 fn run(start: Start, opts: Option<Train2dOptions>, out: &Path) -> anyhow::Result<Summary> {
@@ -63,8 +67,16 @@ fn short_glow_run_on_normals_learns_the_target() {
     eprintln!("short run: test NLL {} entropy {entropy}", s.test_nll);
     // A standard normal fitted to the target scores about 1.5 nats; the 8 modes are learned when
     // the test NLL comes within 0.25 nats of the target's entropy (~0.29).
-    assert!(s.test_nll < entropy + 0.25, "test NLL {} vs entropy {entropy}", s.test_nll);
-    assert!(s.test_nll > entropy - 0.05, "test NLL {} below the entropy {entropy}", s.test_nll);
+    assert!(
+        s.test_nll < entropy + 0.25,
+        "test NLL {} vs entropy {entropy}",
+        s.test_nll
+    );
+    assert!(
+        s.test_nll > entropy - 0.05,
+        "test NLL {} below the entropy {entropy}",
+        s.test_nll
+    );
 }
 
 #[test]
@@ -72,18 +84,39 @@ fn resume_continues_exactly() {
     for model in [ModelKind::Glow, ModelKind::Realnvp] {
         let full = tempfile::tempdir().unwrap();
         let split = tempfile::tempdir().unwrap();
-        let a = run(Start::Fresh(small_config(model)), Some(small_options(30)), full.path()).unwrap();
+        let a = run(
+            Start::Fresh(small_config(model)),
+            Some(small_options(30)),
+            full.path(),
+        )
+        .unwrap();
         let mut half = small_options(30);
         half.steps = 15;
         run(Start::Fresh(small_config(model)), Some(half), split.path()).unwrap();
-        let b = run(Start::Resume(split.path().to_path_buf()), Some(small_options(30)), split.path()).unwrap();
+        let b = run(
+            Start::Resume(split.path().to_path_buf()),
+            Some(small_options(30)),
+            split.path(),
+        )
+        .unwrap();
         let (la, lb) = (losses(full.path()), losses(split.path()));
         assert_eq!(la.len(), 30);
-        assert_eq!(la.iter().map(|r| r.0).collect::<Vec<_>>(), lb.iter().map(|r| r.0).collect::<Vec<_>>());
+        assert_eq!(
+            la.iter().map(|r| r.0).collect::<Vec<_>>(),
+            lb.iter().map(|r| r.0).collect::<Vec<_>>()
+        );
         for ((s, x), (_, y)) in la.iter().zip(&lb) {
-            assert!((x - y).abs() < 1e-5, "{model:?} step {s}: loss {x} uninterrupted vs {y} resumed");
+            assert!(
+                (x - y).abs() < 1e-5,
+                "{model:?} step {s}: loss {x} uninterrupted vs {y} resumed"
+            );
         }
-        assert!((a.test_nll - b.test_nll).abs() < 1e-5, "{model:?}: {} vs {}", a.test_nll, b.test_nll);
+        assert!(
+            (a.test_nll - b.test_nll).abs() < 1e-5,
+            "{model:?}: {} vs {}",
+            a.test_nll,
+            b.test_nll
+        );
         let state = std::fs::read_to_string(split.path().join("checkpoint/state.json")).unwrap();
         let v: serde_json::Value = serde_json::from_str(&state).unwrap();
         assert_eq!(v["step"], 30);
@@ -110,6 +143,7 @@ fn divergence_stops_with_the_step_named() {
 #[test]
 fn resume_rejects_a_directory_without_checkpoint() {
     let dir = tempfile::tempdir().unwrap();
-    let err = run(Start::Resume(dir.path().to_path_buf()), None, dir.path()).expect_err("no checkpoint");
+    let err =
+        run(Start::Resume(dir.path().to_path_buf()), None, dir.path()).expect_err("no checkpoint");
     assert!(format!("{err:#}").contains("--resume"), "{err:#}");
 }

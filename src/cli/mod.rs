@@ -57,9 +57,9 @@ pub struct CommonArgs {
     /// Coupling-network hidden layers.
     #[arg(long, default_value_t = 2)]
     pub depth: usize,
-    /// Coupling form: sigmoid (Glow's (x + t) * sigmoid(s + 2)), tanh (the tutorial's
-    /// x * exp(tanh(s) * a + b) + t) or additive.
-    #[arg(long, value_enum, default_value = "sigmoid")]
+    /// Coupling form: tanh (the tutorial's x * exp(tanh(s) * a + b) + t), sigmoid (Glow's
+    /// (x + t) * sigmoid(s + 2), which can only contract) or additive.
+    #[arg(long, value_enum, default_value = "tanh")]
     pub coupling: CouplingKind,
     /// Seed for initialisation and data.
     #[arg(long, default_value_t = 0)]
@@ -147,7 +147,7 @@ pub struct CompareArgs {
 /// Default step budget of `train2d` (the tutorial's full run).
 pub const TRAIN2D_DEFAULT_STEPS: usize = 20_000;
 /// Default step budget of `compare`: both models within ~10 minutes on 2 cores.
-pub const COMPARE_DEFAULT_STEPS: usize = 4_000;
+pub const COMPARE_DEFAULT_STEPS: usize = 3_000;
 
 pub fn run<I: IntoIterator<Item = T>, T: Into<OsString> + Clone>(args: I) -> Result<()> {
     let cli = Cli::try_parse_from(args).map_err(|e| {
@@ -167,7 +167,11 @@ pub fn run<I: IntoIterator<Item = T>, T: Into<OsString> + Clone>(args: I) -> Res
 
 fn cmd_train2d(a: Train2dArgs) -> Result<()> {
     let device = crate::device_by_name(&a.common.device)?;
-    let io = RunIo { out: a.out.clone(), progress: !a.common.quiet, threads: a.common.threads() };
+    let io = RunIo {
+        out: a.out.clone(),
+        progress: !a.common.quiet,
+        threads: a.common.threads(),
+    };
     let summary = match &a.resume {
         Some(dir) => {
             let opts = a.common.steps.map(|s| {
@@ -179,7 +183,12 @@ fn cmd_train2d(a: Train2dArgs) -> Result<()> {
         }
         None => {
             let cfg = a.common.config(a.model, a.permutation);
-            train2d(Start::Fresh(cfg), Some(a.common.options(TRAIN2D_DEFAULT_STEPS)), &io, &device)?
+            train2d(
+                Start::Fresh(cfg),
+                Some(a.common.options(TRAIN2D_DEFAULT_STEPS)),
+                &io,
+                &device,
+            )?
         }
     };
     println!("{}", serde_json::to_string_pretty(&summary)?);
@@ -189,7 +198,8 @@ fn cmd_train2d(a: Train2dArgs) -> Result<()> {
 fn cmd_compare(a: CompareArgs) -> Result<()> {
     let device = crate::device_by_name(&a.common.device)?;
     let opts = a.common.options(COMPARE_DEFAULT_STEPS);
-    std::fs::create_dir_all(&a.out).with_context(|| format!("--out {}: cannot create directory", a.out.display()))?;
+    std::fs::create_dir_all(&a.out)
+        .with_context(|| format!("--out {}: cannot create directory", a.out.display()))?;
     let mut results = serde_json::Map::new();
     let mut grids = Vec::new();
     let mut rows = Vec::new();
@@ -197,13 +207,25 @@ fn cmd_compare(a: CompareArgs) -> Result<()> {
     for (kind, title) in [(ModelKind::Realnvp, "Real NVP"), (ModelKind::Glow, "Glow")] {
         let out = a.out.join(kind.name());
         if !a.common.quiet {
-            eprintln!("training {title} on {} for {} steps -> {}", opts.target.name(), opts.steps, out.display());
+            eprintln!(
+                "training {title} on {} for {} steps -> {}",
+                opts.target.name(),
+                opts.steps,
+                out.display()
+            );
         }
-        let io = RunIo { out: out.clone(), progress: !a.common.quiet, threads: a.common.threads() };
+        let io = RunIo {
+            out: out.clone(),
+            progress: !a.common.quiet,
+            threads: a.common.threads(),
+        };
         let cfg = a.common.config(kind, Permutation::Lu);
         let s = train2d(Start::Fresh(cfg), Some(opts.clone()), &io, &device)?;
         let (model, _) = load_trained(&out, &device)?;
-        grids.push((title.to_string(), eval2d::model_density_grid(&model, opts.target, opts.grid, &device)));
+        grids.push((
+            title.to_string(),
+            eval2d::model_density_grid(&model, opts.target, opts.grid, &device),
+        ));
         entropy = s.entropy;
         results.insert(
             kind.name().into(),
@@ -252,7 +274,9 @@ fn cmd_compare(a: CompareArgs) -> Result<()> {
         ));
     }
     if let Some(e) = entropy {
-        md.push_str(&format!("\nTarget entropy (Monte Carlo over the test set): {e:.4} nats.\n"));
+        md.push_str(&format!(
+            "\nTarget entropy (Monte Carlo over the test set): {e:.4} nats.\n"
+        ));
     }
     crate::fsutil::write_atomic(&a.out.join("compare.md"), md.as_bytes())?;
     println!("{}", serde_json::to_string_pretty(&report)?);

@@ -9,7 +9,9 @@ use rand_distr::{Distribution, StandardNormal};
 use crate::distributions::LN_2PI;
 
 /// A 2D target.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize, clap::ValueEnum)]
+#[derive(
+    Clone, Copy, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize, clap::ValueEnum,
+)]
 pub enum Target {
     /// The tutorial's 8 Gaussians: radius 0.7, sigma 0.1.
     #[serde(rename = "normals")]
@@ -64,11 +66,12 @@ fn normal(rng: &mut impl Rng) -> f64 {
 }
 
 fn eight_directions() -> Vec<[f64; 2]> {
-    (0..8).map(|k| {
-        let a = 2.0 * PI * k as f64 / 8.0;
-        [a.cos(), a.sin()]
-    })
-    .collect()
+    (0..8)
+        .map(|k| {
+            let a = 2.0 * PI * k as f64 / 8.0;
+            [a.cos(), a.sin()]
+        })
+        .collect()
 }
 
 /// log of an equal mixture of isotropic Gaussians.
@@ -93,8 +96,10 @@ fn log_sum_exp(v: &[f64]) -> f64 {
 fn ln_bessel_i0(x: f64) -> f64 {
     if x < 3.75 {
         let t = (x / 3.75).powi(2);
-        (1.0 + t * (3.5156229 + t * (3.0899424 + t * (1.2067492 + t * (0.2659732
-            + t * (0.0360768 + t * 0.0045813))))))
+        (1.0 + t
+            * (3.5156229
+                + t * (3.0899424
+                    + t * (1.2067492 + t * (0.2659732 + t * (0.0360768 + t * 0.0045813))))))
             .ln()
     } else {
         let t = 3.75 / x;
@@ -103,7 +108,8 @@ fn ln_bessel_i0(x: f64) -> f64 {
                 + t * (0.00225319
                     + t * (-0.00157565
                         + t * (0.00916281
-                            + t * (-0.02057706 + t * (0.02635537 + t * (-0.01647633 + t * 0.00392377)))))));
+                            + t * (-0.02057706
+                                + t * (0.02635537 + t * (-0.01647633 + t * 0.00392377)))))));
         x - 0.5 * x.ln() + poly.ln()
     }
 }
@@ -131,7 +137,10 @@ fn sample_rings(n: usize, radii: &[f64], sigma: f64, rng: &mut impl Rng) -> Vec<
         let phase = rng.gen::<f64>() * 2.0 * PI;
         for j in 0..m {
             let a = phase + 2.0 * PI * j as f64 / m as f64;
-            out.push([r * a.cos() + sigma * normal(rng), r * a.sin() + sigma * normal(rng)]);
+            out.push([
+                r * a.cos() + sigma * normal(rng),
+                r * a.sin() + sigma * normal(rng),
+            ]);
         }
     }
     out
@@ -163,12 +172,22 @@ impl Target {
     /// Mode centres and their standard deviation, for mixture-of-Gaussian targets.
     pub fn modes(self) -> Option<(Vec<[f64; 2]>, f64)> {
         match self {
-            Target::Normals => {
-                Some((eight_directions().iter().map(|d| [0.7 * d[0], 0.7 * d[1]]).collect(), 0.1))
-            }
+            Target::Normals => Some((
+                eight_directions()
+                    .iter()
+                    .map(|d| [0.7 * d[0], 0.7 * d[1]])
+                    .collect(),
+                0.1,
+            )),
             Target::EightGaussians => {
                 let s = 4.0 / 1.414;
-                Some((eight_directions().iter().map(|d| [s * d[0], s * d[1]]).collect(), 0.5 / 1.414))
+                Some((
+                    eight_directions()
+                        .iter()
+                        .map(|d| [s * d[0], s * d[1]])
+                        .collect(),
+                    0.5 / 1.414,
+                ))
             }
             _ => None,
         }
@@ -220,7 +239,10 @@ impl Target {
             Target::Swissroll => (0..n)
                 .map(|_| {
                     let t = 1.5 * PI * (1.0 + 2.0 * rng.gen::<f64>());
-                    [t * t.cos() / 5.0 + 0.2 * normal(rng), t * t.sin() / 5.0 + 0.2 * normal(rng)]
+                    [
+                        t * t.cos() / 5.0 + 0.2 * normal(rng),
+                        t * t.sin() / 5.0 + 0.2 * normal(rng),
+                    ]
                 })
                 .collect(),
             Target::TwoSpirals => (0..n)
@@ -229,7 +251,10 @@ impl Target {
                     let dx = -t.cos() * t + 0.5 * rng.gen::<f64>();
                     let dy = t.sin() * t + 0.5 * rng.gen::<f64>();
                     let sign = if i % 2 == 0 { 1.0 } else { -1.0 };
-                    [sign * dx / 3.0 + 0.1 * normal(rng), sign * dy / 3.0 + 0.1 * normal(rng)]
+                    [
+                        sign * dx / 3.0 + 0.1 * normal(rng),
+                        sign * dy / 3.0 + 0.1 * normal(rng),
+                    ]
                 })
                 .collect(),
             Target::Pinwheel => (0..n)
@@ -276,7 +301,11 @@ impl Target {
         let r2 = (3.0 * sigma).powi(2);
         let off = points
             .iter()
-            .filter(|p| centers.iter().all(|c| (p[0] - c[0]).powi(2) + (p[1] - c[1]).powi(2) > r2))
+            .filter(|p| {
+                centers
+                    .iter()
+                    .all(|c| (p[0] - c[0]).powi(2) + (p[1] - c[1]).powi(2) > r2)
+            })
             .count();
         Some(off as f64 / points.len().max(1) as f64)
     }
@@ -321,11 +350,21 @@ mod tests {
             let pts = t.sample(4000, &mut rng);
             assert_eq!(pts.len(), 4000);
             let b = t.box_half_width();
-            let inside = pts.iter().filter(|p| p[0].abs() <= b && p[1].abs() <= b).count();
-            assert!(inside as f64 / 4000.0 > 0.98, "{}: {inside}/4000 inside", t.name());
+            let inside = pts
+                .iter()
+                .filter(|p| p[0].abs() <= b && p[1].abs() <= b)
+                .count();
+            assert!(
+                inside as f64 / 4000.0 > 0.98,
+                "{}: {inside}/4000 inside",
+                t.name()
+            );
             if t.has_log_prob() {
                 // Samples land where the density is positive and finite.
-                let finite = pts.iter().filter(|p| t.log_prob(**p).unwrap().is_finite()).count();
+                let finite = pts
+                    .iter()
+                    .filter(|p| t.log_prob(**p).unwrap().is_finite())
+                    .count();
                 assert_eq!(finite, 4000, "{}", t.name());
             }
         }
@@ -335,7 +374,11 @@ mod tests {
     fn samples_follow_the_density() {
         // Mean log-density of samples (an entropy estimate) against the grid integral of -p log p.
         let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(1);
-        for (t, b) in [(Target::Normals, 2.0), (Target::Rings, 4.5), (Target::Circles, 5.5)] {
+        for (t, b) in [
+            (Target::Normals, 2.0),
+            (Target::Rings, 4.5),
+            (Target::Circles, 5.5),
+        ] {
             let pts = t.sample(40_000, &mut rng);
             let mc: f64 = -pts.iter().map(|p| t.log_prob(*p).unwrap()).sum::<f64>() / 40_000.0;
             let m = 600;
@@ -343,13 +386,19 @@ mod tests {
             let mut ent = 0.0;
             for i in 0..m {
                 for j in 0..m {
-                    let lp = t.log_prob([-b + (i as f64 + 0.5) * h, -b + (j as f64 + 0.5) * h]).unwrap();
+                    let lp = t
+                        .log_prob([-b + (i as f64 + 0.5) * h, -b + (j as f64 + 0.5) * h])
+                        .unwrap();
                     if lp.is_finite() {
                         ent -= lp.exp() * lp * h * h;
                     }
                 }
             }
-            assert!((mc - ent).abs() < 0.03, "{}: sample entropy {mc} vs grid {ent}", t.name());
+            assert!(
+                (mc - ent).abs() < 0.03,
+                "{}: sample entropy {mc} vs grid {ent}",
+                t.name()
+            );
         }
     }
 
@@ -378,6 +427,9 @@ mod tests {
         let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(2);
         let pts = t.sample(200_000, &mut rng);
         let share = t.off_mode_share(&pts).unwrap();
-        assert!((share - mass).abs() < 0.0008, "sampled {share} vs integral {mass}");
+        assert!(
+            (share - mass).abs() < 0.0008,
+            "sampled {share} vs integral {mass}"
+        );
     }
 }

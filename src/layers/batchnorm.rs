@@ -74,7 +74,8 @@ impl Flow for FlowBatchNorm {
         let c = self.channels();
         let (mean, var) = self.statistics(&x);
         let ld = self.logdet(var.clone(), &x);
-        let scale = (self.log_gamma.val().exp() / var.add_scalar(self.eps).sqrt()).reshape([1, c, 1, 1]);
+        let scale =
+            (self.log_gamma.val().exp() / var.add_scalar(self.eps).sqrt()).reshape([1, c, 1, 1]);
         let y = (x - mean.reshape([1, c, 1, 1])) * scale + self.beta.val().reshape([1, c, 1, 1]);
         (y, ld)
     }
@@ -87,7 +88,8 @@ impl Flow for FlowBatchNorm {
         let ld = self.logdet(var.clone(), &y).neg();
         let inv_scale =
             (var.add_scalar(self.eps).sqrt() / self.log_gamma.val().exp()).reshape([1, c, 1, 1]);
-        let x = (y - self.beta.val().reshape([1, c, 1, 1])) * inv_scale + mean.reshape([1, c, 1, 1]);
+        let x =
+            (y - self.beta.val().reshape([1, c, 1, 1])) * inv_scale + mean.reshape([1, c, 1, 1]);
         (x, ld)
     }
 }

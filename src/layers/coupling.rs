@@ -87,7 +87,11 @@ pub struct AffineCoupling {
 
 impl AffineCoupling {
     pub fn new(net: CouplingNet, tanh_scale: Option<TanhScale>, swap: bool) -> Self {
-        AffineCoupling { net, tanh_scale, swap }
+        AffineCoupling {
+            net,
+            tanh_scale,
+            swap,
+        }
     }
 
     /// `(shift, log_scale)` for the transformed half.

@@ -23,7 +23,9 @@ pub fn apply_channel_matrix(x: Tensor<4>, w: Tensor<2>) -> Tensor<4> {
     let [n, c, h, wd] = x.dims();
     if h * wd == 1 {
         // Vectors: one GEMM [N, C] x [C, C]^T.
-        x.reshape([n, c]).matmul(w.transpose()).reshape([n, c, 1, 1])
+        x.reshape([n, c])
+            .matmul(w.transpose())
+            .reshape([n, c, 1, 1])
     } else {
         let x3 = x.reshape([n, c, h * wd]);
         w.unsqueeze::<3>().matmul(x3).reshape([n, c, h, wd])
@@ -146,7 +148,9 @@ impl InvConv1x1 {
         let device = w.device();
         let host = host_matrix(w.clone());
         let (_, logabsdet) = linalg::slogdet(&host).expect("1x1 convolution matrix is singular");
-        let inv_t = linalg::inverse(&host).expect("1x1 convolution matrix is singular").transpose();
+        let inv_t = linalg::inverse(&host)
+            .expect("1x1 convolution matrix is singular")
+            .transpose();
         let g = from_vec(inv_t.to_f32(), [c, c], &device);
         let surrogate = (w.clone() * g.clone()).sum() - (w.detach() * g).sum();
         let value = from_vec(vec![logabsdet as f32], [1], &device);

@@ -42,9 +42,15 @@ impl Shuffle {
             inv[p as usize] = i as i64;
         }
         let int = |v: Vec<i64>| {
-            Param::initialized(ParamId::new(), Tensor::<1, Int>::from_data(TensorData::new(v, [channels]), device))
+            Param::initialized(
+                ParamId::new(),
+                Tensor::<1, Int>::from_data(TensorData::new(v, [channels]), device),
+            )
         };
-        Shuffle { perm: int(perm), inv_perm: int(inv) }
+        Shuffle {
+            perm: int(perm),
+            inv_perm: int(inv),
+        }
     }
 }
 
@@ -58,6 +64,9 @@ impl Flow for Shuffle {
     fn inverse(&self, y: Tensor<4>) -> (Tensor<4>, Tensor<1>) {
         let [n, ..] = y.dims();
         let device = y.device();
-        (y.select(1, self.inv_perm.val()), Tensor::zeros([n], &device))
+        (
+            y.select(1, self.inv_perm.val()),
+            Tensor::zeros([n], &device),
+        )
     }
 }

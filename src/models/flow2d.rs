@@ -84,7 +84,7 @@ impl Flow2dConfig {
             layers: 32,
             hidden: 64,
             depth: 2,
-            coupling: CouplingKind::Sigmoid,
+            coupling: CouplingKind::Tanh,
             permutation: Permutation::Lu,
             init_seed: 0,
         }
@@ -112,8 +112,14 @@ const DIM: usize = 2;
 fn coupling(cfg: &Flow2dConfig, swap: bool, rng: &mut ChaCha8Rng, device: &Device) -> Layer {
     let cond = crate::layers::coupling::conditioning_channels(DIM, swap);
     let out = crate::layers::coupling::transformed_channels(DIM, swap);
-    let net_out = if cfg.coupling == CouplingKind::Additive { out } else { 2 * out };
-    let net = CouplingNet::Mlp(Mlp::new(cond, net_out, cfg.hidden, cfg.depth, false, rng, device));
+    let net_out = if cfg.coupling == CouplingKind::Additive {
+        out
+    } else {
+        2 * out
+    };
+    let net = CouplingNet::Mlp(Mlp::new(
+        cond, net_out, cfg.hidden, cfg.depth, false, rng, device,
+    ));
     match cfg.coupling {
         CouplingKind::Tanh => {
             Layer::AffineCoupling(AffineCoupling::new(net, Some(TanhScale::new(device)), swap))
@@ -133,8 +139,12 @@ impl Flow2d {
                 ModelKind::Glow => {
                     layers.push(Layer::ActNorm(ActNorm::new(DIM, device)));
                     layers.push(match cfg.permutation {
-                        Permutation::Lu => Layer::InvConv1x1Lu(InvConv1x1Lu::new(DIM, &mut rng, device)),
-                        Permutation::Plain => Layer::InvConv1x1(InvConv1x1::new(DIM, &mut rng, device)),
+                        Permutation::Lu => {
+                            Layer::InvConv1x1Lu(InvConv1x1Lu::new(DIM, &mut rng, device))
+                        }
+                        Permutation::Plain => {
+                            Layer::InvConv1x1(InvConv1x1::new(DIM, &mut rng, device))
+                        }
                         Permutation::Shuffle => Layer::Shuffle(Shuffle::new(DIM, &mut rng, device)),
                         Permutation::Reverse => Layer::Reverse(Reverse { channels: DIM }),
                     });
@@ -145,7 +155,10 @@ impl Flow2d {
             }
             layers.push(coupling(cfg, swap, &mut rng, device));
         }
-        Flow2d { flow: FlowSequence::new(layers) }.with_stable_param_ids()
+        Flow2d {
+            flow: FlowSequence::new(layers),
+        }
+        .with_stable_param_ids()
     }
 
     /// Number the parameters 0, 1, 2, ... in module order, so a model rebuilt from the same

@@ -19,7 +19,11 @@ impl Dense {
     /// PyTorch's default initialisation: U(-1/sqrt(in), 1/sqrt(in)) for weight and bias.
     pub fn new(input: usize, output: usize, rng: &mut impl Rng, device: &Device) -> Self {
         let bound = 1.0 / (input as f32).sqrt();
-        let mut draw = |k: usize| (0..k).map(|_| rng.gen_range(-bound..bound)).collect::<Vec<_>>();
+        let mut draw = |k: usize| {
+            (0..k)
+                .map(|_| rng.gen_range(-bound..bound))
+                .collect::<Vec<_>>()
+        };
         let w = draw(input * output);
         let b = draw(output);
         Dense {

@@ -11,7 +11,6 @@ use burn::optim::ModuleOptimizer;
 use burn::store::{ModuleSnapshot, SafetensorsStore};
 use serde::{de::DeserializeOwned, Serialize};
 
-
 pub const MODEL_FILE: &str = "model.safetensors";
 pub const OPTIMIZER_FILE: &str = "optimizer.bpk";
 pub const STATE_FILE: &str = "state.json";
@@ -28,7 +27,8 @@ pub fn save_model<M: Module + ModuleSnapshot>(model: &M, path: &Path) -> Result<
     model
         .save_into(&mut store)
         .map_err(|e| anyhow::anyhow!("cannot write weights to {}: {e:?}", tmp.display()))?;
-    std::fs::rename(&tmp, path).with_context(|| format!("cannot move weights to {}", path.display()))
+    std::fs::rename(&tmp, path)
+        .with_context(|| format!("cannot move weights to {}", path.display()))
 }
 
 /// Load parameters saved by [`save_model`] into `model` (which must have the same structure).
@@ -76,5 +76,6 @@ pub fn save_json<T: Serialize>(value: &T, path: &Path) -> Result<()> {
 pub fn load_json<T: DeserializeOwned>(path: &Path) -> Result<T> {
     let text = std::fs::read_to_string(path)
         .with_context(|| format!("{}: cannot read checkpoint state", path.display()))?;
-    serde_json::from_str(&text).with_context(|| format!("{}: malformed checkpoint state", path.display()))
+    serde_json::from_str(&text)
+        .with_context(|| format!("{}: malformed checkpoint state", path.display()))
 }

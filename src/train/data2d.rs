@@ -22,7 +22,14 @@ pub const DEFAULT_POOL: usize = 65_536;
 impl DataStream {
     pub fn new(target: Target, seed: u64, batch: usize) -> Self {
         let pool_size = DEFAULT_POOL.div_ceil(batch) * batch;
-        DataStream { target, seed, batch, pool_size, pool_index: None, pool: Vec::new() }
+        DataStream {
+            target,
+            seed,
+            batch,
+            pool_size,
+            pool_index: None,
+            pool: Vec::new(),
+        }
     }
 
     /// The batch of training step `step` (0-based), as flat `[batch * 2]` f32.
@@ -36,13 +43,18 @@ impl DataStream {
             self.pool_index = Some(r);
         }
         let off = start % self.pool_size;
-        self.pool[off..off + self.batch].iter().flat_map(|p| [p[0] as f32, p[1] as f32]).collect()
+        self.pool[off..off + self.batch]
+            .iter()
+            .flat_map(|p| [p[0] as f32, p[1] as f32])
+            .collect()
     }
 }
 
 /// Seed of the held-out test sample, distinct from every training pool of the same seed.
 pub fn test_seed(seed: u64) -> u64 {
-    seed.wrapping_mul(6_364_136_223_846_793_005).wrapping_add(1_442_695_040_888_963_407) ^ 0x7E57
+    seed.wrapping_mul(6_364_136_223_846_793_005)
+        .wrapping_add(1_442_695_040_888_963_407)
+        ^ 0x7E57
 }
 
 /// `n` held-out test points for a run seeded `seed`.

@@ -15,7 +15,10 @@ const EVAL_BATCH: usize = 8192;
 pub fn log_prob_points(model: &Flow2d, points: &[[f64; 2]], device: &Device) -> Vec<f64> {
     let mut out = Vec::with_capacity(points.len());
     for chunk in points.chunks(EVAL_BATCH) {
-        let flat: Vec<f32> = chunk.iter().flat_map(|p| [p[0] as f32, p[1] as f32]).collect();
+        let flat: Vec<f32> = chunk
+            .iter()
+            .flat_map(|p| [p[0] as f32, p[1] as f32])
+            .collect();
         let x = from_vec(flat, [chunk.len(), 2], device);
         out.extend(to_vec(model.log_prob(x)).into_iter().map(f64::from));
     }
@@ -37,11 +40,23 @@ pub fn target_entropy(target: Target, points: &[[f64; 2]]) -> Option<f64> {
 }
 
 /// Exact model density on a `size x size` grid over the target's box.
-pub fn model_density_grid(model: &Flow2d, target: Target, size: usize, device: &Device) -> DensityGrid {
+pub fn model_density_grid(
+    model: &Flow2d,
+    target: Target,
+    size: usize,
+    device: &Device,
+) -> DensityGrid {
     let b = target.box_half_width();
     let pts = DensityGrid::points(size, b);
-    let values = log_prob_points(model, &pts, device).into_iter().map(f64::exp).collect();
-    DensityGrid { size, half_width: b, values }
+    let values = log_prob_points(model, &pts, device)
+        .into_iter()
+        .map(f64::exp)
+        .collect();
+    DensityGrid {
+        size,
+        half_width: b,
+        values,
+    }
 }
 
 /// The target density on the same grid: exact where known, else a histogram of 400k samples.
@@ -49,8 +64,15 @@ pub fn target_density_grid(target: Target, size: usize) -> DensityGrid {
     let b = target.box_half_width();
     if target.has_log_prob() {
         let pts = DensityGrid::points(size, b);
-        let values = pts.iter().map(|p| target.log_prob(*p).map_or(0.0, f64::exp)).collect();
-        return DensityGrid { size, half_width: b, values };
+        let values = pts
+            .iter()
+            .map(|p| target.log_prob(*p).map_or(0.0, f64::exp))
+            .collect();
+        return DensityGrid {
+            size,
+            half_width: b,
+            values,
+        };
     }
     let bins = 64;
     let n = 400_000;
@@ -70,11 +92,20 @@ pub fn target_density_grid(target: Target, size: usize) -> DensityGrid {
             counts[r * bins + c] / (n as f64 * cell)
         })
         .collect();
-    DensityGrid { size, half_width: b, values }
+    DensityGrid {
+        size,
+        half_width: b,
+        values,
+    }
 }
 
 /// `n` model samples (temperature 1) and their model log-densities.
-pub fn model_samples(model: &Flow2d, n: usize, seed: u64, device: &Device) -> (Vec<[f64; 2]>, Vec<f64>) {
+pub fn model_samples(
+    model: &Flow2d,
+    n: usize,
+    seed: u64,
+    device: &Device,
+) -> (Vec<[f64; 2]>, Vec<f64>) {
     let mut rng = ChaCha8Rng::seed_from_u64(seed);
     let (x, logp) = model.sample(n, 1.0, &mut rng, device);
     let xs = to_vec(x);

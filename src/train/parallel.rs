@@ -47,12 +47,18 @@ where
                 s.spawn(move || run(&local, rows))
             })
             .collect();
-        handles.into_iter().map(|h| h.join().expect("gradient worker panicked")).collect()
+        handles
+            .into_iter()
+            .map(|h| h.join().expect("gradient worker panicked"))
+            .collect()
     });
     let value = parts.iter().map(|p| p.0).sum();
     let mut grads: Vec<GradientsParams> = parts.into_iter().map(|p| p.1).collect();
     let mut merged = GradientsParams::new();
-    model.visit(&mut SumGrads { parts: &mut grads, out: &mut merged });
+    model.visit(&mut SumGrads {
+        parts: &mut grads,
+        out: &mut merged,
+    });
     (value, merged)
 }
 

@@ -146,7 +146,11 @@ fn frames_dir(out: &Path) -> PathBuf {
 
 /// Load a trained model (evaluation mode, on `device`) from a run or checkpoint directory.
 pub fn load_trained(dir: &Path, device: &Device) -> Result<(Flow2d, RunState)> {
-    let ck = if dir.join(STATE_FILE).exists() { dir.to_path_buf() } else { checkpoint_dir(dir) };
+    let ck = if dir.join(STATE_FILE).exists() {
+        dir.to_path_buf()
+    } else {
+        checkpoint_dir(dir)
+    };
     let state: RunState = checkpoint::load_json(&ck.join(STATE_FILE))?;
     let mut model = Flow2d::new(&state.model, device);
     model = checkpoint::load_model(model, &ck.join(MODEL_FILE))?;
@@ -157,7 +161,12 @@ pub fn load_trained(dir: &Path, device: &Device) -> Result<(Flow2d, RunState)> {
     Ok((model, state))
 }
 
-fn save_checkpoint(out: &Path, model: &Flow2d, optim: &ModuleOptimizer, state: &RunState) -> Result<()> {
+fn save_checkpoint(
+    out: &Path,
+    model: &Flow2d,
+    optim: &ModuleOptimizer,
+    state: &RunState,
+) -> Result<()> {
     let ck = checkpoint_dir(out);
     std::fs::create_dir_all(&ck).with_context(|| format!("cannot create {}", ck.display()))?;
     checkpoint::save_model(model, &ck.join(MODEL_FILE))?;
@@ -171,7 +180,12 @@ pub fn density_scale(target: Target, grid: usize) -> f64 {
 }
 
 /// Train (or resume), then evaluate and write every output into `io.out`.
-pub fn train2d(start: Start, options: Option<Train2dOptions>, io: &RunIo, device: &Device) -> Result<Summary> {
+pub fn train2d(
+    start: Start,
+    options: Option<Train2dOptions>,
+    io: &RunIo,
+    device: &Device,
+) -> Result<Summary> {
     let train_device = device.clone().autodiff();
     let (mut model, mut optim, opts, cfg, first_step, mut train_seconds) = match start {
         Start::Fresh(cfg) => {
@@ -183,29 +197,49 @@ pub fn train2d(start: Start, options: Option<Train2dOptions>, io: &RunIo, device
         }
         Start::Resume(dir) => {
             let ck = checkpoint_dir(&dir);
-            let state: RunState = checkpoint::load_json(&ck.join(STATE_FILE))
-                .with_context(|| format!("--resume {}: not a run directory with a checkpoint", dir.display()))?;
+            let state: RunState =
+                checkpoint::load_json(&ck.join(STATE_FILE)).with_context(|| {
+                    format!(
+                        "--resume {}: not a run directory with a checkpoint",
+                        dir.display()
+                    )
+                })?;
             let mut model = Flow2d::new(&state.model, &train_device);
             model = checkpoint::load_model(model, &ck.join(MODEL_FILE))?;
             model
                 .flow
                 .set_actnorm_flags(&state.actnorm_initialized)
                 .map_err(|e| anyhow::anyhow!("{}: {e}", ck.join(STATE_FILE).display()))?;
-            let optim = checkpoint::load_optimizer(AdamConfig::new().with_epsilon(1e-8).init(), &ck.join(OPTIMIZER_FILE))?;
+            let optim = checkpoint::load_optimizer(
+                AdamConfig::new().with_epsilon(1e-8).init(),
+                &ck.join(OPTIMIZER_FILE),
+            )?;
             let mut opts = state.options.clone();
             if let Some(o) = options {
                 // Only the step budget may change on resume; the rest defines the run.
                 opts.steps = o.steps;
             }
-            (model, optim, opts, state.model, state.step, state.train_seconds)
+            (
+                model,
+                optim,
+                opts,
+                state.model,
+                state.step,
+                state.train_seconds,
+            )
         }
     };
     opts.validate()?;
     let out = &io.out;
-    std::fs::create_dir_all(out).with_context(|| format!("--out {}: cannot create directory", out.display()))?;
+    std::fs::create_dir_all(out)
+        .with_context(|| format!("--out {}: cannot create directory", out.display()))?;
     std::fs::create_dir_all(frames_dir(out))?;
     if first_step > opts.steps {
-        bail!("--steps {} is below the {} steps the checkpoint has already done", opts.steps, first_step);
+        bail!(
+            "--steps {} is below the {} steps the checkpoint has already done",
+            opts.steps,
+            first_step
+        );
     }
 
     let mut data = DataStream::new(opts.target, opts.seed, opts.batch);
@@ -228,7 +262,11 @@ pub fn train2d(start: Start, options: Option<Train2dOptions>, io: &RunIo, device
             .with_context(|| format!("cannot open {}", metrics_path.display()))?
     };
 
-    let frame_every = if opts.frames == 0 { usize::MAX } else { (opts.steps / opts.frames).max(1) };
+    let frame_every = if opts.frames == 0 {
+        usize::MAX
+    } else {
+        (opts.steps / opts.frames).max(1)
+    };
     let vmax = density_scale(opts.target, opts.grid);
     let bar = progress_bar(io.progress, opts.steps as u64, first_step as u64);
     let mut window = (0.0f64, 0usize);
@@ -240,10 +278,15 @@ pub fn train2d(start: Start, options: Option<Train2dOptions>, io: &RunIo, device
         let lr = opts.lr_at(step);
         let batch = data.batch_at(step);
         // Batch norm needs the statistics of the whole batch: Real NVP runs unsharded.
-        let shards = if cfg.model == ModelKind::Realnvp { 1 } else { threads };
-        let (value, grads) = parallel::loss_and_grads(&model, &batch, 2, shards, &train_device, |m, x| {
-            m.log_prob(x).mean().neg()
-        });
+        let shards = if cfg.model == ModelKind::Realnvp {
+            1
+        } else {
+            threads
+        };
+        let (value, grads) =
+            parallel::loss_and_grads(&model, &batch, 2, shards, &train_device, |m, x| {
+                m.log_prob(x).mean().neg()
+            });
         if !value.is_finite() {
             bail!(
                 "training diverged: loss is {value} at step {} (lr {lr:e}); the last checkpoint in {} is intact",
@@ -259,12 +302,19 @@ pub fn train2d(start: Start, options: Option<Train2dOptions>, io: &RunIo, device
         if done % opts.log_every == 0 || done == opts.steps {
             train_seconds += clock.elapsed().as_secs_f64();
             clock = Instant::now();
-            writeln!(metrics, "{done},{:.6},{lr:e},{train_seconds:.3}", window.0 / window.1 as f64)?;
+            writeln!(
+                metrics,
+                "{done},{:.6},{lr:e},{train_seconds:.3}",
+                window.0 / window.1 as f64
+            )?;
             if let Some(b) = &bar {
                 let dt = rate_clock.0.elapsed().as_secs_f64();
                 let rate = (done - rate_clock.1) as f64 / dt.max(1e-9);
                 b.set_position(done as u64);
-                b.set_message(format!("loss {:.4}  {rate:.1} it/s", window.0 / window.1 as f64));
+                b.set_message(format!(
+                    "loss {:.4}  {rate:.1} it/s",
+                    window.0 / window.1 as f64
+                ));
                 if dt > 5.0 {
                     rate_clock = (Instant::now(), done);
                 }
@@ -321,36 +371,57 @@ fn progress_bar(enabled: bool, len: u64, pos: u64) -> Option<indicatif::Progress
     }
     let b = indicatif::ProgressBar::new(len);
     b.set_style(
-        indicatif::ProgressStyle::with_template("{elapsed_precise} [{bar:30}] step {pos}/{len} {msg} (eta {eta})")
-            .expect("valid progress template")
-            .progress_chars("=> "),
+        indicatif::ProgressStyle::with_template(
+            "{elapsed_precise} [{bar:30}] step {pos}/{len} {msg} (eta {eta})",
+        )
+        .expect("valid progress template")
+        .progress_chars("=> "),
     );
     b.set_position(pos);
     Some(b)
 }
 
 /// Test metrics and every picture of a finished run.
-fn evaluate_and_draw(model: &Flow2d, state: &RunState, out: &Path, device: &Device, vmax: f64) -> Result<Summary> {
+fn evaluate_and_draw(
+    model: &Flow2d,
+    state: &RunState,
+    out: &Path,
+    device: &Device,
+    vmax: f64,
+) -> Result<Summary> {
     let opts = &state.options;
     let target = opts.target;
     let test = test_points(target, opts.seed, opts.test_samples);
     let logp = eval2d::log_prob_points(model, &test, device);
     let test_nll = eval2d::mean_nll(&logp);
     let entropy = eval2d::target_entropy(target, &test);
-    let (samples, sample_logp) = eval2d::model_samples(model, opts.test_samples, opts.seed ^ 0x5A3D, device);
+    let (samples, sample_logp) =
+        eval2d::model_samples(model, opts.test_samples, opts.seed ^ 0x5A3D, device);
     let b = target.box_half_width();
 
     // target.png: data coloured by the true density where known.
     let target_pts = test.iter().take(20_000).cloned().collect::<Vec<_>>();
-    let target_dens: Option<Vec<f64>> =
-        target_pts.iter().map(|p| target.log_prob(*p).map(f64::exp)).collect();
-    let target_plot = scatter(&target_pts, target_dens.as_deref().map(|d| (d, vmax)), b, 512);
-    titled(&format!("target: {}", target.name()), target_plot, None).save_png(&out.join("target.png"))?;
+    let target_dens: Option<Vec<f64>> = target_pts
+        .iter()
+        .map(|p| target.log_prob(*p).map(f64::exp))
+        .collect();
+    let target_plot = scatter(
+        &target_pts,
+        target_dens.as_deref().map(|d| (d, vmax)),
+        b,
+        512,
+    );
+    titled(&format!("target: {}", target.name()), target_plot, None)
+        .save_png(&out.join("target.png"))?;
 
     let sample_dens: Vec<f64> = sample_logp.iter().map(|l| l.exp()).collect();
     let sample_plot = scatter(&samples, Some((&sample_dens, vmax)), b, 512);
-    titled(&format!("{} samples", state.model.model.name()), sample_plot, None)
-        .save_png(&out.join("samples.png"))?;
+    titled(
+        &format!("{} samples", state.model.model.name()),
+        sample_plot,
+        None,
+    )
+    .save_png(&out.join("samples.png"))?;
 
     let grid = eval2d::model_density_grid(model, target, opts.grid, device);
     titled(
@@ -394,7 +465,11 @@ fn write_training_gif(out: &Path, size: usize) -> Result<()> {
     for p in entries {
         let bytes = std::fs::read(&p)?;
         if bytes.len() == size * size {
-            let step = p.file_stem().and_then(|s| s.to_str()).and_then(|s| s.parse().ok()).unwrap_or(0);
+            let step = p
+                .file_stem()
+                .and_then(|s| s.to_str())
+                .and_then(|s| s.parse().ok())
+                .unwrap_or(0);
             frames.push((step, bytes));
         }
     }
@@ -407,7 +482,10 @@ fn write_training_gif(out: &Path, size: usize) -> Result<()> {
 /// The density map of several models and the target, side by side on one scale.
 pub fn comparison_picture(target: Target, grids: &[(String, DensityGrid)], grid: usize) -> Canvas {
     let vmax = density_scale(target, grid);
-    let mut items = vec![("target".to_string(), eval2d::target_density_grid(target, grid).render(vmax))];
+    let mut items = vec![(
+        "target".to_string(),
+        eval2d::target_density_grid(target, grid).render(vmax),
+    )];
     for (name, g) in grids {
         items.push((name.clone(), g.render(vmax)));
     }

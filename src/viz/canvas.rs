@@ -15,7 +15,12 @@ pub struct Canvas {
 
 impl Canvas {
     pub fn new(width: usize, height: usize, background: [u8; 3]) -> Self {
-        let rgb = background.iter().copied().cycle().take(width * height * 3).collect();
+        let rgb = background
+            .iter()
+            .copied()
+            .cycle()
+            .take(width * height * 3)
+            .collect();
         Canvas { width, height, rgb }
     }
 
@@ -39,7 +44,11 @@ impl Canvas {
         for yy in 0..other.height {
             for xx in 0..other.width {
                 let i = (yy * other.width + xx) * 3;
-                self.set(x + xx, y + yy, [other.rgb[i], other.rgb[i + 1], other.rgb[i + 2]]);
+                self.set(
+                    x + xx,
+                    y + yy,
+                    [other.rgb[i], other.rgb[i + 1], other.rgb[i + 2]],
+                );
             }
         }
     }

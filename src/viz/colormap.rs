@@ -17,7 +17,11 @@ const INFERNO: [[f64; 3]; 11] = [
 
 /// Colour of `t` in [0, 1] (values outside are shown at the ends of the scale).
 pub fn inferno(t: f64) -> [u8; 3] {
-    let t = if t.is_finite() { t.clamp(0.0, 1.0) } else { 0.0 };
+    let t = if t.is_finite() {
+        t.clamp(0.0, 1.0)
+    } else {
+        0.0
+    };
     let x = t * 10.0;
     let i = (x.floor() as usize).min(9);
     let f = x - i as f64;

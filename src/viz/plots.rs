@@ -26,14 +26,21 @@ impl DensityGrid {
         let mut pts = Vec::with_capacity(size * size);
         for row in 0..size {
             for col in 0..size {
-                pts.push([-half_width + (col as f64 + 0.5) * h, half_width - (row as f64 + 0.5) * h]);
+                pts.push([
+                    -half_width + (col as f64 + 0.5) * h,
+                    half_width - (row as f64 + 0.5) * h,
+                ]);
             }
         }
         pts
     }
 
     pub fn max(&self) -> f64 {
-        self.values.iter().cloned().filter(|v| v.is_finite()).fold(0.0, f64::max)
+        self.values
+            .iter()
+            .cloned()
+            .filter(|v| v.is_finite())
+            .fold(0.0, f64::max)
     }
 
     /// Colour-map the grid on the fixed scale [0, vmax].
@@ -49,7 +56,13 @@ impl DensityGrid {
     pub fn indices(&self, vmax: f64) -> Vec<u8> {
         self.values
             .iter()
-            .map(|v| if v.is_finite() { (v / vmax * 255.0).round().clamp(0.0, 255.0) as u8 } else { 0 })
+            .map(|v| {
+                if v.is_finite() {
+                    (v / vmax * 255.0).round().clamp(0.0, 255.0) as u8
+                } else {
+                    0
+                }
+            })
             .collect()
     }
 }
@@ -100,7 +113,12 @@ pub fn panels(items: &[(String, Canvas)], bar: Option<Canvas>) -> Canvas {
 
 /// A scatter plot of `points` in the box `[-b, b]^2` on a dark background, each point coloured
 /// by `colour_values` on [0, vmax] (inferno) or white if none.
-pub fn scatter(points: &[[f64; 2]], colour_values: Option<(&[f64], f64)>, b: f64, size: usize) -> Canvas {
+pub fn scatter(
+    points: &[[f64; 2]],
+    colour_values: Option<(&[f64], f64)>,
+    b: f64,
+    size: usize,
+) -> Canvas {
     let mut c = Canvas::new(size, size, BLACK);
     let scale = size as f64 / (2.0 * b);
     // Draw low-density points first so the dense cores stay visible on top.
@@ -129,14 +147,20 @@ pub fn scatter(points: &[[f64; 2]], colour_values: Option<(&[f64], f64)>, b: f64
 
 /// Write density frames as a looping GIF with the inferno palette (`delay_cs` per frame, in
 /// hundredths of a second).
-pub fn write_gif(path: &Path, frames: &[(usize, Vec<u8>)], size: usize, delay_cs: u16) -> Result<()> {
+pub fn write_gif(
+    path: &Path,
+    frames: &[(usize, Vec<u8>)],
+    size: usize,
+    delay_cs: u16,
+) -> Result<()> {
     let palette = inferno_palette();
     let mut bytes = Vec::new();
     {
         let mut enc = gif::Encoder::new(&mut bytes, size as u16, size as u16, &palette)?;
         enc.set_repeat(gif::Repeat::Infinite)?;
         for (_, idx) in frames {
-            let mut f = gif::Frame::from_indexed_pixels(size as u16, size as u16, idx.clone(), None);
+            let mut f =
+                gif::Frame::from_indexed_pixels(size as u16, size as u16, idx.clone(), None);
             f.delay = delay_cs;
             enc.write_frame(&f)?;
         }

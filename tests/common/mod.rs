@@ -27,8 +27,10 @@ pub fn perturb<M: Module>(m: M, scale: f32, seed: u64) -> M {
                 return p;
             }
             let shape = v.dims();
-            let vals: Vec<f32> =
-                to_vec(v).into_iter().map(|a| a + self.0.gen_range(-1.0f32..1.0) * self.1).collect();
+            let vals: Vec<f32> = to_vec(v)
+                .into_iter()
+                .map(|a| a + self.0.gen_range(-1.0f32..1.0) * self.1)
+                .collect();
             let nv = from_vec(vals, shape, &p.device());
             glowflow::tensor_util::replace(&p, nv)
         }
@@ -40,7 +42,11 @@ pub fn perturb<M: Module>(m: M, scale: f32, seed: u64) -> M {
 pub fn random_input(shape: [usize; 4], seed: u64, device: &Device) -> Tensor<4> {
     let mut rng = ChaCha8Rng::seed_from_u64(seed);
     let n: usize = shape.iter().product();
-    from_vec((0..n).map(|_| rng.gen_range(-1.5f32..1.5)).collect(), shape, device)
+    from_vec(
+        (0..n).map(|_| rng.gen_range(-1.5f32..1.5)).collect(),
+        shape,
+        device,
+    )
 }
 
 pub fn max_abs_diff(a: Tensor<4>, b: Tensor<4>) -> f32 {
@@ -70,7 +76,9 @@ pub fn jacobian_logdets(f: impl Fn(Tensor<4>) -> Tensor<4>, x: Tensor<4>) -> Vec
             }
         }
     }
-    jac.iter().map(|m| slogdet(m).expect("Jacobian is invertible").1).collect()
+    jac.iter()
+        .map(|m| slogdet(m).expect("Jacobian is invertible").1)
+        .collect()
 }
 
 /// The same by central finite differences in float32 (exact for affine maps up to rounding).
@@ -95,5 +103,7 @@ pub fn fd_jacobian_logdets(f: impl Fn(Tensor<4>) -> Tensor<4>, x: Tensor<4>, eps
             }
         }
     }
-    jac.iter().map(|m| slogdet(m).expect("Jacobian is invertible").1).collect()
+    jac.iter()
+        .map(|m| slogdet(m).expect("Jacobian is invertible").1)
+        .collect()
 }
