@@ -94,6 +94,12 @@ impl AffineCoupling {
         }
     }
 
+    /// Initialise the network's ActNorms from the conditioning half of `x`.
+    pub fn initialize(&mut self, x: Tensor<4>) {
+        let (xa, _) = split(x, self.swap);
+        self.net.initialize(xa);
+    }
+
     /// `(shift, log_scale)` for the transformed half.
     fn params(&self, xa: Tensor<4>, cb: usize) -> (Tensor<4>, Tensor<4>, Option<Tensor<4>>) {
         let h = self.net.forward(xa);
@@ -143,6 +149,12 @@ pub struct AdditiveCoupling {
 impl AdditiveCoupling {
     pub fn new(net: CouplingNet, swap: bool) -> Self {
         AdditiveCoupling { net, swap }
+    }
+
+    /// Initialise the network's ActNorms from the conditioning half of `x`.
+    pub fn initialize(&mut self, x: Tensor<4>) {
+        let (xa, _) = split(x, self.swap);
+        self.net.initialize(xa);
     }
 }
 

@@ -6,6 +6,7 @@ pub mod batchnorm;
 pub mod coupling;
 pub mod inv_conv;
 pub mod permute;
+pub mod squeeze;
 
 use burn::module::Module;
 use burn::tensor::Tensor;
@@ -68,41 +69,64 @@ impl FlowSequence {
 
     /// Data-dependent initialisation: push `x` through the layers, initialising every
     /// not-yet-initialised ActNorm from the activations that reach it.
-    pub fn initialize(&mut self, x: Tensor<4>) {
+    /// Returns the output for `x` after initialisation.
+    pub fn initialize(&mut self, x: Tensor<4>) -> Tensor<4> {
         let mut h = x;
         for layer in self.layers.iter_mut() {
-            if let Layer::ActNorm(a) = layer {
-                if !a.initialized {
-                    a.initialize(&h);
-                }
+            match layer {
+                Layer::ActNorm(a) if !a.initialized => a.initialize(&h),
+                Layer::AffineCoupling(c) => c.initialize(h.clone()),
+                Layer::AdditiveCoupling(c) => c.initialize(h.clone()),
+                _ => {}
             }
             h = layer.forward(h).0;
         }
+        h
     }
 
-    /// The initialised flag of every ActNorm, in order (saved with checkpoints).
-    pub fn actnorm_flags(&self) -> Vec<bool> {
-        self.layers
-            .iter()
-            .filter_map(|l| match l {
-                Layer::ActNorm(a) => Some(a.initialized),
-                _ => None,
-            })
-            .collect()
-    }
-
-    /// Restore the ActNorm flags saved by [`actnorm_flags`](Self::actnorm_flags).
-    pub fn set_actnorm_flags(&mut self, flags: &[bool]) -> Result<(), String> {
-        let mut it = flags.iter();
+    /// Every ActNorm, including those inside coupling networks, in a fixed order.
+    pub fn actnorms_mut(&mut self) -> Vec<&mut ActNorm> {
+        let mut out = Vec::new();
         for l in self.layers.iter_mut() {
-            if let Layer::ActNorm(a) = l {
-                a.initialized = *it.next().ok_or("fewer ActNorm flags than ActNorm layers")?;
+            match l {
+                Layer::ActNorm(a) => out.push(a),
+                Layer::AffineCoupling(c) => out.extend(c.net.actnorms_mut()),
+                Layer::AdditiveCoupling(c) => out.extend(c.net.actnorms_mut()),
+                _ => {}
             }
         }
-        if it.next().is_some() {
-            return Err("more ActNorm flags than ActNorm layers".into());
+        out
+    }
+}
+
+/// Saving and restoring the initialised flags of every ActNorm of a model (burn saves tensors
+/// only, so checkpoints keep these flags in their JSON state).
+pub trait ActNormFlags {
+    fn actnorms(&mut self) -> Vec<&mut ActNorm>;
+
+    fn actnorm_flags(&mut self) -> Vec<bool> {
+        self.actnorms().iter().map(|a| a.initialized).collect()
+    }
+
+    fn set_actnorm_flags(&mut self, flags: &[bool]) -> Result<(), String> {
+        let mut norms = self.actnorms();
+        if norms.len() != flags.len() {
+            return Err(format!(
+                "{} ActNorm flags for {} ActNorm layers",
+                flags.len(),
+                norms.len()
+            ));
+        }
+        for (a, f) in norms.iter_mut().zip(flags) {
+            a.initialized = *f;
         }
         Ok(())
+    }
+}
+
+impl ActNormFlags for FlowSequence {
+    fn actnorms(&mut self) -> Vec<&mut ActNorm> {
+        self.actnorms_mut()
     }
 }
 

@@ -1,5 +1,7 @@
 //! Models: compositions of flow layers with a base distribution.
 
 pub mod flow2d;
+pub mod glow_image;
 
 pub use flow2d::{CouplingKind, Flow2d, Flow2dConfig, ModelKind, Permutation};
+pub use glow_image::{GlowImage, GlowImageConfig, ImageCoupling, ImagePermutation};

@@ -16,6 +16,7 @@ use super::checkpoint::{self, MODEL_FILE, OPTIMIZER_FILE, STATE_FILE};
 use super::data2d::{test_points, DataStream};
 use super::{eval2d, parallel};
 use crate::data::toy2d::Target;
+use crate::layers::ActNormFlags;
 use crate::models::{Flow2d, Flow2dConfig, ModelKind};
 use crate::tensor_util::from_vec;
 use crate::viz::{self, colour_bar, panels, scatter, Canvas, DensityGrid};

@@ -1,0 +1,81 @@
+//! CIFAR-10 binary batches: records of 1 label byte + 3072 pixel bytes (1024 R, 1024 G, 1024 B,
+//! each 32x32 row-major).
+
+use std::path::Path;
+
+use anyhow::{bail, Context, Result};
+
+use super::images::{ImageSet, Splits};
+
+const RECORD: usize = 1 + 3 * 32 * 32;
+
+/// Read one batch file.
+pub fn read_batch(path: &Path) -> Result<ImageSet> {
+    let b = std::fs::read(path).with_context(|| format!("{}: cannot read", path.display()))?;
+    parse_batch(&b).with_context(|| format!("{}: malformed CIFAR-10 batch", path.display()))
+}
+
+pub fn parse_batch(b: &[u8]) -> Result<ImageSet> {
+    if b.is_empty() {
+        bail!("empty file");
+    }
+    if b.len() % RECORD != 0 {
+        bail!(
+            "size {} is not a multiple of the {RECORD}-byte record (truncated?)",
+            b.len()
+        );
+    }
+    let n = b.len() / RECORD;
+    let mut pixels = Vec::with_capacity(n * (RECORD - 1));
+    for r in 0..n {
+        let rec = &b[r * RECORD..(r + 1) * RECORD];
+        if rec[0] > 9 {
+            bail!("record {r}: label {} is not in 0..=9", rec[0]);
+        }
+        pixels.extend_from_slice(&rec[1..]);
+    }
+    Ok(ImageSet {
+        n,
+        c: 3,
+        h: 32,
+        w: 32,
+        pixels,
+    })
+}
+
+fn concat(sets: Vec<ImageSet>) -> ImageSet {
+    let n = sets.iter().map(|s| s.n).sum();
+    let pixels = sets.into_iter().flat_map(|s| s.pixels).collect();
+    ImageSet {
+        n,
+        c: 3,
+        h: 32,
+        w: 32,
+        pixels,
+    }
+}
+
+/// `data_batch_1..5.bin` (those present, at least one) and `test_batch.bin`.
+pub fn load_dir(dir: &Path) -> Result<Splits> {
+    if !dir.is_dir() {
+        bail!("{}: no such directory", dir.display());
+    }
+    let mut train = Vec::new();
+    for i in 1..=5 {
+        let p = dir.join(format!("data_batch_{i}.bin"));
+        if p.exists() {
+            train.push(read_batch(&p)?);
+        }
+    }
+    if train.is_empty() {
+        bail!("{}: no data_batch_*.bin files", dir.display());
+    }
+    let tp = dir.join("test_batch.bin");
+    if !tp.exists() {
+        bail!("{}: no test_batch.bin", dir.display());
+    }
+    Ok(Splits {
+        train: concat(train),
+        test: read_batch(&tp)?,
+    })
+}

@@ -1,0 +1,79 @@
+//! MNIST-style IDX image files (raw or gzip-compressed): magic 0x00000803, then n, rows, cols as
+//! big-endian u32, then n * rows * cols bytes.
+
+use std::io::Read;
+use std::path::Path;
+
+use anyhow::{bail, Context, Result};
+
+use super::images::{find_file, ImageSet, Splits};
+
+/// Read an IDX image file; `.gz` files are decompressed.
+pub fn read_images(path: &Path) -> Result<ImageSet> {
+    let raw = std::fs::read(path).with_context(|| format!("{}: cannot read", path.display()))?;
+    let bytes = if path.extension().is_some_and(|e| e == "gz") {
+        let mut out = Vec::new();
+        flate2::read::GzDecoder::new(&raw[..])
+            .read_to_end(&mut out)
+            .with_context(|| format!("{}: not a valid gzip file", path.display()))?;
+        out
+    } else {
+        raw
+    };
+    parse_images(&bytes).with_context(|| format!("{}: malformed IDX image file", path.display()))
+}
+
+/// Parse IDX image bytes.
+pub fn parse_images(b: &[u8]) -> Result<ImageSet> {
+    if b.len() < 16 {
+        bail!("truncated header ({} bytes, need 16)", b.len());
+    }
+    let word = |i: usize| u32::from_be_bytes([b[i], b[i + 1], b[i + 2], b[i + 3]]) as usize;
+    let magic = word(0);
+    if magic != 0x0803 {
+        bail!("bad magic 0x{magic:08x} (expected 0x00000803 for unsigned-byte images)");
+    }
+    let (n, h, w) = (word(4), word(8), word(12));
+    if n == 0 || h == 0 || w == 0 {
+        bail!("empty data set ({n} images of {h}x{w})");
+    }
+    let need = n.checked_mul(h * w).context("image count overflows")?;
+    let have = b.len() - 16;
+    if have != need {
+        bail!("size mismatch: header says {n} images of {h}x{w} = {need} bytes, file has {have}");
+    }
+    Ok(ImageSet {
+        n,
+        c: 1,
+        h,
+        w,
+        pixels: b[16..].to_vec(),
+    })
+}
+
+/// Train and test images of an MNIST/Fashion-MNIST directory.
+pub fn load_dir(dir: &Path) -> Result<Splits> {
+    if !dir.is_dir() {
+        bail!("{}: no such directory", dir.display());
+    }
+    let pick = |stem: &str| {
+        find_file(
+            dir,
+            &[&format!("{stem}.gz"), stem, &stem.replace("-idx3", ".idx3")],
+        )
+        .with_context(|| format!("{}: no {stem}[.gz] file", dir.display()))
+    };
+    let train = read_images(&pick("train-images-idx3-ubyte")?)?;
+    let test = read_images(&pick("t10k-images-idx3-ubyte")?)?;
+    if (train.h, train.w) != (test.h, test.w) {
+        bail!(
+            "{}: train images are {}x{} but test images {}x{}",
+            dir.display(),
+            train.h,
+            train.w,
+            test.h,
+            test.w
+        );
+    }
+    Ok(Splits { train, test })
+}

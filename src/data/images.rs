@@ -1,0 +1,131 @@
+//! An in-memory image data set of 8-bit pixels and the command-line spec that names one.
+
+use std::path::{Path, PathBuf};
+
+use anyhow::{bail, Result};
+
+/// `n` images of `c x h x w` 8-bit pixels, stored `[n, c, h, w]` row-major.
+#[derive(Clone, Debug, PartialEq)]
+pub struct ImageSet {
+    pub n: usize,
+    pub c: usize,
+    pub h: usize,
+    pub w: usize,
+    pub pixels: Vec<u8>,
+}
+
+impl ImageSet {
+    pub fn dims(&self) -> usize {
+        self.c * self.h * self.w
+    }
+
+    pub fn image(&self, i: usize) -> &[u8] {
+        let d = self.dims();
+        &self.pixels[i * d..(i + 1) * d]
+    }
+
+    /// Zero-pad every image symmetrically to `size x size` (e.g. 28 -> 32).
+    pub fn pad_to(&self, size: usize) -> Result<ImageSet> {
+        if size < self.h || size < self.w {
+            bail!(
+                "--pad {size}: smaller than the images ({}x{})",
+                self.h,
+                self.w
+            );
+        }
+        let (top, left) = ((size - self.h) / 2, (size - self.w) / 2);
+        let mut pixels = vec![0u8; self.n * self.c * size * size];
+        for i in 0..self.n {
+            for ch in 0..self.c {
+                for y in 0..self.h {
+                    let src = ((i * self.c + ch) * self.h + y) * self.w;
+                    let dst = ((i * self.c + ch) * size + y + top) * size + left;
+                    pixels[dst..dst + self.w].copy_from_slice(&self.pixels[src..src + self.w]);
+                }
+            }
+        }
+        Ok(ImageSet {
+            n: self.n,
+            c: self.c,
+            h: size,
+            w: size,
+            pixels,
+        })
+    }
+
+    /// The first `n` images.
+    pub fn take(&self, n: usize) -> ImageSet {
+        let n = n.min(self.n);
+        ImageSet {
+            n,
+            pixels: self.pixels[..n * self.dims()].to_vec(),
+            ..*self
+        }
+    }
+}
+
+/// Where images come from: `idx:DIR`, `cifar10:DIR` or `folder:DIR`.
+#[derive(Clone, Debug, PartialEq)]
+pub enum DataSpec {
+    /// MNIST-style IDX files (`train-images-idx3-ubyte[.gz]`, `t10k-images-idx3-ubyte[.gz]`).
+    Idx(PathBuf),
+    /// CIFAR-10 binary batches (`data_batch_{1..5}.bin`, `test_batch.bin`).
+    Cifar10(PathBuf),
+    /// A folder of PNG/JPEG images (`train/` and `test/` subfolders, or one folder split 90/10).
+    Folder(PathBuf),
+}
+
+impl std::str::FromStr for DataSpec {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        let (kind, dir) = s
+            .split_once(':')
+            .ok_or_else(|| format!("'{s}': expected KIND:DIR with KIND idx, cifar10 or folder"))?;
+        let dir = PathBuf::from(dir);
+        match kind {
+            "idx" => Ok(DataSpec::Idx(dir)),
+            "cifar10" => Ok(DataSpec::Cifar10(dir)),
+            "folder" => Ok(DataSpec::Folder(dir)),
+            other => Err(format!(
+                "'{s}': unknown data kind '{other}' (expected idx, cifar10 or folder)"
+            )),
+        }
+    }
+}
+
+/// Options for loading.
+#[derive(Clone, Debug, Default)]
+pub struct LoadOptions {
+    /// Pad to this square size after loading.
+    pub pad: Option<usize>,
+    /// Folder images: resize (centre crop) to this size.
+    pub size: Option<usize>,
+    /// Folder images: load as greyscale.
+    pub grey: bool,
+}
+
+/// Train and test splits.
+pub struct Splits {
+    pub train: ImageSet,
+    pub test: ImageSet,
+}
+
+pub fn load(spec: &DataSpec, opts: &LoadOptions) -> Result<Splits> {
+    let splits = match spec {
+        DataSpec::Idx(dir) => super::idx::load_dir(dir)?,
+        DataSpec::Cifar10(dir) => super::cifar::load_dir(dir)?,
+        DataSpec::Folder(dir) => super::folder::load_dir(dir, opts.size, opts.grey)?,
+    };
+    match opts.pad {
+        Some(p) => Ok(Splits {
+            train: splits.train.pad_to(p)?,
+            test: splits.test.pad_to(p)?,
+        }),
+        None => Ok(splits),
+    }
+}
+
+/// First existing path among `names` in `dir`.
+pub fn find_file(dir: &Path, names: &[&str]) -> Option<PathBuf> {
+    names.iter().map(|n| dir.join(n)).find(|p| p.exists())
+}

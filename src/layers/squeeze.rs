@@ -1,0 +1,18 @@
+//! Squeeze: `[C, H, W] -> [4C, H/2, W/2]`, each 2x2 spatial block moved into channels
+//! (channel `c * 4 + 2 * dy + dx`). A permutation of coordinates: log-determinant 0.
+
+use burn::tensor::Tensor;
+
+pub fn squeeze(x: Tensor<4>) -> Tensor<4> {
+    let [n, c, h, w] = x.dims();
+    x.reshape([n, c, h / 2, 2, w / 2, 2])
+        .permute([0, 1, 3, 5, 2, 4])
+        .reshape([n, c * 4, h / 2, w / 2])
+}
+
+pub fn unsqueeze(x: Tensor<4>) -> Tensor<4> {
+    let [n, c, h, w] = x.dims();
+    x.reshape([n, c / 4, 2, 2, h, w])
+        .permute([0, 1, 4, 2, 5, 3])
+        .reshape([n, c / 4, h * 2, w * 2])
+}

@@ -1,0 +1,324 @@
+//! Multi-scale Glow for images (Kingma & Dhariwal 2018, Fig. 2): L levels of
+//! squeeze -> K x [ActNorm -> 1x1 conv -> coupling] -> split, the split factoring out half the
+//! channels under a Gaussian whose mean and log-std come from a zero-initialised conv of the
+//! kept half. The last level keeps everything, under a learned (or standard) top prior.
+
+use burn::module::{Module, ModuleMapper, Param, ParamId};
+use burn::tensor::{Device, Tensor};
+use rand::SeedableRng;
+use rand_chacha::ChaCha8Rng;
+use serde::{Deserialize, Serialize};
+
+use crate::distributions::LN_2PI;
+use crate::flow::Flow;
+use crate::layers::squeeze::{squeeze, unsqueeze};
+use crate::layers::{
+    ActNorm, ActNormFlags, AdditiveCoupling, AffineCoupling, FlowSequence, InvConv1x1,
+    InvConv1x1Lu, Layer, Reverse, Shuffle,
+};
+use crate::nets::{CouplingNet, GlowConvNet, ZeroConv2d};
+use crate::tensor_util::trainable;
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "lowercase")]
+pub enum ImageCoupling {
+    /// Glow's affine coupling `(x + t) * sigmoid(s + 2)`.
+    Affine,
+    /// Additive coupling `x + t`.
+    Additive,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "lowercase")]
+pub enum ImagePermutation {
+    /// LU-parametrised invertible 1x1 convolution.
+    Lu,
+    /// Unconstrained invertible 1x1 convolution.
+    Conv,
+    Shuffle,
+    Reverse,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct GlowImageConfig {
+    pub channels: usize,
+    pub height: usize,
+    pub width: usize,
+    pub levels: usize,
+    pub depth: usize,
+    /// Coupling-CNN width.
+    pub hidden: usize,
+    pub coupling: ImageCoupling,
+    pub permutation: ImagePermutation,
+    pub n_bits: u32,
+    pub learn_top: bool,
+    pub init_seed: u64,
+}
+
+impl GlowImageConfig {
+    pub fn validate(&self) -> Result<(), String> {
+        if self.levels == 0 || self.depth == 0 || self.hidden == 0 {
+            return Err("--levels, --depth and --width must be at least 1".into());
+        }
+        let f = 1usize << self.levels;
+        if self.height % f != 0 || self.width % f != 0 {
+            return Err(format!(
+                "images of {}x{} cannot be squeezed {} times (need sides divisible by {f}; try --pad)",
+                self.height, self.width, self.levels
+            ));
+        }
+        if !(1..=8).contains(&self.n_bits) {
+            return Err(format!("--n-bits {} must be in 1..=8", self.n_bits));
+        }
+        Ok(())
+    }
+
+    pub fn dims(&self) -> usize {
+        self.channels * self.height * self.width
+    }
+
+    /// Shape of the latent at level `l` after its squeeze (before its split).
+    fn level_shape(&self, l: usize) -> [usize; 3] {
+        // Each level squeezes (x4 channels) and every level but the last halves the channels.
+        let mut c = self.channels;
+        let (mut h, mut w) = (self.height, self.width);
+        for _ in 0..l {
+            c = c * 4 / 2;
+            h /= 2;
+            w /= 2;
+        }
+        [c * 4, h / 2, w / 2]
+    }
+}
+
+/// A Gaussian prior with mean and log-std from a zero-initialised conv of a conditioning
+/// tensor (split levels), or learned per position (top level).
+#[derive(Module, Debug)]
+pub struct SplitPrior {
+    pub conv: ZeroConv2d,
+}
+
+#[derive(Module, Debug)]
+pub struct Level {
+    pub flow: FlowSequence,
+    pub split: Option<SplitPrior>,
+}
+
+#[derive(Module, Debug)]
+pub struct GlowImage {
+    pub levels: Vec<Level>,
+    /// Top prior `[2C, H, W]`: mean (first C) and log-std (last C); zero is N(0, I).
+    pub top: Param<Tensor<3>>,
+    pub learn_top: bool,
+}
+
+/// `log N(z; mean, exp(logs)^2)` summed per sample.
+pub fn gaussian_log_prob(z: Tensor<4>, mean: Tensor<4>, logs: Tensor<4>) -> Tensor<1> {
+    let [n, c, h, w] = z.dims();
+    let t = (z - mean) * logs.clone().neg().exp();
+    (t.square().mul_scalar(0.5) + logs)
+        .reshape([n, c * h * w])
+        .sum_dim(1)
+        .reshape([n])
+        .neg()
+        .sub_scalar(0.5 * (c * h * w) as f64 * LN_2PI)
+}
+
+fn halves(t: Tensor<4>) -> (Tensor<4>, Tensor<4>) {
+    let c = t.dims()[1];
+    (t.clone().narrow(1, 0, c / 2), t.narrow(1, c / 2, c - c / 2))
+}
+
+/// Latents of one image batch: one tensor per level (the factored-out halves, then the top).
+pub type Latents = Vec<Tensor<4>>;
+
+impl GlowImage {
+    pub fn new(cfg: &GlowImageConfig, device: &Device) -> Self {
+        let mut rng = ChaCha8Rng::seed_from_u64(cfg.init_seed);
+        let mut levels = Vec::new();
+        for l in 0..cfg.levels {
+            let [c, _, _] = cfg.level_shape(l);
+            let mut layers = Vec::new();
+            for k in 0..cfg.depth {
+                layers.push(Layer::ActNorm(ActNorm::new(c, device)));
+                layers.push(match cfg.permutation {
+                    ImagePermutation::Lu => {
+                        Layer::InvConv1x1Lu(InvConv1x1Lu::new(c, &mut rng, device))
+                    }
+                    ImagePermutation::Conv => {
+                        Layer::InvConv1x1(InvConv1x1::new(c, &mut rng, device))
+                    }
+                    ImagePermutation::Shuffle => Layer::Shuffle(Shuffle::new(c, &mut rng, device)),
+                    ImagePermutation::Reverse => Layer::Reverse(Reverse { channels: c }),
+                });
+                // With a learned 1x1 conv mixing channels, the halves need not alternate; with a
+                // fixed permutation alternating keeps every channel transformed.
+                let swap = k % 2 == 1 && cfg.permutation == ImagePermutation::Reverse;
+                let cond = crate::layers::coupling::conditioning_channels(c, swap);
+                let out = crate::layers::coupling::transformed_channels(c, swap);
+                layers.push(match cfg.coupling {
+                    ImageCoupling::Affine => {
+                        let net = GlowConvNet::new(cond, 2 * out, cfg.hidden, &mut rng, device);
+                        Layer::AffineCoupling(AffineCoupling::new(
+                            CouplingNet::Conv(net),
+                            None,
+                            swap,
+                        ))
+                    }
+                    ImageCoupling::Additive => {
+                        let net = GlowConvNet::new(cond, out, cfg.hidden, &mut rng, device);
+                        Layer::AdditiveCoupling(AdditiveCoupling::new(CouplingNet::Conv(net), swap))
+                    }
+                });
+            }
+            let split = (l + 1 < cfg.levels).then(|| SplitPrior {
+                conv: ZeroConv2d::new(c - c / 2, 2 * (c / 2), device),
+            });
+            levels.push(Level {
+                flow: FlowSequence::new(layers),
+                split,
+            });
+        }
+        let [c, h, w] = cfg.level_shape(cfg.levels - 1);
+        let top = trainable(Tensor::zeros([2 * c, h, w], device));
+        let top = if cfg.learn_top {
+            top
+        } else {
+            top.set_require_grad(false)
+        };
+        GlowImage {
+            levels,
+            top,
+            learn_top: cfg.learn_top,
+        }
+        .with_stable_param_ids()
+    }
+
+    /// Number the parameters in module order so a rebuilt model matches saved optimizer state.
+    pub fn with_stable_param_ids(self) -> Self {
+        struct Numbering(u64);
+        impl ModuleMapper for Numbering {
+            fn map_float<const D: usize>(&mut self, mut p: Param<Tensor<D>>) -> Param<Tensor<D>> {
+                p.id = ParamId::from(self.0);
+                self.0 += 1;
+                p
+            }
+            fn map_int<const D: usize>(
+                &mut self,
+                mut p: Param<Tensor<D, burn::tensor::Int>>,
+            ) -> Param<Tensor<D, burn::tensor::Int>> {
+                p.id = ParamId::from(self.0);
+                self.0 += 1;
+                p
+            }
+        }
+        self.map(&mut Numbering(1))
+    }
+
+    fn top_params(&self, n: usize) -> (Tensor<4>, Tensor<4>) {
+        let [c2, h, w] = self.top.dims();
+        let t = self.top.val().reshape([1, c2, h, w]).expand([n, c2, h, w]);
+        halves(t)
+    }
+
+    /// Data-dependent initialisation of every ActNorm from a batch.
+    pub fn initialize(&mut self, x: Tensor<4>) {
+        let mut h = x;
+        let last = self.levels.len() - 1;
+        for (l, level) in self.levels.iter_mut().enumerate() {
+            h = level.flow.initialize(squeeze(h));
+            if l < last {
+                h = halves(h).1;
+            }
+        }
+    }
+
+    /// `(log p(x) in nats per sample, latents)`.
+    pub fn forward_latents(&self, x: Tensor<4>) -> (Tensor<1>, Latents) {
+        let n = x.dims()[0];
+        let mut h = x;
+        let mut logp = Tensor::<1>::zeros([n], &h.device());
+        let mut zs = Vec::with_capacity(self.levels.len());
+        for level in &self.levels {
+            let (y, ld) = level.flow.forward(squeeze(h));
+            logp = logp + ld;
+            match &level.split {
+                Some(prior) => {
+                    let (z, keep) = halves(y);
+                    let (mean, logs) = halves(prior.conv.forward(keep.clone()));
+                    logp = logp + gaussian_log_prob(z.clone(), mean, logs);
+                    zs.push(z);
+                    h = keep;
+                }
+                None => {
+                    let (mean, logs) = self.top_params(n);
+                    logp = logp + gaussian_log_prob(y.clone(), mean, logs);
+                    zs.push(y.clone());
+                    h = y;
+                }
+            }
+        }
+        (logp, zs)
+    }
+
+    /// Continuous log-density of dequantised images, nats per sample.
+    pub fn log_prob(&self, x: Tensor<4>) -> Tensor<1> {
+        self.forward_latents(x).0
+    }
+
+    /// Invert given latents exactly (reconstruction).
+    pub fn decode(&self, zs: &Latents) -> Tensor<4> {
+        self.generate(|_, _, _| None, zs.len(), Some(zs))
+    }
+
+    /// Sample `n` images with every prior's standard deviation scaled by `temperature`.
+    pub fn sample(&self, n: usize, temperature: f64, rng: &mut impl rand::Rng) -> Tensor<4> {
+        let mut draw = |mean: Tensor<4>, logs: Tensor<4>| {
+            let shape = mean.dims();
+            let eps = crate::distributions::standard_normal_sample(
+                shape,
+                temperature,
+                rng,
+                &mean.device(),
+            );
+            mean + logs.exp() * eps
+        };
+        self.generate(|mean, logs, _| Some(draw(mean, logs)), n, None)
+    }
+
+    fn generate(
+        &self,
+        mut pick: impl FnMut(Tensor<4>, Tensor<4>, usize) -> Option<Tensor<4>>,
+        n: usize,
+        given: Option<&Latents>,
+    ) -> Tensor<4> {
+        let n = given.map(|g| g[0].dims()[0]).unwrap_or(n);
+        let last = self.levels.len() - 1;
+        let (mean, logs) = self.top_params(n);
+        let mut h = match given {
+            Some(g) => g[last].clone(),
+            None => pick(mean, logs, last).expect("sampling draws every latent"),
+        };
+        for (l, level) in self.levels.iter().enumerate().rev() {
+            if let Some(prior) = &level.split {
+                let (mean, logs) = halves(prior.conv.forward(h.clone()));
+                let z = match given {
+                    Some(g) => g[l].clone(),
+                    None => pick(mean, logs, l).expect("sampling draws every latent"),
+                };
+                h = Tensor::cat(vec![z, h], 1);
+            }
+            h = unsqueeze(level.flow.inverse(h).0);
+        }
+        h
+    }
+}
+
+impl ActNormFlags for GlowImage {
+    fn actnorms(&mut self) -> Vec<&mut ActNorm> {
+        self.levels
+            .iter_mut()
+            .flat_map(|l| l.flow.actnorms_mut())
+            .collect()
+    }
+}
