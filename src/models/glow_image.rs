@@ -261,6 +261,32 @@ impl GlowImage {
         (logp, zs)
     }
 
+    /// Every latent standardised by its prior, `(z - mean) / std`, flattened to `[N, D]`:
+    /// `log p(x) = log N(eps(x); 0, I) + log|det d eps / dx|`, which tests check by brute force.
+    pub fn standardized_latents(&self, x: Tensor<4>) -> Tensor<2> {
+        let n = x.dims()[0];
+        let mut h = x;
+        let mut parts = Vec::new();
+        for level in &self.levels {
+            let y = level.flow.forward(squeeze(h)).0;
+            let (z, mean, logs, next) = match &level.split {
+                Some(prior) => {
+                    let (z, keep) = halves(y);
+                    let (mean, logs) = halves(prior.conv.forward(keep.clone()));
+                    (z, mean, logs, keep)
+                }
+                None => {
+                    let (mean, logs) = self.top_params(n);
+                    (y.clone(), mean, logs, y)
+                }
+            };
+            let [_, c, hh, ww] = z.dims();
+            parts.push(((z - mean) * logs.neg().exp()).reshape([n, c * hh * ww]));
+            h = next;
+        }
+        Tensor::cat(parts, 1)
+    }
+
     /// Continuous log-density of dequantised images, nats per sample.
     pub fn log_prob(&self, x: Tensor<4>) -> Tensor<1> {
         self.forward_latents(x).0

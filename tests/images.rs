@@ -1,0 +1,549 @@
+//! Image models and data: multi-scale inverse and log-density against a brute-force Jacobian,
+//! loaders on good and corrupt files, exact resume, the CLI end to end, and real data.
+
+mod common;
+
+use std::io::Write;
+use std::path::Path;
+use std::process::Command;
+
+use burn::module::Module;
+use common::*;
+use glowflow::data::{cifar, idx, DataSpec, LoadOptions};
+use glowflow::distributions::LN_2PI;
+use glowflow::linalg::{slogdet, Mat};
+use glowflow::models::{GlowImage, GlowImageConfig, ImageCoupling, ImagePermutation};
+use glowflow::tensor_util::to_vec;
+use glowflow::train::train_image::{train_image, ImageStart, ImageTrainOptions};
+
+fn tiny(
+    c: usize,
+    side: usize,
+    levels: usize,
+    coupling: ImageCoupling,
+    permutation: ImagePermutation,
+) -> GlowImageConfig {
+    GlowImageConfig {
+        channels: c,
+        height: side,
+        width: side,
+        levels,
+        depth: 2,
+        hidden: 8,
+        coupling,
+        permutation,
+        n_bits: 8,
+        learn_top: true,
+        init_seed: 7,
+    }
+}
+
+fn initialised(cfg: &GlowImageConfig) -> GlowImage {
+    let device = ad_device();
+    let mut m = GlowImage::new(cfg, &device);
+    m.initialize(
+        random_input([32, cfg.channels, cfg.height, cfg.width], 1, &device).mul_scalar(0.3),
+    );
+    // Zero-initialised output convs and priors would make the test trivial: perturb them.
+    perturb(m, 0.05, 3)
+}
+
+#[test]
+fn multiscale_inverse_reuses_latents_exactly() {
+    for (coupling, perm) in [
+        (ImageCoupling::Affine, ImagePermutation::Lu),
+        (ImageCoupling::Additive, ImagePermutation::Conv),
+        (ImageCoupling::Affine, ImagePermutation::Shuffle),
+        (ImageCoupling::Affine, ImagePermutation::Reverse),
+    ] {
+        let cfg = tiny(3, 8, 2, coupling, perm);
+        let m = initialised(&cfg);
+        let x = random_input([4, 3, 8, 8], 2, &ad_device()).mul_scalar(0.3);
+        let (_, zs) = m.forward_latents(x.clone());
+        assert_eq!(zs.len(), 2);
+        let back = m.decode(&zs);
+        let err = max_abs_diff(back, x);
+        assert!(
+            err <= 1e-4,
+            "{coupling:?}/{perm:?}: reconstruction error {err}"
+        );
+    }
+}
+
+#[test]
+fn multiscale_log_density_equals_brute_force_jacobian() {
+    // log p(x) = log N(eps; 0, I) + log|det d eps/dx| with eps the standardised latents.
+    for (c, levels) in [(1, 2), (3, 1)] {
+        let cfg = tiny(c, 4, levels, ImageCoupling::Affine, ImagePermutation::Lu);
+        let m = initialised(&cfg);
+        let x = random_input([3, c, 4, 4], 5, &ad_device()).mul_scalar(0.3);
+        let d = c * 16;
+        let logp = to_vec(m.log_prob(x.clone()));
+        let eps = to_vec(m.standardized_latents(x.clone()));
+        let mut jac = vec![Mat::zeros(d); 3];
+        for i in 0..d {
+            let xg = x.clone().detach().require_grad();
+            let e = m.standardized_latents(xg.clone()).narrow(1, i, 1).sum();
+            let g = to_vec(xg.grad(&e.backward()).unwrap());
+            for (s, j) in jac.iter_mut().enumerate() {
+                for k in 0..d {
+                    j.set(i, k, g[s * d + k] as f64);
+                }
+            }
+        }
+        for s in 0..3 {
+            let e = &eps[s * d..(s + 1) * d];
+            let base: f64 =
+                e.iter().map(|v| -0.5 * (*v as f64).powi(2)).sum::<f64>() - 0.5 * d as f64 * LN_2PI;
+            let brute = base + slogdet(&jac[s]).unwrap().1;
+            assert!(
+                (logp[s] as f64 - brute).abs() <= 1e-3,
+                "C={c} L={levels}: log p {} vs brute force {brute}",
+                logp[s]
+            );
+        }
+    }
+}
+
+#[test]
+fn squeeze_round_trip_and_layout() {
+    use glowflow::layers::squeeze::{squeeze, unsqueeze};
+    let device = plain_device();
+    let x =
+        glowflow::tensor_util::from_vec((0..32).map(|v| v as f32).collect(), [1, 2, 4, 4], &device);
+    let s = squeeze(x.clone());
+    assert_eq!(s.dims(), [1, 8, 2, 2]);
+    // Channel 0 of the squeezed tensor holds the top-left pixel of every 2x2 block.
+    let v = to_vec(s.clone());
+    assert_eq!(&v[0..4], &[0.0, 2.0, 8.0, 10.0]);
+    assert_eq!(max_abs_diff(unsqueeze(s), x), 0.0);
+}
+
+fn idx_bytes(n: usize, h: usize, w: usize, f: impl Fn(usize) -> u8) -> Vec<u8> {
+    let mut b = vec![0, 0, 8, 3];
+    for v in [n, h, w] {
+        b.extend_from_slice(&(v as u32).to_be_bytes());
+    }
+    b.extend((0..n * h * w).map(f));
+    b
+}
+
+fn gz(bytes: &[u8]) -> Vec<u8> {
+    let mut e = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
+    e.write_all(bytes).unwrap();
+    e.finish().unwrap()
+}
+
+/// A small IDX data set (images with a bright square at a random spot) in `dir`.
+fn write_idx_dataset(dir: &Path, n_train: usize, n_test: usize, side: usize) {
+    let img = |i: usize| {
+        let (n, p) = (i / (side * side), i % (side * side));
+        let (y, x) = (p / side, p % side);
+        let (cy, cx) = ((n * 7) % (side - 2), (n * 3) % (side - 2));
+        if (cy..cy + 3).contains(&y) && (cx..cx + 3).contains(&x) {
+            230
+        } else {
+            20
+        }
+    };
+    std::fs::write(
+        dir.join("train-images-idx3-ubyte.gz"),
+        gz(&idx_bytes(n_train, side, side, img)),
+    )
+    .unwrap();
+    std::fs::write(
+        dir.join("t10k-images-idx3-ubyte"),
+        idx_bytes(n_test, side, side, img),
+    )
+    .unwrap();
+}
+
+#[test]
+fn idx_loader_reads_raw_and_gzip_and_rejects_corrupt_files() {
+    let dir = tempfile::tempdir().unwrap();
+    write_idx_dataset(dir.path(), 10, 4, 6);
+    let s = glowflow::data::images::load(
+        &DataSpec::Idx(dir.path().into()),
+        &LoadOptions {
+            pad: Some(8),
+            ..Default::default()
+        },
+    )
+    .unwrap();
+    assert_eq!((s.train.n, s.train.c, s.train.h, s.train.w), (10, 1, 8, 8));
+    assert_eq!(s.test.n, 4);
+    // Padding is one zero pixel around the 6x6 image.
+    assert_eq!(s.train.image(0)[0], 0);
+    assert_eq!(s.train.image(0)[9], 230);
+
+    let cases: [(&str, Vec<u8>, &str); 4] = [
+        (
+            "badmagic",
+            {
+                let mut b = idx_bytes(2, 3, 3, |_| 1);
+                b[3] = 1;
+                b
+            },
+            "bad magic",
+        ),
+        (
+            "truncated",
+            idx_bytes(2, 3, 3, |_| 1)[..20].to_vec(),
+            "size mismatch",
+        ),
+        ("short", vec![0, 0, 8], "truncated header"),
+        (
+            "extra",
+            {
+                let mut b = idx_bytes(2, 3, 3, |_| 1);
+                b.push(0);
+                b
+            },
+            "size mismatch",
+        ),
+    ];
+    for (name, bytes, needle) in cases {
+        let p = dir.path().join(name);
+        std::fs::write(&p, bytes).unwrap();
+        let e = format!("{:#}", idx::read_images(&p).unwrap_err());
+        assert!(e.contains(name) && e.contains(needle), "{name}: {e}");
+    }
+    let p = dir.path().join("broken.gz");
+    std::fs::write(&p, b"not gzip at all").unwrap();
+    let e = format!("{:#}", idx::read_images(&p).unwrap_err());
+    assert!(e.contains("broken.gz") && e.contains("gzip"), "{e}");
+    let e = format!(
+        "{:#}",
+        glowflow::data::images::load(
+            &DataSpec::Idx(dir.path().join("nope")),
+            &LoadOptions::default()
+        )
+        .err()
+        .unwrap()
+    );
+    assert!(e.contains("nope"), "{e}");
+}
+
+#[test]
+fn cifar_loader_reads_batches_and_rejects_corrupt_ones() {
+    let dir = tempfile::tempdir().unwrap();
+    let record = |label: u8, v: u8| {
+        let mut r = vec![label];
+        r.extend(std::iter::repeat_n(v, 3072));
+        r
+    };
+    let batch: Vec<u8> = (0..3).flat_map(|i| record(i as u8, 10 * i as u8)).collect();
+    std::fs::write(dir.path().join("data_batch_1.bin"), &batch).unwrap();
+    std::fs::write(dir.path().join("test_batch.bin"), record(9, 200)).unwrap();
+    let s = glowflow::data::images::load(
+        &DataSpec::Cifar10(dir.path().into()),
+        &LoadOptions::default(),
+    )
+    .unwrap();
+    assert_eq!((s.train.n, s.train.c, s.train.h, s.train.w), (3, 3, 32, 32));
+    assert_eq!(s.train.image(2)[3071], 20);
+    assert_eq!(s.test.image(0)[0], 200);
+
+    let p = dir.path().join("trunc.bin");
+    std::fs::write(&p, &batch[..5000]).unwrap();
+    let e = format!("{:#}", cifar::read_batch(&p).unwrap_err());
+    assert!(e.contains("trunc.bin") && e.contains("multiple"), "{e}");
+    let p = dir.path().join("label.bin");
+    std::fs::write(&p, record(12, 0)).unwrap();
+    let e = format!("{:#}", cifar::read_batch(&p).unwrap_err());
+    assert!(e.contains("label.bin") && e.contains("label 12"), "{e}");
+}
+
+fn write_png(path: &Path, w: u32, h: u32, rgb: &[u8]) {
+    let f = std::fs::File::create(path).unwrap();
+    let mut enc = png::Encoder::new(f, w, h);
+    enc.set_color(png::ColorType::Rgb);
+    enc.set_depth(png::BitDepth::Eight);
+    enc.write_header().unwrap().write_image_data(rgb).unwrap();
+}
+
+#[test]
+fn folder_loader_crops_resizes_and_reports_bad_images() {
+    let dir = tempfile::tempdir().unwrap();
+    for i in 0..5u8 {
+        // 12x8 images: left half red, right half blue; the centre crop is 8x8.
+        let rgb: Vec<u8> = (0..8 * 12)
+            .flat_map(|p| if p % 12 < 6 { [200, 0, i] } else { [0, 0, 100] })
+            .collect();
+        write_png(&dir.path().join(format!("img{i}.png")), 12, 8, &rgb);
+    }
+    let s = glowflow::data::images::load(
+        &DataSpec::Folder(dir.path().into()),
+        &LoadOptions {
+            size: Some(4),
+            ..Default::default()
+        },
+    )
+    .unwrap();
+    assert_eq!(s.train.n + s.test.n, 5);
+    assert_eq!((s.train.c, s.train.h, s.train.w), (3, 4, 4));
+    // Crop columns 2..10: output column 0 covers source columns 2..4 (red), column 3 covers 8..10 (blue).
+    let im = s.train.image(0);
+    assert_eq!((im[0], im[16 * 2]), (200, 0));
+    assert_eq!((im[3], im[16 * 2 + 3]), (0, 100));
+    let g = glowflow::data::images::load(
+        &DataSpec::Folder(dir.path().into()),
+        &LoadOptions {
+            size: Some(4),
+            grey: true,
+            ..Default::default()
+        },
+    )
+    .unwrap();
+    assert_eq!(g.train.c, 1);
+    assert_eq!(g.train.image(0)[0], (0.299f64 * 200.0).round() as u8);
+
+    std::fs::write(dir.path().join("zzz.jpg"), b"\xFF\xD8 garbage").unwrap();
+    let e = format!(
+        "{:#}",
+        glowflow::data::images::load(
+            &DataSpec::Folder(dir.path().into()),
+            &LoadOptions::default()
+        )
+        .err()
+        .unwrap()
+    );
+    assert!(e.contains("zzz.jpg") && e.contains("unreadable"), "{e}");
+}
+
+#[test]
+fn data_spec_parsing_names_the_problem() {
+    assert!(matches!("idx:/a".parse::<DataSpec>(), Ok(DataSpec::Idx(_))));
+    assert!("mnist"
+        .parse::<DataSpec>()
+        .unwrap_err()
+        .contains("KIND:DIR"));
+    assert!("tar:/x"
+        .parse::<DataSpec>()
+        .unwrap_err()
+        .contains("unknown data kind"));
+}
+
+fn small_options(dir: &Path, steps: usize) -> ImageTrainOptions {
+    ImageTrainOptions {
+        data: format!("idx:{}", dir.display()),
+        pad: Some(8),
+        size: None,
+        grey: false,
+        steps,
+        batch: 8,
+        lr: 1e-3,
+        warmup: 5,
+        seed: 3,
+        init_batch: 16,
+        log_every: 1,
+        sample_every: 0,
+        checkpoint_every: 0,
+        test_limit: 0,
+    }
+}
+
+fn bpd_column(out: &Path) -> Vec<f64> {
+    std::fs::read_to_string(out.join("metrics.csv"))
+        .unwrap()
+        .lines()
+        .skip(1)
+        .map(|l| l.split(',').nth(1).unwrap().parse().unwrap())
+        .collect()
+}
+
+#[test]
+fn image_resume_continues_exactly() {
+    let data = tempfile::tempdir().unwrap();
+    write_idx_dataset(data.path(), 40, 8, 6);
+    let cfg = tiny(1, 8, 2, ImageCoupling::Affine, ImagePermutation::Lu);
+    let device = plain_device();
+    let (full, split) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    let a = train_image(
+        ImageStart::Fresh(cfg.clone(), small_options(data.path(), 12)),
+        full.path(),
+        false,
+        &device,
+    )
+    .unwrap();
+    train_image(
+        ImageStart::Fresh(cfg, small_options(data.path(), 6)),
+        split.path(),
+        false,
+        &device,
+    )
+    .unwrap();
+    let b = train_image(
+        ImageStart::Resume(split.path().into(), Some(12)),
+        split.path(),
+        false,
+        &device,
+    )
+    .unwrap();
+    let (x, y) = (bpd_column(full.path()), bpd_column(split.path()));
+    assert_eq!(x.len(), 12);
+    assert_eq!(y.len(), 12);
+    for (i, (p, q)) in x.iter().zip(&y).enumerate() {
+        assert!(
+            (p - q).abs() < 1e-4,
+            "step {}: {p} uninterrupted vs {q} resumed",
+            i + 1
+        );
+    }
+    assert!((a.test_bpd - b.test_bpd).abs() < 1e-4);
+    // Training learns: the last steps beat the first.
+    assert!(x[11] < x[0], "{x:?}");
+}
+
+fn glowflow_cmd() -> Command {
+    Command::new(env!("CARGO_BIN_EXE_glowflow"))
+}
+
+fn json_of(out: &std::process::Output) -> serde_json::Value {
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let text = String::from_utf8_lossy(&out.stdout);
+    serde_json::from_str(text.trim()).unwrap_or_else(|e| panic!("{e}: {text}"))
+}
+
+#[test]
+fn cli_train_eval_sample_reconstruct() {
+    let data = tempfile::tempdir().unwrap();
+    write_idx_dataset(data.path(), 32, 8, 6);
+    let run = tempfile::tempdir().unwrap();
+    let spec = format!("idx:{}", data.path().display());
+    let out = glowflow_cmd()
+        .args([
+            "train", "--data", &spec, "--pad", "8", "--levels", "2", "--depth", "1", "--width", "8",
+        ])
+        .args([
+            "--steps",
+            "4",
+            "--batch",
+            "8",
+            "--sample-every",
+            "2",
+            "--checkpoint-every",
+            "2",
+            "--quiet",
+            "--out",
+        ])
+        .arg(run.path())
+        .output()
+        .unwrap();
+    let summary = json_of(&out);
+    let trained = summary["test_bpd"].as_f64().unwrap();
+    assert!(trained.is_finite() && trained > 0.0);
+    for f in [
+        "metrics.csv",
+        "summary.json",
+        "samples.png",
+        "samples_0000002.png",
+        "checkpoint/model.safetensors",
+        "checkpoint/state.json",
+    ] {
+        assert!(run.path().join(f).exists(), "{f} missing");
+    }
+    let eval = json_of(
+        &glowflow_cmd()
+            .args(["eval", "--checkpoint"])
+            .arg(run.path())
+            .output()
+            .unwrap(),
+    );
+    assert_eq!(eval["test_images"], 8);
+    assert!(
+        (eval["test_bpd"].as_f64().unwrap() - trained).abs() < 1e-6,
+        "eval {eval} vs training {trained}"
+    );
+    let rec = json_of(
+        &glowflow_cmd()
+            .args(["reconstruct", "--checkpoint"])
+            .arg(run.path())
+            .output()
+            .unwrap(),
+    );
+    assert!(rec["max_abs_error"].as_f64().unwrap() <= 1e-4, "{rec}");
+    let png = run.path().join("grid.png");
+    let out = glowflow_cmd()
+        .args([
+            "sample",
+            "--n",
+            "9",
+            "--temperature",
+            "0.7",
+            "--seed",
+            "1",
+            "--checkpoint",
+        ])
+        .arg(run.path())
+        .arg("--out")
+        .arg(&png)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(std::fs::read(&png).unwrap().starts_with(b"\x89PNG"));
+    // Bad input: a checkpoint directory that is not one.
+    let out = glowflow_cmd()
+        .args(["eval", "--checkpoint"])
+        .arg(data.path())
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("--checkpoint"));
+}
+
+#[test]
+fn fashion_mnist_short_run_if_installed() {
+    let dir = Path::new("/usr/share/datasets/fashion-mnist");
+    if !dir.join("train-images-idx3-ubyte.gz").exists() {
+        eprintln!(
+            "skipped: Fashion-MNIST is not installed (apt-get install dataset-fashion-mnist)"
+        );
+        return;
+    }
+    let run = tempfile::tempdir().unwrap();
+    let mut o = small_options(dir, 120);
+    o.data = format!("idx:{}", dir.display());
+    o.pad = Some(32);
+    o.batch = 16;
+    o.test_limit = 256;
+    o.log_every = 10;
+    let cfg = GlowImageConfig {
+        channels: 1,
+        height: 32,
+        width: 32,
+        ..tiny(1, 32, 2, ImageCoupling::Affine, ImagePermutation::Lu)
+    };
+    let device = plain_device();
+    let s = train_image(
+        ImageStart::Fresh(cfg, o.clone()),
+        run.path(),
+        false,
+        &device,
+    )
+    .unwrap();
+    // 8-bit data: a uniform model scores 8 bits/dim; 120 small steps already do much better.
+    eprintln!("Fashion-MNIST, 120 steps: test bpd {}", s.test_bpd);
+    assert!(s.test_bpd < 7.0, "test bpd {}", s.test_bpd);
+    let (model, _) = glowflow::train::train_image::load_trained(run.path(), &device).unwrap();
+    let data = glowflow::train::train_image::load_data(&o).unwrap();
+    let err = glowflow::train::train_image::reconstruction_error(
+        &model.valid(),
+        &data.test,
+        8,
+        32,
+        &device,
+    );
+    assert!(
+        err <= 1e-4,
+        "reconstruction error {err} on Fashion-MNIST test images"
+    );
+}
