@@ -186,10 +186,10 @@ pub fn random_orthogonal(n: usize, rng: &mut impl rand::Rng) -> Mat {
     for k in 0..n {
         for _ in 0..2 {
             for j in 0..k {
-                let d: f64 = (0..n).map(|i| cols[k][i] * cols[j][i]).sum();
-                for i in 0..n {
-                    cols[k][i] -= d * cols[j][i];
-                }
+                let (done, rest) = cols.split_at_mut(k);
+                let (ck, cj) = (&mut rest[0], &done[j]);
+                let d: f64 = ck.iter().zip(cj).map(|(a, b)| a * b).sum();
+                ck.iter_mut().zip(cj).for_each(|(a, b)| *a -= d * b);
             }
         }
         let norm = cols[k].iter().map(|v| v * v).sum::<f64>().sqrt();

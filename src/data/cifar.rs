@@ -19,7 +19,7 @@ pub fn parse_batch(b: &[u8]) -> Result<ImageSet> {
     if b.is_empty() {
         bail!("empty file");
     }
-    if b.len() % RECORD != 0 {
+    if !b.len().is_multiple_of(RECORD) {
         bail!(
             "size {} is not a multiple of the {RECORD}-byte record (truncated?)",
             b.len()

@@ -89,8 +89,8 @@ fn crop_resize(img: &Rgb, size: usize) -> Vec<f64> {
                 while (x as f64) < sx1 && x < img.w {
                     let wx = (sx1.min(x as f64 + 1.0) - sx0.max(x as f64)).max(0.0);
                     let i = (y * img.w + x) * 3;
-                    for k in 0..3 {
-                        acc[k] += wx * wy * img.data[i + k] as f64;
+                    for (a, &v) in acc.iter_mut().zip(&img.data[i..i + 3]) {
+                        *a += wx * wy * v as f64;
                     }
                     wsum += wx * wy;
                     x += 1;

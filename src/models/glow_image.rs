@@ -61,7 +61,7 @@ impl GlowImageConfig {
             return Err("--levels, --depth and --width must be at least 1".into());
         }
         let f = 1usize << self.levels;
-        if self.height % f != 0 || self.width % f != 0 {
+        if !self.height.is_multiple_of(f) || !self.width.is_multiple_of(f) {
             return Err(format!(
                 "images of {}x{} cannot be squeezed {} times (need sides divisible by {f}; try --pad)",
                 self.height, self.width, self.levels

@@ -13,6 +13,8 @@ use crate::layers::ActNorm;
 
 /// The network inside a coupling layer: maps the conditioning half to shift/scale parameters.
 #[derive(Module, Debug)]
+// burn modules cannot be boxed, and one net per coupling makes the size difference irrelevant.
+#[allow(clippy::large_enum_variant)]
 pub enum CouplingNet {
     Mlp(Mlp),
     Conv(GlowConvNet),

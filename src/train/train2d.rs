@@ -263,11 +263,10 @@ pub fn train2d(
             .with_context(|| format!("cannot open {}", metrics_path.display()))?
     };
 
-    let frame_every = if opts.frames == 0 {
-        usize::MAX
-    } else {
-        (opts.steps / opts.frames).max(1)
-    };
+    let frame_every = opts
+        .steps
+        .checked_div(opts.frames)
+        .map_or(usize::MAX, |e| e.max(1));
     let vmax = density_scale(opts.target, opts.grid);
     let bar = progress_bar(io.progress, opts.steps as u64, first_step as u64);
     let mut window = (0.0f64, 0usize);
