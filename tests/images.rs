@@ -340,6 +340,7 @@ fn small_options(dir: &Path, steps: usize) -> ImageTrainOptions {
         sample_every: 0,
         checkpoint_every: 0,
         test_limit: 0,
+        time_limit_minutes: None,
     }
 }
 

@@ -84,6 +84,9 @@ pub struct TrainArgs {
     /// Evaluate on at most this many test images (0: the whole test split).
     #[arg(long, default_value_t = 0)]
     pub test_limit: usize,
+    /// Stop after this many minutes of training, then checkpoint and evaluate.
+    #[arg(long)]
+    pub time_limit: Option<f64>,
     #[arg(long, default_value = "runs/train")]
     pub out: PathBuf,
     /// Continue the run in this directory (its model and recipe; --steps sets the new total).
@@ -415,6 +418,7 @@ fn cmd_train(a: TrainArgs) -> Result<()> {
                 sample_every: a.sample_every,
                 checkpoint_every: a.checkpoint_every,
                 test_limit: a.test_limit,
+                time_limit_minutes: a.time_limit,
             };
             let probe = crate::train::train_image::load_data(&opts)?;
             let cfg = crate::models::GlowImageConfig {

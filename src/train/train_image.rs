@@ -43,6 +43,9 @@ pub struct ImageTrainOptions {
     pub checkpoint_every: usize,
     /// Evaluate on at most this many test images at the end (0: all).
     pub test_limit: usize,
+    /// Stop training after this many minutes of training time (then checkpoint and evaluate).
+    #[serde(default)]
+    pub time_limit_minutes: Option<f64>,
 }
 
 #[derive(Clone, Debug, Serialize, Deserialize)]
@@ -341,7 +344,13 @@ pub fn train_image(
     });
     let mut window = (0.0, 0usize);
     let mut clock = Instant::now();
+    let mut last = first;
     for step in first..opts.steps {
+        if let Some(limit) = opts.time_limit_minutes {
+            if train_seconds + clock.elapsed().as_secs_f64() >= limit * 60.0 {
+                break;
+            }
+        }
         let lr = opts.lr * ((step + 1) as f64 / opts.warmup.max(1) as f64).min(1.0);
         let idx = batch_indices(data.train.n, opts.batch, opts.seed, step);
         let x = batch_tensor(
@@ -361,6 +370,7 @@ pub fn train_image(
         window.0 += value;
         window.1 += 1;
         let done = step + 1;
+        last = done;
         if done % opts.log_every == 0 || done == opts.steps {
             let dt = clock.elapsed().as_secs_f64();
             train_seconds += dt;
@@ -406,7 +416,7 @@ pub fn train_image(
     let state = ImageRunState {
         model: cfg.clone(),
         options: opts.clone(),
-        step: opts.steps,
+        step: last,
         actnorm_initialized: model.actnorm_flags(),
         train_seconds,
     };
@@ -420,11 +430,11 @@ pub fn train_image(
     let bpd = test_bpd(&eval, &test, cfg.n_bits, 256, device);
     sample_grid(&eval, &cfg, 64, 0.7, opts.seed, device).save_png(&out.join("samples.png"))?;
     let summary = ImageSummary {
-        steps: opts.steps,
+        steps: last,
         test_bpd: bpd,
         test_images: test.n,
         train_seconds,
-        images_per_second: (opts.steps * opts.batch) as f64 / train_seconds.max(1e-9),
+        images_per_second: (last * opts.batch) as f64 / train_seconds.max(1e-9),
         parameters: eval.num_params(),
         config: cfg,
         options: opts,
