@@ -388,6 +388,12 @@ fn cmd_compare(a: CompareArgs) -> Result<()> {
             "\nTarget entropy (Monte Carlo over the test set): {e:.4} nats.\n"
         ));
     }
+    md.push_str(&format!(
+        "\nGlow computes its gradients on {} batch shards in parallel; Real NVP's batch norm needs \
+         the statistics of the whole batch, so it runs unsharded. Off-mode share: samples farther \
+         than 3 sigma from every mode (mixture targets only).\n",
+        a.common.threads()
+    ));
     crate::fsutil::write_atomic(&a.out.join("compare.md"), md.as_bytes())?;
     println!("{}", serde_json::to_string_pretty(&report)?);
     Ok(())
