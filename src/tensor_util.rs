@@ -1,6 +1,6 @@
 //! Host <-> tensor conversions and parameter construction helpers.
 
-use burn::module::{Param, ParamId};
+use burn::module::{Module, ModuleMapper, Param, ParamId};
 use burn::tensor::{Device, Tensor, TensorData};
 
 /// A float tensor of the given shape from host values.
@@ -30,4 +30,31 @@ pub fn replace<const D: usize>(p: &Param<Tensor<D>>, value: Tensor<D>) -> Param<
     let mut np = Param::from_tensor(value);
     np.id = id;
     np
+}
+
+/// Number a module's parameters 1, 2, 3, ... in module order, so a model rebuilt from the same
+/// config has the same identities and a saved optimizer state (keyed by `ParamId`) reattaches
+/// on resume.
+pub fn with_sequential_param_ids<M: Module>(module: M) -> M {
+    struct Numbering(u64);
+    impl Numbering {
+        fn next(&mut self) -> ParamId {
+            self.0 += 1;
+            ParamId::from(self.0)
+        }
+    }
+    impl ModuleMapper for Numbering {
+        fn map_float<const D: usize>(&mut self, mut p: Param<Tensor<D>>) -> Param<Tensor<D>> {
+            p.id = self.next();
+            p
+        }
+        fn map_int<const D: usize>(
+            &mut self,
+            mut p: Param<Tensor<D, burn::tensor::Int>>,
+        ) -> Param<Tensor<D, burn::tensor::Int>> {
+            p.id = self.next();
+            p
+        }
+    }
+    module.map(&mut Numbering(0))
 }

@@ -4,7 +4,7 @@
 //!
 //! couplings alternate which coordinate conditions the other.
 
-use burn::module::{Module, ModuleMapper, Param, ParamId};
+use burn::module::Module;
 use burn::tensor::{Device, Tensor};
 use rand::SeedableRng;
 use rand_chacha::ChaCha8Rng;
@@ -17,6 +17,7 @@ use crate::layers::{
     InvConv1x1Lu, Layer, Reverse, Shuffle, TanhScale,
 };
 use crate::nets::{CouplingNet, Mlp};
+use crate::tensor_util::with_sequential_param_ids;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
 #[serde(rename_all = "lowercase")]
@@ -155,32 +156,9 @@ impl Flow2d {
             }
             layers.push(coupling(cfg, swap, &mut rng, device));
         }
-        Flow2d {
+        with_sequential_param_ids(Flow2d {
             flow: FlowSequence::new(layers),
-        }
-        .with_stable_param_ids()
-    }
-
-    /// Number the parameters 0, 1, 2, ... in module order, so a model rebuilt from the same
-    /// config has the same identities and a saved optimizer state reattaches on resume.
-    pub fn with_stable_param_ids(self) -> Self {
-        struct Numbering(u64);
-        impl ModuleMapper for Numbering {
-            fn map_float<const D: usize>(&mut self, mut p: Param<Tensor<D>>) -> Param<Tensor<D>> {
-                p.id = ParamId::from(self.0);
-                self.0 += 1;
-                p
-            }
-            fn map_int<const D: usize>(
-                &mut self,
-                mut p: Param<Tensor<D, burn::tensor::Int>>,
-            ) -> Param<Tensor<D, burn::tensor::Int>> {
-                p.id = ParamId::from(self.0);
-                self.0 += 1;
-                p
-            }
-        }
-        self.map(&mut Numbering(1))
+        })
     }
 
     /// Data-dependent initialisation (ActNorm) from a batch of points `[N, 2]`.

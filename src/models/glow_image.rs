@@ -3,7 +3,7 @@
 //! channels under a Gaussian whose mean and log-std come from a zero-initialised conv of the
 //! kept half. The last level keeps everything, under a learned (or standard) top prior.
 
-use burn::module::{Module, ModuleMapper, Param, ParamId};
+use burn::module::{Module, Param};
 use burn::tensor::{Device, Tensor};
 use rand::SeedableRng;
 use rand_chacha::ChaCha8Rng;
@@ -17,7 +17,7 @@ use crate::layers::{
     InvConv1x1Lu, Layer, Reverse, Shuffle,
 };
 use crate::nets::{CouplingNet, GlowConvNet, ZeroConv2d};
-use crate::tensor_util::trainable;
+use crate::tensor_util::{trainable, with_sequential_param_ids};
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
 #[serde(rename_all = "lowercase")]
@@ -186,33 +186,11 @@ impl GlowImage {
         } else {
             top.set_require_grad(false)
         };
-        GlowImage {
+        with_sequential_param_ids(GlowImage {
             levels,
             top,
             learn_top: cfg.learn_top,
-        }
-        .with_stable_param_ids()
-    }
-
-    /// Number the parameters in module order so a rebuilt model matches saved optimizer state.
-    pub fn with_stable_param_ids(self) -> Self {
-        struct Numbering(u64);
-        impl ModuleMapper for Numbering {
-            fn map_float<const D: usize>(&mut self, mut p: Param<Tensor<D>>) -> Param<Tensor<D>> {
-                p.id = ParamId::from(self.0);
-                self.0 += 1;
-                p
-            }
-            fn map_int<const D: usize>(
-                &mut self,
-                mut p: Param<Tensor<D, burn::tensor::Int>>,
-            ) -> Param<Tensor<D, burn::tensor::Int>> {
-                p.id = ParamId::from(self.0);
-                self.0 += 1;
-                p
-            }
-        }
-        self.map(&mut Numbering(1))
+        })
     }
 
     fn top_params(&self, n: usize) -> (Tensor<4>, Tensor<4>) {

@@ -79,3 +79,31 @@ pub fn load_json<T: DeserializeOwned>(path: &Path) -> Result<T> {
     serde_json::from_str(&text)
         .with_context(|| format!("{}: malformed checkpoint state", path.display()))
 }
+
+/// The checkpoint folder of a run directory.
+pub fn checkpoint_dir(out: &Path) -> PathBuf {
+    out.join("checkpoint")
+}
+
+/// The checkpoint folder named by `dir`: a run directory or its `checkpoint/` folder itself.
+pub fn locate(dir: &Path) -> PathBuf {
+    if dir.join(STATE_FILE).exists() {
+        dir.to_path_buf()
+    } else {
+        checkpoint_dir(dir)
+    }
+}
+
+/// Save weights, optimizer state and the JSON state (last) into `out/checkpoint/`.
+pub fn save_checkpoint<M: Module + ModuleSnapshot, S: Serialize>(
+    out: &Path,
+    model: &M,
+    optim: &ModuleOptimizer,
+    state: &S,
+) -> Result<()> {
+    let ck = checkpoint_dir(out);
+    std::fs::create_dir_all(&ck).with_context(|| format!("cannot create {}", ck.display()))?;
+    save_model(model, &ck.join(MODEL_FILE))?;
+    save_optimizer(optim, &ck.join(OPTIMIZER_FILE))?;
+    save_json(state, &ck.join(STATE_FILE))
+}

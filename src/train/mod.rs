@@ -8,3 +8,20 @@ pub mod train2d;
 pub mod train_image;
 
 pub use train2d::{train2d, RunIo, Start, Summary, Train2dOptions};
+
+/// A progress bar (step, message, ETA) when `enabled`.
+pub fn progress_bar(enabled: bool, len: u64, pos: u64) -> Option<indicatif::ProgressBar> {
+    if !enabled {
+        return None;
+    }
+    let b = indicatif::ProgressBar::new(len);
+    b.set_style(
+        indicatif::ProgressStyle::with_template(
+            "{elapsed_precise} [{bar:30}] step {pos}/{len} {msg} (eta {eta})",
+        )
+        .expect("valid progress template")
+        .progress_chars("=> "),
+    );
+    b.set_position(pos);
+    Some(b)
+}

@@ -8,13 +8,15 @@ use std::time::Instant;
 
 use anyhow::{bail, Context, Result};
 use burn::module::Module;
-use burn::optim::{AdamConfig, ModuleOptimizer};
+use burn::optim::AdamConfig;
 use burn::tensor::Device;
 use serde::{Deserialize, Serialize};
 
-use super::checkpoint::{self, MODEL_FILE, OPTIMIZER_FILE, STATE_FILE};
+use super::checkpoint::{
+    self, checkpoint_dir, save_checkpoint, MODEL_FILE, OPTIMIZER_FILE, STATE_FILE,
+};
 use super::data2d::{test_points, DataStream};
-use super::{eval2d, parallel};
+use super::{eval2d, parallel, progress_bar};
 use crate::data::toy2d::Target;
 use crate::layers::ActNormFlags;
 use crate::models::{Flow2d, Flow2dConfig, ModelKind};
@@ -137,21 +139,13 @@ pub struct RunIo {
     pub threads: usize,
 }
 
-fn checkpoint_dir(out: &Path) -> PathBuf {
-    out.join("checkpoint")
-}
-
 fn frames_dir(out: &Path) -> PathBuf {
     out.join("frames")
 }
 
 /// Load a trained model (evaluation mode, on `device`) from a run or checkpoint directory.
 pub fn load_trained(dir: &Path, device: &Device) -> Result<(Flow2d, RunState)> {
-    let ck = if dir.join(STATE_FILE).exists() {
-        dir.to_path_buf()
-    } else {
-        checkpoint_dir(dir)
-    };
+    let ck = checkpoint::locate(dir);
     let state: RunState = checkpoint::load_json(&ck.join(STATE_FILE))?;
     let mut model = Flow2d::new(&state.model, device);
     model = checkpoint::load_model(model, &ck.join(MODEL_FILE))?;
@@ -160,19 +154,6 @@ pub fn load_trained(dir: &Path, device: &Device) -> Result<(Flow2d, RunState)> {
         .set_actnorm_flags(&state.actnorm_initialized)
         .map_err(|e| anyhow::anyhow!("{}: {e}", ck.join(STATE_FILE).display()))?;
     Ok((model, state))
-}
-
-fn save_checkpoint(
-    out: &Path,
-    model: &Flow2d,
-    optim: &ModuleOptimizer,
-    state: &RunState,
-) -> Result<()> {
-    let ck = checkpoint_dir(out);
-    std::fs::create_dir_all(&ck).with_context(|| format!("cannot create {}", ck.display()))?;
-    checkpoint::save_model(model, &ck.join(MODEL_FILE))?;
-    checkpoint::save_optimizer(optim, &ck.join(OPTIMIZER_FILE))?;
-    checkpoint::save_json(state, &ck.join(STATE_FILE))
 }
 
 /// A reference scale for density pictures: the target's peak density on the grid.
@@ -363,22 +344,6 @@ pub fn train2d(
     let summary = evaluate_and_draw(&eval, &state, out, device, vmax)?;
     checkpoint::save_json(&summary, &out.join("summary.json"))?;
     Ok(summary)
-}
-
-fn progress_bar(enabled: bool, len: u64, pos: u64) -> Option<indicatif::ProgressBar> {
-    if !enabled {
-        return None;
-    }
-    let b = indicatif::ProgressBar::new(len);
-    b.set_style(
-        indicatif::ProgressStyle::with_template(
-            "{elapsed_precise} [{bar:30}] step {pos}/{len} {msg} (eta {eta})",
-        )
-        .expect("valid progress template")
-        .progress_chars("=> "),
-    );
-    b.set_position(pos);
-    Some(b)
 }
 
 /// Test metrics and every picture of a finished run.

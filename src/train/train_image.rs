@@ -8,14 +8,17 @@ use std::time::Instant;
 
 use anyhow::{bail, Context, Result};
 use burn::module::Module;
-use burn::optim::{AdamConfig, GradientsParams, ModuleOptimizer};
+use burn::optim::{AdamConfig, GradientsParams};
 use burn::tensor::{Device, Tensor};
 use rand::seq::SliceRandom;
 use rand::SeedableRng;
 use rand_chacha::ChaCha8Rng;
 use serde::{Deserialize, Serialize};
 
-use super::checkpoint::{self, MODEL_FILE, OPTIMIZER_FILE, STATE_FILE};
+use super::checkpoint::{
+    self, checkpoint_dir, save_checkpoint, MODEL_FILE, OPTIMIZER_FILE, STATE_FILE,
+};
+use super::progress_bar;
 use crate::data::dequant::{dequantize, to_pixels};
 use crate::data::{DataSpec, ImageSet, LoadOptions};
 use crate::layers::ActNormFlags;
@@ -192,17 +195,9 @@ pub fn image_grid(px: &[u8], n: usize, c: usize, h: usize, w: usize) -> Canvas {
     canvas
 }
 
-fn ckpt_dir(out: &Path) -> PathBuf {
-    out.join("checkpoint")
-}
-
 /// Load a trained image model from a run or checkpoint directory.
 pub fn load_trained(dir: &Path, device: &Device) -> Result<(GlowImage, ImageRunState)> {
-    let ck = if dir.join(STATE_FILE).exists() {
-        dir.to_path_buf()
-    } else {
-        ckpt_dir(dir)
-    };
+    let ck = checkpoint::locate(dir);
     let state: ImageRunState = checkpoint::load_json(&ck.join(STATE_FILE)).with_context(|| {
         format!(
             "--checkpoint {}: not an image run or checkpoint directory",
@@ -215,19 +210,6 @@ pub fn load_trained(dir: &Path, device: &Device) -> Result<(GlowImage, ImageRunS
         .set_actnorm_flags(&state.actnorm_initialized)
         .map_err(|e| anyhow::anyhow!("{}: {e}", ck.join(STATE_FILE).display()))?;
     Ok((model, state))
-}
-
-fn save(
-    out: &Path,
-    model: &GlowImage,
-    optim: &ModuleOptimizer,
-    state: &ImageRunState,
-) -> Result<()> {
-    let ck = ckpt_dir(out);
-    std::fs::create_dir_all(&ck).with_context(|| format!("cannot create {}", ck.display()))?;
-    checkpoint::save_model(model, &ck.join(MODEL_FILE))?;
-    checkpoint::save_optimizer(optim, &ck.join(OPTIMIZER_FILE))?;
-    checkpoint::save_json(state, &ck.join(STATE_FILE))
 }
 
 pub enum ImageStart {
@@ -261,7 +243,7 @@ pub fn train_image(
                 .with_context(|| format!("--resume {}", dir.display()))?;
             let optim = checkpoint::load_optimizer(
                 AdamConfig::new().with_epsilon(1e-8).init(),
-                &ckpt_dir(&dir).join(OPTIMIZER_FILE),
+                &checkpoint_dir(&dir).join(OPTIMIZER_FILE),
             )?;
             if let Some(s) = steps {
                 state.options.steps = s;
@@ -330,18 +312,7 @@ pub fn train_image(
             .create(true)
             .open(&metrics_path)?
     };
-    let bar = progress.then(|| {
-        let b = indicatif::ProgressBar::new(opts.steps as u64);
-        b.set_style(
-            indicatif::ProgressStyle::with_template(
-                "{elapsed_precise} [{bar:30}] step {pos}/{len} {msg} (eta {eta})",
-            )
-            .expect("valid template")
-            .progress_chars("=> "),
-        );
-        b.set_position(first as u64);
-        b
-    });
+    let bar = progress_bar(progress, opts.steps as u64, first as u64);
     let mut window = (0.0, 0usize);
     let mut clock = Instant::now();
     let mut last = first;
@@ -379,7 +350,7 @@ pub fn train_image(
             let bpd = window.0 / window.1 as f64;
             writeln!(
                 metrics,
-                "{done},{bpd:.5},{lr:e},{train_seconds:.2},{ips:.1}"
+                "{done},{bpd:.5},{lr:.4e},{train_seconds:.2},{ips:.1}"
             )?;
             metrics.flush()?;
             if let Some(b) = &bar {
@@ -404,7 +375,7 @@ pub fn train_image(
                     actnorm_initialized: model.actnorm_flags(),
                     train_seconds,
                 };
-                save(out, &model, &optim, &state)?;
+                save_checkpoint(out, &model, &optim, &state)?;
             }
             clock = Instant::now();
         }
@@ -420,7 +391,7 @@ pub fn train_image(
         actnorm_initialized: model.actnorm_flags(),
         train_seconds,
     };
-    save(out, &model, &optim, &state)?;
+    save_checkpoint(out, &model, &optim, &state)?;
     let eval = model.valid();
     let test = if opts.test_limit > 0 {
         data.test.take(opts.test_limit)
