@@ -375,7 +375,7 @@ fn image_resume_continues_exactly() {
     )
     .unwrap();
     let b = train_image(
-        ImageStart::Resume(split.path().into(), Some(12)),
+        ImageStart::Resume(split.path().into(), Some(12), None),
         split.path(),
         false,
         &device,

@@ -73,8 +73,9 @@ pub struct TrainArgs {
     /// Linear warm-up steps.
     #[arg(long, default_value_t = 200)]
     pub warmup: usize,
-    #[arg(long, default_value_t = 2000)]
-    pub steps: usize,
+    /// Total training steps (default 2000; on --resume, the checkpoint's own total).
+    #[arg(long)]
+    pub steps: Option<usize>,
     #[arg(long, default_value_t = 0)]
     pub seed: u64,
     #[arg(long, default_value_t = 500)]
@@ -403,7 +404,7 @@ fn cmd_train(a: TrainArgs) -> Result<()> {
     use crate::train::train_image::{train_image, ImageStart, ImageTrainOptions};
     let device = crate::device_by_name(&a.device)?;
     let start = match &a.resume {
-        Some(dir) => ImageStart::Resume(dir.clone(), Some(a.steps)),
+        Some(dir) => ImageStart::Resume(dir.clone(), a.steps, a.time_limit),
         None => {
             let data = a
                 .data
@@ -414,7 +415,7 @@ fn cmd_train(a: TrainArgs) -> Result<()> {
                 pad: a.pad,
                 size: a.size,
                 grey: a.grey,
-                steps: a.steps,
+                steps: a.steps.unwrap_or(2000),
                 batch: a.batch,
                 lr: a.lr,
                 warmup: a.warmup,

@@ -215,7 +215,9 @@ pub fn load_trained(dir: &Path, device: &Device) -> Result<(GlowImage, ImageRunS
 pub enum ImageStart {
     Fresh(GlowImageConfig, ImageTrainOptions),
     /// Resume from a run directory; optionally a new total step count.
-    Resume(PathBuf, Option<usize>),
+    /// Resume from a run directory; optionally a new total step count and a time limit for
+    /// this invocation.
+    Resume(PathBuf, Option<usize>, Option<f64>),
 }
 
 /// Train (or resume) and evaluate; writes into `out`.
@@ -238,7 +240,7 @@ pub fn train_image(
                 0.0,
             )
         }
-        ImageStart::Resume(dir, steps) => {
+        ImageStart::Resume(dir, steps, time_limit) => {
             let (model, mut state) = load_trained(&dir, &train_device)
                 .with_context(|| format!("--resume {}", dir.display()))?;
             let optim = checkpoint::load_optimizer(
@@ -248,6 +250,7 @@ pub fn train_image(
             if let Some(s) = steps {
                 state.options.steps = s;
             }
+            state.options.time_limit_minutes = time_limit;
             (
                 model,
                 optim,
@@ -316,9 +319,11 @@ pub fn train_image(
     let mut window = (0.0, 0usize);
     let mut clock = Instant::now();
     let mut last = first;
+    let resumed_seconds = train_seconds;
     for step in first..opts.steps {
         if let Some(limit) = opts.time_limit_minutes {
-            if train_seconds + clock.elapsed().as_secs_f64() >= limit * 60.0 {
+            // The limit applies to this invocation's training time.
+            if train_seconds - resumed_seconds + clock.elapsed().as_secs_f64() >= limit * 60.0 {
                 break;
             }
         }
