@@ -499,7 +499,7 @@ fn cmd_sample(a: SampleArgs) -> Result<()> {
     }
     let device = crate::device_by_name(&a.device)?;
     let (model, state) = load_trained(&a.checkpoint, &device)?;
-    sample_grid(&model, &state.model, a.n, a.temperature, a.seed, &device).save_png(&a.out)?;
+    sample_grid(&model, &state.model, a.n, a.temperature, a.seed).save_png(&a.out)?;
     println!(
         "wrote {} samples at temperature {} to {}",
         a.n,

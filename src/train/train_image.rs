@@ -161,9 +161,7 @@ pub fn sample_grid(
     n: usize,
     temperature: f64,
     seed: u64,
-    device: &Device,
 ) -> Canvas {
-    let _ = device;
     let mut rng = ChaCha8Rng::seed_from_u64(seed);
     let x = model.sample(n, temperature, &mut rng);
     let px = to_pixels(&to_vec(x), cfg.n_bits);
@@ -369,7 +367,7 @@ pub fn train_image(
         if sample_due || ckpt_due {
             train_seconds += clock.elapsed().as_secs_f64();
             if sample_due {
-                let grid = sample_grid(&model.valid(), &cfg, 64, 0.7, opts.seed, device);
+                let grid = sample_grid(&model.valid(), &cfg, 64, 0.7, opts.seed);
                 grid.save_png(&out.join(format!("samples_{done:07}.png")))?;
             }
             if ckpt_due {
@@ -404,7 +402,7 @@ pub fn train_image(
         data.test.clone()
     };
     let bpd = test_bpd(&eval, &test, cfg.n_bits, 256, device);
-    sample_grid(&eval, &cfg, 64, 0.7, opts.seed, device).save_png(&out.join("samples.png"))?;
+    sample_grid(&eval, &cfg, 64, 0.7, opts.seed).save_png(&out.join("samples.png"))?;
     let summary = ImageSummary {
         steps: last,
         test_bpd: bpd,
