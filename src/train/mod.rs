@@ -25,3 +25,25 @@ pub fn progress_bar(enabled: bool, len: u64, pos: u64) -> Option<indicatif::Prog
     b.set_position(pos);
     Some(b)
 }
+
+/// The metrics CSV of a run: created with `header` for a fresh run, appended to on resume.
+pub fn open_metrics(
+    path: &std::path::Path,
+    header: &str,
+    fresh: bool,
+) -> anyhow::Result<std::fs::File> {
+    use anyhow::Context;
+    use std::io::Write;
+    if fresh {
+        let mut f = std::fs::File::create(path)
+            .with_context(|| format!("cannot create {}", path.display()))?;
+        writeln!(f, "{header}")?;
+        Ok(f)
+    } else {
+        std::fs::OpenOptions::new()
+            .append(true)
+            .create(true)
+            .open(path)
+            .with_context(|| format!("cannot open {}", path.display()))
+    }
+}

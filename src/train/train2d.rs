@@ -1,7 +1,6 @@
 //! Maximum-likelihood training of a 2D flow (the tutorial's experiment), with metrics, pictures,
 //! checkpoints and exact resume.
 
-use std::fs::OpenOptions;
 use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::time::Instant;
@@ -16,7 +15,7 @@ use super::checkpoint::{
     self, checkpoint_dir, save_checkpoint, MODEL_FILE, OPTIMIZER_FILE, STATE_FILE,
 };
 use super::data2d::{test_points, DataStream};
-use super::{eval2d, parallel, progress_bar};
+use super::{eval2d, open_metrics, parallel, progress_bar};
 use crate::data::toy2d::Target;
 use crate::layers::ActNormFlags;
 use crate::models::{Flow2d, Flow2dConfig, ModelKind};
@@ -231,18 +230,7 @@ pub fn train2d(
     }
 
     let metrics_path = out.join("metrics.csv");
-    let mut metrics = if first_step == 0 {
-        let mut f = std::fs::File::create(&metrics_path)
-            .with_context(|| format!("cannot create {}", metrics_path.display()))?;
-        writeln!(f, "step,loss,lr,seconds")?;
-        f
-    } else {
-        OpenOptions::new()
-            .append(true)
-            .create(true)
-            .open(&metrics_path)
-            .with_context(|| format!("cannot open {}", metrics_path.display()))?
-    };
+    let mut metrics = open_metrics(&metrics_path, "step,loss,lr,seconds", first_step == 0)?;
 
     let frame_every = opts
         .steps

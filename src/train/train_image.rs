@@ -1,7 +1,6 @@
 //! Maximum-likelihood training of multi-scale Glow on images, with bits/dim, sample grids,
 //! checkpoints and exact resume.
 
-use std::fs::OpenOptions;
 use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::time::Instant;
@@ -18,7 +17,7 @@ use serde::{Deserialize, Serialize};
 use super::checkpoint::{
     self, checkpoint_dir, save_checkpoint, MODEL_FILE, OPTIMIZER_FILE, STATE_FILE,
 };
-use super::progress_bar;
+use super::{open_metrics, progress_bar};
 use crate::data::dequant::{dequantize, to_pixels};
 use crate::data::{DataSpec, ImageSet, LoadOptions};
 use crate::layers::ActNormFlags;
@@ -302,17 +301,11 @@ pub fn train_image(
     }
 
     let metrics_path = out.join("metrics.csv");
-    let mut metrics = if first == 0 {
-        let mut f = std::fs::File::create(&metrics_path)
-            .with_context(|| format!("cannot create {}", metrics_path.display()))?;
-        writeln!(f, "step,bpd,lr,seconds,images_per_s")?;
-        f
-    } else {
-        OpenOptions::new()
-            .append(true)
-            .create(true)
-            .open(&metrics_path)?
-    };
+    let mut metrics = open_metrics(
+        &metrics_path,
+        "step,bpd,lr,seconds,images_per_s",
+        first == 0,
+    )?;
     let bar = progress_bar(progress, opts.steps as u64, first as u64);
     let mut window = (0.0, 0usize);
     let mut clock = Instant::now();
