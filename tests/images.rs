@@ -12,7 +12,7 @@ use common::*;
 use glowflow::data::{cifar, idx, DataSpec, LoadOptions};
 use glowflow::distributions::LN_2PI;
 use glowflow::linalg::{slogdet, Mat};
-use glowflow::models::{GlowImage, GlowImageConfig, ImageCoupling, ImagePermutation};
+use glowflow::models::{GlowImage, GlowImageConfig, ImageCoupling, Permutation};
 use glowflow::tensor_util::to_vec;
 use glowflow::train::train_image::{train_image, ImageStart, ImageTrainOptions};
 
@@ -21,7 +21,7 @@ fn tiny(
     side: usize,
     levels: usize,
     coupling: ImageCoupling,
-    permutation: ImagePermutation,
+    permutation: Permutation,
 ) -> GlowImageConfig {
     GlowImageConfig {
         channels: c,
@@ -51,10 +51,10 @@ fn initialised(cfg: &GlowImageConfig) -> GlowImage {
 #[test]
 fn multiscale_inverse_reuses_latents_exactly() {
     for (coupling, perm) in [
-        (ImageCoupling::Affine, ImagePermutation::Lu),
-        (ImageCoupling::Additive, ImagePermutation::Conv),
-        (ImageCoupling::Affine, ImagePermutation::Shuffle),
-        (ImageCoupling::Affine, ImagePermutation::Reverse),
+        (ImageCoupling::Affine, Permutation::Lu),
+        (ImageCoupling::Additive, Permutation::Plain),
+        (ImageCoupling::Affine, Permutation::Shuffle),
+        (ImageCoupling::Affine, Permutation::Reverse),
     ] {
         let cfg = tiny(3, 8, 2, coupling, perm);
         let m = initialised(&cfg);
@@ -74,7 +74,7 @@ fn multiscale_inverse_reuses_latents_exactly() {
 fn multiscale_log_density_equals_brute_force_jacobian() {
     // log p(x) = log N(eps; 0, I) + log|det d eps/dx| with eps the standardised latents.
     for (c, levels) in [(1, 2), (3, 1)] {
-        let cfg = tiny(c, 4, levels, ImageCoupling::Affine, ImagePermutation::Lu);
+        let cfg = tiny(c, 4, levels, ImageCoupling::Affine, Permutation::Lu);
         let m = initialised(&cfg);
         let x = random_input([3, c, 4, 4], 5, &ad_device()).mul_scalar(0.3);
         let d = c * 16;
@@ -357,7 +357,7 @@ fn bpd_column(out: &Path) -> Vec<f64> {
 fn image_resume_continues_exactly() {
     let data = tempfile::tempdir().unwrap();
     write_idx_dataset(data.path(), 40, 8, 6);
-    let cfg = tiny(1, 8, 2, ImageCoupling::Affine, ImagePermutation::Lu);
+    let cfg = tiny(1, 8, 2, ImageCoupling::Affine, Permutation::Lu);
     let device = plain_device();
     let (full, split) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
     let a = train_image(
@@ -521,7 +521,7 @@ fn fashion_mnist_short_run_if_installed() {
         channels: 1,
         height: 32,
         width: 32,
-        ..tiny(1, 32, 2, ImageCoupling::Affine, ImagePermutation::Lu)
+        ..tiny(1, 32, 2, ImageCoupling::Affine, Permutation::Lu)
     };
     let device = plain_device();
     let s = train_image(

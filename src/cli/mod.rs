@@ -59,7 +59,7 @@ pub struct TrainArgs {
     #[arg(long, value_enum, default_value = "affine")]
     pub coupling: crate::models::ImageCoupling,
     #[arg(long, value_enum, default_value = "lu")]
-    pub permutation: crate::models::ImagePermutation,
+    pub permutation: crate::models::Permutation,
     /// Bits per pixel kept (8: the standard for comparing bits/dim with published numbers).
     #[arg(long, default_value_t = 8)]
     pub n_bits: u32,

@@ -17,7 +17,38 @@ pub use coupling::{AdditiveCoupling, AffineCoupling, TanhScale};
 pub use inv_conv::{InvConv1x1, InvConv1x1Lu};
 pub use permute::{Reverse, Shuffle};
 
+use burn::tensor::Device;
+use serde::{Deserialize, Serialize};
+
 use crate::flow::{zero_logdet, Flow};
+
+/// The channel-mixing layer between couplings (Glow's 1x1 convolution and its ablations).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "lowercase")]
+pub enum Permutation {
+    /// LU-parametrised invertible 1x1 convolution / linear map (Glow).
+    Lu,
+    /// Unconstrained invertible 1x1 convolution with float64 log|det| (`conv` is accepted too).
+    #[serde(alias = "conv")]
+    #[value(alias = "conv")]
+    Plain,
+    /// Fixed random shuffle of channels.
+    Shuffle,
+    /// Channel reversal.
+    Reverse,
+}
+
+impl Permutation {
+    /// A fresh mixing layer over `channels` channels.
+    pub fn layer(self, channels: usize, rng: &mut impl rand::Rng, device: &Device) -> Layer {
+        match self {
+            Permutation::Lu => Layer::InvConv1x1Lu(InvConv1x1Lu::new(channels, rng, device)),
+            Permutation::Plain => Layer::InvConv1x1(InvConv1x1::new(channels, rng, device)),
+            Permutation::Shuffle => Layer::Shuffle(Shuffle::new(channels, rng, device)),
+            Permutation::Reverse => Layer::Reverse(Reverse { channels }),
+        }
+    }
+}
 
 /// Any one flow layer.
 #[derive(Module, Debug)]

@@ -13,8 +13,8 @@ use serde::{Deserialize, Serialize};
 use crate::distributions::{standard_normal_log_prob, standard_normal_sample};
 use crate::flow::{nchw_to_vec, vec_to_nchw, Flow};
 use crate::layers::{
-    ActNorm, AdditiveCoupling, AffineCoupling, FlowBatchNorm, FlowSequence, InvConv1x1,
-    InvConv1x1Lu, Layer, Reverse, Shuffle, TanhScale,
+    ActNorm, AdditiveCoupling, AffineCoupling, FlowBatchNorm, FlowSequence, Layer, Permutation,
+    TanhScale,
 };
 use crate::nets::{CouplingNet, Mlp};
 use crate::tensor_util::with_sequential_param_ids;
@@ -45,20 +45,6 @@ pub enum CouplingKind {
     Sigmoid,
     /// NICE's `x + t`.
     Additive,
-}
-
-/// The mixing layer between couplings in Glow-2D.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
-#[serde(rename_all = "lowercase")]
-pub enum Permutation {
-    /// LU-parametrised invertible linear map (Glow).
-    Lu,
-    /// Unconstrained invertible linear map with float64 log|det|.
-    Plain,
-    /// Fixed random shuffle of coordinates.
-    Shuffle,
-    /// Coordinate reversal.
-    Reverse,
 }
 
 /// Everything needed to rebuild a 2D model (stored in checkpoints).
@@ -139,16 +125,7 @@ impl Flow2d {
             match cfg.model {
                 ModelKind::Glow => {
                     layers.push(Layer::ActNorm(ActNorm::new(DIM, device)));
-                    layers.push(match cfg.permutation {
-                        Permutation::Lu => {
-                            Layer::InvConv1x1Lu(InvConv1x1Lu::new(DIM, &mut rng, device))
-                        }
-                        Permutation::Plain => {
-                            Layer::InvConv1x1(InvConv1x1::new(DIM, &mut rng, device))
-                        }
-                        Permutation::Shuffle => Layer::Shuffle(Shuffle::new(DIM, &mut rng, device)),
-                        Permutation::Reverse => Layer::Reverse(Reverse { channels: DIM }),
-                    });
+                    layers.push(cfg.permutation.layer(DIM, &mut rng, device));
                 }
                 ModelKind::Realnvp => {
                     layers.push(Layer::FlowBatchNorm(FlowBatchNorm::new(DIM, device)));

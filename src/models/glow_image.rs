@@ -13,8 +13,7 @@ use crate::distributions::LN_2PI;
 use crate::flow::Flow;
 use crate::layers::squeeze::{squeeze, unsqueeze};
 use crate::layers::{
-    ActNorm, ActNormFlags, AdditiveCoupling, AffineCoupling, FlowSequence, InvConv1x1,
-    InvConv1x1Lu, Layer, Reverse, Shuffle,
+    ActNorm, ActNormFlags, AdditiveCoupling, AffineCoupling, FlowSequence, Layer, Permutation,
 };
 use crate::nets::{CouplingNet, GlowConvNet, ZeroConv2d};
 use crate::tensor_util::{trainable, with_sequential_param_ids};
@@ -28,17 +27,6 @@ pub enum ImageCoupling {
     Additive,
 }
 
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
-#[serde(rename_all = "lowercase")]
-pub enum ImagePermutation {
-    /// LU-parametrised invertible 1x1 convolution.
-    Lu,
-    /// Unconstrained invertible 1x1 convolution.
-    Conv,
-    Shuffle,
-    Reverse,
-}
-
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct GlowImageConfig {
     pub channels: usize,
@@ -49,7 +37,7 @@ pub struct GlowImageConfig {
     /// Coupling-CNN width.
     pub hidden: usize,
     pub coupling: ImageCoupling,
-    pub permutation: ImagePermutation,
+    pub permutation: Permutation,
     pub n_bits: u32,
     pub learn_top: bool,
     pub init_seed: u64,
@@ -141,19 +129,10 @@ impl GlowImage {
             let mut layers = Vec::new();
             for k in 0..cfg.depth {
                 layers.push(Layer::ActNorm(ActNorm::new(c, device)));
-                layers.push(match cfg.permutation {
-                    ImagePermutation::Lu => {
-                        Layer::InvConv1x1Lu(InvConv1x1Lu::new(c, &mut rng, device))
-                    }
-                    ImagePermutation::Conv => {
-                        Layer::InvConv1x1(InvConv1x1::new(c, &mut rng, device))
-                    }
-                    ImagePermutation::Shuffle => Layer::Shuffle(Shuffle::new(c, &mut rng, device)),
-                    ImagePermutation::Reverse => Layer::Reverse(Reverse { channels: c }),
-                });
+                layers.push(cfg.permutation.layer(c, &mut rng, device));
                 // With a learned 1x1 conv mixing channels, the halves need not alternate; with a
                 // fixed permutation alternating keeps every channel transformed.
-                let swap = k % 2 == 1 && cfg.permutation == ImagePermutation::Reverse;
+                let swap = k % 2 == 1 && cfg.permutation == Permutation::Reverse;
                 let cond = crate::layers::coupling::conditioning_channels(c, swap);
                 let out = crate::layers::coupling::transformed_channels(c, swap);
                 layers.push(match cfg.coupling {

@@ -3,5 +3,6 @@
 pub mod flow2d;
 pub mod glow_image;
 
-pub use flow2d::{CouplingKind, Flow2d, Flow2dConfig, ModelKind, Permutation};
-pub use glow_image::{GlowImage, GlowImageConfig, ImageCoupling, ImagePermutation};
+pub use crate::layers::Permutation;
+pub use flow2d::{CouplingKind, Flow2d, Flow2dConfig, ModelKind};
+pub use glow_image::{GlowImage, GlowImageConfig, ImageCoupling};
