@@ -7,7 +7,7 @@
 //! All tensors are `[N, C, H, W]`. Plain vectors `[N, D]` travel as `[N, D, 1, 1]`, so the same
 //! layer code serves the 2D toys and image models.
 
-use burn::tensor::{Device, Tensor};
+use burn::tensor::Tensor;
 
 /// An invertible transform with a tractable log-determinant.
 pub trait Flow {
@@ -17,9 +17,10 @@ pub trait Flow {
     fn inverse(&self, z: Tensor<4>) -> (Tensor<4>, Tensor<1>);
 }
 
-/// A per-sample log-determinant of zeros for a batch of `n` on `device`.
-pub fn zero_logdet(n: usize, device: &Device) -> Tensor<1> {
-    Tensor::zeros([n], device)
+/// A per-sample log-determinant of zeros for the batch `x`, on its device and in its float type
+/// (so a float64 pass stays float64 throughout).
+pub fn zero_logdet(x: &Tensor<4>) -> Tensor<1> {
+    Tensor::zeros([x.dims()[0]], (&x.device(), x.dtype()))
 }
 
 /// Broadcast a scalar log-determinant (a `[1]` tensor) to every sample of a batch of `n`.

@@ -1,11 +1,39 @@
 //! Host <-> tensor conversions and parameter construction helpers.
 
 use burn::module::{Module, ModuleMapper, Param, ParamId};
-use burn::tensor::{Device, Tensor, TensorData};
+use burn::tensor::{DType, Device, Tensor, TensorCreationOptions, TensorData};
 
 /// A float tensor of the given shape from host values.
 pub fn from_vec<const D: usize>(v: Vec<f32>, shape: [usize; D], device: &Device) -> Tensor<D> {
     Tensor::from_data(TensorData::new(v, shape), device)
+}
+
+/// A float tensor from float64 host values, stored in the float type `options` asks for (the
+/// device default when it names only a device).
+pub fn from_vec_f64<const D: usize>(
+    v: Vec<f64>,
+    shape: [usize; D],
+    options: impl Into<TensorCreationOptions>,
+) -> Tensor<D> {
+    Tensor::from_data(TensorData::new(v, shape), options)
+}
+
+/// Host float64 copy of a float tensor, exact whatever its float type.
+pub fn to_vec_f64<const D: usize>(t: Tensor<D>) -> Vec<f64> {
+    t.into_data().convert::<f64>().iter::<f64>().collect()
+}
+
+/// The same module with every float parameter and buffer cast to `dtype` (identities kept):
+/// float64 copies of a trained model make reconstruction checks free of float32 round-off.
+pub fn cast_module<M: Module>(module: M, dtype: DType) -> M {
+    struct Cast(DType);
+    impl ModuleMapper for Cast {
+        fn map_float<const D: usize>(&mut self, p: Param<Tensor<D>>) -> Param<Tensor<D>> {
+            let dtype = self.0;
+            p.map(|t| t.cast(dtype))
+        }
+    }
+    module.map(&mut Cast(dtype))
 }
 
 /// Host copy of a float tensor (synchronises with the device).

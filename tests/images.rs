@@ -8,12 +8,13 @@ use std::path::Path;
 use std::process::Command;
 
 use burn::module::Module;
+use burn::tensor::DType;
 use common::*;
 use glowflow::data::{cifar, idx, DataSpec, LoadOptions};
 use glowflow::distributions::LN_2PI;
 use glowflow::linalg::{slogdet, Mat};
 use glowflow::models::{GlowImage, GlowImageConfig, ImageCoupling, Permutation};
-use glowflow::tensor_util::to_vec;
+use glowflow::tensor_util::{cast_module, to_vec, to_vec_f64};
 use glowflow::train::train_image::{train_image, ImageStart, ImageTrainOptions};
 
 fn tiny(
@@ -62,11 +63,28 @@ fn multiscale_inverse_reuses_latents_exactly() {
         let (_, zs) = m.forward_latents(x.clone());
         assert_eq!(zs.len(), 2);
         let back = m.decode(&zs);
-        let err = max_abs_diff(back, x);
+        let err = max_abs_diff(back, x.clone());
         assert!(
             err <= 1e-4,
             "{coupling:?}/{perm:?}: reconstruction error {err}"
         );
+        // The same model cast to float64: the inverse is exact up to float64 round-off, and the
+        // log-density agrees with the float32 pass (every layer follows its input's float type).
+        let m64 = cast_module(m.clone(), DType::F64);
+        let x64 = x.clone().cast(DType::F64);
+        let (logp64, zs64) = m64.forward_latents(x64.clone());
+        assert_eq!(logp64.dtype(), DType::F64);
+        let err64 = to_vec_f64(m64.decode(&zs64) - x64)
+            .iter()
+            .fold(0f64, |a, v| a.max(v.abs()));
+        assert!(
+            err64 <= 1e-10,
+            "{coupling:?}/{perm:?}: float64 error {err64}"
+        );
+        let logp32 = to_vec_f64(m.log_prob(x));
+        for (a, b) in logp32.iter().zip(to_vec_f64(logp64)) {
+            assert!((a - b).abs() <= 1e-3 * b.abs().max(1.0), "log p {a} vs {b}");
+        }
     }
 }
 
@@ -467,7 +485,11 @@ fn cli_train_eval_sample_reconstruct() {
             .output()
             .unwrap(),
     );
-    assert!(rec["max_abs_error"].as_f64().unwrap() <= 1e-4, "{rec}");
+    assert!(rec["max_abs_error"].as_f64().unwrap() <= 1e-9, "{rec}");
+    assert!(
+        rec["max_abs_error_float32"].as_f64().unwrap() <= 1e-4,
+        "{rec}"
+    );
     let png = run.path().join("grid.png");
     let out = glowflow_cmd()
         .args([
@@ -536,15 +558,13 @@ fn fashion_mnist_short_run_if_installed() {
     assert!(s.test_bpd < 7.0, "test bpd {}", s.test_bpd);
     let (model, _) = glowflow::train::train_image::load_trained(run.path(), &device).unwrap();
     let data = glowflow::train::train_image::load_data(&o).unwrap();
-    let err = glowflow::train::train_image::reconstruction_error(
-        &model.valid(),
-        &data.test,
-        8,
-        32,
-        &device,
-    );
-    assert!(
-        err <= 1e-4,
-        "reconstruction error {err} on Fashion-MNIST test images"
-    );
+    let model = model.valid();
+    let reconstruct = |dtype| {
+        glowflow::train::train_image::reconstruction_error(
+            &model, &data.test, 8, 32, dtype, &device,
+        )
+    };
+    let (err64, err32) = (reconstruct(DType::F64), reconstruct(DType::F32));
+    assert!(err64 <= 1e-9, "float64 reconstruction error {err64}");
+    assert!(err32 <= 1e-4, "float32 reconstruction error {err32}");
 }

@@ -473,8 +473,16 @@ fn cmd_eval(a: EvalArgs, reconstruct: bool) -> Result<()> {
         );
     }
     let report = if reconstruct {
-        let err = reconstruction_error(&model, &data.test, cfg.n_bits, a.n, &device);
-        json!({"checkpoint": a.checkpoint, "images": a.n.min(data.test.n), "max_abs_error": err})
+        // float64 measures the inverse itself; float32 is the training precision's round-off.
+        use burn::tensor::DType;
+        let err = reconstruction_error(&model, &data.test, cfg.n_bits, a.n, DType::F64, &device);
+        let err32 = reconstruction_error(&model, &data.test, cfg.n_bits, a.n, DType::F32, &device);
+        json!({
+            "checkpoint": a.checkpoint,
+            "images": a.n.min(data.test.n),
+            "max_abs_error": err,
+            "max_abs_error_float32": err32,
+        })
     } else {
         let bpd = test_bpd(&model, &data.test, cfg.n_bits, 256, &device);
         json!({"checkpoint": a.checkpoint, "data": opts.data, "test_images": data.test.n, "test_bpd": bpd})

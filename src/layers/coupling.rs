@@ -9,6 +9,7 @@ use burn::module::{Module, Param};
 use burn::tensor::activation::{log_sigmoid, sigmoid};
 use burn::tensor::{Device, Tensor};
 
+use crate::flow::zero_logdet;
 use crate::flow::Flow;
 use crate::nets::CouplingNet;
 use crate::tensor_util::trainable;
@@ -160,18 +161,16 @@ impl AdditiveCoupling {
 
 impl Flow for AdditiveCoupling {
     fn forward(&self, x: Tensor<4>) -> (Tensor<4>, Tensor<1>) {
-        let n = x.dims()[0];
-        let device = x.device();
+        let ld = zero_logdet(&x);
         let (xa, xb) = split(x, self.swap);
         let yb = xb + self.net.forward(xa.clone());
-        (join(xa, yb, self.swap), Tensor::zeros([n], &device))
+        (join(xa, yb, self.swap), ld)
     }
 
     fn inverse(&self, y: Tensor<4>) -> (Tensor<4>, Tensor<1>) {
-        let n = y.dims()[0];
-        let device = y.device();
+        let ld = zero_logdet(&y);
         let (xa, yb) = split(y, self.swap);
         let xb = yb - self.net.forward(xa.clone());
-        (join(xa, xb, self.swap), Tensor::zeros([n], &device))
+        (join(xa, xb, self.swap), ld)
     }
 }

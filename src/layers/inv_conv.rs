@@ -16,7 +16,7 @@ use rand::Rng;
 
 use crate::flow::{broadcast_logdet, pixels, Flow};
 use crate::linalg::{self, Mat};
-use crate::tensor_util::{buffer, from_vec, to_vec, trainable};
+use crate::tensor_util::{buffer, from_vec, from_vec_f64, to_vec_f64, trainable};
 
 /// Apply `w` ([C, C]) to the channel vector of every pixel of `x` ([N, C, H, W]).
 pub fn apply_channel_matrix(x: Tensor<4>, w: Tensor<2>) -> Tensor<4> {
@@ -34,13 +34,18 @@ pub fn apply_channel_matrix(x: Tensor<4>, w: Tensor<2>) -> Tensor<4> {
 
 fn host_matrix(w: Tensor<2>) -> Mat {
     let c = w.dims()[0];
-    Mat::from_f32(c, &to_vec(w))
+    Mat {
+        n: c,
+        a: to_vec_f64(w),
+    }
 }
 
-fn host_inverse(w: Tensor<2>, device: &Device) -> Tensor<2> {
+/// `W^-1` computed in float64 on the host, returned in `W`'s own float type.
+fn host_inverse(w: Tensor<2>) -> Tensor<2> {
     let c = w.dims()[0];
+    let (device, dtype) = (w.device(), w.dtype());
     let inv = linalg::inverse(&host_matrix(w)).expect("1x1 convolution matrix is singular");
-    from_vec(inv.to_f32(), [c, c], device)
+    from_vec_f64(inv.a, [c, c], (&device, dtype))
 }
 
 /// LU-parametrised invertible 1x1 convolution.
@@ -96,7 +101,7 @@ impl InvConv1x1Lu {
     pub fn weight(&self) -> Tensor<2> {
         let c = self.log_s.dims()[0];
         let device = self.log_s.device();
-        let eye = Tensor::<2>::eye(c, &device);
+        let eye = Tensor::<2>::eye(c, &device).cast(self.log_s.val().dtype());
         let mask = self.lower_mask.val();
         let l = self.l.val() * mask.clone() + eye.clone();
         let diag = (self.sign_s.val() * self.log_s.val().exp()).reshape([1, c]);
@@ -118,7 +123,7 @@ impl Flow for InvConv1x1Lu {
 
     fn inverse(&self, y: Tensor<4>) -> (Tensor<4>, Tensor<1>) {
         let ld = self.logdet(&y).neg();
-        let winv = host_inverse(self.weight(), &y.device());
+        let winv = host_inverse(self.weight());
         (apply_channel_matrix(y, winv), ld)
     }
 }
@@ -145,15 +150,15 @@ impl InvConv1x1 {
         let [n, ..] = x.dims();
         let w = self.weight.val();
         let c = w.dims()[0];
-        let device = w.device();
+        let options = (&w.device(), w.dtype());
         let host = host_matrix(w.clone());
         let (_, logabsdet) = linalg::slogdet(&host).expect("1x1 convolution matrix is singular");
         let inv_t = linalg::inverse(&host)
             .expect("1x1 convolution matrix is singular")
             .transpose();
-        let g = from_vec(inv_t.to_f32(), [c, c], &device);
+        let g = from_vec_f64(inv_t.a, [c, c], options);
         let surrogate = (w.clone() * g.clone()).sum() - (w.detach() * g).sum();
-        let value = from_vec(vec![logabsdet as f32], [1], &device);
+        let value = from_vec_f64(vec![logabsdet], [1], options);
         broadcast_logdet((surrogate + value).mul_scalar(pixels(x) as f32), n)
     }
 }
@@ -166,7 +171,7 @@ impl Flow for InvConv1x1 {
 
     fn inverse(&self, y: Tensor<4>) -> (Tensor<4>, Tensor<1>) {
         let ld = self.logdet(&y).neg();
-        let winv = host_inverse(self.weight.val(), &y.device());
+        let winv = host_inverse(self.weight.val());
         (apply_channel_matrix(y, winv), ld)
     }
 }

@@ -163,7 +163,7 @@ impl ActNormFlags for FlowSequence {
 
 impl Flow for FlowSequence {
     fn forward(&self, x: Tensor<4>) -> (Tensor<4>, Tensor<1>) {
-        let mut ld = zero_logdet(x.dims()[0], &x.device());
+        let mut ld = zero_logdet(&x);
         let mut h = x;
         for layer in &self.layers {
             let (y, l) = layer.forward(h);
@@ -174,7 +174,7 @@ impl Flow for FlowSequence {
     }
 
     fn inverse(&self, z: Tensor<4>) -> (Tensor<4>, Tensor<1>) {
-        let mut ld = zero_logdet(z.dims()[0], &z.device());
+        let mut ld = zero_logdet(&z);
         let mut h = z;
         for layer in self.layers.iter().rev() {
             let (x, l) = layer.inverse(h);

@@ -6,7 +6,7 @@ use burn::tensor::{Device, Int, Tensor, TensorData};
 use rand::seq::SliceRandom;
 use rand::Rng;
 
-use crate::flow::Flow;
+use crate::flow::{zero_logdet, Flow};
 
 /// Reverse the channel order.
 #[derive(Module, Debug)]
@@ -16,9 +16,8 @@ pub struct Reverse {
 
 impl Flow for Reverse {
     fn forward(&self, x: Tensor<4>) -> (Tensor<4>, Tensor<1>) {
-        let [n, ..] = x.dims();
-        let device = x.device();
-        (x.flip([1]), Tensor::zeros([n], &device))
+        let ld = zero_logdet(&x);
+        (x.flip([1]), ld)
     }
 
     fn inverse(&self, y: Tensor<4>) -> (Tensor<4>, Tensor<1>) {
@@ -56,17 +55,12 @@ impl Shuffle {
 
 impl Flow for Shuffle {
     fn forward(&self, x: Tensor<4>) -> (Tensor<4>, Tensor<1>) {
-        let [n, ..] = x.dims();
-        let device = x.device();
-        (x.select(1, self.perm.val()), Tensor::zeros([n], &device))
+        let ld = zero_logdet(&x);
+        (x.select(1, self.perm.val()), ld)
     }
 
     fn inverse(&self, y: Tensor<4>) -> (Tensor<4>, Tensor<1>) {
-        let [n, ..] = y.dims();
-        let device = y.device();
-        (
-            y.select(1, self.inv_perm.val()),
-            Tensor::zeros([n], &device),
-        )
+        let ld = zero_logdet(&y);
+        (y.select(1, self.inv_perm.val()), ld)
     }
 }

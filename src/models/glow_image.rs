@@ -193,8 +193,8 @@ impl GlowImage {
     /// `(log p(x) in nats per sample, latents)`.
     pub fn forward_latents(&self, x: Tensor<4>) -> (Tensor<1>, Latents) {
         let n = x.dims()[0];
+        let mut logp = crate::flow::zero_logdet(&x);
         let mut h = x;
-        let mut logp = Tensor::<1>::zeros([n], &h.device());
         let mut zs = Vec::with_capacity(self.levels.len());
         for level in &self.levels {
             let (y, ld) = level.flow.forward(squeeze(h));
