@@ -22,6 +22,7 @@
 //! assert!(err < 1e-5);
 //! ```
 
+pub mod bench;
 pub mod cli;
 pub mod data;
 pub mod distributions;

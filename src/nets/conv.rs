@@ -126,3 +126,28 @@ impl GlowConvNet {
         vec![&mut self.norm_in, &mut self.norm_mid]
     }
 }
+
+/// A plain CNN conditioner: conv3x3 -> ReLU -> conv1x1 -> ReLU -> zero-initialised conv3x3, all
+/// with biases and no normalisation (Real NVP style; the `probe-image` benchmark's network).
+#[derive(Module, Debug)]
+pub struct PlainConvNet {
+    pub conv_in: Conv2d,
+    pub conv_mid: Conv2d,
+    pub conv_out: Conv2d,
+}
+
+impl PlainConvNet {
+    pub fn new(cin: usize, cout: usize, width: usize, rng: &mut impl Rng, device: &Device) -> Self {
+        PlainConvNet {
+            conv_in: Conv2d::new(cin, width, 3, true, rng, device),
+            conv_mid: Conv2d::new(width, width, 1, true, rng, device),
+            conv_out: Conv2d::zeros(width, cout, 3, device),
+        }
+    }
+
+    pub fn forward(&self, x: Tensor<4>) -> Tensor<4> {
+        let h = relu(self.conv_in.forward(x));
+        let h = relu(self.conv_mid.forward(h));
+        self.conv_out.forward(h)
+    }
+}

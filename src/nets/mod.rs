@@ -6,7 +6,7 @@ pub mod mlp;
 use burn::module::Module;
 use burn::tensor::Tensor;
 
-pub use conv::{Conv2d, GlowConvNet, ZeroConv2d};
+pub use conv::{Conv2d, GlowConvNet, PlainConvNet, ZeroConv2d};
 pub use mlp::{Dense, Mlp};
 
 use crate::layers::ActNorm;
@@ -18,6 +18,7 @@ use crate::layers::ActNorm;
 pub enum CouplingNet {
     Mlp(Mlp),
     Conv(GlowConvNet),
+    PlainConv(PlainConvNet),
 }
 
 impl CouplingNet {
@@ -25,6 +26,7 @@ impl CouplingNet {
         match self {
             CouplingNet::Mlp(m) => m.forward(x),
             CouplingNet::Conv(c) => c.forward(x),
+            CouplingNet::PlainConv(c) => c.forward(x),
         }
     }
 
@@ -37,7 +39,7 @@ impl CouplingNet {
 
     pub fn actnorms_mut(&mut self) -> Vec<&mut ActNorm> {
         match self {
-            CouplingNet::Mlp(_) => Vec::new(),
+            CouplingNet::Mlp(_) | CouplingNet::PlainConv(_) => Vec::new(),
             CouplingNet::Conv(c) => c.actnorms_mut(),
         }
     }

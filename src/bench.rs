@@ -1,0 +1,330 @@
+//! Benchmarks: fixed workloads timed the same way as their PyTorch twins in `bench/pytorch/`.
+//!
+//! A training workload times whole steps (forward, backward and the Adam update) after warm-up
+//! steps and ActNorm's data initialisation; a generation workload times whole calls. Each step
+//! ends by reading the loss back to the host, so asynchronous backends are timed to completion.
+
+use std::time::Instant;
+
+use anyhow::Result;
+use burn::optim::{AdamConfig, GradientsParams};
+use burn::tensor::{Device, Tensor};
+use rand::{Rng, SeedableRng};
+use rand_chacha::ChaCha8Rng;
+use serde::Serialize;
+
+use crate::data::dequant::dequantize;
+use crate::data::Target;
+use crate::distributions::{standard_normal_log_prob, standard_normal_sample};
+use crate::flow::Flow;
+use crate::layers::coupling::{AffineCoupling, TanhScale};
+use crate::layers::{ActNorm, FlowSequence, InvConv1x1Lu, Layer};
+use crate::models::{
+    CouplingKind, Flow2d, Flow2dConfig, GlowImage, GlowImageConfig, ImageCoupling, ModelKind,
+    Permutation,
+};
+use crate::nets::{CouplingNet, PlainConvNet};
+use crate::tensor_util::{from_vec, to_vec, with_sequential_param_ids};
+use crate::train::data2d::DataStream;
+use crate::train::eval2d::model_density_grid;
+use crate::train::parallel::loss_and_grads;
+use crate::train::train_image::bpd_of;
+
+/// What `glowflow bench --workload` runs.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum, Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Workload {
+    /// 8 x [ActNorm -> LU 2x2 -> affine coupling, MLP 1-128-128-2], batch 1024, Adam 1e-3.
+    Probe2d,
+    /// Input 16x12x16x16; 8 x [ActNorm -> LU 1x1 conv -> affine coupling, CNN 6-256-256-12].
+    ProbeImage,
+    /// The 2D Glow of `train2d` at its defaults (32 steps, MLP 1-64-64-2, batch 1024, Adam 1e-4).
+    Seed2d,
+    /// The default Fashion-MNIST Glow of `train` (1x32x32, L=3, K=6, width 64, batch 64).
+    Image,
+    /// Sampling 64 images at T = 0.7 from the `image` model.
+    Sample,
+    /// The 256 x 256 density map of the `seed2d` model.
+    DensityGrid,
+}
+
+impl Workload {
+    pub fn name(self) -> &'static str {
+        match self {
+            Workload::Probe2d => "probe2d",
+            Workload::ProbeImage => "probe-image",
+            Workload::Seed2d => "seed2d",
+            Workload::Image => "image",
+            Workload::Sample => "sample",
+            Workload::DensityGrid => "density-grid",
+        }
+    }
+
+    /// Timed steps when the caller gives none (each about a few seconds on 2 cores).
+    pub fn default_steps(self) -> usize {
+        match self {
+            Workload::Probe2d | Workload::Seed2d => 50,
+            Workload::ProbeImage | Workload::Image => 10,
+            Workload::Sample | Workload::DensityGrid => 5,
+        }
+    }
+}
+
+#[derive(Clone, Debug, Serialize)]
+pub struct BenchReport {
+    pub workload: Workload,
+    pub backend: String,
+    pub threads: usize,
+    pub steps: usize,
+    pub warmup: usize,
+    /// Mean over the timed steps.
+    pub ms_per_step: f64,
+    pub ms_per_step_median: f64,
+    pub steps_per_s: f64,
+    /// Peak resident set size of the whole process (`VmHWM`), MiB; `None` off Linux.
+    pub peak_rss_mib: Option<f64>,
+    /// The last step's loss (training workloads), a sanity check that work was done.
+    pub last_loss: Option<f64>,
+}
+
+/// Peak resident set size of this process in MiB, from `/proc/self/status`.
+pub fn peak_rss_mib() -> Option<f64> {
+    let status = std::fs::read_to_string("/proc/self/status").ok()?;
+    let line = status.lines().find(|l| l.starts_with("VmHWM:"))?;
+    let kib: f64 = line.split_whitespace().nth(1)?.parse().ok()?;
+    Some(kib / 1024.0)
+}
+
+/// Run `warmup` untimed then `steps` timed calls of `step`; returns per-call seconds and the
+/// last value `step` returned.
+fn time_calls(
+    warmup: usize,
+    steps: usize,
+    mut step: impl FnMut() -> Result<Option<f64>>,
+) -> Result<(Vec<f64>, Option<f64>)> {
+    let mut last = None;
+    for _ in 0..warmup {
+        last = step()?;
+    }
+    let mut times = Vec::with_capacity(steps);
+    for _ in 0..steps {
+        let t = Instant::now();
+        last = step()?;
+        times.push(t.elapsed().as_secs_f64());
+    }
+    Ok((times, last))
+}
+
+fn finite(loss: f64) -> Result<Option<f64>> {
+    if loss.is_finite() {
+        Ok(Some(loss))
+    } else {
+        anyhow::bail!("benchmark loss became {loss}")
+    }
+}
+
+/// Glow-2D configuration of a 2D workload.
+fn config_2d(workload: Workload) -> (Flow2dConfig, f64) {
+    let mut cfg = Flow2dConfig::new(ModelKind::Glow);
+    cfg.coupling = CouplingKind::Tanh;
+    cfg.permutation = Permutation::Lu;
+    match workload {
+        Workload::Probe2d => {
+            cfg.layers = 8;
+            cfg.hidden = 128;
+            (cfg, 1e-3)
+        }
+        _ => (cfg, 1e-4),
+    }
+}
+
+/// One batch of 1024 points of the eight-Gaussians target, fixed for the whole benchmark.
+fn fixed_points() -> Vec<f32> {
+    DataStream::new(Target::Normals, 0, 1024).batch_at(0)
+}
+
+fn bench_2d(
+    workload: Workload,
+    warmup: usize,
+    steps: usize,
+    threads: usize,
+    device: &Device,
+) -> Result<(Vec<f64>, Option<f64>)> {
+    let device = device.clone().autodiff();
+    let (cfg, lr) = config_2d(workload);
+    let batch = fixed_points();
+    let mut model = Flow2d::new(&cfg, &device);
+    model.initialize(from_vec(batch.clone(), [1024, 2], &device));
+    let mut optim = AdamConfig::new().with_epsilon(1e-8).init();
+    let mut slot = Some(model);
+    time_calls(warmup, steps, || {
+        let m = slot.take().expect("model present between steps");
+        let (loss, grads) = loss_and_grads(&m, &batch, 2, threads, &device, |m, x| {
+            m.log_prob(x).mean().neg()
+        });
+        slot = Some(optim.step(lr, m, grads));
+        finite(loss)
+    })
+}
+
+/// The `probe-image` flow: 8 x [ActNorm(12) -> LU 1x1 conv -> affine coupling with a plain CNN
+/// 6 -> 256 -> 256 -> 12 and scale `exp(tanh(.))`].
+pub fn probe_image_flow(device: &Device) -> FlowSequence {
+    let mut rng = ChaCha8Rng::seed_from_u64(0);
+    let mut layers = Vec::new();
+    for k in 0..8 {
+        layers.push(Layer::ActNorm(ActNorm::new(12, device)));
+        layers.push(Layer::InvConv1x1Lu(InvConv1x1Lu::new(12, &mut rng, device)));
+        let net = CouplingNet::PlainConv(PlainConvNet::new(6, 12, 256, &mut rng, device));
+        layers.push(Layer::AffineCoupling(AffineCoupling::new(
+            net,
+            Some(TanhScale::new(device)),
+            k % 2 == 1,
+        )));
+    }
+    with_sequential_param_ids(FlowSequence::new(layers))
+}
+
+fn bench_probe_image(
+    warmup: usize,
+    steps: usize,
+    device: &Device,
+) -> Result<(Vec<f64>, Option<f64>)> {
+    let device = device.clone().autodiff();
+    let mut rng = ChaCha8Rng::seed_from_u64(1);
+    let x = standard_normal_sample([16, 12, 16, 16], 1.0, &mut rng, &device);
+    let d = (12 * 16 * 16) as f64;
+    let mut flow = probe_image_flow(&device);
+    flow.initialize(x.clone());
+    let mut optim = AdamConfig::new().with_epsilon(1e-8).init();
+    let mut slot = Some(flow);
+    time_calls(warmup, steps, || {
+        let f = slot.take().expect("model present between steps");
+        let (z, ld) = f.forward(x.clone());
+        let loss = (standard_normal_log_prob(z) + ld)
+            .mean()
+            .neg()
+            .div_scalar(d);
+        let value = to_vec(loss.clone())[0] as f64;
+        let grads = GradientsParams::from_grads(loss.backward(), &f);
+        slot = Some(optim.step(1e-3, f, grads));
+        finite(value)
+    })
+}
+
+/// The default image model of `glowflow train` on Fashion-MNIST-shaped input.
+pub fn image_config() -> GlowImageConfig {
+    GlowImageConfig {
+        channels: 1,
+        height: 32,
+        width: 32,
+        levels: 3,
+        depth: 6,
+        hidden: 64,
+        coupling: ImageCoupling::Affine,
+        permutation: Permutation::Lu,
+        n_bits: 8,
+        learn_top: true,
+        init_seed: 0,
+    }
+}
+
+/// A fixed batch of dequantised random 8-bit images (timing does not depend on the content).
+fn image_batch(n: usize, cfg: &GlowImageConfig, device: &Device) -> Tensor<4> {
+    let mut rng = ChaCha8Rng::seed_from_u64(2);
+    let px: Vec<u8> = (0..n * cfg.dims()).map(|_| rng.gen()).collect();
+    from_vec(
+        dequantize(&px, cfg.n_bits, &mut rng),
+        [n, cfg.channels, cfg.height, cfg.width],
+        device,
+    )
+}
+
+fn bench_image(warmup: usize, steps: usize, device: &Device) -> Result<(Vec<f64>, Option<f64>)> {
+    let device = device.clone().autodiff();
+    let cfg = image_config();
+    let x = image_batch(64, &cfg, &device);
+    let mut model = GlowImage::new(&cfg, &device);
+    model.initialize(x.clone());
+    let mut optim = AdamConfig::new().with_epsilon(1e-8).init();
+    let mut slot = Some(model);
+    time_calls(warmup, steps, || {
+        let m = slot.take().expect("model present between steps");
+        let loss = bpd_of(m.log_prob(x.clone()), cfg.dims(), cfg.n_bits);
+        let value = to_vec(loss.clone())[0] as f64;
+        let grads = GradientsParams::from_grads(loss.backward(), &m);
+        slot = Some(optim.step(3e-4, m, grads));
+        finite(value)
+    })
+}
+
+fn bench_sample(warmup: usize, steps: usize, device: &Device) -> Result<(Vec<f64>, Option<f64>)> {
+    let cfg = image_config();
+    let mut model = GlowImage::new(&cfg, device);
+    model.initialize(image_batch(64, &cfg, device));
+    let mut rng = ChaCha8Rng::seed_from_u64(3);
+    time_calls(warmup, steps, || {
+        let x = model.sample(64, 0.7, &mut rng);
+        let v = to_vec(x);
+        Ok(Some(
+            v.iter().map(|&p| p as f64).sum::<f64>() / v.len() as f64,
+        ))
+    })
+}
+
+fn bench_density_grid(
+    warmup: usize,
+    steps: usize,
+    device: &Device,
+) -> Result<(Vec<f64>, Option<f64>)> {
+    let (cfg, _) = config_2d(Workload::Seed2d);
+    let mut model = Flow2d::new(&cfg, device);
+    model.initialize(from_vec(fixed_points(), [1024, 2], device));
+    time_calls(warmup, steps, || {
+        let grid = model_density_grid(&model, Target::Normals, 256, device);
+        Ok(Some(grid.values.iter().sum::<f64>()))
+    })
+}
+
+/// Run one workload: `warmup` untimed steps, then `steps` timed ones. `threads` is the number
+/// of data-parallel shards of the 2D workloads (the backend's own thread pool is sized by the
+/// caller, e.g. `RAYON_NUM_THREADS`).
+pub fn run(
+    workload: Workload,
+    steps: usize,
+    warmup: usize,
+    threads: usize,
+    backend: &str,
+    device: &Device,
+) -> Result<BenchReport> {
+    if steps == 0 {
+        anyhow::bail!("--steps must be at least 1");
+    }
+    let (times, last) = match workload {
+        Workload::Probe2d | Workload::Seed2d => bench_2d(workload, warmup, steps, threads, device)?,
+        Workload::ProbeImage => bench_probe_image(warmup, steps, device)?,
+        Workload::Image => bench_image(warmup, steps, device)?,
+        Workload::Sample => bench_sample(warmup, steps, device)?,
+        Workload::DensityGrid => bench_density_grid(warmup, steps, device)?,
+    };
+    let total: f64 = times.iter().sum();
+    let mut sorted = times.clone();
+    sorted.sort_by(f64::total_cmp);
+    let median = sorted[sorted.len() / 2];
+    Ok(BenchReport {
+        workload,
+        backend: backend.to_string(),
+        threads,
+        steps,
+        warmup,
+        ms_per_step: 1e3 * total / steps as f64,
+        ms_per_step_median: 1e3 * median,
+        steps_per_s: steps as f64 / total,
+        peak_rss_mib: peak_rss_mib(),
+        last_loss: if workload == Workload::Sample || workload == Workload::DensityGrid {
+            None
+        } else {
+            last
+        },
+    })
+}
