@@ -3,7 +3,14 @@
 #[global_allocator]
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
+/// mimalloc v3's `mi_option_purge_delay` (see its `mimalloc.h`; the -sys crate has no constant).
+const MI_OPTION_PURGE_DELAY: libmimalloc_sys::mi_option_t = 15;
+
 fn main() {
+    // Never hand freed memory back to the OS: a training step frees and reallocates the same
+    // large activation buffers, and re-faulting fresh zeroed pages cost ~7% of an image step.
+    // The peak resident set is unchanged; the memory is reused, not held twice.
+    unsafe { libmimalloc_sys::mi_option_set(MI_OPTION_PURGE_DELAY, -1) };
     if let Err(e) = glowflow::cli::run(std::env::args_os()) {
         eprintln!("error: {e:#}");
         std::process::exit(1);

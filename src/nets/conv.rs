@@ -52,6 +52,19 @@ impl Conv2d {
     }
 
     pub fn forward(&self, x: Tensor<4>) -> Tensor<4> {
+        let [n, cin, h, w] = x.dims();
+        let [cout, _, k, _] = self.weight.dims();
+        if k == 1 {
+            // A 1x1 convolution is one channel-mixing matrix applied at every pixel: a batched
+            // GEMM [C_out, C_in] x [C_in, H*W] whose backward is GEMMs too, unlike the backend's
+            // generic convolution backward (a transposed convolution and an H x W-kernel one).
+            let wm = self.weight.val().reshape([1, cout, cin]);
+            let mut y = wm.matmul(x.reshape([n, cin, h * w]));
+            if let Some(b) = &self.bias {
+                y = y + b.val().reshape([1, cout, 1]);
+            }
+            return y.reshape([n, cout, h, w]);
+        }
         let p = self.padding;
         conv2d(
             x,
