@@ -257,3 +257,34 @@ fn flow_batchnorm_train_mode_uses_batch_statistics() {
     }
     assert!((to_vec(ld)[0] as f64 - expected).abs() < 1e-4);
 }
+
+/// The GEMM formulations of `Conv2d` (1x1, im2col, shifted responses) against the backend's
+/// direct conv2d: same outputs and the same gradients for input, weights and bias.
+#[test]
+fn conv2d_gemm_paths_match_direct_convolution() {
+    use glowflow::nets::Conv2d;
+    let device = ad_device();
+    // (c_in, c_out, k): 1x1, im2col (c_in <= c_out), shifted responses (c_in > c_out).
+    for (cin, cout, k) in [(5, 7, 1), (3, 8, 3), (8, 3, 3), (6, 6, 3)] {
+        let mut rng = ChaCha8Rng::seed_from_u64(cin as u64 * 31 + k as u64);
+        let conv = perturb(Conv2d::new(cin, cout, k, true, &mut rng, &device), 0.3, 9);
+        let x = random_input([2, cin, 5, 6], 4, &device).require_grad();
+        // A random linear functional of the output, so every output element gets a gradient.
+        let r = random_input([2, cout, 5, 6], 5, &device);
+        let grads_of = |y: Tensor<4>| {
+            let g = (y * r.clone()).sum().backward();
+            let gx = x.grad(&g).unwrap();
+            let gw = conv.weight.val().grad(&g).unwrap();
+            let gb = conv.bias.as_ref().unwrap().val().grad(&g).unwrap();
+            (to_vec(gx), to_vec(gw), to_vec(gb))
+        };
+        let (ours, direct) = (conv.forward(x.clone()), conv.forward_direct(x.clone()));
+        let err = max_abs_diff(ours.clone(), direct.clone());
+        assert!(err <= 1e-5, "{cin}->{cout} k{k}: forward differs by {err}");
+        let (a, b) = (grads_of(ours), grads_of(direct));
+        for (name, u, v) in [("x", &a.0, &b.0), ("weight", &a.1, &b.1), ("bias", &a.2, &b.2)] {
+            let e = u.iter().zip(v).fold(0f32, |m, (p, q)| m.max((p - q).abs()));
+            assert!(e <= 1e-4, "{cin}->{cout} k{k}: d/d{name} differs by {e}");
+        }
+    }
+}

@@ -5,6 +5,7 @@ use burn::module::{Module, Param};
 use burn::tensor::activation::relu;
 use burn::tensor::module::conv2d;
 use burn::tensor::ops::ConvOptions;
+use burn::tensor::ops::PadMode;
 use burn::tensor::{Device, Tensor};
 use rand::Rng;
 use rand_distr::{Distribution, Normal};
@@ -51,20 +52,60 @@ impl Conv2d {
         }
     }
 
+    /// Every convolution here is computed as batched GEMMs `[C_out, K] x [K, H*W]` per image,
+    /// whose backward is GEMMs too. The backend's generic convolution backward (a transposed
+    /// convolution for the input and a convolution with an H x W kernel for the weights) runs
+    /// far below the GEMM rate on a CPU.
+    /// - 1x1: one channel-mixing matrix at every pixel.
+    /// - k x k with few input channels: im2col, the k*k shifted copies of the (padded) input
+    ///   stacked as channels, then one GEMM with K = k*k*C_in.
+    /// - k x k with more input than output channels: one GEMM to k*k*C_out channels (a
+    ///   response per kernel offset), then the k*k shifted responses summed; the shifting
+    ///   happens on the small side.
     pub fn forward(&self, x: Tensor<4>) -> Tensor<4> {
         let [n, cin, h, w] = x.dims();
         let [cout, _, k, _] = self.weight.dims();
-        if k == 1 {
-            // A 1x1 convolution is one channel-mixing matrix applied at every pixel: a batched
-            // GEMM [C_out, C_in] x [C_in, H*W] whose backward is GEMMs too, unlike the backend's
-            // generic convolution backward (a transposed convolution and an H x W-kernel one).
+        let p = self.padding;
+        let y = if k == 1 {
             let wm = self.weight.val().reshape([1, cout, cin]);
-            let mut y = wm.matmul(x.reshape([n, cin, h * w]));
-            if let Some(b) = &self.bias {
-                y = y + b.val().reshape([1, cout, 1]);
+            wm.matmul(x.reshape([n, cin, h * w]))
+        } else if cin <= cout {
+            let xp = x.pad([(p, p), (p, p)], PadMode::Constant(0.0));
+            let cols: Vec<Tensor<4>> = offsets(k)
+                .map(|(dy, dx)| xp.clone().slice([0..n, 0..cin, dy..dy + h, dx..dx + w]))
+                .collect();
+            let cols = Tensor::cat(cols, 1).reshape([n, k * k * cin, h * w]);
+            // [C_out, C_in, kh, kw] -> [C_out, kh, kw, C_in]: the column order of `cols`.
+            let wm = self.weight.val().permute([0, 2, 3, 1]).reshape([1, cout, k * k * cin]);
+            wm.matmul(cols)
+        } else {
+            // [C_out, C_in, kh, kw] -> [kh, kw, C_out, C_in]: one C_out block per offset.
+            let wm = self.weight.val().permute([2, 3, 0, 1]).reshape([1, k * k * cout, cin]);
+            let z = wm.matmul(x.reshape([n, cin, h * w])).reshape([n, k * k * cout, h, w]);
+            let mut acc: Option<Tensor<4>> = None;
+            for (o, (dy, dx)) in offsets(k).enumerate() {
+                // y[i, j] += z_o[i + dy - p, j + dx - p], zero outside the image.
+                let shifted = z
+                    .clone()
+                    .narrow(1, o * cout, cout)
+                    .pad([(p, p), (p, p)], PadMode::Constant(0.0))
+                    .slice([0..n, 0..cout, dy..dy + h, dx..dx + w]);
+                acc = Some(match acc {
+                    Some(a) => a + shifted,
+                    None => shifted,
+                });
             }
-            return y.reshape([n, cout, h, w]);
-        }
+            acc.expect("kernel has at least one offset").reshape([n, cout, h * w])
+        };
+        let y = match &self.bias {
+            Some(b) => y + b.val().reshape([1, cout, 1]),
+            None => y,
+        };
+        y.reshape([n, cout, h, w])
+    }
+
+    /// The same convolution through the backend's conv2d (the reference in tests).
+    pub fn forward_direct(&self, x: Tensor<4>) -> Tensor<4> {
         let p = self.padding;
         conv2d(
             x,
@@ -73,6 +114,11 @@ impl Conv2d {
             ConvOptions::new([1, 1], [p, p], [1, 1], 1),
         )
     }
+}
+
+/// Kernel offsets `(dy, dx)` in row-major order.
+fn offsets(k: usize) -> impl Iterator<Item = (usize, usize)> {
+    (0..k).flat_map(move |dy| (0..k).map(move |dx| (dy, dx)))
 }
 
 /// Zero-initialised 3x3 convolution whose output is scaled by `exp(3 * logs)` (per channel,
