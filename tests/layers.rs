@@ -282,7 +282,11 @@ fn conv2d_gemm_paths_match_direct_convolution() {
         let err = max_abs_diff(ours.clone(), direct.clone());
         assert!(err <= 1e-5, "{cin}->{cout} k{k}: forward differs by {err}");
         let (a, b) = (grads_of(ours), grads_of(direct));
-        for (name, u, v) in [("x", &a.0, &b.0), ("weight", &a.1, &b.1), ("bias", &a.2, &b.2)] {
+        for (name, u, v) in [
+            ("x", &a.0, &b.0),
+            ("weight", &a.1, &b.1),
+            ("bias", &a.2, &b.2),
+        ] {
             let e = u.iter().zip(v).fold(0f32, |m, (p, q)| m.max((p - q).abs()));
             assert!(e <= 1e-4, "{cin}->{cout} k{k}: d/d{name} differs by {e}");
         }

@@ -76,12 +76,22 @@ impl Conv2d {
                 .collect();
             let cols = Tensor::cat(cols, 1).reshape([n, k * k * cin, h * w]);
             // [C_out, C_in, kh, kw] -> [C_out, kh, kw, C_in]: the column order of `cols`.
-            let wm = self.weight.val().permute([0, 2, 3, 1]).reshape([1, cout, k * k * cin]);
+            let wm = self
+                .weight
+                .val()
+                .permute([0, 2, 3, 1])
+                .reshape([1, cout, k * k * cin]);
             wm.matmul(cols)
         } else {
             // [C_out, C_in, kh, kw] -> [kh, kw, C_out, C_in]: one C_out block per offset.
-            let wm = self.weight.val().permute([2, 3, 0, 1]).reshape([1, k * k * cout, cin]);
-            let z = wm.matmul(x.reshape([n, cin, h * w])).reshape([n, k * k * cout, h, w]);
+            let wm = self
+                .weight
+                .val()
+                .permute([2, 3, 0, 1])
+                .reshape([1, k * k * cout, cin]);
+            let z = wm
+                .matmul(x.reshape([n, cin, h * w]))
+                .reshape([n, k * k * cout, h, w]);
             let mut acc: Option<Tensor<4>> = None;
             for (o, (dy, dx)) in offsets(k).enumerate() {
                 // y[i, j] += z_o[i + dy - p, j + dx - p], zero outside the image.
@@ -95,7 +105,8 @@ impl Conv2d {
                     None => shifted,
                 });
             }
-            acc.expect("kernel has at least one offset").reshape([n, cout, h * w])
+            acc.expect("kernel has at least one offset")
+                .reshape([n, cout, h * w])
         };
         let y = match &self.bias {
             Some(b) => y + b.val().reshape([1, cout, 1]),

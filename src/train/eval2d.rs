@@ -3,6 +3,7 @@
 use burn::tensor::Device;
 use rand::SeedableRng;
 use rand_chacha::ChaCha8Rng;
+use rayon::prelude::*;
 
 use crate::data::toy2d::Target;
 use crate::models::Flow2d;
@@ -12,17 +13,25 @@ use crate::viz::DensityGrid;
 const EVAL_BATCH: usize = 8192;
 
 /// Model log-density at each point (model in evaluation mode, on a non-autodiff device).
+/// Chunks run in parallel on the backend's thread pool (the small per-layer ops of a 2D flow
+/// do not use more than one core by themselves).
 pub fn log_prob_points(model: &Flow2d, points: &[[f64; 2]], device: &Device) -> Vec<f64> {
-    let mut out = Vec::with_capacity(points.len());
-    for chunk in points.chunks(EVAL_BATCH) {
-        let flat: Vec<f32> = chunk
-            .iter()
-            .flat_map(|p| [p[0] as f32, p[1] as f32])
-            .collect();
-        let x = from_vec(flat, [chunk.len(), 2], device);
-        out.extend(to_vec(model.log_prob(x)).into_iter().map(f64::from));
-    }
-    out
+    let chunk_size = EVAL_BATCH.min(points.len().div_ceil(rayon::current_num_threads()).max(1));
+    let parts: Vec<Vec<f64>> = points
+        .par_chunks(chunk_size)
+        .map(|chunk| {
+            let flat: Vec<f32> = chunk
+                .iter()
+                .flat_map(|p| [p[0] as f32, p[1] as f32])
+                .collect();
+            let x = from_vec(flat, [chunk.len(), 2], device);
+            to_vec(model.log_prob(x))
+                .into_iter()
+                .map(f64::from)
+                .collect()
+        })
+        .collect();
+    parts.concat()
 }
 
 /// Mean negative log-likelihood in nats.

@@ -8,6 +8,7 @@
 use burn::module::{Module, ModuleVisitor, Param};
 use burn::optim::GradientsParams;
 use burn::tensor::{Device, Tensor};
+use rayon::prelude::*;
 
 use crate::tensor_util::{from_vec, to_vec};
 
@@ -38,20 +39,12 @@ where
         return run(model, batch);
     }
     let per = n.div_ceil(shards);
-    let parts: Vec<(f64, GradientsParams)> = std::thread::scope(|s| {
-        let handles: Vec<_> = batch
-            .chunks(per * width)
-            .map(|rows| {
-                let local = model.clone().fork(device);
-                let run = &run;
-                s.spawn(move || run(&local, rows))
-            })
-            .collect();
-        handles
-            .into_iter()
-            .map(|h| h.join().expect("gradient worker panicked"))
-            .collect()
-    });
+    // rayon's persistent workers keep their thread-local allocator heaps and GEMM packing
+    // buffers warm from step to step (fresh threads per step re-fault them every time).
+    let parts: Vec<(f64, GradientsParams)> = batch
+        .par_chunks(per * width)
+        .map(|rows| run(&model.clone().fork(device), rows))
+        .collect();
     let value = parts.iter().map(|p| p.0).sum();
     let mut grads: Vec<GradientsParams> = parts.into_iter().map(|p| p.1).collect();
     let mut merged = GradientsParams::new();
