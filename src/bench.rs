@@ -7,7 +7,7 @@
 use std::time::Instant;
 
 use anyhow::Result;
-use burn::optim::{AdamConfig, GradientsParams};
+use burn::optim::AdamConfig;
 use burn::tensor::{Device, Tensor};
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
@@ -188,25 +188,28 @@ pub fn probe_image_flow(device: &Device) -> FlowSequence {
 fn bench_probe_image(
     warmup: usize,
     steps: usize,
+    threads: usize,
     device: &Device,
 ) -> Result<(Vec<f64>, Option<f64>)> {
     let device = device.clone().autodiff();
     let mut rng = ChaCha8Rng::seed_from_u64(1);
     let x = standard_normal_sample([16, 12, 16, 16], 1.0, &mut rng, &device);
-    let d = (12 * 16 * 16) as f64;
+    let rows = to_vec(x.clone());
+    let d = 12 * 16 * 16;
     let mut flow = probe_image_flow(&device);
-    flow.initialize(x.clone());
+    flow.initialize(x);
     let mut optim = AdamConfig::new().with_epsilon(1e-8).init();
     let mut slot = Some(flow);
     time_calls(warmup, steps, || {
         let f = slot.take().expect("model present between steps");
-        let (z, ld) = f.forward(x.clone());
-        let loss = (standard_normal_log_prob(z) + ld)
-            .mean()
-            .neg()
-            .div_scalar(d);
-        let value = to_vec(loss.clone())[0] as f64;
-        let grads = GradientsParams::from_grads(loss.backward(), &f);
+        let (value, grads) = loss_and_grads(&f, &rows, d, threads, &device, |f, x| {
+            let k = x.dims()[0];
+            let (z, ld) = f.forward(x.reshape([k, 12, 16, 16]));
+            (standard_normal_log_prob(z) + ld)
+                .mean()
+                .neg()
+                .div_scalar(d as f64)
+        });
         slot = Some(optim.step(1e-3, f, grads));
         finite(value)
     })
@@ -229,30 +232,42 @@ pub fn image_config() -> GlowImageConfig {
     }
 }
 
-/// A fixed batch of dequantised random 8-bit images (timing does not depend on the content).
-fn image_batch(n: usize, cfg: &GlowImageConfig, device: &Device) -> Tensor<4> {
+/// A fixed batch of dequantised random 8-bit images (timing does not depend on the content),
+/// flattened on the host.
+fn image_rows(n: usize, cfg: &GlowImageConfig) -> Vec<f32> {
     let mut rng = ChaCha8Rng::seed_from_u64(2);
     let px: Vec<u8> = (0..n * cfg.dims()).map(|_| rng.gen()).collect();
+    dequantize(&px, cfg.n_bits, &mut rng)
+}
+
+fn image_batch(n: usize, cfg: &GlowImageConfig, device: &Device) -> Tensor<4> {
     from_vec(
-        dequantize(&px, cfg.n_bits, &mut rng),
+        image_rows(n, cfg),
         [n, cfg.channels, cfg.height, cfg.width],
         device,
     )
 }
 
-fn bench_image(warmup: usize, steps: usize, device: &Device) -> Result<(Vec<f64>, Option<f64>)> {
+fn bench_image(
+    warmup: usize,
+    steps: usize,
+    threads: usize,
+    device: &Device,
+) -> Result<(Vec<f64>, Option<f64>)> {
     let device = device.clone().autodiff();
     let cfg = image_config();
-    let x = image_batch(64, &cfg, &device);
+    let rows = image_rows(64, &cfg);
     let mut model = GlowImage::new(&cfg, &device);
-    model.initialize(x.clone());
+    model.initialize(image_batch(64, &cfg, &device));
     let mut optim = AdamConfig::new().with_epsilon(1e-8).init();
     let mut slot = Some(model);
+    let shape = |k: usize| [k, cfg.channels, cfg.height, cfg.width];
     time_calls(warmup, steps, || {
         let m = slot.take().expect("model present between steps");
-        let loss = bpd_of(m.log_prob(x.clone()), cfg.dims(), cfg.n_bits);
-        let value = to_vec(loss.clone())[0] as f64;
-        let grads = GradientsParams::from_grads(loss.backward(), &m);
+        let (value, grads) = loss_and_grads(&m, &rows, cfg.dims(), threads, &device, |m, x| {
+            let k = x.dims()[0];
+            bpd_of(m.log_prob(x.reshape(shape(k))), cfg.dims(), cfg.n_bits)
+        });
         slot = Some(optim.step(3e-4, m, grads));
         finite(value)
     })
@@ -302,8 +317,8 @@ pub fn run(
     }
     let (times, last) = match workload {
         Workload::Probe2d | Workload::Seed2d => bench_2d(workload, warmup, steps, threads, device)?,
-        Workload::ProbeImage => bench_probe_image(warmup, steps, device)?,
-        Workload::Image => bench_image(warmup, steps, device)?,
+        Workload::ProbeImage => bench_probe_image(warmup, steps, threads, device)?,
+        Workload::Image => bench_image(warmup, steps, threads, device)?,
         Workload::Sample => bench_sample(warmup, steps, device)?,
         Workload::DensityGrid => bench_density_grid(warmup, steps, device)?,
     };

@@ -359,6 +359,7 @@ fn small_options(dir: &Path, steps: usize) -> ImageTrainOptions {
         checkpoint_every: 0,
         test_limit: 0,
         time_limit_minutes: None,
+        shards: 2,
     }
 }
 
@@ -412,6 +413,24 @@ fn image_resume_continues_exactly() {
     assert!((a.test_bpd - b.test_bpd).abs() < 1e-4);
     // Training learns: the last steps beat the first.
     assert!(x[11] < x[0], "{x:?}");
+    // The two shards' summed gradients are the whole batch's: one shard trains the same.
+    let single = tempfile::tempdir().unwrap();
+    let mut one = small_options(data.path(), 12);
+    one.shards = 1;
+    train_image(
+        ImageStart::Fresh(tiny(1, 8, 2, ImageCoupling::Affine, Permutation::Lu), one),
+        single.path(),
+        false,
+        &device,
+    )
+    .unwrap();
+    for (i, (p, q)) in x.iter().zip(&bpd_column(single.path())).enumerate() {
+        assert!(
+            (p - q).abs() < 1e-3,
+            "step {}: {p} with 2 shards vs {q} with 1",
+            i + 1
+        );
+    }
 }
 
 fn glowflow_cmd() -> Command {

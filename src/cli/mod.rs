@@ -119,6 +119,10 @@ pub struct TrainArgs {
     pub resume: Option<PathBuf>,
     #[arg(long, default_value = "flex")]
     pub device: String,
+    /// Data-parallel threads, one batch shard each (default: all cores; 1 with cuda). Part of
+    /// the recipe: `--resume` keeps the run's own count, so resumed runs stay exact.
+    #[arg(long)]
+    pub threads: Option<usize>,
     #[arg(long)]
     pub quiet: bool,
 }
@@ -217,9 +221,13 @@ pub struct CommonArgs {
 }
 
 impl CommonArgs {
+    /// Data-parallel shards: CPU cores by default; a GPU gets the whole batch in one piece.
     fn threads(&self) -> usize {
-        self.threads
-            .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()))
+        match self.threads {
+            Some(t) => t,
+            None if self.device == "cuda" => 1,
+            None => std::thread::available_parallelism().map_or(1, |n| n.get()),
+        }
     }
 
     fn options(&self, default_steps: usize) -> Train2dOptions {
@@ -305,6 +313,8 @@ fn cmd_bench(a: BenchArgs) -> Result<()> {
     let threads = match a.threads {
         Some(0) => anyhow::bail!("--threads must be at least 1"),
         Some(t) => t,
+        // A GPU runs the 2D batch in one piece (shards only help CPU cores).
+        None if a.device == "cuda" => 1,
         None => std::thread::available_parallelism().map_or(1, |n| n.get()),
     };
     // The backend's pool (rayon) reads this when it first starts, which is after this point.
@@ -481,6 +491,12 @@ fn cmd_train(a: TrainArgs) -> Result<()> {
                 checkpoint_every: a.checkpoint_every,
                 test_limit: a.test_limit,
                 time_limit_minutes: a.time_limit,
+                shards: match a.threads {
+                    Some(0) => anyhow::bail!("--threads must be at least 1"),
+                    Some(t) => t,
+                    None if a.device == "cuda" => 1,
+                    None => std::thread::available_parallelism().map_or(1, |n| n.get()),
+                },
             };
             let probe = crate::train::train_image::load_data(&opts)?;
             let cfg = crate::models::GlowImageConfig {

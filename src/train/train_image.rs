@@ -7,7 +7,7 @@ use std::time::Instant;
 
 use anyhow::{bail, Context, Result};
 use burn::module::Module;
-use burn::optim::{AdamConfig, GradientsParams};
+use burn::optim::AdamConfig;
 use burn::tensor::{DType, Device, Tensor};
 use rand::seq::SliceRandom;
 use rand::SeedableRng;
@@ -17,7 +17,7 @@ use serde::{Deserialize, Serialize};
 use super::checkpoint::{
     self, checkpoint_dir, save_checkpoint, MODEL_FILE, OPTIMIZER_FILE, STATE_FILE,
 };
-use super::{open_metrics, progress_bar};
+use super::{open_metrics, parallel, progress_bar};
 use crate::data::dequant::{dequantize, to_pixels};
 use crate::data::{DataSpec, ImageSet, LoadOptions};
 use crate::layers::ActNormFlags;
@@ -48,6 +48,15 @@ pub struct ImageTrainOptions {
     /// Stop training after this many minutes of training time (then checkpoint and evaluate).
     #[serde(default)]
     pub time_limit_minutes: Option<f64>,
+    /// Data-parallel shards of each batch (one thread each; see `train::parallel`). Part of the
+    /// recipe: results are deterministic for a given shard count and equal across counts up to
+    /// float32 summation order.
+    #[serde(default = "one_shard")]
+    pub shards: usize,
+}
+
+fn one_shard() -> usize {
+    1
 }
 
 #[derive(Clone, Debug, Serialize, Deserialize)]
@@ -94,15 +103,20 @@ fn batch_tensor(
     rng: &mut ChaCha8Rng,
     device: &Device,
 ) -> Tensor<4> {
+    from_vec(
+        batch_rows(set, idx, n_bits, rng),
+        [idx.len(), set.c, set.h, set.w],
+        device,
+    )
+}
+
+/// The same batch flattened on the host, one image per row.
+fn batch_rows(set: &ImageSet, idx: &[usize], n_bits: u32, rng: &mut ChaCha8Rng) -> Vec<f32> {
     let mut px = Vec::with_capacity(idx.len() * set.dims());
     for &i in idx {
         px.extend_from_slice(set.image(i));
     }
-    from_vec(
-        dequantize(&px, n_bits, rng),
-        [idx.len(), set.c, set.h, set.w],
-        device,
-    )
+    dequantize(&px, n_bits, rng)
 }
 
 /// Image indices of training step `step`: epochs are seeded permutations, so any step's batch
@@ -320,19 +334,21 @@ pub fn train_image(
         }
         let lr = opts.lr * ((step + 1) as f64 / opts.warmup.max(1) as f64).min(1.0);
         let idx = batch_indices(data.train.n, opts.batch, opts.seed, step);
-        let x = batch_tensor(
+        let rows = batch_rows(
             &data.train,
             &idx,
             cfg.n_bits,
             &mut step_rng(opts.seed, step),
-            &train_device,
         );
-        let loss = bpd_of(model.log_prob(x), d, cfg.n_bits);
-        let value = to_vec(loss.clone())[0] as f64;
+        let shape = |k: usize| [k, cfg.channels, cfg.height, cfg.width];
+        let (value, grads) =
+            parallel::loss_and_grads(&model, &rows, d, opts.shards, &train_device, |m, x| {
+                let k = x.dims()[0];
+                bpd_of(m.log_prob(x.reshape(shape(k))), d, cfg.n_bits)
+            });
         if !value.is_finite() {
             bail!("training diverged: bits/dim is {value} at step {} (lr {lr:e}); the last checkpoint is intact", step + 1);
         }
-        let grads = GradientsParams::from_grads(loss.backward(), &model);
         model = optim.step(lr, model, grads);
         window.0 += value;
         window.1 += 1;
