@@ -8,7 +8,7 @@
 use burn::module::{Module, ModuleVisitor, Param};
 use burn::optim::GradientsParams;
 use burn::tensor::{Device, Tensor};
-use rayon::prelude::*;
+use std::sync::{Mutex, OnceLock};
 
 use crate::tensor_util::{from_vec, to_vec};
 
@@ -39,11 +39,26 @@ where
         return run(model, batch);
     }
     let per = n.div_ceil(shards);
-    // rayon's persistent workers keep their thread-local allocator heaps and GEMM packing
-    // buffers warm from step to step (fresh threads per step re-fault them every time).
-    let parts: Vec<(f64, GradientsParams)> = batch
-        .par_chunks(per * width)
-        .map(|rows| run(&model.clone().fork(device), rows))
+    let chunks: Vec<&[f32]> = batch.chunks(per * width).collect();
+    let pools = shard_pools(chunks.len());
+    let slots: Vec<Mutex<Option<(f64, GradientsParams)>>> =
+        chunks.iter().map(|_| Mutex::new(None)).collect();
+    rayon::scope(|s| {
+        for ((rows, pool), slot) in chunks.iter().zip(&pools).zip(&slots) {
+            let run = &run;
+            s.spawn(move |_| {
+                let part = pool.install(|| run(&model.clone().fork(device), rows));
+                *slot.lock().expect("shard result lock") = Some(part);
+            });
+        }
+    });
+    let parts: Vec<(f64, GradientsParams)> = slots
+        .into_iter()
+        .map(|m| {
+            m.into_inner()
+                .expect("shard result lock")
+                .expect("every shard ran")
+        })
         .collect();
     let value = parts.iter().map(|p| p.0).sum();
     let mut grads: Vec<GradientsParams> = parts.into_iter().map(|p| p.1).collect();
@@ -53,6 +68,26 @@ where
         out: &mut merged,
     });
     (value, merged)
+}
+
+/// One single-thread pool per shard, created once and kept: each shard's ops, and the GEMMs
+/// inside them, run on exactly one thread (no nested parallel work competing with the other
+/// shards), and that thread's allocator heap and GEMM packing buffers stay warm across steps.
+fn shard_pools(count: usize) -> Vec<&'static rayon::ThreadPool> {
+    static POOLS: OnceLock<Mutex<Vec<&'static rayon::ThreadPool>>> = OnceLock::new();
+    let mut pools = POOLS
+        .get_or_init(|| Mutex::new(Vec::new()))
+        .lock()
+        .expect("shard pool lock");
+    while pools.len() < count {
+        let pool = rayon::ThreadPoolBuilder::new()
+            .num_threads(1)
+            .thread_name(|i| format!("glowflow-shard-{i}"))
+            .build()
+            .expect("cannot start a shard thread");
+        pools.push(Box::leak(Box::new(pool)));
+    }
+    pools[..count].to_vec()
 }
 
 struct SumGrads<'a> {
