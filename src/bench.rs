@@ -7,6 +7,7 @@
 use std::time::Instant;
 
 use anyhow::Result;
+use burn::module::Module;
 use burn::optim::AdamConfig;
 use burn::tensor::{Device, Tensor};
 use rand::{Rng, SeedableRng};
@@ -115,6 +116,41 @@ fn time_calls(
     Ok((times, last))
 }
 
+/// A training workload: Adam at `lr` on a fixed batch of `rows` (`width` values each), the
+/// gradients computed over `threads` shards exactly as the trainers do.
+struct TrainRun<'a> {
+    rows: &'a [f32],
+    width: usize,
+    lr: f64,
+    threads: usize,
+    device: &'a Device,
+}
+
+impl TrainRun<'_> {
+    /// Time whole steps of `model`; `loss` gives the mean loss of a `[k, width]` shard.
+    fn time<M, F>(
+        &self,
+        model: M,
+        warmup: usize,
+        steps: usize,
+        loss: F,
+    ) -> Result<(Vec<f64>, Option<f64>)>
+    where
+        M: Module + Clone + Send + Sync,
+        F: Fn(&M, Tensor<2>) -> Tensor<1> + Sync,
+    {
+        let mut optim = AdamConfig::new().with_epsilon(1e-8).init();
+        let mut slot = Some(model);
+        time_calls(warmup, steps, || {
+            let m = slot.take().expect("model present between steps");
+            let (value, grads) =
+                loss_and_grads(&m, self.rows, self.width, self.threads, self.device, &loss);
+            slot = Some(optim.step(self.lr, m, grads));
+            finite(value)
+        })
+    }
+}
+
 fn finite(loss: f64) -> Result<Option<f64>> {
     if loss.is_finite() {
         Ok(Some(loss))
@@ -155,16 +191,14 @@ fn bench_2d(
     let batch = fixed_points();
     let mut model = Flow2d::new(&cfg, &device);
     model.initialize(from_vec(batch.clone(), [1024, 2], &device));
-    let mut optim = AdamConfig::new().with_epsilon(1e-8).init();
-    let mut slot = Some(model);
-    time_calls(warmup, steps, || {
-        let m = slot.take().expect("model present between steps");
-        let (loss, grads) = loss_and_grads(&m, &batch, 2, threads, &device, |m, x| {
-            m.log_prob(x).mean().neg()
-        });
-        slot = Some(optim.step(lr, m, grads));
-        finite(loss)
-    })
+    let run = TrainRun {
+        rows: &batch,
+        width: 2,
+        lr,
+        threads,
+        device: &device,
+    };
+    run.time(model, warmup, steps, |m, x| m.log_prob(x).mean().neg())
 }
 
 /// The `probe-image` flow: 8 x [ActNorm(12) -> LU 1x1 conv -> affine coupling with a plain CNN
@@ -198,20 +232,20 @@ fn bench_probe_image(
     let d = 12 * 16 * 16;
     let mut flow = probe_image_flow(&device);
     flow.initialize(x);
-    let mut optim = AdamConfig::new().with_epsilon(1e-8).init();
-    let mut slot = Some(flow);
-    time_calls(warmup, steps, || {
-        let f = slot.take().expect("model present between steps");
-        let (value, grads) = loss_and_grads(&f, &rows, d, threads, &device, |f, x| {
-            let k = x.dims()[0];
-            let (z, ld) = f.forward(x.reshape([k, 12, 16, 16]));
-            (standard_normal_log_prob(z) + ld)
-                .mean()
-                .neg()
-                .div_scalar(d as f64)
-        });
-        slot = Some(optim.step(1e-3, f, grads));
-        finite(value)
+    let run = TrainRun {
+        rows: &rows,
+        width: d,
+        lr: 1e-3,
+        threads,
+        device: &device,
+    };
+    run.time(flow, warmup, steps, |f, x| {
+        let k = x.dims()[0];
+        let (z, ld) = f.forward(x.reshape([k, 12, 16, 16]));
+        (standard_normal_log_prob(z) + ld)
+            .mean()
+            .neg()
+            .div_scalar(d as f64)
     })
 }
 
@@ -240,12 +274,10 @@ fn image_rows(n: usize, cfg: &GlowImageConfig) -> Vec<f32> {
     dequantize(&px, cfg.n_bits, &mut rng)
 }
 
-fn image_batch(n: usize, cfg: &GlowImageConfig, device: &Device) -> Tensor<4> {
-    from_vec(
-        image_rows(n, cfg),
-        [n, cfg.channels, cfg.height, cfg.width],
-        device,
-    )
+/// `rows` of whole images as a `[N, C, H, W]` batch.
+fn image_batch(rows: Vec<f32>, cfg: &GlowImageConfig, device: &Device) -> Tensor<4> {
+    let n = rows.len() / cfg.dims();
+    from_vec(rows, [n, cfg.channels, cfg.height, cfg.width], device)
 }
 
 fn bench_image(
@@ -258,25 +290,25 @@ fn bench_image(
     let cfg = image_config();
     let rows = image_rows(64, &cfg);
     let mut model = GlowImage::new(&cfg, &device);
-    model.initialize(image_batch(64, &cfg, &device));
-    let mut optim = AdamConfig::new().with_epsilon(1e-8).init();
-    let mut slot = Some(model);
-    let shape = |k: usize| [k, cfg.channels, cfg.height, cfg.width];
-    time_calls(warmup, steps, || {
-        let m = slot.take().expect("model present between steps");
-        let (value, grads) = loss_and_grads(&m, &rows, cfg.dims(), threads, &device, |m, x| {
-            let k = x.dims()[0];
-            bpd_of(m.log_prob(x.reshape(shape(k))), cfg.dims(), cfg.n_bits)
-        });
-        slot = Some(optim.step(3e-4, m, grads));
-        finite(value)
+    model.initialize(image_batch(rows.clone(), &cfg, &device));
+    let run = TrainRun {
+        rows: &rows,
+        width: cfg.dims(),
+        lr: 3e-4,
+        threads,
+        device: &device,
+    };
+    run.time(model, warmup, steps, |m, x| {
+        let k = x.dims()[0];
+        let x = x.reshape([k, cfg.channels, cfg.height, cfg.width]);
+        bpd_of(m.log_prob(x), cfg.dims(), cfg.n_bits)
     })
 }
 
 fn bench_sample(warmup: usize, steps: usize, device: &Device) -> Result<(Vec<f64>, Option<f64>)> {
     let cfg = image_config();
     let mut model = GlowImage::new(&cfg, device);
-    model.initialize(image_batch(64, &cfg, device));
+    model.initialize(image_batch(image_rows(64, &cfg), &cfg, device));
     let mut rng = ChaCha8Rng::seed_from_u64(3);
     time_calls(warmup, steps, || {
         let x = model.sample(64, 0.7, &mut rng);

@@ -221,13 +221,8 @@ pub struct CommonArgs {
 }
 
 impl CommonArgs {
-    /// Data-parallel shards: CPU cores by default; a GPU gets the whole batch in one piece.
-    fn threads(&self) -> usize {
-        match self.threads {
-            Some(t) => t,
-            None if self.device == "cuda" => 1,
-            None => std::thread::available_parallelism().map_or(1, |n| n.get()),
-        }
+    fn threads(&self) -> Result<usize> {
+        thread_count(self.threads, &self.device)
     }
 
     fn options(&self, default_steps: usize) -> Train2dOptions {
@@ -309,14 +304,19 @@ pub fn run<I: IntoIterator<Item = T>, T: Into<OsString> + Clone>(args: I) -> Res
     }
 }
 
-fn cmd_bench(a: BenchArgs) -> Result<()> {
-    let threads = match a.threads {
+/// `--threads`: data-parallel shards, one thread each. CPU cores by default; a GPU gets the
+/// whole batch in one piece (shards only help CPU cores).
+fn thread_count(threads: Option<usize>, device: &str) -> Result<usize> {
+    match threads {
         Some(0) => anyhow::bail!("--threads must be at least 1"),
-        Some(t) => t,
-        // A GPU runs the 2D batch in one piece (shards only help CPU cores).
-        None if a.device == "cuda" => 1,
-        None => std::thread::available_parallelism().map_or(1, |n| n.get()),
-    };
+        Some(t) => Ok(t),
+        None if device == "cuda" => Ok(1),
+        None => Ok(std::thread::available_parallelism().map_or(1, |n| n.get())),
+    }
+}
+
+fn cmd_bench(a: BenchArgs) -> Result<()> {
+    let threads = thread_count(a.threads, &a.device)?;
     // The backend's pool (rayon) reads this when it first starts, which is after this point.
     std::env::set_var("RAYON_NUM_THREADS", threads.to_string());
     let device = crate::device_by_name(&a.device)?;
@@ -346,7 +346,7 @@ fn cmd_train2d(a: Train2dArgs) -> Result<()> {
     let io = RunIo {
         out: a.out.clone(),
         progress: !a.common.quiet,
-        threads: a.common.threads(),
+        threads: a.common.threads()?,
     };
     let summary = match &a.resume {
         Some(dir) => {
@@ -373,6 +373,7 @@ fn cmd_train2d(a: Train2dArgs) -> Result<()> {
 
 fn cmd_compare(a: CompareArgs) -> Result<()> {
     let device = crate::device_by_name(&a.common.device)?;
+    let threads = a.common.threads()?;
     let opts = a.common.options(COMPARE_DEFAULT_STEPS);
     std::fs::create_dir_all(&a.out)
         .with_context(|| format!("--out {}: cannot create directory", a.out.display()))?;
@@ -393,7 +394,7 @@ fn cmd_compare(a: CompareArgs) -> Result<()> {
         let io = RunIo {
             out: out.clone(),
             progress: !a.common.quiet,
-            threads: a.common.threads(),
+            threads,
         };
         let cfg = a.common.config(kind, Permutation::Lu);
         let s = train2d(Start::Fresh(cfg), Some(opts.clone()), &io, &device)?;
@@ -458,7 +459,7 @@ fn cmd_compare(a: CompareArgs) -> Result<()> {
         "\nGlow computes its gradients on {} batch shards in parallel; Real NVP's batch norm needs \
          the statistics of the whole batch, so it runs unsharded. Off-mode share: samples farther \
          than 3 sigma from every mode (mixture targets only).\n",
-        a.common.threads()
+        threads
     ));
     crate::fsutil::write_atomic(&a.out.join("compare.md"), md.as_bytes())?;
     println!("{}", serde_json::to_string_pretty(&report)?);
@@ -491,12 +492,7 @@ fn cmd_train(a: TrainArgs) -> Result<()> {
                 checkpoint_every: a.checkpoint_every,
                 test_limit: a.test_limit,
                 time_limit_minutes: a.time_limit,
-                shards: match a.threads {
-                    Some(0) => anyhow::bail!("--threads must be at least 1"),
-                    Some(t) => t,
-                    None if a.device == "cuda" => 1,
-                    None => std::thread::available_parallelism().map_or(1, |n| n.get()),
-                },
+                shards: thread_count(a.threads, &a.device)?,
             };
             let probe = crate::train::train_image::load_data(&opts)?;
             let cfg = crate::models::GlowImageConfig {
