@@ -32,6 +32,7 @@ pub mod layers;
 pub mod linalg;
 pub mod models;
 pub mod nets;
+pub mod ops;
 pub mod tensor_util;
 pub mod train;
 pub mod viz;

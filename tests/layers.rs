@@ -292,3 +292,68 @@ fn conv2d_gemm_paths_match_direct_convolution() {
         }
     }
 }
+
+#[test]
+fn fused_dense_matches_tensor_op_composition() {
+    use glowflow::ops::dense::{dense, dense_composed, fused_supported};
+    use glowflow::tensor_util::from_vec;
+    let mut rng = ChaCha8Rng::seed_from_u64(17);
+    let mut draw = |k: usize| -> Vec<f32> {
+        (0..k)
+            .map(|_| rand::Rng::gen_range(&mut rng, -1.0..1.0))
+            .collect()
+    };
+    let max_diff =
+        |u: &[f32], v: &[f32]| u.iter().zip(v).fold(0f32, |e, (p, q)| e.max((p - q).abs()));
+    // (rows, in, out): the 2D MLP's first, hidden and output layers, and an odd size.
+    for (n, k, m) in [(33, 1, 16), (33, 16, 16), (33, 16, 2), (7, 5, 9)] {
+        let (xs, ws, bs, rs) = (draw(n * (k + 2)), draw(k * m), draw(m), draw(n * m));
+        for device in [ad_device(), plain_device()] {
+            let tracked = device.is_autodiff();
+            let grad_leaf = |t: Tensor<2>| if tracked { t.require_grad() } else { t };
+            // The input is a strided column slice of a wider tensor, as a coupling's half is.
+            let wide = grad_leaf(from_vec(xs.clone(), [n, k + 2], &device));
+            let w = grad_leaf(from_vec(ws.clone(), [k, m], &device));
+            let b = from_vec(bs.clone(), [m], &device);
+            let b = if tracked { b.require_grad() } else { b };
+            let r = from_vec(rs.clone(), [n, m], &device);
+            let x = || wide.clone().narrow(1, 1, k);
+            assert!(fused_supported(&x(), &w, &b), "fused path not taken");
+            for relu_out in [false, true] {
+                let fused = dense(x(), w.clone(), b.clone(), relu_out);
+                let plain = dense_composed(x(), w.clone(), b.clone(), relu_out);
+                let (yf, yp) = (to_vec(fused.clone()), to_vec(plain.clone()));
+                let err = max_diff(&yf, &yp);
+                assert!(
+                    err <= 1e-5,
+                    "{n}x{k}->{m} relu {relu_out}: forward differs by {err}"
+                );
+                if relu_out {
+                    assert!(yf.iter().any(|&v| v == 0.0) && yf.iter().any(|&v| v > 0.0));
+                }
+                if !tracked {
+                    continue;
+                }
+                let grads_of = |y: Tensor<2>| {
+                    let g = (y * r.clone()).sum().backward();
+                    [
+                        to_vec(wide.grad(&g).unwrap()),
+                        to_vec(w.grad(&g).unwrap()),
+                        to_vec(b.grad(&g).unwrap()),
+                    ]
+                };
+                for ((name, u), v) in ["x", "weight", "bias"]
+                    .into_iter()
+                    .zip(grads_of(fused))
+                    .zip(grads_of(plain))
+                {
+                    let e = max_diff(&u, &v);
+                    assert!(
+                        e <= 1e-4,
+                        "{n}x{k}->{m} relu {relu_out}: d/d{name} differs by {e}"
+                    );
+                }
+            }
+        }
+    }
+}

@@ -1,11 +1,11 @@
 //! Multi-layer perceptron used as the coupling network of the 2D models.
 
 use burn::module::{Module, Param};
-use burn::tensor::activation::relu;
 use burn::tensor::{Device, Tensor};
 use rand::Rng;
 
 use crate::flow::{nchw_to_vec, vec_to_nchw};
+use crate::ops::dense;
 use crate::tensor_util::{from_vec, trainable};
 
 /// A dense layer `y = x W + b` (weight stored `[in, out]`).
@@ -41,8 +41,12 @@ impl Dense {
     }
 
     pub fn forward(&self, x: Tensor<2>) -> Tensor<2> {
-        let out = self.bias.dims()[0];
-        x.matmul(self.weight.val()) + self.bias.val().reshape([1, out])
+        dense(x, self.weight.val(), self.bias.val(), false)
+    }
+
+    /// `relu(x W + b)`, one fused operation on the CPU backend.
+    pub fn forward_relu(&self, x: Tensor<2>) -> Tensor<2> {
+        dense(x, self.weight.val(), self.bias.val(), true)
     }
 }
 
@@ -87,7 +91,7 @@ impl Mlp {
     pub fn forward(&self, x: Tensor<4>) -> Tensor<4> {
         let mut h = nchw_to_vec(x);
         for layer in &self.hidden {
-            h = relu(layer.forward(h));
+            h = layer.forward_relu(h);
         }
         vec_to_nchw(self.out.forward(h))
     }

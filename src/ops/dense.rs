@@ -1,0 +1,354 @@
+//! Fused dense layer `y = act(x W + b)` as one operation on the Flex CPU backend.
+//!
+//! The 2D models spend most of a training step in small MLPs (batch rows x 128). Written with
+//! tensor ops, one dense layer is a matmul, a bias broadcast-add and a ReLU in the forward pass
+//! and about twice as many ops in the backward pass, each allocating a tensor and recording an
+//! autodiff node. Here the bias is written into the output before the GEMM accumulates onto it,
+//! the ReLU is applied in place, and the backward pass (ReLU mask, bias sum, two GEMMs) is one
+//! hand-written step: one graph node per layer.
+//!
+//! [`dense`] is the interface: it takes this path for float32 tensors on the Flex device and the
+//! plain tensor-op composition everywhere else (other backends, float64), so the two can be
+//! compared in tests.
+
+use burn::backend::autodiff::checkpoint::base::Checkpointer;
+use burn::backend::autodiff::checkpoint::strategy::CheckpointStrategy;
+use burn::backend::autodiff::grads::Gradients;
+use burn::backend::autodiff::ops::{Backward, Ops, OpsKind};
+use burn::backend::autodiff::Autodiff;
+use burn::backend::flex::FlexTensor;
+use burn::backend::tensor::FloatTensor;
+use burn::backend::{backend_extension, Backend, Dispatch, DispatchDevice, Flex};
+use burn::tensor::activation::relu;
+use burn::tensor::{DType, Tensor, TensorData};
+
+/// `act(x W + b)` with `x: [n, k]`, `W: [k, m]`, `b: [m]`; `act` is ReLU when `relu` is set,
+/// the identity otherwise.
+pub fn dense(x: Tensor<2>, weight: Tensor<2>, bias: Tensor<1>, relu_out: bool) -> Tensor<2> {
+    if fused_supported(&x, &weight, &bias) {
+        Tensor::from_dispatch(<Dispatch as FusedDenseBackend>::fused_dense(
+            x.into_dispatch(),
+            weight.into_dispatch(),
+            bias.into_dispatch(),
+            relu_out,
+        ))
+    } else {
+        dense_composed(x, weight, bias, relu_out)
+    }
+}
+
+/// The same layer from plain tensor ops (any backend, any float type).
+pub fn dense_composed(
+    x: Tensor<2>,
+    weight: Tensor<2>,
+    bias: Tensor<1>,
+    relu_out: bool,
+) -> Tensor<2> {
+    let m = bias.dims()[0];
+    let y = x.matmul(weight) + bias.reshape([1, m]);
+    if relu_out {
+        relu(y)
+    } else {
+        y
+    }
+}
+
+/// Whether [`dense`] takes the fused path for these operands.
+pub fn fused_supported(x: &Tensor<2>, weight: &Tensor<2>, bias: &Tensor<1>) -> bool {
+    let on_flex = matches!(x.device().inner().as_dispatch(), DispatchDevice::Flex(_));
+    on_flex && [x.dtype(), weight.dtype(), bias.dtype()] == [DType::F32; 3]
+}
+
+#[backend_extension(Flex, Autodiff)]
+pub trait FusedDenseBackend: Backend {
+    fn fused_dense(
+        x: FloatTensor<Self>,
+        weight: FloatTensor<Self>,
+        bias: FloatTensor<Self>,
+        relu_out: bool,
+    ) -> FloatTensor<Self>;
+}
+
+impl FusedDenseBackend for Flex {
+    fn fused_dense(
+        x: FlexTensor,
+        weight: FlexTensor,
+        bias: FlexTensor,
+        relu_out: bool,
+    ) -> FlexTensor {
+        forward(&x, &weight, &bias, relu_out)
+    }
+}
+
+/// Saved for the backward pass: the input, the weight and, for ReLU, the output (its sign is
+/// the ReLU mask).
+type DenseState = (FlexTensor, FlexTensor, Option<FlexTensor>);
+
+#[derive(Debug)]
+struct DenseBackward;
+
+impl Backward<Flex, 3> for DenseBackward {
+    type State = DenseState;
+
+    fn backward(self, ops: Ops<Self::State, 3>, grads: &mut Gradients, _: &mut Checkpointer) {
+        let [node_x, node_w, node_b] = ops.parents;
+        let grad = grads.consume::<Flex>(&ops.node);
+        let (x, w, out) = ops.state;
+        let parts = backward(
+            &x,
+            &w,
+            out.as_ref(),
+            &grad,
+            [node_x.is_some(), node_w.is_some(), node_b.is_some()],
+        );
+        for (node, g) in [node_x, node_w, node_b].into_iter().zip(parts) {
+            if let (Some(node), Some(g)) = (node, g) {
+                grads.register::<Flex>(node.id, g);
+            }
+        }
+    }
+}
+
+impl<C: CheckpointStrategy> FusedDenseBackend for Autodiff<Flex, C> {
+    fn fused_dense(
+        x: FloatTensor<Self>,
+        weight: FloatTensor<Self>,
+        bias: FloatTensor<Self>,
+        relu_out: bool,
+    ) -> FloatTensor<Self> {
+        let prepared = DenseBackward
+            .prepare::<C>([x.node(), weight.node(), bias.node()])
+            .compute_bound()
+            .stateful();
+        let out = forward(
+            x.primitive(),
+            weight.primitive(),
+            bias.primitive(),
+            relu_out,
+        );
+        match prepared {
+            OpsKind::Tracked(prep) => {
+                let state = (
+                    x.into_primitive(),
+                    weight.into_primitive(),
+                    relu_out.then(|| out.clone()),
+                );
+                prep.finish(state, out)
+            }
+            OpsKind::UnTracked(prep) => prep.finish(out),
+        }
+    }
+}
+
+/// A float32 matrix as GEMM operands: base pointer, row stride and column stride (elements).
+#[derive(Clone, Copy)]
+struct MatRef<'a> {
+    data: &'a [f32],
+    offset: usize,
+    rows: usize,
+    cols: usize,
+    row_stride: isize,
+    col_stride: isize,
+}
+
+impl<'a> MatRef<'a> {
+    fn of(t: &'a FlexTensor) -> Self {
+        let layout = t.layout();
+        let dims = layout.shape();
+        assert_eq!(dims.num_dims(), 2, "fused dense: expected a matrix");
+        let strides = layout.strides();
+        MatRef {
+            data: t.storage::<f32>(),
+            offset: layout.start_offset(),
+            rows: dims[0],
+            cols: dims[1],
+            row_stride: strides[0],
+            col_stride: strides[1],
+        }
+    }
+
+    fn at(&self, i: usize, j: usize) -> f32 {
+        let idx =
+            self.offset as isize + i as isize * self.row_stride + j as isize * self.col_stride;
+        self.data[idx as usize]
+    }
+
+    /// Row `i` as a slice when rows are contiguous.
+    fn row(&self, i: usize) -> Option<&'a [f32]> {
+        (self.col_stride == 1 || self.cols <= 1).then(|| {
+            let start = (self.offset as isize + i as isize * self.row_stride) as usize;
+            &self.data[start..start + self.cols]
+        })
+    }
+
+    fn ptr(&self) -> *const f32 {
+        self.data[self.offset..].as_ptr()
+    }
+
+    fn transposed(self) -> Self {
+        MatRef {
+            rows: self.cols,
+            cols: self.rows,
+            row_stride: self.col_stride,
+            col_stride: self.row_stride,
+            ..self
+        }
+    }
+}
+
+/// `dst += lhs · rhs` for a row-major contiguous `dst` of `lhs.rows x rhs.cols`.
+fn gemm_accumulate(dst: &mut [f32], lhs: &MatRef, rhs: &MatRef) {
+    assert_eq!(dst.len(), lhs.rows * rhs.cols);
+    // Safety: `dst` is an initialised, exclusive buffer of the right size.
+    unsafe { gemm_raw(dst.as_mut_ptr(), true, lhs, rhs) }
+}
+
+/// `lhs · rhs` as a new row-major buffer (written by the GEMM without zero-filling first).
+fn gemm_new(lhs: &MatRef, rhs: &MatRef) -> Vec<f32> {
+    let len = lhs.rows * rhs.cols;
+    if lhs.cols == 0 {
+        return vec![0.0; len];
+    }
+    let mut dst = Vec::with_capacity(len);
+    // Safety: with `read_dst = false` and k > 0 the GEMM writes every element of the m x n
+    // destination through the raw pointer and never reads it, so all `len` are initialised.
+    unsafe {
+        gemm_raw(
+            dst.spare_capacity_mut().as_mut_ptr().cast(),
+            false,
+            lhs,
+            rhs,
+        );
+        dst.set_len(len);
+    }
+    dst
+}
+
+/// # Safety
+/// `dst` must address an exclusive row-major `lhs.rows x rhs.cols` buffer, initialised when
+/// `accumulate` is set.
+unsafe fn gemm_raw(dst: *mut f32, accumulate: bool, lhs: &MatRef, rhs: &MatRef) {
+    let (m, k, n) = (lhs.rows, lhs.cols, rhs.cols);
+    assert_eq!(rhs.rows, k, "fused dense: inner dimensions differ");
+    if m == 0 || n == 0 || k == 0 {
+        return;
+    }
+    // Safety: MatRef's strides come from the tensor layouts, which index inside their buffers
+    // for every (row, col) in range.
+    unsafe {
+        gemm::gemm(
+            m,
+            n,
+            k,
+            dst,
+            1,
+            n as isize,
+            accumulate,
+            lhs.ptr(),
+            lhs.col_stride,
+            lhs.row_stride,
+            rhs.ptr(),
+            rhs.col_stride,
+            rhs.row_stride,
+            1.0,
+            1.0,
+            false,
+            false,
+            false,
+            // Callers already run one shard per thread.
+            gemm::Parallelism::None,
+        );
+    }
+}
+
+fn vector(t: &FlexTensor) -> Vec<f32> {
+    let layout = t.layout();
+    let n = layout.shape()[0];
+    let stride = layout.strides()[0];
+    let data = t.storage::<f32>();
+    (0..n)
+        .map(|i| data[(layout.start_offset() as isize + i as isize * stride) as usize])
+        .collect()
+}
+
+fn forward(x: &FlexTensor, w: &FlexTensor, b: &FlexTensor, relu_out: bool) -> FlexTensor {
+    let (x, w) = (MatRef::of(x), MatRef::of(w));
+    let bias = vector(b);
+    let (n, m) = (x.rows, w.cols);
+    assert_eq!(
+        bias.len(),
+        m,
+        "fused dense: bias length differs from the output width"
+    );
+    let mut out = Vec::with_capacity(n * m);
+    for _ in 0..n {
+        out.extend_from_slice(&bias);
+    }
+    gemm_accumulate(&mut out, &x, &w);
+    if relu_out {
+        // A select, not a branch, so it vectorises; `v < 0` keeps NaN as NaN.
+        for v in &mut out {
+            *v = if *v < 0.0 { 0.0 } else { *v };
+        }
+    }
+    FlexTensor::from_data(TensorData::new(out, [n, m]))
+}
+
+/// Gradients `[dx, dW, db]` of the layer for the output gradient `grad`; only the `wanted` ones
+/// are computed.
+fn backward(
+    x: &FlexTensor,
+    w: &FlexTensor,
+    out: Option<&FlexTensor>,
+    grad: &FlexTensor,
+    wanted: [bool; 3],
+) -> [Option<FlexTensor>; 3] {
+    let (x, w, g) = (MatRef::of(x), MatRef::of(w), MatRef::of(grad));
+    let (n, k, m) = (x.rows, x.cols, w.cols);
+    // Gradient at the pre-activation, contiguous n x m.
+    let mut gp = Vec::with_capacity(n * m);
+    for i in 0..n {
+        match g.row(i) {
+            Some(src) => gp.extend_from_slice(src),
+            None => gp.extend((0..m).map(|j| g.at(i, j))),
+        }
+    }
+    if let Some(out) = out.map(MatRef::of) {
+        for (i, dst) in gp.chunks_exact_mut(m.max(1)).enumerate() {
+            let mask = |(d, o): (&mut f32, f32)| *d = if o > 0.0 { *d } else { 0.0 };
+            match out.row(i) {
+                Some(o) => dst.iter_mut().zip(o.iter().copied()).for_each(mask),
+                None => dst
+                    .iter_mut()
+                    .zip((0..m).map(|j| out.at(i, j)))
+                    .for_each(mask),
+            }
+        }
+    }
+    let gp_ref = MatRef {
+        data: &gp,
+        offset: 0,
+        rows: n,
+        cols: m,
+        row_stride: m as isize,
+        col_stride: 1,
+    };
+    let dx = wanted[0].then(|| {
+        let dx = gemm_new(&gp_ref, &w.transposed());
+        FlexTensor::from_data(TensorData::new(dx, [n, k]))
+    });
+    let dw = wanted[1].then(|| {
+        let dw = gemm_new(&x.transposed(), &gp_ref);
+        FlexTensor::from_data(TensorData::new(dw, [k, m]))
+    });
+    let db = wanted[2].then(|| {
+        let mut db = vec![0.0f32; m];
+        for row in gp.chunks_exact(m.max(1)) {
+            for (acc, v) in db.iter_mut().zip(row) {
+                *acc += v;
+            }
+        }
+        FlexTensor::from_data(TensorData::new(db, [m]))
+    });
+    [dx, dw, db]
+}
