@@ -8,7 +8,6 @@ use std::time::Instant;
 
 use anyhow::Result;
 use burn::module::Module;
-use burn::optim::AdamConfig;
 use burn::tensor::{Device, Tensor};
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
@@ -26,6 +25,7 @@ use crate::models::{
 };
 use crate::nets::{CouplingNet, PlainConvNet};
 use crate::tensor_util::{from_vec, to_vec, with_sequential_param_ids};
+use crate::train::adam::adam;
 use crate::train::data2d::DataStream;
 use crate::train::eval2d::model_density_grid;
 use crate::train::parallel::loss_and_grads;
@@ -139,7 +139,7 @@ impl TrainRun<'_> {
         M: Module + Clone + Send + Sync,
         F: Fn(&M, Tensor<2>) -> Tensor<1> + Sync,
     {
-        let mut optim = AdamConfig::new().with_epsilon(1e-8).init();
+        let mut optim = adam(1e-8);
         let mut slot = Some(model);
         time_calls(warmup, steps, || {
             let m = slot.take().expect("model present between steps");

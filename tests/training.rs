@@ -147,3 +147,57 @@ fn resume_rejects_a_directory_without_checkpoint() {
         run(Start::Resume(dir.path().to_path_buf()), None, dir.path()).expect_err("no checkpoint");
     assert!(format!("{err:#}").contains("--resume"), "{err:#}");
 }
+
+/// The fused CPU Adam takes the same steps as burn's Adam (same state, so checkpoints match).
+#[test]
+fn fused_adam_matches_burns_adam() {
+    use burn::optim::{AdamConfig, GradientsParams};
+    use burn::tensor::Tensor;
+    use glowflow::nets::Dense;
+    use glowflow::tensor_util::{from_vec, to_vec};
+    use rand::SeedableRng;
+
+    let device = glowflow::default_device().autodiff();
+    let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(3);
+    let start = Dense::new(7, 13, &mut rng, &device);
+    let initial = to_vec(start.weight.val());
+    let x = from_vec(
+        (0..5 * 7).map(|i| (i as f32 * 0.37).sin()).collect(),
+        [5, 7],
+        &device,
+    );
+    let mut fused = (start.clone(), glowflow::train::adam::adam(1e-8));
+    let mut reference = (start, AdamConfig::new().with_epsilon(1e-8).init());
+    for step in 0..6 {
+        let lr = 1e-2 / (1 + step) as f64;
+        for (model, optim) in [
+            (&mut fused.0, &mut fused.1),
+            (&mut reference.0, &mut reference.1),
+        ] {
+            let y: Tensor<2> = model.forward(x.clone());
+            // Widely ranging gradients, so the second moment matters.
+            let loss = (y.clone() * y).mul_scalar(1e3).sum();
+            let grads = GradientsParams::from_grads(loss.backward(), &*model);
+            *model = optim.step(lr, model.clone(), grads);
+        }
+    }
+    let (a, b) = (fused.0, reference.0);
+    let travelled = initial
+        .iter()
+        .zip(to_vec(a.weight.val()))
+        .fold(0f32, |e, (p, q)| e.max((p - q).abs()));
+    assert!(travelled > 1e-3, "the weights barely moved ({travelled})");
+    for (name, u, v) in [
+        ("weight", to_vec(a.weight.val()), to_vec(b.weight.val())),
+        ("bias", to_vec(a.bias.val()), to_vec(b.bias.val())),
+    ] {
+        let err = u
+            .iter()
+            .zip(&v)
+            .fold(0f32, |e, (p, q)| e.max((p - q).abs()));
+        assert!(
+            err <= 1e-6,
+            "{name}: fused Adam differs from burn's by {err}"
+        );
+    }
+}

@@ -98,7 +98,7 @@ impl Backward<Flex, 3> for DenseBackward {
             &x,
             &w,
             out.as_ref(),
-            &grad,
+            grad,
             [node_x.is_some(), node_w.is_some(), node_b.is_some()],
         );
         for (node, g) in [node_x, node_w, node_b].into_iter().zip(parts) {
@@ -196,11 +196,12 @@ impl<'a> MatRef<'a> {
     }
 }
 
-/// `dst += lhs · rhs` for a row-major contiguous `dst` of `lhs.rows x rhs.cols`.
-fn gemm_accumulate(dst: &mut [f32], lhs: &MatRef, rhs: &MatRef) {
-    assert_eq!(dst.len(), lhs.rows * rhs.cols);
-    // Safety: `dst` is an initialised, exclusive buffer of the right size.
-    unsafe { gemm_raw(dst.as_mut_ptr(), true, lhs, rhs) }
+#[inline(never)]
+fn add_bias_relu(row: &mut [f32], bias: &[f32]) {
+    for (v, b) in row.iter_mut().zip(bias) {
+        let y = *v + b;
+        *v = if y < 0.0 { 0.0 } else { y };
+    }
 }
 
 /// `lhs · rhs` as a new row-major buffer (written by the GEMM without zero-filling first).
@@ -280,15 +281,14 @@ fn forward(x: &FlexTensor, w: &FlexTensor, b: &FlexTensor, relu_out: bool) -> Fl
         m,
         "fused dense: bias length differs from the output width"
     );
-    let mut out = Vec::with_capacity(n * m);
-    for _ in 0..n {
-        out.extend_from_slice(&bias);
-    }
-    gemm_accumulate(&mut out, &x, &w);
-    if relu_out {
-        // A select, not a branch, so it vectorises; `v < 0` keeps NaN as NaN.
-        for v in &mut out {
-            *v = if *v < 0.0 { 0.0 } else { *v };
+    let mut out = gemm_new(&x, &w);
+    // Bias and ReLU in one pass; the ReLU is a select, not a branch, so it vectorises, and
+    // `v < 0` keeps NaN as NaN.
+    for row in out.chunks_exact_mut(m.max(1)) {
+        if relu_out {
+            add_bias_relu(row, &bias);
+        } else {
+            row.iter_mut().zip(&bias).for_each(|(v, b)| *v += b);
         }
     }
     FlexTensor::from_data(TensorData::new(out, [n, m]))
@@ -300,28 +300,22 @@ fn backward(
     x: &FlexTensor,
     w: &FlexTensor,
     out: Option<&FlexTensor>,
-    grad: &FlexTensor,
+    grad: FlexTensor,
     wanted: [bool; 3],
 ) -> [Option<FlexTensor>; 3] {
-    let (x, w, g) = (MatRef::of(x), MatRef::of(w), MatRef::of(grad));
+    let (x, w) = (MatRef::of(x), MatRef::of(w));
     let (n, k, m) = (x.rows, x.cols, w.cols);
-    // Gradient at the pre-activation, contiguous n x m.
-    let mut gp = Vec::with_capacity(n * m);
-    for i in 0..n {
-        match g.row(i) {
-            Some(src) => gp.extend_from_slice(src),
-            None => gp.extend((0..m).map(|j| g.at(i, j))),
-        }
-    }
+    // Gradient at the pre-activation, contiguous n x m: the incoming gradient itself when this
+    // step owns it (masked in place), else a copy.
+    let mut gp = take_contiguous(grad);
     if let Some(out) = out.map(MatRef::of) {
         for (i, dst) in gp.chunks_exact_mut(m.max(1)).enumerate() {
-            let mask = |(d, o): (&mut f32, f32)| *d = if o > 0.0 { *d } else { 0.0 };
             match out.row(i) {
-                Some(o) => dst.iter_mut().zip(o.iter().copied()).for_each(mask),
-                None => dst
-                    .iter_mut()
-                    .zip((0..m).map(|j| out.at(i, j)))
-                    .for_each(mask),
+                Some(o) => relu_mask(dst, o),
+                None => {
+                    let o: Vec<f32> = (0..m).map(|j| out.at(i, j)).collect();
+                    relu_mask(dst, &o)
+                }
             }
         }
     }
@@ -351,4 +345,19 @@ fn backward(
         FlexTensor::from_data(TensorData::new(db, [m]))
     });
     [dx, dw, db]
+}
+
+#[inline(never)]
+fn relu_mask(grad: &mut [f32], out: &[f32]) {
+    for (d, &o) in grad.iter_mut().zip(out) {
+        *d = if o > 0.0 { *d } else { 0.0 };
+    }
+}
+
+/// The values of a float32 tensor in row-major order; no copy when it is contiguous and not
+/// shared (an incoming gradient usually is both).
+fn take_contiguous(t: FlexTensor) -> Vec<f32> {
+    t.into_data()
+        .try_into_vec::<f32>()
+        .expect("fused dense: float32 gradient")
 }

@@ -1,5 +1,6 @@
 //! Training loops, evaluation, checkpoints.
 
+pub mod adam;
 pub mod checkpoint;
 pub mod data2d;
 pub mod eval2d;

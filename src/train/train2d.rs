@@ -7,7 +7,6 @@ use std::time::Instant;
 
 use anyhow::{bail, Context, Result};
 use burn::module::Module;
-use burn::optim::AdamConfig;
 use burn::tensor::Device;
 use serde::{Deserialize, Serialize};
 
@@ -20,6 +19,7 @@ use crate::data::toy2d::Target;
 use crate::layers::ActNormFlags;
 use crate::models::{Flow2d, Flow2dConfig, ModelKind};
 use crate::tensor_util::from_vec;
+use crate::train::adam::adam;
 use crate::viz::{self, colour_bar, panels, scatter, Canvas, DensityGrid};
 
 /// Training hyper-parameters (defaults: the tutorial's recipe).
@@ -173,7 +173,7 @@ pub fn train2d(
             cfg.validate().map_err(anyhow::Error::msg)?;
             let opts = options.context("training options are required for a fresh run")?;
             let model = Flow2d::new(&cfg, &train_device);
-            let optim = AdamConfig::new().with_epsilon(1e-8).init();
+            let optim = adam(1e-8);
             (model, optim, opts, cfg, 0, 0.0)
         }
         Start::Resume(dir) => {
@@ -191,10 +191,7 @@ pub fn train2d(
                 .flow
                 .set_actnorm_flags(&state.actnorm_initialized)
                 .map_err(|e| anyhow::anyhow!("{}: {e}", ck.join(STATE_FILE).display()))?;
-            let optim = checkpoint::load_optimizer(
-                AdamConfig::new().with_epsilon(1e-8).init(),
-                &ck.join(OPTIMIZER_FILE),
-            )?;
+            let optim = checkpoint::load_optimizer(adam(1e-8), &ck.join(OPTIMIZER_FILE))?;
             let mut opts = state.options.clone();
             if let Some(o) = options {
                 // Only the step budget may change on resume; the rest defines the run.

@@ -7,7 +7,6 @@ use std::time::Instant;
 
 use anyhow::{bail, Context, Result};
 use burn::module::Module;
-use burn::optim::AdamConfig;
 use burn::tensor::{DType, Device, Tensor};
 use rand::seq::SliceRandom;
 use rand::SeedableRng;
@@ -23,6 +22,7 @@ use crate::data::{DataSpec, ImageSet, LoadOptions};
 use crate::layers::ActNormFlags;
 use crate::models::{GlowImage, GlowImageConfig};
 use crate::tensor_util::{cast_module, from_vec, to_vec, to_vec_f64};
+use crate::train::adam::adam;
 use crate::viz::Canvas;
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -242,22 +242,13 @@ pub fn train_image(
     let (mut model, mut optim, opts, cfg, first, mut train_seconds) = match start {
         ImageStart::Fresh(cfg, opts) => {
             let model = GlowImage::new(&cfg, &train_device);
-            (
-                model,
-                AdamConfig::new().with_epsilon(1e-8).init(),
-                opts,
-                cfg,
-                0,
-                0.0,
-            )
+            (model, adam(1e-8), opts, cfg, 0, 0.0)
         }
         ImageStart::Resume(dir, steps, time_limit) => {
             let (model, mut state) = load_trained(&dir, &train_device)
                 .with_context(|| format!("--resume {}", dir.display()))?;
-            let optim = checkpoint::load_optimizer(
-                AdamConfig::new().with_epsilon(1e-8).init(),
-                &checkpoint_dir(&dir).join(OPTIMIZER_FILE),
-            )?;
+            let optim =
+                checkpoint::load_optimizer(adam(1e-8), &checkpoint_dir(&dir).join(OPTIMIZER_FILE))?;
             if let Some(s) = steps {
                 state.options.steps = s;
             }
