@@ -3,9 +3,9 @@
 //! The 2D models spend most of a training step in small MLPs (batch rows x 128). Written with
 //! tensor ops, one dense layer is a matmul, a bias broadcast-add and a ReLU in the forward pass
 //! and about twice as many ops in the backward pass, each allocating a tensor and recording an
-//! autodiff node. Here the bias is written into the output before the GEMM accumulates onto it,
-//! the ReLU is applied in place, and the backward pass (ReLU mask, bias sum, two GEMMs) is one
-//! hand-written step: one graph node per layer.
+//! autodiff node. Here the GEMM writes the output, bias and ReLU follow in one pass over it, and
+//! the backward pass (ReLU mask applied in place to the incoming gradient, bias sum, two GEMMs)
+//! is one hand-written step: one graph node per layer.
 //!
 //! [`dense`] is the interface: it takes this path for float32 tensors on the Flex device and the
 //! plain tensor-op composition everywhere else (other backends, float64), so the two can be
@@ -196,6 +196,8 @@ impl<'a> MatRef<'a> {
     }
 }
 
+// Kept out of line, like `relu_mask`: a small function of one simple loop is reliably
+// vectorised, the same loop inlined into a larger body was not (measured: 3x slower).
 #[inline(never)]
 fn add_bias_relu(row: &mut [f32], bias: &[f32]) {
     for (v, b) in row.iter_mut().zip(bias) {
