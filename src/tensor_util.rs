@@ -36,9 +36,24 @@ pub fn cast_module<M: Module>(module: M, dtype: DType) -> M {
     module.map(&mut Cast(dtype))
 }
 
-/// Host copy of a float tensor (synchronises with the device).
+/// Host copy of a float tensor (synchronises with the device). A float32 tensor's buffer is
+/// taken over without copying when the tensor holds it alone.
 pub fn to_vec<const D: usize>(t: Tensor<D>) -> Vec<f32> {
-    t.into_data().convert::<f32>().iter::<f32>().collect()
+    let data = t.into_data();
+    if data.dtype() == DType::F32 {
+        data.try_into_vec::<f32>().expect("float32 tensor data")
+    } else {
+        data.convert::<f32>().iter::<f32>().collect()
+    }
+}
+
+/// Whether `device` (with or without autodiff) is the Flex CPU backend, where the hand-written
+/// CPU operations apply.
+pub fn is_flex_device(device: &Device) -> bool {
+    matches!(
+        device.clone().inner().as_dispatch(),
+        burn::backend::DispatchDevice::Flex(_)
+    )
 }
 
 /// A trainable parameter.

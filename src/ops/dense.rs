@@ -18,9 +18,11 @@ use burn::backend::autodiff::ops::{Backward, Ops, OpsKind};
 use burn::backend::autodiff::Autodiff;
 use burn::backend::flex::FlexTensor;
 use burn::backend::tensor::FloatTensor;
-use burn::backend::{backend_extension, Backend, Dispatch, DispatchDevice, Flex};
+use burn::backend::{backend_extension, Backend, Dispatch, Flex};
 use burn::tensor::activation::relu;
 use burn::tensor::{DType, Tensor, TensorData};
+
+use crate::tensor_util::is_flex_device;
 
 /// `act(x W + b)` with `x: [n, k]`, `W: [k, m]`, `b: [m]`; `act` is ReLU when `relu` is set,
 /// the identity otherwise.
@@ -55,8 +57,7 @@ pub fn dense_composed(
 
 /// Whether [`dense`] takes the fused path for these operands.
 pub fn fused_supported(x: &Tensor<2>, weight: &Tensor<2>, bias: &Tensor<1>) -> bool {
-    let on_flex = matches!(x.device().inner().as_dispatch(), DispatchDevice::Flex(_));
-    on_flex && [x.dtype(), weight.dtype(), bias.dtype()] == [DType::F32; 3]
+    is_flex_device(&x.device()) && [x.dtype(), weight.dtype(), bias.dtype()] == [DType::F32; 3]
 }
 
 #[backend_extension(Flex, Autodiff)]
@@ -165,20 +166,6 @@ impl<'a> MatRef<'a> {
             row_stride: strides[0],
             col_stride: strides[1],
         }
-    }
-
-    fn at(&self, i: usize, j: usize) -> f32 {
-        let idx =
-            self.offset as isize + i as isize * self.row_stride + j as isize * self.col_stride;
-        self.data[idx as usize]
-    }
-
-    /// Row `i` as a slice when rows are contiguous.
-    fn row(&self, i: usize) -> Option<&'a [f32]> {
-        (self.col_stride == 1 || self.cols <= 1).then(|| {
-            let start = (self.offset as isize + i as isize * self.row_stride) as usize;
-            &self.data[start..start + self.cols]
-        })
     }
 
     fn ptr(&self) -> *const f32 {
@@ -310,16 +297,12 @@ fn backward(
     // Gradient at the pre-activation, contiguous n x m: the incoming gradient itself when this
     // step owns it (masked in place), else a copy.
     let mut gp = take_contiguous(grad);
-    if let Some(out) = out.map(MatRef::of) {
-        for (i, dst) in gp.chunks_exact_mut(m.max(1)).enumerate() {
-            match out.row(i) {
-                Some(o) => relu_mask(dst, o),
-                None => {
-                    let o: Vec<f32> = (0..m).map(|j| out.at(i, j)).collect();
-                    relu_mask(dst, &o)
-                }
-            }
-        }
+    if let Some(out) = out {
+        // `out` is this layer's own forward output, built contiguous.
+        let out = out
+            .as_slice::<f32>()
+            .expect("fused dense: contiguous output");
+        relu_mask(&mut gp, out);
     }
     let gp_ref = MatRef {
         data: &gp,

@@ -7,11 +7,12 @@
 //! it defers to burn's Adam. The state is burn's `AdamState`, so optimizer checkpoints are the
 //! same files either way.
 
-use burn::backend::DispatchDevice;
 use burn::optim::{
     Adam, AdamConfig, AdamState, AdaptiveMomentumState, LearningRate, ModuleOptimizer, Optimizer,
 };
-use burn::tensor::{DType, Device, Tensor, TensorData};
+use burn::tensor::{DType, Device, Tensor};
+
+use crate::tensor_util::{from_vec, is_flex_device, to_vec};
 
 /// Adam (no weight decay, no AMSGrad) with the given `epsilon` and betas 0.9, 0.999.
 pub fn adam(epsilon: f32) -> ModuleOptimizer {
@@ -42,12 +43,6 @@ impl FusedAdam {
     }
 }
 
-fn host_f32<const D: usize>(t: Tensor<D>) -> Vec<f32> {
-    t.into_data()
-        .try_into_vec::<f32>()
-        .expect("float32 tensor data")
-}
-
 impl Optimizer for FusedAdam {
     type State<const D: usize> = AdamState<D>;
 
@@ -59,10 +54,7 @@ impl Optimizer for FusedAdam {
         state: Option<Self::State<D>>,
     ) -> (Tensor<D>, Option<Self::State<D>>) {
         let device = tensor.device();
-        let on_flex = matches!(
-            device.clone().inner().as_dispatch(),
-            DispatchDevice::Flex(_)
-        );
+        let on_flex = is_flex_device(&device);
         let float32 = tensor.dtype() == DType::F32 && grad.dtype() == DType::F32;
         let moments_f32 = state.as_ref().is_none_or(|s| {
             let m = &s.momentum;
@@ -71,13 +63,13 @@ impl Optimizer for FusedAdam {
         if !(on_flex && float32 && moments_f32) {
             return self.fallback.step(lr, tensor, grad, state);
         }
-        let shape = tensor.shape();
-        let mut param = host_f32(tensor);
-        let g = host_f32(grad);
+        let dims: [usize; D] = tensor.dims();
+        let mut param = to_vec(tensor);
+        let g = to_vec(grad);
         let (time, mut m, mut v) = match state {
             Some(s) => {
                 let s = s.momentum;
-                (s.time + 1, host_f32(s.moment_1), host_f32(s.moment_2))
+                (s.time + 1, to_vec(s.moment_1), to_vec(s.moment_2))
             }
             None => (1, vec![0.0; g.len()], vec![0.0; g.len()]),
         };
@@ -88,12 +80,15 @@ impl Optimizer for FusedAdam {
         let eps = self.epsilon * bias_correction2_sqrt;
         let lr = lr as f32;
         adam_update(&mut param, &g, &mut m, &mut v, [b1, b2, combined, eps, lr]);
-        let to_tensor = |x: Vec<f32>, device: &Device| {
-            Tensor::<D>::from_data(TensorData::new(x, shape.clone()), device)
-        };
-        let momentum =
-            AdaptiveMomentumState::new(time, to_tensor(m, &device), to_tensor(v, &device));
-        (to_tensor(param, &device), Some(AdamState::new(momentum)))
+        let momentum = AdaptiveMomentumState::new(
+            time,
+            from_vec(m, dims, &device),
+            from_vec(v, dims, &device),
+        );
+        (
+            from_vec(param, dims, &device),
+            Some(AdamState::new(momentum)),
+        )
     }
 
     fn to_device<const D: usize>(state: Self::State<D>, device: &Device) -> Self::State<D> {
