@@ -47,6 +47,21 @@ pub fn to_vec<const D: usize>(t: Tensor<D>) -> Vec<f32> {
     }
 }
 
+/// Number of NaN or infinite entries of a float tensor.
+pub fn count_nonfinite<const D: usize>(t: Tensor<D>) -> usize {
+    to_vec_f64(t).iter().filter(|v| !v.is_finite()).count()
+}
+
+/// Largest value, treating NaN as a failure: `Err(count of non-finite values)` when any value
+/// is NaN or infinite, `Ok(max)` otherwise (`Ok(-inf)` for an empty slice).
+pub fn finite_max(values: &[f64]) -> Result<f64, usize> {
+    let bad = values.iter().filter(|v| !v.is_finite()).count();
+    if bad > 0 {
+        return Err(bad);
+    }
+    Ok(values.iter().copied().fold(f64::NEG_INFINITY, f64::max))
+}
+
 /// Whether `device` (with or without autodiff) is the Flex CPU backend, where the hand-written
 /// CPU operations apply.
 pub fn is_flex_device(device: &Device) -> bool {

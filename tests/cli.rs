@@ -69,7 +69,7 @@ fn train2d_writes_every_output() {
     assert_eq!(s["steps"], 6);
     assert!(s["test_nll"].as_f64().unwrap().is_finite());
     let metrics = std::fs::read_to_string(out.join("metrics.csv")).unwrap();
-    assert!(metrics.starts_with("step,loss,lr,seconds\n"));
+    assert!(metrics.starts_with("step,loss,lr,seconds,grad_norm_max,clipped,skipped\n"));
     // The GIF holds the frames.
     let gif = std::fs::read(out.join("training.gif")).unwrap();
     assert!(gif.starts_with(b"GIF89a"));

@@ -360,6 +360,7 @@ fn small_options(dir: &Path, steps: usize) -> ImageTrainOptions {
         test_limit: 0,
         time_limit_minutes: None,
         shards: 2,
+        stability: glowflow::train::train_image::image_recipe_stability(),
     }
 }
 
@@ -481,7 +482,9 @@ fn cli_train_eval_sample_reconstruct() {
         "samples.png",
         "samples_0000002.png",
         "checkpoint/model.safetensors",
+        "checkpoint/ema.safetensors",
         "checkpoint/state.json",
+        "grad_norms.csv",
     ] {
         assert!(run.path().join(f).exists(), "{f} missing");
     }
@@ -493,6 +496,11 @@ fn cli_train_eval_sample_reconstruct() {
             .unwrap(),
     );
     assert_eq!(eval["test_images"], 8);
+    assert_eq!(eval["ema_weights"], true);
+    let r = &eval["test_report"];
+    assert_eq!(r["nonfinite"], 0);
+    assert_eq!(r["worst"].as_array().unwrap().len(), 8);
+    assert!(r["median"].as_f64().unwrap().is_finite());
     assert!(
         (eval["test_bpd"].as_f64().unwrap() - trained).abs() < 1e-6,
         "eval {eval} vs training {trained}"
@@ -582,8 +590,75 @@ fn fashion_mnist_short_run_if_installed() {
         glowflow::train::train_image::reconstruction_error(
             &model, &data.test, 8, 32, dtype, &device,
         )
+        .unwrap()
     };
     let (err64, err32) = (reconstruct(DType::F64), reconstruct(DType::F32));
     assert!(err64 <= 1e-9, "float64 reconstruction error {err64}");
     assert!(err32 <= 1e-4, "float32 reconstruction error {err32}");
+}
+
+/// The per-image report: NaN is a failure (never zero), the worst images come with their
+/// indices, and one astronomically bad image is counted as extreme instead of hiding in the mean.
+#[test]
+fn bpd_report_names_non_finite_and_extreme_images() {
+    use glowflow::train::train_image::BpdReport;
+    let mut v: Vec<f64> = (0..1000).map(|i| 2.5 + 0.001 * (i % 100) as f64).collect();
+    v[17] = 7.97e11;
+    let r = BpdReport::new(&v);
+    assert_eq!(r.nonfinite, 0);
+    assert_eq!(r.extreme, 1);
+    assert_eq!(r.worst[0], (17, 7.97e11));
+    assert!((r.median - 2.5495).abs() < 1e-3, "{}", r.median);
+    assert!((r.mean_without_extreme - 2.5495).abs() < 1e-3);
+    assert!(r.mean > 1e8);
+    v[3] = f64::NAN;
+    let r = BpdReport::new(&v);
+    assert_eq!(r.nonfinite, 1);
+    assert!(
+        r.mean.is_nan(),
+        "a NaN image must make the mean a failure, got {}",
+        r.mean
+    );
+    assert_eq!(r.worst[0].0, 3);
+    assert_eq!(r.worst[1].0, 17);
+    assert_eq!(
+        glowflow::tensor_util::finite_max(&[1.0, f64::NAN, 3.0]),
+        Err(1)
+    );
+    assert_eq!(glowflow::tensor_util::finite_max(&[1.0, 3.0]), Ok(3.0));
+}
+
+/// Samples that overflow are reported (count, which samples, where in the generative direction)
+/// instead of being drawn as black pixels; finite ones report their clipped-pixel shares.
+#[test]
+fn non_finite_samples_are_reported_not_drawn() {
+    use glowflow::tensor_util::from_vec;
+    use glowflow::train::train_image::sample_batch;
+    let cfg = tiny(1, 8, 2, ImageCoupling::Affine, Permutation::Lu);
+    let model = initialised(&cfg).valid();
+    let ok = sample_batch(&model, 4, 0.7, 1);
+    assert!(ok.nonfinite.is_empty());
+    assert!(ok.grid(&cfg).is_ok());
+    assert!((0.0..=1.0).contains(&ok.clipped_low) && (0.0..=1.0).contains(&ok.clipped_high));
+    // A top prior whose log-std is 1000 overflows even float64: exp(1000) = inf.
+    let mut broken = model.clone();
+    let dims = broken.top.dims();
+    let n: usize = dims.iter().product();
+    let half = n / 2;
+    let vals: Vec<f32> = (0..n)
+        .map(|i| if i < half { 0.0 } else { 1000.0 })
+        .collect();
+    broken.top = glowflow::tensor_util::replace(&broken.top, from_vec(vals, dims, &plain_device()));
+    let bad = sample_batch(&broken, 4, 0.7, 1);
+    assert_eq!(bad.nonfinite, vec![0, 1, 2, 3]);
+    let place = bad.first_nonfinite.clone().unwrap();
+    assert!(place.contains("top latent"), "{place}");
+    let err = match bad.grid(&cfg) {
+        Err(e) => format!("{e:#}"),
+        Ok(_) => panic!("non-finite samples were drawn"),
+    };
+    assert!(
+        err.contains("4 of 4 samples") && err.contains("top latent"),
+        "{err}"
+    );
 }

@@ -9,7 +9,9 @@ use serde_json::json;
 
 use crate::data::Target;
 use crate::models::{CouplingKind, Flow2dConfig, ModelKind, Permutation};
+use crate::train::stability::StabilityOptions;
 use crate::train::train2d::{comparison_picture, load_trained};
+use crate::train::train_image::image_recipe_stability;
 use crate::train::{checkpoint, eval2d, train2d, RunIo, Start, Train2dOptions};
 
 #[derive(Parser, Debug)]
@@ -56,6 +58,37 @@ pub struct BenchArgs {
     /// Print one JSON object instead of a line of text.
     #[arg(long)]
     pub json: bool,
+}
+
+/// Training-stability flags shared by `train`, `train2d` and `compare` (their defaults differ:
+/// see each command's help).
+#[derive(Args, Debug, Clone)]
+pub struct StabilityArgs {
+    /// Clip the global gradient L2 norm to this value; 0 turns clipping off
+    /// [default: train 50, train2d/compare 0].
+    #[arg(long)]
+    pub clip_grad_norm: Option<f64>,
+    /// Decay of the exponential moving average of the weights used for evaluation and samples;
+    /// 0 turns it off [default: train 0.999, train2d/compare 0].
+    #[arg(long)]
+    pub ema_decay: Option<f64>,
+    /// Stop after this many consecutive steps skipped for a non-finite loss, gradient or update.
+    #[arg(long, default_value_t = 20)]
+    pub max_skips: usize,
+    /// Optimizer [default: adam].
+    #[arg(long, value_enum)]
+    pub optimizer: Option<crate::train::stability::OptimizerKind>,
+}
+
+impl StabilityArgs {
+    fn options(&self, defaults: StabilityOptions) -> StabilityOptions {
+        StabilityOptions {
+            clip_grad_norm: self.clip_grad_norm.unwrap_or(defaults.clip_grad_norm),
+            ema_decay: self.ema_decay.unwrap_or(defaults.ema_decay),
+            max_skips: self.max_skips,
+            optimizer: self.optimizer.unwrap_or(defaults.optimizer),
+        }
+    }
 }
 
 #[derive(Args, Debug)]
@@ -123,6 +156,8 @@ pub struct TrainArgs {
     /// the recipe: `--resume` keeps the run's own count, so resumed runs stay exact.
     #[arg(long)]
     pub threads: Option<usize>,
+    #[command(flatten)]
+    pub stability: StabilityArgs,
     #[arg(long)]
     pub quiet: bool,
 }
@@ -215,6 +250,8 @@ pub struct CommonArgs {
     /// given thread count.
     #[arg(long)]
     pub threads: Option<usize>,
+    #[command(flatten)]
+    pub stability: StabilityArgs,
     /// Hide the progress bar.
     #[arg(long)]
     pub quiet: bool,
@@ -236,6 +273,7 @@ impl CommonArgs {
         o.frames = self.frames;
         o.checkpoint_every = self.checkpoint_every;
         o.test_samples = self.test_samples;
+        o.stability = self.stability.options(StabilityOptions::off());
         o
     }
 
@@ -493,6 +531,7 @@ fn cmd_train(a: TrainArgs) -> Result<()> {
                 test_limit: a.test_limit,
                 time_limit_minutes: a.time_limit,
                 shards: thread_count(a.threads, &a.device)?,
+                stability: a.stability.options(image_recipe_stability()),
             };
             let probe = crate::train::train_image::load_data(&opts)?;
             let cfg = crate::models::GlowImageConfig {
@@ -518,9 +557,14 @@ fn cmd_train(a: TrainArgs) -> Result<()> {
 }
 
 fn cmd_eval(a: EvalArgs, reconstruct: bool) -> Result<()> {
-    use crate::train::train_image::{load_data, load_trained, reconstruction_error, test_bpd};
+    use crate::train::train_image::{
+        load_data, load_for_eval, per_image_bpd, reconstruction_error, BpdReport,
+    };
+    if a.n == 0 {
+        anyhow::bail!("--n must be at least 1");
+    }
     let device = crate::device_by_name(&a.device)?;
-    let (model, state) = load_trained(&a.checkpoint, &device)?;
+    let (model, state, ema) = load_for_eval(&a.checkpoint, &device)?;
     let mut opts = state.options.clone();
     if let Some(d) = &a.data {
         opts.data = d.clone();
@@ -539,30 +583,60 @@ fn cmd_eval(a: EvalArgs, reconstruct: bool) -> Result<()> {
             cfg.width
         );
     }
+    let mut failure = None;
     let report = if reconstruct {
         // float64 measures the inverse itself; float32 is the training precision's round-off.
         use burn::tensor::DType;
-        let err = reconstruction_error(&model, &data.test, cfg.n_bits, a.n, DType::F64, &device);
-        let err32 = reconstruction_error(&model, &data.test, cfg.n_bits, a.n, DType::F32, &device);
+        let mut errs = Vec::new();
+        for dtype in [DType::F64, DType::F32] {
+            match reconstruction_error(&model, &data.test, cfg.n_bits, a.n, dtype, &device) {
+                Ok(e) => errs.push(json!(e)),
+                Err(e) => {
+                    errs.push(json!(e.to_string()));
+                    failure.get_or_insert(e);
+                }
+            }
+        }
         json!({
             "checkpoint": a.checkpoint,
+            "ema_weights": ema,
             "images": a.n.min(data.test.n),
-            "max_abs_error": err,
-            "max_abs_error_float32": err32,
+            "max_abs_error": errs[0],
+            "max_abs_error_float32": errs[1],
         })
     } else {
-        let bpd = test_bpd(&model, &data.test, cfg.n_bits, 256, &device);
-        json!({"checkpoint": a.checkpoint, "data": opts.data, "test_images": data.test.n, "test_bpd": bpd})
+        let bpd = per_image_bpd(&model, &data.test, cfg.n_bits, 256, &device);
+        let r = BpdReport::new(&bpd);
+        if r.nonfinite > 0 {
+            failure = Some(anyhow::anyhow!(
+                "{} of {} test images have a non-finite bits/dim (worst: {:?})",
+                r.nonfinite,
+                bpd.len(),
+                &r.worst[..r.nonfinite.min(r.worst.len())]
+            ));
+        }
+        json!({
+            "checkpoint": a.checkpoint,
+            "ema_weights": ema,
+            "data": opts.data,
+            "test_images": data.test.n,
+            "test_bpd": r.mean,
+            "test_report": r,
+        })
     };
+    // Print before writing, so a failed write never loses the figures.
+    println!("{}", serde_json::to_string_pretty(&report)?);
     if let Some(p) = &a.out {
         checkpoint::save_json(&report, p)?;
     }
-    println!("{}", serde_json::to_string_pretty(&report)?);
-    Ok(())
+    match failure {
+        Some(e) => Err(e),
+        None => Ok(()),
+    }
 }
 
 fn cmd_sample(a: SampleArgs) -> Result<()> {
-    use crate::train::train_image::{load_trained, sample_grid};
+    use crate::train::train_image::{load_for_eval, sample_batch};
     if !(a.temperature.is_finite() && a.temperature >= 0.0) {
         anyhow::bail!(
             "--temperature must be a non-negative number, got {}",
@@ -573,13 +647,18 @@ fn cmd_sample(a: SampleArgs) -> Result<()> {
         anyhow::bail!("--n must be at least 1");
     }
     let device = crate::device_by_name(&a.device)?;
-    let (model, state) = load_trained(&a.checkpoint, &device)?;
-    sample_grid(&model, &state.model, a.n, a.temperature, a.seed).save_png(&a.out)?;
+    let (model, state, ema) = load_for_eval(&a.checkpoint, &device)?;
+    let batch = sample_batch(&model, a.n, a.temperature, a.seed);
+    let grid = batch.grid(&state.model)?;
+    grid.save_png(&a.out)?;
     println!(
-        "wrote {} samples at temperature {} to {}",
+        "wrote {} samples at temperature {} to {} ({} weights; pixels clipped: {:.3}% at 0, {:.3}% at the top)",
         a.n,
         a.temperature,
-        a.out.display()
+        a.out.display(),
+        if ema { "averaged" } else { "trained" },
+        100.0 * batch.clipped_low,
+        100.0 * batch.clipped_high
     );
     Ok(())
 }

@@ -3,6 +3,7 @@
 
 use std::f64::consts::PI;
 
+use rand::seq::SliceRandom;
 use rand::Rng;
 use rand_distr::{Distribution, StandardNormal};
 
@@ -143,6 +144,9 @@ fn sample_rings(n: usize, radii: &[f64], sigma: f64, rng: &mut impl Rng) -> Vec<
             ]);
         }
     }
+    // The rings are drawn one after another, each in angle order: shuffle, so any slice of the
+    // result is an i.i.d. draw from the whole target.
+    out.shuffle(rng);
     out
 }
 
@@ -227,14 +231,18 @@ impl Target {
                     let t = PI * j as f64 / (inner.max(2) - 1) as f64;
                     out.push([1.0 - t.cos(), 1.0 - t.sin() - 0.5]);
                 }
-                out.into_iter()
+                let mut pts: Vec<[f64; 2]> = out
+                    .into_iter()
                     .map(|p| {
                         [
                             2.0 * (p[0] + 0.1 * normal(rng)) - 1.0,
                             2.0 * (p[1] + 0.1 * normal(rng)) - 0.2,
                         ]
                     })
-                    .collect()
+                    .collect();
+                // Drawn along the arcs in order: shuffle, so any slice is i.i.d.
+                pts.shuffle(rng);
+                pts
             }
             Target::Swissroll => (0..n)
                 .map(|_| {
@@ -246,11 +254,12 @@ impl Target {
                 })
                 .collect(),
             Target::TwoSpirals => (0..n)
-                .map(|i| {
+                .map(|_| {
                     let t = rng.gen::<f64>().sqrt() * 3.0 * PI;
                     let dx = -t.cos() * t + 0.5 * rng.gen::<f64>();
                     let dy = t.sin() * t + 0.5 * rng.gen::<f64>();
-                    let sign = if i % 2 == 0 { 1.0 } else { -1.0 };
+                    // Which spiral: a fair coin per point (not alternating by index).
+                    let sign = if rng.gen::<bool>() { 1.0 } else { -1.0 };
                     [
                         sign * dx / 3.0 + 0.1 * normal(rng),
                         sign * dy / 3.0 + 0.1 * normal(rng),

@@ -40,12 +40,16 @@ fn host_matrix(w: Tensor<2>) -> Mat {
     }
 }
 
-/// `W^-1` computed in float64 on the host, returned in `W`'s own float type.
+/// `W^-1` computed in float64 on the host, returned in `W`'s own float type. A singular or
+/// non-finite `W` gives a matrix of NaN, so the failure reaches the caller's finiteness checks
+/// (the training guard, `sample`'s report) as a non-finite output of this layer, never a panic.
 fn host_inverse(w: Tensor<2>) -> Tensor<2> {
     let c = w.dims()[0];
     let (device, dtype) = (w.device(), w.dtype());
-    let inv = linalg::inverse(&host_matrix(w)).expect("1x1 convolution matrix is singular");
-    from_vec_f64(inv.a, [c, c], (&device, dtype))
+    let inv = linalg::inverse(&host_matrix(w))
+        .map(|m| m.a)
+        .unwrap_or_else(|| vec![f64::NAN; c * c]);
+    from_vec_f64(inv, [c, c], (&device, dtype))
 }
 
 /// LU-parametrised invertible 1x1 convolution.
@@ -152,11 +156,13 @@ impl InvConv1x1 {
         let c = w.dims()[0];
         let options = (&w.device(), w.dtype());
         let host = host_matrix(w.clone());
-        let (_, logabsdet) = linalg::slogdet(&host).expect("1x1 convolution matrix is singular");
-        let inv_t = linalg::inverse(&host)
-            .expect("1x1 convolution matrix is singular")
-            .transpose();
-        let g = from_vec_f64(inv_t.a, [c, c], options);
+        // A singular or non-finite W has no finite log|det| or W^-T: NaN value and gradient,
+        // which the training guard reports (naming this layer) and never applies.
+        let (logabsdet, inv_t) = match (linalg::slogdet(&host), linalg::inverse(&host)) {
+            (Some((_, l)), Some(inv)) => (l, inv.transpose().a),
+            _ => (f64::NAN, vec![f64::NAN; c * c]),
+        };
+        let g = from_vec_f64(inv_t, [c, c], options);
         let surrogate = (w.clone() * g.clone()).sum() - (w.detach() * g).sum();
         let value = from_vec_f64(vec![logabsdet], [1], options);
         broadcast_logdet((surrogate + value).mul_scalar(pixels(x) as f32), n)

@@ -64,6 +64,20 @@ pub enum Layer {
 }
 
 impl Layer {
+    /// The layer's kind, as diagnostics name it.
+    pub fn name(&self) -> &'static str {
+        match self {
+            Layer::ActNorm(_) => "ActNorm",
+            Layer::InvConv1x1Lu(_) => "InvConv1x1Lu",
+            Layer::InvConv1x1(_) => "InvConv1x1",
+            Layer::AffineCoupling(_) => "AffineCoupling",
+            Layer::AdditiveCoupling(_) => "AdditiveCoupling",
+            Layer::Reverse(_) => "Reverse",
+            Layer::Shuffle(_) => "Shuffle",
+            Layer::FlowBatchNorm(_) => "FlowBatchNorm",
+        }
+    }
+
     fn as_flow(&self) -> &dyn Flow {
         match self {
             Layer::ActNorm(l) => l,
@@ -113,6 +127,37 @@ impl FlowSequence {
             h = layer.forward(h).0;
         }
         h
+    }
+
+    /// Apply the layers one at a time (`inverse`: in the generative direction) and stop at the
+    /// first whose output or log-determinant holds a NaN or infinity: `Err("layer i (Kind)")`.
+    /// `Ok` carries the output. Diagnostics only: one host check per layer.
+    pub fn trace_nonfinite(&self, x: Tensor<4>, inverse: bool) -> Result<Tensor<4>, String> {
+        let mut h = x;
+        let order: Vec<usize> = if inverse {
+            (0..self.layers.len()).rev().collect()
+        } else {
+            (0..self.layers.len()).collect()
+        };
+        for i in order {
+            let layer = &self.layers[i];
+            let (y, ld) = if inverse {
+                layer.inverse(h)
+            } else {
+                layer.forward(h)
+            };
+            let bad_y = crate::tensor_util::count_nonfinite(y.clone());
+            let bad_ld = crate::tensor_util::count_nonfinite(ld);
+            if bad_y + bad_ld > 0 {
+                return Err(format!(
+                    "layer {i} ({}{}): {bad_y} non-finite outputs, {bad_ld} non-finite log-determinants",
+                    layer.name(),
+                    if inverse { ", inverse" } else { "" }
+                ));
+            }
+            h = y;
+        }
+        Ok(h)
     }
 
     /// Every ActNorm, including those inside coupling networks, in a fixed order.

@@ -256,6 +256,19 @@ impl GlowImage {
 
     /// Sample `n` images with every prior's standard deviation scaled by `temperature`.
     pub fn sample(&self, n: usize, temperature: f64, rng: &mut impl rand::Rng) -> Tensor<4> {
+        self.sample_with_latents(n, temperature, rng).0
+    }
+
+    /// Like [`sample`](Self::sample), also returning the latents drawn (one per level, in
+    /// [`forward_latents`](Self::forward_latents)'s order), so a failure can be traced with
+    /// [`trace_decode`](Self::trace_decode).
+    pub fn sample_with_latents(
+        &self,
+        n: usize,
+        temperature: f64,
+        rng: &mut impl rand::Rng,
+    ) -> (Tensor<4>, Latents) {
+        let mut drawn: Vec<Option<Tensor<4>>> = vec![None; self.levels.len()];
         let mut draw = |mean: Tensor<4>, logs: Tensor<4>| {
             let shape = mean.dims();
             let eps = crate::distributions::standard_normal_sample(
@@ -263,10 +276,90 @@ impl GlowImage {
                 temperature,
                 rng,
                 &mean.device(),
-            );
+            )
+            .cast(mean.dtype());
             mean + logs.exp() * eps
         };
-        self.generate(|mean, logs, _| Some(draw(mean, logs)), n, None)
+        let x = self.generate(
+            |mean, logs, l| {
+                let z = draw(mean, logs);
+                drawn[l] = Some(z.clone());
+                Some(z)
+            },
+            n,
+            None,
+        );
+        let zs = drawn
+            .into_iter()
+            .map(|z| z.expect("sampling draws every latent"))
+            .collect();
+        (x, zs)
+    }
+
+    /// Run the forward (density) direction level by level and layer by layer, and name the
+    /// first place a NaN or infinity appears: `Some("level 1, layer 5 (AffineCoupling): ...")`,
+    /// or the split / top prior's log-density. `None` when everything is finite.
+    pub fn trace_forward(&self, x: Tensor<4>) -> Option<String> {
+        use crate::tensor_util::count_nonfinite;
+        let n = x.dims()[0];
+        if count_nonfinite(x.clone()) > 0 {
+            return Some("the input itself holds non-finite values".into());
+        }
+        let mut h = x;
+        for (l, level) in self.levels.iter().enumerate() {
+            let y = match level.flow.trace_nonfinite(squeeze(h), false) {
+                Ok(y) => y,
+                Err(e) => return Some(format!("level {l}, {e}")),
+            };
+            let (z, mean, logs, next) = match &level.split {
+                Some(prior) => {
+                    let (z, keep) = halves(y);
+                    let (mean, logs) = halves(prior.conv.forward(keep.clone()));
+                    (z, mean, logs, keep)
+                }
+                None => {
+                    let (mean, logs) = self.top_params(n);
+                    (y.clone(), mean, logs, y)
+                }
+            };
+            if count_nonfinite(gaussian_log_prob(z, mean, logs)) > 0 {
+                let which = if level.split.is_some() {
+                    "split prior"
+                } else {
+                    "top prior"
+                };
+                return Some(format!("level {l}, {which} log-density"));
+            }
+            h = next;
+        }
+        None
+    }
+
+    /// Decode `zs` level by level and layer by layer (the generative direction) and name the
+    /// first place a NaN or infinity appears; `None` when everything is finite.
+    pub fn trace_decode(&self, zs: &Latents) -> Option<String> {
+        use crate::tensor_util::count_nonfinite;
+        let last = self.levels.len() - 1;
+        let mut h = zs[last].clone();
+        if count_nonfinite(h.clone()) > 0 {
+            return Some(format!("level {last}, the top latent (prior draw)"));
+        }
+        for (l, level) in self.levels.iter().enumerate().rev() {
+            if let Some(prior) = &level.split {
+                if count_nonfinite(prior.conv.forward(h.clone())) > 0 {
+                    return Some(format!("level {l}, split prior (mean / log-std)"));
+                }
+                if count_nonfinite(zs[l].clone()) > 0 {
+                    return Some(format!("level {l}, split latent (prior draw)"));
+                }
+                h = Tensor::cat(vec![zs[l].clone(), h], 1);
+            }
+            h = match level.flow.trace_nonfinite(h, true) {
+                Ok(x) => unsqueeze(x),
+                Err(e) => return Some(format!("level {l}, {e}")),
+            };
+        }
+        None
     }
 
     fn generate(

@@ -19,6 +19,22 @@ pub fn adam(epsilon: f32) -> ModuleOptimizer {
     ModuleOptimizer::from(FusedAdam::new(0.9, 0.999, epsilon))
 }
 
+/// The optimizer a run's recipe names: Adam or Adamax, both with betas 0.9 / 0.999 and
+/// epsilon 1e-8. Both keep burn's `AdamState` (Adamax stores its infinity norm `u` in the
+/// second moment), so checkpoints have one format.
+pub fn optimizer(kind: crate::train::stability::OptimizerKind) -> ModuleOptimizer {
+    use crate::train::stability::OptimizerKind;
+    match kind {
+        OptimizerKind::Adam => adam(1e-8),
+        OptimizerKind::Adamax => ModuleOptimizer::from(Adamax {
+            beta_1: 0.9,
+            beta_2: 0.999,
+            epsilon: 1e-8,
+        }),
+    }
+}
+
+/// Adam with burn's arithmetic, one host pass per parameter on the Flex CPU backend.
 #[derive(Clone)]
 pub struct FusedAdam {
     beta_1: f32,
@@ -27,7 +43,77 @@ pub struct FusedAdam {
     fallback: Adam,
 }
 
+/// Adamax (Kingma & Ba 2015, Algorithm 2): `m = b1 m + (1 - b1) g`, `u = max(b2 u, |g|)`,
+/// `p -= lr / (1 - b1^t) * m / (u + eps)`. The step of every weight is bounded by `lr` (times
+/// the bias correction), whatever the gradient's size. Host arithmetic on the Flex device,
+/// tensor ops elsewhere.
+#[derive(Clone)]
+pub struct Adamax {
+    beta_1: f32,
+    beta_2: f32,
+    epsilon: f32,
+}
+
+impl Optimizer for Adamax {
+    type State<const D: usize> = AdamState<D>;
+
+    fn step<const D: usize>(
+        &self,
+        lr: LearningRate,
+        tensor: Tensor<D>,
+        grad: Tensor<D>,
+        state: Option<Self::State<D>>,
+    ) -> (Tensor<D>, Option<Self::State<D>>) {
+        let device = tensor.device();
+        let dims: [usize; D] = tensor.dims();
+        let (b1, b2, eps) = (self.beta_1, self.beta_2, self.epsilon);
+        let (time, m, u) = match state {
+            Some(s) => {
+                let s = s.momentum;
+                (s.time + 1, Some(s.moment_1), Some(s.moment_2))
+            }
+            None => (1, None, None),
+        };
+        let step = lr as f32 / (1.0 - b1.powi(time as i32));
+        let float32 = tensor.dtype() == DType::F32 && grad.dtype() == DType::F32;
+        let (param, m, u) = if is_flex_device(&device) && float32 {
+            let mut p = to_vec(tensor);
+            let g = to_vec(grad);
+            let mut m = m.map_or_else(|| vec![0.0; g.len()], to_vec);
+            let mut u = u.map_or_else(|| vec![0.0; g.len()], to_vec);
+            for (((p, &g), m), u) in p.iter_mut().zip(&g).zip(m.iter_mut()).zip(u.iter_mut()) {
+                *m = *m * b1 + g * (1.0 - b1);
+                *u = (*u * b2).max(g.abs());
+                *p -= step * *m / (*u + eps);
+            }
+            (
+                from_vec(p, dims, &device),
+                from_vec(m, dims, &device),
+                from_vec(u, dims, &device),
+            )
+        } else {
+            let m = match m {
+                Some(m) => m.mul_scalar(b1) + grad.clone().mul_scalar(1.0 - b1),
+                None => grad.clone().mul_scalar(1.0 - b1),
+            };
+            let u = match u {
+                Some(u) => u.mul_scalar(b2).max_pair(grad.abs()),
+                None => grad.abs(),
+            };
+            let p = tensor - m.clone().div(u.clone().add_scalar(eps)).mul_scalar(step);
+            (p, m, u)
+        };
+        let momentum = AdaptiveMomentumState::new(time, m, u);
+        (param, Some(AdamState::new(momentum)))
+    }
+
+    fn to_device<const D: usize>(state: Self::State<D>, device: &Device) -> Self::State<D> {
+        <Adam as Optimizer>::to_device(state, device)
+    }
+}
+
 impl FusedAdam {
+    /// Adam with the given betas and epsilon.
     pub fn new(beta_1: f32, beta_2: f32, epsilon: f32) -> Self {
         let fallback = AdamConfig::new()
             .with_beta_1(beta_1)

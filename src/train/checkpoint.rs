@@ -14,6 +14,32 @@ use serde::{de::DeserializeOwned, Serialize};
 pub const MODEL_FILE: &str = "model.safetensors";
 pub const OPTIMIZER_FILE: &str = "optimizer.bpk";
 pub const STATE_FILE: &str = "state.json";
+/// The exponential moving average of the weights (same structure as `model.safetensors`).
+pub const EMA_FILE: &str = "ema.safetensors";
+
+/// An error naming `path` when `model` holds a NaN or infinite parameter: such weights are never
+/// written to a checkpoint, and never evaluated or sampled from.
+pub fn refuse_nonfinite<M: Module>(model: &M, path: &Path) -> Result<()> {
+    if let Some(p) = crate::train::stability::first_nonfinite_param(model) {
+        bail!(
+            "{}: parameter {p} holds non-finite values (NaN or infinity); these weights are unusable",
+            path.display()
+        );
+    }
+    Ok(())
+}
+
+/// What a stopped run can say about its checkpoint: that the one at step `saved` is intact, or
+/// that none was written.
+pub fn intact_message(out: &Path, saved: Option<usize>) -> String {
+    match saved {
+        Some(step) => format!(
+            "the last checkpoint, {} (step {step}), is intact",
+            checkpoint_dir(out).display()
+        ),
+        None => "no checkpoint was written (use --checkpoint-every to keep one)".into(),
+    }
+}
 
 fn tmp_path(path: &Path) -> PathBuf {
     let name = path.file_name().and_then(|n| n.to_str()).unwrap_or("file");
@@ -94,16 +120,51 @@ pub fn locate(dir: &Path) -> PathBuf {
     }
 }
 
-/// Save weights, optimizer state and the JSON state (last) into `out/checkpoint/`.
-pub fn save_checkpoint<M: Module + ModuleSnapshot, S: Serialize>(
+/// Save weights, their average (if any), optimizer state and the JSON state (last) into
+/// `out/checkpoint/`. Refuses, before writing anything, weights that hold a non-finite value.
+pub fn save_checkpoint<M: Module + ModuleSnapshot, E: Module + ModuleSnapshot, S: Serialize>(
     out: &Path,
     model: &M,
+    ema: Option<&E>,
     optim: &ModuleOptimizer,
     state: &S,
 ) -> Result<()> {
     let ck = checkpoint_dir(out);
+    refuse_nonfinite(model, &ck.join(MODEL_FILE))?;
+    if let Some(e) = ema {
+        refuse_nonfinite(e, &ck.join(EMA_FILE))?;
+    }
     std::fs::create_dir_all(&ck).with_context(|| format!("cannot create {}", ck.display()))?;
     save_model(model, &ck.join(MODEL_FILE))?;
+    if let Some(e) = ema {
+        save_model(e, &ck.join(EMA_FILE))?;
+    }
     save_optimizer(optim, &ck.join(OPTIMIZER_FILE))?;
     save_json(state, &ck.join(STATE_FILE))
+}
+
+/// The optimizer state and, when the recipe keeps one, the weight average of the checkpoint in
+/// `ck`, for resuming `model` (whose structure the files must match).
+pub fn load_training_state<M: Module + ModuleSnapshot + Clone>(
+    model: &M,
+    ck: &Path,
+    stability: &crate::train::stability::StabilityOptions,
+    ema_updates: u64,
+) -> Result<(ModuleOptimizer, Option<crate::train::stability::WeightEma>)> {
+    let optim = load_optimizer(
+        crate::train::adam::optimizer(stability.optimizer),
+        &ck.join(OPTIMIZER_FILE),
+    )?;
+    let ema = if stability.ema_decay > 0.0 {
+        let avg = load_model(model.clone(), &ck.join(EMA_FILE))?;
+        refuse_nonfinite(&avg, &ck.join(EMA_FILE))?;
+        Some(crate::train::stability::WeightEma::new(
+            &avg,
+            stability.ema_decay,
+            ema_updates,
+        ))
+    } else {
+        None
+    };
+    Ok((optim, ema))
 }

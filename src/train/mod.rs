@@ -5,6 +5,7 @@ pub mod checkpoint;
 pub mod data2d;
 pub mod eval2d;
 pub mod parallel;
+pub mod stability;
 pub mod train2d;
 pub mod train_image;
 

@@ -10,16 +10,15 @@ use burn::module::Module;
 use burn::tensor::Device;
 use serde::{Deserialize, Serialize};
 
-use super::checkpoint::{
-    self, checkpoint_dir, save_checkpoint, MODEL_FILE, OPTIMIZER_FILE, STATE_FILE,
-};
+use super::checkpoint::{self, checkpoint_dir, save_checkpoint, EMA_FILE, MODEL_FILE, STATE_FILE};
 use super::data2d::{test_points, DataStream};
+use super::stability::{stop_error, write_group_norms, Guard, StabilityOptions, Window};
 use super::{eval2d, open_metrics, parallel, progress_bar};
 use crate::data::toy2d::Target;
 use crate::layers::ActNormFlags;
 use crate::models::{Flow2d, Flow2dConfig, ModelKind};
 use crate::tensor_util::from_vec;
-use crate::train::adam::adam;
+use crate::train::adam::optimizer;
 use crate::viz::{self, colour_bar, panels, scatter, Canvas, DensityGrid};
 
 /// Training hyper-parameters (defaults: the tutorial's recipe).
@@ -45,6 +44,10 @@ pub struct Train2dOptions {
     pub test_samples: usize,
     /// Resolution of density maps.
     pub grid: usize,
+    /// Gradient clipping, weight average, skip limit and optimizer (all off by default: the
+    /// tutorial's recipe; runs saved before these existed load with them off).
+    #[serde(default = "StabilityOptions::off")]
+    pub stability: StabilityOptions,
 }
 
 impl Train2dOptions {
@@ -62,6 +65,7 @@ impl Train2dOptions {
             checkpoint_every: 0,
             test_samples: 20_000,
             grid: 256,
+            stability: StabilityOptions::off(),
         }
     }
 
@@ -84,7 +88,7 @@ impl Train2dOptions {
         if self.grid < 2 {
             bail!("--grid must be at least 2");
         }
-        Ok(())
+        self.stability.validate()
     }
 
     /// The StepLR learning rate at `step`.
@@ -103,6 +107,12 @@ pub struct RunState {
     pub actnorm_initialized: Vec<bool>,
     /// Training wall time so far (excluding evaluation and pictures).
     pub train_seconds: f64,
+    /// Steps the guard skipped so far (non-finite loss, gradient or update).
+    #[serde(default)]
+    pub skipped_steps: usize,
+    /// Updates folded into the weight average saved beside the weights.
+    #[serde(default)]
+    pub ema_updates: u64,
 }
 
 /// `summary.json`.
@@ -118,6 +128,9 @@ pub struct Summary {
     pub target_off_mode_share: Option<f64>,
     pub train_seconds: f64,
     pub seconds_per_step: f64,
+    /// Steps the guard skipped.
+    #[serde(default)]
+    pub skipped_steps: usize,
     pub parameters: usize,
     pub config: Flow2dConfig,
     pub options: Train2dOptions,
@@ -152,6 +165,12 @@ pub fn load_trained(dir: &Path, device: &Device) -> Result<(Flow2d, RunState)> {
         .flow
         .set_actnorm_flags(&state.actnorm_initialized)
         .map_err(|e| anyhow::anyhow!("{}: {e}", ck.join(STATE_FILE).display()))?;
+    checkpoint::refuse_nonfinite(&model, &ck.join(MODEL_FILE))?;
+    let ema_path = ck.join(EMA_FILE);
+    if state.options.stability.ema_decay > 0.0 && ema_path.exists() {
+        model = checkpoint::load_model(model, &ema_path)?;
+        checkpoint::refuse_nonfinite(&model, &ema_path)?;
+    }
     Ok((model, state))
 }
 
@@ -168,13 +187,14 @@ pub fn train2d(
     device: &Device,
 ) -> Result<Summary> {
     let train_device = device.clone().autodiff();
-    let (mut model, mut optim, opts, cfg, first_step, mut train_seconds) = match start {
+    let (mut model, mut optim, opts, cfg, first_step, mut train_seconds, ema, skipped) = match start
+    {
         Start::Fresh(cfg) => {
             cfg.validate().map_err(anyhow::Error::msg)?;
             let opts = options.context("training options are required for a fresh run")?;
             let model = Flow2d::new(&cfg, &train_device);
-            let optim = adam(1e-8);
-            (model, optim, opts, cfg, 0, 0.0)
+            let optim = optimizer(opts.stability.optimizer);
+            (model, optim, opts, cfg, 0, 0.0, None, 0)
         }
         Start::Resume(dir) => {
             let ck = checkpoint_dir(&dir);
@@ -191,7 +211,13 @@ pub fn train2d(
                 .flow
                 .set_actnorm_flags(&state.actnorm_initialized)
                 .map_err(|e| anyhow::anyhow!("{}: {e}", ck.join(STATE_FILE).display()))?;
-            let optim = checkpoint::load_optimizer(adam(1e-8), &ck.join(OPTIMIZER_FILE))?;
+            checkpoint::refuse_nonfinite(&model, &ck.join(MODEL_FILE))?;
+            let (optim, ema) = checkpoint::load_training_state(
+                &model,
+                &ck,
+                &state.options.stability,
+                state.ema_updates,
+            )?;
             let mut opts = state.options.clone();
             if let Some(o) = options {
                 // Only the step budget may change on resume; the rest defines the run.
@@ -204,6 +230,8 @@ pub fn train2d(
                 state.model,
                 state.step,
                 state.train_seconds,
+                ema,
+                state.skipped_steps,
             )
         }
     };
@@ -226,8 +254,19 @@ pub fn train2d(
         model.initialize(x);
     }
 
+    let mut guard = Guard::new(&model, opts.stability.clone(), ema, skipped);
     let metrics_path = out.join("metrics.csv");
-    let mut metrics = open_metrics(&metrics_path, "step,loss,lr,seconds", first_step == 0)?;
+    let mut metrics = open_metrics(
+        &metrics_path,
+        "step,loss,lr,seconds,grad_norm_max,clipped,skipped",
+        first_step == 0,
+    )?;
+    let mut group_norms = open_metrics(
+        &out.join("grad_norms.csv"),
+        "step,group,grad_norm_max",
+        first_step == 0,
+    )?;
+    let mut saved: Option<usize> = (first_step > 0).then_some(first_step);
 
     let frame_every = opts
         .steps
@@ -235,7 +274,7 @@ pub fn train2d(
         .map_or(usize::MAX, |e| e.max(1));
     let vmax = density_scale(opts.target, opts.grid);
     let bar = progress_bar(io.progress, opts.steps as u64, first_step as u64);
-    let mut window = (0.0f64, 0usize);
+    let mut window = Window::default();
     let mut clock = Instant::now();
     let mut rate_clock = (Instant::now(), first_step);
     let threads = io.threads.max(1);
@@ -253,16 +292,23 @@ pub fn train2d(
             parallel::loss_and_grads(&model, &batch, 2, shards, &train_device, |m, x| {
                 m.log_prob(x).mean().neg()
             });
-        if !value.is_finite() {
-            bail!(
-                "training diverged: loss is {value} at step {} (lr {lr:e}); the last checkpoint in {} is intact",
-                step + 1,
-                checkpoint_dir(out).display()
-            );
+        let (next, outcome, report, stop) = guard.step(model, &mut optim, lr, value, grads);
+        model = next;
+        window.add(value, &outcome, &report.groups);
+        if let Some(why) = stop {
+            // The partial window's row, so the skipped steps are on record.
+            let seconds = train_seconds + clock.elapsed().as_secs_f64();
+            let (loss, guard_cols) = (window.mean_loss(), window.guard_columns());
+            writeln!(
+                metrics,
+                "{},{loss:.6},{lr:e},{seconds:.3},{guard_cols}",
+                step + 1
+            )?;
+            metrics.flush()?;
+            let x = crate::flow::vec_to_nchw(from_vec(batch, [opts.batch, 2], device));
+            let place = model.valid().flow.trace_nonfinite(x, false).err();
+            return Err(stop_error(step + 1, lr, &why, place, out, saved));
         }
-        model = optim.step(lr, model, grads);
-        window.0 += value;
-        window.1 += 1;
         let done = step + 1;
 
         if done % opts.log_every == 0 || done == opts.steps {
@@ -270,29 +316,28 @@ pub fn train2d(
             clock = Instant::now();
             writeln!(
                 metrics,
-                "{done},{:.6},{lr:e},{train_seconds:.3}",
-                window.0 / window.1 as f64
+                "{done},{:.6},{lr:e},{train_seconds:.3},{}",
+                window.mean_loss(),
+                window.guard_columns()
             )?;
+            write_group_norms(&mut group_norms, done, &window.groups_max)?;
             if let Some(b) = &bar {
                 let dt = rate_clock.0.elapsed().as_secs_f64();
                 let rate = (done - rate_clock.1) as f64 / dt.max(1e-9);
                 b.set_position(done as u64);
-                b.set_message(format!(
-                    "loss {:.4}  {rate:.1} it/s",
-                    window.0 / window.1 as f64
-                ));
+                b.set_message(format!("loss {:.4}  {rate:.1} it/s", window.mean_loss()));
                 if dt > 5.0 {
                     rate_clock = (Instant::now(), done);
                 }
             }
-            window = (0.0, 0);
+            window = Window::default();
         }
         let frame_due = done % frame_every == 0 || done == opts.steps;
         let ckpt_due = opts.checkpoint_every > 0 && done % opts.checkpoint_every == 0;
         if frame_due || ckpt_due {
             train_seconds += clock.elapsed().as_secs_f64();
             if frame_due && opts.frames > 0 {
-                let eval = model.valid();
+                let eval = guard.eval_weights(model.valid());
                 let grid = eval2d::model_density_grid(&eval, opts.target, opts.grid, device);
                 let path = frames_dir(out).join(format!("{done:08}.idx"));
                 crate::fsutil::write_atomic(&path, &grid.indices(vmax))?;
@@ -304,8 +349,12 @@ pub fn train2d(
                     step: done,
                     actnorm_initialized: model.flow.actnorm_flags(),
                     train_seconds,
+                    skipped_steps: guard.total_skips,
+                    ema_updates: guard.ema.as_ref().map_or(0, |e| e.updates),
                 };
-                save_checkpoint(out, &model, &optim, &state)?;
+                let ema = guard.ema.as_ref().map(|e| e.apply(model.valid()));
+                save_checkpoint(out, &model, ema.as_ref(), &optim, &state)?;
+                saved = Some(done);
             }
             clock = Instant::now();
         }
@@ -322,10 +371,13 @@ pub fn train2d(
         step: opts.steps,
         actnorm_initialized: model.flow.actnorm_flags(),
         train_seconds,
+        skipped_steps: guard.total_skips,
+        ema_updates: guard.ema.as_ref().map_or(0, |e| e.updates),
     };
-    save_checkpoint(out, &model, &optim, &state)?;
+    let ema = guard.ema.as_ref().map(|e| e.apply(model.valid()));
+    save_checkpoint(out, &model, ema.as_ref(), &optim, &state)?;
 
-    let eval = model.valid();
+    let eval = guard.eval_weights(model.valid());
     let summary = evaluate_and_draw(&eval, &state, out, device, vmax)?;
     checkpoint::save_json(&summary, &out.join("summary.json"))?;
     Ok(summary)
@@ -394,6 +446,7 @@ fn evaluate_and_draw(
         target_off_mode_share: target.off_mode_share(&test),
         train_seconds: state.train_seconds,
         seconds_per_step: state.train_seconds / state.step.max(1) as f64,
+        skipped_steps: state.skipped_steps,
         parameters: model.num_params(),
         config: state.model.clone(),
         options: opts.clone(),

@@ -13,16 +13,15 @@ use rand::SeedableRng;
 use rand_chacha::ChaCha8Rng;
 use serde::{Deserialize, Serialize};
 
-use super::checkpoint::{
-    self, checkpoint_dir, save_checkpoint, MODEL_FILE, OPTIMIZER_FILE, STATE_FILE,
-};
+use super::checkpoint::{self, checkpoint_dir, save_checkpoint, EMA_FILE, MODEL_FILE, STATE_FILE};
+use super::stability::{stop_error, write_group_norms, Guard, StabilityOptions, Window};
 use super::{open_metrics, parallel, progress_bar};
 use crate::data::dequant::{dequantize, to_pixels};
 use crate::data::{DataSpec, ImageSet, LoadOptions};
 use crate::layers::ActNormFlags;
 use crate::models::{GlowImage, GlowImageConfig};
 use crate::tensor_util::{cast_module, from_vec, to_vec, to_vec_f64};
-use crate::train::adam::adam;
+use crate::train::adam::optimizer;
 use crate::viz::Canvas;
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -53,10 +52,25 @@ pub struct ImageTrainOptions {
     /// float32 summation order.
     #[serde(default = "one_shard")]
     pub shards: usize,
+    /// Gradient clipping, weight average, skip limit and optimizer. Runs saved before these
+    /// existed load with everything off (their recipe), so they resume exactly.
+    #[serde(default = "StabilityOptions::off")]
+    pub stability: StabilityOptions,
 }
 
 fn one_shard() -> usize {
     1
+}
+
+/// The image recipe's stability settings (`train`'s defaults): gradient-norm clipping at 50
+/// bits/dim per unit weight, a weight average with decay 0.999 for evaluation and samples,
+/// Adam. See the README's stability section for the measurements behind them.
+pub fn image_recipe_stability() -> StabilityOptions {
+    StabilityOptions {
+        clip_grad_norm: 50.0,
+        ema_decay: 0.999,
+        ..StabilityOptions::off()
+    }
 }
 
 #[derive(Clone, Debug, Serialize, Deserialize)]
@@ -66,13 +80,27 @@ pub struct ImageRunState {
     pub step: usize,
     pub actnorm_initialized: Vec<bool>,
     pub train_seconds: f64,
+    /// Steps the guard skipped so far (non-finite loss, gradient or update).
+    #[serde(default)]
+    pub skipped_steps: usize,
+    /// Updates folded into the weight average saved beside the weights (`ema.safetensors`).
+    #[serde(default)]
+    pub ema_updates: u64,
 }
 
 #[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct ImageSummary {
     pub steps: usize,
+    /// Mean test bits/dim over every test image (null when any image's value is non-finite;
+    /// `test_report` then says which).
     pub test_bpd: f64,
     pub test_images: usize,
+    /// Per-image figures: median, worst images, non-finite and extreme counts.
+    pub test_report: BpdReport,
+    /// Steps the guard skipped.
+    pub skipped_steps: usize,
+    /// Whether evaluation and samples used the weight average.
+    pub ema: bool,
     pub train_seconds: f64,
     pub images_per_second: f64,
     pub parameters: usize,
@@ -146,7 +174,30 @@ pub fn bpd_of(logp: Tensor<1>, d: usize, n_bits: u32) -> Tensor<1> {
         .div_scalar(d as f64 * std::f64::consts::LN_2)
 }
 
-/// Test bits/dim over `set` (one dequantisation draw with a fixed seed).
+/// Bits/dim of every image of `set`, in order (one dequantisation draw with a fixed seed).
+/// The log-density is accumulated in float32 as trained; a value that is not finite stays so.
+pub fn per_image_bpd(
+    model: &GlowImage,
+    set: &ImageSet,
+    n_bits: u32,
+    batch: usize,
+    device: &Device,
+) -> Vec<f64> {
+    let mut rng = ChaCha8Rng::seed_from_u64(0x7E57);
+    let d = set.dims();
+    let mut out = Vec::with_capacity(set.n);
+    let idx: Vec<usize> = (0..set.n).collect();
+    for chunk in idx.chunks(batch.max(1)) {
+        let x = batch_tensor(set, chunk, n_bits, &mut rng, device);
+        for lp in to_vec(model.log_prob(x)) {
+            out.push(crate::data::dequant::bits_per_dim(lp as f64, d, n_bits));
+        }
+    }
+    out
+}
+
+/// Mean test bits/dim over `set` (one dequantisation draw with a fixed seed); NaN when any
+/// image's value is not finite (see [`BpdReport`] for which).
 pub fn test_bpd(
     model: &GlowImage,
     set: &ImageSet,
@@ -154,31 +205,155 @@ pub fn test_bpd(
     batch: usize,
     device: &Device,
 ) -> f64 {
-    let mut rng = ChaCha8Rng::seed_from_u64(0x7E57);
-    let d = set.dims();
-    let mut total = 0.0;
-    let idx: Vec<usize> = (0..set.n).collect();
-    for chunk in idx.chunks(batch.max(1)) {
-        let x = batch_tensor(set, chunk, n_bits, &mut rng, device);
-        for lp in to_vec(model.log_prob(x)) {
-            total += crate::data::dequant::bits_per_dim(lp as f64, d, n_bits);
-        }
-    }
-    total / set.n as f64
+    BpdReport::new(&per_image_bpd(model, set, n_bits, batch, device)).mean
 }
 
-/// A grid of `n` samples at `temperature` as an image (nearest-neighbour upscaled to >= 64 px).
+/// Per-image bits/dim figures of a test set, so that one image cannot silently dominate the
+/// mean: the mean (NaN when any value is non-finite), the median, the worst images with their
+/// 0-based indices, and how many are non-finite or extreme.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct BpdReport {
+    /// Mean over every image; NaN (null in JSON) when any image's value is not finite.
+    pub mean: f64,
+    /// Median over the finite values.
+    pub median: f64,
+    /// Mean over the finite values that are not extreme.
+    pub mean_without_extreme: f64,
+    /// Images whose bits/dim is NaN or infinite.
+    pub nonfinite: usize,
+    /// Finite images above `extreme_threshold`.
+    pub extreme: usize,
+    /// `median + 10 * 1.4826 * MAD` (a robust ten-sigma bound), bits/dim.
+    pub extreme_threshold: f64,
+    /// The ten worst images (non-finite first), `(index, bits/dim)`.
+    pub worst: Vec<(usize, f64)>,
+}
+
+impl BpdReport {
+    /// Summarise per-image bits/dim values.
+    pub fn new(bpd: &[f64]) -> Self {
+        let mut finite: Vec<f64> = bpd.iter().copied().filter(|v| v.is_finite()).collect();
+        finite.sort_by(f64::total_cmp);
+        let median_of = |v: &[f64]| -> f64 {
+            match v.len() {
+                0 => f64::NAN,
+                n if n % 2 == 1 => v[n / 2],
+                n => 0.5 * (v[n / 2 - 1] + v[n / 2]),
+            }
+        };
+        let median = median_of(&finite);
+        let mut dev: Vec<f64> = finite.iter().map(|v| (v - median).abs()).collect();
+        dev.sort_by(f64::total_cmp);
+        let threshold = median + 10.0 * 1.4826 * median_of(&dev);
+        let nonfinite = bpd.len() - finite.len();
+        let extreme = finite.iter().filter(|&&v| v > threshold).count();
+        let kept: Vec<f64> = finite.iter().copied().filter(|&v| v <= threshold).collect();
+        let mean = if nonfinite > 0 || bpd.is_empty() {
+            f64::NAN
+        } else {
+            bpd.iter().sum::<f64>() / bpd.len() as f64
+        };
+        let mut order: Vec<usize> = (0..bpd.len()).collect();
+        // Non-finite first (NaN counts as worst), then by decreasing value.
+        let key = |v: f64| if v.is_finite() { v } else { f64::INFINITY };
+        order.sort_by(|&a, &b| key(bpd[b]).total_cmp(&key(bpd[a])).then(a.cmp(&b)));
+        BpdReport {
+            mean,
+            median,
+            mean_without_extreme: if kept.is_empty() {
+                f64::NAN
+            } else {
+                kept.iter().sum::<f64>() / kept.len() as f64
+            },
+            nonfinite,
+            extreme,
+            extreme_threshold: threshold,
+            worst: order.iter().take(10).map(|&i| (i, bpd[i])).collect(),
+        }
+    }
+}
+
+/// `n` samples at `temperature`, decoded in float64 (the model's float32 weights cast
+/// exactly), so no float32 overflow of a finite intermediate turns a sample into NaN.
+pub struct SampleBatch {
+    /// Pixel values `[n, c, h, w]` before quantisation (data range `[-0.5, 0.5]`).
+    pub values: Vec<f64>,
+    pub n: usize,
+    /// 0-based indices of samples holding a NaN or infinite value.
+    pub nonfinite: Vec<usize>,
+    /// Where the first non-finite value appeared in the generative direction, if any.
+    pub first_nonfinite: Option<String>,
+    /// Share of the finite samples' pixel values below the lowest bin (clipped to 0).
+    pub clipped_low: f64,
+    /// Share above the highest bin (clipped to 255 at 8 bits).
+    pub clipped_high: f64,
+}
+
+/// Draw `n` samples at `temperature` with the RNG seeded `seed` and check them.
+pub fn sample_batch(model: &GlowImage, n: usize, temperature: f64, seed: u64) -> SampleBatch {
+    let mut rng = ChaCha8Rng::seed_from_u64(seed);
+    let model64 = cast_module(model.clone(), DType::F64);
+    let (x, zs) = model64.sample_with_latents(n, temperature, &mut rng);
+    let values = to_vec_f64(x);
+    let per = values.len() / n.max(1);
+    let nonfinite: Vec<usize> = (0..n)
+        .filter(|&i| {
+            values[i * per..(i + 1) * per]
+                .iter()
+                .any(|v| !v.is_finite())
+        })
+        .collect();
+    let first_nonfinite = if nonfinite.is_empty() {
+        None
+    } else {
+        model64.trace_decode(&zs)
+    };
+    let finite: Vec<f64> = (0..n)
+        .filter(|i| !nonfinite.contains(i))
+        .flat_map(|i| values[i * per..(i + 1) * per].iter().copied())
+        .collect();
+    let share = |f: &dyn Fn(f64) -> bool| {
+        finite.iter().filter(|&&v| f(v)).count() as f64 / finite.len().max(1) as f64
+    };
+    SampleBatch {
+        clipped_low: share(&|v| v < -0.5),
+        clipped_high: share(&|v| v >= 0.5),
+        values,
+        n,
+        nonfinite,
+        first_nonfinite,
+    }
+}
+
+impl SampleBatch {
+    /// The samples as a grid picture; an error naming the non-finite samples instead of
+    /// drawing them (a NaN would otherwise be written as a black pixel).
+    pub fn grid(&self, cfg: &GlowImageConfig) -> Result<Canvas> {
+        if !self.nonfinite.is_empty() {
+            bail!(
+                "{} of {} samples hold non-finite values (samples {:?}); first non-finite value at {}",
+                self.nonfinite.len(),
+                self.n,
+                &self.nonfinite[..self.nonfinite.len().min(20)],
+                self.first_nonfinite.as_deref().unwrap_or("an unknown place")
+            );
+        }
+        let v32: Vec<f32> = self.values.iter().map(|&v| v as f32).collect();
+        let px = to_pixels(&v32, cfg.n_bits);
+        Ok(image_grid(&px, self.n, cfg.channels, cfg.height, cfg.width))
+    }
+}
+
+/// A grid of `n` samples at `temperature` as an image (nearest-neighbour upscaled to >= 64 px);
+/// an error when any sample is non-finite (see [`SampleBatch::grid`]).
 pub fn sample_grid(
     model: &GlowImage,
     cfg: &GlowImageConfig,
     n: usize,
     temperature: f64,
     seed: u64,
-) -> Canvas {
-    let mut rng = ChaCha8Rng::seed_from_u64(seed);
-    let x = model.sample(n, temperature, &mut rng);
-    let px = to_pixels(&to_vec(x), cfg.n_bits);
-    image_grid(&px, n, cfg.channels, cfg.height, cfg.width)
+) -> Result<Canvas> {
+    sample_batch(model, n, temperature, seed).grid(cfg)
 }
 
 /// Tile `n` images `[n, c, h, w]` into a square grid.
@@ -220,9 +395,26 @@ pub fn load_trained(dir: &Path, device: &Device) -> Result<(GlowImage, ImageRunS
     model
         .set_actnorm_flags(&state.actnorm_initialized)
         .map_err(|e| anyhow::anyhow!("{}: {e}", ck.join(STATE_FILE).display()))?;
+    checkpoint::refuse_nonfinite(&model, &ck.join(MODEL_FILE))?;
     Ok((model, state))
 }
 
+/// The weights to evaluate and sample with: the run's weight average when its checkpoint has
+/// one (`ema.safetensors`), else the trained weights. Refuses non-finite weights.
+pub fn load_for_eval(dir: &Path, device: &Device) -> Result<(GlowImage, ImageRunState, bool)> {
+    let (model, state) = load_trained(dir, device)?;
+    let ema_path = checkpoint::locate(dir).join(EMA_FILE);
+    if state.options.stability.ema_decay > 0.0 && ema_path.exists() {
+        let avg = checkpoint::load_model(model, &ema_path)?;
+        checkpoint::refuse_nonfinite(&avg, &ema_path)?;
+        Ok((avg, state, true))
+    } else {
+        Ok((model, state, false))
+    }
+}
+
+// Built once per run: the size difference between the variants does not matter.
+#[allow(clippy::large_enum_variant)]
 pub enum ImageStart {
     Fresh(GlowImageConfig, ImageTrainOptions),
     /// Resume from a run directory; optionally a new total step count.
@@ -239,16 +431,22 @@ pub fn train_image(
     device: &Device,
 ) -> Result<ImageSummary> {
     let train_device = device.clone().autodiff();
-    let (mut model, mut optim, opts, cfg, first, mut train_seconds) = match start {
+    let (mut model, mut optim, opts, cfg, first, mut train_seconds, ema, skipped) = match start {
         ImageStart::Fresh(cfg, opts) => {
             let model = GlowImage::new(&cfg, &train_device);
-            (model, adam(1e-8), opts, cfg, 0, 0.0)
+            let optim = optimizer(opts.stability.optimizer);
+            (model, optim, opts, cfg, 0, 0.0, None, 0)
         }
         ImageStart::Resume(dir, steps, time_limit) => {
             let (model, mut state) = load_trained(&dir, &train_device)
                 .with_context(|| format!("--resume {}", dir.display()))?;
-            let optim =
-                checkpoint::load_optimizer(adam(1e-8), &checkpoint_dir(&dir).join(OPTIMIZER_FILE))?;
+            let ck = checkpoint_dir(&dir);
+            let (optim, ema) = checkpoint::load_training_state(
+                &model,
+                &ck,
+                &state.options.stability,
+                state.ema_updates,
+            )?;
             if let Some(s) = steps {
                 state.options.steps = s;
             }
@@ -260,9 +458,12 @@ pub fn train_image(
                 state.model,
                 state.step,
                 state.train_seconds,
+                ema,
+                state.skipped_steps,
             )
         }
     };
+    opts.stability.validate()?;
     cfg.validate().map_err(anyhow::Error::msg)?;
     if opts.batch == 0 || opts.log_every == 0 {
         bail!("--batch and --log-every must be at least 1");
@@ -305,14 +506,22 @@ pub fn train_image(
         model.initialize(x);
     }
 
+    let mut guard = Guard::new(&model, opts.stability.clone(), ema, skipped);
     let metrics_path = out.join("metrics.csv");
     let mut metrics = open_metrics(
         &metrics_path,
-        "step,bpd,lr,seconds,images_per_s",
+        "step,bpd,lr,seconds,images_per_s,grad_norm_max,clipped,skipped",
         first == 0,
     )?;
+    let mut group_norms = open_metrics(
+        &out.join("grad_norms.csv"),
+        "step,group,grad_norm_max",
+        first == 0,
+    )?;
+    // The newest checkpoint that exists (resumed from, or written by this run).
+    let mut saved: Option<usize> = (first > 0).then_some(first);
     let bar = progress_bar(progress, opts.steps as u64, first as u64);
-    let mut window = (0.0, 0usize);
+    let mut window = Window::default();
     let mut clock = Instant::now();
     let mut last = first;
     let resumed_seconds = train_seconds;
@@ -337,38 +546,54 @@ pub fn train_image(
                 let k = x.dims()[0];
                 bpd_of(m.log_prob(x.reshape(shape(k))), d, cfg.n_bits)
             });
-        if !value.is_finite() {
-            bail!("training diverged: bits/dim is {value} at step {} (lr {lr:e}); the last checkpoint is intact", step + 1);
+        let (next, outcome, report, stop) = guard.step(model, &mut optim, lr, value, grads);
+        model = next;
+        window.add(value, &outcome, &report.groups);
+        if let Some(why) = stop {
+            // The partial window's row, so the skipped steps are on record.
+            let seconds = train_seconds + clock.elapsed().as_secs_f64();
+            let (bpd, guard_cols) = (window.mean_loss(), window.guard_columns());
+            writeln!(
+                metrics,
+                "{},{bpd:.5},{lr:.4e},{seconds:.2},0,{guard_cols}",
+                step + 1
+            )?;
+            metrics.flush()?;
+            let x = from_vec(rows, shape(opts.batch), device);
+            let place = model.valid().trace_forward(x);
+            return Err(stop_error(step + 1, lr, &why, place, out, saved));
         }
-        model = optim.step(lr, model, grads);
-        window.0 += value;
-        window.1 += 1;
         let done = step + 1;
         last = done;
         if done % opts.log_every == 0 || done == opts.steps {
             let dt = clock.elapsed().as_secs_f64();
             train_seconds += dt;
             clock = Instant::now();
-            let ips = (window.1 * opts.batch) as f64 / dt.max(1e-9);
-            let bpd = window.0 / window.1 as f64;
+            let ips = ((window.steps + window.skipped) * opts.batch) as f64 / dt.max(1e-9);
+            let bpd = window.mean_loss();
             writeln!(
                 metrics,
-                "{done},{bpd:.5},{lr:.4e},{train_seconds:.2},{ips:.1}"
+                "{done},{bpd:.5},{lr:.4e},{train_seconds:.2},{ips:.1},{}",
+                window.guard_columns()
             )?;
             metrics.flush()?;
+            write_group_norms(&mut group_norms, done, &window.groups_max)?;
             if let Some(b) = &bar {
                 b.set_position(done as u64);
                 b.set_message(format!("{bpd:.3} bits/dim  {ips:.1} img/s"));
             }
-            window = (0.0, 0);
+            window = Window::default();
         }
         let sample_due = opts.sample_every > 0 && done % opts.sample_every == 0;
         let ckpt_due = opts.checkpoint_every > 0 && done % opts.checkpoint_every == 0;
         if sample_due || ckpt_due {
             train_seconds += clock.elapsed().as_secs_f64();
             if sample_due {
-                let grid = sample_grid(&model.valid(), &cfg, 64, 0.7, opts.seed);
-                grid.save_png(&out.join(format!("samples_{done:07}.png")))?;
+                let eval = guard.eval_weights(model.valid());
+                match sample_grid(&eval, &cfg, 64, 0.7, opts.seed) {
+                    Ok(grid) => grid.save_png(&out.join(format!("samples_{done:07}.png")))?,
+                    Err(e) => eprintln!("step {done}: no sample grid written: {e}"),
+                }
             }
             if ckpt_due {
                 let state = ImageRunState {
@@ -377,8 +602,12 @@ pub fn train_image(
                     step: done,
                     actnorm_initialized: model.actnorm_flags(),
                     train_seconds,
+                    skipped_steps: guard.total_skips,
+                    ema_updates: guard.ema.as_ref().map_or(0, |e| e.updates),
                 };
-                save_checkpoint(out, &model, &optim, &state)?;
+                let ema = guard.ema.as_ref().map(|e| e.apply(model.valid()));
+                save_checkpoint(out, &model, ema.as_ref(), &optim, &state)?;
+                saved = Some(done);
             }
             clock = Instant::now();
         }
@@ -393,20 +622,29 @@ pub fn train_image(
         step: last,
         actnorm_initialized: model.actnorm_flags(),
         train_seconds,
+        skipped_steps: guard.total_skips,
+        ema_updates: guard.ema.as_ref().map_or(0, |e| e.updates),
     };
-    save_checkpoint(out, &model, &optim, &state)?;
-    let eval = model.valid();
+    let ema = guard.ema.as_ref().map(|e| e.apply(model.valid()));
+    save_checkpoint(out, &model, ema.as_ref(), &optim, &state)?;
+    let eval = guard.eval_weights(model.valid());
     let test = if opts.test_limit > 0 {
         data.test.take(opts.test_limit)
     } else {
         data.test.clone()
     };
-    let bpd = test_bpd(&eval, &test, cfg.n_bits, 256, device);
-    sample_grid(&eval, &cfg, 64, 0.7, opts.seed).save_png(&out.join("samples.png"))?;
+    let report = BpdReport::new(&per_image_bpd(&eval, &test, cfg.n_bits, 256, device));
+    match sample_grid(&eval, &cfg, 64, 0.7, opts.seed) {
+        Ok(grid) => grid.save_png(&out.join("samples.png"))?,
+        Err(e) => eprintln!("no samples.png written: {e}"),
+    }
     let summary = ImageSummary {
         steps: last,
-        test_bpd: bpd,
+        test_bpd: report.mean,
         test_images: test.n,
+        test_report: report,
+        skipped_steps: guard.total_skips,
+        ema: guard.ema.is_some(),
         train_seconds,
         images_per_second: (last * opts.batch) as f64 / train_seconds.max(1e-9),
         parameters: eval.num_params(),
@@ -430,13 +668,17 @@ pub fn reconstruction_error(
     n: usize,
     dtype: DType,
     device: &Device,
-) -> f64 {
+) -> Result<f64> {
     let idx: Vec<usize> = (0..n.min(set.n)).collect();
     let x = batch_tensor(set, &idx, n_bits, &mut ChaCha8Rng::seed_from_u64(1), device).cast(dtype);
     let model = cast_module(model.clone(), dtype);
     let (_, zs) = model.forward_latents(x.clone());
     let back = model.decode(&zs);
-    to_vec_f64(back - x)
-        .iter()
-        .fold(0f64, |m, v| m.max(v.abs()))
+    let err: Vec<f64> = to_vec_f64(back - x).iter().map(|v| v.abs()).collect();
+    crate::tensor_util::finite_max(&err).map_err(|bad| {
+        anyhow::anyhow!(
+            "{bad} of {} reconstructed values are non-finite ({dtype:?})",
+            err.len()
+        )
+    })
 }

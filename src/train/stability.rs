@@ -1,0 +1,546 @@
+//! What keeps maximum-likelihood training of a flow trustworthy, shared by every trainer:
+//!
+//! - [`GradReport`]: the global gradient L2 norm, the norm per layer group (`L0.coupling`,
+//!   `L1.actnorm`, `top`, ...) and the first parameter whose gradient is non-finite;
+//! - [`clip_gradients`]: gradient-norm clipping (Pascanu et al. 2013; TarFlow, Zhai et al. 2024);
+//! - [`first_nonfinite_param`]: the finiteness check applied to the updated weights and to every
+//!   checkpoint before it is written;
+//! - [`WeightEma`]: an exponential moving average of the weights (Polyak averaging, as
+//!   openai/glow evaluates with), kept on the host in float32 and saved with the checkpoint.
+//!
+//! The trainers combine them into one guard: a step whose loss, gradient or updated weights is
+//! non-finite is skipped (weights and optimizer state stay as they were) and logged; a stated
+//! number of consecutive skips stops the run with the step and the first layer whose output went
+//! non-finite.
+
+use std::collections::HashMap;
+
+use burn::module::{Module, ModuleMapper, ModuleVisitor, Param, ParamId};
+use burn::optim::GradientsParams;
+use burn::tensor::Tensor;
+use serde::{Deserialize, Serialize};
+
+use crate::tensor_util::{from_vec, to_vec};
+
+/// Recipe knobs of the stability guard, part of a run's options (defaults: see [`Default`]).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct StabilityOptions {
+    /// Clip the global gradient L2 norm to this value (0: no clipping). Units: the gradient of
+    /// the training loss (bits/dim for images, nats for vectors) with respect to the weights.
+    pub clip_grad_norm: f64,
+    /// Decay of the weights' exponential moving average (0: no average; evaluation and samples
+    /// then use the raw weights). The effective decay at update `t` is
+    /// `min(decay, (1 + t) / (10 + t))`, so short runs average over their recent steps.
+    pub ema_decay: f64,
+    /// Stop after this many consecutive skipped (non-finite) steps.
+    pub max_skips: usize,
+    /// Optimizer: Adam (default) or Adamax (openai/glow's choice).
+    pub optimizer: OptimizerKind,
+}
+
+impl Default for StabilityOptions {
+    fn default() -> Self {
+        StabilityOptions {
+            clip_grad_norm: 0.0,
+            ema_decay: 0.0,
+            max_skips: 20,
+            optimizer: OptimizerKind::Adam,
+        }
+    }
+}
+
+impl StabilityOptions {
+    /// Everything off and Adam: the recipe of runs saved before these options existed.
+    pub fn off() -> Self {
+        StabilityOptions {
+            clip_grad_norm: 0.0,
+            ema_decay: 0.0,
+            max_skips: 20,
+            optimizer: OptimizerKind::Adam,
+        }
+    }
+
+    /// Reject meaningless values, naming the flag.
+    pub fn validate(&self) -> anyhow::Result<()> {
+        if !(self.clip_grad_norm.is_finite() && self.clip_grad_norm >= 0.0) {
+            anyhow::bail!(
+                "--clip-grad-norm must be a non-negative number (0: off), got {}",
+                self.clip_grad_norm
+            );
+        }
+        if !(self.ema_decay.is_finite() && (0.0..1.0).contains(&self.ema_decay)) {
+            anyhow::bail!(
+                "--ema-decay must be in [0, 1) (0: off), got {}",
+                self.ema_decay
+            );
+        }
+        if self.max_skips == 0 {
+            anyhow::bail!("--max-skips must be at least 1");
+        }
+        Ok(())
+    }
+}
+
+/// The first-order optimizer of a run.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum OptimizerKind {
+    /// Adam (Kingma & Ba 2015), betas 0.9 / 0.999.
+    #[default]
+    Adam,
+    /// Adamax (Kingma & Ba 2015, §7.1; openai/glow's default): infinity-norm second moment.
+    Adamax,
+}
+
+/// Gradient statistics of one step.
+#[derive(Clone, Debug, Default)]
+pub struct GradReport {
+    /// Global L2 norm over every parameter's gradient (NaN or inf when any entry is).
+    pub norm: f64,
+    /// L2 norm per layer group, in model order.
+    pub groups: Vec<(String, f64)>,
+    /// Path of the first parameter whose gradient holds a non-finite value.
+    pub first_nonfinite: Option<String>,
+}
+
+/// A short group name for a parameter path: the level (if any) and the layer kind, e.g.
+/// `levels.1.flow.layers.5.AffineCoupling.net...` -> `L1.coupling`, `top` -> `top`,
+/// `levels.0.split.conv...` -> `L0.prior`, `flow.layers.3.InvConv1x1Lu.l` -> `inv_conv`.
+pub fn group_of(path: &[String]) -> String {
+    let level = path
+        .iter()
+        .position(|p| p == "levels")
+        .and_then(|i| path.get(i + 1))
+        .map(|l| format!("L{l}."));
+    let kind = if path.iter().any(|p| p == "split") {
+        "prior".to_string()
+    } else if let Some(i) = path.iter().position(|p| p == "layers") {
+        match path.get(i + 2).map(String::as_str) {
+            Some("ActNorm") => "actnorm".into(),
+            Some("InvConv1x1Lu") | Some("InvConv1x1") => "inv_conv".into(),
+            Some("AffineCoupling") | Some("AdditiveCoupling") => "coupling".into(),
+            Some("FlowBatchNorm") => "batchnorm".into(),
+            Some(other) => other.to_lowercase(),
+            None => "other".into(),
+        }
+    } else {
+        path.first().cloned().unwrap_or_else(|| "other".into())
+    };
+    format!("{}{kind}", level.unwrap_or_default())
+}
+
+/// Tracks the module path during a visit (burn calls `enter_module`/`exit_module` with field
+/// names, variant names and `Vec` indices).
+#[derive(Default)]
+struct PathStack(Vec<String>);
+
+impl PathStack {
+    fn enter(&mut self, name: &str) {
+        self.0.push(name.to_string());
+    }
+    fn exit(&mut self) {
+        self.0.pop();
+    }
+    fn joined(&self) -> String {
+        self.0.join(".")
+    }
+}
+
+/// Norms (total and per group) and finiteness of `grads`, the gradients of `model`'s parameters.
+pub fn grad_report<M: Module>(model: &M, grads: &GradientsParams) -> GradReport {
+    struct V<'a> {
+        grads: &'a GradientsParams,
+        path: PathStack,
+        total: f64,
+        groups: Vec<(String, f64)>,
+        first_nonfinite: Option<String>,
+    }
+    impl ModuleVisitor for V<'_> {
+        fn enter_module(&mut self, name: &str, _: &str) {
+            self.path.enter(name);
+        }
+        fn exit_module(&mut self, _: &str, _: &str) {
+            self.path.exit();
+        }
+        fn visit_float<const D: usize>(&mut self, param: &Param<Tensor<D>>) {
+            let Some(g) = self.grads.get::<D>(param.id) else {
+                return;
+            };
+            let mut sq = 0f64;
+            let mut finite = true;
+            for v in to_vec(g) {
+                finite &= v.is_finite();
+                sq += (v as f64) * (v as f64);
+            }
+            if !finite {
+                sq = f64::NAN;
+                if self.first_nonfinite.is_none() {
+                    self.first_nonfinite = Some(self.path.joined());
+                }
+            }
+            self.total += sq;
+            let group = group_of(&self.path.0);
+            match self.groups.iter_mut().find(|(g, _)| *g == group) {
+                Some((_, s)) => *s += sq,
+                None => self.groups.push((group, sq)),
+            }
+        }
+    }
+    let mut v = V {
+        grads,
+        path: PathStack::default(),
+        total: 0.0,
+        groups: Vec::new(),
+        first_nonfinite: None,
+    };
+    model.visit(&mut v);
+    GradReport {
+        norm: v.total.sqrt(),
+        groups: v.groups.into_iter().map(|(g, s)| (g, s.sqrt())).collect(),
+        first_nonfinite: v.first_nonfinite,
+    }
+}
+
+/// Multiply every gradient of `model`'s parameters by `factor` (clipping: `max_norm / norm`).
+pub fn scale_gradients<M: Module>(
+    model: &M,
+    mut grads: GradientsParams,
+    factor: f64,
+) -> GradientsParams {
+    struct V<'a> {
+        grads: &'a mut GradientsParams,
+        factor: f64,
+    }
+    impl ModuleVisitor for V<'_> {
+        fn visit_float<const D: usize>(&mut self, param: &Param<Tensor<D>>) {
+            if let Some(g) = self.grads.remove::<D>(param.id) {
+                self.grads.register(param.id, g.mul_scalar(self.factor));
+            }
+        }
+    }
+    model.visit(&mut V {
+        grads: &mut grads,
+        factor,
+    });
+    grads
+}
+
+/// Clip the global gradient norm to `max_norm` (no-op when `max_norm` is 0 or the norm is
+/// within it). Returns the gradients and whether they were scaled.
+pub fn clip_gradients<M: Module>(
+    model: &M,
+    grads: GradientsParams,
+    norm: f64,
+    max_norm: f64,
+) -> (GradientsParams, bool) {
+    if max_norm > 0.0 && norm > max_norm {
+        (scale_gradients(model, grads, max_norm / norm), true)
+    } else {
+        (grads, false)
+    }
+}
+
+/// Path of the first float parameter (or buffer) of `model` holding a NaN or infinity.
+pub fn first_nonfinite_param<M: Module>(model: &M) -> Option<String> {
+    struct V {
+        path: PathStack,
+        found: Option<String>,
+    }
+    impl ModuleVisitor for V {
+        fn enter_module(&mut self, name: &str, _: &str) {
+            self.path.enter(name);
+        }
+        fn exit_module(&mut self, _: &str, _: &str) {
+            self.path.exit();
+        }
+        fn visit_float<const D: usize>(&mut self, param: &Param<Tensor<D>>) {
+            if self.found.is_none() && to_vec(param.val()).iter().any(|v| !v.is_finite()) {
+                self.found = Some(self.path.joined());
+            }
+        }
+    }
+    let mut v = V {
+        path: PathStack::default(),
+        found: None,
+    };
+    model.visit(&mut v);
+    v.found
+}
+
+/// Exponential moving average of a model's float parameters, on the host in float32, keyed by
+/// the parameters' stable ids (see `tensor_util::with_sequential_param_ids`).
+#[derive(Clone, Debug)]
+pub struct WeightEma {
+    /// Nominal decay; the effective decay at update `t` is `min(decay, (1 + t) / (10 + t))`.
+    pub decay: f64,
+    /// Updates so far.
+    pub updates: u64,
+    values: HashMap<ParamId, Vec<f32>>,
+}
+
+impl WeightEma {
+    /// An average that starts at `model`'s current weights.
+    pub fn new<M: Module>(model: &M, decay: f64, updates: u64) -> Self {
+        WeightEma {
+            decay,
+            updates,
+            values: host_params(model),
+        }
+    }
+
+    /// Fold `model`'s current weights into the average.
+    pub fn update<M: Module>(&mut self, model: &M) {
+        let t = self.updates as f64;
+        let d = self.decay.min((1.0 + t) / (10.0 + t)) as f32;
+        struct V<'a> {
+            values: &'a mut HashMap<ParamId, Vec<f32>>,
+            d: f32,
+        }
+        impl ModuleVisitor for V<'_> {
+            fn visit_float<const D: usize>(&mut self, param: &Param<Tensor<D>>) {
+                let cur = to_vec(param.val());
+                match self.values.get_mut(&param.id) {
+                    Some(avg) if avg.len() == cur.len() => {
+                        for (a, c) in avg.iter_mut().zip(cur) {
+                            *a = self.d * *a + (1.0 - self.d) * c;
+                        }
+                    }
+                    _ => {
+                        self.values.insert(param.id, cur);
+                    }
+                }
+            }
+        }
+        model.visit(&mut V {
+            values: &mut self.values,
+            d,
+        });
+        self.updates += 1;
+    }
+
+    /// `model` with its float parameters replaced by the averages (identities, shapes and
+    /// devices kept; parameters the average does not hold are left as they are).
+    pub fn apply<M: Module>(&self, model: M) -> M {
+        struct Mp<'a>(&'a HashMap<ParamId, Vec<f32>>);
+        impl ModuleMapper for Mp<'_> {
+            fn map_float<const D: usize>(&mut self, p: Param<Tensor<D>>) -> Param<Tensor<D>> {
+                match self.0.get(&p.id) {
+                    Some(v) => {
+                        p.map(|t| from_vec(v.clone(), t.dims(), &t.device()).cast(t.dtype()))
+                    }
+                    None => p,
+                }
+            }
+        }
+        model.map(&mut Mp(&self.values))
+    }
+}
+
+/// Every float parameter of `model` on the host.
+fn host_params<M: Module>(model: &M) -> HashMap<ParamId, Vec<f32>> {
+    struct V(HashMap<ParamId, Vec<f32>>);
+    impl ModuleVisitor for V {
+        fn visit_float<const D: usize>(&mut self, param: &Param<Tensor<D>>) {
+            self.0.insert(param.id, to_vec(param.val()));
+        }
+    }
+    let mut v = V(HashMap::new());
+    model.visit(&mut v);
+    v.0
+}
+
+/// The outcome of one guarded step, for metrics.
+#[derive(Clone, Debug, Default)]
+pub struct StepOutcome {
+    /// Gradient norm before clipping.
+    pub grad_norm: f64,
+    pub clipped: bool,
+    /// Why the step was skipped (non-finite loss, gradient or updated weight), if it was.
+    pub skipped: Option<String>,
+}
+
+/// Running totals of a metrics window.
+#[derive(Clone, Debug, Default)]
+pub struct Window {
+    pub loss_sum: f64,
+    pub steps: usize,
+    pub grad_norm_max: f64,
+    pub clipped: usize,
+    pub skipped: usize,
+    pub groups_max: Vec<(String, f64)>,
+}
+
+impl Window {
+    /// Add one step: its loss (only counted when the step was applied) and its gradients.
+    pub fn add(&mut self, loss: f64, outcome: &StepOutcome, groups: &[(String, f64)]) {
+        if outcome.skipped.is_some() {
+            self.skipped += 1;
+        } else {
+            self.loss_sum += loss;
+            self.steps += 1;
+        }
+        if outcome.grad_norm.is_finite() {
+            self.grad_norm_max = self.grad_norm_max.max(outcome.grad_norm);
+        }
+        self.clipped += outcome.clipped as usize;
+        for (g, n) in groups {
+            if !n.is_finite() {
+                continue;
+            }
+            match self.groups_max.iter_mut().find(|(k, _)| k == g) {
+                Some((_, m)) => *m = m.max(*n),
+                None => self.groups_max.push((g.clone(), *n)),
+            }
+        }
+    }
+
+    /// Mean loss of the applied steps (NaN when every step of the window was skipped).
+    pub fn mean_loss(&self) -> f64 {
+        if self.steps == 0 {
+            f64::NAN
+        } else {
+            self.loss_sum / self.steps as f64
+        }
+    }
+}
+
+/// The guard around every optimizer step: clipping, the finiteness checks, skip counting and
+/// the weight average.
+pub struct Guard {
+    pub options: StabilityOptions,
+    /// Consecutive skipped steps so far.
+    pub consecutive: usize,
+    /// Skipped steps over the whole run (carried across resume).
+    pub total_skips: usize,
+    pub ema: Option<WeightEma>,
+}
+
+impl Guard {
+    /// A guard for `model` (whose average, when the options ask for one, starts at `ema`
+    /// restored from a checkpoint or at the model's current weights).
+    pub fn new<M: Module>(
+        model: &M,
+        options: StabilityOptions,
+        ema: Option<WeightEma>,
+        total_skips: usize,
+    ) -> Self {
+        let ema = (options.ema_decay > 0.0)
+            .then(|| ema.unwrap_or_else(|| WeightEma::new(model, options.ema_decay, 0)));
+        Guard {
+            options,
+            consecutive: 0,
+            total_skips,
+            ema,
+        }
+    }
+
+    /// Apply one step: returns the (possibly unchanged) model, what happened, and the gradient
+    /// report. `Err` carries the reason when `max_skips` consecutive steps were skipped; the
+    /// model is then the last finite one.
+    #[allow(clippy::type_complexity)]
+    pub fn step<M: Module + Clone>(
+        &mut self,
+        model: M,
+        optim: &mut burn::optim::ModuleOptimizer,
+        lr: f64,
+        loss: f64,
+        grads: GradientsParams,
+    ) -> (M, StepOutcome, GradReport, Option<String>) {
+        let report = grad_report(&model, &grads);
+        let mut outcome = StepOutcome {
+            grad_norm: report.norm,
+            ..Default::default()
+        };
+        let model = if !loss.is_finite() {
+            outcome.skipped = Some(format!("the loss is {loss}"));
+            model
+        } else if let Some(p) = &report.first_nonfinite {
+            outcome.skipped = Some(format!("the gradient of {p} is non-finite"));
+            model
+        } else {
+            let (grads, clipped) =
+                clip_gradients(&model, grads, report.norm, self.options.clip_grad_norm);
+            outcome.clipped = clipped;
+            let backup = (model.clone(), optim.clone());
+            let updated = optim.step(lr, model, grads);
+            match first_nonfinite_param(&updated) {
+                Some(p) => {
+                    outcome.skipped = Some(format!("the update made {p} non-finite"));
+                    *optim = backup.1;
+                    backup.0
+                }
+                None => {
+                    if let Some(e) = &mut self.ema {
+                        e.update(&updated);
+                    }
+                    updated
+                }
+            }
+        };
+        let stop = if let Some(why) = &outcome.skipped {
+            self.consecutive += 1;
+            self.total_skips += 1;
+            (self.consecutive >= self.options.max_skips).then(|| {
+                format!(
+                    "{} consecutive steps were skipped (--max-skips {}); at the last one {why}",
+                    self.consecutive, self.options.max_skips
+                )
+            })
+        } else {
+            self.consecutive = 0;
+            None
+        };
+        (model, outcome, report, stop)
+    }
+
+    /// The weights to evaluate and sample with: the average when there is one.
+    pub fn eval_weights<M: Module>(&self, model: M) -> M {
+        match &self.ema {
+            Some(e) => e.apply(model),
+            None => model,
+        }
+    }
+}
+
+impl Window {
+    /// The guard-related columns of a metrics row: `grad_norm_max,clipped,skipped`.
+    pub fn guard_columns(&self) -> String {
+        format!(
+            "{:.5e},{},{}",
+            self.grad_norm_max, self.clipped, self.skipped
+        )
+    }
+}
+
+/// The error that ends a run after too many consecutive skipped steps: the step, the reason,
+/// where the first non-finite value appears on the step's batch (`place`, from a layer trace;
+/// `None` when every layer's output is finite with the last finite weights), and the state of
+/// the run's checkpoint (`saved`: the step of the newest checkpoint that exists).
+pub fn stop_error(
+    step: usize,
+    lr: f64,
+    why: &str,
+    place: Option<String>,
+    out: &std::path::Path,
+    saved: Option<usize>,
+) -> anyhow::Error {
+    let place = place.unwrap_or_else(|| {
+        "none (every layer's output on this batch is finite with the last finite weights)".into()
+    });
+    anyhow::anyhow!(
+        "training stopped at step {step} (lr {lr:e}): {why}; first non-finite value on this batch: {place}; {}",
+        crate::train::checkpoint::intact_message(out, saved)
+    )
+}
+
+/// Append one row per layer group (`step,group,grad_norm_max`) to `grad_norms.csv`.
+pub fn write_group_norms(
+    out: &mut impl std::io::Write,
+    step: usize,
+    groups: &[(String, f64)],
+) -> std::io::Result<()> {
+    for (g, n) in groups {
+        writeln!(out, "{step},{g},{n:.5e}")?;
+    }
+    Ok(())
+}
