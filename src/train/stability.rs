@@ -379,17 +379,19 @@ impl Window {
             self.loss_sum += loss;
             self.steps += 1;
         }
-        if outcome.grad_norm.is_finite() {
-            self.grad_norm_max = self.grad_norm_max.max(outcome.grad_norm);
-        }
+        // A non-finite norm makes the window's maximum NaN: it is never hidden as a smaller one.
+        self.grad_norm_max = if outcome.grad_norm.is_finite() && !self.grad_norm_max.is_nan() {
+            self.grad_norm_max.max(outcome.grad_norm)
+        } else {
+            f64::NAN
+        };
         self.clipped += outcome.clipped as usize;
         for (g, n) in groups {
-            if !n.is_finite() {
-                continue;
-            }
+            let n = if n.is_finite() { *n } else { f64::NAN };
             match self.groups_max.iter_mut().find(|(k, _)| k == g) {
-                Some((_, m)) => *m = m.max(*n),
-                None => self.groups_max.push((g.clone(), *n)),
+                Some((_, m)) if m.is_nan() => {}
+                Some((_, m)) => *m = if n.is_nan() { n } else { m.max(n) },
+                None => self.groups_max.push((g.clone(), n)),
             }
         }
     }
