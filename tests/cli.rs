@@ -121,10 +121,22 @@ fn bad_input_gets_a_clear_error() {
         (&["train2d", "--batch", "0", "--steps", "1"], "--batch"),
         (&["train2d", "--lr=-1", "--steps", "1"], "--lr"),
         (&["train2d", "--resume", "/nonexistent/run"], "--resume"),
-        (&["train2d", "--clip-grad-norm=-1", "--steps", "1"], "--clip-grad-norm"),
-        (&["train2d", "--clip-grad-norm", "NaN", "--steps", "1"], "--clip-grad-norm"),
-        (&["train2d", "--ema-decay", "1", "--steps", "1"], "--ema-decay"),
-        (&["train2d", "--max-skips", "0", "--steps", "1"], "--max-skips"),
+        (
+            &["train2d", "--clip-grad-norm=-1", "--steps", "1"],
+            "--clip-grad-norm",
+        ),
+        (
+            &["train2d", "--clip-grad-norm", "NaN", "--steps", "1"],
+            "--clip-grad-norm",
+        ),
+        (
+            &["train2d", "--ema-decay", "1", "--steps", "1"],
+            "--ema-decay",
+        ),
+        (
+            &["train2d", "--max-skips", "0", "--steps", "1"],
+            "--max-skips",
+        ),
     ];
     for (args, needle) in cases {
         let dir = tempfile::tempdir().unwrap();

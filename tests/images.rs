@@ -488,13 +488,27 @@ fn cli_train_eval_sample_reconstruct() {
     ] {
         assert!(run.path().join(f).exists(), "{f} missing");
     }
+    let per_image = run.path().join("per_image.csv");
     let eval = json_of(
         &glowflow_cmd()
             .args(["eval", "--checkpoint"])
             .arg(run.path())
+            .arg("--per-image")
+            .arg(&per_image)
             .output()
             .unwrap(),
     );
+    let rows = std::fs::read_to_string(&per_image).unwrap();
+    assert_eq!(rows.lines().next(), Some("index,bpd"));
+    let worst = &eval["test_report"]["worst"][0];
+    let line = rows
+        .lines()
+        .nth(1 + worst[0].as_u64().unwrap() as usize)
+        .unwrap()
+        .to_string();
+    let v: f64 = line.split(',').nth(1).unwrap().parse().unwrap();
+    assert_eq!(v, worst[1].as_f64().unwrap(), "{line} vs {worst}");
+    assert_eq!(rows.lines().count(), 9);
     assert_eq!(eval["test_images"], 8);
     assert_eq!(eval["ema_weights"], true);
     let r = &eval["test_report"];

@@ -176,6 +176,9 @@ pub struct EvalArgs {
     /// Write the JSON result here too.
     #[arg(long)]
     pub out: Option<PathBuf>,
+    /// `eval`: also write every test image's bits/dim here (CSV `index,bpd`, 0-based indices).
+    #[arg(long)]
+    pub per_image: Option<PathBuf>,
     #[arg(long, default_value = "flex")]
     pub device: String,
 }
@@ -607,6 +610,16 @@ fn cmd_eval(a: EvalArgs, reconstruct: bool) -> Result<()> {
     } else {
         let bpd = per_image_bpd(&model, &data.test, cfg.n_bits, 256, &device);
         let r = BpdReport::new(&bpd);
+        if let Some(p) = &a.per_image {
+            let mut w = csv::Writer::from_path(p)
+                .with_context(|| format!("--per-image {}: cannot create", p.display()))?;
+            w.write_record(["index", "bpd"])?;
+            for (i, v) in bpd.iter().enumerate() {
+                w.write_record([i.to_string(), v.to_string()])?;
+            }
+            w.flush()
+                .with_context(|| format!("--per-image {}: cannot write", p.display()))?;
+        }
         if r.nonfinite > 0 {
             failure = Some(anyhow::anyhow!(
                 "{} of {} test images have a non-finite bits/dim (worst: {:?})",
