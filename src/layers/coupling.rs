@@ -116,6 +116,27 @@ impl AffineCoupling {
     }
 }
 
+impl AffineCoupling {
+    /// The smallest log-scale the coupling applies to `x` (forward: `x` is the input; inverse:
+    /// the output side, whose conditioning half is the same). The inverse multiplies by
+    /// `exp(-log_scale)`, so a very negative value is where a generative pass overflows.
+    /// Diagnostics only; NaN when the network's output is NaN.
+    pub fn min_log_scale(&self, x: Tensor<4>) -> f64 {
+        let (xa, xb) = split(x, self.swap);
+        let cb = xb.dims()[1];
+        let (_, log_scale, _) = self.params(xa, cb);
+        crate::tensor_util::to_vec_f64(log_scale)
+            .into_iter()
+            .fold(f64::INFINITY, |m, v| {
+                if v.is_nan() || m.is_nan() {
+                    f64::NAN
+                } else {
+                    m.min(v)
+                }
+            })
+    }
+}
+
 impl Flow for AffineCoupling {
     fn forward(&self, x: Tensor<4>) -> (Tensor<4>, Tensor<1>) {
         let (xa, xb) = split(x, self.swap);

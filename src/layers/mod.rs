@@ -142,15 +142,28 @@ impl FlowSequence {
         for i in order {
             let layer = &self.layers[i];
             let (y, ld) = if inverse {
-                layer.inverse(h)
+                layer.inverse(h.clone())
             } else {
-                layer.forward(h)
+                layer.forward(h.clone())
             };
             let bad_y = crate::tensor_util::count_nonfinite(y.clone());
             let bad_ld = crate::tensor_util::count_nonfinite(ld);
             if bad_y + bad_ld > 0 {
+                let detail = match layer {
+                    // The operation: the inverse divides by the scale exp(log_scale).
+                    Layer::AffineCoupling(c) => {
+                        let m = c.min_log_scale(h.clone());
+                        let (who, by) = if inverse {
+                            ("the inverse", -m)
+                        } else {
+                            ("the forward", m)
+                        };
+                        format!("; smallest log-scale {m:.4e}, so {who} multiplies by up to exp({by:.4e})")
+                    }
+                    _ => String::new(),
+                };
                 return Err(format!(
-                    "layer {i} ({}{}): {bad_y} non-finite outputs, {bad_ld} non-finite log-determinants",
+                    "layer {i} ({}{}): {bad_y} non-finite outputs, {bad_ld} non-finite log-determinants{detail}",
                     layer.name(),
                     if inverse { ", inverse" } else { "" }
                 ));
