@@ -151,17 +151,21 @@ fn divergence_stops_with_the_step_named() {
 /// message names the step, a layer and the checkpoint that really exists.
 #[test]
 fn non_finite_updates_are_skipped_and_never_checkpointed() {
+    // Real NVP too: its batch norm updates running statistics in the forward pass, which a
+    // skipped step must undo.
+    for kind in [ModelKind::Glow, ModelKind::Realnvp] {
+        non_finite_updates_case(kind);
+    }
+}
+
+fn non_finite_updates_case(kind: ModelKind) {
     let dir = tempfile::tempdir().unwrap();
     let mut o = small_options(200);
     o.lr = 1e4;
     o.checkpoint_every = 2;
     o.stability.max_skips = 5;
-    let err = run(
-        Start::Fresh(small_config(ModelKind::Glow)),
-        Some(o),
-        dir.path(),
-    )
-    .expect_err("lr 1e4 must stop");
+    let err =
+        run(Start::Fresh(small_config(kind)), Some(o), dir.path()).expect_err("lr 1e4 must stop");
     let msg = format!("{err:#}");
     assert!(
         msg.contains("training stopped at step") && msg.contains("first non-finite value"),
@@ -308,33 +312,43 @@ fn resume_is_exact_with_weight_average_clipping_and_adamax() {
         o.stability.optimizer = OptimizerKind::Adamax;
         o
     };
-    let (full, split) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
-    let a = run(
+    // Real NVP's running statistics live beside the averaged weights: resume must keep both.
+    for kind in [ModelKind::Realnvp, ModelKind::Glow] {
+        let (full, split) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+        let a = run(
+            Start::Fresh(small_config(kind)),
+            Some(opts(30)),
+            full.path(),
+        )
+        .unwrap();
+        run(
+            Start::Fresh(small_config(kind)),
+            Some(opts(15)),
+            split.path(),
+        )
+        .unwrap();
+        let b = run(
+            Start::Resume(split.path().to_path_buf()),
+            Some(opts(30)),
+            split.path(),
+        )
+        .unwrap();
+        assert!(split.path().join("checkpoint/ema.safetensors").exists());
+        assert_eq!(
+            a.test_nll.to_bits(),
+            b.test_nll.to_bits(),
+            "{kind:?}: {} vs {}",
+            a.test_nll,
+            b.test_nll
+        );
+    }
+    let full = tempfile::tempdir().unwrap();
+    run(
         Start::Fresh(small_config(ModelKind::Glow)),
         Some(opts(30)),
         full.path(),
     )
     .unwrap();
-    run(
-        Start::Fresh(small_config(ModelKind::Glow)),
-        Some(opts(15)),
-        split.path(),
-    )
-    .unwrap();
-    let b = run(
-        Start::Resume(split.path().to_path_buf()),
-        Some(opts(30)),
-        split.path(),
-    )
-    .unwrap();
-    assert!(split.path().join("checkpoint/ema.safetensors").exists());
-    assert_eq!(
-        a.test_nll.to_bits(),
-        b.test_nll.to_bits(),
-        "{} vs {}",
-        a.test_nll,
-        b.test_nll
-    );
     let clipped: usize = std::fs::read_to_string(full.path().join("metrics.csv"))
         .unwrap()
         .lines()

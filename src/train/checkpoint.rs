@@ -156,7 +156,9 @@ pub fn load_training_state<M: Module + ModuleSnapshot + Clone>(
         &ck.join(OPTIMIZER_FILE),
     )?;
     let ema = if stability.ema_decay > 0.0 {
-        let avg = load_model(model.clone(), &ck.join(EMA_FILE))?;
+        // Into an evaluation copy: loading maps every state cell, and a clone of the training
+        // model would share (and overwrite) its running statistics.
+        let avg = load_model(model.valid(), &ck.join(EMA_FILE))?;
         refuse_nonfinite(&avg, &ck.join(EMA_FILE))?;
         Some(crate::train::stability::WeightEma::new(
             &avg,

@@ -321,19 +321,40 @@ impl WeightEma {
     /// `model` with its float parameters replaced by the averages (identities, shapes and
     /// devices kept; parameters the average does not hold are left as they are).
     pub fn apply<M: Module>(&self, model: M) -> M {
-        struct Mp<'a>(&'a HashMap<ParamId, Vec<f32>>);
-        impl ModuleMapper for Mp<'_> {
-            fn map_float<const D: usize>(&mut self, p: Param<Tensor<D>>) -> Param<Tensor<D>> {
-                match self.0.get(&p.id) {
-                    Some(v) => {
-                        p.map(|t| from_vec(v.clone(), t.dims(), &t.device()).cast(t.dtype()))
-                    }
-                    None => p,
-                }
+        restore(model, &self.values)
+    }
+}
+
+/// The float state of `model` that is not trained (running statistics, fixed buffers), on the
+/// host.
+fn host_buffers<M: Module>(model: &M) -> HashMap<ParamId, Vec<f32>> {
+    struct V(HashMap<ParamId, Vec<f32>>);
+    impl ModuleVisitor for V {
+        fn visit_float<const D: usize>(&mut self, param: &Param<Tensor<D>>) {
+            let t = param.val();
+            if !t.is_require_grad() {
+                self.0.insert(param.id, to_vec(t));
             }
         }
-        model.map(&mut Mp(&self.values))
     }
+    let mut v = V(HashMap::new());
+    model.visit(&mut v);
+    v.0
+}
+
+/// `model` with the float state named in `values` set back to those values (a running
+/// statistic is written into its shared cell, so every clone sees the restored value).
+fn restore<M: Module>(model: M, values: &HashMap<ParamId, Vec<f32>>) -> M {
+    struct Mp<'a>(&'a HashMap<ParamId, Vec<f32>>);
+    impl ModuleMapper for Mp<'_> {
+        fn map_float<const D: usize>(&mut self, p: Param<Tensor<D>>) -> Param<Tensor<D>> {
+            match self.0.get(&p.id) {
+                Some(v) => p.map(|t| from_vec(v.clone(), t.dims(), &t.device()).cast(t.dtype())),
+                None => p,
+            }
+        }
+    }
+    model.map(&mut Mp(values))
 }
 
 /// Every float parameter of `model` on the host.
@@ -410,6 +431,10 @@ impl Window {
 /// the weight average.
 pub struct Guard {
     pub options: StabilityOptions,
+    /// Values of the model's non-trained float state (batch-norm running statistics, fixed
+    /// buffers) after the last applied step: the forward pass of a step updates running
+    /// statistics before the guard sees its loss, so a skipped step restores them from here.
+    buffers: HashMap<ParamId, Vec<f32>>,
     /// Consecutive skipped steps so far.
     pub consecutive: usize,
     /// Skipped steps over the whole run (carried across resume).
@@ -430,15 +455,16 @@ impl Guard {
             .then(|| ema.unwrap_or_else(|| WeightEma::new(model, options.ema_decay, 0)));
         Guard {
             options,
+            buffers: host_buffers(model),
             consecutive: 0,
             total_skips,
             ema,
         }
     }
 
-    /// Apply one step: returns the (possibly unchanged) model, what happened, and the gradient
-    /// report. `Err` carries the reason when `max_skips` consecutive steps were skipped; the
-    /// model is then the last finite one.
+    /// Apply one step: returns the model (unchanged, running statistics included, when the
+    /// step is skipped), what happened, the gradient report, and, when `max_skips` consecutive
+    /// steps have been skipped, the reason to stop.
     #[allow(clippy::type_complexity)]
     pub fn step<M: Module + Clone>(
         &mut self,
@@ -478,6 +504,12 @@ impl Guard {
                     updated
                 }
             }
+        };
+        let model = if outcome.skipped.is_some() {
+            restore(model, &self.buffers)
+        } else {
+            self.buffers = host_buffers(&model);
+            model
         };
         let stop = if let Some(why) = &outcome.skipped {
             self.consecutive += 1;
