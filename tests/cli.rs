@@ -116,7 +116,7 @@ fn compare_writes_table_picture_and_json() {
 
 #[test]
 fn bad_input_gets_a_clear_error() {
-    let cases: [(&[&str], &str); 8] = [
+    let cases: [(&[&str], &str); 9] = [
         (&["train2d", "--target", "nosuch"], "nosuch"),
         (&["train2d", "--batch", "0", "--steps", "1"], "--batch"),
         (&["train2d", "--lr=-1", "--steps", "1"], "--lr"),
@@ -136,6 +136,16 @@ fn bad_input_gets_a_clear_error() {
         (
             &["train2d", "--max-skips", "0", "--steps", "1"],
             "--max-skips",
+        ),
+        (
+            &[
+                "train2d",
+                "--resume",
+                "/nonexistent/run",
+                "--optimizer",
+                "adamax",
+            ],
+            "--optimizer cannot be changed on --resume",
         ),
     ];
     for (args, needle) in cases {

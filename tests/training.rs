@@ -535,3 +535,23 @@ fn fused_adam_matches_burns_adam() {
         );
     }
 }
+
+/// Resuming a run whose metrics file has fewer columns keeps one table: the header is the new
+/// one and old rows are padded; a missing file gets its header.
+#[test]
+fn metrics_file_is_upgraded_on_resume() {
+    use std::io::Write;
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("metrics.csv");
+    std::fs::write(&path, "step,loss\n10,1.5\n20,1.2\n").unwrap();
+    let mut f = glowflow::train::open_metrics(&path, "step,loss,grad_norm_max", false).unwrap();
+    writeln!(f, "30,1.1,2.5").unwrap();
+    drop(f);
+    assert_eq!(
+        std::fs::read_to_string(&path).unwrap(),
+        "step,loss,grad_norm_max\n10,1.5,\n20,1.2,\n30,1.1,2.5\n"
+    );
+    let other = dir.path().join("grad_norms.csv");
+    drop(glowflow::train::open_metrics(&other, "step,group", false).unwrap());
+    assert_eq!(std::fs::read_to_string(&other).unwrap(), "step,group\n");
+}

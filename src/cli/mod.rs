@@ -72,20 +72,38 @@ pub struct StabilityArgs {
     /// 0 turns it off [default: train 0.999, train2d/compare 0].
     #[arg(long)]
     pub ema_decay: Option<f64>,
-    /// Stop after this many consecutive steps skipped for a non-finite loss, gradient or update.
-    #[arg(long, default_value_t = 20)]
-    pub max_skips: usize,
+    /// Stop after this many consecutive steps skipped for a non-finite loss, gradient or update
+    /// [default: 20].
+    #[arg(long)]
+    pub max_skips: Option<usize>,
     /// Optimizer [default: adam].
     #[arg(long, value_enum)]
     pub optimizer: Option<crate::train::stability::OptimizerKind>,
 }
 
 impl StabilityArgs {
+    /// An error naming the first stability flag given with `--resume`: a resumed run keeps its
+    /// own recipe (changing it would make the resume inexact without a word).
+    fn refuse_on_resume(&self) -> Result<()> {
+        let given = [
+            ("--clip-grad-norm", self.clip_grad_norm.is_some()),
+            ("--ema-decay", self.ema_decay.is_some()),
+            ("--max-skips", self.max_skips.is_some()),
+            ("--optimizer", self.optimizer.is_some()),
+        ];
+        if let Some((flag, _)) = given.iter().find(|g| g.1) {
+            anyhow::bail!(
+                "{flag} cannot be changed on --resume: the run keeps the recipe saved in its checkpoint"
+            );
+        }
+        Ok(())
+    }
+
     fn options(&self, defaults: StabilityOptions) -> StabilityOptions {
         StabilityOptions {
             clip_grad_norm: self.clip_grad_norm.unwrap_or(defaults.clip_grad_norm),
             ema_decay: self.ema_decay.unwrap_or(defaults.ema_decay),
-            max_skips: self.max_skips,
+            max_skips: self.max_skips.unwrap_or(defaults.max_skips),
             optimizer: self.optimizer.unwrap_or(defaults.optimizer),
         }
     }
@@ -391,6 +409,7 @@ fn cmd_train2d(a: Train2dArgs) -> Result<()> {
     };
     let summary = match &a.resume {
         Some(dir) => {
+            a.common.stability.refuse_on_resume()?;
             let opts = a.common.steps.map(|s| {
                 let mut o = a.common.options(s);
                 o.steps = s;
@@ -511,7 +530,10 @@ fn cmd_train(a: TrainArgs) -> Result<()> {
     use crate::train::train_image::{train_image, ImageStart, ImageTrainOptions};
     let device = crate::device_by_name(&a.device)?;
     let start = match &a.resume {
-        Some(dir) => ImageStart::Resume(dir.clone(), a.steps, a.time_limit),
+        Some(dir) => {
+            a.stability.refuse_on_resume()?;
+            ImageStart::Resume(dir.clone(), a.steps, a.time_limit)
+        }
         None => {
             let data = a
                 .data

@@ -117,22 +117,21 @@ impl AffineCoupling {
 }
 
 impl AffineCoupling {
-    /// The smallest log-scale the coupling applies to `x` (forward: `x` is the input; inverse:
-    /// the output side, whose conditioning half is the same). The inverse multiplies by
-    /// `exp(-log_scale)`, so a very negative value is where a generative pass overflows.
-    /// Diagnostics only; NaN when the network's output is NaN.
-    pub fn min_log_scale(&self, x: Tensor<4>) -> f64 {
+    /// The smallest and largest log-scale the coupling applies to `x` (forward: `x` is the
+    /// input; inverse: the output, whose conditioning half is the same). The forward multiplies
+    /// by up to `exp(max)`, the inverse by up to `exp(-min)`. Diagnostics only; NaN bounds when
+    /// the network's output holds a NaN.
+    pub fn log_scale_range(&self, x: Tensor<4>) -> (f64, f64) {
         let (xa, xb) = split(x, self.swap);
         let cb = xb.dims()[1];
         let (_, log_scale, _) = self.params(xa, cb);
-        crate::tensor_util::to_vec_f64(log_scale)
-            .into_iter()
-            .fold(f64::INFINITY, |m, v| {
-                if v.is_nan() || m.is_nan() {
-                    f64::NAN
-                } else {
-                    m.min(v)
-                }
+        let v = crate::tensor_util::to_vec_f64(log_scale);
+        if v.iter().any(|x| x.is_nan()) {
+            return (f64::NAN, f64::NAN);
+        }
+        v.iter()
+            .fold((f64::INFINITY, f64::NEG_INFINITY), |(lo, hi), &x| {
+                (lo.min(x), hi.max(x))
             })
     }
 }

@@ -152,13 +152,12 @@ impl FlowSequence {
                 let detail = match layer {
                     // The operation: the inverse divides by the scale exp(log_scale).
                     Layer::AffineCoupling(c) => {
-                        let m = c.min_log_scale(h.clone());
-                        let (who, by) = if inverse {
-                            ("the inverse", -m)
+                        let (lo, hi) = c.log_scale_range(h.clone());
+                        if inverse {
+                            format!("; log-scales in [{lo:.4e}, {hi:.4e}], so the inverse multiplies by up to exp({:.4e})", -lo)
                         } else {
-                            ("the forward", m)
-                        };
-                        format!("; smallest log-scale {m:.4e}, so {who} multiplies by up to exp({by:.4e})")
+                            format!("; log-scales in [{lo:.4e}, {hi:.4e}], so the forward multiplies by up to exp({hi:.4e})")
+                        }
                     }
                     _ => String::new(),
                 };

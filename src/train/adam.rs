@@ -83,7 +83,9 @@ impl Optimizer for Adamax {
             let mut u = u.map_or_else(|| vec![0.0; g.len()], to_vec);
             for (((p, &g), m), u) in p.iter_mut().zip(&g).zip(m.iter_mut()).zip(u.iter_mut()) {
                 *m = *m * b1 + g * (1.0 - b1);
-                *u = (*u * b2).max(g.abs());
+                // f32::max would drop a NaN gradient; keep it visible.
+                let a = g.abs();
+                *u = if a.is_nan() { a } else { (*u * b2).max(a) };
                 *p -= step * *m / (*u + eps);
             }
             (

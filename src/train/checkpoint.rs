@@ -29,13 +29,13 @@ pub fn refuse_nonfinite<M: Module>(model: &M, path: &Path) -> Result<()> {
     Ok(())
 }
 
-/// What a stopped run can say about its checkpoint: that the one at step `saved` is intact, or
-/// that none was written.
-pub fn intact_message(out: &Path, saved: Option<usize>) -> String {
+/// What a stopped run can say about its checkpoint: that the one in `saved.0` (at step
+/// `saved.1`) is intact, or that none was written.
+pub fn intact_message(saved: Option<(PathBuf, usize)>) -> String {
     match saved {
-        Some(step) => format!(
+        Some((ck, step)) => format!(
             "the last checkpoint, {} (step {step}), is intact",
-            checkpoint_dir(out).display()
+            ck.display()
         ),
         None => "no checkpoint was written (use --checkpoint-every to keep one)".into(),
     }

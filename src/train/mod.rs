@@ -28,7 +28,10 @@ pub fn progress_bar(enabled: bool, len: u64, pos: u64) -> Option<indicatif::Prog
     Some(b)
 }
 
-/// The metrics CSV of a run: created with `header` for a fresh run, appended to on resume.
+/// The metrics CSV of a run: created with `header` for a fresh run, appended to on resume. On
+/// resume a missing or empty file gets the header first, and a file written with fewer columns
+/// (a run saved before some were added) is rewritten with `header`, its old rows padded with
+/// empty fields, so the file stays one table.
 pub fn open_metrics(
     path: &std::path::Path,
     header: &str,
@@ -36,16 +39,35 @@ pub fn open_metrics(
 ) -> anyhow::Result<std::fs::File> {
     use anyhow::Context;
     use std::io::Write;
-    if fresh {
-        let mut f = std::fs::File::create(path)
-            .with_context(|| format!("cannot create {}", path.display()))?;
-        writeln!(f, "{header}")?;
-        Ok(f)
+    let existing = if fresh {
+        None
     } else {
-        std::fs::OpenOptions::new()
-            .append(true)
-            .create(true)
-            .open(path)
-            .with_context(|| format!("cannot open {}", path.display()))
+        std::fs::read_to_string(path).ok().filter(|t| !t.is_empty())
+    };
+    match existing {
+        None => {
+            let mut f = std::fs::File::create(path)
+                .with_context(|| format!("cannot create {}", path.display()))?;
+            writeln!(f, "{header}")?;
+            Ok(f)
+        }
+        Some(text) => {
+            let old = text.lines().next().unwrap_or_default();
+            if old != header {
+                let width = header.split(',').count();
+                let mut out = format!("{header}\n");
+                for row in text.lines().skip(1) {
+                    let pad = width.saturating_sub(row.split(',').count());
+                    out.push_str(row);
+                    out.push_str(&",".repeat(pad));
+                    out.push('\n');
+                }
+                crate::fsutil::write_atomic(path, out.as_bytes())?;
+            }
+            std::fs::OpenOptions::new()
+                .append(true)
+                .open(path)
+                .with_context(|| format!("cannot open {}", path.display()))
+        }
     }
 }

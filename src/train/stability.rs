@@ -549,21 +549,20 @@ impl Window {
 /// The error that ends a run after too many consecutive skipped steps: the step, the reason,
 /// where the first non-finite value appears on the step's batch (`place`, from a layer trace;
 /// `None` when every layer's output is finite with the last finite weights), and the state of
-/// the run's checkpoint (`saved`: the step of the newest checkpoint that exists).
+/// the run's checkpoint (`saved`: the folder and step of the newest checkpoint that exists).
 pub fn stop_error(
     step: usize,
     lr: f64,
     why: &str,
     place: Option<String>,
-    out: &std::path::Path,
-    saved: Option<usize>,
+    saved: Option<(std::path::PathBuf, usize)>,
 ) -> anyhow::Error {
     let place = place.unwrap_or_else(|| {
         "none (every layer's output on this batch is finite with the last finite weights)".into()
     });
     anyhow::anyhow!(
         "training stopped at step {step} (lr {lr:e}): {why}; first non-finite value on this batch: {place}; {}",
-        crate::train::checkpoint::intact_message(out, saved)
+        crate::train::checkpoint::intact_message(saved)
     )
 }
 

@@ -155,7 +155,9 @@ fn frames_dir(out: &Path) -> PathBuf {
     out.join("frames")
 }
 
-/// Load a trained model (evaluation mode, on `device`) from a run or checkpoint directory.
+/// Load a trained model (evaluation mode, on `device`) from a run or checkpoint directory: the
+/// weight average when the run kept one (`ema.safetensors`), else the trained weights. Refuses
+/// weights that hold a non-finite value.
 pub fn load_trained(dir: &Path, device: &Device) -> Result<(Flow2d, RunState)> {
     let ck = checkpoint::locate(dir);
     let state: RunState = checkpoint::load_json(&ck.join(STATE_FILE))?;
@@ -187,6 +189,11 @@ pub fn train2d(
     device: &Device,
 ) -> Result<Summary> {
     let train_device = device.clone().autodiff();
+    // Where the checkpoint a resumed run starts from lives (it may differ from `out`).
+    let resumed_from = match &start {
+        Start::Resume(d) => Some(checkpoint::locate(d)),
+        _ => None,
+    };
     let (mut model, mut optim, opts, cfg, first_step, mut train_seconds, ema, skipped) = match start
     {
         Start::Fresh(cfg) => {
@@ -197,7 +204,7 @@ pub fn train2d(
             (model, optim, opts, cfg, 0, 0.0, None, 0)
         }
         Start::Resume(dir) => {
-            let ck = checkpoint_dir(&dir);
+            let ck = checkpoint::locate(&dir);
             let state: RunState =
                 checkpoint::load_json(&ck.join(STATE_FILE)).with_context(|| {
                     format!(
@@ -266,7 +273,8 @@ pub fn train2d(
         "step,group,grad_norm_max",
         first_step == 0,
     )?;
-    let mut saved: Option<usize> = (first_step > 0).then_some(first_step);
+    // The newest checkpoint that exists: the one resumed from, then each one this run writes.
+    let mut saved: Option<(PathBuf, usize)> = resumed_from.map(|ck| (ck, first_step));
 
     let frame_every = opts
         .steps
@@ -307,7 +315,7 @@ pub fn train2d(
             metrics.flush()?;
             let x = crate::flow::vec_to_nchw(from_vec(batch, [opts.batch, 2], device));
             let place = model.valid().flow.trace_nonfinite(x, false).err();
-            return Err(stop_error(step + 1, lr, &why, place, out, saved));
+            return Err(stop_error(step + 1, lr, &why, place, saved));
         }
         let done = step + 1;
 
@@ -354,7 +362,7 @@ pub fn train2d(
                 };
                 let ema = guard.ema.as_ref().map(|e| e.apply(model.valid()));
                 save_checkpoint(out, &model, ema.as_ref(), &optim, &state)?;
-                saved = Some(done);
+                saved = Some((checkpoint_dir(out), done));
             }
             clock = Instant::now();
         }

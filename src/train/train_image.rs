@@ -93,6 +93,7 @@ pub struct ImageSummary {
     pub steps: usize,
     /// Mean test bits/dim over every test image (null when any image's value is non-finite;
     /// `test_report` then says which).
+    #[serde(deserialize_with = "crate::fsutil::null_as_nan")]
     pub test_bpd: f64,
     pub test_images: usize,
     /// Per-image figures: median, worst images, non-finite and extreme counts.
@@ -214,16 +215,20 @@ pub fn test_bpd(
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
 pub struct BpdReport {
     /// Mean over every image; NaN (null in JSON) when any image's value is not finite.
+    #[serde(deserialize_with = "crate::fsutil::null_as_nan")]
     pub mean: f64,
     /// Median over the finite values.
+    #[serde(deserialize_with = "crate::fsutil::null_as_nan")]
     pub median: f64,
     /// Mean over the finite values that are not extreme.
+    #[serde(deserialize_with = "crate::fsutil::null_as_nan")]
     pub mean_without_extreme: f64,
     /// Images whose bits/dim is NaN or infinite.
     pub nonfinite: usize,
     /// Finite images above `extreme_threshold`.
     pub extreme: usize,
     /// `median + 10 * 1.4826 * MAD` (a robust ten-sigma bound), bits/dim.
+    #[serde(deserialize_with = "crate::fsutil::null_as_nan")]
     pub extreme_threshold: f64,
     /// The ten worst images (non-finite first), `(index, bits/dim)`.
     pub worst: Vec<(usize, f64)>,
@@ -431,6 +436,11 @@ pub fn train_image(
     device: &Device,
 ) -> Result<ImageSummary> {
     let train_device = device.clone().autodiff();
+    // Where the checkpoint a resumed run starts from lives (it may differ from `out`).
+    let resumed_from = match &start {
+        ImageStart::Resume(d, ..) => Some(checkpoint::locate(d)),
+        _ => None,
+    };
     let (mut model, mut optim, opts, cfg, first, mut train_seconds, ema, skipped) = match start {
         ImageStart::Fresh(cfg, opts) => {
             let model = GlowImage::new(&cfg, &train_device);
@@ -440,7 +450,7 @@ pub fn train_image(
         ImageStart::Resume(dir, steps, time_limit) => {
             let (model, mut state) = load_trained(&dir, &train_device)
                 .with_context(|| format!("--resume {}", dir.display()))?;
-            let ck = checkpoint_dir(&dir);
+            let ck = checkpoint::locate(&dir);
             let (optim, ema) = checkpoint::load_training_state(
                 &model,
                 &ck,
@@ -519,7 +529,8 @@ pub fn train_image(
         first == 0,
     )?;
     // The newest checkpoint that exists (resumed from, or written by this run).
-    let mut saved: Option<usize> = (first > 0).then_some(first);
+    // The newest checkpoint that exists: the one resumed from, then each one this run writes.
+    let mut saved: Option<(PathBuf, usize)> = resumed_from.map(|ck| (ck, first));
     let bar = progress_bar(progress, opts.steps as u64, first as u64);
     let mut window = Window::default();
     let mut clock = Instant::now();
@@ -561,7 +572,7 @@ pub fn train_image(
             metrics.flush()?;
             let x = from_vec(rows, shape(opts.batch), device);
             let place = model.valid().trace_forward(x);
-            return Err(stop_error(step + 1, lr, &why, place, out, saved));
+            return Err(stop_error(step + 1, lr, &why, place, saved));
         }
         let done = step + 1;
         last = done;
@@ -607,7 +618,7 @@ pub fn train_image(
                 };
                 let ema = guard.ema.as_ref().map(|e| e.apply(model.valid()));
                 save_checkpoint(out, &model, ema.as_ref(), &optim, &state)?;
-                saved = Some(done);
+                saved = Some((checkpoint_dir(out), done));
             }
             clock = Instant::now();
         }
@@ -634,9 +645,9 @@ pub fn train_image(
         data.test.clone()
     };
     let report = BpdReport::new(&per_image_bpd(&eval, &test, cfg.n_bits, 256, device));
-    match sample_grid(&eval, &cfg, 64, 0.7, opts.seed) {
-        Ok(grid) => grid.save_png(&out.join("samples.png"))?,
-        Err(e) => eprintln!("no samples.png written: {e}"),
+    let samples = sample_grid(&eval, &cfg, 64, 0.7, opts.seed);
+    if let Ok(grid) = &samples {
+        grid.save_png(&out.join("samples.png"))?;
     }
     let summary = ImageSummary {
         steps: last,
@@ -652,6 +663,20 @@ pub fn train_image(
         options: opts,
     };
     checkpoint::save_json(&summary, &out.join("summary.json"))?;
+    // The run and its checkpoint are saved; a non-finite evaluation is still a failure.
+    let r = &summary.test_report;
+    if r.nonfinite > 0 {
+        bail!(
+            "{} of {} test images have a non-finite bits/dim (worst: {:?}); see {}",
+            r.nonfinite,
+            summary.test_images,
+            &r.worst[..r.nonfinite.min(r.worst.len())],
+            out.join("summary.json").display()
+        );
+    }
+    if let Err(e) = samples {
+        bail!("no samples.png written: {e:#}");
+    }
     Ok(summary)
 }
 

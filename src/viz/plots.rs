@@ -13,6 +13,9 @@ pub const BLACK: [u8; 3] = [0, 0, 0];
 
 /// A density evaluated on a square grid: `values[row * size + col]`, row 0 at the top
 /// (y = +b), column 0 at the left (x = -b).
+/// Colour of a NaN or infinite density cell (outside the inferno scale).
+pub const NONFINITE_COLOUR: [u8; 3] = [0, 255, 255];
+
 pub struct DensityGrid {
     pub size: usize,
     pub half_width: f64,
@@ -35,6 +38,8 @@ impl DensityGrid {
         pts
     }
 
+    /// Largest finite value (0 when none); non-finite cells are counted by
+    /// [`nonfinite`](Self::nonfinite) and drawn in [`NONFINITE_COLOUR`] by `render`.
     pub fn max(&self) -> f64 {
         self.values
             .iter()
@@ -43,11 +48,22 @@ impl DensityGrid {
             .fold(0.0, f64::max)
     }
 
-    /// Colour-map the grid on the fixed scale [0, vmax].
+    /// Number of NaN or infinite cells.
+    pub fn nonfinite(&self) -> usize {
+        self.values.iter().filter(|v| !v.is_finite()).count()
+    }
+
+    /// Colour-map the grid on the fixed scale [0, vmax]; non-finite cells are drawn in
+    /// [`NONFINITE_COLOUR`], never as zero density.
     pub fn render(&self, vmax: f64) -> Canvas {
         let mut c = Canvas::new(self.size, self.size, BLACK);
         for (i, v) in self.values.iter().enumerate() {
-            c.set(i % self.size, i / self.size, inferno(v / vmax));
+            let rgb = if v.is_finite() {
+                inferno(v / vmax)
+            } else {
+                NONFINITE_COLOUR
+            };
+            c.set(i % self.size, i / self.size, rgb);
         }
         c
     }

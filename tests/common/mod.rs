@@ -49,12 +49,24 @@ pub fn random_input(shape: [usize; 4], seed: u64, device: &Device) -> Tensor<4> 
     )
 }
 
+/// Max |a - b|; NaN when any difference is NaN, so `err < tol` fails on it.
 pub fn max_abs_diff(a: Tensor<4>, b: Tensor<4>) -> f32 {
-    to_vec(a - b).iter().fold(0f32, |m, v| m.max(v.abs()))
+    nan_max_abs(&to_vec(a - b))
 }
 
+/// Max |a - b| of 1-D tensors; NaN when any difference is NaN.
 pub fn max_abs_diff1(a: Tensor<1>, b: Tensor<1>) -> f32 {
-    to_vec(a - b).iter().fold(0f32, |m, v| m.max(v.abs()))
+    nan_max_abs(&to_vec(a - b))
+}
+
+fn nan_max_abs(v: &[f32]) -> f32 {
+    v.iter().fold(0f32, |m, x| {
+        if m.is_nan() || x.is_nan() {
+            f32::NAN
+        } else {
+            m.max(x.abs())
+        }
+    })
 }
 
 /// Per-sample `log|det dz/dx|` of `f` at `x` (on an autodiff device) by autodiff: one backward
