@@ -14,7 +14,8 @@ use serde::{de::DeserializeOwned, Serialize};
 pub const MODEL_FILE: &str = "model.safetensors";
 pub const OPTIMIZER_FILE: &str = "optimizer.bpk";
 pub const STATE_FILE: &str = "state.json";
-/// The exponential moving average of the weights (same structure as `model.safetensors`).
+/// The exponential moving average of the weights (same structure as `model.safetensors`, in
+/// float64: the average's accumulators, so a resumed run continues it exactly).
 pub const EMA_FILE: &str = "ema.safetensors";
 
 /// An error naming `path` when `model` holds a NaN or infinite parameter: such weights are never

@@ -17,10 +17,10 @@ use std::collections::HashMap;
 
 use burn::module::{Module, ModuleMapper, ModuleVisitor, Param, ParamId};
 use burn::optim::GradientsParams;
-use burn::tensor::Tensor;
+use burn::tensor::{DType, Tensor};
 use serde::{Deserialize, Serialize};
 
-use crate::tensor_util::{from_vec, to_vec};
+use crate::tensor_util::{from_vec_f64, to_vec, to_vec_f64};
 
 /// Recipe knobs of the stability guard, part of a run's options (defaults: see [`Default`]).
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -267,19 +267,22 @@ pub fn first_nonfinite_param<M: Module>(model: &M) -> Option<String> {
     v.found
 }
 
-/// Exponential moving average of a model's float parameters, on the host in float32, keyed by
-/// the parameters' stable ids (see `tensor_util::with_sequential_param_ids`).
+/// Exponential moving average of a model's float parameters, accumulated on the host in
+/// float64 (a float32 accumulator would drop updates smaller than half an ulp), keyed by the
+/// parameters' stable ids (see `tensor_util::with_sequential_param_ids`). Saved in float64
+/// ([`to_float64_module`](Self::to_float64_module)), so a resumed run continues it exactly.
 #[derive(Clone, Debug)]
 pub struct WeightEma {
     /// Nominal decay; the effective decay at update `t` is `min(decay, (1 + t) / (10 + t))`.
     pub decay: f64,
     /// Updates so far.
     pub updates: u64,
-    values: HashMap<ParamId, Vec<f32>>,
+    values: HashMap<ParamId, Vec<f64>>,
 }
 
 impl WeightEma {
-    /// An average that starts at `model`'s current weights.
+    /// An average that starts at `model`'s current weights (read exactly, whatever their float
+    /// type: a float64 module restored from a checkpoint gives back the saved accumulators).
     pub fn new<M: Module>(model: &M, decay: f64, updates: u64) -> Self {
         WeightEma {
             decay,
@@ -288,17 +291,18 @@ impl WeightEma {
         }
     }
 
-    /// Fold `model`'s current weights into the average.
+    /// Fold `model`'s current weights into the average. A parameter the average does not hold
+    /// yet (or whose size changed) starts at its current value.
     pub fn update<M: Module>(&mut self, model: &M) {
         let t = self.updates as f64;
-        let d = self.decay.min((1.0 + t) / (10.0 + t)) as f32;
+        let d = self.decay.min((1.0 + t) / (10.0 + t));
         struct V<'a> {
-            values: &'a mut HashMap<ParamId, Vec<f32>>,
-            d: f32,
+            values: &'a mut HashMap<ParamId, Vec<f64>>,
+            d: f64,
         }
         impl ModuleVisitor for V<'_> {
             fn visit_float<const D: usize>(&mut self, param: &Param<Tensor<D>>) {
-                let cur = to_vec(param.val());
+                let cur = to_vec_f64(param.val());
                 match self.values.get_mut(&param.id) {
                     Some(avg) if avg.len() == cur.len() => {
                         for (a, c) in avg.iter_mut().zip(cur) {
@@ -318,22 +322,48 @@ impl WeightEma {
         self.updates += 1;
     }
 
-    /// `model` with its float parameters replaced by the averages (identities, shapes and
-    /// devices kept; parameters the average does not hold are left as they are).
+    /// `model` with its float parameters replaced by the averages, in each parameter's own
+    /// float type (identities, shapes and devices kept; parameters the average does not hold
+    /// are left as they are).
     pub fn apply<M: Module>(&self, model: M) -> M {
-        restore(model, &self.values)
+        set_values(model, &self.values, None)
     }
+
+    /// `model` holding the averages exactly, every float parameter in float64: what the
+    /// checkpoint saves.
+    pub fn to_float64_module<M: Module>(&self, model: M) -> M {
+        set_values(model, &self.values, Some(DType::F64))
+    }
+}
+
+/// `model` with the float state named in `values` set to those values, stored in `dtype` (or
+/// each parameter's own float type). A running statistic is written into its shared cell.
+fn set_values<M: Module>(model: M, values: &HashMap<ParamId, Vec<f64>>, dtype: Option<DType>) -> M {
+    struct Mp<'a>(&'a HashMap<ParamId, Vec<f64>>, Option<DType>);
+    impl ModuleMapper for Mp<'_> {
+        fn map_float<const D: usize>(&mut self, p: Param<Tensor<D>>) -> Param<Tensor<D>> {
+            let dtype = self.1;
+            match self.0.get(&p.id) {
+                Some(v) => p.map(|t| {
+                    let dtype = dtype.unwrap_or(t.dtype());
+                    from_vec_f64(v.clone(), t.dims(), (&t.device(), dtype))
+                }),
+                None => p,
+            }
+        }
+    }
+    model.map(&mut Mp(values, dtype))
 }
 
 /// The float state of `model` that is not trained (running statistics, fixed buffers), on the
 /// host.
-fn host_buffers<M: Module>(model: &M) -> HashMap<ParamId, Vec<f32>> {
-    struct V(HashMap<ParamId, Vec<f32>>);
+fn host_buffers<M: Module>(model: &M) -> HashMap<ParamId, Vec<f64>> {
+    struct V(HashMap<ParamId, Vec<f64>>);
     impl ModuleVisitor for V {
         fn visit_float<const D: usize>(&mut self, param: &Param<Tensor<D>>) {
             let t = param.val();
             if !t.is_require_grad() {
-                self.0.insert(param.id, to_vec(t));
+                self.0.insert(param.id, to_vec_f64(t));
             }
         }
     }
@@ -342,27 +372,12 @@ fn host_buffers<M: Module>(model: &M) -> HashMap<ParamId, Vec<f32>> {
     v.0
 }
 
-/// `model` with the float state named in `values` set back to those values (a running
-/// statistic is written into its shared cell, so every clone sees the restored value).
-fn restore<M: Module>(model: M, values: &HashMap<ParamId, Vec<f32>>) -> M {
-    struct Mp<'a>(&'a HashMap<ParamId, Vec<f32>>);
-    impl ModuleMapper for Mp<'_> {
-        fn map_float<const D: usize>(&mut self, p: Param<Tensor<D>>) -> Param<Tensor<D>> {
-            match self.0.get(&p.id) {
-                Some(v) => p.map(|t| from_vec(v.clone(), t.dims(), &t.device()).cast(t.dtype())),
-                None => p,
-            }
-        }
-    }
-    model.map(&mut Mp(values))
-}
-
-/// Every float parameter of `model` on the host.
-fn host_params<M: Module>(model: &M) -> HashMap<ParamId, Vec<f32>> {
-    struct V(HashMap<ParamId, Vec<f32>>);
+/// Every float parameter of `model` on the host, exactly (float64 holds float32 values).
+fn host_params<M: Module>(model: &M) -> HashMap<ParamId, Vec<f64>> {
+    struct V(HashMap<ParamId, Vec<f64>>);
     impl ModuleVisitor for V {
         fn visit_float<const D: usize>(&mut self, param: &Param<Tensor<D>>) {
-            self.0.insert(param.id, to_vec(param.val()));
+            self.0.insert(param.id, to_vec_f64(param.val()));
         }
     }
     let mut v = V(HashMap::new());
@@ -434,7 +449,7 @@ pub struct Guard {
     /// Values of the model's non-trained float state (batch-norm running statistics, fixed
     /// buffers) after the last applied step: the forward pass of a step updates running
     /// statistics before the guard sees its loss, so a skipped step restores them from here.
-    buffers: HashMap<ParamId, Vec<f32>>,
+    buffers: HashMap<ParamId, Vec<f64>>,
     /// Consecutive skipped steps so far.
     pub consecutive: usize,
     /// Skipped steps over the whole run (carried across resume).
@@ -506,7 +521,7 @@ impl Guard {
             }
         };
         let model = if outcome.skipped.is_some() {
-            restore(model, &self.buffers)
+            set_values(model, &self.buffers, None)
         } else {
             self.buffers = host_buffers(&model);
             model

@@ -170,7 +170,11 @@ pub fn load_trained(dir: &Path, device: &Device) -> Result<(Flow2d, RunState)> {
     checkpoint::refuse_nonfinite(&model, &ck.join(MODEL_FILE))?;
     let ema_path = ck.join(EMA_FILE);
     if state.options.stability.ema_decay > 0.0 && ema_path.exists() {
-        model = checkpoint::load_model(model, &ema_path)?;
+        // The average is saved in float64 (exact for resume); evaluation runs in float32.
+        model = crate::tensor_util::cast_module(
+            checkpoint::load_model(model, &ema_path)?,
+            burn::tensor::DType::F32,
+        );
         checkpoint::refuse_nonfinite(&model, &ema_path)?;
     }
     Ok((model, state))
@@ -360,7 +364,10 @@ pub fn train2d(
                     skipped_steps: guard.total_skips,
                     ema_updates: guard.ema.as_ref().map_or(0, |e| e.updates),
                 };
-                let ema = guard.ema.as_ref().map(|e| e.apply(model.valid()));
+                let ema = guard
+                    .ema
+                    .as_ref()
+                    .map(|e| e.to_float64_module(model.valid()));
                 save_checkpoint(out, &model, ema.as_ref(), &optim, &state)?;
                 saved = Some((checkpoint_dir(out), done));
             }
@@ -382,7 +389,10 @@ pub fn train2d(
         skipped_steps: guard.total_skips,
         ema_updates: guard.ema.as_ref().map_or(0, |e| e.updates),
     };
-    let ema = guard.ema.as_ref().map(|e| e.apply(model.valid()));
+    let ema = guard
+        .ema
+        .as_ref()
+        .map(|e| e.to_float64_module(model.valid()));
     save_checkpoint(out, &model, ema.as_ref(), &optim, &state)?;
 
     let eval = guard.eval_weights(model.valid());

@@ -410,7 +410,8 @@ pub fn load_for_eval(dir: &Path, device: &Device) -> Result<(GlowImage, ImageRun
     let (model, state) = load_trained(dir, device)?;
     let ema_path = checkpoint::locate(dir).join(EMA_FILE);
     if state.options.stability.ema_decay > 0.0 && ema_path.exists() {
-        let avg = checkpoint::load_model(model, &ema_path)?;
+        // The average is saved in float64 (exact for resume); evaluation runs in float32.
+        let avg = cast_module(checkpoint::load_model(model, &ema_path)?, DType::F32);
         checkpoint::refuse_nonfinite(&avg, &ema_path)?;
         Ok((avg, state, true))
     } else {
@@ -616,7 +617,10 @@ pub fn train_image(
                     skipped_steps: guard.total_skips,
                     ema_updates: guard.ema.as_ref().map_or(0, |e| e.updates),
                 };
-                let ema = guard.ema.as_ref().map(|e| e.apply(model.valid()));
+                let ema = guard
+                    .ema
+                    .as_ref()
+                    .map(|e| e.to_float64_module(model.valid()));
                 save_checkpoint(out, &model, ema.as_ref(), &optim, &state)?;
                 saved = Some((checkpoint_dir(out), done));
             }
@@ -636,7 +640,10 @@ pub fn train_image(
         skipped_steps: guard.total_skips,
         ema_updates: guard.ema.as_ref().map_or(0, |e| e.updates),
     };
-    let ema = guard.ema.as_ref().map(|e| e.apply(model.valid()));
+    let ema = guard
+        .ema
+        .as_ref()
+        .map(|e| e.to_float64_module(model.valid()));
     save_checkpoint(out, &model, ema.as_ref(), &optim, &state)?;
     let eval = guard.eval_weights(model.valid());
     let test = if opts.test_limit > 0 {
