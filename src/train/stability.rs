@@ -39,13 +39,10 @@ pub struct StabilityOptions {
 }
 
 impl Default for StabilityOptions {
+    /// [`StabilityOptions::off`]: each command states its own defaults (`train`:
+    /// `train_image::image_recipe_stability`).
     fn default() -> Self {
-        StabilityOptions {
-            clip_grad_norm: 0.0,
-            ema_decay: 0.0,
-            max_skips: 20,
-            optimizer: OptimizerKind::Adam,
-        }
+        Self::off()
     }
 }
 

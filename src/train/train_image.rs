@@ -197,18 +197,6 @@ pub fn per_image_bpd(
     out
 }
 
-/// Mean test bits/dim over `set` (one dequantisation draw with a fixed seed); NaN when any
-/// image's value is not finite (see [`BpdReport`] for which).
-pub fn test_bpd(
-    model: &GlowImage,
-    set: &ImageSet,
-    n_bits: u32,
-    batch: usize,
-    device: &Device,
-) -> f64 {
-    BpdReport::new(&per_image_bpd(model, set, n_bits, batch, device)).mean
-}
-
 /// Per-image bits/dim figures of a test set, so that one image cannot silently dominate the
 /// mean: the mean (NaN when any value is non-finite), the median, the worst images with their
 /// 0-based indices, and how many are non-finite or extreme.
@@ -529,7 +517,6 @@ pub fn train_image(
         "step,group,grad_norm_max",
         first == 0,
     )?;
-    // The newest checkpoint that exists (resumed from, or written by this run).
     // The newest checkpoint that exists: the one resumed from, then each one this run writes.
     let mut saved: Option<(PathBuf, usize)> = resumed_from.map(|ck| (ck, first));
     let bar = progress_bar(progress, opts.steps as u64, first as u64);
