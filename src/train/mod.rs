@@ -28,6 +28,23 @@ pub fn progress_bar(enabled: bool, len: u64, pos: u64) -> Option<indicatif::Prog
     Some(b)
 }
 
+/// A run's two logs in `out`: `metrics.csv` with `header`, and `grad_norms.csv` (the gradient
+/// norm per layer group), each created fresh or appended to on resume (see [`open_metrics`]).
+pub fn open_run_logs(
+    out: &std::path::Path,
+    header: &str,
+    fresh: bool,
+) -> anyhow::Result<(std::fs::File, std::fs::File)> {
+    Ok((
+        open_metrics(&out.join("metrics.csv"), header, fresh)?,
+        open_metrics(
+            &out.join("grad_norms.csv"),
+            "step,group,grad_norm_max",
+            fresh,
+        )?,
+    ))
+}
+
 /// The metrics CSV of a run: created with `header` for a fresh run, appended to on resume. On
 /// resume a missing or empty file gets the header first, and a file written with fewer columns
 /// (a run saved before some were added) is rewritten with `header`, its old rows padded with

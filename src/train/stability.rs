@@ -539,6 +539,27 @@ impl Guard {
         (model, outcome, report, stop)
     }
 
+    /// Updates folded into the weight average so far (0 without one), for the run state.
+    pub fn ema_updates(&self) -> u64 {
+        self.ema.as_ref().map_or(0, |e| e.updates)
+    }
+
+    /// Save `model`, its weight average (in float64, when there is one), `optim` and `state`
+    /// into `out/checkpoint/` (see [`checkpoint::save_checkpoint`](crate::train::checkpoint::save_checkpoint)).
+    pub fn save_checkpoint<M: Module + burn::store::ModuleSnapshot, S: Serialize>(
+        &self,
+        out: &std::path::Path,
+        model: &M,
+        optim: &burn::optim::ModuleOptimizer,
+        state: &S,
+    ) -> anyhow::Result<()> {
+        let ema = self
+            .ema
+            .as_ref()
+            .map(|e| e.to_float64_module(model.valid()));
+        crate::train::checkpoint::save_checkpoint(out, model, ema.as_ref(), optim, state)
+    }
+
     /// The weights to evaluate and sample with: the average when there is one.
     pub fn eval_weights<M: Module>(&self, model: M) -> M {
         match &self.ema {

@@ -10,10 +10,10 @@ use burn::module::Module;
 use burn::tensor::Device;
 use serde::{Deserialize, Serialize};
 
-use super::checkpoint::{self, checkpoint_dir, save_checkpoint, EMA_FILE, MODEL_FILE, STATE_FILE};
+use super::checkpoint::{self, checkpoint_dir, EMA_FILE, MODEL_FILE, STATE_FILE};
 use super::data2d::{test_points, DataStream};
 use super::stability::{stop_error, write_group_norms, Guard, StabilityOptions, Window};
-use super::{eval2d, open_metrics, parallel, progress_bar};
+use super::{eval2d, open_run_logs, parallel, progress_bar};
 use crate::data::toy2d::Target;
 use crate::layers::ActNormFlags;
 use crate::models::{Flow2d, Flow2dConfig, ModelKind};
@@ -266,15 +266,9 @@ pub fn train2d(
     }
 
     let mut guard = Guard::new(&model, opts.stability.clone(), ema, skipped);
-    let metrics_path = out.join("metrics.csv");
-    let mut metrics = open_metrics(
-        &metrics_path,
+    let (mut metrics, mut group_norms) = open_run_logs(
+        out,
         "step,loss,lr,seconds,grad_norm_max,clipped,skipped",
-        first_step == 0,
-    )?;
-    let mut group_norms = open_metrics(
-        &out.join("grad_norms.csv"),
-        "step,group,grad_norm_max",
         first_step == 0,
     )?;
     // The newest checkpoint that exists: the one resumed from, then each one this run writes.
@@ -362,13 +356,9 @@ pub fn train2d(
                     actnorm_initialized: model.flow.actnorm_flags(),
                     train_seconds,
                     skipped_steps: guard.total_skips,
-                    ema_updates: guard.ema.as_ref().map_or(0, |e| e.updates),
+                    ema_updates: guard.ema_updates(),
                 };
-                let ema = guard
-                    .ema
-                    .as_ref()
-                    .map(|e| e.to_float64_module(model.valid()));
-                save_checkpoint(out, &model, ema.as_ref(), &optim, &state)?;
+                guard.save_checkpoint(out, &model, &optim, &state)?;
                 saved = Some((checkpoint_dir(out), done));
             }
             clock = Instant::now();
@@ -387,13 +377,9 @@ pub fn train2d(
         actnorm_initialized: model.flow.actnorm_flags(),
         train_seconds,
         skipped_steps: guard.total_skips,
-        ema_updates: guard.ema.as_ref().map_or(0, |e| e.updates),
+        ema_updates: guard.ema_updates(),
     };
-    let ema = guard
-        .ema
-        .as_ref()
-        .map(|e| e.to_float64_module(model.valid()));
-    save_checkpoint(out, &model, ema.as_ref(), &optim, &state)?;
+    guard.save_checkpoint(out, &model, &optim, &state)?;
 
     let eval = guard.eval_weights(model.valid());
     let summary = evaluate_and_draw(&eval, &state, out, device, vmax)?;

@@ -13,9 +13,9 @@ use rand::SeedableRng;
 use rand_chacha::ChaCha8Rng;
 use serde::{Deserialize, Serialize};
 
-use super::checkpoint::{self, checkpoint_dir, save_checkpoint, EMA_FILE, MODEL_FILE, STATE_FILE};
+use super::checkpoint::{self, checkpoint_dir, EMA_FILE, MODEL_FILE, STATE_FILE};
 use super::stability::{stop_error, write_group_norms, Guard, StabilityOptions, Window};
-use super::{open_metrics, parallel, progress_bar};
+use super::{open_run_logs, parallel, progress_bar};
 use crate::data::dequant::{dequantize, to_pixels};
 use crate::data::{DataSpec, ImageSet, LoadOptions};
 use crate::layers::ActNormFlags;
@@ -506,15 +506,9 @@ pub fn train_image(
     }
 
     let mut guard = Guard::new(&model, opts.stability.clone(), ema, skipped);
-    let metrics_path = out.join("metrics.csv");
-    let mut metrics = open_metrics(
-        &metrics_path,
+    let (mut metrics, mut group_norms) = open_run_logs(
+        out,
         "step,bpd,lr,seconds,images_per_s,grad_norm_max,clipped,skipped",
-        first == 0,
-    )?;
-    let mut group_norms = open_metrics(
-        &out.join("grad_norms.csv"),
-        "step,group,grad_norm_max",
         first == 0,
     )?;
     // The newest checkpoint that exists: the one resumed from, then each one this run writes.
@@ -602,13 +596,9 @@ pub fn train_image(
                     actnorm_initialized: model.actnorm_flags(),
                     train_seconds,
                     skipped_steps: guard.total_skips,
-                    ema_updates: guard.ema.as_ref().map_or(0, |e| e.updates),
+                    ema_updates: guard.ema_updates(),
                 };
-                let ema = guard
-                    .ema
-                    .as_ref()
-                    .map(|e| e.to_float64_module(model.valid()));
-                save_checkpoint(out, &model, ema.as_ref(), &optim, &state)?;
+                guard.save_checkpoint(out, &model, &optim, &state)?;
                 saved = Some((checkpoint_dir(out), done));
             }
             clock = Instant::now();
@@ -625,13 +615,9 @@ pub fn train_image(
         actnorm_initialized: model.actnorm_flags(),
         train_seconds,
         skipped_steps: guard.total_skips,
-        ema_updates: guard.ema.as_ref().map_or(0, |e| e.updates),
+        ema_updates: guard.ema_updates(),
     };
-    let ema = guard
-        .ema
-        .as_ref()
-        .map(|e| e.to_float64_module(model.valid()));
-    save_checkpoint(out, &model, ema.as_ref(), &optim, &state)?;
+    guard.save_checkpoint(out, &model, &optim, &state)?;
     let eval = guard.eval_weights(model.valid());
     let test = if opts.test_limit > 0 {
         data.test.take(opts.test_limit)
