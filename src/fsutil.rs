@@ -6,7 +6,8 @@ use std::path::Path;
 use anyhow::{Context, Result};
 
 /// Write `bytes` to `path` through a temporary file in the same directory and an atomic rename,
-/// so a crash mid-write keeps the previous file intact.
+/// so a crash mid-write keeps the previous file intact. On an error (a full disk) the temporary
+/// file is removed and `path` is unchanged.
 pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
     let dir = path
         .parent()
@@ -14,14 +15,50 @@ pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
         .unwrap_or(Path::new("."));
     let name = path.file_name().and_then(|n| n.to_str()).unwrap_or("file");
     let tmp = dir.join(format!(".{name}.tmp{}", std::process::id()));
+    let result = write_synced(&tmp, bytes).and_then(|()| {
+        std::fs::rename(&tmp, path)
+            .with_context(|| format!("cannot move {} to {}", tmp.display(), path.display()))
+    });
+    if result.is_err() {
+        std::fs::remove_file(&tmp).ok();
+    }
+    result
+}
+
+/// Create `path` with `bytes` and flush it to the disk (`fsync`), so a later rename publishes
+/// complete contents even after a power cut.
+pub fn write_synced(path: &Path, bytes: &[u8]) -> Result<()> {
     let mut f =
-        std::fs::File::create(&tmp).with_context(|| format!("cannot create {}", tmp.display()))?;
+        std::fs::File::create(path).with_context(|| format!("cannot create {}", path.display()))?;
     f.write_all(bytes)
-        .with_context(|| format!("cannot write {}", tmp.display()))?;
-    f.sync_all().ok();
-    drop(f);
-    std::fs::rename(&tmp, path)
-        .with_context(|| format!("cannot move {} to {}", tmp.display(), path.display()))
+        .with_context(|| format!("cannot write {}", path.display()))?;
+    f.sync_all()
+        .with_context(|| format!("cannot write {} (sync)", path.display()))
+}
+
+/// Flush a directory's entries (renames into it) to the disk; best effort.
+pub fn sync_dir(dir: &Path) {
+    if let Ok(f) = std::fs::File::open(dir) {
+        f.sync_all().ok();
+    }
+}
+
+/// Remove the temporary files `.NAME.tmpPID` that [`write_atomic`] calls killed mid-write left
+/// in `dir`. Call only while holding the directory's run lock.
+pub fn remove_stale_temps(dir: &Path) {
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return;
+    };
+    for e in entries.flatten() {
+        let name = e.file_name().to_string_lossy().into_owned();
+        let stale = name.starts_with('.')
+            && name
+                .rsplit_once(".tmp")
+                .is_some_and(|(_, pid)| !pid.is_empty() && pid.bytes().all(|b| b.is_ascii_digit()));
+        if stale && e.file_type().is_ok_and(|t| t.is_file()) {
+            std::fs::remove_file(e.path()).ok();
+        }
+    }
 }
 
 /// Serde helper for float fields that JSON writes as `null` when they are NaN: reads `null`

@@ -13,6 +13,7 @@ fn main() {
     unsafe { libmimalloc_sys::mi_option_set(MI_OPTION_PURGE_DELAY, -1) };
     if let Err(e) = glowflow::cli::run(std::env::args_os()) {
         eprintln!("error: {e:#}");
-        std::process::exit(1);
+        // 2: input to fix (a flag, a file); 130: interrupted and saved; 1: anything else.
+        std::process::exit(glowflow::error::exit_code(&e));
     }
 }

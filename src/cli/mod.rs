@@ -1,10 +1,16 @@
 //! The `glowflow` command line: a thin layer over the library.
+//!
+//! Every number is checked by its value parser ([`parse`]) before anything runs; errors a user
+//! can fix exit with code 2, an interrupted run with 130 ([`crate::error::exit_code`]).
+
+pub mod parse;
 
 use std::ffi::OsString;
 use std::path::PathBuf;
 
-use anyhow::{Context, Result};
-use clap::{Args, Parser, Subcommand};
+use anyhow::Result;
+use clap::parser::ValueSource;
+use clap::{ArgMatches, Args, CommandFactory, FromArgMatches, Parser, Subcommand};
 use serde_json::json;
 
 use crate::data::Target;
@@ -12,7 +18,10 @@ use crate::models::{CouplingKind, Flow2dConfig, ModelKind, Permutation};
 use crate::train::stability::StabilityOptions;
 use crate::train::train2d::{comparison_picture, load_trained};
 use crate::train::train_image::image_recipe_stability;
-use crate::train::{checkpoint, eval2d, train2d, RunIo, Start, Train2dOptions};
+use crate::error::{FieldError, InputError};
+use crate::limits::{MAX_FLOW_STEPS, MAX_IMAGE_SIDE, MAX_LEVELS, MAX_STEPS, MAX_THREADS, MAX_WIDTH};
+use crate::train::run_dir::{self, ResumeChanges};
+use crate::train::{checkpoint, eval2d, interrupt, train2d, RunIo, Start, Train2dOptions};
 
 #[derive(Parser, Debug)]
 #[command(name = "glowflow", version, about = "Glow-family normalizing flows")]
@@ -24,18 +33,25 @@ pub struct Cli {
 #[derive(Subcommand, Debug)]
 pub enum Command {
     /// Train a 2D flow (Glow or Real NVP) on a toy target by maximum likelihood.
+    #[command(allow_negative_numbers = true)]
     Train2d(Train2dArgs),
     /// Train Glow and Real NVP on identical data and budget and compare them.
+    #[command(allow_negative_numbers = true)]
     Compare(CompareArgs),
     /// Train a multi-scale Glow on images.
+    #[command(allow_negative_numbers = true)]
     Train(TrainArgs),
     /// Test bits/dim of a trained image model over the whole test split.
+    #[command(allow_negative_numbers = true)]
     Eval(EvalArgs),
     /// Sample a grid of images from a trained image model.
+    #[command(allow_negative_numbers = true)]
     Sample(SampleArgs),
     /// Max abs error of inverse(forward(x)) over a batch of test images.
+    #[command(allow_negative_numbers = true)]
     Reconstruct(EvalArgs),
     /// Time a fixed workload (training steps or generation) and report speed and peak memory.
+    #[command(allow_negative_numbers = true)]
     Bench(BenchArgs),
 }
 
@@ -44,14 +60,14 @@ pub struct BenchArgs {
     #[arg(long, value_enum)]
     pub workload: crate::bench::Workload,
     /// Timed steps (default: per workload, a few seconds' worth).
-    #[arg(long)]
+    #[arg(long, value_parser = parse::count::<1, 1_000_000>)]
     pub steps: Option<usize>,
     /// Untimed steps first.
-    #[arg(long, default_value_t = 3)]
+    #[arg(long, default_value_t = 3, value_parser = parse::count::<0, 1_000_000>)]
     pub warmup: usize,
     /// CPU threads (default: all cores): data-parallel shards of the 2D workloads and the size
     /// of the backend's thread pool.
-    #[arg(long)]
+    #[arg(long, value_parser = parse::count::<1, MAX_THREADS>)]
     pub threads: Option<usize>,
     #[arg(long, default_value = "flex")]
     pub device: String,
@@ -66,15 +82,15 @@ pub struct BenchArgs {
 pub struct StabilityArgs {
     /// Clip the global gradient L2 norm to this value; 0 turns clipping off
     /// [default: train 50, train2d/compare 0].
-    #[arg(long)]
+    #[arg(long, value_parser = parse::threshold)]
     pub clip_grad_norm: Option<f64>,
     /// Decay of the exponential moving average of the weights used for evaluation and samples;
     /// 0 turns it off [default: train 0.999, train2d/compare 0].
-    #[arg(long)]
+    #[arg(long, value_parser = parse::decay)]
     pub ema_decay: Option<f64>,
     /// Stop after this many consecutive steps skipped for a non-finite loss, gradient or update
     /// [default: 20].
-    #[arg(long)]
+    #[arg(long, value_parser = parse::count::<1, 1_000_000>)]
     pub max_skips: Option<usize>,
     /// Optimizer [default: adam].
     #[arg(long, value_enum)]
@@ -82,23 +98,6 @@ pub struct StabilityArgs {
 }
 
 impl StabilityArgs {
-    /// An error naming the first stability flag given with `--resume`: a resumed run keeps its
-    /// own recipe (changing it would make the resume inexact without a word).
-    fn refuse_on_resume(&self) -> Result<()> {
-        let given = [
-            ("--clip-grad-norm", self.clip_grad_norm.is_some()),
-            ("--ema-decay", self.ema_decay.is_some()),
-            ("--max-skips", self.max_skips.is_some()),
-            ("--optimizer", self.optimizer.is_some()),
-        ];
-        if let Some((flag, _)) = given.iter().find(|g| g.1) {
-            anyhow::bail!(
-                "{flag} cannot be changed on --resume: the run keeps the recipe saved in its checkpoint"
-            );
-        }
-        Ok(())
-    }
-
     fn options(&self, defaults: StabilityOptions) -> StabilityOptions {
         StabilityOptions {
             clip_grad_norm: self.clip_grad_norm.unwrap_or(defaults.clip_grad_norm),
@@ -111,68 +110,80 @@ impl StabilityArgs {
 
 #[derive(Args, Debug)]
 pub struct TrainArgs {
-    /// Images: idx:DIR (MNIST-style IDX, raw or .gz), cifar10:DIR or folder:DIR.
+    /// Images: idx:DIR (MNIST-style IDX, raw or .gz), cifar10:DIR or folder:DIR. Stored as an
+    /// absolute path; may be given again on --resume when the data moved (same images).
     #[arg(long)]
     pub data: Option<String>,
     /// Zero-pad images to this square size (28 -> 32).
-    #[arg(long)]
+    #[arg(long, value_parser = parse::count::<1, MAX_IMAGE_SIDE>)]
     pub pad: Option<usize>,
     /// Folder images: centre-crop and resize to this size.
-    #[arg(long)]
+    #[arg(long, value_parser = parse::count::<1, MAX_IMAGE_SIDE>)]
     pub size: Option<usize>,
     /// Folder images: load as greyscale.
     #[arg(long)]
     pub grey: bool,
-    #[arg(long, default_value_t = 3)]
+    #[arg(long, default_value_t = 3, value_parser = parse::count::<1, MAX_LEVELS>)]
     pub levels: usize,
-    #[arg(long, default_value_t = 6)]
+    #[arg(long, default_value_t = 6, value_parser = parse::count::<1, MAX_FLOW_STEPS>)]
     pub depth: usize,
     /// Coupling-CNN width.
-    #[arg(long, default_value_t = 64)]
+    #[arg(long, default_value_t = 64, value_parser = parse::count::<1, MAX_WIDTH>)]
     pub width: usize,
     #[arg(long, value_enum, default_value = "affine")]
     pub coupling: crate::models::ImageCoupling,
     #[arg(long, value_enum, default_value = "lu")]
     pub permutation: crate::models::Permutation,
     /// Bits per pixel kept (8: the standard for comparing bits/dim with published numbers).
-    #[arg(long, default_value_t = 8)]
+    #[arg(long, default_value_t = 8, value_parser = parse::bits)]
     pub n_bits: u32,
     /// Use N(0, I) as the top prior instead of a learned Gaussian.
     #[arg(long)]
     pub fixed_top: bool,
-    #[arg(long, default_value_t = 64)]
+    /// Images per batch (at most the training set).
+    #[arg(long, default_value_t = 64, value_parser = parse::count::<1, 1_048_576>)]
     pub batch: usize,
-    /// Learning rate (openai/glow's 1e-3; stable with the default gradient-norm clipping).
-    #[arg(long, default_value_t = 1e-3)]
+    /// Learning rate (openai/glow's 1e-3; stable with the default gradient-norm clipping). May
+    /// change on --resume (recorded in the checkpoint).
+    #[arg(long, default_value_t = 1e-3, value_parser = parse::learning_rate)]
     pub lr: f64,
     /// Linear warm-up steps.
-    #[arg(long, default_value_t = 200)]
+    #[arg(long, default_value_t = 200, value_parser = parse::count::<0, MAX_STEPS>)]
     pub warmup: usize,
     /// Total training steps (default 2000; on --resume, the checkpoint's own total).
-    #[arg(long)]
+    #[arg(long, value_parser = parse::count::<1, MAX_STEPS>)]
     pub steps: Option<usize>,
     #[arg(long, default_value_t = 0)]
     pub seed: u64,
-    #[arg(long, default_value_t = 500)]
+    /// Write a sample grid every this many steps (0: never).
+    #[arg(long, default_value_t = 500, value_parser = parse::count::<0, MAX_STEPS>)]
     pub sample_every: usize,
-    #[arg(long, default_value_t = 500)]
+    /// Save a checkpoint every this many steps (0: at the end only; Ctrl-C also saves).
+    #[arg(long, default_value_t = 500, value_parser = parse::count::<0, MAX_STEPS>)]
     pub checkpoint_every: usize,
     /// Evaluate on at most this many test images (0: the whole test split).
-    #[arg(long, default_value_t = 0)]
+    #[arg(long, default_value_t = 0, value_parser = parse::count::<0, MAX_STEPS>)]
     pub test_limit: usize,
     /// Stop after this many minutes of training, then checkpoint and evaluate.
-    #[arg(long)]
+    #[arg(long, value_parser = parse::minutes)]
     pub time_limit: Option<f64>,
-    #[arg(long, default_value = "runs/train")]
-    pub out: PathBuf,
-    /// Continue the run in this directory (its model and recipe; --steps sets the new total).
+    /// Output directory [default: runs/train; with --resume, the resumed run's directory].
+    #[arg(long)]
+    pub out: Option<PathBuf>,
+    /// Continue the run in this directory (its model and recipe; --steps sets the new total;
+    /// --lr, --data, --threads, --time-limit, --checkpoint-every, --sample-every and
+    /// --test-limit may change, every other flag is refused).
     #[arg(long)]
     pub resume: Option<PathBuf>,
+    /// Replace a run already in --out (its checkpoint, logs and samples).
+    #[arg(long)]
+    pub force: bool,
     #[arg(long, default_value = "flex")]
     pub device: String,
     /// Data-parallel threads, one batch shard each (default: all cores; 1 with cuda). Part of
-    /// the recipe: `--resume` keeps the run's own count, so resumed runs stay exact.
-    #[arg(long)]
+    /// the recipe: changing it on --resume is allowed, with a note that results then differ
+    /// from an uninterrupted run in float32 rounding.
+    #[arg(long, value_parser = parse::count::<1, MAX_THREADS>)]
     pub threads: Option<usize>,
     #[command(flatten)]
     pub stability: StabilityArgs,
@@ -189,7 +200,7 @@ pub struct EvalArgs {
     #[arg(long)]
     pub data: Option<String>,
     /// Images for `reconstruct`.
-    #[arg(long, default_value_t = 64)]
+    #[arg(long, default_value_t = 64, value_parser = parse::count::<1, 1_000_000>)]
     pub n: usize,
     /// Write the JSON result here too.
     #[arg(long)]
@@ -205,10 +216,11 @@ pub struct EvalArgs {
 pub struct SampleArgs {
     #[arg(long)]
     pub checkpoint: PathBuf,
-    #[arg(long, default_value_t = 64)]
+    /// Number of samples.
+    #[arg(long, default_value_t = 64, value_parser = parse::count::<1, 1_000_000>)]
     pub n: usize,
     /// Scales the standard deviation of every prior.
-    #[arg(long, default_value_t = 0.7)]
+    #[arg(long, default_value_t = 0.7, value_parser = parse::temperature)]
     pub temperature: f64,
     #[arg(long, default_value_t = 0)]
     pub seed: u64,
@@ -225,28 +237,28 @@ pub struct CommonArgs {
     #[arg(long, value_enum, default_value = "normals")]
     pub target: Target,
     /// Training steps (total, including those of a resumed checkpoint).
-    #[arg(long)]
+    #[arg(long, value_parser = parse::count::<1, MAX_STEPS>)]
     pub steps: Option<usize>,
     /// Batch size.
-    #[arg(long, default_value_t = 1024)]
+    #[arg(long, default_value_t = 1024, value_parser = parse::count::<1, 16_777_216>)]
     pub batch: usize,
-    /// Adam learning rate.
-    #[arg(long, default_value_t = 1e-4)]
+    /// Adam learning rate (may change on train2d --resume; recorded).
+    #[arg(long, default_value_t = 1e-4, value_parser = parse::learning_rate)]
     pub lr: f64,
     /// Multiply the learning rate by --lr-gamma every this many steps (StepLR).
-    #[arg(long, default_value_t = 10_000)]
+    #[arg(long, default_value_t = 10_000, value_parser = parse::count::<1, MAX_STEPS>)]
     pub lr_step: usize,
     /// StepLR factor.
-    #[arg(long, default_value_t = 0.5)]
+    #[arg(long, default_value_t = 0.5, value_parser = parse::factor)]
     pub lr_gamma: f64,
     /// Number of flow steps K.
-    #[arg(long, default_value_t = 32)]
+    #[arg(long, default_value_t = 32, value_parser = parse::count::<1, MAX_FLOW_STEPS>)]
     pub layers: usize,
     /// Coupling-network hidden width.
-    #[arg(long, default_value_t = 64)]
+    #[arg(long, default_value_t = 64, value_parser = parse::count::<1, MAX_WIDTH>)]
     pub hidden: usize,
     /// Coupling-network hidden layers.
-    #[arg(long, default_value_t = 2)]
+    #[arg(long, default_value_t = 2, value_parser = parse::count::<1, 64>)]
     pub depth: usize,
     /// Coupling form: tanh (the tutorial's x * exp(tanh(s) * a + b) + t), sigmoid (Glow's
     /// (x + t) * sigmoid(s + 2), which can only contract) or additive.
@@ -256,20 +268,20 @@ pub struct CommonArgs {
     #[arg(long, default_value_t = 0)]
     pub seed: u64,
     /// Number of density frames in training.gif.
-    #[arg(long, default_value_t = 20)]
+    #[arg(long, default_value_t = 20, value_parser = parse::count::<0, 10_000>)]
     pub frames: usize,
-    /// Save a checkpoint every this many steps (0: at the end only).
-    #[arg(long, default_value_t = 0)]
+    /// Save a checkpoint every this many steps (0: at the end only; Ctrl-C also saves).
+    #[arg(long, default_value_t = 0, value_parser = parse::count::<0, MAX_STEPS>)]
     pub checkpoint_every: usize,
     /// Held-out samples for the test NLL.
-    #[arg(long, default_value_t = 20_000)]
+    #[arg(long, default_value_t = 20_000, value_parser = parse::count::<1, 67_108_864>)]
     pub test_samples: usize,
     /// Compute device: flex (CPU) or cuda.
     #[arg(long, default_value = "flex")]
     pub device: String,
     /// Threads for data-parallel training (default: all cores). Runs are deterministic for a
-    /// given thread count.
-    #[arg(long)]
+    /// given thread count; a resumed run keeps its own unless this is given (with a note).
+    #[arg(long, value_parser = parse::count::<1, MAX_THREADS>)]
     pub threads: Option<usize>,
     #[command(flatten)]
     pub stability: StabilityArgs,
@@ -318,12 +330,17 @@ pub struct Train2dArgs {
     /// Mixing layer of Glow: lu, plain, shuffle or reverse.
     #[arg(long, value_enum, default_value = "lu")]
     pub permutation: Permutation,
-    /// Output directory.
-    #[arg(long, default_value = "runs/train2d")]
-    pub out: PathBuf,
-    /// Continue the run saved in this directory (its model and recipe; --steps sets the new total).
+    /// Output directory [default: runs/train2d; with --resume, the resumed run's directory].
+    #[arg(long)]
+    pub out: Option<PathBuf>,
+    /// Continue the run saved in this directory (its model and recipe; --steps sets the new
+    /// total; --lr, --lr-step, --lr-gamma, --threads, --checkpoint-every, --test-samples and
+    /// --frames may change, every other flag is refused).
     #[arg(long)]
     pub resume: Option<PathBuf>,
+    /// Replace a run already in --out.
+    #[arg(long)]
+    pub force: bool,
     #[command(flatten)]
     pub common: CommonArgs,
 }
@@ -333,6 +350,9 @@ pub struct CompareArgs {
     /// Output directory.
     #[arg(long, default_value = "runs/compare")]
     pub out: PathBuf,
+    /// Replace a comparison already in --out.
+    #[arg(long)]
+    pub force: bool,
     #[command(flatten)]
     pub common: CommonArgs,
 }
@@ -342,20 +362,74 @@ pub const TRAIN2D_DEFAULT_STEPS: usize = 20_000;
 /// Default step budget of `compare`: both models within ~10 minutes on 2 cores.
 pub const COMPARE_DEFAULT_STEPS: usize = 3_000;
 
+/// A clap error as an [`InputError`] (exit code 2); `--help`/`--version` print and exit 0.
+fn usage_error(e: clap::Error) -> anyhow::Error {
+    if e.use_stderr() {
+        InputError::Usage(e.to_string().trim_start_matches("error: ").trim_end().to_string()).into()
+    } else {
+        print!("{e}");
+        std::process::exit(0)
+    }
+}
+
+/// The flags given on the command line (not defaults), as typed (`--lr`), with their values.
+fn given_flags(m: &ArgMatches) -> Vec<(String, String)> {
+    m.ids()
+        .filter(|id| m.value_source(id.as_str()) == Some(ValueSource::CommandLine))
+        .map(|id| {
+            let value = m
+                .get_raw(id.as_str())
+                .map(|v| {
+                    v.map(|x| x.to_string_lossy().into_owned())
+                        .collect::<Vec<_>>()
+                        .join(" ")
+                })
+                .unwrap_or_default();
+            (format!("--{}", id.as_str().replace('_', "-")), value)
+        })
+        .collect()
+}
+
+/// With `--resume`, an error naming the first flag given that a resume may not change.
+fn refuse_on_resume(given: &[(String, String)], allowed: &[&str]) -> Result<()> {
+    if let Some((flag, value)) = given.iter().find(|(f, _)| !allowed.contains(&f.as_str())) {
+        return Err(InputError::flag(
+            flag,
+            value,
+            format!(
+                "cannot be changed on --resume: it is part of the saved run (its checkpoint's \
+                 state.json); a resume may change only {}",
+                allowed
+                    .iter()
+                    .filter(|f| !matches!(**f, "--resume" | "--out" | "--force" | "--quiet" | "--device"))
+                    .copied()
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            ),
+        )
+        .into());
+    }
+    Ok(())
+}
+
+/// Whether `flag` was given on the command line.
+fn was_given(given: &[(String, String)], flag: &str) -> bool {
+    given.iter().any(|(f, _)| f == flag)
+}
+
 pub fn run<I: IntoIterator<Item = T>, T: Into<OsString> + Clone>(args: I) -> Result<()> {
-    let cli = Cli::try_parse_from(args).map_err(|e| {
-        if e.use_stderr() {
-            anyhow::anyhow!("{}", e.to_string().trim_start_matches("error: ").trim_end())
-        } else {
-            // --help / --version: print and succeed.
-            print!("{e}");
-            std::process::exit(0)
-        }
-    })?;
+    let matches = Cli::command()
+        .try_get_matches_from(args)
+        .map_err(usage_error)?;
+    let cli = Cli::from_arg_matches(&matches).map_err(usage_error)?;
+    let given = matches
+        .subcommand()
+        .map(|(_, m)| given_flags(m))
+        .unwrap_or_default();
     match cli.command {
-        Command::Train2d(a) => cmd_train2d(a),
+        Command::Train2d(a) => cmd_train2d(a, &given),
         Command::Compare(a) => cmd_compare(a),
-        Command::Train(a) => cmd_train(a),
+        Command::Train(a) => cmd_train(a, &given),
         Command::Eval(a) => cmd_eval(a, false),
         Command::Reconstruct(a) => cmd_eval(a, true),
         Command::Sample(a) => cmd_sample(a),
@@ -367,7 +441,7 @@ pub fn run<I: IntoIterator<Item = T>, T: Into<OsString> + Clone>(args: I) -> Res
 /// whole batch in one piece (shards only help CPU cores).
 fn thread_count(threads: Option<usize>, device: &str) -> Result<usize> {
     match threads {
-        Some(0) => anyhow::bail!("--threads must be at least 1"),
+        Some(0) => Err(InputError::flag("--threads", 0, "must be at least 1").into()),
         Some(t) => Ok(t),
         None if device == "cuda" => Ok(1),
         None => Ok(std::thread::available_parallelism().map_or(1, |n| n.get())),
@@ -400,22 +474,76 @@ fn cmd_bench(a: BenchArgs) -> Result<()> {
     Ok(())
 }
 
-fn cmd_train2d(a: Train2dArgs) -> Result<()> {
+/// Flags `train2d --resume` accepts; every other one is refused by name.
+const TRAIN2D_RESUME_FLAGS: &[&str] = &[
+    "--resume",
+    "--out",
+    "--force",
+    "--quiet",
+    "--device",
+    "--steps",
+    "--lr",
+    "--lr-step",
+    "--lr-gamma",
+    "--threads",
+    "--checkpoint-every",
+    "--test-samples",
+    "--frames",
+];
+
+/// Flags `train --resume` accepts; every other one is refused by name.
+const TRAIN_RESUME_FLAGS: &[&str] = &[
+    "--resume",
+    "--out",
+    "--force",
+    "--quiet",
+    "--device",
+    "--steps",
+    "--lr",
+    "--data",
+    "--threads",
+    "--time-limit",
+    "--checkpoint-every",
+    "--sample-every",
+    "--test-limit",
+];
+
+/// The output directory of a training command: `--out`, else with `--resume` the resumed run's
+/// own directory, else `default`.
+fn out_dir(out: &Option<PathBuf>, resume: &Option<PathBuf>, default: &str) -> PathBuf {
+    match (out, resume) {
+        (Some(o), _) => o.clone(),
+        (None, Some(r)) => run_dir::run_dir_of(r),
+        (None, None) => PathBuf::from(default),
+    }
+}
+
+fn cmd_train2d(a: Train2dArgs, given: &[(String, String)]) -> Result<()> {
     let device = crate::device_by_name(&a.common.device)?;
+    interrupt::install();
     let io = RunIo {
-        out: a.out.clone(),
+        out: out_dir(&a.out, &a.resume, "runs/train2d"),
         progress: !a.common.quiet,
         threads: a.common.threads()?,
+        force: a.force,
     };
     let summary = match &a.resume {
         Some(dir) => {
-            a.common.stability.refuse_on_resume()?;
-            let opts = a.common.steps.map(|s| {
-                let mut o = a.common.options(s);
-                o.steps = s;
-                o
-            });
-            train2d(Start::Resume(dir.clone()), opts, &io, &device)?
+            refuse_on_resume(given, TRAIN2D_RESUME_FLAGS)?;
+            let c = &a.common;
+            let pick = |flag: &str| was_given(given, flag);
+            let changes = ResumeChanges {
+                steps: c.steps,
+                lr: pick("--lr").then_some(c.lr),
+                lr_step: pick("--lr-step").then_some(c.lr_step),
+                lr_gamma: pick("--lr-gamma").then_some(c.lr_gamma),
+                threads: c.threads,
+                checkpoint_every: pick("--checkpoint-every").then_some(c.checkpoint_every),
+                test_samples: pick("--test-samples").then_some(c.test_samples),
+                frames: pick("--frames").then_some(c.frames),
+                ..ResumeChanges::default()
+            };
+            train2d(Start::Resume(dir.clone(), changes), None, &io, &device)?
         }
         None => {
             let cfg = a.common.config(a.model, a.permutation);
@@ -427,16 +555,29 @@ fn cmd_train2d(a: Train2dArgs) -> Result<()> {
             )?
         }
     };
-    println!("{}", serde_json::to_string_pretty(&summary)?);
-    Ok(())
+    print_json(&summary)
+}
+
+/// Print a result as pretty JSON on stdout; a failed write (a closed pipe, a full disk) is an
+/// error, not a panic.
+fn print_json<T: serde::Serialize>(value: &T) -> Result<()> {
+    use std::io::Write;
+    let mut out = std::io::stdout().lock();
+    writeln!(out, "{}", serde_json::to_string_pretty(value)?)
+        .and_then(|()| out.flush())
+        .map_err(|e| anyhow::anyhow!("cannot write the result to standard output: {e}"))
 }
 
 fn cmd_compare(a: CompareArgs) -> Result<()> {
     let device = crate::device_by_name(&a.common.device)?;
     let threads = a.common.threads()?;
     let opts = a.common.options(COMPARE_DEFAULT_STEPS);
-    std::fs::create_dir_all(&a.out)
-        .with_context(|| format!("--out {}: cannot create directory", a.out.display()))?;
+    interrupt::install();
+    let lock = run_dir::lock(&a.out)?;
+    run_dir::prepare_fresh(&a.out, a.force)?;
+    for kind in [ModelKind::Realnvp, ModelKind::Glow] {
+        run_dir::prepare_fresh(&a.out.join(kind.name()), a.force)?;
+    }
     let mut results = serde_json::Map::new();
     let mut grids = Vec::new();
     let mut rows = Vec::new();
@@ -455,6 +596,7 @@ fn cmd_compare(a: CompareArgs) -> Result<()> {
             out: out.clone(),
             progress: !a.common.quiet,
             threads,
+            force: a.force,
         };
         let cfg = a.common.config(kind, Permutation::Lu);
         let s = train2d(Start::Fresh(cfg), Some(opts.clone()), &io, &device)?;
@@ -522,23 +664,41 @@ fn cmd_compare(a: CompareArgs) -> Result<()> {
         threads
     ));
     crate::fsutil::write_atomic(&a.out.join("compare.md"), md.as_bytes())?;
-    println!("{}", serde_json::to_string_pretty(&report)?);
-    Ok(())
+    drop(lock);
+    print_json(&report)
 }
 
-fn cmd_train(a: TrainArgs) -> Result<()> {
+fn cmd_train(a: TrainArgs, given: &[(String, String)]) -> Result<()> {
     use crate::train::train_image::{train_image, ImageStart, ImageTrainOptions};
     let device = crate::device_by_name(&a.device)?;
+    interrupt::install();
     let start = match &a.resume {
         Some(dir) => {
-            a.stability.refuse_on_resume()?;
-            ImageStart::Resume(dir.clone(), a.steps, a.time_limit)
+            refuse_on_resume(given, TRAIN_RESUME_FLAGS)?;
+            let pick = |flag: &str| was_given(given, flag);
+            ImageStart::Resume(
+                dir.clone(),
+                ResumeChanges {
+                    steps: a.steps,
+                    lr: pick("--lr").then_some(a.lr),
+                    data: a.data.clone(),
+                    time_limit: a.time_limit,
+                    threads: a.threads,
+                    checkpoint_every: pick("--checkpoint-every").then_some(a.checkpoint_every),
+                    sample_every: pick("--sample-every").then_some(a.sample_every),
+                    test_limit: pick("--test-limit").then_some(a.test_limit),
+                    ..ResumeChanges::default()
+                },
+            )
         }
         None => {
-            let data = a
-                .data
-                .clone()
-                .context("--data is required (e.g. idx:/usr/share/datasets/fashion-mnist)")?;
+            let data = a.data.clone().ok_or_else(|| {
+                InputError::flag(
+                    "--data",
+                    "",
+                    "is required (e.g. --data idx:/usr/share/datasets/fashion-mnist)",
+                )
+            })?;
             let opts = ImageTrainOptions {
                 data,
                 pad: a.pad,
@@ -558,6 +718,7 @@ fn cmd_train(a: TrainArgs) -> Result<()> {
                 shards: thread_count(a.threads, &a.device)?,
                 stability: a.stability.options(image_recipe_stability()),
             };
+            opts.validate().map_err(FieldError::on_flag)?;
             let probe = crate::train::train_image::load_data(&opts)?;
             let cfg = crate::models::GlowImageConfig {
                 channels: probe.train.c,
@@ -572,24 +733,33 @@ fn cmd_train(a: TrainArgs) -> Result<()> {
                 learn_top: !a.fixed_top,
                 init_seed: a.seed,
             };
-            cfg.validate().map_err(anyhow::Error::msg)?;
+            cfg.validate().map_err(FieldError::on_flag)?;
             ImageStart::Fresh(cfg, opts)
         }
     };
-    let s = train_image(start, &a.out, !a.quiet, &device)?;
-    println!("{}", serde_json::to_string_pretty(&s)?);
-    Ok(())
+    let io = RunIo {
+        out: out_dir(&a.out, &a.resume, "runs/train"),
+        progress: !a.quiet,
+        threads: 1,
+        force: a.force,
+    };
+    let s = train_image(start, &io, &device)?;
+    print_json(&s)
 }
 
 fn cmd_eval(a: EvalArgs, reconstruct: bool) -> Result<()> {
     use crate::train::train_image::{
         load_data, load_for_eval, per_image_bpd, reconstruction_error, BpdReport,
     };
-    if a.n == 0 {
-        anyhow::bail!("--n must be at least 1");
-    }
     let device = crate::device_by_name(&a.device)?;
     let (model, state, ema) = load_for_eval(&a.checkpoint, &device)?;
+    if reconstruct {
+        // Float64 activations of a forward and an inverse pass.
+        let need = state.model.activation_bytes_per_image() * 2.0 * a.n as f64;
+        if let Some(why) = crate::limits::memory_shortfall(need) {
+            return Err(InputError::flag("--n", a.n, why).into());
+        }
+    }
     let mut opts = state.options.clone();
     if let Some(d) = &a.data {
         opts.data = d.clone();
@@ -597,18 +767,18 @@ fn cmd_eval(a: EvalArgs, reconstruct: bool) -> Result<()> {
     let data = load_data(&opts)?;
     let cfg = &state.model;
     if (data.test.c, data.test.h, data.test.w) != (cfg.channels, cfg.height, cfg.width) {
-        anyhow::bail!(
-            "--data {}: images are {}x{}x{} but the model expects {}x{}x{}",
-            opts.data,
-            data.test.c,
-            data.test.h,
-            data.test.w,
-            cfg.channels,
-            cfg.height,
-            cfg.width
-        );
+        return Err(InputError::flag(
+            "--data",
+            &opts.data,
+            format!(
+                "images are {}x{}x{} but the model expects {}x{}x{}",
+                data.test.c, data.test.h, data.test.w, cfg.channels, cfg.height, cfg.width
+            ),
+        )
+        .into());
     }
     let mut failure = None;
+    let mut per_image: Option<(PathBuf, Vec<f64>)> = None;
     let report = if reconstruct {
         // float64 measures the inverse itself; float32 is the training precision's round-off.
         use burn::tensor::DType;
@@ -633,14 +803,8 @@ fn cmd_eval(a: EvalArgs, reconstruct: bool) -> Result<()> {
         let bpd = per_image_bpd(&model, &data.test, cfg.n_bits, 256, &device);
         let r = BpdReport::new(&bpd);
         if let Some(p) = &a.per_image {
-            let mut w = csv::Writer::from_path(p)
-                .with_context(|| format!("--per-image {}: cannot create", p.display()))?;
-            w.write_record(["index", "bpd"])?;
-            for (i, v) in bpd.iter().enumerate() {
-                w.write_record([i.to_string(), v.to_string()])?;
-            }
-            w.flush()
-                .with_context(|| format!("--per-image {}: cannot write", p.display()))?;
+            // Written after the figures are printed (below), so a failed write loses nothing.
+            per_image = Some((p.clone(), bpd.clone()));
         }
         if r.nonfinite > 0 {
             failure = Some(anyhow::anyhow!(
@@ -660,9 +824,14 @@ fn cmd_eval(a: EvalArgs, reconstruct: bool) -> Result<()> {
         })
     };
     // Print before writing, so a failed write never loses the figures.
-    println!("{}", serde_json::to_string_pretty(&report)?);
+    print_json(&report)?;
+    if let Some((p, bpd)) = per_image {
+        write_per_image(&p, &bpd)
+            .map_err(|e| InputError::flag("--per-image", p.display(), format!("{e:#}")))?;
+    }
     if let Some(p) = &a.out {
-        checkpoint::save_json(&report, p)?;
+        checkpoint::save_json(&report, p)
+            .map_err(|e| InputError::flag("--out", p.display(), format!("{e:#}")))?;
     }
     match failure {
         Some(e) => Err(e),
@@ -670,19 +839,26 @@ fn cmd_eval(a: EvalArgs, reconstruct: bool) -> Result<()> {
     }
 }
 
+/// `index,bpd` rows, written atomically.
+fn write_per_image(path: &std::path::Path, bpd: &[f64]) -> Result<()> {
+    let mut w = csv::Writer::from_writer(Vec::new());
+    w.write_record(["index", "bpd"])?;
+    for (i, v) in bpd.iter().enumerate() {
+        w.write_record([i.to_string(), v.to_string()])?;
+    }
+    let bytes = w.into_inner().map_err(|e| anyhow::anyhow!("{e}"))?;
+    crate::fsutil::write_atomic(path, &bytes)
+}
+
 fn cmd_sample(a: SampleArgs) -> Result<()> {
     use crate::train::train_image::{load_for_eval, sample_batch};
-    if !(a.temperature.is_finite() && a.temperature >= 0.0) {
-        anyhow::bail!(
-            "--temperature must be a non-negative number, got {}",
-            a.temperature
-        );
-    }
-    if a.n == 0 {
-        anyhow::bail!("--n must be at least 1");
-    }
     let device = crate::device_by_name(&a.device)?;
     let (model, state, ema) = load_for_eval(&a.checkpoint, &device)?;
+    // Float64 decoding activations, plus the grid.
+    let need = state.model.activation_bytes_per_image() * a.n as f64;
+    if let Some(why) = crate::limits::memory_shortfall(need) {
+        return Err(InputError::flag("--n", a.n, why).into());
+    }
     let batch = sample_batch(&model, a.n, a.temperature, a.seed);
     let grid = batch.grid(&state.model)?;
     grid.save_png(&a.out)?;

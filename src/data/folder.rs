@@ -7,6 +7,7 @@ use std::path::{Path, PathBuf};
 use anyhow::{bail, Context, Result};
 
 use super::images::{ImageSet, Splits};
+use crate::error::InputError;
 
 /// A decoded image as RGB8.
 struct Rgb {
@@ -15,10 +16,26 @@ struct Rgb {
     data: Vec<u8>,
 }
 
+/// The most pixels one source image may declare (a 16384 x 16384 photograph); a header that
+/// declares more is refused before anything is allocated for it.
+pub const MAX_SOURCE_PIXELS: u64 = 1 << 28;
+
+fn check_declared_size(w: u64, h: u64) -> Result<()> {
+    if w == 0 || h == 0 {
+        bail!("empty image ({w}x{h})");
+    }
+    if w * h > MAX_SOURCE_PIXELS {
+        bail!("its header declares {w}x{h} pixels, more than the {MAX_SOURCE_PIXELS}-pixel limit");
+    }
+    Ok(())
+}
+
 fn decode_png(bytes: &[u8]) -> Result<Rgb> {
     let mut dec = png::Decoder::new(std::io::Cursor::new(bytes));
     dec.set_transformations(png::Transformations::EXPAND | png::Transformations::STRIP_16);
     let mut reader = dec.read_info()?;
+    let (w, h) = (reader.info().width as u64, reader.info().height as u64);
+    check_declared_size(w, h)?;
     let mut buf = vec![0; reader.output_buffer_size()];
     let info = reader.next_frame(&mut buf)?;
     let (w, h) = (info.width as usize, info.height as usize);
@@ -42,6 +59,9 @@ fn decode_png(bytes: &[u8]) -> Result<Rgb> {
 
 fn decode_jpeg(bytes: &[u8]) -> Result<Rgb> {
     let mut dec = jpeg_decoder::Decoder::new(std::io::Cursor::new(bytes));
+    dec.read_info()?;
+    let head = dec.info().context("no image information")?;
+    check_declared_size(head.width as u64, head.height as u64)?;
     let pixels = dec.decode()?;
     let info = dec.info().context("no image information")?;
     let (w, h) = (info.width as usize, info.height as usize);
@@ -53,18 +73,20 @@ fn decode_jpeg(bytes: &[u8]) -> Result<Rgb> {
     Ok(Rgb { w, h, data })
 }
 
+/// Decode one image; every error names the file.
 fn decode(path: &Path) -> Result<Rgb> {
-    let bytes = std::fs::read(path).with_context(|| format!("{}: cannot read", path.display()))?;
+    let file_error = |reason: String| InputError::file(path, None, reason);
+    let bytes = std::fs::read(path).map_err(|e| file_error(format!("cannot read: {e}")))?;
     let img = if bytes.starts_with(b"\x89PNG") {
         decode_png(&bytes)
     } else if bytes.starts_with(&[0xFF, 0xD8]) {
         decode_jpeg(&bytes)
     } else {
-        bail!("not a PNG or JPEG file")
+        return Err(file_error("not a PNG or JPEG file".into()).into());
     };
-    let img = img.with_context(|| format!("{}: unreadable image", path.display()))?;
+    let img = img.map_err(|e| file_error(format!("unreadable image: {e:#}")))?;
     if img.w == 0 || img.h == 0 {
-        bail!("{}: empty image", path.display());
+        return Err(file_error("empty image".into()).into());
     }
     Ok(img)
 }
@@ -122,6 +144,10 @@ fn image_files(dir: &Path) -> Result<Vec<PathBuf>> {
 /// Load `files` as `[n, c, size, size]` (c = 1 for grey, 3 for RGB).
 pub fn load_files(files: &[PathBuf], size: usize, grey: bool) -> Result<ImageSet> {
     let c = if grey { 1 } else { 3 };
+    let bytes = (files.len() * c * size * size) as f64;
+    if let Some(why) = crate::limits::memory_shortfall(bytes) {
+        return Err(InputError::flag("--size", size, why).into());
+    }
     let mut pixels = Vec::with_capacity(files.len() * c * size * size);
     for f in files {
         let rgb = crop_resize(&decode(f)?, size);

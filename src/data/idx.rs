@@ -7,20 +7,25 @@ use std::path::Path;
 use anyhow::{bail, Context, Result};
 
 use super::images::{find_file, ImageSet, Splits};
+use crate::error::InputError;
 
 /// Read an IDX image file; `.gz` files are decompressed.
 pub fn read_images(path: &Path) -> Result<ImageSet> {
-    let raw = std::fs::read(path).with_context(|| format!("{}: cannot read", path.display()))?;
+    let raw = std::fs::read(path)
+        .map_err(|e| InputError::file(path, None, format!("cannot read: {e}")))?;
     let bytes = if path.extension().is_some_and(|e| e == "gz") {
         let mut out = Vec::new();
         flate2::read::GzDecoder::new(&raw[..])
             .read_to_end(&mut out)
-            .with_context(|| format!("{}: not a valid gzip file", path.display()))?;
+            .map_err(|e| InputError::file(path, None, format!("not a valid gzip file: {e}")))?;
         out
     } else {
         raw
     };
-    parse_images(&bytes).with_context(|| format!("{}: malformed IDX image file", path.display()))
+    parse_images(&bytes).map_err(|e| {
+        InputError::file(path, Some("header".into()), format!("malformed IDX image file: {e:#}"))
+            .into()
+    })
 }
 
 /// Parse IDX image bytes.
@@ -37,7 +42,10 @@ pub fn parse_images(b: &[u8]) -> Result<ImageSet> {
     if n == 0 || h == 0 || w == 0 {
         bail!("empty data set ({n} images of {h}x{w})");
     }
-    let need = n.checked_mul(h * w).context("image count overflows")?;
+    let need = h
+        .checked_mul(w)
+        .and_then(|p| p.checked_mul(n))
+        .context("image count overflows")?;
     let have = b.len() - 16;
     if have != need {
         bail!("size mismatch: header says {n} images of {h}x{w} = {need} bytes, file has {have}");

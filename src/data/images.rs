@@ -2,7 +2,7 @@
 
 use std::path::{Path, PathBuf};
 
-use anyhow::{bail, Result};
+use anyhow::Result;
 
 /// `n` images of `c x h x w` 8-bit pixels, stored `[n, c, h, w]` row-major.
 #[derive(Clone, Debug, PartialEq)]
@@ -27,11 +27,16 @@ impl ImageSet {
     /// Zero-pad every image symmetrically to `size x size` (e.g. 28 -> 32).
     pub fn pad_to(&self, size: usize) -> Result<ImageSet> {
         if size < self.h || size < self.w {
-            bail!(
-                "--pad {size}: smaller than the images ({}x{})",
-                self.h,
-                self.w
-            );
+            return Err(crate::error::InputError::flag(
+                "--pad",
+                size,
+                format!("smaller than the images ({}x{})", self.h, self.w),
+            )
+            .into());
+        }
+        let bytes = (self.n * self.c * size * size) as f64;
+        if let Some(why) = crate::limits::memory_shortfall(bytes) {
+            return Err(crate::error::InputError::flag("--pad", size, why).into());
         }
         let (top, left) = ((size - self.h) / 2, (size - self.w) / 2);
         let mut pixels = vec![0u8; self.n * self.c * size * size];
@@ -90,6 +95,43 @@ impl std::str::FromStr for DataSpec {
                 "'{s}': unknown data kind '{other}' (expected idx, cifar10 or folder)"
             )),
         }
+    }
+}
+
+impl std::fmt::Display for DataSpec {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let (kind, dir) = match self {
+            DataSpec::Idx(d) => ("idx", d),
+            DataSpec::Cifar10(d) => ("cifar10", d),
+            DataSpec::Folder(d) => ("folder", d),
+        };
+        write!(f, "{kind}:{}", dir.display())
+    }
+}
+
+impl DataSpec {
+    /// The folder the spec names.
+    pub fn dir(&self) -> &Path {
+        match self {
+            DataSpec::Idx(d) | DataSpec::Cifar10(d) | DataSpec::Folder(d) => d,
+        }
+    }
+
+    /// The same spec with its folder made absolute (so a run resumed from another working
+    /// directory finds its data). Errors when the folder does not exist.
+    pub fn absolute(&self) -> Result<DataSpec, String> {
+        let dir = self.dir();
+        if dir.as_os_str().is_empty() {
+            return Err(format!("'{self}': no folder after the colon"));
+        }
+        let abs = dir
+            .canonicalize()
+            .map_err(|e| format!("'{self}': {}: {e}", dir.display()))?;
+        Ok(match self {
+            DataSpec::Idx(_) => DataSpec::Idx(abs),
+            DataSpec::Cifar10(_) => DataSpec::Cifar10(abs),
+            DataSpec::Folder(_) => DataSpec::Folder(abs),
+        })
     }
 }
 

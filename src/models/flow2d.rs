@@ -77,14 +77,19 @@ impl Flow2dConfig {
         }
     }
 
-    pub fn validate(&self) -> Result<(), String> {
-        if self.layers == 0 {
-            return Err("--layers must be at least 1".into());
-        }
-        if self.hidden == 0 {
-            return Err("--hidden must be at least 1".into());
-        }
+    /// Check the sizes against [`crate::limits`]; the error names the field and its flag.
+    pub fn validate(&self) -> Result<(), crate::error::FieldError> {
+        use crate::limits::{count, MAX_FLOW_STEPS, MAX_MLP_DEPTH, MAX_WIDTH};
+        count("layers", "--layers", self.layers, 1, MAX_FLOW_STEPS)?;
+        count("hidden", "--hidden", self.hidden, 1, MAX_WIDTH)?;
+        count("depth", "--depth", self.depth, 1, MAX_MLP_DEPTH)?;
         Ok(())
+    }
+
+    /// Bytes a training step holds per point (activations for the backward pass, float32), a
+    /// rough upper estimate used to refuse batch sizes that cannot fit in memory.
+    pub fn activation_bytes_per_point(&self) -> f64 {
+        (self.layers * (self.hidden * (self.depth + 1) * 3 + 32)) as f64 * 4.0 * 2.0
     }
 }
 

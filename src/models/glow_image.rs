@@ -44,21 +44,47 @@ pub struct GlowImageConfig {
 }
 
 impl GlowImageConfig {
-    pub fn validate(&self) -> Result<(), String> {
-        if self.levels == 0 || self.depth == 0 || self.hidden == 0 {
-            return Err("--levels, --depth and --width must be at least 1".into());
-        }
+    /// Check every field against [`crate::limits`]: levels in 1..=12 with image sides divisible
+    /// by 2^levels, sides up to 4096, depth, width and channels bounded, `n_bits` in 1..=8. The
+    /// error names the field and the flag that sets it.
+    pub fn validate(&self) -> Result<(), crate::error::FieldError> {
+        use crate::error::FieldError;
+        use crate::limits::{count, MAX_FLOW_STEPS, MAX_IMAGE_SIDE, MAX_LEVELS, MAX_WIDTH};
+        count("levels", "--levels", self.levels, 1, MAX_LEVELS)?;
+        count("depth", "--depth", self.depth, 1, MAX_FLOW_STEPS)?;
+        count("hidden", "--width", self.hidden, 1, MAX_WIDTH)?;
+        count("channels", "--data", self.channels, 1, 64)?;
+        count("height", "--pad", self.height, 1, MAX_IMAGE_SIDE)?;
+        count("width", "--pad", self.width, 1, MAX_IMAGE_SIDE)?;
         let f = 1usize << self.levels;
         if !self.height.is_multiple_of(f) || !self.width.is_multiple_of(f) {
-            return Err(format!(
-                "images of {}x{} cannot be squeezed {} times (need sides divisible by {f}; try --pad)",
-                self.height, self.width, self.levels
+            return Err(FieldError::new(
+                "levels",
+                "--levels",
+                self.levels,
+                format!(
+                    "images of {}x{} cannot be squeezed {} times (need sides divisible by {f}; try --pad)",
+                    self.height, self.width, self.levels
+                ),
             ));
         }
-        if !(1..=8).contains(&self.n_bits) {
-            return Err(format!("--n-bits {} must be in 1..=8", self.n_bits));
-        }
+        count("n_bits", "--n-bits", self.n_bits as usize, 1, 8)?;
         Ok(())
+    }
+
+    /// Bytes a training step holds per image (activations kept for the backward pass, float32),
+    /// a rough upper estimate used to refuse batch sizes that cannot fit in memory. A sampling
+    /// or evaluation pass holds about half.
+    pub fn activation_bytes_per_image(&self) -> f64 {
+        let mut total = 0.0;
+        for l in 0..self.levels {
+            let [c, h, w] = self.level_shape(l);
+            // Per flow step: ActNorm, 1x1 convolution, coupling input/output, and the
+            // coupling CNN's three hidden activations (with their ReLU/ActNorm copies).
+            let per_step = (c * 8 + self.hidden * 6) as f64 * (h * w) as f64;
+            total += self.depth as f64 * per_step;
+        }
+        total * 4.0 * 2.0
     }
 
     pub fn dims(&self) -> usize {

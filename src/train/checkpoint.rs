@@ -1,8 +1,17 @@
-//! Checkpoints: `model.safetensors` (weights and fixed buffers), `optimizer.bpk` (burn's Adam
-//! moments, keyed by the model's stable parameter ids) and `state.json` (config, step, ActNorm
-//! initialisation flags, ...). Every file is written to a temporary name and renamed, and
-//! `state.json` is written last, so an interrupted save leaves the previous checkpoint usable.
+//! Checkpoints: a folder `checkpoint/` holding `model.safetensors` (weights and fixed buffers),
+//! `ema.safetensors` (the weight average, when the recipe keeps one), `optimizer.bpk` (the
+//! optimizer's moments, keyed by the model's stable parameter ids) and `state.json` (config,
+//! step, ActNorm initialisation flags, ... and the SHA-256 of every other file).
+//!
+//! A checkpoint is one unit, all old or all new: a save writes every file into a fresh hidden
+//! folder (`.checkpoint.new<pid>`), syncs it, then moves the previous checkpoint aside
+//! (`.checkpoint.old`) and the new one into place, and only then deletes the old one. A process
+//! killed at any point leaves either the previous or the new checkpoint complete; a reader
+//! finds the previous one under `.checkpoint.old` in the one window where `checkpoint/` is
+//! missing, and the next save restores it. Loading checks every file against the hashes in
+//! `state.json`, so a file from another run or another save is refused by name.
 
+use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
 use anyhow::{bail, Context, Result};
@@ -10,6 +19,9 @@ use burn::module::Module;
 use burn::optim::ModuleOptimizer;
 use burn::store::{ModuleSnapshot, SafetensorsStore};
 use serde::{de::DeserializeOwned, Serialize};
+use sha2::{Digest, Sha256};
+
+use crate::error::InputError;
 
 pub const MODEL_FILE: &str = "model.safetensors";
 pub const OPTIMIZER_FILE: &str = "optimizer.bpk";
@@ -17,6 +29,11 @@ pub const STATE_FILE: &str = "state.json";
 /// The exponential moving average of the weights (same structure as `model.safetensors`, in
 /// float64: the average's accumulators, so a resumed run continues it exactly).
 pub const EMA_FILE: &str = "ema.safetensors";
+/// The key of `state.json` that lists the checkpoint's other files and their SHA-256.
+pub const FILES_KEY: &str = "files";
+/// Where the previous checkpoint waits while the new one is moved into place.
+const OLD_DIR: &str = ".checkpoint.old";
+const NEW_PREFIX: &str = ".checkpoint.new";
 
 /// An error naming `path` when `model` holds a NaN or infinite parameter: such weights are never
 /// written to a checkpoint, and never evaluated or sampled from.
@@ -42,57 +59,60 @@ pub fn intact_message(saved: Option<(PathBuf, usize)>) -> String {
     }
 }
 
-fn tmp_path(path: &Path) -> PathBuf {
-    let name = path.file_name().and_then(|n| n.to_str()).unwrap_or("file");
-    path.with_file_name(format!(".{name}.tmp{}", std::process::id()))
+fn sha256_hex(bytes: &[u8]) -> String {
+    Sha256::digest(bytes)
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect()
 }
 
-/// Save a module's parameters as safetensors, atomically.
-pub fn save_model<M: Module + ModuleSnapshot>(model: &M, path: &Path) -> Result<()> {
-    let tmp = tmp_path(path);
-    let mut store = SafetensorsStore::from_file(&tmp).overwrite(true);
+/// A module's parameters as safetensors bytes.
+pub fn model_bytes<M: Module + ModuleSnapshot>(model: &M) -> Result<Vec<u8>> {
+    let mut store = SafetensorsStore::from_bytes(None);
     model
         .save_into(&mut store)
-        .map_err(|e| anyhow::anyhow!("cannot write weights to {}: {e:?}", tmp.display()))?;
-    std::fs::rename(&tmp, path)
-        .with_context(|| format!("cannot move weights to {}", path.display()))
+        .map_err(|e| anyhow::anyhow!("cannot serialise weights: {e:?}"))?;
+    store
+        .get_bytes()
+        .map_err(|e| anyhow::anyhow!("cannot serialise weights: {e:?}"))
 }
 
-/// Load parameters saved by [`save_model`] into `model` (which must have the same structure).
-pub fn load_model<M: Module + ModuleSnapshot>(mut model: M, path: &Path) -> Result<M> {
-    if !path.exists() {
-        bail!("{}: checkpoint weights not found", path.display());
-    }
-    let mut store = SafetensorsStore::from_file(path);
+/// Load safetensors `bytes` (read from `path`, named in errors) into `model`, which must have
+/// the same structure.
+pub fn model_from_bytes<M: Module + ModuleSnapshot>(
+    mut model: M,
+    bytes: Vec<u8>,
+    path: &Path,
+) -> Result<M> {
+    let mut store = SafetensorsStore::from_bytes(Some(bytes));
     let result = model
         .load_from(&mut store)
-        .map_err(|e| anyhow::anyhow!("{}: cannot load weights: {e:?}", path.display()))?;
+        .map_err(|e| InputError::file(path, None, format!("cannot load weights: {e:?}")))?;
     if !result.errors.is_empty() || !result.missing.is_empty() {
-        bail!(
-            "{}: weights do not match the model (missing: {:?}, errors: {:?})",
-            path.display(),
-            result.missing,
-            result.errors
-        );
+        return Err(InputError::file(
+            path,
+            None,
+            format!(
+                "weights do not match the model (missing: {:?}, errors: {:?})",
+                result.missing, result.errors
+            ),
+        )
+        .into());
     }
     Ok(model)
 }
 
-pub fn save_optimizer(optim: &ModuleOptimizer, path: &Path) -> Result<()> {
-    let tmp = tmp_path(path);
-    optim
-        .save(&tmp)
-        .map_err(|e| anyhow::anyhow!("cannot write optimizer state {}: {e:?}", tmp.display()))?;
-    std::fs::rename(&tmp, path).with_context(|| format!("cannot move {}", path.display()))
+/// Save a module's parameters as safetensors at `path`, atomically (outside checkpoints: a
+/// checkpoint saves through [`save_checkpoint`]).
+pub fn save_model<M: Module + ModuleSnapshot>(model: &M, path: &Path) -> Result<()> {
+    crate::fsutil::write_atomic(path, &model_bytes(model)?)
 }
 
-pub fn load_optimizer(optim: ModuleOptimizer, path: &Path) -> Result<ModuleOptimizer> {
-    if !path.exists() {
-        bail!("{}: optimizer state not found", path.display());
-    }
-    optim
-        .load(path)
-        .map_err(|e| anyhow::anyhow!("{}: cannot load optimizer state: {e:?}", path.display()))
+/// Load parameters saved by [`save_model`] into `model` (which must have the same structure).
+pub fn load_model<M: Module + ModuleSnapshot>(model: M, path: &Path) -> Result<M> {
+    let bytes = std::fs::read(path)
+        .map_err(|e| InputError::file(path, None, format!("cannot read weights: {e}")))?;
+    model_from_bytes(model, bytes, path)
 }
 
 pub fn save_json<T: Serialize>(value: &T, path: &Path) -> Result<()> {
@@ -102,9 +122,15 @@ pub fn save_json<T: Serialize>(value: &T, path: &Path) -> Result<()> {
 
 pub fn load_json<T: DeserializeOwned>(path: &Path) -> Result<T> {
     let text = std::fs::read_to_string(path)
-        .with_context(|| format!("{}: cannot read checkpoint state", path.display()))?;
-    serde_json::from_str(&text)
-        .with_context(|| format!("{}: malformed checkpoint state", path.display()))
+        .map_err(|e| InputError::file(path, None, format!("cannot read: {e}")))?;
+    serde_json::from_str(&text).map_err(|e| {
+        InputError::file(
+            path,
+            Some(format!("line {}", e.line())),
+            format!("malformed: {e}"),
+        )
+        .into()
+    })
 }
 
 /// The checkpoint folder of a run directory.
@@ -112,17 +138,183 @@ pub fn checkpoint_dir(out: &Path) -> PathBuf {
     out.join("checkpoint")
 }
 
-/// The checkpoint folder named by `dir`: a run directory or its `checkpoint/` folder itself.
+/// The checkpoint folder named by `dir`: `dir` itself when it holds a `state.json`, else its
+/// `checkpoint/` folder, else (a save was interrupted between its two renames) the previous
+/// checkpoint waiting in `.checkpoint.old/`.
 pub fn locate(dir: &Path) -> PathBuf {
     if dir.join(STATE_FILE).exists() {
-        dir.to_path_buf()
-    } else {
-        checkpoint_dir(dir)
+        return dir.to_path_buf();
+    }
+    let ck = checkpoint_dir(dir);
+    let old = dir.join(OLD_DIR);
+    if !ck.join(STATE_FILE).exists() && old.join(STATE_FILE).exists() {
+        return old;
+    }
+    ck
+}
+
+/// A saved checkpoint opened for reading: its folder and the hashes its `state.json` lists
+/// (none for checkpoints written before hashes were kept).
+#[derive(Clone, Debug)]
+pub struct Checkpoint {
+    pub dir: PathBuf,
+    hashes: Option<BTreeMap<String, String>>,
+}
+
+impl Checkpoint {
+    /// Open the checkpoint of a run directory (or a checkpoint folder) and parse its
+    /// `state.json` as `T`. Errors name the file.
+    pub fn open<T: DeserializeOwned>(dir: &Path) -> Result<(Checkpoint, T)> {
+        let ck = locate(dir);
+        let path = ck.join(STATE_FILE);
+        if !path.exists() {
+            return Err(InputError::file(
+                dir,
+                None,
+                "no checkpoint here (expected a run directory with checkpoint/state.json)",
+            )
+            .into());
+        }
+        let mut value: serde_json::Value = load_json(&path)?;
+        let hashes = match value.as_object_mut().and_then(|o| o.remove(FILES_KEY)) {
+            None => None,
+            Some(v) => Some(serde_json::from_value(v).map_err(|e| {
+                InputError::file(&path, Some(format!("field {FILES_KEY}")), e.to_string())
+            })?),
+        };
+        let state = serde_json::from_value(value)
+            .map_err(|e| InputError::file(&path, None, format!("not a state of this kind: {e}")))?;
+        Ok((Checkpoint { dir: ck, hashes }, state))
+    }
+
+    /// The path of one of the checkpoint's files.
+    pub fn path(&self, name: &str) -> PathBuf {
+        self.dir.join(name)
+    }
+
+    /// The path of `state.json`.
+    pub fn state_path(&self) -> PathBuf {
+        self.path(STATE_FILE)
+    }
+
+    /// Whether the checkpoint has the file `name`.
+    pub fn has(&self, name: &str) -> bool {
+        match &self.hashes {
+            Some(h) => h.contains_key(name),
+            None => self.path(name).exists(),
+        }
+    }
+
+    /// The bytes of the file `name`, checked against the SHA-256 in `state.json`.
+    pub fn read(&self, name: &str) -> Result<Vec<u8>> {
+        let path = self.path(name);
+        let expected = match &self.hashes {
+            Some(h) => Some(h.get(name).ok_or_else(|| {
+                InputError::file(self.state_path(), None, format!("lists no {name}"))
+            })?),
+            None => None,
+        };
+        let bytes = std::fs::read(&path)
+            .map_err(|e| InputError::file(&path, None, format!("cannot read: {e}")))?;
+        if let Some(want) = expected {
+            let got = sha256_hex(&bytes);
+            if &got != want {
+                return Err(InputError::file(
+                    &path,
+                    None,
+                    format!(
+                        "does not belong to this checkpoint (SHA-256 {}… where state.json lists {}…): \
+                         the file was replaced or damaged",
+                        &got[..12],
+                        &want[..12.min(want.len())]
+                    ),
+                )
+                .into());
+            }
+        }
+        Ok(bytes)
+    }
+
+    /// Load the weights file `name` into `model` (same structure), refusing non-finite values.
+    pub fn load_model<M: Module + ModuleSnapshot>(&self, model: M, name: &str) -> Result<M> {
+        let model = model_from_bytes(model, self.read(name)?, &self.path(name))?;
+        refuse_nonfinite(&model, &self.path(name))?;
+        Ok(model)
+    }
+
+    /// The optimizer state, into a fresh optimizer of `kind`.
+    pub fn load_optimizer(
+        &self,
+        kind: crate::train::stability::OptimizerKind,
+    ) -> Result<ModuleOptimizer> {
+        let path = self.path(OPTIMIZER_FILE);
+        let bytes = self.read(OPTIMIZER_FILE)?;
+        crate::train::adam::optimizer(kind)
+            .from_bytes(burn::tensor::Bytes::from_bytes_vec(bytes))
+            .map_err(|e| {
+                InputError::file(&path, None, format!("cannot load optimizer state: {e:?}")).into()
+            })
+    }
+
+    /// The optimizer state and, when the recipe keeps one, the weight average, for resuming
+    /// `model` (whose structure the files must match).
+    pub fn load_training_state<M: Module + ModuleSnapshot + Clone>(
+        &self,
+        model: &M,
+        stability: &crate::train::stability::StabilityOptions,
+        ema_updates: u64,
+    ) -> Result<(ModuleOptimizer, Option<crate::train::stability::WeightEma>)> {
+        let optim = self.load_optimizer(stability.optimizer)?;
+        let ema = if stability.ema_decay > 0.0 {
+            // Into an evaluation copy: loading maps every state cell, and a clone of the
+            // training model would share (and overwrite) its running statistics.
+            let avg = self.load_model(model.valid(), EMA_FILE)?;
+            Some(crate::train::stability::WeightEma::new(
+                &avg,
+                stability.ema_decay,
+                ema_updates,
+            ))
+        } else {
+            None
+        };
+        Ok((optim, ema))
     }
 }
 
-/// Save weights, their average (if any), optimizer state and the JSON state (last) into
-/// `out/checkpoint/`. Refuses, before writing anything, weights that hold a non-finite value.
+/// Put the previous checkpoint back when a save was interrupted between its two renames, and
+/// remove folders that interrupted saves left behind. Run by the one process that holds the
+/// run directory's lock, before it saves.
+pub fn recover(out: &Path) -> Result<()> {
+    let ck = checkpoint_dir(out);
+    let old = out.join(OLD_DIR);
+    if old.exists() {
+        if !ck.join(STATE_FILE).exists() && old.join(STATE_FILE).exists() {
+            if ck.exists() {
+                std::fs::remove_dir_all(&ck)
+                    .with_context(|| format!("cannot remove incomplete {}", ck.display()))?;
+            }
+            std::fs::rename(&old, &ck)
+                .with_context(|| format!("cannot restore {} from {}", ck.display(), old.display()))?;
+        } else {
+            std::fs::remove_dir_all(&old)
+                .with_context(|| format!("cannot remove {}", old.display()))?;
+        }
+    }
+    if let Ok(entries) = std::fs::read_dir(out) {
+        for e in entries.flatten() {
+            let name = e.file_name();
+            if name.to_string_lossy().starts_with(NEW_PREFIX) {
+                std::fs::remove_dir_all(e.path()).ok();
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Save weights, their average (if any), optimizer state and the JSON state into
+/// `out/checkpoint/` as one unit (see the module documentation): on any error, the previous
+/// checkpoint is unchanged and nothing new is left behind. Refuses, before writing anything,
+/// weights that hold a non-finite value.
 pub fn save_checkpoint<M: Module + ModuleSnapshot, E: Module + ModuleSnapshot, S: Serialize>(
     out: &Path,
     model: &M,
@@ -135,39 +327,65 @@ pub fn save_checkpoint<M: Module + ModuleSnapshot, E: Module + ModuleSnapshot, S
     if let Some(e) = ema {
         refuse_nonfinite(e, &ck.join(EMA_FILE))?;
     }
-    std::fs::create_dir_all(&ck).with_context(|| format!("cannot create {}", ck.display()))?;
-    save_model(model, &ck.join(MODEL_FILE))?;
-    if let Some(e) = ema {
-        save_model(e, &ck.join(EMA_FILE))?;
-    }
-    save_optimizer(optim, &ck.join(OPTIMIZER_FILE))?;
-    save_json(state, &ck.join(STATE_FILE))
-}
-
-/// The optimizer state and, when the recipe keeps one, the weight average of the checkpoint in
-/// `ck`, for resuming `model` (whose structure the files must match).
-pub fn load_training_state<M: Module + ModuleSnapshot + Clone>(
-    model: &M,
-    ck: &Path,
-    stability: &crate::train::stability::StabilityOptions,
-    ema_updates: u64,
-) -> Result<(ModuleOptimizer, Option<crate::train::stability::WeightEma>)> {
-    let optim = load_optimizer(
-        crate::train::adam::optimizer(stability.optimizer),
-        &ck.join(OPTIMIZER_FILE),
-    )?;
-    let ema = if stability.ema_decay > 0.0 {
-        // Into an evaluation copy: loading maps every state cell, and a clone of the training
-        // model would share (and overwrite) its running statistics.
-        let avg = load_model(model.valid(), &ck.join(EMA_FILE))?;
-        refuse_nonfinite(&avg, &ck.join(EMA_FILE))?;
-        Some(crate::train::stability::WeightEma::new(
-            &avg,
-            stability.ema_decay,
-            ema_updates,
-        ))
-    } else {
-        None
+    std::fs::create_dir_all(out).with_context(|| format!("cannot create {}", out.display()))?;
+    recover(out)?;
+    let new = out.join(format!("{NEW_PREFIX}{}", std::process::id()));
+    let write = || -> Result<()> {
+        std::fs::create_dir(&new).with_context(|| format!("cannot create {}", new.display()))?;
+        let mut hashes = BTreeMap::new();
+        let mut put = |name: &str, bytes: &[u8]| -> Result<()> {
+            crate::fsutil::write_synced(&new.join(name), bytes)?;
+            hashes.insert(name.to_string(), sha256_hex(bytes));
+            Ok(())
+        };
+        put(MODEL_FILE, &model_bytes(model)?)?;
+        if let Some(e) = ema {
+            put(EMA_FILE, &model_bytes(e)?)?;
+        }
+        let optim_bytes = optim
+            .into_bytes()
+            .map_err(|e| anyhow::anyhow!("cannot serialise optimizer state: {e:?}"))?;
+        put(OPTIMIZER_FILE, &optim_bytes)?;
+        let mut value = serde_json::to_value(state)?;
+        value
+            .as_object_mut()
+            .context("checkpoint state must be a JSON object")?
+            .insert(FILES_KEY.into(), serde_json::to_value(&hashes)?);
+        crate::fsutil::write_synced(
+            &new.join(STATE_FILE),
+            serde_json::to_string_pretty(&value)?.as_bytes(),
+        )?;
+        crate::fsutil::sync_dir(&new);
+        Ok(())
     };
-    Ok((optim, ema))
+    if let Err(e) = write() {
+        std::fs::remove_dir_all(&new).ok();
+        return Err(e.context(format!(
+            "checkpoint not saved; {} is unchanged",
+            ck.display()
+        )));
+    }
+    // The swap: the previous checkpoint aside, the new one in, the previous one gone.
+    let old = out.join(OLD_DIR);
+    let had_previous = ck.exists();
+    if had_previous {
+        if let Err(e) = std::fs::rename(&ck, &old) {
+            std::fs::remove_dir_all(&new).ok();
+            return Err(anyhow::Error::new(e)
+                .context(format!("checkpoint not saved: cannot move {} aside", ck.display())));
+        }
+    }
+    if let Err(e) = std::fs::rename(&new, &ck) {
+        if had_previous {
+            std::fs::rename(&old, &ck).ok();
+        }
+        std::fs::remove_dir_all(&new).ok();
+        return Err(anyhow::Error::new(e)
+            .context(format!("checkpoint not saved: cannot move it to {}", ck.display())));
+    }
+    crate::fsutil::sync_dir(out);
+    if had_previous {
+        std::fs::remove_dir_all(&old).ok();
+    }
+    Ok(())
 }

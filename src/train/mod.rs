@@ -4,7 +4,9 @@ pub mod adam;
 pub mod checkpoint;
 pub mod data2d;
 pub mod eval2d;
+pub mod interrupt;
 pub mod parallel;
+pub mod run_dir;
 pub mod stability;
 pub mod train2d;
 pub mod train_image;
@@ -29,37 +31,39 @@ pub fn progress_bar(enabled: bool, len: u64, pos: u64) -> Option<indicatif::Prog
 }
 
 /// A run's two logs in `out`: `metrics.csv` with `header`, and `grad_norms.csv` (the gradient
-/// norm per layer group), each created fresh or appended to on resume (see [`open_metrics`]).
+/// norm per layer group), each created fresh, or, for a run resumed from the checkpoint at step
+/// `resume_from`, appended to after cutting rows past that step (see [`open_metrics`]).
 pub fn open_run_logs(
     out: &std::path::Path,
     header: &str,
-    fresh: bool,
+    resume_from: Option<usize>,
 ) -> anyhow::Result<(std::fs::File, std::fs::File)> {
     Ok((
-        open_metrics(&out.join("metrics.csv"), header, fresh)?,
+        open_metrics(&out.join("metrics.csv"), header, resume_from)?,
         open_metrics(
             &out.join("grad_norms.csv"),
             "step,group,grad_norm_max",
-            fresh,
+            resume_from,
         )?,
     ))
 }
 
-/// The metrics CSV of a run: created with `header` for a fresh run, appended to on resume. On
-/// resume a missing or empty file gets the header first, and a file written with fewer columns
-/// (a run saved before some were added) is rewritten with `header`, its old rows padded with
-/// empty fields, so the file stays one table.
+/// The metrics CSV of a run: created with `header` for a fresh run, appended to on resume from
+/// the checkpoint at step `resume_from`. On resume a missing or empty file gets the header
+/// first, a file written with fewer columns (a run saved before some were added) is rewritten
+/// with `header`, its old rows padded with empty fields, so the file stays one table, and rows
+/// past the checkpoint's step (logged before the run was killed) or torn are cut
+/// ([`run_dir::truncate_log`]), so no step appears twice.
 pub fn open_metrics(
     path: &std::path::Path,
     header: &str,
-    fresh: bool,
+    resume_from: Option<usize>,
 ) -> anyhow::Result<std::fs::File> {
     use anyhow::Context;
     use std::io::Write;
-    let existing = if fresh {
-        None
-    } else {
-        std::fs::read_to_string(path).ok().filter(|t| !t.is_empty())
+    let existing = match resume_from {
+        None => None,
+        Some(_) => std::fs::read_to_string(path).ok().filter(|t| !t.is_empty()),
     };
     match existing {
         None => {
@@ -81,6 +85,7 @@ pub fn open_metrics(
                 }
                 crate::fsutil::write_atomic(path, out.as_bytes())?;
             }
+            run_dir::truncate_log(path, resume_from.unwrap_or(0))?;
             std::fs::OpenOptions::new()
                 .append(true)
                 .open(path)

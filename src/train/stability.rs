@@ -58,23 +58,31 @@ impl StabilityOptions {
     }
 
     /// Reject meaningless values, naming the flag.
-    pub fn validate(&self) -> anyhow::Result<()> {
-        if !(self.clip_grad_norm.is_finite() && self.clip_grad_norm >= 0.0) {
-            anyhow::bail!(
-                "--clip-grad-norm must be a non-negative number (0: off), got {}",
-                self.clip_grad_norm
-            );
-        }
+    pub fn validate(&self) -> Result<(), crate::error::FieldError> {
+        use crate::limits::{count, number};
+        number(
+            "stability.clip_grad_norm",
+            "--clip-grad-norm",
+            self.clip_grad_norm,
+            0.0,
+            false,
+            1e30,
+        )?;
         if !(self.ema_decay.is_finite() && (0.0..1.0).contains(&self.ema_decay)) {
-            anyhow::bail!(
-                "--ema-decay must be in [0, 1) (0: off), got {}",
-                self.ema_decay
-            );
+            return Err(crate::error::FieldError::new(
+                "stability.ema_decay",
+                "--ema-decay",
+                self.ema_decay,
+                "must be in [0, 1) (0: off)",
+            ));
         }
-        if self.max_skips == 0 {
-            anyhow::bail!("--max-skips must be at least 1");
-        }
-        Ok(())
+        count(
+            "stability.max_skips",
+            "--max-skips",
+            self.max_skips,
+            1,
+            1_000_000,
+        )
     }
 }
 

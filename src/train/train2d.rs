@@ -5,12 +5,15 @@ use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
-use anyhow::{bail, Context, Result};
+use anyhow::{Context, Result};
 use burn::module::Module;
 use burn::tensor::Device;
 use serde::{Deserialize, Serialize};
 
-use super::checkpoint::{self, checkpoint_dir, EMA_FILE, MODEL_FILE, STATE_FILE};
+use super::checkpoint::{self, checkpoint_dir, Checkpoint, EMA_FILE, MODEL_FILE};
+use super::interrupt;
+use super::run_dir::{self, apply_change, ResumeChanges, ResumeRecord};
+use crate::error::{FieldError, InputError};
 use super::data2d::{test_points, DataStream};
 use super::stability::{stop_error, write_group_norms, Guard, StabilityOptions, Window};
 use super::{eval2d, open_run_logs, parallel, progress_bar};
@@ -69,25 +72,18 @@ impl Train2dOptions {
         }
     }
 
-    pub fn validate(&self) -> Result<()> {
-        if self.batch == 0 {
-            bail!("--batch must be at least 1");
-        }
-        if !(self.lr.is_finite() && self.lr > 0.0) {
-            bail!("--lr must be a positive number, got {}", self.lr);
-        }
-        if self.lr_step == 0 {
-            bail!("--lr-step must be at least 1");
-        }
-        if self.log_every == 0 {
-            bail!("--log-every must be at least 1");
-        }
-        if self.test_samples == 0 {
-            bail!("--test-samples must be at least 1");
-        }
-        if self.grid < 2 {
-            bail!("--grid must be at least 2");
-        }
+    /// Check every option against [`crate::limits`]; the error names the field and its flag.
+    pub fn validate(&self) -> std::result::Result<(), crate::error::FieldError> {
+        use crate::limits::{count, number, MAX_STEPS};
+        count("steps", "--steps", self.steps, 1, MAX_STEPS)?;
+        count("batch", "--batch", self.batch, 1, 1 << 24)?;
+        number("lr", "--lr", self.lr, 0.0, true, 10.0)?;
+        count("lr_step", "--lr-step", self.lr_step, 1, MAX_STEPS)?;
+        number("lr_gamma", "--lr-gamma", self.lr_gamma, 0.0, true, 10.0)?;
+        count("log_every", "--log-every", self.log_every, 1, MAX_STEPS)?;
+        count("test_samples", "--test-samples", self.test_samples, 1, 1 << 26)?;
+        count("grid", "--grid", self.grid, 2, 4096)?;
+        count("frames", "--frames", self.frames, 0, 10_000)?;
         self.stability.validate()
     }
 
@@ -113,6 +109,12 @@ pub struct RunState {
     /// Updates folded into the weight average saved beside the weights.
     #[serde(default)]
     pub ema_updates: u64,
+    /// Data-parallel threads of the run (absent in runs saved before it was recorded).
+    #[serde(default)]
+    pub threads: Option<usize>,
+    /// Each resume and what it changed.
+    #[serde(default)]
+    pub resumes: Vec<ResumeRecord>,
 }
 
 /// `summary.json`.
@@ -139,16 +141,21 @@ pub struct Summary {
 /// How a run starts.
 pub enum Start {
     Fresh(Flow2dConfig),
-    /// Continue from the checkpoint directory of an earlier run.
-    Resume(PathBuf),
+    /// Continue the run saved in a run (or checkpoint) directory, with the changes a resume may
+    /// make.
+    Resume(PathBuf, ResumeChanges),
 }
 
 /// Where and how to report progress.
 pub struct RunIo {
     pub out: PathBuf,
     pub progress: bool,
-    /// Threads for data-parallel gradients (results are deterministic for a given count).
+    /// Threads for data-parallel gradients (results are deterministic for a given count). A
+    /// resumed 2D run keeps its own count unless [`ResumeChanges::threads`] says otherwise;
+    /// image runs take theirs from `ImageTrainOptions::shards`.
     pub threads: usize,
+    /// Replace a run already in `out` (without it, a fresh run into such a folder is refused).
+    pub force: bool,
 }
 
 fn frames_dir(out: &Path) -> PathBuf {
@@ -157,27 +164,42 @@ fn frames_dir(out: &Path) -> PathBuf {
 
 /// Load a trained model (evaluation mode, on `device`) from a run or checkpoint directory: the
 /// weight average when the run kept one (`ema.safetensors`), else the trained weights. Refuses
-/// weights that hold a non-finite value.
+/// weights that hold a non-finite value, files that do not belong to the checkpoint, and
+/// out-of-range values in `state.json` (naming the field).
 pub fn load_trained(dir: &Path, device: &Device) -> Result<(Flow2d, RunState)> {
-    let ck = checkpoint::locate(dir);
-    let state: RunState = checkpoint::load_json(&ck.join(STATE_FILE))?;
-    let mut model = Flow2d::new(&state.model, device);
-    model = checkpoint::load_model(model, &ck.join(MODEL_FILE))?;
+    let (ck, state) = open_state(dir)?;
+    let mut model = ck.load_model(Flow2d::new(&state.model, device), MODEL_FILE)?;
     model
         .flow
         .set_actnorm_flags(&state.actnorm_initialized)
-        .map_err(|e| anyhow::anyhow!("{}: {e}", ck.join(STATE_FILE).display()))?;
-    checkpoint::refuse_nonfinite(&model, &ck.join(MODEL_FILE))?;
-    let ema_path = ck.join(EMA_FILE);
-    if state.options.stability.ema_decay > 0.0 && ema_path.exists() {
+        .map_err(|e| InputError::file(ck.state_path(), Some("field actnorm_initialized".into()), e))?;
+    if state.options.stability.ema_decay > 0.0 && ck.has(EMA_FILE) {
         // The average is saved in float64 (exact for resume); evaluation runs in float32.
         model = crate::tensor_util::cast_module(
-            checkpoint::load_model(model, &ema_path)?,
+            ck.load_model(model, EMA_FILE)?,
             burn::tensor::DType::F32,
         );
-        checkpoint::refuse_nonfinite(&model, &ema_path)?;
     }
     Ok((model, state))
+}
+
+/// The checkpoint of `dir` and its state, every value checked (errors name `state.json` and the
+/// field).
+fn open_state(dir: &Path) -> Result<(Checkpoint, RunState)> {
+    let (ck, state): (Checkpoint, RunState) = Checkpoint::open(dir)?;
+    state
+        .model
+        .validate()
+        .map_err(|e| e.in_file(ck.state_path(), "model"))?;
+    state
+        .options
+        .validate()
+        .map_err(|e| e.in_file(ck.state_path(), "options"))?;
+    if let Some(t) = state.threads {
+        crate::limits::count("threads", "--threads", t, 1, crate::limits::MAX_THREADS)
+            .map_err(|e| e.in_file(ck.state_path(), "run"))?;
+    }
+    Ok((ck, state))
 }
 
 /// A reference scale for density pictures: the target's peak density on the grid.
@@ -185,7 +207,30 @@ pub fn density_scale(target: Target, grid: usize) -> f64 {
     eval2d::target_density_grid(target, grid).max().max(1e-12)
 }
 
+/// Refuse a batch size the model cannot use: Real NVP's batch norm needs at least 2 points, and
+/// every batch must fit in memory. `source` turns the error into a flag or file error.
+fn check_batch(cfg: &Flow2dConfig, opts: &Train2dOptions) -> std::result::Result<(), FieldError> {
+    if cfg.model == ModelKind::Realnvp && opts.batch < 2 {
+        return Err(FieldError::new(
+            "batch",
+            "--batch",
+            opts.batch,
+            "Real NVP's batch norm needs at least 2 points per batch",
+        ));
+    }
+    let need = cfg.activation_bytes_per_point() * opts.batch.max(opts.test_samples.min(1 << 16)) as f64;
+    match crate::limits::memory_shortfall(need) {
+        Some(why) => Err(FieldError::new("batch", "--batch", opts.batch, why)),
+        None => Ok(()),
+    }
+}
+
 /// Train (or resume), then evaluate and write every output into `io.out`.
+///
+/// The run directory is locked for the whole run (a second writer gets an error); a fresh run
+/// into a directory that holds a run is refused unless `io.force`. SIGINT/SIGTERM (when
+/// [`interrupt::install`](super::interrupt::install)ed) finish the step, save a checkpoint and
+/// return [`Interrupted`](crate::error::Interrupted).
 pub fn train2d(
     start: Start,
     options: Option<Train2dOptions>,
@@ -193,70 +238,91 @@ pub fn train2d(
     device: &Device,
 ) -> Result<Summary> {
     let train_device = device.clone().autodiff();
-    // Where the checkpoint a resumed run starts from lives (it may differ from `out`).
-    let resumed_from = match &start {
-        Start::Resume(d) => Some(checkpoint::locate(d)),
-        _ => None,
-    };
-    let (mut model, mut optim, opts, cfg, first_step, mut train_seconds, ema, skipped) = match start
-    {
-        Start::Fresh(cfg) => {
-            cfg.validate().map_err(anyhow::Error::msg)?;
-            let opts = options.context("training options are required for a fresh run")?;
-            let model = Flow2d::new(&cfg, &train_device);
-            let optim = optimizer(opts.stability.optimizer);
-            (model, optim, opts, cfg, 0, 0.0, None, 0)
-        }
-        Start::Resume(dir) => {
-            let ck = checkpoint::locate(&dir);
-            let state: RunState =
-                checkpoint::load_json(&ck.join(STATE_FILE)).with_context(|| {
-                    format!(
-                        "--resume {}: not a run directory with a checkpoint",
-                        dir.display()
-                    )
-                })?;
-            let mut model = Flow2d::new(&state.model, &train_device);
-            model = checkpoint::load_model(model, &ck.join(MODEL_FILE))?;
-            model
-                .flow
-                .set_actnorm_flags(&state.actnorm_initialized)
-                .map_err(|e| anyhow::anyhow!("{}: {e}", ck.join(STATE_FILE).display()))?;
-            checkpoint::refuse_nonfinite(&model, &ck.join(MODEL_FILE))?;
-            let (optim, ema) = checkpoint::load_training_state(
-                &model,
-                &ck,
-                &state.options.stability,
-                state.ema_updates,
-            )?;
-            let mut opts = state.options.clone();
-            if let Some(o) = options {
-                // Only the step budget may change on resume; the rest defines the run.
-                opts.steps = o.steps;
-            }
-            (
-                model,
-                optim,
-                opts,
-                state.model,
-                state.step,
-                state.train_seconds,
-                ema,
-                state.skipped_steps,
-            )
-        }
-    };
-    opts.validate()?;
     let out = &io.out;
-    std::fs::create_dir_all(out)
-        .with_context(|| format!("--out {}: cannot create directory", out.display()))?;
+    let _lock = run_dir::lock(out)?;
+    // Where the checkpoint a resumed run starts from lives (it may differ from `out`).
+    let continues_here = match &start {
+        Start::Resume(d, _) => run_dir::same_dir(&run_dir::run_dir_of(d), out),
+        Start::Fresh(_) => false,
+    };
+    if !continues_here {
+        run_dir::prepare_fresh(out, io.force)?;
+    }
+    let mut resumes = Vec::new();
+    let mut saved = None;
+    let (mut model, mut optim, opts, cfg, first_step, mut train_seconds, ema, skipped, threads) =
+        match start {
+            Start::Fresh(cfg) => {
+                cfg.validate().map_err(FieldError::on_flag)?;
+                let opts = options.context("training options are required for a fresh run")?;
+                opts.validate().map_err(FieldError::on_flag)?;
+                check_batch(&cfg, &opts).map_err(FieldError::on_flag)?;
+                let model = Flow2d::new(&cfg, &train_device);
+                let optim = optimizer(opts.stability.optimizer);
+                (model, optim, opts, cfg, 0, 0.0, None, 0, io.threads)
+            }
+            Start::Resume(dir, changes) => {
+                let (ck, state) =
+                    open_state(&dir).with_context(|| format!("--resume {}", dir.display()))?;
+                let mut model = ck.load_model(Flow2d::new(&state.model, &train_device), MODEL_FILE)?;
+                model
+                    .flow
+                    .set_actnorm_flags(&state.actnorm_initialized)
+                    .map_err(|e| {
+                        InputError::file(ck.state_path(), Some("field actnorm_initialized".into()), e)
+                    })?;
+                let (optim, ema) =
+                    ck.load_training_state(&model, &state.options.stability, state.ema_updates)?;
+                let mut opts = state.options.clone();
+                let mut changed = Vec::new();
+                apply_change(&mut changed, "steps", &mut opts.steps, changes.steps);
+                apply_change(&mut changed, "lr", &mut opts.lr, changes.lr);
+                apply_change(&mut changed, "lr_step", &mut opts.lr_step, changes.lr_step);
+                apply_change(&mut changed, "lr_gamma", &mut opts.lr_gamma, changes.lr_gamma);
+                apply_change(
+                    &mut changed,
+                    "checkpoint_every",
+                    &mut opts.checkpoint_every,
+                    changes.checkpoint_every,
+                );
+                apply_change(&mut changed, "test_samples", &mut opts.test_samples, changes.test_samples);
+                apply_change(&mut changed, "frames", &mut opts.frames, changes.frames);
+                opts.validate().map_err(FieldError::on_flag)?;
+                // Runs saved before the thread count was recorded ran with the caller's.
+                let mut threads = state.threads.unwrap_or(io.threads);
+                if let Some(t) = changes.threads.filter(|&t| t != threads) {
+                    run_dir::threads_note(threads, t);
+                    apply_change(&mut changed, "threads", &mut threads, Some(t));
+                }
+                resumes = state.resumes.clone();
+                if !changed.is_empty() {
+                    resumes.push(ResumeRecord {
+                        step: state.step,
+                        changes: changed,
+                    });
+                }
+                saved = Some((ck.dir.clone(), state.step));
+                (
+                    model,
+                    optim,
+                    opts,
+                    state.model,
+                    state.step,
+                    state.train_seconds,
+                    ema,
+                    state.skipped_steps,
+                    threads,
+                )
+            }
+        };
     std::fs::create_dir_all(frames_dir(out))?;
     if first_step > opts.steps {
-        bail!(
-            "--steps {} is below the {} steps the checkpoint has already done",
+        return Err(InputError::flag(
+            "--steps",
             opts.steps,
-            first_step
-        );
+            format!("is below the {first_step} steps the checkpoint has already done"),
+        )
+        .into());
     }
 
     let mut data = DataStream::new(opts.target, opts.seed, opts.batch);
@@ -269,10 +335,10 @@ pub fn train2d(
     let (mut metrics, mut group_norms) = open_run_logs(
         out,
         "step,loss,lr,seconds,grad_norm_max,clipped,skipped",
-        first_step == 0,
+        (first_step > 0 || continues_here).then_some(first_step),
     )?;
-    // The newest checkpoint that exists: the one resumed from, then each one this run writes.
-    let mut saved: Option<(PathBuf, usize)> = resumed_from.map(|ck| (ck, first_step));
+    // The newest checkpoint that exists (`saved`): the one resumed from, then each one this run
+    // writes.
 
     let frame_every = opts
         .steps
@@ -283,9 +349,24 @@ pub fn train2d(
     let mut window = Window::default();
     let mut clock = Instant::now();
     let mut rate_clock = (Instant::now(), first_step);
-    let threads = io.threads.max(1);
+    let threads = threads.max(1);
+    let state_at = |flags: Vec<bool>, guard: &Guard, step: usize, train_seconds: f64| RunState {
+        model: cfg.clone(),
+        options: opts.clone(),
+        step,
+        actnorm_initialized: flags,
+        train_seconds,
+        skipped_steps: guard.total_skips,
+        ema_updates: guard.ema_updates(),
+        threads: Some(threads),
+        resumes: resumes.clone(),
+    };
+    let mut last = first_step;
 
     for step in first_step..opts.steps {
+        if interrupt::requested() {
+            break;
+        }
         let lr = opts.lr_at(step);
         let batch = data.batch_at(step);
         // Batch norm needs the statistics of the whole batch: Real NVP runs unsharded.
@@ -316,6 +397,7 @@ pub fn train2d(
             return Err(stop_error(step + 1, lr, &why, place, saved));
         }
         let done = step + 1;
+        last = done;
 
         if done % opts.log_every == 0 || done == opts.steps {
             train_seconds += clock.elapsed().as_secs_f64();
@@ -349,15 +431,7 @@ pub fn train2d(
                 crate::fsutil::write_atomic(&path, &grid.indices(vmax))?;
             }
             if ckpt_due {
-                let state = RunState {
-                    model: cfg.clone(),
-                    options: opts.clone(),
-                    step: done,
-                    actnorm_initialized: model.flow.actnorm_flags(),
-                    train_seconds,
-                    skipped_steps: guard.total_skips,
-                    ema_updates: guard.ema_updates(),
-                };
+                let state = state_at(model.flow.actnorm_flags(), &guard, done, train_seconds);
                 guard.save_checkpoint(out, &model, &optim, &state)?;
                 saved = Some((checkpoint_dir(out), done));
             }
@@ -370,16 +444,15 @@ pub fn train2d(
     }
     metrics.flush()?;
 
-    let state = RunState {
-        model: cfg.clone(),
-        options: opts.clone(),
-        step: opts.steps,
-        actnorm_initialized: model.flow.actnorm_flags(),
-        train_seconds,
-        skipped_steps: guard.total_skips,
-        ema_updates: guard.ema_updates(),
-    };
+    let state = state_at(model.flow.actnorm_flags(), &guard, last, train_seconds);
     guard.save_checkpoint(out, &model, &optim, &state)?;
+    if last < opts.steps {
+        return Err(interrupt::interrupted(
+            last,
+            format!("glowflow train2d --resume {}", out.display()),
+        )
+        .into());
+    }
 
     let eval = guard.eval_weights(model.valid());
     let summary = evaluate_and_draw(&eval, &state, out, device, vmax)?;

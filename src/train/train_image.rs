@@ -13,7 +13,11 @@ use rand::SeedableRng;
 use rand_chacha::ChaCha8Rng;
 use serde::{Deserialize, Serialize};
 
-use super::checkpoint::{self, checkpoint_dir, EMA_FILE, MODEL_FILE, STATE_FILE};
+use super::checkpoint::{self, checkpoint_dir, Checkpoint, EMA_FILE, MODEL_FILE};
+use super::interrupt;
+use super::run_dir::{self, apply_change, ResumeChanges, ResumeRecord};
+use super::RunIo;
+use crate::error::{FieldError, InputError};
 use super::stability::{stop_error, write_group_norms, Guard, StabilityOptions, Window};
 use super::{open_run_logs, parallel, progress_bar};
 use crate::data::dequant::{dequantize, to_pixels};
@@ -62,6 +66,64 @@ fn one_shard() -> usize {
     1
 }
 
+impl ImageTrainOptions {
+    /// Check every option against [`crate::limits`]; the error names the field and its flag.
+    pub fn validate(&self) -> std::result::Result<(), FieldError> {
+        use crate::limits::{count, number, MAX_IMAGE_SIDE, MAX_STEPS, MAX_THREADS};
+        count("steps", "--steps", self.steps, 1, MAX_STEPS)?;
+        count("batch", "--batch", self.batch, 1, 1 << 20)?;
+        number("lr", "--lr", self.lr, 0.0, true, 10.0)?;
+        count("warmup", "--warmup", self.warmup, 0, MAX_STEPS)?;
+        count("init_batch", "--init-batch", self.init_batch, 1, 1 << 20)?;
+        count("log_every", "--log-every", self.log_every, 1, MAX_STEPS)?;
+        count("shards", "--threads", self.shards, 1, MAX_THREADS)?;
+        if let Some(p) = self.pad {
+            count("pad", "--pad", p, 1, MAX_IMAGE_SIDE)?;
+        }
+        if let Some(p) = self.size {
+            count("size", "--size", p, 1, MAX_IMAGE_SIDE)?;
+        }
+        if let Some(t) = self.time_limit_minutes {
+            number("time_limit_minutes", "--time-limit", t, 0.0, true, 1e8)?;
+        }
+        self.stability.validate()
+    }
+}
+
+/// Refuse a batch that does not fit the training set (`n` images) or the memory.
+fn check_batch(
+    cfg: &GlowImageConfig,
+    opts: &ImageTrainOptions,
+    n: usize,
+) -> std::result::Result<(), FieldError> {
+    if opts.batch > n {
+        return Err(FieldError::new(
+            "batch",
+            "--batch",
+            opts.batch,
+            format!("is larger than the training set ({n} images)"),
+        ));
+    }
+    let need = cfg.activation_bytes_per_image() * opts.batch.max(256) as f64;
+    match crate::limits::memory_shortfall(need) {
+        Some(why) => Err(FieldError::new("batch", "--batch", opts.batch, why)),
+        None => Ok(()),
+    }
+}
+
+/// A short fingerprint of a data set's pixels (SHA-256, first 16 hex digits): a resumed run
+/// checks it, so data given at a new place must be the same images.
+pub fn data_fingerprint(set: &ImageSet) -> String {
+    use sha2::{Digest, Sha256};
+    let mut h = Sha256::new();
+    h.update((set.n as u64).to_le_bytes());
+    h.update([set.c as u8, 0, 0, 0]);
+    h.update((set.h as u64).to_le_bytes());
+    h.update((set.w as u64).to_le_bytes());
+    h.update(&set.pixels);
+    h.finalize().iter().take(8).map(|b| format!("{b:02x}")).collect()
+}
+
 /// The image recipe's stability settings (`train`'s defaults): gradient-norm clipping at 50
 /// bits/dim per unit weight, a weight average with decay 0.999 for evaluation and samples,
 /// Adam. See the README's stability section for the measurements behind them.
@@ -86,6 +148,12 @@ pub struct ImageRunState {
     /// Updates folded into the weight average saved beside the weights (`ema.safetensors`).
     #[serde(default)]
     pub ema_updates: u64,
+    /// [`data_fingerprint`] of the training set (absent in runs saved before it was kept).
+    #[serde(default)]
+    pub data_fingerprint: Option<String>,
+    /// Each resume and what it changed.
+    #[serde(default)]
+    pub resumes: Vec<ResumeRecord>,
 }
 
 #[derive(Clone, Debug, Serialize, Deserialize)]
@@ -109,11 +177,30 @@ pub struct ImageSummary {
     pub options: ImageTrainOptions,
 }
 
+/// Load the data set `opts.data` names (padded or resized as `opts` says). Errors name `--data`
+/// and, for a bad file, the file.
+/// `spec` with its folder made absolute; errors name `--data`.
+fn absolute_spec(spec: &str) -> Result<String> {
+    let parsed: DataSpec = spec
+        .parse()
+        .map_err(|e: String| InputError::flag("--data", spec, e))?;
+    let abs = parsed
+        .absolute()
+        .map_err(|e| InputError::flag("--data", spec, e))?;
+    Ok(abs.to_string())
+}
+
 pub fn load_data(opts: &ImageTrainOptions) -> Result<crate::data::Splits> {
     let spec: DataSpec = opts
         .data
         .parse()
-        .map_err(|e: String| anyhow::anyhow!("--data {e}"))?;
+        .map_err(|e: String| InputError::flag("--data", &opts.data, e))?;
+    if spec.dir().as_os_str().is_empty() {
+        return Err(InputError::flag("--data", &opts.data, "no folder after the colon").into());
+    }
+    if !spec.dir().is_dir() {
+        return Err(InputError::flag("--data", &opts.data, "no such directory").into());
+    }
     crate::data::images::load(
         &spec,
         &LoadOptions {
@@ -374,33 +461,46 @@ pub fn image_grid(px: &[u8], n: usize, c: usize, h: usize, w: usize) -> Canvas {
     canvas
 }
 
-/// Load a trained image model from a run or checkpoint directory.
+/// The checkpoint of `dir` and its state, every value checked (errors name `state.json` and the
+/// field).
+fn open_state(dir: &Path) -> Result<(Checkpoint, ImageRunState)> {
+    let (ck, state): (Checkpoint, ImageRunState) = Checkpoint::open(dir)?;
+    state
+        .model
+        .validate()
+        .map_err(|e| e.in_file(ck.state_path(), "model"))?;
+    state
+        .options
+        .validate()
+        .map_err(|e| e.in_file(ck.state_path(), "options"))?;
+    Ok((ck, state))
+}
+
+/// Load a trained image model from a run or checkpoint directory. Refuses weights that hold a
+/// non-finite value, files that do not belong to the checkpoint, and out-of-range values in
+/// `state.json` (naming the field).
 pub fn load_trained(dir: &Path, device: &Device) -> Result<(GlowImage, ImageRunState)> {
-    let ck = checkpoint::locate(dir);
-    let state: ImageRunState = checkpoint::load_json(&ck.join(STATE_FILE)).with_context(|| {
-        format!(
-            "--checkpoint {}: not an image run or checkpoint directory",
-            dir.display()
-        )
-    })?;
-    let mut model =
-        checkpoint::load_model(GlowImage::new(&state.model, device), &ck.join(MODEL_FILE))?;
+    let (ck, state) = open_state(dir)?;
+    let model = load_weights(&ck, &state, device)?;
+    Ok((model, state))
+}
+
+fn load_weights(ck: &Checkpoint, state: &ImageRunState, device: &Device) -> Result<GlowImage> {
+    let mut model = ck.load_model(GlowImage::new(&state.model, device), MODEL_FILE)?;
     model
         .set_actnorm_flags(&state.actnorm_initialized)
-        .map_err(|e| anyhow::anyhow!("{}: {e}", ck.join(STATE_FILE).display()))?;
-    checkpoint::refuse_nonfinite(&model, &ck.join(MODEL_FILE))?;
-    Ok((model, state))
+        .map_err(|e| InputError::file(ck.state_path(), Some("field actnorm_initialized".into()), e))?;
+    Ok(model)
 }
 
 /// The weights to evaluate and sample with: the run's weight average when its checkpoint has
 /// one (`ema.safetensors`), else the trained weights. Refuses non-finite weights.
 pub fn load_for_eval(dir: &Path, device: &Device) -> Result<(GlowImage, ImageRunState, bool)> {
-    let (model, state) = load_trained(dir, device)?;
-    let ema_path = checkpoint::locate(dir).join(EMA_FILE);
-    if state.options.stability.ema_decay > 0.0 && ema_path.exists() {
+    let (ck, state) = open_state(dir)?;
+    let model = load_weights(&ck, &state, device)?;
+    if state.options.stability.ema_decay > 0.0 && ck.has(EMA_FILE) {
         // The average is saved in float64 (exact for resume); evaluation runs in float32.
-        let avg = cast_module(checkpoint::load_model(model, &ema_path)?, DType::F32);
-        checkpoint::refuse_nonfinite(&avg, &ema_path)?;
+        let avg = cast_module(ck.load_model(model, EMA_FILE)?, DType::F32);
         Ok((avg, state, true))
     } else {
         Ok((model, state, false))
@@ -411,49 +511,83 @@ pub fn load_for_eval(dir: &Path, device: &Device) -> Result<(GlowImage, ImageRun
 #[allow(clippy::large_enum_variant)]
 pub enum ImageStart {
     Fresh(GlowImageConfig, ImageTrainOptions),
-    /// Resume from a run directory; optionally a new total step count.
-    /// Resume from a run directory; optionally a new total step count and a time limit for
-    /// this invocation.
-    Resume(PathBuf, Option<usize>, Option<f64>),
+    /// Continue the run saved in a run (or checkpoint) directory, with the changes a resume may
+    /// make (`steps`, `lr`, `data`, `time_limit`, `threads`, `checkpoint_every`,
+    /// `sample_every`, `test_limit`).
+    Resume(PathBuf, ResumeChanges),
 }
 
-/// Train (or resume) and evaluate; writes into `out`.
-pub fn train_image(
-    start: ImageStart,
-    out: &Path,
-    progress: bool,
-    device: &Device,
-) -> Result<ImageSummary> {
+/// Train (or resume) and evaluate; writes into `io.out` (`io.threads` is not used: the shard
+/// count is `ImageTrainOptions::shards`, changed on resume by [`ResumeChanges::threads`]).
+///
+/// The run directory is locked for the whole run (a second writer gets an error); a fresh run
+/// into a directory that holds a run is refused unless `io.force`. SIGINT/SIGTERM (when
+/// [`interrupt::install`](super::interrupt::install)ed) finish the step, save a checkpoint and
+/// return [`Interrupted`](crate::error::Interrupted).
+pub fn train_image(start: ImageStart, io: &RunIo, device: &Device) -> Result<ImageSummary> {
+    let (out, progress) = (io.out.as_path(), io.progress);
     let train_device = device.clone().autodiff();
-    // Where the checkpoint a resumed run starts from lives (it may differ from `out`).
-    let resumed_from = match &start {
-        ImageStart::Resume(d, ..) => Some(checkpoint::locate(d)),
-        _ => None,
+    let _lock = run_dir::lock(out)?;
+    let continues_here = match &start {
+        ImageStart::Resume(d, _) => run_dir::same_dir(&run_dir::run_dir_of(d), out),
+        ImageStart::Fresh(..) => false,
     };
-    let (mut model, mut optim, opts, cfg, first, mut train_seconds, ema, skipped) = match start {
-        ImageStart::Fresh(cfg, opts) => {
+    if !continues_here {
+        run_dir::prepare_fresh(out, io.force)?;
+    }
+    let mut saved = None;
+    let mut resumes = Vec::new();
+    let mut fingerprint = None;
+    let (mut model, mut optim, opts, cfg, first, mut train_seconds, ema, skipped) = match start
+    {
+        ImageStart::Fresh(cfg, mut opts) => {
+            cfg.validate().map_err(FieldError::on_flag)?;
+            opts.validate().map_err(FieldError::on_flag)?;
+            opts.data = absolute_spec(&opts.data)?;
             let model = GlowImage::new(&cfg, &train_device);
             let optim = optimizer(opts.stability.optimizer);
             (model, optim, opts, cfg, 0, 0.0, None, 0)
         }
-        ImageStart::Resume(dir, steps, time_limit) => {
-            let (model, mut state) = load_trained(&dir, &train_device)
-                .with_context(|| format!("--resume {}", dir.display()))?;
-            let ck = checkpoint::locate(&dir);
-            let (optim, ema) = checkpoint::load_training_state(
-                &model,
-                &ck,
-                &state.options.stability,
-                state.ema_updates,
-            )?;
-            if let Some(s) = steps {
-                state.options.steps = s;
+        ImageStart::Resume(dir, changes) => {
+            let (ck, state) =
+                open_state(&dir).with_context(|| format!("--resume {}", dir.display()))?;
+            let model = load_weights(&ck, &state, &train_device)?;
+            let (optim, ema) =
+                ck.load_training_state(&model, &state.options.stability, state.ema_updates)?;
+            let mut opts = state.options.clone();
+            let mut changed = Vec::new();
+            let data = changes.data.as_deref().map(absolute_spec).transpose()?;
+            apply_change(&mut changed, "steps", &mut opts.steps, changes.steps);
+            apply_change(&mut changed, "lr", &mut opts.lr, changes.lr);
+            apply_change(&mut changed, "data", &mut opts.data, data);
+            if let Some(t) = changes.threads.filter(|&t| t != opts.shards) {
+                run_dir::threads_note(opts.shards, t);
+                apply_change(&mut changed, "threads", &mut opts.shards, Some(t));
             }
-            state.options.time_limit_minutes = time_limit;
+            apply_change(
+                &mut changed,
+                "checkpoint_every",
+                &mut opts.checkpoint_every,
+                changes.checkpoint_every,
+            );
+            apply_change(&mut changed, "sample_every", &mut opts.sample_every, changes.sample_every);
+            apply_change(&mut changed, "test_limit", &mut opts.test_limit, changes.test_limit);
+            // The time limit is for this invocation only: not part of the run.
+            opts.time_limit_minutes = changes.time_limit;
+            opts.validate().map_err(FieldError::on_flag)?;
+            resumes = state.resumes.clone();
+            if !changed.is_empty() {
+                resumes.push(ResumeRecord {
+                    step: state.step,
+                    changes: changed,
+                });
+            }
+            fingerprint = state.data_fingerprint.clone();
+            saved = Some((ck.dir.clone(), state.step));
             (
                 model,
                 optim,
-                state.options,
+                opts,
                 state.model,
                 state.step,
                 state.train_seconds,
@@ -462,35 +596,40 @@ pub fn train_image(
             )
         }
     };
-    opts.stability.validate()?;
-    cfg.validate().map_err(anyhow::Error::msg)?;
-    if opts.batch == 0 || opts.log_every == 0 {
-        bail!("--batch and --log-every must be at least 1");
-    }
-    if !(opts.lr.is_finite() && opts.lr > 0.0) {
-        bail!("--lr must be a positive number, got {}", opts.lr);
-    }
     if first > opts.steps {
-        bail!(
-            "--steps {} is below the {first} steps the checkpoint has done",
-            opts.steps
-        );
+        return Err(InputError::flag(
+            "--steps",
+            opts.steps,
+            format!("is below the {first} steps the checkpoint has done"),
+        )
+        .into());
     }
     let data = load_data(&opts)?;
     if (data.train.c, data.train.h, data.train.w) != (cfg.channels, cfg.height, cfg.width) {
-        bail!(
-            "--data {}: images are {}x{}x{} but the model expects {}x{}x{}",
-            opts.data,
-            data.train.c,
-            data.train.h,
-            data.train.w,
-            cfg.channels,
-            cfg.height,
-            cfg.width
-        );
+        return Err(InputError::flag(
+            "--data",
+            &opts.data,
+            format!(
+                "images are {}x{}x{} but the model expects {}x{}x{}",
+                data.train.c, data.train.h, data.train.w, cfg.channels, cfg.height, cfg.width
+            ),
+        )
+        .into());
     }
-    std::fs::create_dir_all(out)
-        .with_context(|| format!("--out {}: cannot create directory", out.display()))?;
+    let print = data_fingerprint(&data.train);
+    if let Some(want) = &fingerprint {
+        if *want != print {
+            return Err(InputError::flag(
+                "--data",
+                &opts.data,
+                format!(
+                    "not the training images this run was trained on (fingerprint {print}, the run's {want})"
+                ),
+            )
+            .into());
+        }
+    }
+    check_batch(&cfg, &opts, data.train.n).map_err(FieldError::on_flag)?;
     let d = cfg.dims();
 
     if first == 0 && !model.actnorm_flags().iter().all(|&f| f) {
@@ -509,16 +648,34 @@ pub fn train_image(
     let (mut metrics, mut group_norms) = open_run_logs(
         out,
         "step,bpd,lr,seconds,images_per_s,grad_norm_max,clipped,skipped",
-        first == 0,
+        (first > 0 || continues_here).then_some(first),
     )?;
-    // The newest checkpoint that exists: the one resumed from, then each one this run writes.
-    let mut saved: Option<(PathBuf, usize)> = resumed_from.map(|ck| (ck, first));
+    // The newest checkpoint that exists (`saved`): the one resumed from, then each one this run
+    // writes.
+    let state_at = |flags: Vec<bool>, guard: &Guard, step: usize, train_seconds: f64| {
+        ImageRunState {
+            model: cfg.clone(),
+            options: opts.clone(),
+            step,
+            actnorm_initialized: flags,
+            train_seconds,
+            skipped_steps: guard.total_skips,
+            ema_updates: guard.ema_updates(),
+            data_fingerprint: Some(print.clone()),
+            resumes: resumes.clone(),
+        }
+    };
+    let mut interrupted = false;
     let bar = progress_bar(progress, opts.steps as u64, first as u64);
     let mut window = Window::default();
     let mut clock = Instant::now();
     let mut last = first;
     let resumed_seconds = train_seconds;
     for step in first..opts.steps {
+        if interrupt::requested() {
+            interrupted = true;
+            break;
+        }
         if let Some(limit) = opts.time_limit_minutes {
             // The limit applies to this invocation's training time.
             if train_seconds - resumed_seconds + clock.elapsed().as_secs_f64() >= limit * 60.0 {
@@ -589,15 +746,7 @@ pub fn train_image(
                 }
             }
             if ckpt_due {
-                let state = ImageRunState {
-                    model: cfg.clone(),
-                    options: opts.clone(),
-                    step: done,
-                    actnorm_initialized: model.actnorm_flags(),
-                    train_seconds,
-                    skipped_steps: guard.total_skips,
-                    ema_updates: guard.ema_updates(),
-                };
+                let state = state_at(model.actnorm_flags(), &guard, done, train_seconds);
                 guard.save_checkpoint(out, &model, &optim, &state)?;
                 saved = Some((checkpoint_dir(out), done));
             }
@@ -608,16 +757,15 @@ pub fn train_image(
     if let Some(b) = &bar {
         b.finish();
     }
-    let state = ImageRunState {
-        model: cfg.clone(),
-        options: opts.clone(),
-        step: last,
-        actnorm_initialized: model.actnorm_flags(),
-        train_seconds,
-        skipped_steps: guard.total_skips,
-        ema_updates: guard.ema_updates(),
-    };
+    let state = state_at(model.actnorm_flags(), &guard, last, train_seconds);
     guard.save_checkpoint(out, &model, &optim, &state)?;
+    if interrupted {
+        return Err(interrupt::interrupted(
+            last,
+            format!("glowflow train --resume {}", out.display()),
+        )
+        .into());
+    }
     let eval = guard.eval_weights(model.valid());
     let test = if opts.test_limit > 0 {
         data.test.take(opts.test_limit)

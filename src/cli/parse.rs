@@ -1,0 +1,84 @@
+//! Value parsers for the command line: every number is checked where it enters, so clap's error
+//! names the flag (`invalid value '0' for '--batch <BATCH>': must be at least 1`) and the
+//! process exits with code 2 before anything runs. Bounds come from [`crate::limits`].
+
+/// An integer in `LO..=HI`.
+pub fn count<const LO: usize, const HI: usize>(s: &str) -> Result<usize, String> {
+    let v: usize = s
+        .trim()
+        .parse()
+        .map_err(|_| format!("expected a whole number in {LO}..={HI}"))?;
+    if v < LO {
+        return Err(format!("must be at least {LO}"));
+    }
+    if v > HI {
+        return Err(format!("must be at most {HI}"));
+    }
+    Ok(v)
+}
+
+/// Bits per pixel: 1..=8.
+pub fn bits(s: &str) -> Result<u32, String> {
+    count::<1, 8>(s).map(|v| v as u32)
+}
+
+fn finite(s: &str) -> Result<f64, String> {
+    let v: f64 = s
+        .trim()
+        .parse()
+        .map_err(|_| "expected a number".to_string())?;
+    if !v.is_finite() {
+        return Err("must be a finite number".into());
+    }
+    Ok(v)
+}
+
+/// A learning rate: finite, in (0, 10].
+pub fn learning_rate(s: &str) -> Result<f64, String> {
+    let v = finite(s)?;
+    if v <= 0.0 || v > 10.0 {
+        return Err("must be in (0, 10]".into());
+    }
+    Ok(v)
+}
+
+/// A multiplicative factor (StepLR's gamma): finite, in (0, 10].
+pub fn factor(s: &str) -> Result<f64, String> {
+    learning_rate(s)
+}
+
+/// Minutes of training time: finite, in (0, 1e8].
+pub fn minutes(s: &str) -> Result<f64, String> {
+    let v = finite(s)?;
+    if v <= 0.0 || v > 1e8 {
+        return Err("must be a number of minutes in (0, 1e8]".into());
+    }
+    Ok(v)
+}
+
+/// A gradient-norm threshold: finite, in [0, 1e30] (0: off).
+pub fn threshold(s: &str) -> Result<f64, String> {
+    let v = finite(s)?;
+    if !(0.0..=1e30).contains(&v) {
+        return Err("must be in [0, 1e30] (0: off)".into());
+    }
+    Ok(v)
+}
+
+/// An averaging decay: in [0, 1) (0: off).
+pub fn decay(s: &str) -> Result<f64, String> {
+    let v = finite(s)?;
+    if !(0.0..1.0).contains(&v) {
+        return Err("must be in [0, 1) (0: off)".into());
+    }
+    Ok(v)
+}
+
+/// A sampling temperature: finite, in [0, 100].
+pub fn temperature(s: &str) -> Result<f64, String> {
+    let v = finite(s)?;
+    if !(0.0..=100.0).contains(&v) {
+        return Err("must be in [0, 100]".into());
+    }
+    Ok(v)
+}

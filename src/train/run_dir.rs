@@ -1,0 +1,258 @@
+//! A run directory (`--out`): one writer at a time (a lock), never replaced without `--force`,
+//! and logs cut back to the checkpoint a resumed run continues from.
+
+use std::io::{Read, Seek, Write};
+use std::path::{Path, PathBuf};
+
+use anyhow::{Context, Result};
+
+use super::checkpoint::{self, STATE_FILE};
+use crate::error::InputError;
+
+/// The lock file inside a run directory.
+pub const LOCK_FILE: &str = ".glowflow.lock";
+
+/// The exclusive lock of a run directory, held while a process writes into it (released when
+/// dropped, or by the operating system when the process dies, even by `kill -9`).
+#[derive(Debug)]
+pub struct RunLock {
+    _file: std::fs::File,
+    pub dir: PathBuf,
+}
+
+/// Create `out` if needed and lock it for writing. A second process gets an error naming the
+/// directory, the flag it came from (`--out`) and the holder's process id. Then repairs what an
+/// earlier, killed writer may have left: a checkpoint moved aside, temporary files.
+pub fn lock(out: &Path) -> Result<RunLock> {
+    std::fs::create_dir_all(out)
+        .map_err(|e| InputError::flag("--out", out.display(), format!("cannot create: {e}")))?;
+    let path = out.join(LOCK_FILE);
+    let mut file = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create(true)
+        .truncate(false)
+        .open(&path)
+        .map_err(|e| InputError::flag("--out", out.display(), format!("cannot lock: {e}")))?;
+    match file.try_lock() {
+        Ok(()) => {}
+        Err(std::fs::TryLockError::WouldBlock) => {
+            let mut holder = String::new();
+            file.read_to_string(&mut holder).ok();
+            let holder = holder.trim();
+            return Err(InputError::flag(
+                "--out",
+                out.display(),
+                format!(
+                    "another glowflow process{} is writing this run directory; wait for it to \
+                     finish or choose another --out",
+                    if holder.is_empty() {
+                        String::new()
+                    } else {
+                        format!(" (pid {holder})")
+                    }
+                ),
+            )
+            .into());
+        }
+        Err(std::fs::TryLockError::Error(e)) => {
+            return Err(
+                InputError::flag("--out", out.display(), format!("cannot lock: {e}")).into(),
+            )
+        }
+    }
+    file.set_len(0).ok();
+    file.rewind().ok();
+    write!(file, "{}", std::process::id()).ok();
+    crate::fsutil::remove_stale_temps(out);
+    checkpoint::recover(out)?;
+    Ok(RunLock {
+        _file: file,
+        dir: out.to_path_buf(),
+    })
+}
+
+/// What an existing run in `out` looks like (`checkpoint at step 1200`), or `None` when `out`
+/// holds no run.
+pub fn existing_run(out: &Path) -> Option<String> {
+    let ck = checkpoint::locate(out);
+    if ck.join(STATE_FILE).exists() {
+        let step = checkpoint::load_json::<serde_json::Value>(&ck.join(STATE_FILE))
+            .ok()
+            .and_then(|v| v.get("step").and_then(|s| s.as_u64()));
+        return Some(match step {
+            Some(s) => format!("a run with a checkpoint at step {s}"),
+            None => "a run with a checkpoint".into(),
+        });
+    }
+    ["metrics.csv", "summary.json", "compare.json"]
+        .iter()
+        .find(|f| out.join(f).exists())
+        .map(|f| format!("a run ({f})"))
+}
+
+/// The files and folders a training run writes into its directory, removed by `--force`.
+const RUN_OUTPUTS: &[&str] = &[
+    "checkpoint",
+    ".checkpoint.old",
+    "metrics.csv",
+    "grad_norms.csv",
+    "summary.json",
+    "frames",
+    "compare.json",
+    "compare.md",
+];
+
+/// Before a fresh run writes into `out` (locked by the caller): refuse when it already holds a
+/// run, unless `force`, in which case the old run's checkpoint, logs and frames are removed
+/// (other files in the folder are left alone).
+pub fn prepare_fresh(out: &Path, force: bool) -> Result<()> {
+    if let Some(what) = existing_run(out) {
+        if !force {
+            return Err(InputError::flag(
+                "--out",
+                out.display(),
+                format!(
+                    "already holds {what}; continue it with --resume {} or replace it with --force",
+                    out.display()
+                ),
+            )
+            .into());
+        }
+        for name in RUN_OUTPUTS {
+            let p = out.join(name);
+            if p.is_dir() {
+                std::fs::remove_dir_all(&p)
+            } else if p.exists() {
+                std::fs::remove_file(&p)
+            } else {
+                Ok(())
+            }
+            .with_context(|| format!("--force: cannot remove {}", p.display()))?;
+        }
+        if let Ok(entries) = std::fs::read_dir(out) {
+            for e in entries.flatten() {
+                let name = e.file_name().to_string_lossy().into_owned();
+                if name.starts_with("samples_") && name.ends_with(".png") {
+                    std::fs::remove_file(e.path()).ok();
+                }
+            }
+        }
+    }
+    Ok(())
+}
+
+/// The run directory a `--resume` path names: the path itself, or the folder above it when it is
+/// a checkpoint folder.
+pub fn run_dir_of(resume: &Path) -> PathBuf {
+    let ck = checkpoint::locate(resume);
+    if ck == resume && resume.join(STATE_FILE).exists() {
+        resume
+            .parent()
+            .filter(|p| !p.as_os_str().is_empty())
+            .map_or_else(|| PathBuf::from("."), Path::to_path_buf)
+    } else {
+        resume.to_path_buf()
+    }
+}
+
+/// Whether two paths name the same directory (after resolving links and `..`).
+pub fn same_dir(a: &Path, b: &Path) -> bool {
+    match (a.canonicalize(), b.canonicalize()) {
+        (Ok(x), Ok(y)) => x == y,
+        _ => a == b,
+    }
+}
+
+/// Cut a CSV log whose first column is the step back to the rows of steps `<= step` (the
+/// checkpoint a run resumes from), dropping torn rows (a wrong field count, a step that is not a
+/// number, a last line without its newline). Rewrites the file atomically when anything is cut.
+pub fn truncate_log(path: &Path, step: usize) -> Result<()> {
+    let Ok(text) = std::fs::read_to_string(path) else {
+        return Ok(());
+    };
+    let mut lines: Vec<&str> = text.split('\n').collect();
+    // `split` leaves "" after a final newline; anything else there is a torn last row.
+    lines.pop();
+    let Some((header, rows)) = lines.split_first() else {
+        return Ok(());
+    };
+    let width = header.split(',').count();
+    let keep: Vec<&str> = rows
+        .iter()
+        .copied()
+        .filter(|r| {
+            let fields: Vec<&str> = r.split(',').collect();
+            fields.len() == width && fields[0].parse::<usize>().is_ok_and(|s| s <= step)
+        })
+        .collect();
+    if keep.len() == rows.len() && text.ends_with('\n') {
+        return Ok(());
+    }
+    let mut out = String::with_capacity(text.len());
+    out.push_str(header);
+    out.push('\n');
+    for r in keep {
+        out.push_str(r);
+        out.push('\n');
+    }
+    crate::fsutil::write_atomic(path, out.as_bytes())
+}
+
+/// Settings a resumed run may change; every other setting is part of the saved run. Each change
+/// is applied from the resumed step on and recorded in the checkpoint (`resumes`).
+#[derive(Clone, Debug, Default)]
+pub struct ResumeChanges {
+    /// A new total step count.
+    pub steps: Option<usize>,
+    /// A new (base) learning rate.
+    pub lr: Option<f64>,
+    /// 2D runs: a new StepLR period and factor.
+    pub lr_step: Option<usize>,
+    pub lr_gamma: Option<f64>,
+    /// Image runs: the data set at a new place (same images: checked by their fingerprint).
+    pub data: Option<String>,
+    /// Image runs: a training-time limit for this invocation.
+    pub time_limit: Option<f64>,
+    /// Data-parallel threads: allowed, but results then differ from an uninterrupted run in
+    /// float32 summation order (a note says so).
+    pub threads: Option<usize>,
+    pub checkpoint_every: Option<usize>,
+    /// Image runs: sample-grid period and test-image limit.
+    pub sample_every: Option<usize>,
+    pub test_limit: Option<usize>,
+    /// 2D runs: held-out points and GIF frames.
+    pub test_samples: Option<usize>,
+    pub frames: Option<usize>,
+}
+
+/// One resume of a run, as recorded in its `state.json`: the step it continued from and what
+/// changed (`lr 0.001 -> 0.0003`).
+#[derive(Clone, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct ResumeRecord {
+    pub step: usize,
+    pub changes: Vec<String>,
+}
+
+/// Set `*slot` to `new` when given and different, recording `name old -> new` in `changes`.
+pub fn apply_change<T: PartialEq + std::fmt::Display + Clone>(
+    changes: &mut Vec<String>,
+    name: &str,
+    slot: &mut T,
+    new: Option<T>,
+) {
+    if let Some(v) = new {
+        if *slot != v {
+            changes.push(format!("{name} {} -> {v}", slot));
+            *slot = v;
+        }
+    }
+}
+
+/// The note printed when a resume changes the thread count.
+pub fn threads_note(old: usize, new: usize) {
+    eprintln!(
+        "note: --threads {new} differs from the run's {old}: the resumed run is no longer \
+         bit-identical to an uninterrupted one (float32 sums in another order)"
+    );
+}
