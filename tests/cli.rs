@@ -145,7 +145,7 @@ fn bad_input_gets_a_clear_error() {
                 "--optimizer",
                 "adamax",
             ],
-            "--optimizer cannot be changed on --resume",
+            "--optimizer adamax: cannot be changed on --resume",
         ),
     ];
     for (args, needle) in cases {

@@ -382,22 +382,25 @@ fn image_resume_continues_exactly() {
     let (full, split) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
     let a = train_image(
         ImageStart::Fresh(cfg.clone(), small_options(data.path(), 12)),
-        full.path(),
-        false,
+        &rio(full.path()),
         &device,
     )
     .unwrap();
     train_image(
         ImageStart::Fresh(cfg, small_options(data.path(), 6)),
-        split.path(),
-        false,
+        &rio(split.path()),
         &device,
     )
     .unwrap();
     let b = train_image(
-        ImageStart::Resume(split.path().into(), Some(12), None),
-        split.path(),
-        false,
+        ImageStart::Resume(
+            split.path().into(),
+            glowflow::train::run_dir::ResumeChanges {
+                steps: Some(12),
+                ..Default::default()
+            },
+        ),
+        &rio(split.path()),
         &device,
     )
     .unwrap();
@@ -420,8 +423,7 @@ fn image_resume_continues_exactly() {
     one.shards = 1;
     train_image(
         ImageStart::Fresh(tiny(1, 8, 2, ImageCoupling::Affine, Permutation::Lu), one),
-        single.path(),
-        false,
+        &rio(single.path()),
         &device,
     )
     .unwrap();
@@ -587,13 +589,7 @@ fn fashion_mnist_short_run_if_installed() {
         ..tiny(1, 32, 2, ImageCoupling::Affine, Permutation::Lu)
     };
     let device = plain_device();
-    let s = train_image(
-        ImageStart::Fresh(cfg, o.clone()),
-        run.path(),
-        false,
-        &device,
-    )
-    .unwrap();
+    let s = train_image(ImageStart::Fresh(cfg, o.clone()), &rio(run.path()), &device).unwrap();
     // 8-bit data: a uniform model scores 8 bits/dim; 120 small steps already do much better.
     eprintln!("Fashion-MNIST, 120 steps: test bpd {}", s.test_bpd);
     assert!(s.test_bpd < 7.0, "test bpd {}", s.test_bpd);
@@ -675,4 +671,13 @@ fn non_finite_samples_are_reported_not_drawn() {
         err.contains("4 of 4 samples") && err.contains("top latent"),
         "{err}"
     );
+}
+
+fn rio(out: &Path) -> glowflow::train::RunIo {
+    glowflow::train::RunIo {
+        out: out.to_path_buf(),
+        progress: false,
+        threads: 1,
+        force: false,
+    }
 }

@@ -33,6 +33,15 @@ fn io(out: &Path) -> RunIo {
         out: out.to_path_buf(),
         progress: false,
         threads: 2,
+        force: false,
+    }
+}
+
+/// A resume that sets a new total step count.
+fn to_steps(n: usize) -> glowflow::train::run_dir::ResumeChanges {
+    glowflow::train::run_dir::ResumeChanges {
+        steps: Some(n),
+        ..Default::default()
     }
 }
 
@@ -94,8 +103,8 @@ fn resume_continues_exactly() {
         half.steps = 15;
         run(Start::Fresh(small_config(model)), Some(half), split.path()).unwrap();
         let b = run(
-            Start::Resume(split.path().to_path_buf()),
-            Some(small_options(30)),
+            Start::Resume(split.path().to_path_buf(), to_steps(30)),
+            None,
             split.path(),
         )
         .unwrap();
@@ -328,8 +337,8 @@ fn resume_is_exact_with_weight_average_clipping_and_adamax() {
         )
         .unwrap();
         let b = run(
-            Start::Resume(split.path().to_path_buf()),
-            Some(opts(30)),
+            Start::Resume(split.path().to_path_buf(), to_steps(30)),
+            None,
             split.path(),
         )
         .unwrap();
@@ -477,8 +486,12 @@ fn adamax_host_loop_matches_tensor_ops() {
 #[test]
 fn resume_rejects_a_directory_without_checkpoint() {
     let dir = tempfile::tempdir().unwrap();
-    let err =
-        run(Start::Resume(dir.path().to_path_buf()), None, dir.path()).expect_err("no checkpoint");
+    let err = run(
+        Start::Resume(dir.path().to_path_buf(), Default::default()),
+        None,
+        dir.path(),
+    )
+    .expect_err("no checkpoint");
     assert!(format!("{err:#}").contains("--resume"), "{err:#}");
 }
 
@@ -544,7 +557,7 @@ fn metrics_file_is_upgraded_on_resume() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("metrics.csv");
     std::fs::write(&path, "step,loss\n10,1.5\n20,1.2\n").unwrap();
-    let mut f = glowflow::train::open_metrics(&path, "step,loss,grad_norm_max", false).unwrap();
+    let mut f = glowflow::train::open_metrics(&path, "step,loss,grad_norm_max", Some(20)).unwrap();
     writeln!(f, "30,1.1,2.5").unwrap();
     drop(f);
     assert_eq!(
@@ -552,6 +565,6 @@ fn metrics_file_is_upgraded_on_resume() {
         "step,loss,grad_norm_max\n10,1.5,\n20,1.2,\n30,1.1,2.5\n"
     );
     let other = dir.path().join("grad_norms.csv");
-    drop(glowflow::train::open_metrics(&other, "step,group", false).unwrap());
+    drop(glowflow::train::open_metrics(&other, "step,group", Some(0)).unwrap());
     assert_eq!(std::fs::read_to_string(&other).unwrap(), "step,group\n");
 }

@@ -14,13 +14,15 @@ use clap::{ArgMatches, Args, CommandFactory, FromArgMatches, Parser, Subcommand}
 use serde_json::json;
 
 use crate::data::Target;
+use crate::error::{FieldError, InputError};
+use crate::limits::{
+    MAX_FLOW_STEPS, MAX_IMAGE_SIDE, MAX_LEVELS, MAX_STEPS, MAX_THREADS, MAX_WIDTH,
+};
 use crate::models::{CouplingKind, Flow2dConfig, ModelKind, Permutation};
+use crate::train::run_dir::{self, ResumeChanges};
 use crate::train::stability::StabilityOptions;
 use crate::train::train2d::{comparison_picture, load_trained};
 use crate::train::train_image::image_recipe_stability;
-use crate::error::{FieldError, InputError};
-use crate::limits::{MAX_FLOW_STEPS, MAX_IMAGE_SIDE, MAX_LEVELS, MAX_STEPS, MAX_THREADS, MAX_WIDTH};
-use crate::train::run_dir::{self, ResumeChanges};
 use crate::train::{checkpoint, eval2d, interrupt, train2d, RunIo, Start, Train2dOptions};
 
 #[derive(Parser, Debug)]
@@ -365,7 +367,13 @@ pub const COMPARE_DEFAULT_STEPS: usize = 3_000;
 /// A clap error as an [`InputError`] (exit code 2); `--help`/`--version` print and exit 0.
 fn usage_error(e: clap::Error) -> anyhow::Error {
     if e.use_stderr() {
-        InputError::Usage(e.to_string().trim_start_matches("error: ").trim_end().to_string()).into()
+        InputError::Usage(
+            e.to_string()
+                .trim_start_matches("error: ")
+                .trim_end()
+                .to_string(),
+        )
+        .into()
     } else {
         print!("{e}");
         std::process::exit(0)
@@ -401,7 +409,10 @@ fn refuse_on_resume(given: &[(String, String)], allowed: &[&str]) -> Result<()> 
                  state.json); a resume may change only {}",
                 allowed
                     .iter()
-                    .filter(|f| !matches!(**f, "--resume" | "--out" | "--force" | "--quiet" | "--device"))
+                    .filter(|f| !matches!(
+                        **f,
+                        "--resume" | "--out" | "--force" | "--quiet" | "--device"
+                    ))
                     .copied()
                     .collect::<Vec<_>>()
                     .join(", ")

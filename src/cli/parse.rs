@@ -56,11 +56,11 @@ pub fn minutes(s: &str) -> Result<f64, String> {
     Ok(v)
 }
 
-/// A gradient-norm threshold: finite, in [0, 1e30] (0: off).
+/// A gradient-norm threshold: finite, in [0, 1e12] (0: off).
 pub fn threshold(s: &str) -> Result<f64, String> {
     let v = finite(s)?;
-    if !(0.0..=1e30).contains(&v) {
-        return Err("must be in [0, 1e30] (0: off)".into());
+    if !(0.0..=1e12).contains(&v) {
+        return Err("must be in [0, 1e12] (0: off)".into());
     }
     Ok(v)
 }

@@ -23,8 +23,12 @@ pub fn read_images(path: &Path) -> Result<ImageSet> {
         raw
     };
     parse_images(&bytes).map_err(|e| {
-        InputError::file(path, Some("header".into()), format!("malformed IDX image file: {e:#}"))
-            .into()
+        InputError::file(
+            path,
+            Some("header".into()),
+            format!("malformed IDX image file: {e:#}"),
+        )
+        .into()
     })
 }
 

@@ -293,8 +293,9 @@ pub fn recover(out: &Path) -> Result<()> {
                 std::fs::remove_dir_all(&ck)
                     .with_context(|| format!("cannot remove incomplete {}", ck.display()))?;
             }
-            std::fs::rename(&old, &ck)
-                .with_context(|| format!("cannot restore {} from {}", ck.display(), old.display()))?;
+            std::fs::rename(&old, &ck).with_context(|| {
+                format!("cannot restore {} from {}", ck.display(), old.display())
+            })?;
         } else {
             std::fs::remove_dir_all(&old)
                 .with_context(|| format!("cannot remove {}", old.display()))?;
@@ -371,8 +372,10 @@ pub fn save_checkpoint<M: Module + ModuleSnapshot, E: Module + ModuleSnapshot, S
     if had_previous {
         if let Err(e) = std::fs::rename(&ck, &old) {
             std::fs::remove_dir_all(&new).ok();
-            return Err(anyhow::Error::new(e)
-                .context(format!("checkpoint not saved: cannot move {} aside", ck.display())));
+            return Err(anyhow::Error::new(e).context(format!(
+                "checkpoint not saved: cannot move {} aside",
+                ck.display()
+            )));
         }
     }
     if let Err(e) = std::fs::rename(&new, &ck) {
@@ -380,8 +383,10 @@ pub fn save_checkpoint<M: Module + ModuleSnapshot, E: Module + ModuleSnapshot, S
             std::fs::rename(&old, &ck).ok();
         }
         std::fs::remove_dir_all(&new).ok();
-        return Err(anyhow::Error::new(e)
-            .context(format!("checkpoint not saved: cannot move it to {}", ck.display())));
+        return Err(anyhow::Error::new(e).context(format!(
+            "checkpoint not saved: cannot move it to {}",
+            ck.display()
+        )));
     }
     crate::fsutil::sync_dir(out);
     if had_previous {

@@ -18,10 +18,14 @@ pub fn install() {
                 eprintln!("\nsecond interrupt: exiting now (the last complete checkpoint is kept)");
                 std::process::exit(130);
             }
-            eprintln!("\ninterrupt: finishing this step and saving a checkpoint (again to exit now)");
+            eprintln!(
+                "\ninterrupt: finishing this step and saving a checkpoint (again to exit now)"
+            );
         });
         if let Err(e) = result {
-            eprintln!("warning: cannot catch Ctrl-C/SIGTERM ({e}); an interrupt loses unsaved steps");
+            eprintln!(
+                "warning: cannot catch Ctrl-C/SIGTERM ({e}); an interrupt loses unsaved steps"
+            );
         }
     });
 }

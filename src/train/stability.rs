@@ -66,7 +66,7 @@ impl StabilityOptions {
             self.clip_grad_norm,
             0.0,
             false,
-            1e30,
+            1e12,
         )?;
         if !(self.ema_decay.is_finite() && (0.0..1.0).contains(&self.ema_decay)) {
             return Err(crate::error::FieldError::new(

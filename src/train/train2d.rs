@@ -11,13 +11,13 @@ use burn::tensor::Device;
 use serde::{Deserialize, Serialize};
 
 use super::checkpoint::{self, checkpoint_dir, Checkpoint, EMA_FILE, MODEL_FILE};
+use super::data2d::{test_points, DataStream};
 use super::interrupt;
 use super::run_dir::{self, apply_change, ResumeChanges, ResumeRecord};
-use crate::error::{FieldError, InputError};
-use super::data2d::{test_points, DataStream};
 use super::stability::{stop_error, write_group_norms, Guard, StabilityOptions, Window};
 use super::{eval2d, open_run_logs, parallel, progress_bar};
 use crate::data::toy2d::Target;
+use crate::error::{FieldError, InputError};
 use crate::layers::ActNormFlags;
 use crate::models::{Flow2d, Flow2dConfig, ModelKind};
 use crate::tensor_util::from_vec;
@@ -81,7 +81,13 @@ impl Train2dOptions {
         count("lr_step", "--lr-step", self.lr_step, 1, MAX_STEPS)?;
         number("lr_gamma", "--lr-gamma", self.lr_gamma, 0.0, true, 10.0)?;
         count("log_every", "--log-every", self.log_every, 1, MAX_STEPS)?;
-        count("test_samples", "--test-samples", self.test_samples, 1, 1 << 26)?;
+        count(
+            "test_samples",
+            "--test-samples",
+            self.test_samples,
+            1,
+            1 << 26,
+        )?;
         count("grid", "--grid", self.grid, 2, 4096)?;
         count("frames", "--frames", self.frames, 0, 10_000)?;
         self.stability.validate()
@@ -172,7 +178,9 @@ pub fn load_trained(dir: &Path, device: &Device) -> Result<(Flow2d, RunState)> {
     model
         .flow
         .set_actnorm_flags(&state.actnorm_initialized)
-        .map_err(|e| InputError::file(ck.state_path(), Some("field actnorm_initialized".into()), e))?;
+        .map_err(|e| {
+            InputError::file(ck.state_path(), Some("field actnorm_initialized".into()), e)
+        })?;
     if state.options.stability.ema_decay > 0.0 && ck.has(EMA_FILE) {
         // The average is saved in float64 (exact for resume); evaluation runs in float32.
         model = crate::tensor_util::cast_module(
@@ -218,7 +226,8 @@ fn check_batch(cfg: &Flow2dConfig, opts: &Train2dOptions) -> std::result::Result
             "Real NVP's batch norm needs at least 2 points per batch",
         ));
     }
-    let need = cfg.activation_bytes_per_point() * opts.batch.max(opts.test_samples.min(1 << 16)) as f64;
+    let need =
+        cfg.activation_bytes_per_point() * opts.batch.max(opts.test_samples.min(1 << 16)) as f64;
     match crate::limits::memory_shortfall(need) {
         Some(why) => Err(FieldError::new("batch", "--batch", opts.batch, why)),
         None => Ok(()),
@@ -264,12 +273,17 @@ pub fn train2d(
             Start::Resume(dir, changes) => {
                 let (ck, state) =
                     open_state(&dir).with_context(|| format!("--resume {}", dir.display()))?;
-                let mut model = ck.load_model(Flow2d::new(&state.model, &train_device), MODEL_FILE)?;
+                let mut model =
+                    ck.load_model(Flow2d::new(&state.model, &train_device), MODEL_FILE)?;
                 model
                     .flow
                     .set_actnorm_flags(&state.actnorm_initialized)
                     .map_err(|e| {
-                        InputError::file(ck.state_path(), Some("field actnorm_initialized".into()), e)
+                        InputError::file(
+                            ck.state_path(),
+                            Some("field actnorm_initialized".into()),
+                            e,
+                        )
                     })?;
                 let (optim, ema) =
                     ck.load_training_state(&model, &state.options.stability, state.ema_updates)?;
@@ -278,14 +292,24 @@ pub fn train2d(
                 apply_change(&mut changed, "steps", &mut opts.steps, changes.steps);
                 apply_change(&mut changed, "lr", &mut opts.lr, changes.lr);
                 apply_change(&mut changed, "lr_step", &mut opts.lr_step, changes.lr_step);
-                apply_change(&mut changed, "lr_gamma", &mut opts.lr_gamma, changes.lr_gamma);
+                apply_change(
+                    &mut changed,
+                    "lr_gamma",
+                    &mut opts.lr_gamma,
+                    changes.lr_gamma,
+                );
                 apply_change(
                     &mut changed,
                     "checkpoint_every",
                     &mut opts.checkpoint_every,
                     changes.checkpoint_every,
                 );
-                apply_change(&mut changed, "test_samples", &mut opts.test_samples, changes.test_samples);
+                apply_change(
+                    &mut changed,
+                    "test_samples",
+                    &mut opts.test_samples,
+                    changes.test_samples,
+                );
                 apply_change(&mut changed, "frames", &mut opts.frames, changes.frames);
                 opts.validate().map_err(FieldError::on_flag)?;
                 // Runs saved before the thread count was recorded ran with the caller's.

@@ -16,12 +16,12 @@ use serde::{Deserialize, Serialize};
 use super::checkpoint::{self, checkpoint_dir, Checkpoint, EMA_FILE, MODEL_FILE};
 use super::interrupt;
 use super::run_dir::{self, apply_change, ResumeChanges, ResumeRecord};
-use super::RunIo;
-use crate::error::{FieldError, InputError};
 use super::stability::{stop_error, write_group_norms, Guard, StabilityOptions, Window};
+use super::RunIo;
 use super::{open_run_logs, parallel, progress_bar};
 use crate::data::dequant::{dequantize, to_pixels};
 use crate::data::{DataSpec, ImageSet, LoadOptions};
+use crate::error::{FieldError, InputError};
 use crate::layers::ActNormFlags;
 use crate::models::{GlowImage, GlowImageConfig};
 use crate::tensor_util::{cast_module, from_vec, to_vec, to_vec_f64};
@@ -121,7 +121,11 @@ pub fn data_fingerprint(set: &ImageSet) -> String {
     h.update((set.h as u64).to_le_bytes());
     h.update((set.w as u64).to_le_bytes());
     h.update(&set.pixels);
-    h.finalize().iter().take(8).map(|b| format!("{b:02x}")).collect()
+    h.finalize()
+        .iter()
+        .take(8)
+        .map(|b| format!("{b:02x}"))
+        .collect()
 }
 
 /// The image recipe's stability settings (`train`'s defaults): gradient-norm clipping at 50
@@ -489,7 +493,9 @@ fn load_weights(ck: &Checkpoint, state: &ImageRunState, device: &Device) -> Resu
     let mut model = ck.load_model(GlowImage::new(&state.model, device), MODEL_FILE)?;
     model
         .set_actnorm_flags(&state.actnorm_initialized)
-        .map_err(|e| InputError::file(ck.state_path(), Some("field actnorm_initialized".into()), e))?;
+        .map_err(|e| {
+            InputError::file(ck.state_path(), Some("field actnorm_initialized".into()), e)
+        })?;
     Ok(model)
 }
 
@@ -538,8 +544,7 @@ pub fn train_image(start: ImageStart, io: &RunIo, device: &Device) -> Result<Ima
     let mut saved = None;
     let mut resumes = Vec::new();
     let mut fingerprint = None;
-    let (mut model, mut optim, opts, cfg, first, mut train_seconds, ema, skipped) = match start
-    {
+    let (mut model, mut optim, opts, cfg, first, mut train_seconds, ema, skipped) = match start {
         ImageStart::Fresh(cfg, mut opts) => {
             cfg.validate().map_err(FieldError::on_flag)?;
             opts.validate().map_err(FieldError::on_flag)?;
@@ -570,8 +575,18 @@ pub fn train_image(start: ImageStart, io: &RunIo, device: &Device) -> Result<Ima
                 &mut opts.checkpoint_every,
                 changes.checkpoint_every,
             );
-            apply_change(&mut changed, "sample_every", &mut opts.sample_every, changes.sample_every);
-            apply_change(&mut changed, "test_limit", &mut opts.test_limit, changes.test_limit);
+            apply_change(
+                &mut changed,
+                "sample_every",
+                &mut opts.sample_every,
+                changes.sample_every,
+            );
+            apply_change(
+                &mut changed,
+                "test_limit",
+                &mut opts.test_limit,
+                changes.test_limit,
+            );
             // The time limit is for this invocation only: not part of the run.
             opts.time_limit_minutes = changes.time_limit;
             opts.validate().map_err(FieldError::on_flag)?;
@@ -652,8 +667,8 @@ pub fn train_image(start: ImageStart, io: &RunIo, device: &Device) -> Result<Ima
     )?;
     // The newest checkpoint that exists (`saved`): the one resumed from, then each one this run
     // writes.
-    let state_at = |flags: Vec<bool>, guard: &Guard, step: usize, train_seconds: f64| {
-        ImageRunState {
+    let state_at =
+        |flags: Vec<bool>, guard: &Guard, step: usize, train_seconds: f64| ImageRunState {
             model: cfg.clone(),
             options: opts.clone(),
             step,
@@ -663,8 +678,7 @@ pub fn train_image(start: ImageStart, io: &RunIo, device: &Device) -> Result<Ima
             ema_updates: guard.ema_updates(),
             data_fingerprint: Some(print.clone()),
             resumes: resumes.clone(),
-        }
-    };
+        };
     let mut interrupted = false;
     let bar = progress_bar(progress, opts.steps as u64, first as u64);
     let mut window = Window::default();
