@@ -16,6 +16,8 @@ pub const MAX_WIDTH: usize = 65_536;
 pub const MAX_MLP_DEPTH: usize = 64;
 /// Training steps of one run.
 pub const MAX_STEPS: usize = 1_000_000_000;
+/// Learning rate (a huge rate diverges and the step guard stops the run, naming the step).
+pub const MAX_LR: f64 = 1e9;
 /// Data-parallel threads.
 pub const MAX_THREADS: usize = 1024;
 

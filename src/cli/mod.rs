@@ -8,7 +8,7 @@ pub mod parse;
 use std::ffi::OsString;
 use std::path::PathBuf;
 
-use anyhow::Result;
+use anyhow::{Context, Result};
 use clap::parser::ValueSource;
 use clap::{ArgMatches, Args, CommandFactory, FromArgMatches, Parser, Subcommand};
 use serde_json::json;
@@ -763,7 +763,8 @@ fn cmd_eval(a: EvalArgs, reconstruct: bool) -> Result<()> {
         load_data, load_for_eval, per_image_bpd, reconstruction_error, BpdReport,
     };
     let device = crate::device_by_name(&a.device)?;
-    let (model, state, ema) = load_for_eval(&a.checkpoint, &device)?;
+    let (model, state, ema) = load_for_eval(&a.checkpoint, &device)
+        .with_context(|| format!("--checkpoint {}", a.checkpoint.display()))?;
     if reconstruct {
         // Float64 activations of a forward and an inverse pass.
         let need = state.model.activation_bytes_per_image() * 2.0 * a.n as f64;
@@ -864,7 +865,8 @@ fn write_per_image(path: &std::path::Path, bpd: &[f64]) -> Result<()> {
 fn cmd_sample(a: SampleArgs) -> Result<()> {
     use crate::train::train_image::{load_for_eval, sample_batch};
     let device = crate::device_by_name(&a.device)?;
-    let (model, state, ema) = load_for_eval(&a.checkpoint, &device)?;
+    let (model, state, ema) = load_for_eval(&a.checkpoint, &device)
+        .with_context(|| format!("--checkpoint {}", a.checkpoint.display()))?;
     // Float64 decoding activations, plus the grid.
     let need = state.model.activation_bytes_per_image() * a.n as f64;
     if let Some(why) = crate::limits::memory_shortfall(need) {

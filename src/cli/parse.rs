@@ -33,18 +33,23 @@ fn finite(s: &str) -> Result<f64, String> {
     Ok(v)
 }
 
-/// A learning rate: finite, in (0, 10].
+/// A learning rate: finite, in (0, 1e9] (a huge rate diverges, and the step guard stops the run
+/// with the step named; the bound refuses only values that are not numbers a user means).
 pub fn learning_rate(s: &str) -> Result<f64, String> {
     let v = finite(s)?;
-    if v <= 0.0 || v > 10.0 {
-        return Err("must be in (0, 10]".into());
+    if v <= 0.0 || v > crate::limits::MAX_LR {
+        return Err(format!("must be in (0, {:e}]", crate::limits::MAX_LR));
     }
     Ok(v)
 }
 
 /// A multiplicative factor (StepLR's gamma): finite, in (0, 10].
 pub fn factor(s: &str) -> Result<f64, String> {
-    learning_rate(s)
+    let v = finite(s)?;
+    if v <= 0.0 || v > 10.0 {
+        return Err("must be in (0, 10]".into());
+    }
+    Ok(v)
 }
 
 /// Minutes of training time: finite, in (0, 1e8].

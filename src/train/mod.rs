@@ -93,3 +93,21 @@ pub fn open_metrics(
         }
     }
 }
+
+/// Write a run's `summary.json`. When the write fails (a full disk), the figures already
+/// computed are printed on standard output before the error is returned, so they are never lost.
+pub fn save_summary<T: serde::Serialize>(
+    summary: &T,
+    path: &std::path::Path,
+) -> anyhow::Result<()> {
+    checkpoint::save_json(summary, path).map_err(|e| {
+        use std::io::Write;
+        if let Ok(text) = serde_json::to_string_pretty(summary) {
+            let _ = writeln!(std::io::stdout(), "{text}");
+        }
+        e.context(format!(
+            "{} not written (the checkpoint is saved; the summary is printed above)",
+            path.display()
+        ))
+    })
+}

@@ -10,7 +10,7 @@ use burn::module::Module;
 use burn::tensor::Device;
 use serde::{Deserialize, Serialize};
 
-use super::checkpoint::{self, checkpoint_dir, Checkpoint, EMA_FILE, MODEL_FILE};
+use super::checkpoint::{checkpoint_dir, Checkpoint, EMA_FILE, MODEL_FILE};
 use super::data2d::{test_points, DataStream};
 use super::interrupt;
 use super::run_dir::{self, apply_change, ResumeChanges, ResumeRecord};
@@ -77,7 +77,7 @@ impl Train2dOptions {
         use crate::limits::{count, number, MAX_STEPS};
         count("steps", "--steps", self.steps, 1, MAX_STEPS)?;
         count("batch", "--batch", self.batch, 1, 1 << 24)?;
-        number("lr", "--lr", self.lr, 0.0, true, 10.0)?;
+        number("lr", "--lr", self.lr, 0.0, true, crate::limits::MAX_LR)?;
         count("lr_step", "--lr-step", self.lr_step, 1, MAX_STEPS)?;
         number("lr_gamma", "--lr-gamma", self.lr_gamma, 0.0, true, 10.0)?;
         count("log_every", "--log-every", self.log_every, 1, MAX_STEPS)?;
@@ -480,7 +480,7 @@ pub fn train2d(
 
     let eval = guard.eval_weights(model.valid());
     let summary = evaluate_and_draw(&eval, &state, out, device, vmax)?;
-    checkpoint::save_json(&summary, &out.join("summary.json"))?;
+    super::save_summary(&summary, &out.join("summary.json"))?;
     Ok(summary)
 }
 

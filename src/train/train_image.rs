@@ -13,7 +13,7 @@ use rand::SeedableRng;
 use rand_chacha::ChaCha8Rng;
 use serde::{Deserialize, Serialize};
 
-use super::checkpoint::{self, checkpoint_dir, Checkpoint, EMA_FILE, MODEL_FILE};
+use super::checkpoint::{checkpoint_dir, Checkpoint, EMA_FILE, MODEL_FILE};
 use super::interrupt;
 use super::run_dir::{self, apply_change, ResumeChanges, ResumeRecord};
 use super::stability::{stop_error, write_group_norms, Guard, StabilityOptions, Window};
@@ -72,7 +72,7 @@ impl ImageTrainOptions {
         use crate::limits::{count, number, MAX_IMAGE_SIDE, MAX_STEPS, MAX_THREADS};
         count("steps", "--steps", self.steps, 1, MAX_STEPS)?;
         count("batch", "--batch", self.batch, 1, 1 << 20)?;
-        number("lr", "--lr", self.lr, 0.0, true, 10.0)?;
+        number("lr", "--lr", self.lr, 0.0, true, crate::limits::MAX_LR)?;
         count("warmup", "--warmup", self.warmup, 0, MAX_STEPS)?;
         count("init_batch", "--init-batch", self.init_batch, 1, 1 << 20)?;
         count("log_every", "--log-every", self.log_every, 1, MAX_STEPS)?;
@@ -804,7 +804,7 @@ pub fn train_image(start: ImageStart, io: &RunIo, device: &Device) -> Result<Ima
         config: cfg,
         options: opts,
     };
-    checkpoint::save_json(&summary, &out.join("summary.json"))?;
+    super::save_summary(&summary, &out.join("summary.json"))?;
     // The run and its checkpoint are saved; a non-finite evaluation is still a failure.
     let r = &summary.test_report;
     if r.nonfinite > 0 {
