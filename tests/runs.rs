@@ -427,6 +427,9 @@ fn resume_changes_lr_and_refuses_recipe_flags() {
     assert_eq!(state(&dir)["step"], 30, "a refused resume ran");
 }
 
+/// Numeric flags of a command, each with whether 0 is a valid value.
+type Flags<'a> = &'a [(&'a str, bool)];
+
 /// Every numeric flag of every command, given 0 (where 0 is meaningless), a negative number,
 /// a huge number and NaN: exit code 2, the flag named, no panic, nothing run.
 #[test]
@@ -471,7 +474,7 @@ fn every_numeric_flag_is_checked_up_front() {
         ("--ema-decay", true),
         ("--max-skips", false),
     ];
-    let table: &[(&[&str], &[(&str, bool)])] = &[
+    let table: &[(&[&str], Flags)] = &[
         (&["train", "--data", "idx:/nonexistent"], image),
         (&["train2d"], toy),
         (&["compare"], toy),

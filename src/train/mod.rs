@@ -37,7 +37,7 @@ pub fn open_run_logs(
     out: &std::path::Path,
     header: &str,
     resume_from: Option<usize>,
-) -> anyhow::Result<(std::fs::File, std::fs::File)> {
+) -> anyhow::Result<(LogFile, LogFile)> {
     Ok((
         open_metrics(&out.join("metrics.csv"), header, resume_from)?,
         open_metrics(
@@ -58,7 +58,7 @@ pub fn open_metrics(
     path: &std::path::Path,
     header: &str,
     resume_from: Option<usize>,
-) -> anyhow::Result<std::fs::File> {
+) -> anyhow::Result<LogFile> {
     use anyhow::Context;
     use std::io::Write;
     let existing = match resume_from {
@@ -70,7 +70,7 @@ pub fn open_metrics(
             let mut f = std::fs::File::create(path)
                 .with_context(|| format!("cannot create {}", path.display()))?;
             writeln!(f, "{header}")?;
-            Ok(f)
+            Ok(LogFile::new(f, path))
         }
         Some(text) => {
             let old = text.lines().next().unwrap_or_default();
@@ -89,6 +89,7 @@ pub fn open_metrics(
             std::fs::OpenOptions::new()
                 .append(true)
                 .open(path)
+                .map(|f| LogFile::new(f, path))
                 .with_context(|| format!("cannot open {}", path.display()))
         }
     }
@@ -110,4 +111,34 @@ pub fn save_summary<T: serde::Serialize>(
             path.display()
         ))
     })
+}
+
+/// A run log open for appending whose write errors name the file (`metrics.csv: No space left
+/// on device`).
+pub struct LogFile {
+    file: std::fs::File,
+    path: std::path::PathBuf,
+}
+
+impl LogFile {
+    fn new(file: std::fs::File, path: &std::path::Path) -> Self {
+        LogFile {
+            file,
+            path: path.to_path_buf(),
+        }
+    }
+
+    fn named(&self, e: std::io::Error) -> std::io::Error {
+        std::io::Error::new(e.kind(), format!("{}: {e}", self.path.display()))
+    }
+}
+
+impl std::io::Write for LogFile {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        self.file.write(buf).map_err(|e| self.named(e))
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        self.file.flush().map_err(|e| self.named(e))
+    }
 }
