@@ -18,12 +18,33 @@ pub const LOCK_FILE: &str = ".glowflow.lock";
 pub struct RunLock {
     _file: std::fs::File,
     pub dir: PathBuf,
+    /// Whether [`lock`] created the directory: a run refused before writing anything then
+    /// leaves no empty folder behind.
+    created: bool,
+}
+
+impl Drop for RunLock {
+    fn drop(&mut self) {
+        if !self.created {
+            return;
+        }
+        let only_lock = std::fs::read_dir(&self.dir).is_ok_and(|entries| {
+            entries
+                .flatten()
+                .all(|e| e.file_name().to_string_lossy() == LOCK_FILE)
+        });
+        if only_lock {
+            std::fs::remove_file(self.dir.join(LOCK_FILE)).ok();
+            std::fs::remove_dir(&self.dir).ok();
+        }
+    }
 }
 
 /// Create `out` if needed and lock it for writing. A second process gets an error naming the
 /// directory, the flag it came from (`--out`) and the holder's process id. Then repairs what an
 /// earlier, killed writer may have left: a checkpoint moved aside, temporary files.
 pub fn lock(out: &Path) -> Result<RunLock> {
+    let created = !out.exists();
     std::fs::create_dir_all(out)
         .map_err(|e| InputError::flag("--out", out.display(), format!("cannot create: {e}")))?;
     let path = out.join(LOCK_FILE);
@@ -69,6 +90,7 @@ pub fn lock(out: &Path) -> Result<RunLock> {
     Ok(RunLock {
         _file: file,
         dir: out.to_path_buf(),
+        created,
     })
 }
 
