@@ -575,12 +575,18 @@ fn files_and_data_dependent_values_are_refused_by_name() {
         &train(&["--batch", "1000000", "--levels", "1"], "a"),
         &["--batch", "training set"],
     );
-    assert!(!root.path().join("a").exists(), "a refused run left its folder");
+    assert!(
+        !root.path().join("a").exists(),
+        "a refused run left its folder"
+    );
     assert_refused(
         &train(&["--batch", "4", "--levels", "4"], "b"),
         &["--levels", "divisible"],
     );
-    assert!(!root.path().join("b").exists(), "a refused run left its folder");
+    assert!(
+        !root.path().join("b").exists(),
+        "a refused run left its folder"
+    );
     assert_refused(
         &train(&["--pad", "6", "--batch", "4"], "c"),
         &["--pad", "smaller"],

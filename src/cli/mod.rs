@@ -293,7 +293,7 @@ pub struct CommonArgs {
 }
 
 impl CommonArgs {
-    fn threads(&self) -> Result<usize> {
+    fn threads(&self) -> usize {
         thread_count(self.threads, &self.device)
     }
 
@@ -399,23 +399,16 @@ fn given_flags(m: &ArgMatches) -> Vec<(String, String)> {
 }
 
 /// With `--resume`, an error naming the first flag given that a resume may not change.
-fn refuse_on_resume(given: &[(String, String)], allowed: &[&str]) -> Result<()> {
-    if let Some((flag, value)) = given.iter().find(|(f, _)| !allowed.contains(&f.as_str())) {
+fn refuse_on_resume(given: &[(String, String)], changes: &[&str]) -> Result<()> {
+    let allowed = |f: &str| RESUME_NEUTRAL_FLAGS.contains(&f) || changes.contains(&f);
+    if let Some((flag, value)) = given.iter().find(|(f, _)| !allowed(f)) {
         return Err(InputError::flag(
             flag,
             value,
             format!(
                 "cannot be changed on --resume: it is part of the saved run (its checkpoint's \
                  state.json); a resume may change only {}",
-                allowed
-                    .iter()
-                    .filter(|f| !matches!(
-                        **f,
-                        "--resume" | "--out" | "--force" | "--quiet" | "--device"
-                    ))
-                    .copied()
-                    .collect::<Vec<_>>()
-                    .join(", ")
+                changes.join(", ")
             ),
         )
         .into());
@@ -448,19 +441,18 @@ pub fn run<I: IntoIterator<Item = T>, T: Into<OsString> + Clone>(args: I) -> Res
     }
 }
 
-/// `--threads`: data-parallel shards, one thread each. CPU cores by default; a GPU gets the
-/// whole batch in one piece (shards only help CPU cores).
-fn thread_count(threads: Option<usize>, device: &str) -> Result<usize> {
+/// `--threads` (at least 1: its parser checks): data-parallel shards, one thread each. CPU
+/// cores by default; a GPU gets the whole batch in one piece (shards only help CPU cores).
+fn thread_count(threads: Option<usize>, device: &str) -> usize {
     match threads {
-        Some(0) => Err(InputError::flag("--threads", 0, "must be at least 1").into()),
-        Some(t) => Ok(t),
-        None if device == "cuda" => Ok(1),
-        None => Ok(std::thread::available_parallelism().map_or(1, |n| n.get())),
+        Some(t) => t,
+        None if device == "cuda" => 1,
+        None => std::thread::available_parallelism().map_or(1, |n| n.get()),
     }
 }
 
 fn cmd_bench(a: BenchArgs) -> Result<()> {
-    let threads = thread_count(a.threads, &a.device)?;
+    let threads = thread_count(a.threads, &a.device);
     // The backend's pool (rayon) reads this when it first starts, which is after this point.
     std::env::set_var("RAYON_NUM_THREADS", threads.to_string());
     let device = crate::device_by_name(&a.device)?;
@@ -485,13 +477,12 @@ fn cmd_bench(a: BenchArgs) -> Result<()> {
     Ok(())
 }
 
-/// Flags `train2d --resume` accepts; every other one is refused by name.
+/// Flags every `--resume` accepts: where and how the run is continued, not what it computes.
+const RESUME_NEUTRAL_FLAGS: &[&str] = &["--resume", "--out", "--force", "--quiet", "--device"];
+
+/// Settings `train2d --resume` may change (besides [`RESUME_NEUTRAL_FLAGS`]); every other flag
+/// is refused by name.
 const TRAIN2D_RESUME_FLAGS: &[&str] = &[
-    "--resume",
-    "--out",
-    "--force",
-    "--quiet",
-    "--device",
     "--steps",
     "--lr",
     "--lr-step",
@@ -502,13 +493,9 @@ const TRAIN2D_RESUME_FLAGS: &[&str] = &[
     "--frames",
 ];
 
-/// Flags `train --resume` accepts; every other one is refused by name.
+/// Settings `train --resume` may change (besides [`RESUME_NEUTRAL_FLAGS`]); every other flag is
+/// refused by name.
 const TRAIN_RESUME_FLAGS: &[&str] = &[
-    "--resume",
-    "--out",
-    "--force",
-    "--quiet",
-    "--device",
     "--steps",
     "--lr",
     "--data",
@@ -535,7 +522,7 @@ fn cmd_train2d(a: Train2dArgs, given: &[(String, String)]) -> Result<()> {
     let io = RunIo {
         out: out_dir(&a.out, &a.resume, "runs/train2d"),
         progress: !a.common.quiet,
-        threads: a.common.threads()?,
+        threads: a.common.threads(),
         force: a.force,
     };
     let summary = match &a.resume {
@@ -581,7 +568,7 @@ fn print_json<T: serde::Serialize>(value: &T) -> Result<()> {
 
 fn cmd_compare(a: CompareArgs) -> Result<()> {
     let device = crate::device_by_name(&a.common.device)?;
-    let threads = a.common.threads()?;
+    let threads = a.common.threads();
     let opts = a.common.options(COMPARE_DEFAULT_STEPS);
     interrupt::install();
     let lock = run_dir::lock(&a.out)?;
@@ -726,7 +713,7 @@ fn cmd_train(a: TrainArgs, given: &[(String, String)]) -> Result<()> {
                 checkpoint_every: a.checkpoint_every,
                 test_limit: a.test_limit,
                 time_limit_minutes: a.time_limit,
-                shards: thread_count(a.threads, &a.device)?,
+                shards: thread_count(a.threads, &a.device),
                 stability: a.stability.options(image_recipe_stability()),
             };
             opts.validate().map_err(FieldError::on_flag)?;
@@ -760,7 +747,7 @@ fn cmd_train(a: TrainArgs, given: &[(String, String)]) -> Result<()> {
 
 fn cmd_eval(a: EvalArgs, reconstruct: bool) -> Result<()> {
     use crate::train::train_image::{
-        load_data, load_for_eval, per_image_bpd, reconstruction_error, BpdReport,
+        check_image_shape, load_data, load_for_eval, per_image_bpd, reconstruction_error, BpdReport,
     };
     let device = crate::device_by_name(&a.device)?;
     let (model, state, ema) = load_for_eval(&a.checkpoint, &device)
@@ -778,17 +765,7 @@ fn cmd_eval(a: EvalArgs, reconstruct: bool) -> Result<()> {
     }
     let data = load_data(&opts)?;
     let cfg = &state.model;
-    if (data.test.c, data.test.h, data.test.w) != (cfg.channels, cfg.height, cfg.width) {
-        return Err(InputError::flag(
-            "--data",
-            &opts.data,
-            format!(
-                "images are {}x{}x{} but the model expects {}x{}x{}",
-                data.test.c, data.test.h, data.test.w, cfg.channels, cfg.height, cfg.width
-            ),
-        )
-        .into());
-    }
+    check_image_shape(&data.test, cfg, &opts.data)?;
     let mut failure = None;
     let mut per_image: Option<(PathBuf, Vec<f64>)> = None;
     let report = if reconstruct {

@@ -102,13 +102,8 @@ pub fn model_from_bytes<M: Module + ModuleSnapshot>(
     Ok(model)
 }
 
-/// Save a module's parameters as safetensors at `path`, atomically (outside checkpoints: a
-/// checkpoint saves through [`save_checkpoint`]).
-pub fn save_model<M: Module + ModuleSnapshot>(model: &M, path: &Path) -> Result<()> {
-    crate::fsutil::write_atomic(path, &model_bytes(model)?)
-}
-
-/// Load parameters saved by [`save_model`] into `model` (which must have the same structure).
+/// Load a safetensors weights file (e.g. a checkpoint's `model.safetensors`, without the
+/// checkpoint's hash check: see [`Checkpoint::load_model`]) into `model` (same structure).
 pub fn load_model<M: Module + ModuleSnapshot>(model: M, path: &Path) -> Result<M> {
     let bytes = std::fs::read(path)
         .map_err(|e| InputError::file(path, None, format!("cannot read weights: {e}")))?;

@@ -183,6 +183,22 @@ pub struct ImageSummary {
 
 /// Load the data set `opts.data` names (padded or resized as `opts` says). Errors name `--data`
 /// and, for a bad file, the file.
+/// An error naming `--data spec` when the images of `set` are not the shape `cfg` expects.
+pub fn check_image_shape(set: &ImageSet, cfg: &GlowImageConfig, spec: &str) -> Result<()> {
+    if (set.c, set.h, set.w) == (cfg.channels, cfg.height, cfg.width) {
+        return Ok(());
+    }
+    Err(InputError::flag(
+        "--data",
+        spec,
+        format!(
+            "images are {}x{}x{} but the model expects {}x{}x{}",
+            set.c, set.h, set.w, cfg.channels, cfg.height, cfg.width
+        ),
+    )
+    .into())
+}
+
 /// `spec` with its folder made absolute; errors name `--data`.
 fn absolute_spec(spec: &str) -> Result<String> {
     let parsed: DataSpec = spec
@@ -620,17 +636,7 @@ pub fn train_image(start: ImageStart, io: &RunIo, device: &Device) -> Result<Ima
         .into());
     }
     let data = load_data(&opts)?;
-    if (data.train.c, data.train.h, data.train.w) != (cfg.channels, cfg.height, cfg.width) {
-        return Err(InputError::flag(
-            "--data",
-            &opts.data,
-            format!(
-                "images are {}x{}x{} but the model expects {}x{}x{}",
-                data.train.c, data.train.h, data.train.w, cfg.channels, cfg.height, cfg.width
-            ),
-        )
-        .into());
-    }
+    check_image_shape(&data.train, &cfg, &opts.data)?;
     let print = data_fingerprint(&data.train);
     if let Some(want) = &fingerprint {
         if *want != print {
