@@ -20,7 +20,7 @@ use crate::flow::Flow;
 use crate::layers::coupling::{AffineCoupling, TanhScale};
 use crate::layers::{ActNorm, FlowSequence, InvConv1x1Lu, Layer};
 use crate::models::{
-    CouplingKind, Flow2d, Flow2dConfig, GlowImage, GlowImageConfig, ImageCoupling, ModelKind,
+    CouplingKind, VectorFlow, VectorFlowConfig, GlowImage, GlowImageConfig, ImageCoupling, ModelKind,
     Permutation,
 };
 use crate::nets::{CouplingNet, PlainConvNet};
@@ -160,8 +160,8 @@ fn finite(loss: f64) -> Result<Option<f64>> {
 }
 
 /// Glow-2D configuration of a 2D workload.
-fn config_2d(workload: Workload) -> (Flow2dConfig, f64) {
-    let mut cfg = Flow2dConfig::new(ModelKind::Glow);
+fn config_2d(workload: Workload) -> (VectorFlowConfig, f64) {
+    let mut cfg = VectorFlowConfig::new(ModelKind::Glow);
     cfg.coupling = CouplingKind::Tanh;
     cfg.permutation = Permutation::Lu;
     match workload {
@@ -189,8 +189,8 @@ fn bench_2d(
     let device = device.clone().autodiff();
     let (cfg, lr) = config_2d(workload);
     let batch = fixed_points();
-    let mut model = Flow2d::new(&cfg, &device);
-    model.initialize(from_vec(batch.clone(), [1024, 2], &device));
+    let mut model = VectorFlow::new(&cfg, &device);
+    model.initialize(from_vec(batch.clone(), [1024, 2], &device), None);
     let run = TrainRun {
         rows: &batch,
         width: 2,
@@ -231,7 +231,7 @@ fn bench_probe_image(
     let rows = to_vec(x.clone());
     let d = 12 * 16 * 16;
     let mut flow = probe_image_flow(&device);
-    flow.initialize(x);
+    flow.initialize(x, None);
     let run = TrainRun {
         rows: &rows,
         width: d,
@@ -263,6 +263,7 @@ pub fn image_config() -> GlowImageConfig {
         n_bits: 8,
         learn_top: true,
         init_seed: 0,
+        classes: 0,
     }
 }
 
@@ -325,8 +326,8 @@ fn bench_density_grid(
     device: &Device,
 ) -> Result<(Vec<f64>, Option<f64>)> {
     let (cfg, _) = config_2d(Workload::Seed2d);
-    let mut model = Flow2d::new(&cfg, device);
-    model.initialize(from_vec(fixed_points(), [1024, 2], device));
+    let mut model = VectorFlow::new(&cfg, device);
+    model.initialize(from_vec(fixed_points(), [1024, 2], device), None);
     time_calls(warmup, steps, || {
         let grid = model_density_grid(&model, Target::Normals, 256, device);
         Ok(Some(grid.values.iter().sum::<f64>()))

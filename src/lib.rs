@@ -8,13 +8,13 @@
 //! `log|det dz/dx|` per sample; `inverse` maps back.
 //!
 //! ```
-//! use glowflow::models::{Flow2d, Flow2dConfig, ModelKind};
+//! use glowflow::models::{VectorFlow, VectorFlowConfig, ModelKind};
 //! use glowflow::tensor_util::{from_vec, to_vec};
 //!
 //! let device = glowflow::default_device();
-//! let mut cfg = Flow2dConfig::new(ModelKind::Glow);
+//! let mut cfg = VectorFlowConfig::new(ModelKind::Glow);
 //! cfg.layers = 4;
-//! let model = Flow2d::new(&cfg, &device);
+//! let model = VectorFlow::new(&cfg, &device);
 //! let x = from_vec(vec![0.1, -0.2, 0.5, 0.3], [2, 2], &device);
 //! let (z, _logdet) = model.encode(x.clone());
 //! let (back, _) = model.decode(z);

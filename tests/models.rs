@@ -5,11 +5,11 @@ mod common;
 use burn::module::Module;
 use common::*;
 use glowflow::flow::Flow;
-use glowflow::models::{CouplingKind, Flow2d, Flow2dConfig, ModelKind, Permutation};
+use glowflow::models::{CouplingKind, VectorFlow, VectorFlowConfig, ModelKind, Permutation};
 use glowflow::tensor_util::to_vec;
 
-fn config(model: ModelKind, coupling: CouplingKind, permutation: Permutation) -> Flow2dConfig {
-    let mut c = Flow2dConfig::new(model);
+fn config(model: ModelKind, coupling: CouplingKind, permutation: Permutation) -> VectorFlowConfig {
+    let mut c = VectorFlowConfig::new(model);
     c.layers = 6;
     c.hidden = 16;
     c.coupling = coupling;
@@ -32,7 +32,7 @@ fn glow2d_inverse_and_logdet_every_variant() {
             Permutation::Shuffle,
             Permutation::Reverse,
         ] {
-            let mut m = Flow2d::new(&config(ModelKind::Glow, coupling, perm), &device);
+            let mut m = VectorFlow::new(&config(ModelKind::Glow, coupling, perm), &device);
             m.flow
                 .initialize(random_input([256, 2, 1, 1], 1, &device).mul_scalar(0.7));
             let m = perturb(m, 0.2, 2);
@@ -60,7 +60,7 @@ fn glow2d_inverse_and_logdet_every_variant() {
 fn realnvp2d_inverse_and_logdet_in_eval_mode() {
     let ad = ad_device();
     let m = perturb(
-        Flow2d::new(
+        VectorFlow::new(
             &config(ModelKind::Realnvp, CouplingKind::Tanh, Permutation::Lu),
             &ad,
         ),
@@ -91,7 +91,7 @@ fn sample_log_density_matches_log_prob() {
     // The density reported with a sample equals log_prob evaluated at that sample.
     let device = plain_device();
     let ad = ad_device();
-    let mut m = Flow2d::new(
+    let mut m = VectorFlow::new(
         &config(ModelKind::Glow, CouplingKind::Tanh, Permutation::Lu),
         &ad,
     );

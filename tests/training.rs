@@ -4,11 +4,11 @@
 use std::path::Path;
 
 use glowflow::data::Target;
-use glowflow::models::{Flow2dConfig, ModelKind};
+use glowflow::models::{VectorFlowConfig, ModelKind};
 use glowflow::train::{train2d, RunIo, Start, Summary, Train2dOptions};
 
-fn small_config(model: ModelKind) -> Flow2dConfig {
-    let mut c = Flow2dConfig::new(model);
+fn small_config(model: ModelKind) -> VectorFlowConfig {
+    let mut c = VectorFlowConfig::new(model);
     c.layers = 4;
     c.hidden = 32;
     c.init_seed = 1;
@@ -263,7 +263,7 @@ fn gradient_norm_report_and_clipping() {
     use glowflow::tensor_util::{from_vec, to_vec};
     use glowflow::train::stability::{clip_gradients, grad_report};
     let device = glowflow::default_device().autodiff();
-    let mut model = glowflow::models::Flow2d::new(&small_config(ModelKind::Glow), &device);
+    let mut model = glowflow::models::VectorFlow::new(&small_config(ModelKind::Glow), &device);
     let x = from_vec(
         (0..64).map(|i| (i as f32 * 0.7).sin() * 2.0).collect(),
         [32, 2],
@@ -367,13 +367,13 @@ fn resume_is_exact_with_weight_average_clipping_and_adamax() {
     assert!(clipped > 0, "clipping at 0.5 never engaged");
     // The average is what is evaluated: it differs from the last raw weights.
     let raw = glowflow::train::checkpoint::load_model(
-        glowflow::models::Flow2d::new(&small_config(ModelKind::Glow), &glowflow::default_device()),
+        glowflow::models::VectorFlow::new(&small_config(ModelKind::Glow), &glowflow::default_device()),
         &full.path().join("checkpoint/model.safetensors"),
     )
     .unwrap();
     let (avg, _) =
         glowflow::train::train2d::load_trained(full.path(), &glowflow::default_device()).unwrap();
-    let w = |m: &glowflow::models::Flow2d| {
+    let w = |m: &glowflow::models::VectorFlow| {
         let mut v = Vec::new();
         struct C<'a>(&'a mut Vec<f32>);
         impl burn::module::ModuleVisitor for C<'_> {

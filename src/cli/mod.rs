@@ -18,7 +18,7 @@ use crate::error::{FieldError, InputError};
 use crate::limits::{
     MAX_FLOW_STEPS, MAX_IMAGE_SIDE, MAX_LEVELS, MAX_STEPS, MAX_THREADS, MAX_WIDTH,
 };
-use crate::models::{CouplingKind, Flow2dConfig, ModelKind, Permutation};
+use crate::models::{CouplingKind, VectorFlowConfig, ModelKind, Permutation};
 use crate::train::run_dir::{self, ResumeChanges};
 use crate::train::stability::StabilityOptions;
 use crate::train::train2d::{comparison_picture, load_trained};
@@ -142,6 +142,14 @@ pub struct TrainArgs {
     /// Use N(0, I) as the top prior instead of a learned Gaussian.
     #[arg(long)]
     pub fixed_top: bool,
+    /// Class-conditional Glow over this many classes (the data's labels: IDX label files or
+    /// CIFAR-10 records): a class-conditioned top prior (openai/glow's --ycond). 0: unconditional.
+    #[arg(long, default_value_t = 0, value_parser = parse::count::<0, 65_536>)]
+    pub classes: usize,
+    /// Weight of the class-prediction loss on the top latent, bits per image (openai/glow's
+    /// --weight-y; 0.01 there). Needs --classes.
+    #[arg(long, default_value_t = 0.0, value_parser = parse::weight)]
+    pub weight_y: f64,
     /// Images per batch (at most the training set).
     #[arg(long, default_value_t = 64, value_parser = parse::count::<1, 1_048_576>)]
     pub batch: usize,
@@ -226,6 +234,9 @@ pub struct SampleArgs {
     pub temperature: f64,
     #[arg(long, default_value_t = 0)]
     pub seed: u64,
+    /// Class to sample (class-conditional models; default: one row per class).
+    #[arg(long, value_parser = parse::count::<0, 65_535>)]
+    pub class: Option<usize>,
     #[arg(long, default_value = "samples.png")]
     pub out: PathBuf,
     #[arg(long, default_value = "flex")]
@@ -312,8 +323,8 @@ impl CommonArgs {
         o
     }
 
-    fn config(&self, model: ModelKind, permutation: Permutation) -> Flow2dConfig {
-        let mut c = Flow2dConfig::new(model);
+    fn config(&self, model: ModelKind, permutation: Permutation) -> VectorFlowConfig {
+        let mut c = VectorFlowConfig::new(model);
         c.layers = self.layers;
         c.hidden = self.hidden;
         c.depth = self.depth;
@@ -715,6 +726,7 @@ fn cmd_train(a: TrainArgs, given: &[(String, String)]) -> Result<()> {
                 time_limit_minutes: a.time_limit,
                 shards: thread_count(a.threads, &a.device),
                 stability: a.stability.options(image_recipe_stability()),
+                weight_y: a.weight_y,
             };
             opts.validate().map_err(FieldError::on_flag)?;
             let probe = crate::train::train_image::load_data(&opts)?;
@@ -730,6 +742,7 @@ fn cmd_train(a: TrainArgs, given: &[(String, String)]) -> Result<()> {
                 n_bits: a.n_bits,
                 learn_top: !a.fixed_top,
                 init_seed: a.seed,
+                classes: a.classes,
             };
             cfg.validate().map_err(FieldError::on_flag)?;
             ImageStart::Fresh(cfg, opts)
@@ -747,7 +760,8 @@ fn cmd_train(a: TrainArgs, given: &[(String, String)]) -> Result<()> {
 
 fn cmd_eval(a: EvalArgs, reconstruct: bool) -> Result<()> {
     use crate::train::train_image::{
-        check_image_shape, load_data, load_for_eval, per_image_bpd, reconstruction_error, BpdReport,
+        check_image_shape, class_eval, class_labels, load_data, load_for_eval, reconstruction_error,
+        BpdReport,
     };
     let device = crate::device_by_name(&a.device)?;
     let (model, state, ema) = load_for_eval(&a.checkpoint, &device)
@@ -789,7 +803,10 @@ fn cmd_eval(a: EvalArgs, reconstruct: bool) -> Result<()> {
             "max_abs_error_float32": errs[1],
         })
     } else {
-        let bpd = per_image_bpd(&model, &data.test, cfg.n_bits, 256, &device);
+        let labels = class_labels(&data, cfg, &opts)?;
+        let test_labels = labels.as_ref().map(|(_, t)| &t[..]);
+        let figures = class_eval(&model, &data.test, test_labels, cfg.n_bits, 256, &device);
+        let bpd = figures.bpd;
         let r = BpdReport::new(&bpd);
         if let Some(p) = &a.per_image {
             // Written after the figures are printed (below), so a failed write loses nothing.
@@ -809,6 +826,10 @@ fn cmd_eval(a: EvalArgs, reconstruct: bool) -> Result<()> {
             "data": opts.data,
             "test_images": data.test.n,
             "test_bpd": r.mean,
+            "test_bpd_marginal": figures
+                .marginal_bpd
+                .map(|v| v.iter().sum::<f64>() / v.len().max(1) as f64),
+            "test_accuracy": figures.accuracy,
             "test_report": r,
         })
     };
@@ -840,7 +861,7 @@ fn write_per_image(path: &std::path::Path, bpd: &[f64]) -> Result<()> {
 }
 
 fn cmd_sample(a: SampleArgs) -> Result<()> {
-    use crate::train::train_image::{load_for_eval, sample_batch};
+    use crate::train::train_image::{load_for_eval, sample_batch, sample_batch_of};
     let device = crate::device_by_name(&a.device)?;
     let (model, state, ema) = load_for_eval(&a.checkpoint, &device)
         .with_context(|| format!("--checkpoint {}", a.checkpoint.display()))?;
@@ -849,8 +870,40 @@ fn cmd_sample(a: SampleArgs) -> Result<()> {
     if let Some(why) = crate::limits::memory_shortfall(need) {
         return Err(InputError::flag("--n", a.n, why).into());
     }
-    let batch = sample_batch(&model, a.n, a.temperature, a.seed);
-    let grid = batch.grid(&state.model)?;
+    let k = model.classes();
+    let (batch, cols) = match (a.class, k) {
+        (Some(c), 0) => {
+            return Err(InputError::flag(
+                "--class",
+                c,
+                "the model is not class-conditional (trained without --classes)",
+            )
+            .into())
+        }
+        (Some(c), k) if c >= k => {
+            return Err(
+                InputError::flag("--class", c, format!("the model has {k} classes")).into(),
+            )
+        }
+        (Some(c), _) => (
+            sample_batch_of(&model, a.n, a.temperature, a.seed, Some(&vec![c; a.n])),
+            (a.n as f64).sqrt().ceil() as usize,
+        ),
+        (None, 0) => (
+            sample_batch(&model, a.n, a.temperature, a.seed),
+            (a.n as f64).sqrt().ceil() as usize,
+        ),
+        // One row per class, --n samples in all (at least one per class).
+        (None, k) => {
+            let per = a.n.div_ceil(k).max(1);
+            let labels: Vec<usize> = (0..k).flat_map(|c| std::iter::repeat_n(c, per)).collect();
+            (
+                sample_batch_of(&model, labels.len(), a.temperature, a.seed, Some(&labels)),
+                per,
+            )
+        }
+    };
+    let grid = batch.grid_cols(&state.model, cols)?;
     grid.save_png(&a.out)?;
     println!(
         "wrote {} samples at temperature {} to {} ({} weights; pixels clipped: {:.3}% at 0, {:.3}% at the top)",

@@ -87,3 +87,12 @@ pub fn temperature(s: &str) -> Result<f64, String> {
     }
     Ok(v)
 }
+
+/// A loss weight: finite, in [0, 1e6] (0: off).
+pub fn weight(s: &str) -> Result<f64, String> {
+    let v = finite(s)?;
+    if !(0.0..=1e6).contains(&v) {
+        return Err("must be in [0, 1e6] (0: off)".into());
+    }
+    Ok(v)
+}

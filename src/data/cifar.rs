@@ -11,11 +11,21 @@ const RECORD: usize = 1 + 3 * 32 * 32;
 
 /// Read one batch file.
 pub fn read_batch(path: &Path) -> Result<ImageSet> {
+    read_labelled(path).map(|(set, _)| set)
+}
+
+/// Read a CIFAR-10 batch file with its labels.
+pub fn read_labelled(path: &Path) -> Result<(ImageSet, Vec<u8>)> {
     let b = std::fs::read(path).with_context(|| format!("{}: cannot read", path.display()))?;
-    parse_batch(&b).with_context(|| format!("{}: malformed CIFAR-10 batch", path.display()))
+    parse_labelled(&b).with_context(|| format!("{}: malformed CIFAR-10 batch", path.display()))
 }
 
 pub fn parse_batch(b: &[u8]) -> Result<ImageSet> {
+    parse_labelled(b).map(|(set, _)| set)
+}
+
+/// Parse a CIFAR-10 batch into its images and their labels (0..=9).
+pub fn parse_labelled(b: &[u8]) -> Result<(ImageSet, Vec<u8>)> {
     if b.is_empty() {
         bail!("empty file");
     }
@@ -27,20 +37,25 @@ pub fn parse_batch(b: &[u8]) -> Result<ImageSet> {
     }
     let n = b.len() / RECORD;
     let mut pixels = Vec::with_capacity(n * (RECORD - 1));
+    let mut labels = Vec::with_capacity(n);
     for r in 0..n {
         let rec = &b[r * RECORD..(r + 1) * RECORD];
         if rec[0] > 9 {
             bail!("record {r}: label {} is not in 0..=9", rec[0]);
         }
+        labels.push(rec[0]);
         pixels.extend_from_slice(&rec[1..]);
     }
-    Ok(ImageSet {
-        n,
-        c: 3,
-        h: 32,
-        w: 32,
-        pixels,
-    })
+    Ok((
+        ImageSet {
+            n,
+            c: 3,
+            h: 32,
+            w: 32,
+            pixels,
+        },
+        labels,
+    ))
 }
 
 fn concat(sets: Vec<ImageSet>) -> ImageSet {
@@ -61,10 +76,13 @@ pub fn load_dir(dir: &Path) -> Result<Splits> {
         bail!("{}: no such directory", dir.display());
     }
     let mut train = Vec::new();
+    let mut train_labels = Vec::new();
     for i in 1..=5 {
         let p = dir.join(format!("data_batch_{i}.bin"));
         if p.exists() {
-            train.push(read_batch(&p)?);
+            let (set, labels) = read_labelled(&p)?;
+            train.push(set);
+            train_labels.extend(labels);
         }
     }
     if train.is_empty() {
@@ -74,8 +92,11 @@ pub fn load_dir(dir: &Path) -> Result<Splits> {
     if !tp.exists() {
         bail!("{}: no test_batch.bin", dir.display());
     }
+    let (test, test_labels) = read_labelled(&tp)?;
     Ok(Splits {
         train: concat(train),
-        test: read_batch(&tp)?,
+        test,
+        train_labels: Some(train_labels),
+        test_labels: Some(test_labels),
     })
 }

@@ -206,6 +206,8 @@ pub fn load_dir(dir: &Path, size: Option<usize>, grey: bool) -> Result<Splits> {
         bail!("{}: no PNG/JPEG images in train/ or test/", dir.display());
     }
     Ok(Splits {
+        train_labels: None,
+        test_labels: None,
         train: load_files(&train_files, size, grey)?,
         test: load_files(&test_files, size, grey)?,
     })

@@ -77,6 +77,17 @@ pub fn load_dir(dir: &Path) -> Result<Splits> {
     };
     let train = read_images(&pick("train-images-idx3-ubyte")?)?;
     let test = read_images(&pick("t10k-images-idx3-ubyte")?)?;
+    // Labels are optional (unconditional models do not need them).
+    let labels = |stem: &str, n: usize| -> Result<Option<Vec<u8>>> {
+        let names = [format!("{stem}.gz"), stem.to_string(), stem.replace("-idx1", ".idx1")];
+        let names: Vec<&str> = names.iter().map(String::as_str).collect();
+        match find_file(dir, &names) {
+            Some(p) => read_labels(&p, n).map(Some),
+            None => Ok(None),
+        }
+    };
+    let train_labels = labels("train-labels-idx1-ubyte", train.n)?;
+    let test_labels = labels("t10k-labels-idx1-ubyte", test.n)?;
     if (train.h, train.w) != (test.h, test.w) {
         bail!(
             "{}: train images are {}x{} but test images {}x{}",
@@ -87,5 +98,47 @@ pub fn load_dir(dir: &Path) -> Result<Splits> {
             test.w
         );
     }
-    Ok(Splits { train, test })
+    Ok(Splits {
+        train,
+        test,
+        train_labels,
+        test_labels,
+    })
+}
+
+/// Read an IDX label file (magic 0x00000801, n, then n bytes; `.gz` decompressed) holding
+/// exactly `n` labels (one per image of the matching image file).
+pub fn read_labels(path: &Path, n: usize) -> Result<Vec<u8>> {
+    let raw = std::fs::read(path)
+        .map_err(|e| InputError::file(path, None, format!("cannot read: {e}")))?;
+    let mut bytes = Vec::new();
+    if path.extension().is_some_and(|e| e == "gz") {
+        flate2::read::GzDecoder::new(&raw[..])
+            .take(n as u64 + 9)
+            .read_to_end(&mut bytes)
+            .map_err(|e| InputError::file(path, None, format!("not a valid gzip file: {e}")))?;
+    } else {
+        bytes = raw;
+    }
+    let bad = |why: String| InputError::file(path, Some("header".into()), why);
+    if bytes.len() < 8 {
+        return Err(bad(format!("truncated header ({} bytes, need 8)", bytes.len())).into());
+    }
+    let word = |i: usize| u32::from_be_bytes([bytes[i], bytes[i + 1], bytes[i + 2], bytes[i + 3]]);
+    if word(0) != 0x0801 {
+        return Err(bad(format!(
+            "bad magic 0x{:08x} (expected 0x00000801 for a label file)",
+            word(0)
+        ))
+        .into());
+    }
+    let count = word(4) as usize;
+    if count != n || bytes.len() != 8 + n {
+        return Err(bad(format!(
+            "holds {count} labels ({} bytes) for {n} images",
+            bytes.len() - 8
+        ))
+        .into());
+    }
+    Ok(bytes[8..].to_vec())
 }

@@ -146,10 +146,17 @@ pub struct LoadOptions {
     pub grey: bool,
 }
 
-/// Train and test splits.
+/// Train and test splits, with each image's class label where the format has them (IDX label
+/// files, CIFAR-10 records).
 pub struct Splits {
+    /// Training images.
     pub train: ImageSet,
+    /// Test images.
     pub test: ImageSet,
+    /// Class of each training image (`None`: the data set has no labels).
+    pub train_labels: Option<Vec<u8>>,
+    /// Class of each test image.
+    pub test_labels: Option<Vec<u8>>,
 }
 
 pub fn load(spec: &DataSpec, opts: &LoadOptions) -> Result<Splits> {
@@ -162,6 +169,7 @@ pub fn load(spec: &DataSpec, opts: &LoadOptions) -> Result<Splits> {
         Some(p) => Ok(Splits {
             train: splits.train.pad_to(p)?,
             test: splits.test.pad_to(p)?,
+            ..splits
         }),
         None => Ok(splits),
     }

@@ -7,7 +7,7 @@
 use burn::module::{Module, Param};
 use burn::tensor::{Device, Tensor};
 
-use crate::flow::{broadcast_logdet, pixels, Flow};
+use crate::flow::{broadcast_logdet, pixels, Context, Flow};
 use crate::tensor_util::{from_vec, replace, to_vec, trainable};
 
 /// Per-channel affine flow with data-dependent initialisation.
@@ -79,15 +79,25 @@ impl ActNorm {
 }
 
 impl Flow for ActNorm {
-    fn forward(&self, x: Tensor<4>) -> (Tensor<4>, Tensor<1>) {
+    fn forward_ctx(&self, x: Tensor<4>, _ctx: Context) -> (Tensor<4>, Tensor<1>) {
         let ld = self.logdet(&x);
         let y = (x + self.shaped(&self.bias)) * self.shaped(&self.logs).exp();
         (y, ld)
     }
 
-    fn inverse(&self, y: Tensor<4>) -> (Tensor<4>, Tensor<1>) {
+    fn inverse_ctx(&self, y: Tensor<4>, _ctx: Context) -> (Tensor<4>, Tensor<1>) {
         let ld = self.logdet(&y).neg();
         let x = y * self.shaped(&self.logs).neg().exp() - self.shaped(&self.bias);
         (x, ld)
+    }
+
+    fn data_init(&mut self, x: &Tensor<4>, _ctx: Context) {
+        if !self.initialized {
+            self.initialize(x);
+        }
+    }
+
+    fn needs_data_init(&self) -> bool {
+        !self.initialized
     }
 }

@@ -70,7 +70,7 @@ impl FlowBatchNorm {
 }
 
 impl Flow for FlowBatchNorm {
-    fn forward(&self, x: Tensor<4>) -> (Tensor<4>, Tensor<1>) {
+    fn forward_ctx(&self, x: Tensor<4>, _ctx: crate::flow::Context) -> (Tensor<4>, Tensor<1>) {
         let c = self.channels();
         let (mean, var) = self.statistics(&x);
         let ld = self.logdet(var.clone(), &x);
@@ -80,7 +80,11 @@ impl Flow for FlowBatchNorm {
         (y, ld)
     }
 
-    fn inverse(&self, y: Tensor<4>) -> (Tensor<4>, Tensor<1>) {
+    fn uses_batch_statistics(&self) -> bool {
+        true
+    }
+
+    fn inverse_ctx(&self, y: Tensor<4>, _ctx: crate::flow::Context) -> (Tensor<4>, Tensor<1>) {
         let c = self.channels();
         let device = y.device();
         let mean = self.running_mean.value().to_device(&device);

@@ -9,8 +9,7 @@ use burn::module::{Module, Param};
 use burn::tensor::activation::{log_sigmoid, sigmoid};
 use burn::tensor::{Device, Tensor};
 
-use crate::flow::zero_logdet;
-use crate::flow::Flow;
+use crate::flow::{zero_logdet, Context, Flow};
 use crate::nets::CouplingNet;
 use crate::tensor_util::trainable;
 
@@ -95,15 +94,10 @@ impl AffineCoupling {
         }
     }
 
-    /// Initialise the network's ActNorms from the conditioning half of `x`.
-    pub fn initialize(&mut self, x: Tensor<4>) {
-        let (xa, _) = split(x, self.swap);
-        self.net.initialize(xa);
-    }
 
     /// `(shift, log_scale)` for the transformed half.
-    fn params(&self, xa: Tensor<4>, cb: usize) -> (Tensor<4>, Tensor<4>, Option<Tensor<4>>) {
-        let h = self.net.forward(xa);
+    fn params(&self, xa: Tensor<4>, ctx: Context, cb: usize) -> (Tensor<4>, Tensor<4>, Option<Tensor<4>>) {
+        let h = self.net.forward(xa, ctx);
         let shift = h.clone().narrow(1, 0, cb);
         let raw = h.narrow(1, cb, cb);
         match &self.tanh_scale {
@@ -121,10 +115,10 @@ impl AffineCoupling {
     /// input; inverse: the output, whose conditioning half is the same). The forward multiplies
     /// by up to `exp(max)`, the inverse by up to `exp(-min)`. Diagnostics only; NaN bounds when
     /// the network's output holds a NaN.
-    pub fn log_scale_range(&self, x: Tensor<4>) -> (f64, f64) {
+    pub fn log_scale_range(&self, x: Tensor<4>, ctx: Context) -> (f64, f64) {
         let (xa, xb) = split(x, self.swap);
         let cb = xb.dims()[1];
-        let (_, log_scale, _) = self.params(xa, cb);
+        let (_, log_scale, _) = self.params(xa, ctx, cb);
         let v = crate::tensor_util::to_vec_f64(log_scale);
         if v.iter().any(|x| x.is_nan()) {
             return (f64::NAN, f64::NAN);
@@ -137,10 +131,10 @@ impl AffineCoupling {
 }
 
 impl Flow for AffineCoupling {
-    fn forward(&self, x: Tensor<4>) -> (Tensor<4>, Tensor<1>) {
+    fn forward_ctx(&self, x: Tensor<4>, ctx: Context) -> (Tensor<4>, Tensor<1>) {
         let (xa, xb) = split(x, self.swap);
         let cb = xb.dims()[1];
-        let (shift, log_scale, scale) = self.params(xa.clone(), cb);
+        let (shift, log_scale, scale) = self.params(xa.clone(), ctx, cb);
         let yb = match scale {
             None => xb * log_scale.clone().exp() + shift,
             Some(scale) => (xb + shift) * scale,
@@ -148,15 +142,23 @@ impl Flow for AffineCoupling {
         (join(xa, yb, self.swap), per_sample_sum(log_scale))
     }
 
-    fn inverse(&self, y: Tensor<4>) -> (Tensor<4>, Tensor<1>) {
+    fn inverse_ctx(&self, y: Tensor<4>, ctx: Context) -> (Tensor<4>, Tensor<1>) {
         let (xa, yb) = split(y, self.swap);
         let cb = yb.dims()[1];
-        let (shift, log_scale, scale) = self.params(xa.clone(), cb);
+        let (shift, log_scale, scale) = self.params(xa.clone(), ctx, cb);
         let xb = match scale {
             None => (yb - shift) * log_scale.clone().neg().exp(),
             Some(scale) => yb / scale - shift,
         };
         (join(xa, xb, self.swap), per_sample_sum(log_scale).neg())
+    }
+    fn data_init(&mut self, x: &Tensor<4>, ctx: Context) {
+        let (xa, _) = split(x.clone(), self.swap);
+        self.net.data_init(xa, ctx);
+    }
+
+    fn needs_data_init(&self) -> bool {
+        self.net.needs_data_init()
     }
 }
 
@@ -172,25 +174,28 @@ impl AdditiveCoupling {
         AdditiveCoupling { net, swap }
     }
 
-    /// Initialise the network's ActNorms from the conditioning half of `x`.
-    pub fn initialize(&mut self, x: Tensor<4>) {
-        let (xa, _) = split(x, self.swap);
-        self.net.initialize(xa);
-    }
 }
 
 impl Flow for AdditiveCoupling {
-    fn forward(&self, x: Tensor<4>) -> (Tensor<4>, Tensor<1>) {
+    fn forward_ctx(&self, x: Tensor<4>, ctx: Context) -> (Tensor<4>, Tensor<1>) {
         let ld = zero_logdet(&x);
         let (xa, xb) = split(x, self.swap);
-        let yb = xb + self.net.forward(xa.clone());
+        let yb = xb + self.net.forward(xa.clone(), ctx);
         (join(xa, yb, self.swap), ld)
     }
 
-    fn inverse(&self, y: Tensor<4>) -> (Tensor<4>, Tensor<1>) {
+    fn inverse_ctx(&self, y: Tensor<4>, ctx: Context) -> (Tensor<4>, Tensor<1>) {
         let ld = zero_logdet(&y);
         let (xa, yb) = split(y, self.swap);
-        let xb = yb - self.net.forward(xa.clone());
+        let xb = yb - self.net.forward(xa.clone(), ctx);
         (join(xa, xb, self.swap), ld)
+    }
+    fn data_init(&mut self, x: &Tensor<4>, ctx: Context) {
+        let (xa, _) = split(x.clone(), self.swap);
+        self.net.data_init(xa, ctx);
+    }
+
+    fn needs_data_init(&self) -> bool {
+        self.net.needs_data_init()
     }
 }

@@ -120,12 +120,12 @@ impl InvConv1x1Lu {
 }
 
 impl Flow for InvConv1x1Lu {
-    fn forward(&self, x: Tensor<4>) -> (Tensor<4>, Tensor<1>) {
+    fn forward_ctx(&self, x: Tensor<4>, _ctx: crate::flow::Context) -> (Tensor<4>, Tensor<1>) {
         let ld = self.logdet(&x);
         (apply_channel_matrix(x, self.weight()), ld)
     }
 
-    fn inverse(&self, y: Tensor<4>) -> (Tensor<4>, Tensor<1>) {
+    fn inverse_ctx(&self, y: Tensor<4>, _ctx: crate::flow::Context) -> (Tensor<4>, Tensor<1>) {
         let ld = self.logdet(&y).neg();
         let winv = host_inverse(self.weight());
         (apply_channel_matrix(y, winv), ld)
@@ -170,12 +170,12 @@ impl InvConv1x1 {
 }
 
 impl Flow for InvConv1x1 {
-    fn forward(&self, x: Tensor<4>) -> (Tensor<4>, Tensor<1>) {
+    fn forward_ctx(&self, x: Tensor<4>, _ctx: crate::flow::Context) -> (Tensor<4>, Tensor<1>) {
         let ld = self.logdet(&x);
         (apply_channel_matrix(x, self.weight.val()), ld)
     }
 
-    fn inverse(&self, y: Tensor<4>) -> (Tensor<4>, Tensor<1>) {
+    fn inverse_ctx(&self, y: Tensor<4>, _ctx: crate::flow::Context) -> (Tensor<4>, Tensor<1>) {
         let ld = self.logdet(&y).neg();
         let winv = host_inverse(self.weight.val());
         (apply_channel_matrix(y, winv), ld)

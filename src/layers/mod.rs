@@ -7,6 +7,7 @@ pub mod coupling;
 pub mod inv_conv;
 pub mod permute;
 pub mod squeeze;
+pub mod standardize;
 
 use burn::module::Module;
 use burn::tensor::Tensor;
@@ -16,11 +17,12 @@ pub use batchnorm::FlowBatchNorm;
 pub use coupling::{AdditiveCoupling, AffineCoupling, TanhScale};
 pub use inv_conv::{InvConv1x1, InvConv1x1Lu};
 pub use permute::{Reverse, Shuffle};
+pub use standardize::Standardize;
 
 use burn::tensor::Device;
 use serde::{Deserialize, Serialize};
 
-use crate::flow::{zero_logdet, Flow};
+use crate::flow::{zero_logdet, Context, Flow};
 
 /// The channel-mixing layer between couplings (Glow's 1x1 convolution and its ablations).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
@@ -90,14 +92,36 @@ impl Layer {
             Layer::FlowBatchNorm(l) => l,
         }
     }
+
+    fn as_flow_mut(&mut self) -> &mut dyn Flow {
+        match self {
+            Layer::ActNorm(l) => l,
+            Layer::InvConv1x1Lu(l) => l,
+            Layer::InvConv1x1(l) => l,
+            Layer::AffineCoupling(l) => l,
+            Layer::AdditiveCoupling(l) => l,
+            Layer::Reverse(l) => l,
+            Layer::Shuffle(l) => l,
+            Layer::FlowBatchNorm(l) => l,
+        }
+    }
 }
 
 impl Flow for Layer {
-    fn forward(&self, x: Tensor<4>) -> (Tensor<4>, Tensor<1>) {
-        self.as_flow().forward(x)
+    fn forward_ctx(&self, x: Tensor<4>, ctx: Context) -> (Tensor<4>, Tensor<1>) {
+        self.as_flow().forward_ctx(x, ctx)
     }
-    fn inverse(&self, z: Tensor<4>) -> (Tensor<4>, Tensor<1>) {
-        self.as_flow().inverse(z)
+    fn inverse_ctx(&self, z: Tensor<4>, ctx: Context) -> (Tensor<4>, Tensor<1>) {
+        self.as_flow().inverse_ctx(z, ctx)
+    }
+    fn data_init(&mut self, x: &Tensor<4>, ctx: Context) {
+        self.as_flow_mut().data_init(x, ctx)
+    }
+    fn needs_data_init(&self) -> bool {
+        self.as_flow().needs_data_init()
+    }
+    fn uses_batch_statistics(&self) -> bool {
+        self.as_flow().uses_batch_statistics()
     }
 }
 
@@ -112,19 +136,16 @@ impl FlowSequence {
         FlowSequence { layers }
     }
 
-    /// Data-dependent initialisation: push `x` through the layers, initialising every
-    /// not-yet-initialised ActNorm from the activations that reach it.
+    /// Data-dependent initialisation: push `x` through the layers, letting every layer that
+    /// still [needs one](Flow::needs_data_init) initialise from the activations that reach it.
     /// Returns the output for `x` after initialisation.
-    pub fn initialize(&mut self, x: Tensor<4>) -> Tensor<4> {
+    pub fn initialize(&mut self, x: Tensor<4>, ctx: Context) -> Tensor<4> {
         let mut h = x;
         for layer in self.layers.iter_mut() {
-            match layer {
-                Layer::ActNorm(a) if !a.initialized => a.initialize(&h),
-                Layer::AffineCoupling(c) => c.initialize(h.clone()),
-                Layer::AdditiveCoupling(c) => c.initialize(h.clone()),
-                _ => {}
+            if layer.needs_data_init() {
+                layer.data_init(&h, ctx);
             }
-            h = layer.forward(h).0;
+            h = layer.forward_ctx(h, ctx).0;
         }
         h
     }
@@ -132,7 +153,12 @@ impl FlowSequence {
     /// Apply the layers one at a time (`inverse`: in the generative direction) and stop at the
     /// first whose output or log-determinant holds a NaN or infinity: `Err("layer i (Kind)")`.
     /// `Ok` carries the output. Diagnostics only: one host check per layer.
-    pub fn trace_nonfinite(&self, x: Tensor<4>, inverse: bool) -> Result<Tensor<4>, String> {
+    pub fn trace_nonfinite(
+        &self,
+        x: Tensor<4>,
+        ctx: Context,
+        inverse: bool,
+    ) -> Result<Tensor<4>, String> {
         let mut h = x;
         let order: Vec<usize> = if inverse {
             (0..self.layers.len()).rev().collect()
@@ -142,9 +168,9 @@ impl FlowSequence {
         for i in order {
             let layer = &self.layers[i];
             let (y, ld) = if inverse {
-                layer.inverse(h.clone())
+                layer.inverse_ctx(h.clone(), ctx)
             } else {
-                layer.forward(h.clone())
+                layer.forward_ctx(h.clone(), ctx)
             };
             let bad_y = crate::tensor_util::count_nonfinite(y.clone());
             let bad_ld = crate::tensor_util::count_nonfinite(ld);
@@ -152,7 +178,7 @@ impl FlowSequence {
                 let detail = match layer {
                     // The operation: the inverse divides by the scale exp(log_scale).
                     Layer::AffineCoupling(c) => {
-                        let (lo, hi) = c.log_scale_range(h.clone());
+                        let (lo, hi) = c.log_scale_range(h.clone(), ctx);
                         if inverse {
                             format!("; log-scales in [{lo:.4e}, {hi:.4e}], so the inverse multiplies by up to exp({:.4e})", -lo)
                         } else {
@@ -219,25 +245,37 @@ impl ActNormFlags for FlowSequence {
 }
 
 impl Flow for FlowSequence {
-    fn forward(&self, x: Tensor<4>) -> (Tensor<4>, Tensor<1>) {
+    fn forward_ctx(&self, x: Tensor<4>, ctx: Context) -> (Tensor<4>, Tensor<1>) {
         let mut ld = zero_logdet(&x);
         let mut h = x;
         for layer in &self.layers {
-            let (y, l) = layer.forward(h);
+            let (y, l) = layer.forward_ctx(h, ctx);
             h = y;
             ld = ld + l;
         }
         (h, ld)
     }
 
-    fn inverse(&self, z: Tensor<4>) -> (Tensor<4>, Tensor<1>) {
+    fn inverse_ctx(&self, z: Tensor<4>, ctx: Context) -> (Tensor<4>, Tensor<1>) {
         let mut ld = zero_logdet(&z);
         let mut h = z;
         for layer in self.layers.iter().rev() {
-            let (x, l) = layer.inverse(h);
+            let (x, l) = layer.inverse_ctx(h, ctx);
             h = x;
             ld = ld + l;
         }
         (h, ld)
+    }
+
+    fn data_init(&mut self, x: &Tensor<4>, ctx: Context) {
+        self.initialize(x.clone(), ctx);
+    }
+
+    fn needs_data_init(&self) -> bool {
+        self.layers.iter().any(Flow::needs_data_init)
+    }
+
+    fn uses_batch_statistics(&self) -> bool {
+        self.layers.iter().any(Flow::uses_batch_statistics)
     }
 }

@@ -15,12 +15,12 @@ pub struct Reverse {
 }
 
 impl Flow for Reverse {
-    fn forward(&self, x: Tensor<4>) -> (Tensor<4>, Tensor<1>) {
+    fn forward_ctx(&self, x: Tensor<4>, _ctx: crate::flow::Context) -> (Tensor<4>, Tensor<1>) {
         let ld = zero_logdet(&x);
         (x.flip([1]), ld)
     }
 
-    fn inverse(&self, y: Tensor<4>) -> (Tensor<4>, Tensor<1>) {
+    fn inverse_ctx(&self, y: Tensor<4>, _ctx: crate::flow::Context) -> (Tensor<4>, Tensor<1>) {
         self.forward(y)
     }
 }
@@ -54,12 +54,12 @@ impl Shuffle {
 }
 
 impl Flow for Shuffle {
-    fn forward(&self, x: Tensor<4>) -> (Tensor<4>, Tensor<1>) {
+    fn forward_ctx(&self, x: Tensor<4>, _ctx: crate::flow::Context) -> (Tensor<4>, Tensor<1>) {
         let ld = zero_logdet(&x);
         (x.select(1, self.perm.val()), ld)
     }
 
-    fn inverse(&self, y: Tensor<4>) -> (Tensor<4>, Tensor<1>) {
+    fn inverse_ctx(&self, y: Tensor<4>, _ctx: crate::flow::Context) -> (Tensor<4>, Tensor<1>) {
         let ld = zero_logdet(&y);
         (y.select(1, self.inv_perm.val()), ld)
     }

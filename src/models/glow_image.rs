@@ -2,6 +2,12 @@
 //! squeeze -> K x [ActNorm -> 1x1 conv -> coupling] -> split, the split factoring out half the
 //! channels under a Gaussian whose mean and log-std come from a zero-initialised conv of the
 //! kept half. The last level keeps everything, under a learned (or standard) top prior.
+//!
+//! Class-conditional Glow (openai/glow's `--ycond`): with `classes > 0` the top prior's
+//! per-channel mean and log-std are shifted by a zero-initialised linear map of the class
+//! one-hot (the context `[N, classes]`), and a zero-initialised linear head on the spatial mean
+//! of the top latent predicts the class (the optional `--weight-y` loss). `log p(x | y)` for every
+//! class costs one pass, which gives a training-free classifier `argmax_y log p(x | y)`.
 
 use burn::module::{Module, Param};
 use burn::tensor::{Device, Tensor};
@@ -10,12 +16,12 @@ use rand_chacha::ChaCha8Rng;
 use serde::{Deserialize, Serialize};
 
 use crate::distributions::LN_2PI;
-use crate::flow::Flow;
+use crate::flow::{Context, Flow};
 use crate::layers::squeeze::{squeeze, unsqueeze};
 use crate::layers::{
     ActNorm, ActNormFlags, AdditiveCoupling, AffineCoupling, FlowSequence, Layer, Permutation,
 };
-use crate::nets::{CouplingNet, GlowConvNet, ZeroConv2d};
+use crate::nets::{CouplingNet, Dense, GlowConvNet, ZeroConv2d};
 use crate::tensor_util::{trainable, with_sequential_param_ids};
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
@@ -41,6 +47,10 @@ pub struct GlowImageConfig {
     pub n_bits: u32,
     pub learn_top: bool,
     pub init_seed: u64,
+    /// Number of classes of a class-conditional model (0: unconditional; runs saved before it
+    /// existed are unconditional).
+    #[serde(default)]
+    pub classes: usize,
 }
 
 impl GlowImageConfig {
@@ -69,6 +79,7 @@ impl GlowImageConfig {
             ));
         }
         count("n_bits", "--n-bits", self.n_bits as usize, 1, 8)?;
+        count("classes", "--classes", self.classes, 0, 1 << 16)?;
         Ok(())
     }
 
@@ -124,6 +135,12 @@ pub struct GlowImage {
     /// Top prior `[2C, H, W]`: mean (first C) and log-std (last C); zero is N(0, I).
     pub top: Param<Tensor<3>>,
     pub learn_top: bool,
+    /// Class-conditional top prior: one-hot `[N, classes]` to a per-channel shift of the top
+    /// prior's mean and log-std, `[N, 2C]` (zero-initialised).
+    pub class_prior: Option<Dense>,
+    /// Class logits from the spatial mean of the top latent, `[N, C]` to `[N, classes]`
+    /// (zero-initialised; trained by the `--weight-y` loss).
+    pub class_head: Option<Dense>,
 }
 
 /// `log N(z; mean, exp(logs)^2)` summed per sample.
@@ -191,17 +208,67 @@ impl GlowImage {
         } else {
             top.set_require_grad(false)
         };
+        let (class_prior, class_head) = if cfg.classes > 0 {
+            (
+                Some(Dense::zeros(cfg.classes, 2 * c, device)),
+                Some(Dense::zeros(c, cfg.classes, device)),
+            )
+        } else {
+            (None, None)
+        };
         with_sequential_param_ids(GlowImage {
             levels,
             top,
             learn_top: cfg.learn_top,
+            class_prior,
+            class_head,
         })
     }
 
-    fn top_params(&self, n: usize) -> (Tensor<4>, Tensor<4>) {
+    /// Number of classes of a class-conditional model (0 when unconditional).
+    pub fn classes(&self) -> usize {
+        self.class_head.as_ref().map_or(0, |h| h.bias.dims()[0])
+    }
+
+    /// Top prior `(mean, log-std)`, each `[n, C, H, W]`; shifted per class when a class
+    /// one-hot context `[n, classes]` is given to a class-conditional model.
+    fn top_params(&self, n: usize, ctx: Context) -> (Tensor<4>, Tensor<4>) {
         let [c2, h, w] = self.top.dims();
-        let t = self.top.val().reshape([1, c2, h, w]).expand([n, c2, h, w]);
+        let mut t = self.top.val().reshape([1, c2, h, w]).expand([n, c2, h, w]);
+        if let (Some(prior), Some(y)) = (&self.class_prior, ctx) {
+            let shift = prior.forward(y.clone().cast(t.dtype())).reshape([n, c2, 1, 1]);
+            t = t + shift.expand([n, c2, h, w]);
+        }
         halves(t)
+    }
+
+    /// Class logits `[N, classes]` from the top latent `[N, C, H, W]` (spatial mean, then the
+    /// class head); `None` for an unconditional model.
+    pub fn class_logits(&self, top: Tensor<4>) -> Option<Tensor<2>> {
+        let head = self.class_head.as_ref()?;
+        let [n, c, h, w] = top.dims();
+        let mean = top.reshape([n, c, h * w]).mean_dim(2).reshape([n, c]);
+        Some(head.forward(mean))
+    }
+
+    /// `log p(x | y)` for every class `y`, `[N, classes]` in nats: one pass through the flow,
+    /// then the top prior of each class (only the top prior depends on the class).
+    pub fn class_log_likelihoods(&self, x: Tensor<4>) -> Option<Tensor<2>> {
+        let classes = self.classes();
+        if classes == 0 {
+            return None;
+        }
+        let n = x.dims()[0];
+        let device = x.device();
+        let (rest, top) = self.forward_parts(x);
+        let mut cols = Vec::with_capacity(classes);
+        for k in 0..classes {
+            let y = one_hot(&vec![k; n], classes, &device);
+            let (mean, logs) = self.top_params(n, Some(&y));
+            let lp = rest.clone() + gaussian_log_prob(top.clone(), mean, logs);
+            cols.push(lp.reshape([n, 1]));
+        }
+        Some(Tensor::cat(cols, 1))
     }
 
     /// Data-dependent initialisation of every ActNorm from a batch.
@@ -209,15 +276,38 @@ impl GlowImage {
         let mut h = x;
         let last = self.levels.len() - 1;
         for (l, level) in self.levels.iter_mut().enumerate() {
-            h = level.flow.initialize(squeeze(h));
+            h = level.flow.initialize(squeeze(h), None);
             if l < last {
                 h = halves(h).1;
             }
         }
     }
 
-    /// `(log p(x) in nats per sample, latents)`.
-    pub fn forward_latents(&self, x: Tensor<4>) -> (Tensor<1>, Latents) {
+    /// `(log p(x) without the top prior's term, the top latent)`: everything of the density
+    /// that does not depend on a class.
+    fn forward_parts(&self, x: Tensor<4>) -> (Tensor<1>, Tensor<4>) {
+        let mut logp = crate::flow::zero_logdet(&x);
+        let mut h = x;
+        for level in &self.levels {
+            let (y, ld) = level.flow.forward(squeeze(h));
+            logp = logp + ld;
+            match &level.split {
+                Some(prior) => {
+                    let (z, keep) = halves(y);
+                    let (mean, logs) = halves(prior.conv.forward(keep.clone()));
+                    logp = logp + gaussian_log_prob(z, mean, logs);
+                    h = keep;
+                }
+                None => h = y,
+            }
+        }
+        (logp, h)
+    }
+
+    /// `(log p(x | ctx) in nats per sample, latents)`; `ctx` is a class one-hot
+    /// `[N, classes]` for a class-conditional model (ignored otherwise; `None` gives the
+    /// class-free prior).
+    pub fn forward_latents_ctx(&self, x: Tensor<4>, ctx: Context) -> (Tensor<1>, Latents) {
         let n = x.dims()[0];
         let mut logp = crate::flow::zero_logdet(&x);
         let mut h = x;
@@ -234,7 +324,7 @@ impl GlowImage {
                     h = keep;
                 }
                 None => {
-                    let (mean, logs) = self.top_params(n);
+                    let (mean, logs) = self.top_params(n, ctx);
                     logp = logp + gaussian_log_prob(y.clone(), mean, logs);
                     zs.push(y.clone());
                     h = y;
@@ -242,6 +332,11 @@ impl GlowImage {
             }
         }
         (logp, zs)
+    }
+
+    /// `(log p(x) in nats per sample, latents)` (unconditional prior).
+    pub fn forward_latents(&self, x: Tensor<4>) -> (Tensor<1>, Latents) {
+        self.forward_latents_ctx(x, None)
     }
 
     /// Every latent standardised by its prior, `(z - mean) / std`, flattened to `[N, D]`:
@@ -259,7 +354,7 @@ impl GlowImage {
                     (z, mean, logs, keep)
                 }
                 None => {
-                    let (mean, logs) = self.top_params(n);
+                    let (mean, logs) = self.top_params(n, None);
                     (y.clone(), mean, logs, y)
                 }
             };
@@ -275,14 +370,19 @@ impl GlowImage {
         self.forward_latents(x).0
     }
 
+    /// Continuous `log p(x | y)` of dequantised images for a class one-hot `[N, classes]`.
+    pub fn log_prob_ctx(&self, x: Tensor<4>, ctx: Context) -> Tensor<1> {
+        self.forward_latents_ctx(x, ctx).0
+    }
+
     /// Invert given latents exactly (reconstruction).
     pub fn decode(&self, zs: &Latents) -> Tensor<4> {
-        self.generate(|_, _, _| None, zs.len(), Some(zs))
+        self.generate(|_, _, _| None, zs.len(), Some(zs), None)
     }
 
     /// Sample `n` images with every prior's standard deviation scaled by `temperature`.
     pub fn sample(&self, n: usize, temperature: f64, rng: &mut impl rand::Rng) -> Tensor<4> {
-        self.sample_with_latents(n, temperature, rng).0
+        self.sample_with_latents(n, temperature, None, rng).0
     }
 
     /// Like [`sample`](Self::sample), also returning the latents drawn (one per level, in
@@ -292,6 +392,7 @@ impl GlowImage {
         &self,
         n: usize,
         temperature: f64,
+        ctx: Context,
         rng: &mut impl rand::Rng,
     ) -> (Tensor<4>, Latents) {
         let mut drawn: Vec<Option<Tensor<4>>> = vec![None; self.levels.len()];
@@ -314,6 +415,7 @@ impl GlowImage {
             },
             n,
             None,
+            ctx,
         );
         let zs = drawn
             .into_iter()
@@ -333,7 +435,7 @@ impl GlowImage {
         }
         let mut h = x;
         for (l, level) in self.levels.iter().enumerate() {
-            let y = match level.flow.trace_nonfinite(squeeze(h), false) {
+            let y = match level.flow.trace_nonfinite(squeeze(h), None, false) {
                 Ok(y) => y,
                 Err(e) => return Some(format!("level {l}, {e}")),
             };
@@ -344,7 +446,7 @@ impl GlowImage {
                     (z, mean, logs, keep)
                 }
                 None => {
-                    let (mean, logs) = self.top_params(n);
+                    let (mean, logs) = self.top_params(n, None);
                     (y.clone(), mean, logs, y)
                 }
             };
@@ -380,7 +482,7 @@ impl GlowImage {
                 }
                 h = Tensor::cat(vec![zs[l].clone(), h], 1);
             }
-            h = match level.flow.trace_nonfinite(h, true) {
+            h = match level.flow.trace_nonfinite(h, None, true) {
                 Ok(x) => unsqueeze(x),
                 Err(e) => return Some(format!("level {l}, {e}")),
             };
@@ -393,10 +495,11 @@ impl GlowImage {
         mut pick: impl FnMut(Tensor<4>, Tensor<4>, usize) -> Option<Tensor<4>>,
         n: usize,
         given: Option<&Latents>,
+        ctx: Context,
     ) -> Tensor<4> {
         let n = given.map(|g| g[0].dims()[0]).unwrap_or(n);
         let last = self.levels.len() - 1;
-        let (mean, logs) = self.top_params(n);
+        let (mean, logs) = self.top_params(n, ctx);
         let mut h = match given {
             Some(g) => g[last].clone(),
             None => pick(mean, logs, last).expect("sampling draws every latent"),
@@ -422,5 +525,42 @@ impl ActNormFlags for GlowImage {
             .iter_mut()
             .flat_map(|l| l.flow.actnorms_mut())
             .collect()
+    }
+}
+
+/// One-hot rows `[N, classes]` (float32) for class indices `labels` (each `< classes`).
+pub fn one_hot(labels: &[usize], classes: usize, device: &Device) -> Tensor<2> {
+    let mut v = vec![0f32; labels.len() * classes];
+    for (i, &k) in labels.iter().enumerate() {
+        v[i * classes + k] = 1.0;
+    }
+    crate::tensor_util::from_vec(v, [labels.len(), classes], device)
+}
+
+impl super::DensityModel for GlowImage {
+    type Data = Tensor<4>;
+    type Latent = Latents;
+
+    fn log_prob(&self, x: Tensor<4>, ctx: Context) -> Tensor<1> {
+        self.log_prob_ctx(x, ctx)
+    }
+
+    fn encode(&self, x: Tensor<4>, ctx: Context) -> Latents {
+        self.forward_latents_ctx(x, ctx).1
+    }
+
+    fn decode(&self, z: &Latents, ctx: Context) -> Tensor<4> {
+        self.generate(|_, _, _| None, z.len(), Some(z), ctx)
+    }
+
+    fn sample<R: rand::Rng>(
+        &self,
+        n: usize,
+        temperature: f64,
+        ctx: Context,
+        rng: &mut R,
+        _device: &Device,
+    ) -> Tensor<4> {
+        self.sample_with_latents(n, temperature, ctx, rng).0
     }
 }

@@ -9,6 +9,7 @@ use burn::tensor::Tensor;
 pub use conv::{Conv2d, GlowConvNet, PlainConvNet, ZeroConv2d};
 pub use mlp::{Dense, Mlp};
 
+use crate::flow::Context;
 use crate::layers::ActNorm;
 
 /// The network inside a coupling layer: maps the conditioning half to shift/scale parameters.
@@ -22,7 +23,11 @@ pub enum CouplingNet {
 }
 
 impl CouplingNet {
-    pub fn forward(&self, x: Tensor<4>) -> Tensor<4> {
+    /// Shift/scale parameters for the conditioning half `x: [N, C, H, W]` and an optional
+    /// context `[N, K]`; a net built with `C + K` inputs sees the context as `K` extra channels,
+    /// constant over positions. Output `[N, C_out, H, W]`.
+    pub fn forward(&self, x: Tensor<4>, ctx: Context) -> Tensor<4> {
+        let x = with_context(x, ctx);
         match self {
             CouplingNet::Mlp(m) => m.forward(x),
             CouplingNet::Conv(c) => c.forward(x),
@@ -30,17 +35,42 @@ impl CouplingNet {
         }
     }
 
-    /// Data-dependent initialisation of any ActNorm inside the network.
-    pub fn initialize(&mut self, x: Tensor<4>) {
+    /// Data-dependent initialisation of any ActNorm inside the network, from the conditioning
+    /// half `x` (and the context) that reaches it.
+    pub fn data_init(&mut self, x: Tensor<4>, ctx: Context) {
         if let CouplingNet::Conv(c) = self {
-            c.initialize(x);
+            c.initialize(with_context(x, ctx));
         }
     }
 
+    /// Whether an ActNorm inside the network is still uninitialised.
+    pub fn needs_data_init(&self) -> bool {
+        match self {
+            CouplingNet::Conv(c) => !c.norm_in.initialized || !c.norm_mid.initialized,
+            CouplingNet::Mlp(_) | CouplingNet::PlainConv(_) => false,
+        }
+    }
+
+    /// The ActNorms inside the network (the Glow CNN has two), in a fixed order.
     pub fn actnorms_mut(&mut self) -> Vec<&mut ActNorm> {
         match self {
             CouplingNet::Mlp(_) | CouplingNet::PlainConv(_) => Vec::new(),
             CouplingNet::Conv(c) => c.actnorms_mut(),
+        }
+    }
+}
+
+/// `x: [N, C, H, W]` with a context `[N, K]` appended as `K` channels constant over positions
+/// (`[N, C + K, H, W]`, in `x`'s float type); `x` itself without one.
+pub fn with_context(x: Tensor<4>, ctx: Context) -> Tensor<4> {
+    match ctx {
+        None => x,
+        Some(c) => {
+            let [n, _, h, w] = x.dims();
+            let k = c.dims()[1];
+            let c = c.clone().cast(x.dtype()).reshape([n, k, 1, 1]);
+            let c = if h * w == 1 { c } else { c.expand([n, k, h, w]) };
+            Tensor::cat(vec![x, c], 1)
         }
     }
 }

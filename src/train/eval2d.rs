@@ -6,7 +6,7 @@ use rand_chacha::ChaCha8Rng;
 use rayon::prelude::*;
 
 use crate::data::toy2d::Target;
-use crate::models::Flow2d;
+use crate::models::VectorFlow;
 use crate::tensor_util::{from_vec, to_vec};
 use crate::viz::DensityGrid;
 
@@ -15,7 +15,7 @@ const EVAL_BATCH: usize = 8192;
 /// Model log-density at each point (model in evaluation mode, on a non-autodiff device).
 /// Chunks run in parallel on the backend's thread pool (the small per-layer ops of a 2D flow
 /// do not use more than one core by themselves).
-pub fn log_prob_points(model: &Flow2d, points: &[[f64; 2]], device: &Device) -> Vec<f64> {
+pub fn log_prob_points(model: &VectorFlow, points: &[[f64; 2]], device: &Device) -> Vec<f64> {
     let chunk_size = EVAL_BATCH.min(points.len().div_ceil(rayon::current_num_threads()).max(1));
     let parts: Vec<Vec<f64>> = points
         .par_chunks(chunk_size)
@@ -50,7 +50,7 @@ pub fn target_entropy(target: Target, points: &[[f64; 2]]) -> Option<f64> {
 
 /// Exact model density on a `size x size` grid over the target's box.
 pub fn model_density_grid(
-    model: &Flow2d,
+    model: &VectorFlow,
     target: Target,
     size: usize,
     device: &Device,
@@ -110,7 +110,7 @@ pub fn target_density_grid(target: Target, size: usize) -> DensityGrid {
 
 /// `n` model samples (temperature 1) and their model log-densities.
 pub fn model_samples(
-    model: &Flow2d,
+    model: &VectorFlow,
     n: usize,
     seed: u64,
     device: &Device,

@@ -19,7 +19,7 @@ use super::{eval2d, open_run_logs, parallel, progress_bar};
 use crate::data::toy2d::Target;
 use crate::error::{FieldError, InputError};
 use crate::layers::ActNormFlags;
-use crate::models::{Flow2d, Flow2dConfig, ModelKind};
+use crate::models::{VectorFlow, VectorFlowConfig, ModelKind};
 use crate::tensor_util::from_vec;
 use crate::train::adam::optimizer;
 use crate::viz::{self, colour_bar, panels, scatter, Canvas, DensityGrid};
@@ -102,7 +102,7 @@ impl Train2dOptions {
 /// What a checkpoint's `state.json` holds.
 #[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct RunState {
-    pub model: Flow2dConfig,
+    pub model: VectorFlowConfig,
     pub options: Train2dOptions,
     /// Steps completed.
     pub step: usize,
@@ -140,13 +140,13 @@ pub struct Summary {
     #[serde(default)]
     pub skipped_steps: usize,
     pub parameters: usize,
-    pub config: Flow2dConfig,
+    pub config: VectorFlowConfig,
     pub options: Train2dOptions,
 }
 
 /// How a run starts.
 pub enum Start {
-    Fresh(Flow2dConfig),
+    Fresh(VectorFlowConfig),
     /// Continue the run saved in a run (or checkpoint) directory, with the changes a resume may
     /// make.
     Resume(PathBuf, ResumeChanges),
@@ -172,9 +172,9 @@ fn frames_dir(out: &Path) -> PathBuf {
 /// weight average when the run kept one (`ema.safetensors`), else the trained weights. Refuses
 /// weights that hold a non-finite value, files that do not belong to the checkpoint, and
 /// out-of-range values in `state.json` (naming the field).
-pub fn load_trained(dir: &Path, device: &Device) -> Result<(Flow2d, RunState)> {
+pub fn load_trained(dir: &Path, device: &Device) -> Result<(VectorFlow, RunState)> {
     let (ck, state) = open_state(dir)?;
-    let mut model = ck.load_model(Flow2d::new(&state.model, device), MODEL_FILE)?;
+    let mut model = ck.load_model(VectorFlow::new(&state.model, device), MODEL_FILE)?;
     model
         .flow
         .set_actnorm_flags(&state.actnorm_initialized)
@@ -217,7 +217,7 @@ pub fn density_scale(target: Target, grid: usize) -> f64 {
 
 /// Refuse a batch size the model cannot use: Real NVP's batch norm needs at least 2 points, and
 /// every batch must fit in memory. `source` turns the error into a flag or file error.
-fn check_batch(cfg: &Flow2dConfig, opts: &Train2dOptions) -> std::result::Result<(), FieldError> {
+fn check_batch(cfg: &VectorFlowConfig, opts: &Train2dOptions) -> std::result::Result<(), FieldError> {
     if cfg.model == ModelKind::Realnvp && opts.batch < 2 {
         return Err(FieldError::new(
             "batch",
@@ -266,7 +266,7 @@ pub fn train2d(
                 let opts = options.context("training options are required for a fresh run")?;
                 opts.validate().map_err(FieldError::on_flag)?;
                 check_batch(&cfg, &opts).map_err(FieldError::on_flag)?;
-                let model = Flow2d::new(&cfg, &train_device);
+                let model = VectorFlow::new(&cfg, &train_device);
                 let optim = optimizer(opts.stability.optimizer);
                 (model, optim, opts, cfg, 0, 0.0, None, 0, io.threads)
             }
@@ -274,7 +274,7 @@ pub fn train2d(
                 let (ck, state) =
                     open_state(&dir).with_context(|| format!("--resume {}", dir.display()))?;
                 let mut model =
-                    ck.load_model(Flow2d::new(&state.model, &train_device), MODEL_FILE)?;
+                    ck.load_model(VectorFlow::new(&state.model, &train_device), MODEL_FILE)?;
                 model
                     .flow
                     .set_actnorm_flags(&state.actnorm_initialized)
@@ -352,7 +352,7 @@ pub fn train2d(
     let mut data = DataStream::new(opts.target, opts.seed, opts.batch);
     if first_step == 0 && !model.flow.actnorm_flags().iter().all(|&f| f) {
         let x = from_vec(data.batch_at(0), [opts.batch, 2], &train_device);
-        model.initialize(x);
+        model.initialize(x, None);
     }
 
     let mut guard = Guard::new(&model, opts.stability.clone(), ema, skipped);
@@ -417,7 +417,7 @@ pub fn train2d(
             )?;
             metrics.flush()?;
             let x = crate::flow::vec_to_nchw(from_vec(batch, [opts.batch, 2], device));
-            let place = model.valid().flow.trace_nonfinite(x, false).err();
+            let place = model.valid().flow.trace_nonfinite(x, None, false).err();
             return Err(stop_error(step + 1, lr, &why, place, saved));
         }
         let done = step + 1;
@@ -486,7 +486,7 @@ pub fn train2d(
 
 /// Test metrics and every picture of a finished run.
 fn evaluate_and_draw(
-    model: &Flow2d,
+    model: &VectorFlow,
     state: &RunState,
     out: &Path,
     device: &Device,

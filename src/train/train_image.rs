@@ -23,6 +23,7 @@ use crate::data::dequant::{dequantize, to_pixels};
 use crate::data::{DataSpec, ImageSet, LoadOptions};
 use crate::error::{FieldError, InputError};
 use crate::layers::ActNormFlags;
+use crate::models::glow_image::one_hot;
 use crate::models::{GlowImage, GlowImageConfig};
 use crate::tensor_util::{cast_module, from_vec, to_vec, to_vec_f64};
 use crate::train::adam::optimizer;
@@ -60,6 +61,10 @@ pub struct ImageTrainOptions {
     /// existed load with everything off (their recipe), so they resume exactly.
     #[serde(default = "StabilityOptions::off")]
     pub stability: StabilityOptions,
+    /// Weight of the class-prediction loss on the top latent, in bits per image added to the
+    /// bits/dim objective (openai/glow's `--weight-y`; class-conditional models only).
+    #[serde(default)]
+    pub weight_y: f64,
 }
 
 fn one_shard() -> usize {
@@ -86,6 +91,7 @@ impl ImageTrainOptions {
         if let Some(t) = self.time_limit_minutes {
             number("time_limit_minutes", "--time-limit", t, 0.0, true, 1e8)?;
         }
+        number("weight_y", "--weight-y", self.weight_y, 0.0, false, 1e6)?;
         self.stability.validate()
     }
 }
@@ -179,6 +185,13 @@ pub struct ImageSummary {
     pub parameters: usize,
     pub config: GlowImageConfig,
     pub options: ImageTrainOptions,
+    /// Class-conditional models: mean test bits/dim of the marginal `p(x)` (uniform classes);
+    /// `test_bpd` is then `-log p(x | y)` with the true class.
+    #[serde(default)]
+    pub test_bpd_marginal: Option<f64>,
+    /// Class-conditional models: test accuracy of `argmax_y log p(x | y)`.
+    #[serde(default)]
+    pub test_accuracy: Option<f64>,
 }
 
 /// Load the data set `opts.data` names (padded or resized as `opts` says). Errors name `--data`
@@ -229,6 +242,64 @@ pub fn load_data(opts: &ImageTrainOptions) -> Result<crate::data::Splits> {
             grey: opts.grey,
         },
     )
+}
+
+/// The training and test labels of a class-conditional run (`None` for an unconditional one);
+/// errors name `--classes` when the data set has no labels or a label is out of range.
+pub fn class_labels(
+    data: &crate::data::Splits,
+    cfg: &GlowImageConfig,
+    opts: &ImageTrainOptions,
+) -> Result<Option<(Vec<u8>, Vec<u8>)>> {
+    let k = cfg.classes;
+    if k == 0 {
+        if opts.weight_y > 0.0 {
+            return Err(InputError::flag(
+                "--weight-y",
+                opts.weight_y,
+                "needs a class-conditional model (--classes K)",
+            )
+            .into());
+        }
+        return Ok(None);
+    }
+    let (Some(train), Some(test)) = (&data.train_labels, &data.test_labels) else {
+        return Err(InputError::flag(
+            "--classes",
+            k,
+            format!(
+                "{} has no class labels (IDX label files or CIFAR-10 records)",
+                opts.data
+            ),
+        )
+        .into());
+    };
+    if let Some((i, &l)) = train
+        .iter()
+        .chain(test)
+        .enumerate()
+        .find(|(_, &l)| l as usize >= k)
+    {
+        return Err(InputError::flag(
+            "--classes",
+            k,
+            format!("label {l} (image {i} of train then test) is not below the class count"),
+        )
+        .into());
+    }
+    Ok(Some((train.clone(), test.clone())))
+}
+
+/// Rows of `d` values followed by the one-hot (`k` wide) of each row's label.
+fn with_one_hot(rows: &[f32], d: usize, idx: &[usize], labels: &[u8], k: usize) -> Vec<f32> {
+    let mut out = Vec::with_capacity(idx.len() * (d + k));
+    for (row, &i) in rows.chunks(d).zip(idx) {
+        out.extend_from_slice(row);
+        let mut hot = vec![0f32; k];
+        hot[labels[i] as usize] = 1.0;
+        out.extend_from_slice(&hot);
+    }
+    out
 }
 
 /// Dequantised tensor of the images `idx` of `set`, noise from `rng`.
@@ -291,17 +362,67 @@ pub fn per_image_bpd(
     batch: usize,
     device: &Device,
 ) -> Vec<f64> {
+    class_eval(model, set, None, n_bits, batch, device).bpd
+}
+
+/// Per-image figures of a test set under a class-conditional model.
+pub struct ClassEval {
+    /// Bits/dim of each image: `-log p(x | y)` with its true class `y` when labels are given to
+    /// a class-conditional model, else `-log p(x)`.
+    pub bpd: Vec<f64>,
+    /// Bits/dim of the marginal `p(x) = (1/K) Σ_y p(x | y)` (class-conditional models).
+    pub marginal_bpd: Option<Vec<f64>>,
+    /// Share of images whose `argmax_y log p(x | y)` is their true class (the training-free
+    /// classifier; needs labels).
+    pub accuracy: Option<f64>,
+}
+
+/// Evaluate every image of `set` (one dequantisation draw with a fixed seed) under `model`,
+/// with the images' classes when given (`labels[i] < classes`).
+pub fn class_eval(
+    model: &GlowImage,
+    set: &ImageSet,
+    labels: Option<&[u8]>,
+    n_bits: u32,
+    batch: usize,
+    device: &Device,
+) -> ClassEval {
     let mut rng = ChaCha8Rng::seed_from_u64(0x7E57);
     let d = set.dims();
+    let k = model.classes();
     let mut out = Vec::with_capacity(set.n);
+    let mut marginal = Vec::new();
+    let mut correct = 0usize;
     let idx: Vec<usize> = (0..set.n).collect();
+    let bits = |lp: f64| crate::data::dequant::bits_per_dim(lp, d, n_bits);
     for chunk in idx.chunks(batch.max(1)) {
         let x = batch_tensor(set, chunk, n_bits, &mut rng, device);
+        if k > 0 {
+            let all = to_vec_f64(model.class_log_likelihoods(x).expect("conditional model"));
+            for (row, &i) in all.chunks(k).zip(chunk) {
+                let max = row.iter().copied().fold(f64::NEG_INFINITY, f64::max);
+                let lse = max + row.iter().map(|v| (v - max).exp()).sum::<f64>().ln();
+                marginal.push(bits(lse - (k as f64).ln()));
+                let best = (0..k).max_by(|&a, &b| row[a].total_cmp(&row[b])).unwrap_or(0);
+                match labels {
+                    Some(l) => {
+                        out.push(bits(row[l[i] as usize]));
+                        correct += usize::from(best == l[i] as usize);
+                    }
+                    None => out.push(bits(lse - (k as f64).ln())),
+                }
+            }
+            continue;
+        }
         for lp in to_vec(model.log_prob(x)) {
-            out.push(crate::data::dequant::bits_per_dim(lp as f64, d, n_bits));
+            out.push(bits(lp as f64));
         }
     }
-    out
+    ClassEval {
+        bpd: out,
+        marginal_bpd: (k > 0).then_some(marginal),
+        accuracy: (k > 0 && labels.is_some()).then(|| correct as f64 / set.n.max(1) as f64),
+    }
 }
 
 /// Per-image bits/dim figures of a test set, so that one image cannot silently dominate the
@@ -391,9 +512,22 @@ pub struct SampleBatch {
 
 /// Draw `n` samples at `temperature` with the RNG seeded `seed` and check them.
 pub fn sample_batch(model: &GlowImage, n: usize, temperature: f64, seed: u64) -> SampleBatch {
+    sample_batch_of(model, n, temperature, seed, None)
+}
+
+/// Like [`sample_batch`], for given classes (`labels[i] < classes` for sample `i`, `n` of them)
+/// of a class-conditional model.
+pub fn sample_batch_of(
+    model: &GlowImage,
+    n: usize,
+    temperature: f64,
+    seed: u64,
+    labels: Option<&[usize]>,
+) -> SampleBatch {
     let mut rng = ChaCha8Rng::seed_from_u64(seed);
     let model64 = cast_module(model.clone(), DType::F64);
-    let (x, zs) = model64.sample_with_latents(n, temperature, &mut rng);
+    let ctx = labels.map(|l| one_hot(l, model.classes(), &model.top.device()));
+    let (x, zs) = model64.sample_with_latents(n, temperature, ctx.as_ref(), &mut rng);
     let values = to_vec_f64(x);
     let per = values.len() / n.max(1);
     let nonfinite: Vec<usize> = (0..n)
@@ -438,14 +572,29 @@ impl SampleBatch {
                 self.first_nonfinite.as_deref().unwrap_or("an unknown place")
             );
         }
+        let cols = (self.n as f64).sqrt().ceil() as usize;
+        self.grid_cols(cfg, cols)
+    }
+
+    /// [`grid`](Self::grid) with `cols` images per row.
+    pub fn grid_cols(&self, cfg: &GlowImageConfig, cols: usize) -> Result<Canvas> {
+        if !self.nonfinite.is_empty() {
+            return self.grid(cfg);
+        }
         let v32: Vec<f32> = self.values.iter().map(|&v| v as f32).collect();
         let px = to_pixels(&v32, cfg.n_bits);
-        Ok(image_grid(&px, self.n, cfg.channels, cfg.height, cfg.width))
+        Ok(image_grid_cols(
+            &px,
+            self.n,
+            cols,
+            [cfg.channels, cfg.height, cfg.width],
+        ))
     }
 }
 
 /// A grid of `n` samples at `temperature` as an image (nearest-neighbour upscaled to >= 64 px);
-/// an error when any sample is non-finite (see [`SampleBatch::grid`]).
+/// an error when any sample is non-finite (see [`SampleBatch::grid`]). A class-conditional
+/// model draws one row per class instead (classes x classes samples, at most 10 per row).
 pub fn sample_grid(
     model: &GlowImage,
     cfg: &GlowImageConfig,
@@ -453,12 +602,24 @@ pub fn sample_grid(
     temperature: f64,
     seed: u64,
 ) -> Result<Canvas> {
-    sample_batch(model, n, temperature, seed).grid(cfg)
+    let k = model.classes();
+    if k == 0 {
+        return sample_batch(model, n, temperature, seed).grid(cfg);
+    }
+    let per = k.clamp(2, 10);
+    let labels: Vec<usize> = (0..k).flat_map(|c| std::iter::repeat_n(c, per)).collect();
+    sample_batch_of(model, labels.len(), temperature, seed, Some(&labels)).grid_cols(cfg, per)
 }
 
 /// Tile `n` images `[n, c, h, w]` into a square grid.
 pub fn image_grid(px: &[u8], n: usize, c: usize, h: usize, w: usize) -> Canvas {
     let cols = (n as f64).sqrt().ceil() as usize;
+    image_grid_cols(px, n, cols, [c, h, w])
+}
+
+/// Tile `n` images `[n, c, h, w]` into rows of `cols`.
+pub fn image_grid_cols(px: &[u8], n: usize, cols: usize, [c, h, w]: [usize; 3]) -> Canvas {
+    let cols = cols.max(1);
     let rows = n.div_ceil(cols);
     let scale = (64 / h.max(w)).max(1);
     let pad = 2;
@@ -652,6 +813,10 @@ pub fn train_image(start: ImageStart, io: &RunIo, device: &Device) -> Result<Ima
     }
     check_batch(&cfg, &opts, data.train.n).map_err(FieldError::on_flag)?;
     let d = cfg.dims();
+    let k = cfg.classes;
+    let labels = class_labels(&data, &cfg, &opts)?;
+    // Row width on the host: the pixels, then the class one-hot of a conditional model.
+    let width = d + k;
 
     if first == 0 && !model.actnorm_flags().iter().all(|&f| f) {
         let idx = batch_indices(data.train.n, opts.init_batch.max(1), opts.seed ^ 0x1417, 0);
@@ -704,17 +869,41 @@ pub fn train_image(start: ImageStart, io: &RunIo, device: &Device) -> Result<Ima
         }
         let lr = opts.lr * ((step + 1) as f64 / opts.warmup.max(1) as f64).min(1.0);
         let idx = batch_indices(data.train.n, opts.batch, opts.seed, step);
-        let rows = batch_rows(
+        let mut rows = batch_rows(
             &data.train,
             &idx,
             cfg.n_bits,
             &mut step_rng(opts.seed, step),
         );
-        let shape = |k: usize| [k, cfg.channels, cfg.height, cfg.width];
+        if let Some((train_labels, _)) = &labels {
+            rows = with_one_hot(&rows, d, &idx, train_labels, k);
+        }
+        let shape = |n: usize| [n, cfg.channels, cfg.height, cfg.width];
+        let weight_y = opts.weight_y;
         let (value, grads) =
-            parallel::loss_and_grads(&model, &rows, d, opts.shards, &train_device, |m, x| {
-                let k = x.dims()[0];
-                bpd_of(m.log_prob(x.reshape(shape(k))), d, cfg.n_bits)
+            parallel::loss_and_grads(&model, &rows, width, opts.shards, &train_device, |m, x| {
+                let n = x.dims()[0];
+                if k == 0 {
+                    return bpd_of(m.log_prob(x.reshape(shape(n))), d, cfg.n_bits);
+                }
+                let img = x.clone().narrow(1, 0, d).reshape(shape(n));
+                let y = x.narrow(1, d, k);
+                let (logp, zs) = m.forward_latents_ctx(img, Some(&y));
+                let bpd = bpd_of(logp, d, cfg.n_bits);
+                if weight_y == 0.0 {
+                    return bpd;
+                }
+                let top = zs.last().expect("a top latent").clone();
+                let logits = m.class_logits(top).expect("conditional model");
+                let log_q = burn::tensor::activation::log_softmax(logits, 1);
+                // Cross-entropy in bits per image (openai/glow's bits_y).
+                let bits_y = (log_q * y)
+                    .sum_dim(1)
+                    .mean()
+                    .neg()
+                    .div_scalar(std::f64::consts::LN_2)
+                    .reshape([1]);
+                bpd + bits_y.mul_scalar(weight_y)
             });
         let (next, outcome, report, stop) = guard.step(model, &mut optim, lr, value, grads);
         model = next;
@@ -729,8 +918,8 @@ pub fn train_image(start: ImageStart, io: &RunIo, device: &Device) -> Result<Ima
                 step + 1
             )?;
             metrics.flush()?;
-            let x = from_vec(rows, shape(opts.batch), device);
-            let place = model.valid().trace_forward(x);
+            let x = from_vec(rows, [opts.batch, width], device).narrow(1, 0, d);
+            let place = model.valid().trace_forward(x.reshape(shape(opts.batch)));
             return Err(stop_error(step + 1, lr, &why, place, saved));
         }
         let done = step + 1;
@@ -792,7 +981,9 @@ pub fn train_image(start: ImageStart, io: &RunIo, device: &Device) -> Result<Ima
     } else {
         data.test.clone()
     };
-    let report = BpdReport::new(&per_image_bpd(&eval, &test, cfg.n_bits, 256, device));
+    let test_labels = labels.as_ref().map(|(_, t)| &t[..test.n]);
+    let figures = class_eval(&eval, &test, test_labels, cfg.n_bits, 256, device);
+    let report = BpdReport::new(&figures.bpd);
     let samples = sample_grid(&eval, &cfg, 64, 0.7, opts.seed);
     if let Ok(grid) = &samples {
         grid.save_png(&out.join("samples.png"))?;
@@ -809,6 +1000,10 @@ pub fn train_image(start: ImageStart, io: &RunIo, device: &Device) -> Result<Ima
         parameters: eval.num_params(),
         config: cfg,
         options: opts,
+        test_bpd_marginal: figures
+            .marginal_bpd
+            .map(|v| v.iter().sum::<f64>() / v.len().max(1) as f64),
+        test_accuracy: figures.accuracy,
     };
     super::save_summary(&summary, &out.join("summary.json"))?;
     // The run and its checkpoint are saved; a non-finite evaluation is still a failure.

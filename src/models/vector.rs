@@ -1,0 +1,340 @@
+//! Flows on vectors `[N, D]` with a standard-normal base, optionally conditioned on a context
+//! `[N, K]` that every coupling network reads, and optionally standardising the data inside
+//! the model (its log-determinant included, so densities stay in the data's units).
+//!
+//! The tutorial's two models, for any `D >= 2`:
+//! - Glow: K x [ActNorm -> invertible D x D linear map (LU, Glow §3.2) -> affine coupling];
+//! - Real NVP: K x [flow batch norm -> affine coupling] (Dinh et al. 2017, §3.5 and §3.6);
+//!
+//! couplings alternate which half of the coordinates conditions the other.
+
+use burn::module::Module;
+use burn::tensor::{Device, Tensor};
+use rand::SeedableRng;
+use rand_chacha::ChaCha8Rng;
+use serde::{Deserialize, Serialize};
+
+use crate::distributions::{standard_normal_log_prob, standard_normal_sample};
+use crate::flow::{nchw_to_vec, vec_to_nchw, Context, Flow};
+use crate::layers::{
+    ActNorm, AdditiveCoupling, AffineCoupling, FlowBatchNorm, FlowSequence, Layer, Permutation,
+    Standardize, TanhScale,
+};
+use crate::nets::{CouplingNet, Mlp};
+use crate::tensor_util::with_sequential_param_ids;
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "lowercase")]
+pub enum ModelKind {
+    Glow,
+    Realnvp,
+}
+
+impl ModelKind {
+    pub fn name(self) -> &'static str {
+        match self {
+            ModelKind::Glow => "glow",
+            ModelKind::Realnvp => "realnvp",
+        }
+    }
+}
+
+/// Which elementwise bijection a coupling applies.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "lowercase")]
+pub enum CouplingKind {
+    /// The tutorial's `x * exp(tanh(raw) * alpha + beta) + t`.
+    Tanh,
+    /// Glow's `(x + t) * sigmoid(raw + 2)`.
+    Sigmoid,
+    /// NICE's `x + t`.
+    Additive,
+}
+
+/// Everything needed to rebuild a 2D model (stored in checkpoints).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct VectorFlowConfig {
+    pub model: ModelKind,
+    /// Number of flow steps K.
+    pub layers: usize,
+    /// Coupling-network hidden width.
+    pub hidden: usize,
+    /// Coupling-network hidden layers.
+    pub depth: usize,
+    pub coupling: CouplingKind,
+    /// Mixing layer (Glow only).
+    pub permutation: Permutation,
+    /// Seed of the parameter initialisation.
+    pub init_seed: u64,
+    /// Dimension `D` of the data (2 for the toy targets; runs saved before it existed are 2D).
+    #[serde(default = "two")]
+    pub dim: usize,
+    /// Width `K` of the context every coupling network reads (0: unconditional).
+    #[serde(default)]
+    pub context: usize,
+    /// Standardise data (and context) inside the model with statistics set before training.
+    #[serde(default)]
+    pub standardize: bool,
+}
+
+fn two() -> usize {
+    2
+}
+
+impl VectorFlowConfig {
+    pub fn new(model: ModelKind) -> Self {
+        VectorFlowConfig {
+            model,
+            layers: 32,
+            hidden: 64,
+            depth: 2,
+            coupling: CouplingKind::Tanh,
+            permutation: Permutation::Lu,
+            init_seed: 0,
+            dim: 2,
+            context: 0,
+            standardize: false,
+        }
+    }
+
+    /// Check the sizes against [`crate::limits`]; the error names the field and its flag.
+    pub fn validate(&self) -> Result<(), crate::error::FieldError> {
+        use crate::limits::{count, MAX_FLOW_STEPS, MAX_MLP_DEPTH, MAX_WIDTH};
+        count("layers", "--layers", self.layers, 1, MAX_FLOW_STEPS)?;
+        count("hidden", "--hidden", self.hidden, 1, MAX_WIDTH)?;
+        count("depth", "--depth", self.depth, 1, MAX_MLP_DEPTH)?;
+        count("dim", "--data", self.dim, 2, MAX_WIDTH)?;
+        count("context", "--context-columns", self.context, 0, MAX_WIDTH)?;
+        Ok(())
+    }
+
+    /// Bytes a training step holds per point (activations for the backward pass, float32), a
+    /// rough upper estimate used to refuse batch sizes that cannot fit in memory.
+    pub fn activation_bytes_per_point(&self) -> f64 {
+        (self.layers * (self.hidden * (self.depth + 1) * 3 + 16 * (self.dim + self.context)))
+            as f64
+            * 4.0
+            * 2.0
+    }
+}
+
+/// A flow on `D`-dimensional vectors with a standard-normal base distribution.
+///
+/// # Shapes
+/// Data `[N, D]`, context `[N, K]` (only when built with `context = K > 0`), latents `[N, D]`,
+/// log-densities `[N]` in nats.
+#[derive(Module, Debug)]
+pub struct VectorFlow {
+    /// The flow steps (data to latent).
+    pub flow: FlowSequence,
+    /// Data standardisation applied before the flow (when the config asks for it).
+    pub standardize: Option<Standardize>,
+    /// Context standardisation (when standardising a conditional model).
+    pub context_norm: Option<Standardize>,
+    /// The data dimension `D`.
+    pub dim: usize,
+}
+
+fn coupling(cfg: &VectorFlowConfig, swap: bool, rng: &mut ChaCha8Rng, device: &Device) -> Layer {
+    let cond = crate::layers::coupling::conditioning_channels(cfg.dim, swap);
+    let out = crate::layers::coupling::transformed_channels(cfg.dim, swap);
+    let net_out = if cfg.coupling == CouplingKind::Additive {
+        out
+    } else {
+        2 * out
+    };
+    let net = CouplingNet::Mlp(Mlp::new(
+        cond + cfg.context,
+        net_out,
+        cfg.hidden,
+        cfg.depth,
+        false,
+        rng,
+        device,
+    ));
+    match cfg.coupling {
+        CouplingKind::Tanh => {
+            Layer::AffineCoupling(AffineCoupling::new(net, Some(TanhScale::new(device)), swap))
+        }
+        CouplingKind::Sigmoid => Layer::AffineCoupling(AffineCoupling::new(net, None, swap)),
+        CouplingKind::Additive => Layer::AdditiveCoupling(AdditiveCoupling::new(net, swap)),
+    }
+}
+
+impl VectorFlow {
+    /// A fresh model (deterministic for `cfg.init_seed`); ActNorms uninitialised, standardisation
+    /// the identity until [`set_standardization`](Self::set_standardization).
+    pub fn new(cfg: &VectorFlowConfig, device: &Device) -> Self {
+        let mut rng = ChaCha8Rng::seed_from_u64(cfg.init_seed);
+        let dim = cfg.dim;
+        let mut layers = Vec::new();
+        for k in 0..cfg.layers {
+            let swap = k % 2 == 1;
+            match cfg.model {
+                ModelKind::Glow => {
+                    layers.push(Layer::ActNorm(ActNorm::new(dim, device)));
+                    layers.push(cfg.permutation.layer(dim, &mut rng, device));
+                }
+                ModelKind::Realnvp => {
+                    layers.push(Layer::FlowBatchNorm(FlowBatchNorm::new(dim, device)));
+                }
+            }
+            layers.push(coupling(cfg, swap, &mut rng, device));
+        }
+        let standardize = cfg.standardize.then(|| Standardize::new(dim, device));
+        let context_norm =
+            (cfg.standardize && cfg.context > 0).then(|| Standardize::new(cfg.context, device));
+        with_sequential_param_ids(VectorFlow {
+            flow: FlowSequence::new(layers),
+            standardize,
+            context_norm,
+            dim,
+        })
+    }
+
+    /// Set the standardisation statistics (per-column mean and std `> 0` of the training data
+    /// and of its context columns). Does nothing on a model built without standardisation.
+    pub fn set_standardization(&mut self, data: (&[f64], &[f64]), context: (&[f64], &[f64])) {
+        if let Some(s) = &mut self.standardize {
+            s.set(data.0, data.1);
+        }
+        if let Some(s) = &mut self.context_norm {
+            s.set(context.0, context.1);
+        }
+    }
+
+    fn ctx(&self, ctx: Context) -> Option<Tensor<2>> {
+        ctx.map(|c| match &self.context_norm {
+            Some(s) => s.apply_2d(c.clone()),
+            None => c.clone(),
+        })
+    }
+
+    /// Standardised data (as `[N, D, 1, 1]`) and the standardisation's log-determinant.
+    fn pre(&self, x: Tensor<2>) -> (Tensor<4>, Option<Tensor<1>>) {
+        let x = vec_to_nchw(x);
+        match &self.standardize {
+            Some(s) => {
+                let (y, ld) = s.forward(x);
+                (y, Some(ld))
+            }
+            None => (x, None),
+        }
+    }
+
+    /// Data-dependent initialisation (ActNorm) from a batch of points `[N, D]` (and context).
+    pub fn initialize(&mut self, x: Tensor<2>, ctx: Context) {
+        let c = self.ctx(ctx);
+        let (h, _) = self.pre(x);
+        self.flow.initialize(h, c.as_ref());
+    }
+
+    /// Map points `[N, D]` to latents `[N, D]` and `log|det dz/dx|` `[N]` (including the
+    /// standardisation).
+    pub fn encode_ctx(&self, x: Tensor<2>, ctx: Context) -> (Tensor<2>, Tensor<1>) {
+        let c = self.ctx(ctx);
+        let (h, ld0) = self.pre(x);
+        let (z, ld) = self.flow.forward_ctx(h, c.as_ref());
+        let ld = match ld0 {
+            Some(l) => ld + l,
+            None => ld,
+        };
+        (nchw_to_vec(z), ld)
+    }
+
+    /// Map latents `[N, D]` to points and `log|det dx/dz|` `[N]`.
+    pub fn decode_ctx(&self, z: Tensor<2>, ctx: Context) -> (Tensor<2>, Tensor<1>) {
+        let c = self.ctx(ctx);
+        let (x, ld) = self.flow.inverse_ctx(vec_to_nchw(z), c.as_ref());
+        match &self.standardize {
+            Some(s) => {
+                let (x, l) = s.inverse(x);
+                (nchw_to_vec(x), ld + l)
+            }
+            None => (nchw_to_vec(x), ld),
+        }
+    }
+
+    /// `log p(x | ctx)` per point, `[N]`, nats.
+    pub fn log_prob_ctx(&self, x: Tensor<2>, ctx: Context) -> Tensor<1> {
+        let (z, ld) = self.encode_ctx(x, ctx);
+        standard_normal_log_prob(vec_to_nchw(z)) + ld
+    }
+
+    /// `log p(x)` per point, `[N]` (unconditional models).
+    pub fn log_prob(&self, x: Tensor<2>) -> Tensor<1> {
+        self.log_prob_ctx(x, None)
+    }
+
+    /// Map points to latents (unconditional models).
+    pub fn encode(&self, x: Tensor<2>) -> (Tensor<2>, Tensor<1>) {
+        self.encode_ctx(x, None)
+    }
+
+    /// Map latents to points (unconditional models).
+    pub fn decode(&self, z: Tensor<2>) -> (Tensor<2>, Tensor<1>) {
+        self.decode_ctx(z, None)
+    }
+
+    /// Draw `n` points with prior temperature `t` (standard deviation scaled by `t`), for a
+    /// context `[n, K]` or none; returns points `[n, D]` and their model log-density `[n]`.
+    pub fn sample_ctx(
+        &self,
+        n: usize,
+        temperature: f64,
+        ctx: Context,
+        rng: &mut impl rand::Rng,
+        device: &Device,
+    ) -> (Tensor<2>, Tensor<1>) {
+        let dim = self.dim();
+        let z = standard_normal_sample([n, dim, 1, 1], temperature, rng, device);
+        let (x, ld_inv) = self.decode_ctx(nchw_to_vec(z.clone()), ctx);
+        // log p(x) = log N(z) - log|det dx/dz|.
+        let logp = standard_normal_log_prob(z) - ld_inv;
+        (x, logp)
+    }
+
+    /// [`sample_ctx`](Self::sample_ctx) without a context.
+    pub fn sample(
+        &self,
+        n: usize,
+        temperature: f64,
+        rng: &mut impl rand::Rng,
+        device: &Device,
+    ) -> (Tensor<2>, Tensor<1>) {
+        self.sample_ctx(n, temperature, None, rng, device)
+    }
+
+    /// The data dimension `D`.
+    pub fn dim(&self) -> usize {
+        self.dim
+    }
+}
+
+impl super::DensityModel for VectorFlow {
+    type Data = Tensor<2>;
+    type Latent = Tensor<2>;
+
+    fn log_prob(&self, x: Tensor<2>, ctx: Context) -> Tensor<1> {
+        self.log_prob_ctx(x, ctx)
+    }
+
+    fn encode(&self, x: Tensor<2>, ctx: Context) -> Tensor<2> {
+        self.encode_ctx(x, ctx).0
+    }
+
+    fn decode(&self, z: &Tensor<2>, ctx: Context) -> Tensor<2> {
+        self.decode_ctx(z.clone(), ctx).0
+    }
+
+    fn sample<R: rand::Rng>(
+        &self,
+        n: usize,
+        temperature: f64,
+        ctx: Context,
+        rng: &mut R,
+        device: &Device,
+    ) -> Tensor<2> {
+        self.sample_ctx(n, temperature, ctx, rng, device).0
+    }
+}
