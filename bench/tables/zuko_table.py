@@ -46,7 +46,12 @@ def load_csv(path):
 
 def split(n, fraction, seed, split_file):
     if split_file:
-        flags = np.loadtxt(split_file, dtype=np.int64, ndmin=1)
+        with open(split_file) as fh:
+            first = fh.readline().strip()
+        if first == "row,test":  # glowflow's split.csv: 1-based row, 1 = test
+            flags = np.loadtxt(split_file, dtype=np.int64, delimiter=",", skiprows=1, ndmin=2)[:, 1]
+        else:
+            flags = np.loadtxt(split_file, dtype=np.int64, ndmin=1)
         if flags.shape != (n,) or not np.isin(flags, (0, 1)).all():
             raise SystemExit(f"{split_file}: need {n} lines of 0 or 1")
         return np.flatnonzero(flags == 0), np.flatnonzero(flags == 1)
@@ -78,7 +83,7 @@ def main():
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--data", required=True)
     p.add_argument("--test-fraction", type=float, default=0.2)
-    p.add_argument("--split-file", default=None, help="one 0/1 per row, 1 = test; overrides --test-fraction")
+    p.add_argument("--split-file", default=None, help="one 0/1 per row, 1 = test, or glowflow's split.csv; overrides --test-fraction")
     p.add_argument("--write-split", default=None, help="write the split used (0/1 per row) to this path")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--steps", type=int, default=2000)

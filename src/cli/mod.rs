@@ -21,7 +21,7 @@ use crate::limits::{
 use crate::models::{CouplingKind, VectorFlowConfig, ModelKind, Permutation};
 use crate::train::run_dir::{self, ResumeChanges};
 use crate::train::stability::StabilityOptions;
-use crate::train::train2d::{comparison_picture, load_trained};
+use crate::train::train2d::{comparison_picture, load_trained, TableOptions};
 use crate::train::train_image::image_recipe_stability;
 use crate::train::{checkpoint, eval2d, interrupt, train2d, RunIo, Start, Train2dOptions};
 
@@ -34,9 +34,14 @@ pub struct Cli {
 
 #[derive(Subcommand, Debug)]
 pub enum Command {
-    /// Train a 2D flow (Glow or Real NVP) on a toy target by maximum likelihood.
-    #[command(allow_negative_numbers = true)]
+    /// Train a vector flow (Glow or Real NVP) by maximum likelihood: on a built-in 2D target,
+    /// or on your table (--data FILE.csv|.npy, any number of columns, optional context columns).
+    #[command(allow_negative_numbers = true, visible_alias = "train-vectors")]
     Train2d(Train2dArgs),
+    /// Write each row's log-density under a trained vector flow to CSV (anomaly and
+    /// out-of-distribution scores).
+    #[command(allow_negative_numbers = true)]
+    Score(ScoreArgs),
     /// Train Glow and Real NVP on identical data and budget and compare them.
     #[command(allow_negative_numbers = true)]
     Compare(CompareArgs),
@@ -243,12 +248,49 @@ pub struct SampleArgs {
     pub device: String,
 }
 
+/// `score`'s flags.
+#[derive(Args, Debug)]
+pub struct ScoreArgs {
+    /// A run directory of `train2d --data` (or its checkpoint/ folder).
+    #[arg(long)]
+    pub checkpoint: PathBuf,
+    /// The table to score (.csv or .npy) with the columns the model was trained on (by name
+    /// when both have a header, else by position); default: the run's test rows.
+    #[arg(long)]
+    pub data: Option<PathBuf>,
+    /// Output CSV (`row,log_prob`: 1-based data row, nats in the data's units).
+    #[arg(long, default_value = "scores.csv")]
+    pub out: PathBuf,
+    #[arg(long, default_value = "flex")]
+    pub device: String,
+}
+
 /// Options shared by `train2d` and `compare`.
 #[derive(Args, Debug, Clone)]
 pub struct CommonArgs {
     /// Target distribution.
     #[arg(long, value_enum, default_value = "normals")]
     pub target: Target,
+    /// Train on this table instead of a target: CSV (header row optional) or NumPy .npy, one
+    /// row per sample, at least 2 modelled columns. Standardised inside the model (its
+    /// log-determinant included, so NLLs are in the data's units).
+    #[arg(long, conflicts_with = "target")]
+    pub data: Option<PathBuf>,
+    /// Test rows in a separate table with the same columns [default: hold out
+    /// --test-fraction of --data].
+    #[arg(long, requires = "data")]
+    pub test_data: Option<PathBuf>,
+    /// Share of --data's rows held out for the test NLL (a seeded draw, written to split.csv).
+    #[arg(long, default_value_t = 0.2, value_parser = parse::fraction, requires = "data")]
+    pub test_fraction: f64,
+    /// Modelled columns of --data, by header name or 0-based index, comma-separated
+    /// [default: every column not in --context-columns].
+    #[arg(long, value_delimiter = ',', requires = "data")]
+    pub columns: Vec<String>,
+    /// Context columns of --data the flow is conditioned on (every coupling network reads
+    /// them); samples are drawn for given contexts.
+    #[arg(long, value_delimiter = ',', requires = "data")]
+    pub context_columns: Vec<String>,
     /// Training steps (total, including those of a resumed checkpoint).
     #[arg(long, value_parser = parse::count::<1, MAX_STEPS>)]
     pub steps: Option<usize>,
@@ -320,6 +362,14 @@ impl CommonArgs {
         o.checkpoint_every = self.checkpoint_every;
         o.test_samples = self.test_samples;
         o.stability = self.stability.options(StabilityOptions::off());
+        o.table = self.data.as_ref().map(|p| TableOptions {
+            path: absolute(p),
+            test_path: self.test_data.as_deref().map(absolute),
+            test_fraction: self.test_fraction,
+            columns: self.columns.clone(),
+            context_columns: self.context_columns.clone(),
+            fingerprint: None,
+        });
         o
     }
 
@@ -443,6 +493,7 @@ pub fn run<I: IntoIterator<Item = T>, T: Into<OsString> + Clone>(args: I) -> Res
         .unwrap_or_default();
     match cli.command {
         Command::Train2d(a) => cmd_train2d(a, &given),
+        Command::Score(a) => cmd_score(a),
         Command::Compare(a) => cmd_compare(a),
         Command::Train(a) => cmd_train(a, &given),
         Command::Eval(a) => cmd_eval(a, false),
@@ -609,11 +660,13 @@ fn cmd_compare(a: CompareArgs) -> Result<()> {
         };
         let cfg = a.common.config(kind, Permutation::Lu);
         let s = train2d(Start::Fresh(cfg), Some(opts.clone()), &io, &device)?;
-        let (model, _) = load_trained(&out, &device)?;
-        grids.push((
-            title.to_string(),
-            eval2d::model_density_grid(&model, opts.target, opts.grid, &device),
-        ));
+        if opts.table.is_none() {
+            let (model, _) = load_trained(&out, &device)?;
+            grids.push((
+                title.to_string(),
+                eval2d::model_density_grid(&model, opts.target, opts.grid, &device),
+            ));
+        }
         entropy = s.entropy;
         results.insert(
             kind.name().into(),
@@ -624,13 +677,20 @@ fn cmd_compare(a: CompareArgs) -> Result<()> {
                 "train_seconds": s.train_seconds,
                 "seconds_per_step": s.seconds_per_step,
                 "parameters": s.parameters,
+                "gaussian_test_nll": s.gaussian_test_nll,
             }),
         );
         rows.push((title, s));
     }
-    comparison_picture(opts.target, &grids, opts.grid).save_png(&a.out.join("compare.png"))?;
+    if opts.table.is_none() {
+        comparison_picture(opts.target, &grids, opts.grid).save_png(&a.out.join("compare.png"))?;
+    }
+    let data_name = match &opts.table {
+        Some(t) => t.path.display().to_string(),
+        None => opts.target.name().to_string(),
+    };
     let report = json!({
-        "target": opts.target.name(),
+        "target": data_name,
         "steps": opts.steps,
         "entropy": entropy,
         "models": results,
@@ -638,7 +698,7 @@ fn cmd_compare(a: CompareArgs) -> Result<()> {
     checkpoint::save_json(&report, &a.out.join("compare.json"))?;
     let mut md = format!(
         "# {} — Real NVP vs Glow, {} steps, batch {}, seed {}\n\n",
-        opts.target.name(),
+        data_name,
         opts.steps,
         opts.batch,
         opts.seed
@@ -915,4 +975,89 @@ fn cmd_sample(a: SampleArgs) -> Result<()> {
         100.0 * batch.clipped_high
     );
     Ok(())
+}
+
+/// A path made absolute against the working directory (kept as given when that fails; the
+/// reader then names it).
+fn absolute(p: &std::path::Path) -> PathBuf {
+    std::path::absolute(p).unwrap_or_else(|_| p.to_path_buf())
+}
+
+fn cmd_score(a: ScoreArgs) -> Result<()> {
+    use crate::data::table::read_table;
+    use crate::train::data2d::{log_prob_rows, TableData};
+    let device = crate::device_by_name(&a.device)?;
+    let (model, state) = load_trained(&a.checkpoint, &device)
+        .with_context(|| format!("--checkpoint {}", a.checkpoint.display()))?;
+    let Some(topts) = state.options.table.clone() else {
+        return Err(InputError::flag(
+            "--checkpoint",
+            a.checkpoint.display(),
+            "was trained on a built-in target, not a table (score needs a train2d --data run)",
+        )
+        .into());
+    };
+    let (dim, k) = (state.model.dim, state.model.context);
+    let (rows, source) = match &a.data {
+        None => {
+            let d = TableData::load(&topts, state.options.seed)?;
+            (d.test, format!("test rows of {}", topts.path.display()))
+        }
+        Some(p) => {
+            let t = read_table(p)?;
+            let train = read_table(&topts.path).ok();
+            // Columns by name when both tables name them, else by the training table's
+            // positions.
+            let want: Vec<String> = match &train {
+                Some(tr) => {
+                    let ctx = tr.column_indices(&topts.context_columns, "--context-columns")?;
+                    let cols: Vec<usize> = if topts.columns.is_empty() {
+                        (0..tr.width()).filter(|c| !ctx.contains(c)).collect()
+                    } else {
+                        tr.column_indices(&topts.columns, "--columns")?
+                    };
+                    cols.iter()
+                        .chain(&ctx)
+                        .map(|&c| {
+                            if tr.named && t.named {
+                                tr.columns[c].clone()
+                            } else {
+                                c.to_string()
+                            }
+                        })
+                        .collect()
+                }
+                None => topts.columns.iter().chain(&topts.context_columns).cloned().collect(),
+            };
+            let idx = t.column_indices(&want, "--data")?;
+            if idx.len() != dim + k {
+                return Err(InputError::flag(
+                    "--data",
+                    p.display(),
+                    format!("needs the {} columns the model was trained on", dim + k),
+                )
+                .into());
+            }
+            let all: Vec<usize> = (0..t.rows).collect();
+            (t.gather(&all, &idx), p.display().to_string())
+        }
+    };
+    let lp = log_prob_rows(&model, &rows, dim, k, &device);
+    let mut w = csv::Writer::from_writer(Vec::new());
+    w.write_record(["row", "log_prob"])?;
+    for (i, v) in lp.iter().enumerate() {
+        w.write_record([(i + 1).to_string(), v.to_string()])?;
+    }
+    let bytes = w.into_inner().map_err(|e| anyhow::anyhow!("{e}"))?;
+    let finite: Vec<f64> = lp.iter().copied().filter(|v| v.is_finite()).collect();
+    print_json(&json!({
+        "checkpoint": a.checkpoint,
+        "data": source,
+        "rows": lp.len(),
+        "mean_log_prob": finite.iter().sum::<f64>() / finite.len().max(1) as f64,
+        "nonfinite": lp.len() - finite.len(),
+        "out": a.out,
+    }))?;
+    crate::fsutil::write_atomic(&a.out, &bytes)
+        .map_err(|e| InputError::flag("--out", a.out.display(), format!("{e:#}")).into())
 }

@@ -96,3 +96,12 @@ pub fn weight(s: &str) -> Result<f64, String> {
     }
     Ok(v)
 }
+
+/// A fraction strictly between 0 and 1.
+pub fn fraction(s: &str) -> Result<f64, String> {
+    let v = finite(s)?;
+    if !(v > 0.0 && v < 1.0) {
+        return Err("must be in (0, 1)".into());
+    }
+    Ok(v)
+}

@@ -5,6 +5,7 @@ pub mod dequant;
 pub mod folder;
 pub mod idx;
 pub mod images;
+pub mod table;
 pub mod toy2d;
 
 pub use images::{DataSpec, ImageSet, LoadOptions, Splits};

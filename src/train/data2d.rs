@@ -1,13 +1,31 @@
-//! The 2D training data stream: pools of fresh target samples (the tutorial's 65,536), redrawn
-//! when used up. Pool `r` is drawn from its own RNG seeded by `(seed, r)`, so the batch of any
-//! step is a pure function of the seed and the step: resuming reproduces the data exactly.
+//! Training data of vector flows.
+//!
+//! - 2D targets: pools of fresh target samples (the tutorial's 65,536), redrawn when used up.
+//!   Pool `r` is drawn from its own RNG seeded by `(seed, r)`.
+//! - Tables ([`TableData`]): the training rows in seeded epoch permutations.
+//!
+//! Either way the batch of any step is a pure function of the seed and the step: resuming
+//! reproduces the data exactly.
 
+use std::path::Path;
+
+use anyhow::Result;
+use burn::tensor::Device;
+use rand::seq::SliceRandom;
 use rand::SeedableRng;
 use rand_chacha::ChaCha8Rng;
 
+use super::train2d::TableOptions;
+use crate::data::table::read_table;
 use crate::data::toy2d::Target;
+use crate::error::InputError;
+use crate::models::VectorFlow;
+use crate::tensor_util::{from_vec, to_vec};
 
+/// The batches of a vector-flow run, as flat `[batch * width]` float32 rows.
 pub struct DataStream {
+    /// Rows of a table (`width` values each) when the run trains on one.
+    rows: Option<(Vec<f64>, usize)>,
     target: Target,
     seed: u64,
     batch: usize,
@@ -23,6 +41,7 @@ impl DataStream {
     pub fn new(target: Target, seed: u64, batch: usize) -> Self {
         let pool_size = DEFAULT_POOL.div_ceil(batch) * batch;
         DataStream {
+            rows: None,
             target,
             seed,
             batch,
@@ -32,8 +51,24 @@ impl DataStream {
         }
     }
 
-    /// The batch of training step `step` (0-based), as flat `[batch * 2]` f32.
+    /// The training rows of a table, in seeded epoch permutations.
+    pub fn table(data: &TableData, seed: u64, batch: usize) -> Self {
+        let mut s = DataStream::new(Target::Normals, seed, batch);
+        s.rows = Some((data.train.clone(), data.dim + data.context));
+        s
+    }
+
+    /// The batch of training step `step` (0-based), as flat `[batch * width]` f32 (width 2 for
+    /// a target; a table's data then context columns).
     pub fn batch_at(&mut self, step: usize) -> Vec<f32> {
+        if let Some((rows, width)) = &self.rows {
+            let n = rows.len() / width;
+            let idx = super::epoch_batch(n, self.batch, self.seed, step);
+            return idx
+                .iter()
+                .flat_map(|&i| rows[i * width..(i + 1) * width].iter().map(|&v| v as f32))
+                .collect();
+        }
         let start = step * self.batch;
         let r = start / self.pool_size;
         if self.pool_index != Some(r) {
@@ -62,4 +97,335 @@ pub fn test_points(target: Target, seed: u64, n: usize) -> Vec<[f64; 2]> {
     let mut rng = ChaCha8Rng::seed_from_u64(test_seed(seed));
     rng.set_stream(0);
     target.sample(n, &mut rng)
+}
+
+/// A table run's data: the training and test rows (data columns, then context columns), their
+/// names, and where the test rows came from.
+pub struct TableData {
+    /// The training table's path, as the summary names it.
+    pub source: String,
+    /// Column names: the `dim` data columns, then the `context` columns.
+    pub names: Vec<String>,
+    /// Number of modelled columns `D`.
+    pub dim: usize,
+    /// Number of context columns `K`.
+    pub context: usize,
+    /// Training rows, `[n_train, D + K]` row-major.
+    pub train: Vec<f64>,
+    /// Test rows, `[n_test, D + K]`.
+    pub test: Vec<f64>,
+    /// For a held-out split: 1 for each row of the file that is a test row.
+    pub split: Option<Vec<u8>>,
+    /// [`Table::fingerprint`](crate::data::table::Table::fingerprint) of the training table.
+    pub fingerprint: String,
+}
+
+impl TableData {
+    /// Read the table(s) `opts` names, select the columns and split off the test rows (a seeded
+    /// draw of `test_fraction` of the rows, kept in file order) unless a test table is given.
+    ///
+    /// # Errors
+    /// Names the file, row and column of a bad cell ([`read_table`]), `--columns` /
+    /// `--context-columns` for an unknown column, `--data` for fewer than 2 modelled columns or
+    /// too few rows, `--test-data` for a test table whose columns differ.
+    pub fn load(opts: &TableOptions, seed: u64) -> Result<Self> {
+        let table = read_table(&opts.path)?;
+        let ctx = table.column_indices(&opts.context_columns, "--context-columns")?;
+        let cols = if opts.columns.is_empty() {
+            (0..table.width()).filter(|c| !ctx.contains(c)).collect()
+        } else {
+            table.column_indices(&opts.columns, "--columns")?
+        };
+        if let Some(c) = cols.iter().find(|c| ctx.contains(c)) {
+            return Err(InputError::flag(
+                "--context-columns",
+                &table.columns[*c],
+                "is also a modelled column (--columns)",
+            )
+            .into());
+        }
+        if cols.len() < 2 {
+            return Err(InputError::flag(
+                "--data",
+                opts.path.display(),
+                format!(
+                    "has {} modelled column(s); a flow needs at least 2 (columns: {})",
+                    cols.len(),
+                    table.columns.join(", ")
+                ),
+            )
+            .into());
+        }
+        let all: Vec<usize> = cols.iter().chain(&ctx).copied().collect();
+        let names = all.iter().map(|&c| table.columns[c].clone()).collect();
+        let (train, test, split) = match &opts.test_path {
+            Some(p) => {
+                let t = read_table(p)?;
+                if t.width() != table.width() || (t.named && table.named && t.columns != table.columns) {
+                    return Err(InputError::flag(
+                        "--test-data",
+                        p.display(),
+                        format!(
+                            "has columns [{}] but the training table [{}]",
+                            t.columns.join(", "),
+                            table.columns.join(", ")
+                        ),
+                    )
+                    .into());
+                }
+                let every = |n: usize| (0..n).collect::<Vec<_>>();
+                (table.gather(&every(table.rows), &all), t.gather(&every(t.rows), &all), None)
+            }
+            None => {
+                let n = table.rows;
+                let n_test = ((n as f64) * opts.test_fraction).round() as usize;
+                if n_test == 0 || n_test >= n {
+                    return Err(InputError::flag(
+                        "--test-fraction",
+                        opts.test_fraction,
+                        format!("leaves {n_test} of {n} rows for testing; need at least one on each side"),
+                    )
+                    .into());
+                }
+                let mut perm: Vec<usize> = (0..n).collect();
+                perm.shuffle(&mut ChaCha8Rng::seed_from_u64(seed ^ 0x7AB1E));
+                let mut flag = vec![0u8; n];
+                for &i in &perm[n - n_test..] {
+                    flag[i] = 1;
+                }
+                let pick = |want: u8| (0..n).filter(|&i| flag[i] == want).collect::<Vec<_>>();
+                (table.gather(&pick(0), &all), table.gather(&pick(1), &all), Some(flag))
+            }
+        };
+        Ok(TableData {
+            source: opts.path.display().to_string(),
+            names,
+            dim: cols.len(),
+            context: ctx.len(),
+            train,
+            test,
+            split,
+            fingerprint: table.fingerprint(),
+        })
+    }
+
+    fn width(&self) -> usize {
+        self.dim + self.context
+    }
+
+    /// Training rows.
+    pub fn train_rows(&self) -> usize {
+        self.train.len() / self.width()
+    }
+
+    /// Test rows.
+    pub fn test_rows(&self) -> usize {
+        self.test.len() / self.width()
+    }
+
+    /// Refuse a batch larger than the training split (errors name `--batch`).
+    pub fn check_batch(&self, batch: usize) -> Result<()> {
+        if batch > self.train_rows() {
+            return Err(InputError::flag(
+                "--batch",
+                batch,
+                format!("is larger than the training rows ({})", self.train_rows()),
+            )
+            .into());
+        }
+        Ok(())
+    }
+
+    /// Per-column mean and population standard deviation of the training rows, for the data
+    /// and the context columns. A constant column is refused (no density exists on a point).
+    #[allow(clippy::type_complexity)]
+    pub fn standardization(&self) -> Result<((Vec<f64>, Vec<f64>), (Vec<f64>, Vec<f64>))> {
+        let w = self.width();
+        let n = self.train_rows() as f64;
+        let mut mean = vec![0.0; w];
+        for r in self.train.chunks(w) {
+            for (m, v) in mean.iter_mut().zip(r) {
+                *m += v / n;
+            }
+        }
+        let mut var = vec![0.0; w];
+        for r in self.train.chunks(w) {
+            for ((s, v), m) in var.iter_mut().zip(r).zip(&mean) {
+                *s += (v - m) * (v - m) / n;
+            }
+        }
+        let std: Vec<f64> = var.iter().map(|v| v.sqrt()).collect();
+        if let Some(c) = (0..w).find(|&c| std[c] <= 1e-12 * (1.0 + mean[c].abs())) {
+            return Err(InputError::flag(
+                "--data",
+                &self.source,
+                format!(
+                    "column '{}' is constant in the training rows: no density exists on a point (drop it with --columns)",
+                    self.names[c]
+                ),
+            )
+            .into());
+        }
+        let (d, k) = (self.dim, self.context);
+        Ok((
+            (mean[..d].to_vec(), std[..d].to_vec()),
+            (mean[d..d + k].to_vec(), std[d..d + k].to_vec()),
+        ))
+    }
+
+    /// Write the held-out split (`split.csv`: `row,test`, 1-based file rows) into the run
+    /// directory, so another program can train on exactly the same rows.
+    pub fn write_split(&self, out: &Path) -> Result<()> {
+        let Some(flag) = &self.split else {
+            return Ok(());
+        };
+        let mut w = csv::Writer::from_writer(Vec::new());
+        w.write_record(["row", "test"])?;
+        for (i, f) in flag.iter().enumerate() {
+            w.write_record([(i + 1).to_string(), f.to_string()])?;
+        }
+        let bytes = w.into_inner().map_err(|e| anyhow::anyhow!("{e}"))?;
+        crate::fsutil::write_atomic(&out.join("split.csv"), &bytes)
+    }
+
+    /// `log p(x | context)` of each row of `rows` (`[n, D + K]`), nats, in chunks.
+    pub fn log_prob_rows(&self, model: &VectorFlow, rows: &[f64], device: &Device) -> Vec<f64> {
+        log_prob_rows(model, rows, self.dim, self.context, device)
+    }
+
+    /// Test NLL of a full-covariance Gaussian fitted by maximum likelihood to the training
+    /// rows (conditional models: `log N(x, c) - log N(c)`, the Gaussian's `p(x | c)`); `None`
+    /// when the covariance is singular.
+    pub fn gaussian_test_nll(&self) -> Option<f64> {
+        let w = self.width();
+        let joint = Gaussian::fit(&self.train, w, &(0..w).collect::<Vec<_>>())?;
+        let ctx: Vec<usize> = (self.dim..w).collect();
+        let marginal = if ctx.is_empty() {
+            None
+        } else {
+            Some(Gaussian::fit(&self.train, w, &ctx)?)
+        };
+        let mut total = 0.0;
+        for r in self.test.chunks(w) {
+            let mut lp = joint.log_prob(r);
+            if let Some(m) = &marginal {
+                lp -= m.log_prob(&r[self.dim..]);
+            }
+            total -= lp;
+        }
+        Some(total / self.test_rows() as f64)
+    }
+
+    /// One sample per test row (for that row's context when the model is conditional), at
+    /// temperature 1: `[n_test, D]`.
+    pub fn samples_for_test(&self, model: &VectorFlow, seed: u64, device: &Device) -> Vec<f64> {
+        let n = self.test_rows();
+        let mut rng = ChaCha8Rng::seed_from_u64(seed);
+        let ctx = (self.context > 0).then(|| {
+            let w = self.width();
+            let v: Vec<f32> = self
+                .test
+                .chunks(w)
+                .flat_map(|r| r[self.dim..].iter().map(|&v| v as f32))
+                .collect();
+            from_vec(v, [n, self.context], device)
+        });
+        let (x, _) = model.sample_ctx(n, 1.0, ctx.as_ref(), &mut rng, device);
+        to_vec(x).into_iter().map(f64::from).collect()
+    }
+}
+
+/// `log p(x | context)` of each row of `rows` (`[n, dim + context]` row-major), nats; chunks of
+/// 8192 rows.
+pub fn log_prob_rows(
+    model: &VectorFlow,
+    rows: &[f64],
+    dim: usize,
+    context: usize,
+    device: &Device,
+) -> Vec<f64> {
+    let w = dim + context;
+    let mut out = Vec::with_capacity(rows.len() / w);
+    for chunk in rows.chunks(8192 * w) {
+        let n = chunk.len() / w;
+        let x: Vec<f32> = chunk
+            .chunks(w)
+            .flat_map(|r| r[..dim].iter().map(|&v| v as f32))
+            .collect();
+        let x = from_vec(x, [n, dim], device);
+        let c = (context > 0).then(|| {
+            let v: Vec<f32> = chunk
+                .chunks(w)
+                .flat_map(|r| r[dim..].iter().map(|&v| v as f32))
+                .collect();
+            from_vec(v, [n, context], device)
+        });
+        out.extend(
+            to_vec(model.log_prob_ctx(x, c.as_ref()))
+                .into_iter()
+                .map(f64::from),
+        );
+    }
+    out
+}
+
+/// A Gaussian `N(mean, cov)` over some columns, its covariance factored for log-densities.
+struct Gaussian {
+    cols: Vec<usize>,
+    mean: Vec<f64>,
+    inv: crate::linalg::Mat,
+    log_det: f64,
+}
+
+impl Gaussian {
+    /// Maximum-likelihood fit to the columns `cols` of `rows` (`width` values each); `None`
+    /// when the covariance is singular.
+    fn fit(rows: &[f64], width: usize, cols: &[usize]) -> Option<Gaussian> {
+        let d = cols.len();
+        let n = (rows.len() / width) as f64;
+        let mut mean = vec![0.0; d];
+        for r in rows.chunks(width) {
+            for (m, &c) in mean.iter_mut().zip(cols) {
+                *m += r[c] / n;
+            }
+        }
+        let mut cov = crate::linalg::Mat::zeros(d);
+        for r in rows.chunks(width) {
+            for i in 0..d {
+                let a = r[cols[i]] - mean[i];
+                for j in 0..d {
+                    let b = r[cols[j]] - mean[j];
+                    cov.set(i, j, cov.get(i, j) + a * b / n);
+                }
+            }
+        }
+        let (sign, log_det) = crate::linalg::slogdet(&cov)?;
+        if sign <= 0.0 || !log_det.is_finite() {
+            return None;
+        }
+        Some(Gaussian {
+            cols: cols.to_vec(),
+            mean,
+            inv: crate::linalg::inverse(&cov)?,
+            log_det,
+        })
+    }
+
+    /// `log N(x)` of the values `x` (already restricted to this Gaussian's columns when it has
+    /// as many values as columns; otherwise the columns are picked from a full row).
+    fn log_prob(&self, x: &[f64]) -> f64 {
+        let d = self.cols.len();
+        let v: Vec<f64> = if x.len() == d {
+            x.iter().zip(&self.mean).map(|(a, m)| a - m).collect()
+        } else {
+            self.cols.iter().zip(&self.mean).map(|(&c, m)| x[c] - m).collect()
+        };
+        let mut q = 0.0;
+        for i in 0..d {
+            for j in 0..d {
+                q += v[i] * self.inv.get(i, j) * v[j];
+            }
+        }
+        -0.5 * (d as f64 * crate::distributions::LN_2PI + self.log_det + q)
+    }
 }

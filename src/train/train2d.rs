@@ -1,5 +1,6 @@
-//! Maximum-likelihood training of a 2D flow (the tutorial's experiment), with metrics, pictures,
-//! checkpoints and exact resume.
+//! Maximum-likelihood training of a vector flow, with metrics, pictures, checkpoints and exact
+//! resume: on a built-in 2D target (the tutorial's experiment), or on a user's table of
+//! `D`-dimensional rows, optionally conditioned on context columns (see [`TableOptions`]).
 
 use std::io::Write;
 use std::path::{Path, PathBuf};
@@ -11,7 +12,7 @@ use burn::tensor::Device;
 use serde::{Deserialize, Serialize};
 
 use super::checkpoint::{checkpoint_dir, Checkpoint, EMA_FILE, MODEL_FILE};
-use super::data2d::{test_points, DataStream};
+use super::data2d::{test_points, DataStream, TableData};
 use super::interrupt;
 use super::run_dir::{self, apply_change, ResumeChanges, ResumeRecord};
 use super::stability::{stop_error, write_group_norms, Guard, StabilityOptions, Window};
@@ -19,7 +20,8 @@ use super::{eval2d, open_run_logs, parallel, progress_bar};
 use crate::data::toy2d::Target;
 use crate::error::{FieldError, InputError};
 use crate::layers::ActNormFlags;
-use crate::models::{VectorFlow, VectorFlowConfig, ModelKind};
+use crate::flow::Flow;
+use crate::models::{VectorFlow, VectorFlowConfig};
 use crate::tensor_util::from_vec;
 use crate::train::adam::optimizer;
 use crate::viz::{self, colour_bar, panels, scatter, Canvas, DensityGrid};
@@ -51,6 +53,29 @@ pub struct Train2dOptions {
     /// tutorial's recipe; runs saved before these existed load with them off).
     #[serde(default = "StabilityOptions::off")]
     pub stability: StabilityOptions,
+    /// Train on a user's table instead of `target` (runs saved before tables existed have
+    /// none).
+    #[serde(default)]
+    pub table: Option<TableOptions>,
+}
+
+/// A user's numeric table as the training data of a vector flow.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct TableOptions {
+    /// The training table, `.csv` or `.npy` (absolute path).
+    pub path: PathBuf,
+    /// A separate test table with the same columns (absolute), or `None`: hold out
+    /// `test_fraction` of `path`'s rows (a seeded draw; the run writes it to `split.csv`).
+    pub test_path: Option<PathBuf>,
+    /// Share of the rows held out for testing when there is no test table, in (0, 1).
+    pub test_fraction: f64,
+    /// Modelled columns, names or 0-based indices (empty: every column not in the context).
+    pub columns: Vec<String>,
+    /// Context columns the flow is conditioned on (names or 0-based indices).
+    pub context_columns: Vec<String>,
+    /// [`Table::fingerprint`](crate::data::table::Table::fingerprint) of the training table,
+    /// filled when the run starts; a resumed run checks it.
+    pub fingerprint: Option<String>,
 }
 
 impl Train2dOptions {
@@ -69,6 +94,7 @@ impl Train2dOptions {
             test_samples: 20_000,
             grid: 256,
             stability: StabilityOptions::off(),
+            table: None,
         }
     }
 
@@ -90,6 +116,16 @@ impl Train2dOptions {
         )?;
         count("grid", "--grid", self.grid, 2, 4096)?;
         count("frames", "--frames", self.frames, 0, 10_000)?;
+        if let Some(t) = &self.table {
+            if !(t.test_fraction > 0.0 && t.test_fraction < 1.0) {
+                return Err(FieldError::new(
+                    "test_fraction",
+                    "--test-fraction",
+                    t.test_fraction,
+                    "must be in (0, 1)",
+                ));
+            }
+        }
         self.stability.validate()
     }
 
@@ -127,6 +163,7 @@ pub struct RunState {
 #[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct Summary {
     pub model: String,
+    /// The target's name, or the table's file.
     pub target: String,
     pub steps: usize,
     pub test_nll: f64,
@@ -142,6 +179,17 @@ pub struct Summary {
     pub parameters: usize,
     pub config: VectorFlowConfig,
     pub options: Train2dOptions,
+    /// Tables: rows in the training and test splits.
+    #[serde(default)]
+    pub rows: Option<(usize, usize)>,
+    /// Tables: mean NLL (nats per row, data units) of the training rows.
+    #[serde(default)]
+    pub train_nll: Option<f64>,
+    /// Tables: test NLL of a full-covariance Gaussian fitted (maximum likelihood) to the
+    /// training rows, the baseline a flow must beat (conditional models: the Gaussian's
+    /// conditional `p(x | context)`).
+    #[serde(default)]
+    pub gaussian_test_nll: Option<f64>,
 }
 
 /// How a run starts.
@@ -218,7 +266,7 @@ pub fn density_scale(target: Target, grid: usize) -> f64 {
 /// Refuse a batch size the model cannot use: Real NVP's batch norm needs at least 2 points, and
 /// every batch must fit in memory. `source` turns the error into a flag or file error.
 fn check_batch(cfg: &VectorFlowConfig, opts: &Train2dOptions) -> std::result::Result<(), FieldError> {
-    if cfg.model == ModelKind::Realnvp && opts.batch < 2 {
+    if VectorFlow::new(cfg, &Device::flex()).flow.uses_batch_statistics() && opts.batch < 2 {
         return Err(FieldError::new(
             "batch",
             "--batch",
@@ -259,14 +307,31 @@ pub fn train2d(
     }
     let mut resumes = Vec::new();
     let mut saved = None;
+    let mut table: Option<TableData> = None;
     let (mut model, mut optim, opts, cfg, first_step, mut train_seconds, ema, skipped, threads) =
         match start {
-            Start::Fresh(cfg) => {
-                cfg.validate().map_err(FieldError::on_flag)?;
-                let opts = options.context("training options are required for a fresh run")?;
+            Start::Fresh(mut cfg) => {
+                let mut opts = options.context("training options are required for a fresh run")?;
                 opts.validate().map_err(FieldError::on_flag)?;
+                if let Some(t) = &mut opts.table {
+                    let data = TableData::load(t, opts.seed)?;
+                    t.fingerprint = Some(data.fingerprint.clone());
+                    cfg.dim = data.dim;
+                    cfg.context = data.context;
+                    cfg.standardize = true;
+                    table = Some(data);
+                }
+                cfg.validate().map_err(FieldError::on_flag)?;
                 check_batch(&cfg, &opts).map_err(FieldError::on_flag)?;
-                let model = VectorFlow::new(&cfg, &train_device);
+                let mut model = VectorFlow::new(&cfg, &train_device);
+                if let Some(d) = &table {
+                    d.check_batch(opts.batch)?;
+                    let (data, context) = d.standardization()?;
+                    model.set_standardization(
+                        (&data.0, &data.1),
+                        (&context.0, &context.1),
+                    );
+                }
                 let optim = optimizer(opts.stability.optimizer);
                 (model, optim, opts, cfg, 0, 0.0, None, 0, io.threads)
             }
@@ -339,6 +404,21 @@ pub fn train2d(
                 )
             }
         };
+    if let (None, Some(t)) = (&table, &opts.table) {
+        let data = TableData::load(t, opts.seed)?;
+        if t.fingerprint.as_ref().is_some_and(|f| *f != data.fingerprint) {
+            return Err(InputError::flag(
+                "--data",
+                t.path.display(),
+                "is not the table this run was trained on (its values changed)",
+            )
+            .into());
+        }
+        table = Some(data);
+    }
+    if let Some(d) = &table {
+        d.write_split(out)?;
+    }
     std::fs::create_dir_all(frames_dir(out))?;
     if first_step > opts.steps {
         return Err(InputError::flag(
@@ -349,10 +429,23 @@ pub fn train2d(
         .into());
     }
 
-    let mut data = DataStream::new(opts.target, opts.seed, opts.batch);
-    if first_step == 0 && !model.flow.actnorm_flags().iter().all(|&f| f) {
-        let x = from_vec(data.batch_at(0), [opts.batch, 2], &train_device);
-        model.initialize(x, None);
+    let mut data = match &table {
+        Some(t) => DataStream::table(t, opts.seed, opts.batch),
+        None => DataStream::new(opts.target, opts.seed, opts.batch),
+    };
+    let (dim, k) = (cfg.dim, cfg.context);
+    let width = dim + k;
+    // Split host rows `[n, dim + k]` into the data and the context (none when k = 0).
+    let split = move |x: burn::tensor::Tensor<2>| {
+        if k == 0 {
+            (x, None)
+        } else {
+            (x.clone().narrow(1, 0, dim), Some(x.narrow(1, dim, k)))
+        }
+    };
+    if first_step == 0 && model.flow.needs_data_init() {
+        let (x, c) = split(from_vec(data.batch_at(0), [opts.batch, width], &train_device));
+        model.initialize(x, c.as_ref());
     }
 
     let mut guard = Guard::new(&model, opts.stability.clone(), ema, skipped);
@@ -364,9 +457,11 @@ pub fn train2d(
     // The newest checkpoint that exists (`saved`): the one resumed from, then each one this run
     // writes.
 
+    // Density frames are pictures of a 2D target's plane.
+    let frames = if table.is_some() { 0 } else { opts.frames };
     let frame_every = opts
         .steps
-        .checked_div(opts.frames)
+        .checked_div(frames)
         .map_or(usize::MAX, |e| e.max(1));
     let vmax = density_scale(opts.target, opts.grid);
     let bar = progress_bar(io.progress, opts.steps as u64, first_step as u64);
@@ -374,6 +469,7 @@ pub fn train2d(
     let mut clock = Instant::now();
     let mut rate_clock = (Instant::now(), first_step);
     let threads = threads.max(1);
+    let batch_statistics = model.flow.uses_batch_statistics();
     let state_at = |flags: Vec<bool>, guard: &Guard, step: usize, train_seconds: f64| RunState {
         model: cfg.clone(),
         options: opts.clone(),
@@ -393,15 +489,12 @@ pub fn train2d(
         }
         let lr = opts.lr_at(step);
         let batch = data.batch_at(step);
-        // Batch norm needs the statistics of the whole batch: Real NVP runs unsharded.
-        let shards = if cfg.model == ModelKind::Realnvp {
-            1
-        } else {
-            threads
-        };
+        // Batch norm needs the statistics of the whole batch: such a flow runs unsharded.
+        let shards = if batch_statistics { 1 } else { threads };
         let (value, grads) =
-            parallel::loss_and_grads(&model, &batch, 2, shards, &train_device, |m, x| {
-                m.log_prob(x).mean().neg()
+            parallel::loss_and_grads(&model, &batch, width, shards, &train_device, |m, x| {
+                let (x, c) = split(x);
+                m.log_prob_ctx(x, c.as_ref()).mean().neg()
             });
         let (next, outcome, report, stop) = guard.step(model, &mut optim, lr, value, grads);
         model = next;
@@ -416,8 +509,14 @@ pub fn train2d(
                 step + 1
             )?;
             metrics.flush()?;
-            let x = crate::flow::vec_to_nchw(from_vec(batch, [opts.batch, 2], device));
-            let place = model.valid().flow.trace_nonfinite(x, None, false).err();
+            let (x, c) = split(from_vec(batch, [opts.batch, width], device));
+            let eval = model.valid();
+            let x = crate::flow::vec_to_nchw(x);
+            let x = match &eval.standardize {
+                Some(s) => s.forward(x).0,
+                None => x,
+            };
+            let place = eval.flow.trace_nonfinite(x, c.as_ref(), false).err();
             return Err(stop_error(step + 1, lr, &why, place, saved));
         }
         let done = step + 1;
@@ -448,7 +547,7 @@ pub fn train2d(
         let ckpt_due = opts.checkpoint_every > 0 && done % opts.checkpoint_every == 0;
         if frame_due || ckpt_due {
             train_seconds += clock.elapsed().as_secs_f64();
-            if frame_due && opts.frames > 0 {
+            if frame_due && frames > 0 {
                 let eval = guard.eval_weights(model.valid());
                 let grid = eval2d::model_density_grid(&eval, opts.target, opts.grid, device);
                 let path = frames_dir(out).join(format!("{done:08}.idx"));
@@ -479,7 +578,11 @@ pub fn train2d(
     }
 
     let eval = guard.eval_weights(model.valid());
-    let summary = evaluate_and_draw(&eval, &state, out, device, vmax)?;
+    let summary = match &table {
+        Some(t) => evaluate_table(&eval, &state, t, out, device)?,
+        None => evaluate_and_draw(&eval, &state, out, device, vmax)?,
+    };
+    crate::viz::charts::loss_curve(out, "step", "loss", "training NLL (nats)")?;
     super::save_summary(&summary, &out.join("summary.json"))?;
     Ok(summary)
 }
@@ -551,6 +654,58 @@ fn evaluate_and_draw(
         parameters: model.num_params(),
         config: state.model.clone(),
         options: opts.clone(),
+        rows: None,
+        train_nll: None,
+        gaussian_test_nll: None,
+    })
+}
+
+/// Test figures and pictures of a run on a table: test and training NLL (nats per row, in the
+/// data's units), the full-covariance Gaussian baseline, and a corner plot of test rows against
+/// samples (drawn for the test rows' contexts when the model is conditional).
+fn evaluate_table(
+    model: &VectorFlow,
+    state: &RunState,
+    data: &TableData,
+    out: &Path,
+    device: &Device,
+) -> Result<Summary> {
+    let test_lp = data.log_prob_rows(model, &data.test, device);
+    let train_lp = data.log_prob_rows(model, &data.train, device);
+    let test_nll = eval2d::mean_nll(&test_lp);
+    let train_nll = eval2d::mean_nll(&train_lp);
+    let gaussian = data.gaussian_test_nll();
+    let samples = data.samples_for_test(model, state.options.seed ^ 0x5A3D, device);
+    crate::viz::charts::corner_plot(
+        &out.join("corner.png"),
+        &data.names[..data.dim],
+        &data.test,
+        data.dim + data.context,
+        &samples,
+        &format!(
+            "{}: test rows (blue) vs samples (orange), test NLL {test_nll:.3}",
+            state.model.model.name()
+        ),
+    )?;
+    let opts = &state.options;
+    Ok(Summary {
+        model: state.model.model.name().into(),
+        target: data.source.clone(),
+        steps: state.step,
+        test_nll,
+        entropy: None,
+        test_nll_minus_entropy: None,
+        off_mode_share: None,
+        target_off_mode_share: None,
+        train_seconds: state.train_seconds,
+        seconds_per_step: state.train_seconds / state.step.max(1) as f64,
+        skipped_steps: state.skipped_steps,
+        parameters: model.num_params(),
+        config: state.model.clone(),
+        options: opts.clone(),
+        rows: Some((data.train_rows(), data.test_rows())),
+        train_nll: Some(train_nll),
+        gaussian_test_nll: gaussian,
     })
 }
 

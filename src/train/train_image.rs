@@ -8,7 +8,6 @@ use std::time::Instant;
 use anyhow::{bail, Context, Result};
 use burn::module::Module;
 use burn::tensor::{DType, Device, Tensor};
-use rand::seq::SliceRandom;
 use rand::SeedableRng;
 use rand_chacha::ChaCha8Rng;
 use serde::{Deserialize, Serialize};
@@ -324,18 +323,6 @@ fn batch_rows(set: &ImageSet, idx: &[usize], n_bits: u32, rng: &mut ChaCha8Rng) 
         px.extend_from_slice(set.image(i));
     }
     dequantize(&px, n_bits, rng)
-}
-
-/// Image indices of training step `step`: epochs are seeded permutations, so any step's batch
-/// (and its dequantisation noise, from the per-step RNG) is reproducible on resume.
-fn batch_indices(n: usize, batch: usize, seed: u64, step: usize) -> Vec<usize> {
-    let per_epoch = (n / batch).max(1);
-    let (epoch, k) = (step / per_epoch, step % per_epoch);
-    let mut rng = ChaCha8Rng::seed_from_u64(seed ^ 0xD1CE);
-    rng.set_stream(epoch as u64);
-    let mut perm: Vec<usize> = (0..n).collect();
-    perm.shuffle(&mut rng);
-    (0..batch).map(|j| perm[(k * batch + j) % n]).collect()
 }
 
 fn step_rng(seed: u64, step: usize) -> ChaCha8Rng {
@@ -819,7 +806,7 @@ pub fn train_image(start: ImageStart, io: &RunIo, device: &Device) -> Result<Ima
     let width = d + k;
 
     if first == 0 && !model.actnorm_flags().iter().all(|&f| f) {
-        let idx = batch_indices(data.train.n, opts.init_batch.max(1), opts.seed ^ 0x1417, 0);
+        let idx = super::epoch_batch(data.train.n, opts.init_batch.max(1), opts.seed ^ 0x1417, 0);
         let x = batch_tensor(
             &data.train,
             &idx,
@@ -868,7 +855,7 @@ pub fn train_image(start: ImageStart, io: &RunIo, device: &Device) -> Result<Ima
             }
         }
         let lr = opts.lr * ((step + 1) as f64 / opts.warmup.max(1) as f64).min(1.0);
-        let idx = batch_indices(data.train.n, opts.batch, opts.seed, step);
+        let idx = super::epoch_batch(data.train.n, opts.batch, opts.seed, step);
         let mut rows = batch_rows(
             &data.train,
             &idx,
@@ -975,6 +962,7 @@ pub fn train_image(start: ImageStart, io: &RunIo, device: &Device) -> Result<Ima
         )
         .into());
     }
+    crate::viz::charts::loss_curve(out, "step", "bpd", "training bits/dim")?;
     let eval = guard.eval_weights(model.valid());
     let test = if opts.test_limit > 0 {
         data.test.take(opts.test_limit)

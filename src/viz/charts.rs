@@ -1,0 +1,214 @@
+//! Charts drawn with [plotters](https://docs.rs/plotters) (its bitmap backend, text set in the
+//! embedded DejaVu Sans, so no system font is needed): the corner plot of a table run and the
+//! training curve of every run. Rendered into memory and written atomically as PNG.
+
+use std::path::Path;
+use std::sync::OnceLock;
+
+use anyhow::{anyhow, Result};
+use plotters::prelude::*;
+
+use super::Canvas;
+
+/// Register DejaVu Sans as plotters' `sans-serif` (once per process).
+fn fonts() {
+    static DONE: OnceLock<()> = OnceLock::new();
+    DONE.get_or_init(|| {
+        use plotters::style::{register_font, FontStyle};
+        // A failure leaves text undrawable; the chart functions then return the error.
+        let _ = register_font("sans-serif", FontStyle::Normal, dejavu::sans::regular());
+        let _ = register_font("sans-serif", FontStyle::Bold, dejavu::sans::bold());
+    });
+}
+
+/// Draw into a `width x height` RGB buffer with `draw`, then save it as a PNG at `path`.
+fn render(
+    path: &Path,
+    (width, height): (u32, u32),
+    draw: impl FnOnce(DrawingArea<BitMapBackend, plotters::coord::Shift>) -> Result<()>,
+) -> Result<()> {
+    fonts();
+    let mut rgb = vec![255u8; (width * height * 3) as usize];
+    {
+        let root = BitMapBackend::with_buffer(&mut rgb, (width, height)).into_drawing_area();
+        root.fill(&WHITE).map_err(|e| anyhow!("{e}"))?;
+        draw(root.clone())?;
+        root.present().map_err(|e| anyhow!("{e}"))?;
+    }
+    Canvas {
+        width: width as usize,
+        height: height as usize,
+        rgb,
+    }
+    .save_png(path)
+}
+
+fn err<E: std::fmt::Display>(e: E) -> anyhow::Error {
+    anyhow!("drawing a chart: {e}")
+}
+
+/// Columns shown in a corner plot at most (the first ones); more panels would be unreadable.
+pub const CORNER_MAX_COLUMNS: usize = 8;
+
+/// A corner plot: for the first (up to [`CORNER_MAX_COLUMNS`]) columns, a grid of panels with
+/// the pairwise scatter of `rows` (blue) and `samples` (orange) below the diagonal and both
+/// histograms on it. `rows` holds `width` values per row (the first `names.len()` are plotted);
+/// `samples` holds `names.len()` per row. At most 3,000 points of each are drawn.
+pub fn corner_plot(
+    path: &Path,
+    names: &[String],
+    rows: &[f64],
+    width: usize,
+    samples: &[f64],
+    title: &str,
+) -> Result<()> {
+    let d = names.len();
+    let k = d.min(CORNER_MAX_COLUMNS);
+    let data: Vec<&[f64]> = rows.chunks(width).take(3000).collect();
+    let smp: Vec<&[f64]> = samples.chunks(d).take(3000).collect();
+    // Axis ranges from the data's 0.5% and 99.5% quantiles, so a few wild samples do not
+    // squash the picture.
+    let ranges: Vec<(f64, f64)> = (0..k)
+        .map(|c| {
+            let mut v: Vec<f64> = data.iter().map(|r| r[c]).collect();
+            v.sort_by(f64::total_cmp);
+            let q = |p: f64| v[((v.len() - 1) as f64 * p).round() as usize];
+            let (lo, hi) = (q(0.005), q(0.995));
+            let pad = 0.1 * (hi - lo).max(1e-9);
+            (lo - pad, hi + pad)
+        })
+        .collect();
+    let side = (180 * k as u32).clamp(400, 1600);
+    render(path, (side, side + 40), |root| {
+        let root = root
+            .titled(title, ("sans-serif", 18))
+            .map_err(err)?;
+        let blue = RGBColor(31, 119, 180);
+        let orange = RGBColor(255, 127, 14);
+        for (i, area) in root.split_evenly((k, k)).iter().enumerate() {
+            let (row, col) = (i / k, i % k);
+            if col > row {
+                continue;
+            }
+            let (xr, yr) = (ranges[col], ranges[row]);
+            let mut cb = ChartBuilder::on(area);
+            cb.margin(6).x_label_area_size(28).y_label_area_size(40);
+            if row == col {
+                let bins = 30;
+                let w = (xr.1 - xr.0) / bins as f64;
+                let hist = |pts: &[&[f64]]| {
+                    let mut h = vec![0.0; bins];
+                    for p in pts {
+                        let b = (p[col] - xr.0) / w;
+                        if b >= 0.0 && (b as usize) < bins {
+                            h[b as usize] += 1.0 / (pts.len() as f64 * w);
+                        }
+                    }
+                    h
+                };
+                let (hd, hs) = (hist(&data), hist(&smp));
+                let top = hd.iter().chain(&hs).cloned().fold(1e-12, f64::max) * 1.1;
+                let mut ch = cb.build_cartesian_2d(xr.0..xr.1, 0.0..top).map_err(err)?;
+                ch.configure_mesh()
+                    .disable_mesh()
+                    .x_labels(3)
+                    .y_labels(3)
+                    .x_desc(names[col].as_str())
+                    .label_style(("sans-serif", 10))
+                    .draw()
+                    .map_err(err)?;
+                for (h, c) in [(&hd, blue), (&hs, orange)] {
+                    ch.draw_series(h.iter().enumerate().map(|(b, &v)| {
+                        let x0 = xr.0 + b as f64 * w;
+                        Rectangle::new([(x0, 0.0), (x0 + w, v)], c.mix(0.45).filled())
+                    }))
+                    .map_err(err)?;
+                }
+            } else {
+                let mut ch = cb
+                    .build_cartesian_2d(xr.0..xr.1, yr.0..yr.1)
+                    .map_err(err)?;
+                ch.configure_mesh()
+                    .disable_mesh()
+                    .x_labels(3)
+                    .y_labels(3)
+                    .x_desc(names[col].as_str())
+                    .y_desc(names[row].as_str())
+                    .label_style(("sans-serif", 10))
+                    .draw()
+                    .map_err(err)?;
+                let inside = |p: &&&[f64]| {
+                    (xr.0..xr.1).contains(&p[col]) && (yr.0..yr.1).contains(&p[row])
+                };
+                for (pts, c) in [(&data, blue), (&smp, orange)] {
+                    ch.draw_series(
+                        pts.iter()
+                            .filter(inside)
+                            .map(|p| Circle::new((p[col], p[row]), 1, c.mix(0.35).filled())),
+                    )
+                    .map_err(err)?;
+                }
+            }
+        }
+        Ok(())
+    })
+}
+
+/// Draw `loss.png` in the run directory `out` from its `metrics.csv`: the column `y` against
+/// the column `x` (non-finite values left out), titled `title`.
+///
+/// # Errors
+/// An unreadable `metrics.csv`, a missing column, or a failed write.
+pub fn loss_curve(out: &Path, x: &str, y: &str, title: &str) -> Result<()> {
+    let path = out.join("metrics.csv");
+    let mut reader = csv::Reader::from_path(&path)
+        .map_err(|e| anyhow!("{}: {e}", path.display()))?;
+    let headers = reader.headers()?.clone();
+    let col = |name: &str| {
+        headers
+            .iter()
+            .position(|h| h == name)
+            .ok_or_else(|| anyhow!("{}: no column '{name}'", path.display()))
+    };
+    let (xi, yi) = (col(x)?, col(y)?);
+    let mut pts: Vec<(f64, f64)> = Vec::new();
+    for rec in reader.records() {
+        let rec = rec?;
+        if let (Some(a), Some(b)) = (rec.get(xi), rec.get(yi)) {
+            if let (Ok(a), Ok(b)) = (a.parse::<f64>(), b.parse::<f64>()) {
+                if a.is_finite() && b.is_finite() {
+                    pts.push((a, b));
+                }
+            }
+        }
+    }
+    if pts.is_empty() {
+        return Ok(());
+    }
+    let xmax = pts.iter().map(|p| p.0).fold(1.0, f64::max);
+    // The y range of the last 90% of the run, so the first steps' large values do not flatten
+    // the curve.
+    let tail = &pts[pts.len() / 10..];
+    let lo = tail.iter().map(|p| p.1).fold(f64::INFINITY, f64::min);
+    let hi = tail.iter().map(|p| p.1).fold(f64::NEG_INFINITY, f64::max);
+    let pad = 0.05 * (hi - lo).max(1e-6);
+    render(&out.join("loss.png"), (800, 480), |root| {
+        let mut ch = ChartBuilder::on(&root)
+            .caption(title, ("sans-serif", 20))
+            .margin(14)
+            .x_label_area_size(40)
+            .y_label_area_size(60)
+            .build_cartesian_2d(0.0..xmax, (lo - pad)..(hi + pad))
+            .map_err(err)?;
+        ch.configure_mesh()
+            .x_desc(x)
+            .y_desc(y)
+            .label_style(("sans-serif", 12))
+            .axis_desc_style(("sans-serif", 14))
+            .draw()
+            .map_err(err)?;
+        ch.draw_series(LineSeries::new(pts.iter().copied(), RGBColor(31, 119, 180).stroke_width(2)))
+            .map_err(err)?;
+        Ok(())
+    })
+}
