@@ -36,6 +36,7 @@ fn tiny(
         n_bits: 8,
         learn_top: true,
         init_seed: 7,
+        classes: 0,
     }
 }
 
@@ -361,6 +362,7 @@ fn small_options(dir: &Path, steps: usize) -> ImageTrainOptions {
         time_limit_minutes: None,
         shards: 2,
         stability: glowflow::train::train_image::image_recipe_stability(),
+        weight_y: 0.0,
     }
 }
 

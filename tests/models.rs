@@ -34,7 +34,7 @@ fn glow2d_inverse_and_logdet_every_variant() {
         ] {
             let mut m = VectorFlow::new(&config(ModelKind::Glow, coupling, perm), &device);
             m.flow
-                .initialize(random_input([256, 2, 1, 1], 1, &device).mul_scalar(0.7));
+                .initialize(random_input([256, 2, 1, 1], 1, &device).mul_scalar(0.7), None);
             let m = perturb(m, 0.2, 2);
             let x = random_input([16, 2, 1, 1], 3, &device);
             let (z, ld) = m.flow.forward(x.clone());
@@ -95,7 +95,7 @@ fn sample_log_density_matches_log_prob() {
         &config(ModelKind::Glow, CouplingKind::Tanh, Permutation::Lu),
         &ad,
     );
-    m.initialize(to_tensor2(random_input([256, 2, 1, 1], 1, &ad)));
+    m.initialize(to_tensor2(random_input([256, 2, 1, 1], 1, &ad)), None);
     let m = perturb(m, 0.2, 5).valid();
     let mut rng = <rand_chacha::ChaCha8Rng as rand::SeedableRng>::seed_from_u64(0);
     let (x, logp) = m.sample(64, 1.0, &mut rng, &device);

@@ -269,7 +269,7 @@ fn gradient_norm_report_and_clipping() {
         [32, 2],
         &device,
     );
-    model.initialize(x.clone());
+    model.initialize(x.clone(), None);
     let loss = model.log_prob(x.clone()).mean().neg();
     let grads = GradientsParams::from_grads(loss.backward(), &model);
     let report = grad_report(&model, &grads);

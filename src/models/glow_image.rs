@@ -342,6 +342,12 @@ impl GlowImage {
     /// Every latent standardised by its prior, `(z - mean) / std`, flattened to `[N, D]`:
     /// `log p(x) = log N(eps(x); 0, I) + log|det d eps / dx|`, which tests check by brute force.
     pub fn standardized_latents(&self, x: Tensor<4>) -> Tensor<2> {
+        self.standardized_latents_ctx(x, None)
+    }
+
+    /// [`standardized_latents`](Self::standardized_latents) under the prior of a class one-hot
+    /// context `[N, classes]` (class-conditional models).
+    pub fn standardized_latents_ctx(&self, x: Tensor<4>, ctx: Context) -> Tensor<2> {
         let n = x.dims()[0];
         let mut h = x;
         let mut parts = Vec::new();
@@ -354,7 +360,7 @@ impl GlowImage {
                     (z, mean, logs, keep)
                 }
                 None => {
-                    let (mean, logs) = self.top_params(n, None);
+                    let (mean, logs) = self.top_params(n, ctx);
                     (y.clone(), mean, logs, y)
                 }
             };
