@@ -20,8 +20,8 @@ use crate::flow::Flow;
 use crate::layers::coupling::{AffineCoupling, TanhScale};
 use crate::layers::{ActNorm, FlowSequence, InvConv1x1Lu, Layer};
 use crate::models::{
-    CouplingKind, VectorFlow, VectorFlowConfig, GlowImage, GlowImageConfig, ImageCoupling, ModelKind,
-    Permutation,
+    CouplingKind, GlowImage, GlowImageConfig, ImageCoupling, ModelKind, Permutation, VectorFlow,
+    VectorFlowConfig,
 };
 use crate::nets::{CouplingNet, PlainConvNet};
 use crate::tensor_util::{from_vec, to_vec, with_sequential_param_ids};

@@ -60,14 +60,21 @@ fn vector_flow_with_context_inverts_and_matches_brute_force_jacobian() {
         vec_to_nchw(x.clone()),
     );
     for (a, b) in to_vec(ld).iter().zip(&brute) {
-        assert!((*a as f64 - b).abs() < 2e-3, "log-det {a} vs brute force {b}");
+        assert!(
+            (*a as f64 - b).abs() < 2e-3,
+            "log-det {a} vs brute force {b}"
+        );
     }
 
     // The context is read: another context gives another density at the same points.
     let other = context(n, k, 6, &ad);
     let lp = to_vec(m.log_prob_ctx(x.clone(), Some(&c)));
     let lp2 = to_vec(m.log_prob_ctx(x, Some(&other)));
-    let change = lp.iter().zip(&lp2).map(|(a, b)| (a - b).abs()).fold(0f32, f32::max);
+    let change = lp
+        .iter()
+        .zip(&lp2)
+        .map(|(a, b)| (a - b).abs())
+        .fold(0f32, f32::max);
     assert!(change > 1e-2, "context changes log p by only {change}");
 }
 
@@ -100,7 +107,10 @@ fn conditional_samples_carry_their_log_density() {
         // The DensityModel contract: encode then decode is the identity.
         let z = DensityModel::encode(&m, x.clone(), Some(&c));
         let back = DensityModel::decode(&m, &z, Some(&c));
-        assert!(max_abs_diff(vec_to_nchw(back), vec_to_nchw(x)) < 1e-3, "{model:?}");
+        assert!(
+            max_abs_diff(vec_to_nchw(back), vec_to_nchw(x)) < 1e-3,
+            "{model:?}"
+        );
     }
 }
 
@@ -182,5 +192,7 @@ fn class_conditional_density_matches_brute_force_and_the_classifier() {
     assert!(max_abs_diff(back, x) < 1e-4);
     // Classification logits exist only on a conditional model.
     assert_eq!(m.classes(), 3);
-    assert!(class_glow(0).class_log_likelihoods(from_vec(vec![0.0; 16], [1, 1, 4, 4], &ad)).is_none());
+    assert!(class_glow(0)
+        .class_log_likelihoods(from_vec(vec![0.0; 16], [1, 1, 4, 4], &ad))
+        .is_none());
 }

@@ -683,3 +683,147 @@ fn rio(out: &Path) -> glowflow::train::RunIo {
         force: false,
     }
 }
+
+/// IDX label file bytes (magic 0x00000801).
+fn idx_labels(labels: &[u8]) -> Vec<u8> {
+    let mut b = vec![0, 0, 8, 1];
+    b.extend_from_slice(&(labels.len() as u32).to_be_bytes());
+    b.extend_from_slice(labels);
+    b
+}
+
+#[test]
+fn class_conditional_glow_learns_classes_and_samples_by_class() {
+    // Two classes told apart only by shape: a horizontal bar (class 0) or a vertical bar
+    // (class 1) at a random position, on 8x8 images.
+    let data = tempfile::tempdir().unwrap();
+    let side = 8;
+    let (n_train, n_test) = (256, 64);
+    let class = |n: usize| (n * 7 % 11 % 2) as u8;
+    let img = |i: usize| {
+        let (n, p) = (i / (side * side), i % (side * side));
+        let (y, x) = (p / side, p % side);
+        let at = (n * 5) % (side - 2) + 1;
+        let on = if class(n) == 0 {
+            y == at || y == at + 1
+        } else {
+            x == at || x == at + 1
+        };
+        if on {
+            220
+        } else {
+            25
+        }
+    };
+    std::fs::write(
+        data.path().join("train-images-idx3-ubyte"),
+        idx_bytes(n_train, side, side, img),
+    )
+    .unwrap();
+    // Test images continue the sequence, so they are new ones.
+    let test_img = |i: usize| img(i + n_train * side * side);
+    std::fs::write(
+        data.path().join("t10k-images-idx3-ubyte"),
+        idx_bytes(n_test, side, side, test_img),
+    )
+    .unwrap();
+    let labels = |from: usize, n: usize| (from..from + n).map(class).collect::<Vec<u8>>();
+    std::fs::write(
+        data.path().join("train-labels-idx1-ubyte.gz"),
+        gz(&idx_labels(&labels(0, n_train))),
+    )
+    .unwrap();
+    std::fs::write(
+        data.path().join("t10k-labels-idx1-ubyte"),
+        idx_labels(&labels(n_train, n_test)),
+    )
+    .unwrap();
+    let run = tempfile::tempdir().unwrap();
+    let spec = format!("idx:{}", data.path().display());
+    let out = run.path().join("cond");
+    let summary = json_of(
+        &glowflow_cmd()
+            .args([
+                "train", "--data", &spec, "--levels", "2", "--depth", "2", "--width", "16",
+            ])
+            .args([
+                "--steps", "400", "--batch", "32", "--lr", "2e-3", "--warmup", "20",
+            ])
+            .args([
+                "--classes",
+                "2",
+                "--weight-y",
+                "0.01",
+                "--threads",
+                "1",
+                "--quiet",
+            ])
+            .args(["--out", out.to_str().unwrap()])
+            .output()
+            .unwrap(),
+    );
+    let acc = summary["test_accuracy"].as_f64().unwrap();
+    assert!(acc >= 0.9, "training-free classifier accuracy {acc}");
+    let (bpd, marginal) = (
+        summary["test_bpd"].as_f64().unwrap(),
+        summary["test_bpd_marginal"].as_f64().unwrap(),
+    );
+    // log p(x) = log mean_y p(x | y) <= max_y log p(x | y): at most log2(K) / D bits above.
+    assert!(marginal >= bpd - 1e-9 && marginal <= bpd + 1.0 / 64.0 + 1e-9);
+    // eval agrees with the run's own evaluation.
+    let eval = json_of(
+        &glowflow_cmd()
+            .args(["eval", "--checkpoint", out.to_str().unwrap()])
+            .output()
+            .unwrap(),
+    );
+    assert_eq!(eval["test_accuracy"], summary["test_accuracy"]);
+    assert_eq!(eval["test_bpd"], summary["test_bpd"]);
+    // Sampling by class, and refusals naming the flag.
+    let png = run.path().join("one.png");
+    let s = glowflow_cmd()
+        .args([
+            "sample",
+            "--checkpoint",
+            out.to_str().unwrap(),
+            "--class",
+            "1",
+            "--n",
+            "4",
+        ])
+        .args(["--out", png.to_str().unwrap()])
+        .output()
+        .unwrap();
+    assert!(s.status.success() && png.exists());
+    let bad = glowflow_cmd()
+        .args([
+            "sample",
+            "--checkpoint",
+            out.to_str().unwrap(),
+            "--class",
+            "2",
+        ])
+        .output()
+        .unwrap();
+    assert_eq!(bad.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&bad.stderr).contains("--class"));
+    // A data set without labels cannot train a class-conditional model.
+    let unlabelled = tempfile::tempdir().unwrap();
+    write_idx_dataset(unlabelled.path(), 16, 4, 8);
+    let bad = glowflow_cmd()
+        .args([
+            "train",
+            "--data",
+            &format!("idx:{}", unlabelled.path().display()),
+        ])
+        .args(["--classes", "2", "--steps", "2", "--batch", "4", "--quiet"])
+        .args(["--out", run.path().join("x").to_str().unwrap()])
+        .output()
+        .unwrap();
+    assert_eq!(bad.status.code(), Some(2));
+    let err = String::from_utf8_lossy(&bad.stderr);
+    assert!(
+        err.contains("--classes") && err.contains("no class labels"),
+        "{err}"
+    );
+}

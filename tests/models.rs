@@ -5,7 +5,7 @@ mod common;
 use burn::module::Module;
 use common::*;
 use glowflow::flow::Flow;
-use glowflow::models::{CouplingKind, VectorFlow, VectorFlowConfig, ModelKind, Permutation};
+use glowflow::models::{CouplingKind, ModelKind, Permutation, VectorFlow, VectorFlowConfig};
 use glowflow::tensor_util::to_vec;
 
 fn config(model: ModelKind, coupling: CouplingKind, permutation: Permutation) -> VectorFlowConfig {
@@ -33,8 +33,10 @@ fn glow2d_inverse_and_logdet_every_variant() {
             Permutation::Reverse,
         ] {
             let mut m = VectorFlow::new(&config(ModelKind::Glow, coupling, perm), &device);
-            m.flow
-                .initialize(random_input([256, 2, 1, 1], 1, &device).mul_scalar(0.7), None);
+            m.flow.initialize(
+                random_input([256, 2, 1, 1], 1, &device).mul_scalar(0.7),
+                None,
+            );
             let m = perturb(m, 0.2, 2);
             let x = random_input([16, 2, 1, 1], 3, &device);
             let (z, ld) = m.flow.forward(x.clone());

@@ -42,7 +42,9 @@ fn write_banana(path: &Path, n: usize, seed: u64) {
 }
 
 fn number(v: &serde_json::Value, key: &str) -> f64 {
-    v[key].as_f64().unwrap_or_else(|| panic!("{key} missing in {v}"))
+    v[key]
+        .as_f64()
+        .unwrap_or_else(|| panic!("{key} missing in {v}"))
 }
 
 #[test]
@@ -52,26 +54,57 @@ fn table_flow_beats_the_gaussian_and_scores_every_row() {
     write_banana(&data, 2000, 1);
     let out = dir.path().join("run");
     let s = run_json(&[
-        "train2d", "--data", data.to_str().unwrap(), "--steps", "400", "--batch", "128",
-        "--lr", "2e-3", "--layers", "6", "--hidden", "32", "--threads", "1", "--quiet",
-        "--out", out.to_str().unwrap(),
+        "train2d",
+        "--data",
+        data.to_str().unwrap(),
+        "--steps",
+        "400",
+        "--batch",
+        "128",
+        "--lr",
+        "2e-3",
+        "--layers",
+        "6",
+        "--hidden",
+        "32",
+        "--threads",
+        "1",
+        "--quiet",
+        "--out",
+        out.to_str().unwrap(),
     ]);
     let (test, gauss) = (number(&s, "test_nll"), number(&s, "gaussian_test_nll"));
     // The Gaussian cannot bend; the flow must be clearly better on held-out rows.
-    assert!(test < gauss - 0.5, "flow test NLL {test} vs Gaussian {gauss}");
+    assert!(
+        test < gauss - 0.5,
+        "flow test NLL {test} vs Gaussian {gauss}"
+    );
     assert_eq!(s["rows"], serde_json::json!([1600, 400]));
     assert_eq!(s["config"]["dim"], 3);
-    for f in ["corner.png", "loss.png", "split.csv", "metrics.csv", "checkpoint/state.json"] {
+    for f in [
+        "corner.png",
+        "loss.png",
+        "split.csv",
+        "metrics.csv",
+        "checkpoint/state.json",
+    ] {
         assert!(out.join(f).exists(), "{f} missing");
     }
     // The split file marks exactly the 400 held-out rows.
     let split = std::fs::read_to_string(out.join("split.csv")).unwrap();
-    assert_eq!(split.lines().skip(1).filter(|l| l.ends_with(",1")).count(), 400);
+    assert_eq!(
+        split.lines().skip(1).filter(|l| l.ends_with(",1")).count(),
+        400
+    );
 
     // score: the test rows' mean log-density is minus the run's test NLL.
     let scores = dir.path().join("scores.csv");
     let r = run_json(&[
-        "score", "--checkpoint", out.to_str().unwrap(), "--out", scores.to_str().unwrap(),
+        "score",
+        "--checkpoint",
+        out.to_str().unwrap(),
+        "--out",
+        scores.to_str().unwrap(),
     ]);
     assert_eq!(r["rows"], 400);
     assert!((number(&r, "mean_log_prob") + test).abs() < 1e-9 * test.abs().max(1.0));
@@ -79,8 +112,13 @@ fn table_flow_beats_the_gaussian_and_scores_every_row() {
     let other = dir.path().join("new.csv");
     write_banana(&other, 50, 9);
     let r = run_json(&[
-        "score", "--checkpoint", out.to_str().unwrap(), "--data", other.to_str().unwrap(),
-        "--out", scores.to_str().unwrap(),
+        "score",
+        "--checkpoint",
+        out.to_str().unwrap(),
+        "--data",
+        other.to_str().unwrap(),
+        "--out",
+        scores.to_str().unwrap(),
     ]);
     assert_eq!(r["rows"], 50);
     let text = std::fs::read_to_string(&scores).unwrap();
@@ -89,8 +127,13 @@ fn table_flow_beats_the_gaussian_and_scores_every_row() {
     // An outlier far from the data scores far lower than the typical row.
     std::fs::write(&other, "a,b,c\n100,0.01,0\n400,-5,40\n").unwrap();
     run_json(&[
-        "score", "--checkpoint", out.to_str().unwrap(), "--data", other.to_str().unwrap(),
-        "--out", scores.to_str().unwrap(),
+        "score",
+        "--checkpoint",
+        out.to_str().unwrap(),
+        "--data",
+        other.to_str().unwrap(),
+        "--out",
+        scores.to_str().unwrap(),
     ]);
     let lp: Vec<f64> = std::fs::read_to_string(&scores)
         .unwrap()
@@ -98,7 +141,12 @@ fn table_flow_beats_the_gaussian_and_scores_every_row() {
         .skip(1)
         .map(|l| l.split(',').nth(1).unwrap().parse().unwrap())
         .collect();
-    assert!(lp[1] < lp[0] - 20.0, "outlier {} vs typical {}", lp[1], lp[0]);
+    assert!(
+        lp[1] < lp[0] - 20.0,
+        "outlier {} vs typical {}",
+        lp[1],
+        lp[0]
+    );
 }
 
 /// A minimal `.npy` writer (little-endian float64, C order) for the test.
@@ -134,9 +182,26 @@ fn context_columns_condition_the_flow() {
     write_npy(&data, n, 3, &v);
     let out = dir.path().join("run");
     let s = run_json(&[
-        "train2d", "--data", data.to_str().unwrap(), "--context-columns", "2", "--steps", "300",
-        "--batch", "128", "--lr", "2e-3", "--layers", "4", "--hidden", "32", "--threads", "1",
-        "--quiet", "--out", out.to_str().unwrap(),
+        "train2d",
+        "--data",
+        data.to_str().unwrap(),
+        "--context-columns",
+        "2",
+        "--steps",
+        "300",
+        "--batch",
+        "128",
+        "--lr",
+        "2e-3",
+        "--layers",
+        "4",
+        "--hidden",
+        "32",
+        "--threads",
+        "1",
+        "--quiet",
+        "--out",
+        out.to_str().unwrap(),
     ]);
     assert_eq!(s["config"]["context"], 1);
     assert_eq!(s["config"]["dim"], 2);
@@ -145,12 +210,20 @@ fn context_columns_condition_the_flow() {
     // knows the context too, and the flow must come close to it.
     let (test, gauss) = (number(&s, "test_nll"), number(&s, "gaussian_test_nll"));
     assert!(gauss < 2.0, "conditional Gaussian baseline {gauss}");
-    assert!(test < gauss + 0.15, "flow {test} vs conditional Gaussian {gauss}");
+    assert!(
+        test < gauss + 0.15,
+        "flow {test} vs conditional Gaussian {gauss}"
+    );
 }
 
 fn refused(args: &[&str]) -> String {
     let out = glowflow().args(args).output().unwrap();
-    assert_eq!(out.status.code(), Some(2), "{args:?}: {}", String::from_utf8_lossy(&out.stderr));
+    assert_eq!(
+        out.status.code(),
+        Some(2),
+        "{args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     assert!(out.stdout.is_empty());
     String::from_utf8_lossy(&out.stderr).into_owned()
 }
@@ -160,35 +233,127 @@ fn bad_tables_are_refused_naming_file_row_and_column() {
     let dir = tempfile::tempdir().unwrap();
     let cases: &[(&str, &str, &[&str])] = &[
         ("ragged.csv", "a,b\n1,2\n3\n", &["row 3", "ragged"]),
-        ("text.csv", "a,b\n1,2\n3,abc\n", &["row 3, column 2 ('b')", "'abc' is not a number"]),
-        ("nan.csv", "a,b\n1,2\nNaN,4\n", &["row 3, column 1 ('a')", "not finite"]),
-        ("missing.csv", "a,b\n1,2\n3,\n", &["row 3, column 2", "missing value"]),
+        (
+            "text.csv",
+            "a,b\n1,2\n3,abc\n",
+            &["row 3, column 2 ('b')", "'abc' is not a number"],
+        ),
+        (
+            "nan.csv",
+            "a,b\n1,2\nNaN,4\n",
+            &["row 3, column 1 ('a')", "not finite"],
+        ),
+        (
+            "missing.csv",
+            "a,b\n1,2\n3,\n",
+            &["row 3, column 2", "missing value"],
+        ),
         ("one.csv", "a\n1\n2\n3\n", &["--data", "needs at least 2"]),
         ("empty.csv", "", &["no rows"]),
         ("header.csv", "a,b,c\n", &["header row but no data rows"]),
-        ("const.csv", "a,b\n1,5\n2,5\n3,5\n4,5\n5,5\n", &["column 'b' is constant"]),
+        (
+            "const.csv",
+            "a,b\n1,5\n2,5\n3,5\n4,5\n5,5\n",
+            &["column 'b' is constant"],
+        ),
     ];
     for (name, text, want) in cases {
         let p = dir.path().join(name);
         std::fs::write(&p, text).unwrap();
         let out = dir.path().join(format!("run-{name}"));
         let err = refused(&[
-            "train2d", "--data", p.to_str().unwrap(), "--steps", "5", "--batch", "2", "--quiet",
-            "--out", out.to_str().unwrap(),
+            "train2d",
+            "--data",
+            p.to_str().unwrap(),
+            "--steps",
+            "5",
+            "--batch",
+            "2",
+            "--quiet",
+            "--out",
+            out.to_str().unwrap(),
         ]);
         for w in *want {
             assert!(err.contains(w), "{name}: '{w}' not in: {err}");
         }
         assert!(err.contains(name), "{name}: the file is not named: {err}");
-        assert!(!out.exists(), "{name}: a refused run left {}", out.display());
+        assert!(
+            !out.exists(),
+            "{name}: a refused run left {}",
+            out.display()
+        );
     }
     let p = dir.path().join("ok.csv");
     std::fs::write(&p, "a,b,c\n1,2,3\n2,1,3\n3,3,1\n4,0,2\n5,2,2\n").unwrap();
     let ok = p.to_str().unwrap();
-    let err = refused(&["train2d", "--data", ok, "--context-columns", "zz", "--quiet"]);
-    assert!(err.contains("--context-columns") && err.contains("no such column"), "{err}");
+    let err = refused(&[
+        "train2d",
+        "--data",
+        ok,
+        "--context-columns",
+        "zz",
+        "--quiet",
+    ]);
+    assert!(
+        err.contains("--context-columns") && err.contains("no such column"),
+        "{err}"
+    );
     let err = refused(&["train2d", "--data", ok, "--test-fraction", "1.5", "--quiet"]);
     assert!(err.contains("--test-fraction"), "{err}");
     let err = refused(&["train2d", "--data", ok, "--batch", "64", "--quiet"]);
-    assert!(err.contains("--batch") && err.contains("training rows"), "{err}");
+    assert!(
+        err.contains("--batch") && err.contains("training rows"),
+        "{err}"
+    );
+}
+
+#[test]
+fn checkpoints_of_the_previous_format_load_and_newer_ones_are_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("run");
+    let o = out.to_str().unwrap();
+    run_json(&[
+        "train2d",
+        "--steps",
+        "6",
+        "--batch",
+        "64",
+        "--layers",
+        "2",
+        "--test-samples",
+        "256",
+        "--frames",
+        "0",
+        "--threads",
+        "1",
+        "--quiet",
+        "--out",
+        o,
+    ]);
+    let state = out.join("checkpoint/state.json");
+    let mut v: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&state).unwrap()).unwrap();
+    assert_eq!(v["format"], 2);
+    // Format 1 (the previous release): no version key, no vector dimension / context /
+    // standardisation fields, no table.
+    let obj = v.as_object_mut().unwrap();
+    obj.remove("format");
+    for k in ["dim", "context", "standardize"] {
+        obj["model"].as_object_mut().unwrap().remove(k);
+    }
+    obj["options"].as_object_mut().unwrap().remove("table");
+    std::fs::write(&state, serde_json::to_string_pretty(&v).unwrap()).unwrap();
+    let s = run_json(&["train2d", "--resume", o, "--steps", "8", "--quiet"]);
+    assert_eq!(s["steps"], 8);
+    assert_eq!(s["config"]["dim"], 2);
+    // A newer format is refused with its number, not misread.
+    let mut v: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&state).unwrap()).unwrap();
+    v["format"] = 99.into();
+    std::fs::write(&state, serde_json::to_string_pretty(&v).unwrap()).unwrap();
+    let err = refused(&["train2d", "--resume", o, "--steps", "9", "--quiet"]);
+    assert!(
+        err.contains("checkpoint format 99") && err.contains("state.json"),
+        "{err}"
+    );
 }

@@ -4,7 +4,7 @@
 use std::path::Path;
 
 use glowflow::data::Target;
-use glowflow::models::{VectorFlowConfig, ModelKind};
+use glowflow::models::{ModelKind, VectorFlowConfig};
 use glowflow::train::{train2d, RunIo, Start, Summary, Train2dOptions};
 
 fn small_config(model: ModelKind) -> VectorFlowConfig {
@@ -367,7 +367,10 @@ fn resume_is_exact_with_weight_average_clipping_and_adamax() {
     assert!(clipped > 0, "clipping at 0.5 never engaged");
     // The average is what is evaluated: it differs from the last raw weights.
     let raw = glowflow::train::checkpoint::load_model(
-        glowflow::models::VectorFlow::new(&small_config(ModelKind::Glow), &glowflow::default_device()),
+        glowflow::models::VectorFlow::new(
+            &small_config(ModelKind::Glow),
+            &glowflow::default_device(),
+        ),
         &full.path().join("checkpoint/model.safetensors"),
     )
     .unwrap();

@@ -18,7 +18,7 @@ use crate::error::{FieldError, InputError};
 use crate::limits::{
     MAX_FLOW_STEPS, MAX_IMAGE_SIDE, MAX_LEVELS, MAX_STEPS, MAX_THREADS, MAX_WIDTH,
 };
-use crate::models::{CouplingKind, VectorFlowConfig, ModelKind, Permutation};
+use crate::models::{CouplingKind, ModelKind, Permutation, VectorFlowConfig};
 use crate::train::run_dir::{self, ResumeChanges};
 use crate::train::stability::StabilityOptions;
 use crate::train::train2d::{comparison_picture, load_trained, TableOptions};
@@ -698,10 +698,7 @@ fn cmd_compare(a: CompareArgs) -> Result<()> {
     checkpoint::save_json(&report, &a.out.join("compare.json"))?;
     let mut md = format!(
         "# {} — Real NVP vs Glow, {} steps, batch {}, seed {}\n\n",
-        data_name,
-        opts.steps,
-        opts.batch,
-        opts.seed
+        data_name, opts.steps, opts.batch, opts.seed
     );
     md.push_str("| model | test NLL (nats) | NLL − entropy | off-mode share | train s | s/step | parameters |\n");
     md.push_str("|---|---|---|---|---|---|---|\n");
@@ -820,8 +817,8 @@ fn cmd_train(a: TrainArgs, given: &[(String, String)]) -> Result<()> {
 
 fn cmd_eval(a: EvalArgs, reconstruct: bool) -> Result<()> {
     use crate::train::train_image::{
-        check_image_shape, class_eval, class_labels, load_data, load_for_eval, reconstruction_error,
-        BpdReport,
+        check_image_shape, class_eval, class_labels, load_data, load_for_eval,
+        reconstruction_error, BpdReport,
     };
     let device = crate::device_by_name(&a.device)?;
     let (model, state, ema) = load_for_eval(&a.checkpoint, &device)
@@ -941,9 +938,7 @@ fn cmd_sample(a: SampleArgs) -> Result<()> {
             .into())
         }
         (Some(c), k) if c >= k => {
-            return Err(
-                InputError::flag("--class", c, format!("the model has {k} classes")).into(),
-            )
+            return Err(InputError::flag("--class", c, format!("the model has {k} classes")).into())
         }
         (Some(c), _) => (
             sample_batch_of(&model, a.n, a.temperature, a.seed, Some(&vec![c; a.n])),
@@ -1027,7 +1022,12 @@ fn cmd_score(a: ScoreArgs) -> Result<()> {
                         })
                         .collect()
                 }
-                None => topts.columns.iter().chain(&topts.context_columns).cloned().collect(),
+                None => topts
+                    .columns
+                    .iter()
+                    .chain(&topts.context_columns)
+                    .cloned()
+                    .collect(),
             };
             let idx = t.column_indices(&want, "--data")?;
             if idx.len() != dim + k {

@@ -79,7 +79,11 @@ pub fn load_dir(dir: &Path) -> Result<Splits> {
     let test = read_images(&pick("t10k-images-idx3-ubyte")?)?;
     // Labels are optional (unconditional models do not need them).
     let labels = |stem: &str, n: usize| -> Result<Option<Vec<u8>>> {
-        let names = [format!("{stem}.gz"), stem.to_string(), stem.replace("-idx1", ".idx1")];
+        let names = [
+            format!("{stem}.gz"),
+            stem.to_string(),
+            stem.replace("-idx1", ".idx1"),
+        ];
         let names: Vec<&str> = names.iter().map(String::as_str).collect();
         match find_file(dir, &names) {
             Some(p) => read_labels(&p, n).map(Some),

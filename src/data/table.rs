@@ -108,7 +108,10 @@ pub const MAX_TABLE_VALUES: usize = 1 << 30;
 pub fn read_table(path: &Path) -> Result<Table, InputError> {
     let bytes = std::fs::read(path)
         .map_err(|e| InputError::file(path, None, format!("cannot read: {e}")))?;
-    let table = if path.extension().is_some_and(|e| e.eq_ignore_ascii_case("npy")) {
+    let table = if path
+        .extension()
+        .is_some_and(|e| e.eq_ignore_ascii_case("npy"))
+    {
         read_npy(path, &bytes)?
     } else {
         read_csv(path, &bytes)?
@@ -267,14 +270,54 @@ fn read_npy(path: &Path, bytes: &[u8]) -> Result<Table, InputError> {
             .into_iter()
             .map(f64::from)
             .collect(),
-        ('i', 8) => npy.into_vec::<i64>().map_err(read)?.into_iter().map(|v| v as f64).collect(),
-        ('i', 4) => npy.into_vec::<i32>().map_err(read)?.into_iter().map(f64::from).collect(),
-        ('i', 2) => npy.into_vec::<i16>().map_err(read)?.into_iter().map(f64::from).collect(),
-        ('i', 1) => npy.into_vec::<i8>().map_err(read)?.into_iter().map(f64::from).collect(),
-        ('u', 8) => npy.into_vec::<u64>().map_err(read)?.into_iter().map(|v| v as f64).collect(),
-        ('u', 4) => npy.into_vec::<u32>().map_err(read)?.into_iter().map(f64::from).collect(),
-        ('u', 2) => npy.into_vec::<u16>().map_err(read)?.into_iter().map(f64::from).collect(),
-        ('u', 1) => npy.into_vec::<u8>().map_err(read)?.into_iter().map(f64::from).collect(),
+        ('i', 8) => npy
+            .into_vec::<i64>()
+            .map_err(read)?
+            .into_iter()
+            .map(|v| v as f64)
+            .collect(),
+        ('i', 4) => npy
+            .into_vec::<i32>()
+            .map_err(read)?
+            .into_iter()
+            .map(f64::from)
+            .collect(),
+        ('i', 2) => npy
+            .into_vec::<i16>()
+            .map_err(read)?
+            .into_iter()
+            .map(f64::from)
+            .collect(),
+        ('i', 1) => npy
+            .into_vec::<i8>()
+            .map_err(read)?
+            .into_iter()
+            .map(f64::from)
+            .collect(),
+        ('u', 8) => npy
+            .into_vec::<u64>()
+            .map_err(read)?
+            .into_iter()
+            .map(|v| v as f64)
+            .collect(),
+        ('u', 4) => npy
+            .into_vec::<u32>()
+            .map_err(read)?
+            .into_iter()
+            .map(f64::from)
+            .collect(),
+        ('u', 2) => npy
+            .into_vec::<u16>()
+            .map_err(read)?
+            .into_iter()
+            .map(f64::from)
+            .collect(),
+        ('u', 1) => npy
+            .into_vec::<u8>()
+            .map_err(read)?
+            .into_iter()
+            .map(f64::from)
+            .collect(),
         _ => {
             return Err(bad(format!(
                 "dtype '{type_str}' is not a real number type (float, int or uint)"
@@ -303,7 +346,10 @@ fn read_npy(path: &Path, bytes: &[u8]) -> Result<Table, InputError> {
         return Err(InputError::file(
             path,
             Some(format!("row {}, column {}", k / cols + 1, k % cols + 1)),
-            format!("{} is not finite (a density needs finite values)", values[k]),
+            format!(
+                "{} is not finite (a density needs finite values)",
+                values[k]
+            ),
         ));
     }
     Ok(Table {
@@ -329,7 +375,10 @@ mod tests {
     #[test]
     fn header_is_optional() {
         let t = csv("a,b\n1,2\n3,4.5\n").unwrap();
-        assert_eq!((t.rows, t.columns.clone(), t.named), (2, vec!["a".into(), "b".into()], true));
+        assert_eq!(
+            (t.rows, t.columns.clone(), t.named),
+            (2, vec!["a".into(), "b".into()], true)
+        );
         assert_eq!(t.values, vec![1.0, 2.0, 3.0, 4.5]);
         let t = csv("1,2\n3,4\n").unwrap();
         assert_eq!((t.rows, t.named), (2, false));
@@ -338,17 +387,30 @@ mod tests {
     #[test]
     fn bad_tables_name_row_and_column() {
         let msg = |text: &str| csv(text).unwrap_err().to_string();
-        assert!(msg("a,b\n1,2\n3\n").contains("row 3"), "{}", msg("a,b\n1,2\n3\n"));
+        assert!(
+            msg("a,b\n1,2\n3\n").contains("row 3"),
+            "{}",
+            msg("a,b\n1,2\n3\n")
+        );
         assert!(msg("a,b\n1,2\n3\n").contains("ragged"));
         let m = msg("a,b\n1,2\n3,x\n");
-        assert!(m.contains("row 3, column 2 ('b')") && m.contains("'x' is not a number"), "{m}");
+        assert!(
+            m.contains("row 3, column 2 ('b')") && m.contains("'x' is not a number"),
+            "{m}"
+        );
         let m = msg("a,b\n1,nan\n");
-        assert!(m.contains("row 2, column 2") && m.contains("not finite"), "{m}");
+        assert!(
+            m.contains("row 2, column 2") && m.contains("not finite"),
+            "{m}"
+        );
         let m = msg("a,b\n1,\n");
         assert!(m.contains("missing value"), "{m}");
         assert!(msg("a,b\n").contains("header row but no data rows"));
         assert!(msg("").contains("no rows"));
         let m = msg("1,abc\n2,3\n");
-        assert!(m.contains("row 1, column 2") && m.contains("header row must hold only names"), "{m}");
+        assert!(
+            m.contains("row 1, column 2") && m.contains("header row must hold only names"),
+            "{m}"
+        );
     }
 }

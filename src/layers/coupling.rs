@@ -94,9 +94,13 @@ impl AffineCoupling {
         }
     }
 
-
     /// `(shift, log_scale)` for the transformed half.
-    fn params(&self, xa: Tensor<4>, ctx: Context, cb: usize) -> (Tensor<4>, Tensor<4>, Option<Tensor<4>>) {
+    fn params(
+        &self,
+        xa: Tensor<4>,
+        ctx: Context,
+        cb: usize,
+    ) -> (Tensor<4>, Tensor<4>, Option<Tensor<4>>) {
         let h = self.net.forward(xa, ctx);
         let shift = h.clone().narrow(1, 0, cb);
         let raw = h.narrow(1, cb, cb);
@@ -173,7 +177,6 @@ impl AdditiveCoupling {
     pub fn new(net: CouplingNet, swap: bool) -> Self {
         AdditiveCoupling { net, swap }
     }
-
 }
 
 impl Flow for AdditiveCoupling {

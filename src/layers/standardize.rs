@@ -65,7 +65,13 @@ impl Standardize {
     pub fn apply_2d(&self, x: Tensor<2>) -> Tensor<2> {
         let k = self.mean.dims()[0];
         let mean = self.mean.val().cast(x.dtype()).reshape([1, k]);
-        let inv = self.log_std.val().cast(x.dtype()).neg().exp().reshape([1, k]);
+        let inv = self
+            .log_std
+            .val()
+            .cast(x.dtype())
+            .neg()
+            .exp()
+            .reshape([1, k]);
         (x - mean) * inv
     }
 }
@@ -73,7 +79,8 @@ impl Standardize {
 impl Flow for Standardize {
     fn forward_ctx(&self, x: Tensor<4>, _ctx: Context) -> (Tensor<4>, Tensor<1>) {
         let ld = self.logdet(&x);
-        let y = (x.clone() - self.shaped(&self.mean, &x)) * self.shaped(&self.log_std, &x).neg().exp();
+        let y =
+            (x.clone() - self.shaped(&self.mean, &x)) * self.shaped(&self.log_std, &x).neg().exp();
         (y, ld)
     }
 

@@ -236,7 +236,9 @@ impl GlowImage {
         let [c2, h, w] = self.top.dims();
         let mut t = self.top.val().reshape([1, c2, h, w]).expand([n, c2, h, w]);
         if let (Some(prior), Some(y)) = (&self.class_prior, ctx) {
-            let shift = prior.forward(y.clone().cast(t.dtype())).reshape([n, c2, 1, 1]);
+            let shift = prior
+                .forward(y.clone().cast(t.dtype()))
+                .reshape([n, c2, 1, 1]);
             t = t + shift.expand([n, c2, h, w]);
         }
         halves(t)

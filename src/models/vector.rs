@@ -111,8 +111,7 @@ impl VectorFlowConfig {
     /// Bytes a training step holds per point (activations for the backward pass, float32), a
     /// rough upper estimate used to refuse batch sizes that cannot fit in memory.
     pub fn activation_bytes_per_point(&self) -> f64 {
-        (self.layers * (self.hidden * (self.depth + 1) * 3 + 16 * (self.dim + self.context)))
-            as f64
+        (self.layers * (self.hidden * (self.depth + 1) * 3 + 16 * (self.dim + self.context))) as f64
             * 4.0
             * 2.0
     }

@@ -69,7 +69,11 @@ pub fn with_context(x: Tensor<4>, ctx: Context) -> Tensor<4> {
             let [n, _, h, w] = x.dims();
             let k = c.dims()[1];
             let c = c.clone().cast(x.dtype()).reshape([n, k, 1, 1]);
-            let c = if h * w == 1 { c } else { c.expand([n, k, h, w]) };
+            let c = if h * w == 1 {
+                c
+            } else {
+                c.expand([n, k, h, w])
+            };
             Tensor::cat(vec![x, c], 1)
         }
     }

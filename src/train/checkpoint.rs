@@ -31,6 +31,15 @@ pub const STATE_FILE: &str = "state.json";
 pub const EMA_FILE: &str = "ema.safetensors";
 /// The key of `state.json` that lists the checkpoint's other files and their SHA-256.
 pub const FILES_KEY: &str = "files";
+
+/// Key of `state.json` holding the checkpoint format version (absent: format 1).
+pub const FORMAT_KEY: &str = "format";
+
+/// The checkpoint format this build writes. 1: state and weights (no version key);
+/// 2: adds `format`, vector models' `dim`/`context`/`standardize` and their standardisation
+/// buffers, class-conditional image models' `classes` and class prior/head. Every format up to
+/// this one loads; a newer one is refused with its number.
+pub const FORMAT_VERSION: u64 = 2;
 /// Where the previous checkpoint waits while the new one is moved into place.
 const OLD_DIR: &str = ".checkpoint.old";
 const NEW_PREFIX: &str = ".checkpoint.new";
@@ -171,6 +180,26 @@ impl Checkpoint {
             .into());
         }
         let mut value: serde_json::Value = load_json(&path)?;
+        let format = match value.as_object_mut().and_then(|o| o.remove(FORMAT_KEY)) {
+            None => 1,
+            Some(v) => v.as_u64().ok_or_else(|| {
+                InputError::file(
+                    &path,
+                    Some(format!("field {FORMAT_KEY}")),
+                    "not a version number",
+                )
+            })?,
+        };
+        if format > FORMAT_VERSION {
+            return Err(InputError::file(
+                &path,
+                Some(format!("field {FORMAT_KEY}")),
+                format!(
+                    "checkpoint format {format} was written by a newer glowflow; this build reads formats 1 to {FORMAT_VERSION}"
+                ),
+            )
+            .into());
+        }
         let hashes = match value.as_object_mut().and_then(|o| o.remove(FILES_KEY)) {
             None => None,
             Some(v) => Some(serde_json::from_value(v).map_err(|e| {
@@ -343,10 +372,11 @@ pub fn save_checkpoint<M: Module + ModuleSnapshot, E: Module + ModuleSnapshot, S
             .map_err(|e| anyhow::anyhow!("cannot serialise optimizer state: {e:?}"))?;
         put(OPTIMIZER_FILE, &optim_bytes)?;
         let mut value = serde_json::to_value(state)?;
-        value
+        let obj = value
             .as_object_mut()
-            .context("checkpoint state must be a JSON object")?
-            .insert(FILES_KEY.into(), serde_json::to_value(&hashes)?);
+            .context("checkpoint state must be a JSON object")?;
+        obj.insert(FORMAT_KEY.into(), FORMAT_VERSION.into());
+        obj.insert(FILES_KEY.into(), serde_json::to_value(&hashes)?);
         crate::fsutil::write_synced(
             &new.join(STATE_FILE),
             serde_json::to_string_pretty(&value)?.as_bytes(),

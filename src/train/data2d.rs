@@ -161,7 +161,9 @@ impl TableData {
         let (train, test, split) = match &opts.test_path {
             Some(p) => {
                 let t = read_table(p)?;
-                if t.width() != table.width() || (t.named && table.named && t.columns != table.columns) {
+                if t.width() != table.width()
+                    || (t.named && table.named && t.columns != table.columns)
+                {
                     return Err(InputError::flag(
                         "--test-data",
                         p.display(),
@@ -174,7 +176,11 @@ impl TableData {
                     .into());
                 }
                 let every = |n: usize| (0..n).collect::<Vec<_>>();
-                (table.gather(&every(table.rows), &all), t.gather(&every(t.rows), &all), None)
+                (
+                    table.gather(&every(table.rows), &all),
+                    t.gather(&every(t.rows), &all),
+                    None,
+                )
             }
             None => {
                 let n = table.rows;
@@ -194,7 +200,11 @@ impl TableData {
                     flag[i] = 1;
                 }
                 let pick = |want: u8| (0..n).filter(|&i| flag[i] == want).collect::<Vec<_>>();
-                (table.gather(&pick(0), &all), table.gather(&pick(1), &all), Some(flag))
+                (
+                    table.gather(&pick(0), &all),
+                    table.gather(&pick(1), &all),
+                    Some(flag),
+                )
             }
         };
         Ok(TableData {
@@ -418,7 +428,11 @@ impl Gaussian {
         let v: Vec<f64> = if x.len() == d {
             x.iter().zip(&self.mean).map(|(a, m)| a - m).collect()
         } else {
-            self.cols.iter().zip(&self.mean).map(|(&c, m)| x[c] - m).collect()
+            self.cols
+                .iter()
+                .zip(&self.mean)
+                .map(|(&c, m)| x[c] - m)
+                .collect()
         };
         let mut q = 0.0;
         for i in 0..d {

@@ -19,8 +19,8 @@ use super::stability::{stop_error, write_group_norms, Guard, StabilityOptions, W
 use super::{eval2d, open_run_logs, parallel, progress_bar};
 use crate::data::toy2d::Target;
 use crate::error::{FieldError, InputError};
-use crate::layers::ActNormFlags;
 use crate::flow::Flow;
+use crate::layers::ActNormFlags;
 use crate::models::{VectorFlow, VectorFlowConfig};
 use crate::tensor_util::from_vec;
 use crate::train::adam::optimizer;
@@ -265,8 +265,15 @@ pub fn density_scale(target: Target, grid: usize) -> f64 {
 
 /// Refuse a batch size the model cannot use: Real NVP's batch norm needs at least 2 points, and
 /// every batch must fit in memory. `source` turns the error into a flag or file error.
-fn check_batch(cfg: &VectorFlowConfig, opts: &Train2dOptions) -> std::result::Result<(), FieldError> {
-    if VectorFlow::new(cfg, &Device::flex()).flow.uses_batch_statistics() && opts.batch < 2 {
+fn check_batch(
+    cfg: &VectorFlowConfig,
+    opts: &Train2dOptions,
+) -> std::result::Result<(), FieldError> {
+    if VectorFlow::new(cfg, &Device::flex())
+        .flow
+        .uses_batch_statistics()
+        && opts.batch < 2
+    {
         return Err(FieldError::new(
             "batch",
             "--batch",
@@ -327,10 +334,7 @@ pub fn train2d(
                 if let Some(d) = &table {
                     d.check_batch(opts.batch)?;
                     let (data, context) = d.standardization()?;
-                    model.set_standardization(
-                        (&data.0, &data.1),
-                        (&context.0, &context.1),
-                    );
+                    model.set_standardization((&data.0, &data.1), (&context.0, &context.1));
                 }
                 let optim = optimizer(opts.stability.optimizer);
                 (model, optim, opts, cfg, 0, 0.0, None, 0, io.threads)
@@ -406,7 +410,10 @@ pub fn train2d(
         };
     if let (None, Some(t)) = (&table, &opts.table) {
         let data = TableData::load(t, opts.seed)?;
-        if t.fingerprint.as_ref().is_some_and(|f| *f != data.fingerprint) {
+        if t.fingerprint
+            .as_ref()
+            .is_some_and(|f| *f != data.fingerprint)
+        {
             return Err(InputError::flag(
                 "--data",
                 t.path.display(),
@@ -444,7 +451,11 @@ pub fn train2d(
         }
     };
     if first_step == 0 && model.flow.needs_data_init() {
-        let (x, c) = split(from_vec(data.batch_at(0), [opts.batch, width], &train_device));
+        let (x, c) = split(from_vec(
+            data.batch_at(0),
+            [opts.batch, width],
+            &train_device,
+        ));
         model.initialize(x, c.as_ref());
     }
 

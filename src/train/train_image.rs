@@ -390,7 +390,9 @@ pub fn class_eval(
                 let max = row.iter().copied().fold(f64::NEG_INFINITY, f64::max);
                 let lse = max + row.iter().map(|v| (v - max).exp()).sum::<f64>().ln();
                 marginal.push(bits(lse - (k as f64).ln()));
-                let best = (0..k).max_by(|&a, &b| row[a].total_cmp(&row[b])).unwrap_or(0);
+                let best = (0..k)
+                    .max_by(|&a, &b| row[a].total_cmp(&row[b]))
+                    .unwrap_or(0);
                 match labels {
                     Some(l) => {
                         out.push(bits(row[l[i] as usize]));

@@ -80,9 +80,7 @@ pub fn corner_plot(
         .collect();
     let side = (180 * k as u32).clamp(400, 1600);
     render(path, (side, side + 40), |root| {
-        let root = root
-            .titled(title, ("sans-serif", 18))
-            .map_err(err)?;
+        let root = root.titled(title, ("sans-serif", 18)).map_err(err)?;
         let blue = RGBColor(31, 119, 180);
         let orange = RGBColor(255, 127, 14);
         for (i, area) in root.split_evenly((k, k)).iter().enumerate() {
@@ -125,9 +123,7 @@ pub fn corner_plot(
                     .map_err(err)?;
                 }
             } else {
-                let mut ch = cb
-                    .build_cartesian_2d(xr.0..xr.1, yr.0..yr.1)
-                    .map_err(err)?;
+                let mut ch = cb.build_cartesian_2d(xr.0..xr.1, yr.0..yr.1).map_err(err)?;
                 ch.configure_mesh()
                     .disable_mesh()
                     .x_labels(3)
@@ -137,9 +133,8 @@ pub fn corner_plot(
                     .label_style(("sans-serif", 10))
                     .draw()
                     .map_err(err)?;
-                let inside = |p: &&&[f64]| {
-                    (xr.0..xr.1).contains(&p[col]) && (yr.0..yr.1).contains(&p[row])
-                };
+                let inside =
+                    |p: &&&[f64]| (xr.0..xr.1).contains(&p[col]) && (yr.0..yr.1).contains(&p[row]);
                 for (pts, c) in [(&data, blue), (&smp, orange)] {
                     ch.draw_series(
                         pts.iter()
@@ -161,8 +156,8 @@ pub fn corner_plot(
 /// An unreadable `metrics.csv`, a missing column, or a failed write.
 pub fn loss_curve(out: &Path, x: &str, y: &str, title: &str) -> Result<()> {
     let path = out.join("metrics.csv");
-    let mut reader = csv::Reader::from_path(&path)
-        .map_err(|e| anyhow!("{}: {e}", path.display()))?;
+    let mut reader =
+        csv::Reader::from_path(&path).map_err(|e| anyhow!("{}: {e}", path.display()))?;
     let headers = reader.headers()?.clone();
     let col = |name: &str| {
         headers
@@ -207,8 +202,11 @@ pub fn loss_curve(out: &Path, x: &str, y: &str, title: &str) -> Result<()> {
             .axis_desc_style(("sans-serif", 14))
             .draw()
             .map_err(err)?;
-        ch.draw_series(LineSeries::new(pts.iter().copied(), RGBColor(31, 119, 180).stroke_width(2)))
-            .map_err(err)?;
+        ch.draw_series(LineSeries::new(
+            pts.iter().copied(),
+            RGBColor(31, 119, 180).stroke_width(2),
+        ))
+        .map_err(err)?;
         Ok(())
     })
 }
