@@ -10,6 +10,7 @@ pub mod run_dir;
 pub mod stability;
 pub mod train2d;
 pub mod train_image;
+pub mod trainer;
 
 pub use train2d::{train2d, RunIo, Start, Summary, Train2dOptions};
 

@@ -2,21 +2,19 @@
 //! resume: on a built-in 2D target (the tutorial's experiment), or on a user's table of
 //! `D`-dimensional rows, optionally conditioned on context columns (see [`TableOptions`]).
 
-use std::io::Write;
 use std::path::{Path, PathBuf};
-use std::time::Instant;
 
 use anyhow::{Context, Result};
 use burn::module::Module;
 use burn::tensor::Device;
 use serde::{Deserialize, Serialize};
 
-use super::checkpoint::{checkpoint_dir, Checkpoint, EMA_FILE, MODEL_FILE};
+use super::checkpoint::{Checkpoint, EMA_FILE, MODEL_FILE};
 use super::data2d::{test_points, DataStream, TableData};
-use super::interrupt;
+use super::eval2d;
 use super::run_dir::{self, apply_change, ResumeChanges, ResumeRecord};
-use super::stability::{stop_error, write_group_norms, Guard, StabilityOptions, Window};
-use super::{eval2d, open_run_logs, parallel, progress_bar};
+use super::stability::{Guard, StabilityOptions};
+use super::trainer::{self, Schedule, Task};
 use crate::data::toy2d::Target;
 use crate::error::{FieldError, InputError};
 use crate::flow::Flow;
@@ -315,7 +313,7 @@ pub fn train2d(
     let mut resumes = Vec::new();
     let mut saved = None;
     let mut table: Option<TableData> = None;
-    let (mut model, mut optim, opts, cfg, first_step, mut train_seconds, ema, skipped, threads) =
+    let (mut model, optim, opts, cfg, first_step, train_seconds, ema, skipped, threads) =
         match start {
             Start::Fresh(mut cfg) => {
                 let mut opts = options.context("training options are required for a fresh run")?;
@@ -459,135 +457,43 @@ pub fn train2d(
         model.initialize(x, c.as_ref());
     }
 
-    let mut guard = Guard::new(&model, opts.stability.clone(), ema, skipped);
-    let (mut metrics, mut group_norms) = open_run_logs(
-        out,
-        "step,loss,lr,seconds,grad_norm_max,clipped,skipped",
-        (first_step > 0 || continues_here).then_some(first_step),
-    )?;
-    // The newest checkpoint that exists (`saved`): the one resumed from, then each one this run
-    // writes.
-
+    let guard = Guard::new(&model, opts.stability.clone(), ema, skipped);
     // Density frames are pictures of a 2D target's plane.
     let frames = if table.is_some() { 0 } else { opts.frames };
-    let frame_every = opts
-        .steps
-        .checked_div(frames)
-        .map_or(usize::MAX, |e| e.max(1));
     let vmax = density_scale(opts.target, opts.grid);
-    let bar = progress_bar(io.progress, opts.steps as u64, first_step as u64);
-    let mut window = Window::default();
-    let mut clock = Instant::now();
-    let mut rate_clock = (Instant::now(), first_step);
-    let threads = threads.max(1);
     let batch_statistics = model.flow.uses_batch_statistics();
-    let state_at = |flags: Vec<bool>, guard: &Guard, step: usize, train_seconds: f64| RunState {
-        model: cfg.clone(),
-        options: opts.clone(),
-        step,
-        actnorm_initialized: flags,
-        train_seconds,
-        skipped_steps: guard.total_skips,
-        ema_updates: guard.ema_updates(),
-        threads: Some(threads),
-        resumes: resumes.clone(),
+    let mut task = VectorTask {
+        shards: if batch_statistics { 1 } else { threads.max(1) },
+        frame_every: opts
+            .steps
+            .checked_div(frames)
+            .map_or(usize::MAX, |e| e.max(1)),
+        frames,
+        vmax,
+        data,
+        cfg: cfg.clone(),
+        opts: opts.clone(),
+        threads: threads.max(1),
+        resumes,
+        out: out.clone(),
+        device: device.clone(),
     };
-    let mut last = first_step;
-
-    for step in first_step..opts.steps {
-        if interrupt::requested() {
-            break;
-        }
-        let lr = opts.lr_at(step);
-        let batch = data.batch_at(step);
-        // Batch norm needs the statistics of the whole batch: such a flow runs unsharded.
-        let shards = if batch_statistics { 1 } else { threads };
-        let (value, grads) =
-            parallel::loss_and_grads(&model, &batch, width, shards, &train_device, |m, x| {
-                let (x, c) = split(x);
-                m.log_prob_ctx(x, c.as_ref()).mean().neg()
-            });
-        let (next, outcome, report, stop) = guard.step(model, &mut optim, lr, value, grads);
-        model = next;
-        window.add(value, &outcome, &report.groups);
-        if let Some(why) = stop {
-            // The partial window's row, so the skipped steps are on record.
-            let seconds = train_seconds + clock.elapsed().as_secs_f64();
-            let (loss, guard_cols) = (window.mean_loss(), window.guard_columns());
-            writeln!(
-                metrics,
-                "{},{loss:.6},{lr:e},{seconds:.3},{guard_cols}",
-                step + 1
-            )?;
-            metrics.flush()?;
-            let (x, c) = split(from_vec(batch, [opts.batch, width], device));
-            let eval = model.valid();
-            let x = crate::flow::vec_to_nchw(x);
-            let x = match &eval.standardize {
-                Some(s) => s.forward(x).0,
-                None => x,
-            };
-            let place = eval.flow.trace_nonfinite(x, c.as_ref(), false).err();
-            return Err(stop_error(step + 1, lr, &why, place, saved));
-        }
-        let done = step + 1;
-        last = done;
-
-        if done % opts.log_every == 0 || done == opts.steps {
-            train_seconds += clock.elapsed().as_secs_f64();
-            clock = Instant::now();
-            writeln!(
-                metrics,
-                "{done},{:.6},{lr:e},{train_seconds:.3},{}",
-                window.mean_loss(),
-                window.guard_columns()
-            )?;
-            write_group_norms(&mut group_norms, done, &window.groups_max)?;
-            if let Some(b) = &bar {
-                let dt = rate_clock.0.elapsed().as_secs_f64();
-                let rate = (done - rate_clock.1) as f64 / dt.max(1e-9);
-                b.set_position(done as u64);
-                b.set_message(format!("loss {:.4}  {rate:.1} it/s", window.mean_loss()));
-                if dt > 5.0 {
-                    rate_clock = (Instant::now(), done);
-                }
-            }
-            window = Window::default();
-        }
-        let frame_due = done % frame_every == 0 || done == opts.steps;
-        let ckpt_due = opts.checkpoint_every > 0 && done % opts.checkpoint_every == 0;
-        if frame_due || ckpt_due {
-            train_seconds += clock.elapsed().as_secs_f64();
-            if frame_due && frames > 0 {
-                let eval = guard.eval_weights(model.valid());
-                let grid = eval2d::model_density_grid(&eval, opts.target, opts.grid, device);
-                let path = frames_dir(out).join(format!("{done:08}.idx"));
-                crate::fsutil::write_atomic(&path, &grid.indices(vmax))?;
-            }
-            if ckpt_due {
-                let state = state_at(model.flow.actnorm_flags(), &guard, done, train_seconds);
-                guard.save_checkpoint(out, &model, &optim, &state)?;
-                saved = Some((checkpoint_dir(out), done));
-            }
-            clock = Instant::now();
-        }
-    }
-    train_seconds += clock.elapsed().as_secs_f64();
-    if let Some(b) = &bar {
-        b.finish();
-    }
-    metrics.flush()?;
-
-    let state = state_at(model.flow.actnorm_flags(), &guard, last, train_seconds);
-    guard.save_checkpoint(out, &model, &optim, &state)?;
-    if last < opts.steps {
-        return Err(interrupt::interrupted(
-            last,
-            format!("glowflow train2d --resume {}", out.display()),
-        )
-        .into());
-    }
-
+    let schedule = Schedule {
+        out: out.clone(),
+        progress: io.progress,
+        first: first_step,
+        steps: opts.steps,
+        log_every: opts.log_every,
+        checkpoint_every: opts.checkpoint_every,
+        time_limit_minutes: None,
+        train_seconds,
+        append_logs: first_step > 0 || continues_here,
+        saved,
+        device: train_device,
+    };
+    let done = trainer::train(&mut task, model, optim, guard, schedule)?;
+    let (model, guard) = (done.model, done.guard);
+    let state = task.state_at(&mut model.clone(), done.step, done.train_seconds, &guard);
     let eval = guard.eval_weights(model.valid());
     let summary = match &table {
         Some(t) => evaluate_table(&eval, &state, t, out, device)?,
@@ -760,4 +666,141 @@ pub fn comparison_picture(target: Target, grids: &[(String, DensityGrid)], grid:
         items.push((name.clone(), g.render(vmax)));
     }
     panels(&items, Some(colour_bar(vmax, grid)))
+}
+
+/// A vector flow's part of the one training loop: batches from a 2D target or a table, the
+/// mean negative log-likelihood (with the context columns split off), density frames.
+struct VectorTask {
+    data: DataStream,
+    cfg: VectorFlowConfig,
+    opts: Train2dOptions,
+    shards: usize,
+    threads: usize,
+    frames: usize,
+    frame_every: usize,
+    vmax: f64,
+    resumes: Vec<ResumeRecord>,
+    out: PathBuf,
+    /// The evaluation device (frames, traces).
+    device: Device,
+}
+
+impl VectorTask {
+    /// Rows `[n, D + K]` split into the data and the context (none when `K = 0`).
+    fn split(
+        &self,
+        x: burn::tensor::Tensor<2>,
+    ) -> (burn::tensor::Tensor<2>, Option<burn::tensor::Tensor<2>>) {
+        let (dim, k) = (self.cfg.dim, self.cfg.context);
+        if k == 0 {
+            (x, None)
+        } else {
+            (x.clone().narrow(1, 0, dim), Some(x.narrow(1, dim, k)))
+        }
+    }
+
+    fn state_at(
+        &self,
+        model: &mut VectorFlow,
+        step: usize,
+        train_seconds: f64,
+        guard: &Guard,
+    ) -> RunState {
+        RunState {
+            model: self.cfg.clone(),
+            options: self.opts.clone(),
+            step,
+            actnorm_initialized: model.flow.actnorm_flags(),
+            train_seconds,
+            skipped_steps: guard.total_skips,
+            ema_updates: guard.ema_updates(),
+            threads: Some(self.threads),
+            resumes: self.resumes.clone(),
+        }
+    }
+}
+
+impl Task for VectorTask {
+    type Model = VectorFlow;
+    type State = RunState;
+
+    fn metrics_header(&self) -> &'static str {
+        "step,loss,lr,seconds,grad_norm_max,clipped,skipped"
+    }
+
+    fn lr(&self, step: usize) -> f64 {
+        self.opts.lr_at(step)
+    }
+
+    fn batch(&mut self, step: usize) -> Vec<f32> {
+        self.data.batch_at(step)
+    }
+
+    fn width(&self) -> usize {
+        self.cfg.dim + self.cfg.context
+    }
+
+    fn batch_size(&self) -> usize {
+        self.opts.batch
+    }
+
+    fn shards(&self) -> usize {
+        self.shards
+    }
+
+    fn loss(&self, model: &VectorFlow, x: burn::tensor::Tensor<2>) -> burn::tensor::Tensor<1> {
+        let (x, c) = self.split(x);
+        model.log_prob_ctx(x, c.as_ref()).mean().neg()
+    }
+
+    fn row(&self, loss: f64, lr: f64, seconds: f64, _rate: Option<f64>, guard: &str) -> String {
+        format!("{loss:.6},{lr:e},{seconds:.3},{guard}")
+    }
+
+    fn progress(&self, loss: f64, rows_per_second: f64) -> String {
+        format!(
+            "loss {loss:.4}  {:.1} it/s",
+            rows_per_second / self.opts.batch as f64
+        )
+    }
+
+    fn trace(&self, model: &VectorFlow, rows: Vec<f32>) -> Option<String> {
+        let n = rows.len() / self.width();
+        let (x, c) = self.split(from_vec(rows, [n, self.width()], &self.device));
+        let x = crate::flow::vec_to_nchw(x);
+        let x = match &model.standardize {
+            Some(s) => s.forward(x).0,
+            None => x,
+        };
+        let c = c.map(|c| match &model.context_norm {
+            Some(s) => s.apply_2d(c),
+            None => c,
+        });
+        model.flow.trace_nonfinite(x, c.as_ref(), false).err()
+    }
+
+    fn pictures_due(&self, done: usize) -> bool {
+        self.frames > 0 && (done.is_multiple_of(self.frame_every) || done == self.opts.steps)
+    }
+
+    fn pictures(&mut self, done: usize, model: &VectorFlow) -> Result<()> {
+        let grid =
+            eval2d::model_density_grid(model, self.opts.target, self.opts.grid, &self.device);
+        let path = frames_dir(&self.out).join(format!("{done:08}.idx"));
+        crate::fsutil::write_atomic(&path, &grid.indices(self.vmax))
+    }
+
+    fn state(
+        &self,
+        model: &mut VectorFlow,
+        step: usize,
+        train_seconds: f64,
+        guard: &Guard,
+    ) -> RunState {
+        self.state_at(model, step, train_seconds, guard)
+    }
+
+    fn resume_command(&self) -> String {
+        format!("glowflow train2d --resume {}", self.out.display())
+    }
 }

@@ -1,9 +1,7 @@
 //! Maximum-likelihood training of multi-scale Glow on images, with bits/dim, sample grids,
 //! checkpoints and exact resume.
 
-use std::io::Write;
 use std::path::{Path, PathBuf};
-use std::time::Instant;
 
 use anyhow::{bail, Context, Result};
 use burn::module::Module;
@@ -12,12 +10,11 @@ use rand::SeedableRng;
 use rand_chacha::ChaCha8Rng;
 use serde::{Deserialize, Serialize};
 
-use super::checkpoint::{checkpoint_dir, Checkpoint, EMA_FILE, MODEL_FILE};
-use super::interrupt;
+use super::checkpoint::{Checkpoint, EMA_FILE, MODEL_FILE};
 use super::run_dir::{self, apply_change, ResumeChanges, ResumeRecord};
-use super::stability::{stop_error, write_group_norms, Guard, StabilityOptions, Window};
+use super::stability::{Guard, StabilityOptions};
+use super::trainer::{self, Schedule, Task};
 use super::RunIo;
-use super::{open_run_logs, parallel, progress_bar};
 use crate::data::dequant::{dequantize, to_pixels};
 use crate::data::{DataSpec, ImageSet, LoadOptions};
 use crate::error::{FieldError, InputError};
@@ -710,7 +707,7 @@ pub fn train_image(start: ImageStart, io: &RunIo, device: &Device) -> Result<Ima
     let mut saved = None;
     let mut resumes = Vec::new();
     let mut fingerprint = None;
-    let (mut model, mut optim, opts, cfg, first, mut train_seconds, ema, skipped) = match start {
+    let (mut model, optim, opts, cfg, first, train_seconds, ema, skipped) = match start {
         ImageStart::Fresh(cfg, mut opts) => {
             cfg.validate().map_err(FieldError::on_flag)?;
             opts.validate().map_err(FieldError::on_flag)?;
@@ -801,11 +798,7 @@ pub fn train_image(start: ImageStart, io: &RunIo, device: &Device) -> Result<Ima
         }
     }
     check_batch(&cfg, &opts, data.train.n).map_err(FieldError::on_flag)?;
-    let d = cfg.dims();
-    let k = cfg.classes;
     let labels = class_labels(&data, &cfg, &opts)?;
-    // Row width on the host: the pixels, then the class one-hot of a conditional model.
-    let width = d + k;
 
     if first == 0 && !model.actnorm_flags().iter().all(|&f| f) {
         let idx = super::epoch_batch(data.train.n, opts.init_batch.max(1), opts.seed ^ 0x1417, 0);
@@ -819,151 +812,34 @@ pub fn train_image(start: ImageStart, io: &RunIo, device: &Device) -> Result<Ima
         model.initialize(x);
     }
 
-    let mut guard = Guard::new(&model, opts.stability.clone(), ema, skipped);
-    let (mut metrics, mut group_norms) = open_run_logs(
-        out,
-        "step,bpd,lr,seconds,images_per_s,grad_norm_max,clipped,skipped",
-        (first > 0 || continues_here).then_some(first),
-    )?;
-    // The newest checkpoint that exists (`saved`): the one resumed from, then each one this run
-    // writes.
-    let state_at =
-        |flags: Vec<bool>, guard: &Guard, step: usize, train_seconds: f64| ImageRunState {
-            model: cfg.clone(),
-            options: opts.clone(),
-            step,
-            actnorm_initialized: flags,
-            train_seconds,
-            skipped_steps: guard.total_skips,
-            ema_updates: guard.ema_updates(),
-            data_fingerprint: Some(print.clone()),
-            resumes: resumes.clone(),
-        };
-    let mut interrupted = false;
-    let bar = progress_bar(progress, opts.steps as u64, first as u64);
-    let mut window = Window::default();
-    let mut clock = Instant::now();
-    let mut last = first;
-    let resumed_seconds = train_seconds;
-    for step in first..opts.steps {
-        if interrupt::requested() {
-            interrupted = true;
-            break;
-        }
-        if let Some(limit) = opts.time_limit_minutes {
-            // The limit applies to this invocation's training time.
-            if train_seconds - resumed_seconds + clock.elapsed().as_secs_f64() >= limit * 60.0 {
-                break;
-            }
-        }
-        let lr = opts.lr * ((step + 1) as f64 / opts.warmup.max(1) as f64).min(1.0);
-        let idx = super::epoch_batch(data.train.n, opts.batch, opts.seed, step);
-        let mut rows = batch_rows(
-            &data.train,
-            &idx,
-            cfg.n_bits,
-            &mut step_rng(opts.seed, step),
-        );
-        if let Some((train_labels, _)) = &labels {
-            rows = with_one_hot(&rows, d, &idx, train_labels, k);
-        }
-        let shape = |n: usize| [n, cfg.channels, cfg.height, cfg.width];
-        let weight_y = opts.weight_y;
-        let (value, grads) =
-            parallel::loss_and_grads(&model, &rows, width, opts.shards, &train_device, |m, x| {
-                let n = x.dims()[0];
-                if k == 0 {
-                    return bpd_of(m.log_prob(x.reshape(shape(n))), d, cfg.n_bits);
-                }
-                let img = x.clone().narrow(1, 0, d).reshape(shape(n));
-                let y = x.narrow(1, d, k);
-                let (logp, zs) = m.forward_latents_ctx(img, Some(&y));
-                let bpd = bpd_of(logp, d, cfg.n_bits);
-                if weight_y == 0.0 {
-                    return bpd;
-                }
-                let top = zs.last().expect("a top latent").clone();
-                let logits = m.class_logits(top).expect("conditional model");
-                let log_q = burn::tensor::activation::log_softmax(logits, 1);
-                // Cross-entropy in bits per image (openai/glow's bits_y).
-                let bits_y = (log_q * y)
-                    .sum_dim(1)
-                    .mean()
-                    .neg()
-                    .div_scalar(std::f64::consts::LN_2)
-                    .reshape([1]);
-                bpd + bits_y.mul_scalar(weight_y)
-            });
-        let (next, outcome, report, stop) = guard.step(model, &mut optim, lr, value, grads);
-        model = next;
-        window.add(value, &outcome, &report.groups);
-        if let Some(why) = stop {
-            // The partial window's row, so the skipped steps are on record.
-            let seconds = train_seconds + clock.elapsed().as_secs_f64();
-            let (bpd, guard_cols) = (window.mean_loss(), window.guard_columns());
-            writeln!(
-                metrics,
-                "{},{bpd:.5},{lr:.4e},{seconds:.2},0,{guard_cols}",
-                step + 1
-            )?;
-            metrics.flush()?;
-            let x = from_vec(rows, [opts.batch, width], device).narrow(1, 0, d);
-            let place = model.valid().trace_forward(x.reshape(shape(opts.batch)));
-            return Err(stop_error(step + 1, lr, &why, place, saved));
-        }
-        let done = step + 1;
-        last = done;
-        if done % opts.log_every == 0 || done == opts.steps {
-            let dt = clock.elapsed().as_secs_f64();
-            train_seconds += dt;
-            clock = Instant::now();
-            let ips = ((window.steps + window.skipped) * opts.batch) as f64 / dt.max(1e-9);
-            let bpd = window.mean_loss();
-            writeln!(
-                metrics,
-                "{done},{bpd:.5},{lr:.4e},{train_seconds:.2},{ips:.1},{}",
-                window.guard_columns()
-            )?;
-            metrics.flush()?;
-            write_group_norms(&mut group_norms, done, &window.groups_max)?;
-            if let Some(b) = &bar {
-                b.set_position(done as u64);
-                b.set_message(format!("{bpd:.3} bits/dim  {ips:.1} img/s"));
-            }
-            window = Window::default();
-        }
-        let sample_due = opts.sample_every > 0 && done % opts.sample_every == 0;
-        let ckpt_due = opts.checkpoint_every > 0 && done % opts.checkpoint_every == 0;
-        if sample_due || ckpt_due {
-            train_seconds += clock.elapsed().as_secs_f64();
-            if sample_due {
-                let eval = guard.eval_weights(model.valid());
-                match sample_grid(&eval, &cfg, 64, 0.7, opts.seed) {
-                    Ok(grid) => grid.save_png(&out.join(format!("samples_{done:07}.png")))?,
-                    Err(e) => eprintln!("step {done}: no sample grid written: {e}"),
-                }
-            }
-            if ckpt_due {
-                let state = state_at(model.actnorm_flags(), &guard, done, train_seconds);
-                guard.save_checkpoint(out, &model, &optim, &state)?;
-                saved = Some((checkpoint_dir(out), done));
-            }
-            clock = Instant::now();
-        }
-    }
-    train_seconds += clock.elapsed().as_secs_f64();
-    if let Some(b) = &bar {
-        b.finish();
-    }
-    let state = state_at(model.actnorm_flags(), &guard, last, train_seconds);
-    guard.save_checkpoint(out, &model, &optim, &state)?;
-    if interrupted {
-        return Err(interrupt::interrupted(
-            last,
-            format!("glowflow train --resume {}", out.display()),
-        )
-        .into());
-    }
+    let guard = Guard::new(&model, opts.stability.clone(), ema, skipped);
+    let mut task = ImageTask {
+        cfg: cfg.clone(),
+        opts: opts.clone(),
+        data,
+        labels,
+        fingerprint: print,
+        resumes,
+        out: out.to_path_buf(),
+        device: device.clone(),
+    };
+    let schedule = Schedule {
+        out: out.to_path_buf(),
+        progress,
+        first,
+        steps: opts.steps,
+        log_every: opts.log_every,
+        checkpoint_every: opts.checkpoint_every,
+        time_limit_minutes: opts.time_limit_minutes,
+        train_seconds,
+        append_logs: first > 0 || continues_here,
+        saved,
+        device: train_device,
+    };
+    let done = trainer::train(&mut task, model, optim, guard, schedule)?;
+    let (model, guard, last, train_seconds) =
+        (done.model, done.guard, done.step, done.train_seconds);
+    let (data, labels) = (&task.data, &task.labels);
     crate::viz::charts::loss_curve(out, "step", "bpd", "training bits/dim")?;
     let eval = guard.eval_weights(model.valid());
     let test = if opts.test_limit > 0 {
@@ -1039,4 +915,144 @@ pub fn reconstruction_error(
             err.len()
         )
     })
+}
+
+/// Image Glow's part of the one training loop: dequantised batches in seeded epoch order (with
+/// the class one-hot of a conditional model), bits/dim plus the optional class loss, sample
+/// grids.
+struct ImageTask {
+    cfg: GlowImageConfig,
+    opts: ImageTrainOptions,
+    data: crate::data::Splits,
+    /// Training and test labels of a class-conditional run.
+    labels: Option<(Vec<u8>, Vec<u8>)>,
+    fingerprint: String,
+    resumes: Vec<ResumeRecord>,
+    out: PathBuf,
+    /// The evaluation device (traces).
+    device: Device,
+}
+
+impl ImageTask {
+    fn shape(&self, n: usize) -> [usize; 4] {
+        [n, self.cfg.channels, self.cfg.height, self.cfg.width]
+    }
+}
+
+impl Task for ImageTask {
+    type Model = GlowImage;
+    type State = ImageRunState;
+
+    fn metrics_header(&self) -> &'static str {
+        "step,bpd,lr,seconds,images_per_s,grad_norm_max,clipped,skipped"
+    }
+
+    fn lr(&self, step: usize) -> f64 {
+        self.opts.lr * ((step + 1) as f64 / self.opts.warmup.max(1) as f64).min(1.0)
+    }
+
+    fn batch(&mut self, step: usize) -> Vec<f32> {
+        let (train, opts) = (&self.data.train, &self.opts);
+        let idx = super::epoch_batch(train.n, opts.batch, opts.seed, step);
+        let rows = batch_rows(train, &idx, self.cfg.n_bits, &mut step_rng(opts.seed, step));
+        match &self.labels {
+            Some((train_labels, _)) => {
+                with_one_hot(&rows, self.cfg.dims(), &idx, train_labels, self.cfg.classes)
+            }
+            None => rows,
+        }
+    }
+
+    fn width(&self) -> usize {
+        self.cfg.dims() + self.cfg.classes
+    }
+
+    fn batch_size(&self) -> usize {
+        self.opts.batch
+    }
+
+    fn shards(&self) -> usize {
+        self.opts.shards
+    }
+
+    fn loss(&self, m: &GlowImage, x: Tensor<2>) -> Tensor<1> {
+        let (d, k, n_bits) = (self.cfg.dims(), self.cfg.classes, self.cfg.n_bits);
+        let n = x.dims()[0];
+        if k == 0 {
+            return bpd_of(m.log_prob(x.reshape(self.shape(n))), d, n_bits);
+        }
+        let img = x.clone().narrow(1, 0, d).reshape(self.shape(n));
+        let y = x.narrow(1, d, k);
+        let (logp, zs) = m.forward_latents_ctx(img, Some(&y));
+        let bpd = bpd_of(logp, d, n_bits);
+        if self.opts.weight_y == 0.0 {
+            return bpd;
+        }
+        let top = zs.last().expect("a top latent").clone();
+        let logits = m.class_logits(top).expect("conditional model");
+        let log_q = burn::tensor::activation::log_softmax(logits, 1);
+        // Cross-entropy in bits per image (openai/glow's bits_y).
+        let bits_y = (log_q * y)
+            .sum_dim(1)
+            .mean()
+            .neg()
+            .div_scalar(std::f64::consts::LN_2)
+            .reshape([1]);
+        bpd + bits_y.mul_scalar(self.opts.weight_y)
+    }
+
+    fn row(&self, bpd: f64, lr: f64, seconds: f64, rate: Option<f64>, guard: &str) -> String {
+        match rate {
+            Some(ips) => format!("{bpd:.5},{lr:.4e},{seconds:.2},{ips:.1},{guard}"),
+            None => format!("{bpd:.5},{lr:.4e},{seconds:.2},0,{guard}"),
+        }
+    }
+
+    fn progress(&self, bpd: f64, images_per_second: f64) -> String {
+        format!("{bpd:.3} bits/dim  {images_per_second:.1} img/s")
+    }
+
+    fn trace(&self, model: &GlowImage, rows: Vec<f32>) -> Option<String> {
+        let n = rows.len() / self.width();
+        let x = from_vec(rows, [n, self.width()], &self.device).narrow(1, 0, self.cfg.dims());
+        model.trace_forward(x.reshape(self.shape(n)))
+    }
+
+    fn pictures_due(&self, done: usize) -> bool {
+        self.opts.sample_every > 0 && done.is_multiple_of(self.opts.sample_every)
+    }
+
+    fn pictures(&mut self, done: usize, model: &GlowImage) -> Result<()> {
+        match sample_grid(model, &self.cfg, 64, 0.7, self.opts.seed) {
+            Ok(grid) => grid.save_png(&self.out.join(format!("samples_{done:07}.png"))),
+            Err(e) => {
+                eprintln!("step {done}: no sample grid written: {e}");
+                Ok(())
+            }
+        }
+    }
+
+    fn state(
+        &self,
+        model: &mut GlowImage,
+        step: usize,
+        train_seconds: f64,
+        guard: &Guard,
+    ) -> ImageRunState {
+        ImageRunState {
+            model: self.cfg.clone(),
+            options: self.opts.clone(),
+            step,
+            actnorm_initialized: model.actnorm_flags(),
+            train_seconds,
+            skipped_steps: guard.total_skips,
+            ema_updates: guard.ema_updates(),
+            data_fingerprint: Some(self.fingerprint.clone()),
+            resumes: self.resumes.clone(),
+        }
+    }
+
+    fn resume_command(&self) -> String {
+        format!("glowflow train --resume {}", self.out.display())
+    }
 }

@@ -1,0 +1,220 @@
+//! The one training loop every workload runs: learning-rate schedule, data-parallel gradients,
+//! the non-finite guard (skips, clipping, weight average), metrics and gradient-norm logs,
+//! progress, periodic pictures and checkpoints, the time limit and Ctrl-C. A workload supplies
+//! only what differs, as a [`Task`]: its batches, its loss, its metrics row, its pictures and
+//! its run state (the vector flows in `train2d`, image Glow in `train_image`).
+
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+use anyhow::Result;
+use burn::module::Module;
+use burn::optim::ModuleOptimizer;
+use burn::tensor::{Device, Tensor};
+use serde::Serialize;
+
+use super::checkpoint::checkpoint_dir;
+use super::stability::{stop_error, write_group_norms, Guard, Window};
+use super::{interrupt, open_run_logs, parallel, progress_bar};
+
+/// What one workload supplies to [`train`].
+pub trait Task: Sync {
+    /// The model (on the autodiff device while training).
+    type Model: Module + burn::store::ModuleSnapshot + Clone + Send + Sync;
+    /// The checkpoint's `state.json`.
+    type State: Serialize;
+
+    /// The header of `metrics.csv`; every row starts with the step.
+    fn metrics_header(&self) -> &'static str;
+    /// Learning rate of step `step` (0-based).
+    fn lr(&self, step: usize) -> f64;
+    /// The host rows of step `step`'s batch, `[batch, width]` flattened: a pure function of
+    /// the seed and the step, so a resumed run sees the same data.
+    fn batch(&mut self, step: usize) -> Vec<f32>;
+    /// Values per row of [`batch`](Task::batch).
+    fn width(&self) -> usize;
+    /// Rows per batch.
+    fn batch_size(&self) -> usize;
+    /// Data-parallel shards of each batch (1 for models that use batch statistics).
+    fn shards(&self) -> usize;
+    /// Mean loss of the rows `x: [n, width]` (nats, or bits/dim for images).
+    fn loss(&self, model: &Self::Model, x: Tensor<2>) -> Tensor<1>;
+    /// A metrics row after its step: the loss, the learning rate, the training seconds so
+    /// far, the images (rows) per second of the window (`None` on a stop row), and the guard's
+    /// columns.
+    fn row(&self, loss: f64, lr: f64, seconds: f64, rate: Option<f64>, guard: &str) -> String;
+    /// The progress bar's message.
+    fn progress(&self, loss: f64, rows_per_second: f64) -> String;
+    /// Where the first non-finite value appears when `model` (evaluation weights) runs the
+    /// rows `rows` of a batch; `None` when all is finite.
+    fn trace(&self, model: &Self::Model, rows: Vec<f32>) -> Option<String>;
+    /// Whether pictures are due after step `done` (density frames, sample grids).
+    fn pictures_due(&self, done: usize) -> bool;
+    /// Draw them with the evaluation weights.
+    fn pictures(&mut self, done: usize, model: &Self::Model) -> Result<()>;
+    /// The run state after `step` steps (`model`: the trained weights).
+    fn state(
+        &self,
+        model: &mut Self::Model,
+        step: usize,
+        train_seconds: f64,
+        guard: &Guard,
+    ) -> Self::State;
+    /// The command that continues this run after an interruption.
+    fn resume_command(&self) -> String;
+}
+
+/// The fixed settings of one call of [`train`].
+pub struct Schedule {
+    /// The run directory.
+    pub out: PathBuf,
+    /// Show a progress bar.
+    pub progress: bool,
+    /// First step to run (0, or the checkpoint's step on resume).
+    pub first: usize,
+    /// Total steps.
+    pub steps: usize,
+    /// A metrics row every this many steps.
+    pub log_every: usize,
+    /// A checkpoint every this many steps (0: at the end only).
+    pub checkpoint_every: usize,
+    /// Stop after this many minutes of this call's training time.
+    pub time_limit_minutes: Option<f64>,
+    /// Training seconds of the run before this call.
+    pub train_seconds: f64,
+    /// Append to the run's logs (resume), cutting rows past `first`, instead of starting them.
+    pub append_logs: bool,
+    /// The newest checkpoint that exists (folder, step), named if the run has to stop.
+    pub saved: Option<(PathBuf, usize)>,
+    /// The autodiff device of the model.
+    pub device: Device,
+}
+
+/// How a call of [`train`] ended.
+pub struct Trained<M> {
+    /// The trained weights (a checkpoint of them is saved).
+    pub model: M,
+    /// The guard, with its weight average.
+    pub guard: Guard,
+    /// Steps done.
+    pub step: usize,
+    /// Training seconds of the whole run.
+    pub train_seconds: f64,
+}
+
+/// Run `task` from `schedule.first` to `schedule.steps` (or the time limit), then save a
+/// checkpoint.
+///
+/// # Errors
+/// A failed log or checkpoint write; [`stop_error`] after too many consecutive skipped steps
+/// (the checkpoint named in it is intact); [`Interrupted`](crate::error::Interrupted) after a
+/// SIGINT/SIGTERM, once the step has finished and a checkpoint is saved.
+pub fn train<T: Task>(
+    task: &mut T,
+    mut model: T::Model,
+    mut optim: ModuleOptimizer,
+    mut guard: Guard,
+    s: Schedule,
+) -> Result<Trained<T::Model>> {
+    let out = s.out.as_path();
+    let (mut metrics, mut group_norms) =
+        open_run_logs(out, task.metrics_header(), s.append_logs.then_some(s.first))?;
+    let mut saved = s.saved;
+    let bar = progress_bar(s.progress, s.steps as u64, s.first as u64);
+    let mut window = Window::default();
+    let mut clock = Instant::now();
+    let mut train_seconds = s.train_seconds;
+    let (mut last, mut interrupted) = (s.first, false);
+    for step in s.first..s.steps {
+        if interrupt::requested() {
+            interrupted = true;
+            break;
+        }
+        if let Some(limit) = s.time_limit_minutes {
+            let this_call = train_seconds - s.train_seconds + clock.elapsed().as_secs_f64();
+            if this_call >= limit * 60.0 {
+                break;
+            }
+        }
+        let lr = task.lr(step);
+        let batch = task.batch(step);
+        let (value, grads) = {
+            let t: &T = task;
+            parallel::loss_and_grads(&model, &batch, t.width(), t.shards(), &s.device, |m, x| {
+                t.loss(m, x)
+            })
+        };
+        let (next, outcome, report, stop) = guard.step(model, &mut optim, lr, value, grads);
+        model = next;
+        window.add(value, &outcome, &report.groups);
+        if let Some(why) = stop {
+            // The partial window's row, so the skipped steps are on record.
+            let seconds = train_seconds + clock.elapsed().as_secs_f64();
+            let row = task.row(
+                window.mean_loss(),
+                lr,
+                seconds,
+                None,
+                &window.guard_columns(),
+            );
+            writeln!(metrics, "{},{row}", step + 1)?;
+            metrics.flush()?;
+            let place = task.trace(&model.valid(), batch);
+            return Err(stop_error(step + 1, lr, &why, place, saved));
+        }
+        let done = step + 1;
+        last = done;
+        if done % s.log_every == 0 || done == s.steps {
+            let dt = clock.elapsed().as_secs_f64();
+            train_seconds += dt;
+            clock = Instant::now();
+            let rate = ((window.steps + window.skipped) * task.batch_size()) as f64 / dt.max(1e-9);
+            let loss = window.mean_loss();
+            let row = task.row(loss, lr, train_seconds, Some(rate), &window.guard_columns());
+            writeln!(metrics, "{done},{row}")?;
+            metrics.flush()?;
+            write_group_norms(&mut group_norms, done, &window.groups_max)?;
+            if let Some(b) = &bar {
+                b.set_position(done as u64);
+                b.set_message(task.progress(loss, rate));
+            }
+            window = Window::default();
+        }
+        let pictures_due = task.pictures_due(done);
+        let ckpt_due = s.checkpoint_every > 0 && done % s.checkpoint_every == 0;
+        if pictures_due || ckpt_due {
+            train_seconds += clock.elapsed().as_secs_f64();
+            if pictures_due {
+                task.pictures(done, &guard.eval_weights(model.valid()))?;
+            }
+            if ckpt_due {
+                let state = task.state(&mut model, done, train_seconds, &guard);
+                guard.save_checkpoint(out, &model, &optim, &state)?;
+                saved = Some((checkpoint_dir(out), done));
+            }
+            clock = Instant::now();
+        }
+    }
+    train_seconds += clock.elapsed().as_secs_f64();
+    if let Some(b) = &bar {
+        b.finish();
+    }
+    metrics.flush()?;
+    let state = task.state(&mut model, last, train_seconds, &guard);
+    guard.save_checkpoint(out, &model, &optim, &state)?;
+    if interrupted {
+        return Err(interrupt::interrupted(last, task.resume_command()).into());
+    }
+    Ok(Trained {
+        model,
+        guard,
+        step: last,
+        train_seconds,
+    })
+}
+
+/// Whether `out` is where a resumed run's checkpoint lives (its logs are then appended to).
+pub fn same_run(resumed_from: Option<&Path>, out: &Path) -> bool {
+    resumed_from.is_some_and(|d| super::run_dir::same_dir(&super::run_dir::run_dir_of(d), out))
+}
