@@ -160,6 +160,22 @@ fn halves(t: Tensor<4>) -> (Tensor<4>, Tensor<4>) {
     (t.clone().narrow(1, 0, c / 2), t.narrow(1, c / 2, c - c / 2))
 }
 
+/// One level's result in the density direction: the log-determinant of its flow steps, the
+/// latent it factors out (the whole top latent at the last level) and that latent's prior.
+struct Pass {
+    logdet: Tensor<1>,
+    z: Tensor<4>,
+    mean: Tensor<4>,
+    logs: Tensor<4>,
+}
+
+impl Pass {
+    /// `log N(z; mean, exp(logs)^2)` per sample.
+    fn log_prob(&self) -> Tensor<1> {
+        gaussian_log_prob(self.z.clone(), self.mean.clone(), self.logs.clone())
+    }
+}
+
 /// Latents of one image batch: one tensor per level (the factored-out halves, then the top).
 pub type Latents = Vec<Tensor<4>>;
 
@@ -285,53 +301,72 @@ impl GlowImage {
         }
     }
 
-    /// `(log p(x) without the top prior's term, the top latent)`: everything of the density
-    /// that does not depend on a class.
-    fn forward_parts(&self, x: Tensor<4>) -> (Tensor<1>, Tensor<4>) {
-        let mut logp = crate::flow::zero_logdet(&x);
+    /// The one level walk of the density direction: each level squeezes, runs its flow steps
+    /// (`flow`, which may stop the walk with a message), then factors out half the channels
+    /// under its split prior (or keeps everything under the top prior, for the class one-hot
+    /// `ctx` of a class-conditional model); `check` sees each level's result in turn.
+    fn walk(
+        &self,
+        x: Tensor<4>,
+        ctx: Context,
+        mut flow: impl FnMut(usize, &FlowSequence, Tensor<4>) -> Result<(Tensor<4>, Tensor<1>), String>,
+        mut check: impl FnMut(usize, &Pass) -> Result<(), String>,
+    ) -> Result<Vec<Pass>, String> {
+        let n = x.dims()[0];
         let mut h = x;
-        for level in &self.levels {
-            let (y, ld) = level.flow.forward(squeeze(h));
-            logp = logp + ld;
-            match &level.split {
+        let mut out = Vec::with_capacity(self.levels.len());
+        for (l, level) in self.levels.iter().enumerate() {
+            let (y, logdet) = flow(l, &level.flow, squeeze(h))?;
+            let (z, mean, logs, next) = match &level.split {
                 Some(prior) => {
                     let (z, keep) = halves(y);
                     let (mean, logs) = halves(prior.conv.forward(keep.clone()));
-                    logp = logp + gaussian_log_prob(z, mean, logs);
-                    h = keep;
+                    (z, mean, logs, keep)
                 }
-                None => h = y,
-            }
+                None => {
+                    let (mean, logs) = self.top_params(n, ctx);
+                    (y.clone(), mean, logs, y)
+                }
+            };
+            let pass = Pass {
+                logdet,
+                z,
+                mean,
+                logs,
+            };
+            check(l, &pass)?;
+            out.push(pass);
+            h = next;
         }
-        (logp, h)
+        Ok(out)
+    }
+
+    /// Every level's pass in the density direction (see [`walk`](Self::walk)).
+    fn passes(&self, x: Tensor<4>, ctx: Context) -> Vec<Pass> {
+        self.walk(x, ctx, |_, f, h| Ok(f.forward(h)), |_, _| Ok(()))
+            .unwrap_or_else(|_| unreachable!("the plain walk never stops"))
+    }
+
+    /// `(log p(x) without the top prior's term, the top latent)`: everything of the density
+    /// that does not depend on a class.
+    fn forward_parts(&self, x: Tensor<4>) -> (Tensor<1>, Tensor<4>) {
+        let mut passes = self.passes(x, None);
+        let top = passes.pop().expect("at least one level");
+        let logp = passes
+            .into_iter()
+            .fold(top.logdet, |acc, p| acc + p.log_prob() + p.logdet);
+        (logp, top.z)
     }
 
     /// `(log p(x | ctx) in nats per sample, latents)`; `ctx` is a class one-hot
     /// `[N, classes]` for a class-conditional model (ignored otherwise; `None` gives the
     /// class-free prior).
     pub fn forward_latents_ctx(&self, x: Tensor<4>, ctx: Context) -> (Tensor<1>, Latents) {
-        let n = x.dims()[0];
         let mut logp = crate::flow::zero_logdet(&x);
-        let mut h = x;
         let mut zs = Vec::with_capacity(self.levels.len());
-        for level in &self.levels {
-            let (y, ld) = level.flow.forward(squeeze(h));
-            logp = logp + ld;
-            match &level.split {
-                Some(prior) => {
-                    let (z, keep) = halves(y);
-                    let (mean, logs) = halves(prior.conv.forward(keep.clone()));
-                    logp = logp + gaussian_log_prob(z.clone(), mean, logs);
-                    zs.push(z);
-                    h = keep;
-                }
-                None => {
-                    let (mean, logs) = self.top_params(n, ctx);
-                    logp = logp + gaussian_log_prob(y.clone(), mean, logs);
-                    zs.push(y.clone());
-                    h = y;
-                }
-            }
+        for p in self.passes(x, ctx) {
+            logp = logp + p.logdet.clone() + p.log_prob();
+            zs.push(p.z);
         }
         (logp, zs)
     }
@@ -351,25 +386,14 @@ impl GlowImage {
     /// context `[N, classes]` (class-conditional models).
     pub fn standardized_latents_ctx(&self, x: Tensor<4>, ctx: Context) -> Tensor<2> {
         let n = x.dims()[0];
-        let mut h = x;
-        let mut parts = Vec::new();
-        for level in &self.levels {
-            let y = level.flow.forward(squeeze(h)).0;
-            let (z, mean, logs, next) = match &level.split {
-                Some(prior) => {
-                    let (z, keep) = halves(y);
-                    let (mean, logs) = halves(prior.conv.forward(keep.clone()));
-                    (z, mean, logs, keep)
-                }
-                None => {
-                    let (mean, logs) = self.top_params(n, ctx);
-                    (y.clone(), mean, logs, y)
-                }
-            };
-            let [_, c, hh, ww] = z.dims();
-            parts.push(((z - mean) * logs.neg().exp()).reshape([n, c * hh * ww]));
-            h = next;
-        }
+        let parts = self
+            .passes(x, ctx)
+            .into_iter()
+            .map(|p| {
+                let [_, c, h, w] = p.z.dims();
+                ((p.z - p.mean) * p.logs.neg().exp()).reshape([n, c * h * w])
+            })
+            .collect();
         Tensor::cat(parts, 1)
     }
 
@@ -437,38 +461,29 @@ impl GlowImage {
     /// or the split / top prior's log-density. `None` when everything is finite.
     pub fn trace_forward(&self, x: Tensor<4>) -> Option<String> {
         use crate::tensor_util::count_nonfinite;
-        let n = x.dims()[0];
         if count_nonfinite(x.clone()) > 0 {
             return Some("the input itself holds non-finite values".into());
         }
-        let mut h = x;
-        for (l, level) in self.levels.iter().enumerate() {
-            let y = match level.flow.trace_nonfinite(squeeze(h), None, false) {
-                Ok(y) => y,
-                Err(e) => return Some(format!("level {l}, {e}")),
-            };
-            let (z, mean, logs, next) = match &level.split {
-                Some(prior) => {
-                    let (z, keep) = halves(y);
-                    let (mean, logs) = halves(prior.conv.forward(keep.clone()));
-                    (z, mean, logs, keep)
+        let last = self.levels.len() - 1;
+        self.walk(
+            x,
+            None,
+            |l, flow, h| {
+                let y = flow
+                    .trace_nonfinite(h, None, false)
+                    .map_err(|e| format!("level {l}, {e}"))?;
+                let ld = crate::flow::zero_logdet(&y);
+                Ok((y, ld))
+            },
+            |l, pass| {
+                if count_nonfinite(pass.log_prob()) == 0 {
+                    return Ok(());
                 }
-                None => {
-                    let (mean, logs) = self.top_params(n, None);
-                    (y.clone(), mean, logs, y)
-                }
-            };
-            if count_nonfinite(gaussian_log_prob(z, mean, logs)) > 0 {
-                let which = if level.split.is_some() {
-                    "split prior"
-                } else {
-                    "top prior"
-                };
-                return Some(format!("level {l}, {which} log-density"));
-            }
-            h = next;
-        }
-        None
+                let which = if l < last { "split prior" } else { "top prior" };
+                Err(format!("level {l}, {which} log-density"))
+            },
+        )
+        .err()
     }
 
     /// Decode `zs` level by level and layer by layer (the generative direction) and name the
