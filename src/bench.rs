@@ -13,23 +13,23 @@ use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 use serde::Serialize;
 
-use crate::data::dequant::dequantize;
-use crate::data::Target;
-use crate::distributions::{standard_normal_log_prob, standard_normal_sample};
-use crate::flow::Flow;
-use crate::layers::coupling::{AffineCoupling, TanhScale};
-use crate::layers::{ActNorm, FlowSequence, InvConv1x1Lu, Layer};
-use crate::models::{
+use glowflow::data::dequant::dequantize;
+use glowflow::data::Target;
+use glowflow::distributions::{standard_normal_log_prob, standard_normal_sample};
+use glowflow::flow::Flow;
+use glowflow::layers::coupling::{AffineCoupling, TanhScale};
+use glowflow::layers::{ActNorm, FlowSequence, InvConv1x1Lu, Layer};
+use glowflow::models::{
     CouplingKind, GlowImage, GlowImageConfig, ImageCoupling, ModelKind, Permutation, VectorFlow,
     VectorFlowConfig,
 };
-use crate::nets::{CouplingNet, PlainConvNet};
-use crate::tensor_util::{from_vec, to_vec, with_sequential_param_ids};
-use crate::train::adam::adam;
-use crate::train::data2d::DataStream;
-use crate::train::eval2d::model_density_grid;
-use crate::train::parallel::loss_and_grads;
-use crate::train::train_image::bpd_of;
+use glowflow::nets::{CouplingNet, PlainConvNet};
+use glowflow::tensor_util::{from_vec, to_vec, with_sequential_param_ids};
+use glowflow::train::adam::adam;
+use glowflow::train::data2d::DataStream;
+use glowflow::train::eval2d::model_density_grid;
+use glowflow::train::parallel::loss_and_grads;
+use glowflow::train::train_image::bpd_of;
 
 /// What `glowflow bench --workload` runs.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum, Serialize)]

@@ -1,3 +1,4 @@
+#![warn(missing_docs)]
 //! # glowflow
 //!
 //! Glow-family normalizing flows on [burn](https://burn.dev): ActNorm, invertible 1x1
@@ -23,8 +24,6 @@
 //! assert!(glowflow::tensor_util::finite_max(&err).unwrap() < 1e-5);
 //! ```
 
-pub mod bench;
-pub mod cli;
 pub mod data;
 pub mod distributions;
 pub mod error;

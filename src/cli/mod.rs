@@ -1,7 +1,7 @@
 //! The `glowflow` command line: a thin layer over the library.
 //!
 //! Every number is checked by its value parser ([`parse`]) before anything runs; errors a user
-//! can fix exit with code 2, an interrupted run with 130 ([`crate::error::exit_code`]).
+//! can fix exit with code 2, an interrupted run with 130 ([`glowflow::error::exit_code`]).
 
 pub mod parse;
 
@@ -13,17 +13,17 @@ use clap::parser::ValueSource;
 use clap::{ArgMatches, Args, CommandFactory, FromArgMatches, Parser, Subcommand};
 use serde_json::json;
 
-use crate::data::Target;
-use crate::error::{FieldError, InputError};
-use crate::limits::{
+use glowflow::data::Target;
+use glowflow::error::{FieldError, InputError};
+use glowflow::limits::{
     MAX_FLOW_STEPS, MAX_IMAGE_SIDE, MAX_LEVELS, MAX_STEPS, MAX_THREADS, MAX_WIDTH,
 };
-use crate::models::{CouplingKind, ModelKind, Permutation, VectorFlowConfig};
-use crate::train::run_dir::{self, ResumeChanges};
-use crate::train::stability::StabilityOptions;
-use crate::train::train2d::{comparison_picture, load_trained, TableOptions};
-use crate::train::train_image::image_recipe_stability;
-use crate::train::{checkpoint, eval2d, interrupt, train2d, RunIo, Start, Train2dOptions};
+use glowflow::models::{CouplingKind, ModelKind, Permutation, VectorFlowConfig};
+use glowflow::train::run_dir::{self, ResumeChanges};
+use glowflow::train::stability::StabilityOptions;
+use glowflow::train::train2d::{comparison_picture, load_trained, TableOptions};
+use glowflow::train::train_image::image_recipe_stability;
+use glowflow::train::{checkpoint, eval2d, interrupt, train2d, RunIo, Start, Train2dOptions};
 
 #[derive(Parser, Debug)]
 #[command(name = "glowflow", version, about = "Glow-family normalizing flows")]
@@ -101,7 +101,7 @@ pub struct StabilityArgs {
     pub max_skips: Option<usize>,
     /// Optimizer [default: adam].
     #[arg(long, value_enum)]
-    pub optimizer: Option<crate::train::stability::OptimizerKind>,
+    pub optimizer: Option<glowflow::train::stability::OptimizerKind>,
 }
 
 impl StabilityArgs {
@@ -138,9 +138,9 @@ pub struct TrainArgs {
     #[arg(long, default_value_t = 64, value_parser = parse::count::<1, MAX_WIDTH>)]
     pub width: usize,
     #[arg(long, value_enum, default_value = "affine")]
-    pub coupling: crate::models::ImageCoupling,
+    pub coupling: glowflow::models::ImageCoupling,
     #[arg(long, value_enum, default_value = "lu")]
-    pub permutation: crate::models::Permutation,
+    pub permutation: glowflow::models::Permutation,
     /// Bits per pixel kept (8: the standard for comparing bits/dim with published numbers).
     #[arg(long, default_value_t = 8, value_parser = parse::bits)]
     pub n_bits: u32,
@@ -517,7 +517,7 @@ fn cmd_bench(a: BenchArgs) -> Result<()> {
     let threads = thread_count(a.threads, &a.device);
     // The backend's pool (rayon) reads this when it first starts, which is after this point.
     std::env::set_var("RAYON_NUM_THREADS", threads.to_string());
-    let device = crate::device_by_name(&a.device)?;
+    let device = glowflow::device_by_name(&a.device)?;
     let steps = a.steps.unwrap_or_else(|| a.workload.default_steps());
     let r = crate::bench::run(a.workload, steps, a.warmup, threads, &a.device, &device)?;
     if a.json {
@@ -579,7 +579,7 @@ fn out_dir(out: &Option<PathBuf>, resume: &Option<PathBuf>, default: &str) -> Pa
 }
 
 fn cmd_train2d(a: Train2dArgs, given: &[(String, String)]) -> Result<()> {
-    let device = crate::device_by_name(&a.common.device)?;
+    let device = glowflow::device_by_name(&a.common.device)?;
     interrupt::install();
     let io = RunIo {
         out: out_dir(&a.out, &a.resume, "runs/train2d"),
@@ -629,7 +629,7 @@ fn print_json<T: serde::Serialize>(value: &T) -> Result<()> {
 }
 
 fn cmd_compare(a: CompareArgs) -> Result<()> {
-    let device = crate::device_by_name(&a.common.device)?;
+    let device = glowflow::device_by_name(&a.common.device)?;
     let threads = a.common.threads();
     let opts = a.common.options(COMPARE_DEFAULT_STEPS);
     interrupt::install();
@@ -729,14 +729,14 @@ fn cmd_compare(a: CompareArgs) -> Result<()> {
          than 3 sigma from every mode (mixture targets only).\n",
         threads
     ));
-    crate::fsutil::write_atomic(&a.out.join("compare.md"), md.as_bytes())?;
+    glowflow::fsutil::write_atomic(&a.out.join("compare.md"), md.as_bytes())?;
     drop(lock);
     print_json(&report)
 }
 
 fn cmd_train(a: TrainArgs, given: &[(String, String)]) -> Result<()> {
-    use crate::train::train_image::{train_image, ImageStart, ImageTrainOptions};
-    let device = crate::device_by_name(&a.device)?;
+    use glowflow::train::train_image::{train_image, ImageStart, ImageTrainOptions};
+    let device = glowflow::device_by_name(&a.device)?;
     interrupt::install();
     let start = match &a.resume {
         Some(dir) => {
@@ -786,8 +786,8 @@ fn cmd_train(a: TrainArgs, given: &[(String, String)]) -> Result<()> {
                 weight_y: a.weight_y,
             };
             opts.validate().map_err(FieldError::on_flag)?;
-            let probe = crate::train::train_image::load_data(&opts)?;
-            let cfg = crate::models::GlowImageConfig {
+            let probe = glowflow::train::train_image::load_data(&opts)?;
+            let cfg = glowflow::models::GlowImageConfig {
                 channels: probe.train.c,
                 height: probe.train.h,
                 width: probe.train.w,
@@ -816,17 +816,17 @@ fn cmd_train(a: TrainArgs, given: &[(String, String)]) -> Result<()> {
 }
 
 fn cmd_eval(a: EvalArgs, reconstruct: bool) -> Result<()> {
-    use crate::train::train_image::{
+    use glowflow::train::train_image::{
         check_image_shape, class_eval, class_labels, load_data, load_for_eval,
         reconstruction_error, BpdReport,
     };
-    let device = crate::device_by_name(&a.device)?;
+    let device = glowflow::device_by_name(&a.device)?;
     let (model, state, ema) = load_for_eval(&a.checkpoint, &device)
         .with_context(|| format!("--checkpoint {}", a.checkpoint.display()))?;
     if reconstruct {
         // Float64 activations of a forward and an inverse pass.
         let need = state.model.activation_bytes_per_image() * 2.0 * a.n as f64;
-        if let Some(why) = crate::limits::memory_shortfall(need) {
+        if let Some(why) = glowflow::limits::memory_shortfall(need) {
             return Err(InputError::flag("--n", a.n, why).into());
         }
     }
@@ -914,17 +914,17 @@ fn write_per_image(path: &std::path::Path, bpd: &[f64]) -> Result<()> {
         w.write_record([i.to_string(), v.to_string()])?;
     }
     let bytes = w.into_inner().map_err(|e| anyhow::anyhow!("{e}"))?;
-    crate::fsutil::write_atomic(path, &bytes)
+    glowflow::fsutil::write_atomic(path, &bytes)
 }
 
 fn cmd_sample(a: SampleArgs) -> Result<()> {
-    use crate::train::train_image::{load_for_eval, sample_batch, sample_batch_of};
-    let device = crate::device_by_name(&a.device)?;
+    use glowflow::train::train_image::{load_for_eval, sample_batch, sample_batch_of};
+    let device = glowflow::device_by_name(&a.device)?;
     let (model, state, ema) = load_for_eval(&a.checkpoint, &device)
         .with_context(|| format!("--checkpoint {}", a.checkpoint.display()))?;
     // Float64 decoding activations, plus the grid.
     let need = state.model.activation_bytes_per_image() * a.n as f64;
-    if let Some(why) = crate::limits::memory_shortfall(need) {
+    if let Some(why) = glowflow::limits::memory_shortfall(need) {
         return Err(InputError::flag("--n", a.n, why).into());
     }
     let k = model.classes();
@@ -979,9 +979,9 @@ fn absolute(p: &std::path::Path) -> PathBuf {
 }
 
 fn cmd_score(a: ScoreArgs) -> Result<()> {
-    use crate::data::table::read_table;
-    use crate::train::data2d::{log_prob_rows, TableData};
-    let device = crate::device_by_name(&a.device)?;
+    use glowflow::data::table::read_table;
+    use glowflow::train::data2d::{log_prob_rows, TableData};
+    let device = glowflow::device_by_name(&a.device)?;
     let (model, state) = load_trained(&a.checkpoint, &device)
         .with_context(|| format!("--checkpoint {}", a.checkpoint.display()))?;
     let Some(topts) = state.options.table.clone() else {
@@ -1058,6 +1058,6 @@ fn cmd_score(a: ScoreArgs) -> Result<()> {
         "nonfinite": lp.len() - finite.len(),
         "out": a.out,
     }))?;
-    crate::fsutil::write_atomic(&a.out, &bytes)
+    glowflow::fsutil::write_atomic(&a.out, &bytes)
         .map_err(|e| InputError::flag("--out", a.out.display(), format!("{e:#}")).into())
 }

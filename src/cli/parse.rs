@@ -1,6 +1,6 @@
 //! Value parsers for the command line: every number is checked where it enters, so clap's error
 //! names the flag (`invalid value '0' for '--batch <BATCH>': must be at least 1`) and the
-//! process exits with code 2 before anything runs. Bounds come from [`crate::limits`].
+//! process exits with code 2 before anything runs. Bounds come from [`glowflow::limits`].
 
 /// An integer in `LO..=HI`.
 pub fn count<const LO: usize, const HI: usize>(s: &str) -> Result<usize, String> {
@@ -37,8 +37,8 @@ fn finite(s: &str) -> Result<f64, String> {
 /// with the step named; the bound refuses only values that are not numbers a user means).
 pub fn learning_rate(s: &str) -> Result<f64, String> {
     let v = finite(s)?;
-    if v <= 0.0 || v > crate::limits::MAX_LR {
-        return Err(format!("must be in (0, {:e}]", crate::limits::MAX_LR));
+    if v <= 0.0 || v > glowflow::limits::MAX_LR {
+        return Err(format!("must be in (0, {:e}]", glowflow::limits::MAX_LR));
     }
     Ok(v)
 }
