@@ -24,6 +24,7 @@ use crate::layers::{
 use crate::nets::{CouplingNet, Dense, GlowConvNet, ZeroConv2d};
 use crate::tensor_util::{trainable, with_sequential_param_ids};
 
+/// The coupling of every flow step of image Glow (Glow §3.3; NICE for additive).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
 #[serde(rename_all = "lowercase")]
 pub enum ImageCoupling {
@@ -33,19 +34,34 @@ pub enum ImageCoupling {
     Additive,
 }
 
+/// Everything needed to rebuild an image Glow (stored in checkpoints).
+///
+/// # Shapes
+/// Images `[N, channels, height, width]`; the top latent
+/// `[N, channels * 2^(levels+1), height / 2^levels, width / 2^levels]`.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct GlowImageConfig {
+    /// Image channels `C` (1 grey, 3 RGB).
     pub channels: usize,
+    /// Image height in pixels (divisible by `2^levels`).
     pub height: usize,
+    /// Image width in pixels (divisible by `2^levels`).
     pub width: usize,
+    /// Number of levels `L` (each squeezes; all but the last split off half the channels).
     pub levels: usize,
+    /// Flow steps `K` per level.
     pub depth: usize,
     /// Coupling-CNN width.
     pub hidden: usize,
+    /// Coupling form of every step.
     pub coupling: ImageCoupling,
+    /// Channel-mixing layer of every step (invertible 1x1 convolution, or a fixed permutation).
     pub permutation: Permutation,
+    /// Bits per pixel kept (8 for published bits/dim); the dequantisation bin width is `2^-n_bits`.
     pub n_bits: u32,
+    /// Learn the top prior's mean and log-std per position (false: `N(0, I)`).
     pub learn_top: bool,
+    /// Seed of the parameter initialisation.
     pub init_seed: u64,
     /// Number of classes of a class-conditional model (0: unconditional; runs saved before it
     /// existed are unconditional).
@@ -98,6 +114,7 @@ impl GlowImageConfig {
         total * 4.0 * 2.0
     }
 
+    /// Values per image `D = C * H * W` (the bits/dim denominator).
     pub fn dims(&self) -> usize {
         self.channels * self.height * self.width
     }
@@ -120,20 +137,31 @@ impl GlowImageConfig {
 /// tensor (split levels), or learned per position (top level).
 #[derive(Module, Debug)]
 pub struct SplitPrior {
+    /// Zero-initialised convolution of the kept half to the factored half's mean and log-std.
     pub conv: ZeroConv2d,
 }
 
+/// One level: its flow steps and, for every level but the last, the split prior.
 #[derive(Module, Debug)]
 pub struct Level {
+    /// `K` flow steps on the squeezed input.
     pub flow: FlowSequence,
+    /// The split prior (`None` at the top level, which keeps every channel).
     pub split: Option<SplitPrior>,
 }
 
+/// Multi-scale Glow (Kingma & Dhariwal 2018, Fig. 2), optionally class-conditional.
+///
+/// # Shapes
+/// Images `[N, C, H, W]` in the dequantised data range `[-0.5, 0.5]`; latents one tensor per
+/// level (see [`Latents`]); log-densities `[N]`, nats.
 #[derive(Module, Debug)]
 pub struct GlowImage {
+    /// The levels, first (full resolution) to last.
     pub levels: Vec<Level>,
     /// Top prior `[2C, H, W]`: mean (first C) and log-std (last C); zero is N(0, I).
     pub top: Param<Tensor<3>>,
+    /// Whether the top prior is trained.
     pub learn_top: bool,
     /// Class-conditional top prior: one-hot `[N, classes]` to a per-channel shift of the top
     /// prior's mean and log-std, `[N, 2C]` (zero-initialised).
@@ -180,6 +208,8 @@ impl Pass {
 pub type Latents = Vec<Tensor<4>>;
 
 impl GlowImage {
+    /// A fresh model (deterministic for `cfg.init_seed`); ActNorms await their data-dependent
+    /// initialisation ([`initialize`](Self::initialize)).
     pub fn new(cfg: &GlowImageConfig, device: &Device) -> Self {
         let mut rng = ChaCha8Rng::seed_from_u64(cfg.init_seed);
         let mut levels = Vec::new();

@@ -23,14 +23,18 @@ use crate::layers::{
 use crate::nets::{CouplingNet, Mlp};
 use crate::tensor_util::with_sequential_param_ids;
 
+/// Which vector flow.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
 #[serde(rename_all = "lowercase")]
 pub enum ModelKind {
+    /// Glow: ActNorm, invertible linear map (LU), coupling.
     Glow,
+    /// Real NVP: flow batch norm, coupling.
     Realnvp,
 }
 
 impl ModelKind {
+    /// The name used in file names and summaries (`glow`, `realnvp`).
     pub fn name(self) -> &'static str {
         match self {
             ModelKind::Glow => "glow",
@@ -54,6 +58,7 @@ pub enum CouplingKind {
 /// Everything needed to rebuild a 2D model (stored in checkpoints).
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct VectorFlowConfig {
+    /// Glow or Real NVP.
     pub model: ModelKind,
     /// Number of flow steps K.
     pub layers: usize,
@@ -61,6 +66,7 @@ pub struct VectorFlowConfig {
     pub hidden: usize,
     /// Coupling-network hidden layers.
     pub depth: usize,
+    /// The coupling's elementwise bijection.
     pub coupling: CouplingKind,
     /// Mixing layer (Glow only).
     pub permutation: Permutation,
@@ -82,6 +88,8 @@ fn two() -> usize {
 }
 
 impl VectorFlowConfig {
+    /// The tutorial's model of this kind: 32 steps, couplings of width 64 and 2 hidden layers,
+    /// `tanh` scale, LU mixing, 2D, unconditional, no standardisation.
     pub fn new(model: ModelKind) -> Self {
         VectorFlowConfig {
             model,

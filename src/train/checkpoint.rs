@@ -23,8 +23,11 @@ use sha2::{Digest, Sha256};
 
 use crate::error::InputError;
 
+/// The trained weights (safetensors).
 pub const MODEL_FILE: &str = "model.safetensors";
+/// Adam's (or Adamax's) moments and step count.
 pub const OPTIMIZER_FILE: &str = "optimizer.bpk";
+/// The run state: config, options, step, the files' SHA-256 and the format version.
 pub const STATE_FILE: &str = "state.json";
 /// The exponential moving average of the weights (same structure as `model.safetensors`, in
 /// float64: the average's accumulators, so a resumed run continues it exactly).
@@ -119,11 +122,13 @@ pub fn load_model<M: Module + ModuleSnapshot>(model: M, path: &Path) -> Result<M
     model_from_bytes(model, bytes, path)
 }
 
+/// Write `value` as pretty JSON at `path`, atomically (temporary file, fsync, rename).
 pub fn save_json<T: Serialize>(value: &T, path: &Path) -> Result<()> {
     let text = serde_json::to_string_pretty(value)?;
     crate::fsutil::write_atomic(path, text.as_bytes())
 }
 
+/// Read JSON from `path`; errors name the file and what did not parse.
 pub fn load_json<T: DeserializeOwned>(path: &Path) -> Result<T> {
     let text = std::fs::read_to_string(path)
         .map_err(|e| InputError::file(path, None, format!("cannot read: {e}")))?;
@@ -161,6 +166,7 @@ pub fn locate(dir: &Path) -> PathBuf {
 /// (none for checkpoints written before hashes were kept).
 #[derive(Clone, Debug)]
 pub struct Checkpoint {
+    /// The checkpoint folder.
     pub dir: PathBuf,
     hashes: Option<BTreeMap<String, String>>,
 }

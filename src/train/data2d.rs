@@ -38,6 +38,7 @@ pub struct DataStream {
 pub const DEFAULT_POOL: usize = 65_536;
 
 impl DataStream {
+    /// The stream of a 2D target's samples for `seed`, `batch` points per step.
     pub fn new(target: Target, seed: u64, batch: usize) -> Self {
         let pool_size = DEFAULT_POOL.div_ceil(batch) * batch;
         DataStream {

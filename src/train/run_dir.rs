@@ -17,6 +17,7 @@ pub const LOCK_FILE: &str = ".glowflow.lock";
 #[derive(Debug)]
 pub struct RunLock {
     _file: std::fs::File,
+    /// The locked run directory.
     pub dir: PathBuf,
     /// Whether [`lock`] created the directory: a run refused before writing anything then
     /// leaves no empty folder behind.
@@ -231,6 +232,7 @@ pub struct ResumeChanges {
     pub lr: Option<f64>,
     /// 2D runs: a new StepLR period and factor.
     pub lr_step: Option<usize>,
+    /// New StepLR factor.
     pub lr_gamma: Option<f64>,
     /// Image runs: the data set at a new place (same images: checked by their fingerprint).
     pub data: Option<String>,
@@ -239,12 +241,15 @@ pub struct ResumeChanges {
     /// Data-parallel threads: allowed, but results then differ from an uninterrupted run in
     /// float32 summation order (a note says so).
     pub threads: Option<usize>,
+    /// New checkpoint interval.
     pub checkpoint_every: Option<usize>,
     /// Image runs: sample-grid period and test-image limit.
     pub sample_every: Option<usize>,
+    /// New test-image limit.
     pub test_limit: Option<usize>,
     /// 2D runs: held-out points and GIF frames.
     pub test_samples: Option<usize>,
+    /// New number of density frames.
     pub frames: Option<usize>,
 }
 
@@ -252,7 +257,9 @@ pub struct ResumeChanges {
 /// changed (`lr 0.001 -> 0.0003`).
 #[derive(Clone, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
 pub struct ResumeRecord {
+    /// The step the resume started from.
     pub step: usize,
+    /// What it changed, as `name: old -> new`.
     pub changes: Vec<String>,
 }
 

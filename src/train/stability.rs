@@ -395,6 +395,7 @@ fn host_params<M: Module>(model: &M) -> HashMap<ParamId, Vec<f64>> {
 pub struct StepOutcome {
     /// Gradient norm before clipping.
     pub grad_norm: f64,
+    /// Whether the gradient was clipped.
     pub clipped: bool,
     /// Why the step was skipped (non-finite loss, gradient or updated weight), if it was.
     pub skipped: Option<String>,
@@ -403,11 +404,17 @@ pub struct StepOutcome {
 /// Running totals of a metrics window.
 #[derive(Clone, Debug, Default)]
 pub struct Window {
+    /// Sum of the applied steps' losses.
     pub loss_sum: f64,
+    /// Steps applied.
     pub steps: usize,
+    /// Largest global gradient norm seen.
     pub grad_norm_max: f64,
+    /// Steps whose gradient was clipped.
     pub clipped: usize,
+    /// Steps skipped.
     pub skipped: usize,
+    /// Largest gradient norm per layer group.
     pub groups_max: Vec<(String, f64)>,
 }
 
@@ -450,6 +457,7 @@ impl Window {
 /// The guard around every optimizer step: clipping, the finiteness checks, skip counting and
 /// the weight average.
 pub struct Guard {
+    /// Clipping, averaging, skip limit and optimizer.
     pub options: StabilityOptions,
     /// Values of the model's non-trained float state (batch-norm running statistics, fixed
     /// buffers) after the last applied step: the forward pass of a step updates running
@@ -459,6 +467,7 @@ pub struct Guard {
     pub consecutive: usize,
     /// Skipped steps over the whole run (carried across resume).
     pub total_skips: usize,
+    /// The weight average (when `ema_decay > 0`).
     pub ema: Option<WeightEma>,
 }
 

@@ -27,13 +27,17 @@ use crate::viz::{self, colour_bar, panels, scatter, Canvas, DensityGrid};
 /// Training hyper-parameters (defaults: the tutorial's recipe).
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct Train2dOptions {
+    /// The built-in 2D target (unused when `table` is set).
     pub target: Target,
     /// Total number of optimisation steps.
     pub steps: usize,
+    /// Rows (points) per batch.
     pub batch: usize,
+    /// Adam's learning rate.
     pub lr: f64,
     /// StepLR: multiply the learning rate by `lr_gamma` every `lr_step` steps.
     pub lr_step: usize,
+    /// StepLR factor.
     pub lr_gamma: f64,
     /// Seed of the training data (the model's init seed is in its config).
     pub seed: u64,
@@ -77,6 +81,8 @@ pub struct TableOptions {
 }
 
 impl Train2dOptions {
+    /// The tutorial's recipe on `target`: 20,000 steps, batch 1024, lr 1e-4 halved every 10,000
+    /// steps.
     pub fn new(target: Target) -> Self {
         Train2dOptions {
             target,
@@ -136,10 +142,13 @@ impl Train2dOptions {
 /// What a checkpoint's `state.json` holds.
 #[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct RunState {
+    /// The model's config.
     pub model: VectorFlowConfig,
+    /// The training options (the recipe).
     pub options: Train2dOptions,
     /// Steps completed.
     pub step: usize,
+    /// The initialised flag of every ActNorm, in model order (burn saves tensors only).
     pub actnorm_initialized: Vec<bool>,
     /// Training wall time so far (excluding evaluation and pictures).
     pub train_seconds: f64,
@@ -160,22 +169,34 @@ pub struct RunState {
 /// `summary.json`.
 #[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct Summary {
+    /// `glow` or `realnvp`.
     pub model: String,
     /// The target's name, or the table's file.
     pub target: String,
+    /// Steps trained.
     pub steps: usize,
+    /// Mean negative log-likelihood of the test points (rows), nats.
     pub test_nll: f64,
+    /// The target's entropy (Monte Carlo), nats, where its density is known.
     pub entropy: Option<f64>,
+    /// Test NLL minus the entropy: the KL divergence from target to model, nats.
     pub test_nll_minus_entropy: Option<f64>,
+    /// Share of samples farther than 3 sigma from every mode (mixture targets).
     pub off_mode_share: Option<f64>,
+    /// The same share for the target's own samples.
     pub target_off_mode_share: Option<f64>,
+    /// Training wall time, seconds.
     pub train_seconds: f64,
+    /// Training seconds per step.
     pub seconds_per_step: f64,
     /// Steps the guard skipped.
     #[serde(default)]
     pub skipped_steps: usize,
+    /// Trainable parameters.
     pub parameters: usize,
+    /// The model's config.
     pub config: VectorFlowConfig,
+    /// The training options.
     pub options: Train2dOptions,
     /// Tables: rows in the training and test splits.
     #[serde(default)]
@@ -192,6 +213,7 @@ pub struct Summary {
 
 /// How a run starts.
 pub enum Start {
+    /// A new run of this model config.
     Fresh(VectorFlowConfig),
     /// Continue the run saved in a run (or checkpoint) directory, with the changes a resume may
     /// make.
@@ -200,7 +222,9 @@ pub enum Start {
 
 /// Where and how to report progress.
 pub struct RunIo {
+    /// The run directory.
     pub out: PathBuf,
+    /// Show a progress bar.
     pub progress: bool,
     /// Threads for data-parallel gradients (results are deterministic for a given count). A
     /// resumed 2D run keeps its own count unless [`ResumeChanges::threads`] says otherwise;

@@ -25,23 +25,34 @@ use crate::tensor_util::{cast_module, from_vec, to_vec, to_vec_f64};
 use crate::train::adam::optimizer;
 use crate::viz::Canvas;
 
+/// Training options of image Glow (the recipe; stored in checkpoints).
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct ImageTrainOptions {
     /// The data spec as given (`idx:DIR`, ...), and loading options.
     pub data: String,
+    /// Zero-pad images to this square side (28 -> 32).
     pub pad: Option<usize>,
+    /// Folder images: centre-crop and resize to this side.
     pub size: Option<usize>,
+    /// Folder images: load as greyscale.
     pub grey: bool,
+    /// Total training steps.
     pub steps: usize,
+    /// Images per batch.
     pub batch: usize,
+    /// Peak learning rate (after the warm-up).
     pub lr: f64,
     /// Linear learning-rate warm-up over this many steps.
     pub warmup: usize,
+    /// Seed of the data order and the dequantisation noise.
     pub seed: u64,
     /// Images used for the ActNorm initialisation.
     pub init_batch: usize,
+    /// A metrics row every this many steps.
     pub log_every: usize,
+    /// A sample grid every this many steps (0: never).
     pub sample_every: usize,
+    /// A checkpoint every this many steps (0: at the end only).
     pub checkpoint_every: usize,
     /// Evaluate on at most this many test images at the end (0: all).
     pub test_limit: usize,
@@ -141,12 +152,18 @@ pub fn image_recipe_stability() -> StabilityOptions {
     }
 }
 
+/// What an image run's `state.json` holds.
 #[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct ImageRunState {
+    /// The model's config.
     pub model: GlowImageConfig,
+    /// The training options.
     pub options: ImageTrainOptions,
+    /// Steps done.
     pub step: usize,
+    /// The initialised flag of every ActNorm, in model order.
     pub actnorm_initialized: Vec<bool>,
+    /// Training wall time so far, seconds.
     pub train_seconds: f64,
     /// Steps the guard skipped so far (non-finite loss, gradient or update).
     #[serde(default)]
@@ -162,13 +179,16 @@ pub struct ImageRunState {
     pub resumes: Vec<ResumeRecord>,
 }
 
+/// `summary.json` of an image run.
 #[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct ImageSummary {
+    /// Steps trained.
     pub steps: usize,
     /// Mean test bits/dim over every test image (null when any image's value is non-finite;
     /// `test_report` then says which).
     #[serde(deserialize_with = "crate::fsutil::null_as_nan")]
     pub test_bpd: f64,
+    /// Test images evaluated.
     pub test_images: usize,
     /// Per-image figures: median, worst images, non-finite and extreme counts.
     pub test_report: BpdReport,
@@ -176,10 +196,15 @@ pub struct ImageSummary {
     pub skipped_steps: usize,
     /// Whether evaluation and samples used the weight average.
     pub ema: bool,
+    /// Training wall time, seconds.
     pub train_seconds: f64,
+    /// Training images per second.
     pub images_per_second: f64,
+    /// Trainable parameters.
     pub parameters: usize,
+    /// The model's config.
     pub config: GlowImageConfig,
+    /// The training options.
     pub options: ImageTrainOptions,
     /// Class-conditional models: mean test bits/dim of the marginal `p(x)` (uniform classes);
     /// `test_bpd` is then `-log p(x | y)` with the true class.
@@ -219,6 +244,10 @@ fn absolute_spec(spec: &str) -> Result<String> {
     Ok(abs.to_string())
 }
 
+/// Load the data set `opts.data` names (padded or resized as `opts` says).
+///
+/// # Errors
+/// Names `--data` for a bad spec or a missing folder, and the file for a malformed one.
 pub fn load_data(opts: &ImageTrainOptions) -> Result<crate::data::Splits> {
     let spec: DataSpec = opts
         .data
@@ -485,6 +514,7 @@ impl BpdReport {
 pub struct SampleBatch {
     /// Pixel values `[n, c, h, w]` before quantisation (data range `[-0.5, 0.5]`).
     pub values: Vec<f64>,
+    /// Number of samples.
     pub n: usize,
     /// 0-based indices of samples holding a NaN or infinite value.
     pub nonfinite: Vec<usize>,
@@ -677,8 +707,10 @@ pub fn load_for_eval(dir: &Path, device: &Device) -> Result<(GlowImage, ImageRun
 }
 
 // Built once per run: the size difference between the variants does not matter.
+/// How an image run starts.
 #[allow(clippy::large_enum_variant)]
 pub enum ImageStart {
+    /// A new run of this model with these options.
     Fresh(GlowImageConfig, ImageTrainOptions),
     /// Continue the run saved in a run (or checkpoint) directory, with the changes a resume may
     /// make (`steps`, `lr`, `data`, `time_limit`, `threads`, `checkpoint_every`,
