@@ -10,8 +10,11 @@ pub enum InputError {
     /// A command-line flag: `flag` as typed (`--batch`), the value given, and what is wrong.
     #[error("{flag}{}: {reason}", if value.is_empty() { String::new() } else { format!(" {value}") })]
     Flag {
+        /// The flag as typed, with its dashes (`--batch`).
         flag: String,
+        /// The value given; empty when none, and then the message omits it.
         value: String,
+        /// What is wrong with it.
         reason: String,
     },
     /// A command-line usage error reported by the parser (it names the flag itself).
@@ -21,8 +24,11 @@ pub enum InputError {
     /// wrong.
     #[error("{}{}: {reason}", path.display(), at.as_ref().map(|a| format!(" ({a})")).unwrap_or_default())]
     File {
+        /// The file.
         path: PathBuf,
+        /// Where in it (`row 12`, `field model.levels`, `header`); `None`: the whole file.
         at: Option<String>,
+        /// What is wrong.
         reason: String,
     },
 }
@@ -55,11 +61,14 @@ pub struct FieldError {
     pub field: &'static str,
     /// The command-line flag that sets it (`--levels`, `--width`, ...).
     pub flag: &'static str,
+    /// The value given, as displayed.
     pub value: String,
+    /// What is wrong with it (`must be at most 12`).
     pub reason: String,
 }
 
 impl FieldError {
+    /// The error for the value `value` of `field` (set by `flag`), with what is wrong.
     pub fn new(
         field: &'static str,
         flag: &'static str,
@@ -102,7 +111,9 @@ impl std::error::Error for FieldError {}
 #[derive(Debug, thiserror::Error)]
 #[error("interrupted by {signal} after step {step}; {saved}")]
 pub struct Interrupted {
+    /// The signal as the message names it (the trainer reports `SIGINT/SIGTERM`).
     pub signal: &'static str,
+    /// The step after which the run stopped and saved.
     pub step: usize,
     /// What was saved, and how to continue.
     pub saved: String,

@@ -6,17 +6,21 @@
 /// Row-major square matrix.
 #[derive(Clone, Debug, PartialEq)]
 pub struct Mat {
+    /// Side length.
     pub n: usize,
+    /// The `n * n` entries, row-major: `(i, j)` at `i * n + j`.
     pub a: Vec<f64>,
 }
 
 impl Mat {
+    /// The `n x n` zero matrix.
     pub fn zeros(n: usize) -> Self {
         Mat {
             n,
             a: vec![0.0; n * n],
         }
     }
+    /// The `n x n` identity.
     pub fn eye(n: usize) -> Self {
         let mut m = Self::zeros(n);
         for i in 0..n {
@@ -24,6 +28,7 @@ impl Mat {
         }
         m
     }
+    /// From `n * n` row-major float32 values; panics when `v.len() != n * n`.
     pub fn from_f32(n: usize, v: &[f32]) -> Self {
         assert_eq!(v.len(), n * n, "matrix data of the wrong length");
         Mat {
@@ -31,15 +36,19 @@ impl Mat {
             a: v.iter().map(|&x| x as f64).collect(),
         }
     }
+    /// The entries rounded to float32, row-major.
     pub fn to_f32(&self) -> Vec<f32> {
         self.a.iter().map(|&x| x as f32).collect()
     }
+    /// Entry `(i, j)`: row `i`, column `j`.
     pub fn get(&self, i: usize, j: usize) -> f64 {
         self.a[i * self.n + j]
     }
+    /// Set entry `(i, j)` to `v`.
     pub fn set(&mut self, i: usize, j: usize, v: f64) {
         self.a[i * self.n + j] = v;
     }
+    /// The product `self · o` (both `n x n`).
     pub fn matmul(&self, o: &Mat) -> Mat {
         let n = self.n;
         let mut r = Mat::zeros(n);
@@ -56,6 +65,7 @@ impl Mat {
         }
         r
     }
+    /// The transpose.
     pub fn transpose(&self) -> Mat {
         let n = self.n;
         let mut r = Mat::zeros(n);
@@ -70,8 +80,11 @@ impl Mat {
 
 /// LU factorisation with partial pivoting: `A = P L U`, `L` unit lower triangular.
 pub struct Lu {
+    /// The row permutation `P`, a permutation matrix.
     pub p: Mat,
+    /// Unit lower triangular `L`.
     pub l: Mat,
+    /// Upper triangular `U`; its diagonal holds the pivots.
     pub u: Mat,
 }
 

@@ -683,7 +683,7 @@ fn cmd_compare(a: CompareArgs) -> Result<()> {
         rows.push((title, s));
     }
     if opts.table.is_none() {
-        comparison_picture(opts.target, &grids, opts.grid).save_png(&a.out.join("compare.png"))?;
+        comparison_picture(opts.target, &grids, opts.grid, &a.out.join("compare.png"))?;
     }
     let data_name = match &opts.table {
         Some(t) => t.path.display().to_string(),

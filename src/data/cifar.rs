@@ -20,6 +20,11 @@ pub fn read_labelled(path: &Path) -> Result<(ImageSet, Vec<u8>)> {
     parse_labelled(&b).with_context(|| format!("{}: malformed CIFAR-10 batch", path.display()))
 }
 
+/// Parse a CIFAR-10 batch from its bytes into `[n, 3, 32, 32]` images, dropping the labels.
+///
+/// # Errors
+/// As [`parse_labelled`]: an empty input, a size that is not a whole number of 3073-byte
+/// records, or a label above 9.
 pub fn parse_batch(b: &[u8]) -> Result<ImageSet> {
     parse_labelled(b).map(|(set, _)| set)
 }

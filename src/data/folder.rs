@@ -176,6 +176,16 @@ pub fn load_files(files: &[PathBuf], size: usize, grey: bool) -> Result<ImageSet
     })
 }
 
+/// Train and test splits of a folder of PNG/JPEG images, each centre-cropped and resized to
+/// `size x size` (default 32), greyscale (`grey`: C = 1) or RGB (C = 3), without labels.
+/// `dir/train` and `dir/test` give the splits when both exist; otherwise the images directly in
+/// `dir` are split 90/10 in file-name order (at least one test image).
+///
+/// # Errors
+/// Refuses a missing directory, `size` 0, a flat folder with fewer than 2 images, an empty
+/// `train/` or `test/`, a file that is unreadable or not a decodable PNG/JPEG (naming it), a
+/// source image declaring more than [`MAX_SOURCE_PIXELS`] pixels, and a split larger than
+/// the available memory.
 pub fn load_dir(dir: &Path, size: Option<usize>, grey: bool) -> Result<Splits> {
     if !dir.is_dir() {
         bail!("{}: no such directory", dir.display());

@@ -7,18 +7,25 @@ use anyhow::Result;
 /// `n` images of `c x h x w` 8-bit pixels, stored `[n, c, h, w]` row-major.
 #[derive(Clone, Debug, PartialEq)]
 pub struct ImageSet {
+    /// Number of images.
     pub n: usize,
+    /// Channels per image (1: grey, 3: RGB).
     pub c: usize,
+    /// Height in pixels.
     pub h: usize,
+    /// Width in pixels.
     pub w: usize,
+    /// The `n * c * h * w` pixel values, `[n, c, h, w]` row-major.
     pub pixels: Vec<u8>,
 }
 
 impl ImageSet {
+    /// Values per image, `c * h * w`.
     pub fn dims(&self) -> usize {
         self.c * self.h * self.w
     }
 
+    /// The pixels of image `i`, `[c, h, w]` row-major; panics when `i >= n`.
     pub fn image(&self, i: usize) -> &[u8] {
         let d = self.dims();
         &self.pixels[i * d..(i + 1) * d]
@@ -159,6 +166,12 @@ pub struct Splits {
     pub test_labels: Option<Vec<u8>>,
 }
 
+/// Load the splits `spec` names (folder images resized and coloured as `opts` asks), then pad
+/// both to `opts.pad` when set.
+///
+/// # Errors
+/// What the format's loader refuses (a missing folder or file, a malformed file), and a
+/// padding smaller than the images or needing more than the available memory.
 pub fn load(spec: &DataSpec, opts: &LoadOptions) -> Result<Splits> {
     let splits = match spec {
         DataSpec::Idx(dir) => super::idx::load_dir(dir)?,

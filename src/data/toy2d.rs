@@ -22,29 +22,42 @@ pub enum Target {
     #[serde(rename = "8gaussians")]
     #[value(name = "8gaussians")]
     EightGaussians,
+    /// FFJORD's checkerboard: uniform on 8 of the 16 squares of side 2 tiling `[-4, 4]^2`
+    /// (density 1/32).
     #[serde(rename = "checkerboard")]
     #[value(name = "checkerboard")]
     Checkerboard,
+    /// FFJORD's rings: four concentric circles, radii 3, 2.25, 1.5 and 0.75, blurred by
+    /// sigma 0.08.
     #[serde(rename = "rings")]
     #[value(name = "rings")]
     Rings,
+    /// FFJORD's circles: two concentric circles, radii 3 and 1.5, blurred by sigma 0.24.
     #[serde(rename = "circles")]
     #[value(name = "circles")]
     Circles,
+    /// FFJORD's moons: two interleaved half-circles (noise 0.1), scaled by 2 and shifted by
+    /// (-1, -0.2). No closed-form density.
     #[serde(rename = "moons")]
     #[value(name = "moons")]
     Moons,
+    /// FFJORD's Swiss roll `t (cos t, sin t) / 5`, `t` uniform in `[1.5π, 4.5π)`, noise 0.2.
+    /// No closed-form density.
     #[serde(rename = "swissroll")]
     #[value(name = "swissroll")]
     Swissroll,
+    /// FFJORD's two spirals, each point on either with probability 1/2. No closed-form
+    /// density.
     #[serde(rename = "2spirals")]
     #[value(name = "2spirals")]
     TwoSpirals,
+    /// FFJORD's pinwheel: five curved arms. No closed-form density.
     #[serde(rename = "pinwheel")]
     #[value(name = "pinwheel")]
     Pinwheel,
 }
 
+/// Every target, in declaration order.
 pub const ALL_TARGETS: [Target; 9] = [
     Target::Normals,
     Target::EightGaussians,
@@ -151,6 +164,7 @@ fn sample_rings(n: usize, radii: &[f64], sigma: f64, rng: &mut impl Rng) -> Vec<
 }
 
 impl Target {
+    /// The name on the command line and in saved configurations (`normals`, `8gaussians`, ...).
     pub fn name(self) -> &'static str {
         match self {
             Target::Normals => "normals",

@@ -13,7 +13,9 @@ use crate::tensor_util::{from_vec, replace, to_vec, trainable};
 /// Per-channel affine flow with data-dependent initialisation.
 #[derive(Module, Debug)]
 pub struct ActNorm {
+    /// Per-channel shift `b`, `[C]`, added before the scale.
     pub bias: Param<Tensor<1>>,
+    /// Per-channel log-scale, `[C]`: the shifted input is multiplied by `exp(logs)`.
     pub logs: Param<Tensor<1>>,
     /// Whether the data-dependent initialisation has happened. burn does not save plain fields,
     /// so checkpoints store this flag in their JSON state and restore it on load.
@@ -24,6 +26,8 @@ pub struct ActNorm {
 const STD_EPS: f64 = 1e-6;
 
 impl ActNorm {
+    /// An uninitialised ActNorm over `channels` channels: the identity (`b = 0`, `logs = 0`)
+    /// until [`initialize`](Self::initialize) runs.
     pub fn new(channels: usize, device: &Device) -> Self {
         ActNorm {
             bias: trainable(Tensor::zeros([channels], device)),
@@ -32,6 +36,7 @@ impl ActNorm {
         }
     }
 
+    /// Number of channels `C`.
     pub fn channels(&self) -> usize {
         self.bias.dims()[0]
     }

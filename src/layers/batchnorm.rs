@@ -12,17 +12,31 @@ use burn::tensor::{Device, Tensor};
 use crate::flow::{broadcast_logdet, pixels, Flow};
 use crate::tensor_util::trainable;
 
+/// Real NVP's batch normalisation as a per-channel affine flow (see the module docs): batch
+/// statistics in training (autodiff device), running averages in evaluation and always in the
+/// inverse.
+///
+/// # Shapes
+/// `log_gamma`, `beta`, `running_mean`, `running_var`: `[C]`; input and output `[N, C, H, W]`.
 #[derive(Module, Debug)]
 pub struct FlowBatchNorm {
+    /// Per-channel log of the learned scale `gamma` (zero-initialised: `gamma = 1`).
     pub log_gamma: Param<Tensor<1>>,
+    /// Per-channel learned shift, added after the scale (zero-initialised).
     pub beta: Param<Tensor<1>>,
+    /// Running average of the per-channel batch means, updated by every training forward pass.
     pub running_mean: RunningState<Tensor<1>>,
+    /// Running average of the per-channel batch variances (biased: divided by `N * H * W`).
     pub running_var: RunningState<Tensor<1>>,
+    /// Weight of each new batch in the running averages: `r = (1 - momentum) * r + momentum * b`.
     pub momentum: f64,
+    /// Added to the variance before its square root and log.
     pub eps: f64,
 }
 
 impl FlowBatchNorm {
+    /// A layer over `channels` channels with `log_gamma = beta = 0`, running mean 0 and variance 1,
+    /// momentum 0.05 and eps 1e-5.
     pub fn new(channels: usize, device: &Device) -> Self {
         FlowBatchNorm {
             log_gamma: trainable(Tensor::zeros([channels], device)),

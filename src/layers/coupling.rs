@@ -56,11 +56,14 @@ fn per_sample_sum(t: Tensor<4>) -> Tensor<1> {
 /// The tutorial's scale `s = tanh(raw) * alpha + beta` with learned scalars: bounded log-scale.
 #[derive(Module, Debug)]
 pub struct TanhScale {
+    /// Learned multiplier of `tanh(raw)`, `[1]` (initialised to 1).
     pub alpha: Param<Tensor<1>>,
+    /// Learned offset of the log-scale, `[1]` (initialised to 0).
     pub beta: Param<Tensor<1>>,
 }
 
 impl TanhScale {
+    /// `alpha = 1`, `beta = 0`: the log-scale starts as `tanh(raw)`, in (-1, 1).
     pub fn new(device: &Device) -> Self {
         TanhScale {
             alpha: trainable(Tensor::ones([1], device)),
@@ -80,12 +83,18 @@ impl TanhScale {
 /// - Tutorial form (`tanh_scale: Some`): `y_b = x_b * exp(tanh(raw) * alpha + beta) + shift`.
 #[derive(Module, Debug)]
 pub struct AffineCoupling {
+    /// The conditioner: maps the conditioning half `x_a` (and any context) to `2 * C_b`
+    /// channels.
     pub net: CouplingNet,
+    /// `None`: Glow's sigmoid scale; `Some`: the tutorial's `exp(tanh(raw) * alpha + beta)`.
     pub tanh_scale: Option<TanhScale>,
+    /// Whether the second channel half conditions and the first is transformed.
     pub swap: bool,
 }
 
 impl AffineCoupling {
+    /// A coupling over `net`, which must output `2 * C_b` channels, `C_b` =
+    /// [`transformed_channels`]`(C, swap)`.
     pub fn new(net: CouplingNet, tanh_scale: Option<TanhScale>, swap: bool) -> Self {
         AffineCoupling {
             net,
@@ -169,11 +178,16 @@ impl Flow for AffineCoupling {
 /// Additive coupling (NICE): `y_b = x_b + NN(x_a)`, volume preserving (log-determinant 0).
 #[derive(Module, Debug)]
 pub struct AdditiveCoupling {
+    /// The conditioner: maps the conditioning half `x_a` (and any context) to the `C_b`-channel
+    /// shift.
     pub net: CouplingNet,
+    /// Whether the second channel half conditions and the first is transformed.
     pub swap: bool,
 }
 
 impl AdditiveCoupling {
+    /// A coupling over `net`, which must output `C_b` = [`transformed_channels`]`(C, swap)`
+    /// channels.
     pub fn new(net: CouplingNet, swap: bool) -> Self {
         AdditiveCoupling { net, swap }
     }

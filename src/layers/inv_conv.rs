@@ -61,6 +61,7 @@ pub struct InvConv1x1Lu {
     pub l: Param<Tensor<2>>,
     /// Strictly upper part is used (masked); the diagonal comes from `sign_s * exp(log_s)`.
     pub u: Param<Tensor<2>>,
+    /// Trained log-magnitudes of U's diagonal, `[C]`: `log|det W| = sum(log_s)`.
     pub log_s: Param<Tensor<1>>,
     /// Fixed signs of U's diagonal.
     pub sign_s: Param<Tensor<1>>,
@@ -135,6 +136,7 @@ impl Flow for InvConv1x1Lu {
 /// Invertible 1x1 convolution with an unconstrained learned matrix.
 #[derive(Module, Debug)]
 pub struct InvConv1x1 {
+    /// The matrix `W`, `[C, C]`, trained directly (initialised to a random orthogonal matrix).
     pub weight: Param<Tensor<2>>,
 }
 

@@ -55,13 +55,21 @@ impl Permutation {
 /// Any one flow layer.
 #[derive(Module, Debug)]
 pub enum Layer {
+    /// ActNorm (Glow §3.1).
     ActNorm(ActNorm),
+    /// LU-parametrised invertible 1x1 convolution (Glow §3.2).
     InvConv1x1Lu(InvConv1x1Lu),
+    /// Invertible 1x1 convolution with an unconstrained matrix (Glow §3.2).
     InvConv1x1(InvConv1x1),
+    /// Affine coupling (Real NVP; Glow §3.3).
     AffineCoupling(AffineCoupling),
+    /// Additive coupling (NICE): volume preserving.
     AdditiveCoupling(AdditiveCoupling),
+    /// Fixed channel reversal.
     Reverse(Reverse),
+    /// Fixed random channel permutation.
     Shuffle(Shuffle),
+    /// Real NVP's batch normalisation.
     FlowBatchNorm(FlowBatchNorm),
 }
 
@@ -128,10 +136,12 @@ impl Flow for Layer {
 /// Layers applied in order (`forward`), or in reverse order (`inverse`).
 #[derive(Module, Debug)]
 pub struct FlowSequence {
+    /// The layers in the forward (data-to-latent) order.
     pub layers: Vec<Layer>,
 }
 
 impl FlowSequence {
+    /// The sequence of `layers`, in forward order.
     pub fn new(layers: Vec<Layer>) -> Self {
         FlowSequence { layers }
     }
@@ -216,12 +226,18 @@ impl FlowSequence {
 /// Saving and restoring the initialised flags of every ActNorm of a model (burn saves tensors
 /// only, so checkpoints keep these flags in their JSON state).
 pub trait ActNormFlags {
+    /// Every ActNorm of the model, in a fixed order (the order of the saved flags).
     fn actnorms(&mut self) -> Vec<&mut ActNorm>;
 
+    /// The initialised flag of every ActNorm, in [`actnorms`](Self::actnorms) order.
     fn actnorm_flags(&mut self) -> Vec<bool> {
         self.actnorms().iter().map(|a| a.initialized).collect()
     }
 
+    /// Restore the flags saved by [`actnorm_flags`](Self::actnorm_flags).
+    ///
+    /// # Errors
+    /// Refuses `flags` whose length differs from the number of ActNorms, changing none.
     fn set_actnorm_flags(&mut self, flags: &[bool]) -> Result<(), String> {
         let mut norms = self.actnorms();
         if norms.len() != flags.len() {

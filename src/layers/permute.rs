@@ -11,6 +11,7 @@ use crate::flow::{zero_logdet, Flow};
 /// Reverse the channel order.
 #[derive(Module, Debug)]
 pub struct Reverse {
+    /// Number of channels `C` (the reversal itself flips whatever channel count it is given).
     pub channels: usize,
 }
 
@@ -28,11 +29,14 @@ impl Flow for Reverse {
 /// A fixed random channel permutation, saved with the model.
 #[derive(Module, Debug)]
 pub struct Shuffle {
+    /// The permutation, `[C]`: output channel `i` is input channel `perm[i]`.
     pub perm: Param<Tensor<1, Int>>,
+    /// The inverse permutation, `[C]`, used by `inverse`.
     pub inv_perm: Param<Tensor<1, Int>>,
 }
 
 impl Shuffle {
+    /// A uniformly random permutation of `channels` channels, drawn from `rng`.
     pub fn new(channels: usize, rng: &mut impl Rng, device: &Device) -> Self {
         let mut perm: Vec<i64> = (0..channels as i64).collect();
         perm.shuffle(rng);

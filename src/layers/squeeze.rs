@@ -3,6 +3,8 @@
 
 use burn::tensor::Tensor;
 
+/// Squeeze `[N, C, H, W]` to `[N, 4C, H/2, W/2]` (Real NVP §3.6, Glow's multi-scale
+/// architecture). `H` and `W` must be even.
 pub fn squeeze(x: Tensor<4>) -> Tensor<4> {
     let [n, c, h, w] = x.dims();
     x.reshape([n, c, h / 2, 2, w / 2, 2])
@@ -10,6 +12,8 @@ pub fn squeeze(x: Tensor<4>) -> Tensor<4> {
         .reshape([n, c * 4, h / 2, w / 2])
 }
 
+/// The inverse of [`squeeze`]: `[N, C, H, W]` to `[N, C/4, 2H, 2W]`; `C` must be a multiple
+/// of 4.
 pub fn unsqueeze(x: Tensor<4>) -> Tensor<4> {
     let [n, c, h, w] = x.dims();
     x.reshape([n, c / 4, 2, 2, h, w])

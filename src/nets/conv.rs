@@ -19,7 +19,9 @@ use crate::tensor_util::{from_vec, trainable};
 pub struct Conv2d {
     /// `[out, in, k, k]`.
     pub weight: Param<Tensor<4>>,
+    /// Per-output-channel bias, `[out]`, or `None`.
     pub bias: Option<Param<Tensor<1>>>,
+    /// Zero padding on each side, `k / 2` ("same" output size for odd `k`).
     pub padding: usize,
 }
 
@@ -44,6 +46,8 @@ impl Conv2d {
         }
     }
 
+    /// An all-zero `k x k` convolution `cin -> cout` with a (zero) bias: outputs zeros until
+    /// trained.
     pub fn zeros(cin: usize, cout: usize, k: usize, device: &Device) -> Self {
         Conv2d {
             weight: trainable(Tensor::zeros([cout, cin, k, k], device)),
@@ -136,11 +140,15 @@ fn offsets(k: usize) -> impl Iterator<Item = (usize, usize)> {
 /// logs zero-initialised): Glow's output layer for coupling nets and split priors.
 #[derive(Module, Debug)]
 pub struct ZeroConv2d {
+    /// The zero-initialised 3x3 convolution, with bias.
     pub conv: Conv2d,
+    /// Per-output-channel log-scale, `[C_out]` (zero-initialised); the output is multiplied by
+    /// `exp(3 * logs)`.
     pub logs: Param<Tensor<1>>,
 }
 
 impl ZeroConv2d {
+    /// A zero 3x3 convolution `cin -> cout` with `logs = 0`: outputs zeros until trained.
     pub fn new(cin: usize, cout: usize, device: &Device) -> Self {
         ZeroConv2d {
             conv: Conv2d::zeros(cin, cout, 3, device),
@@ -148,22 +156,35 @@ impl ZeroConv2d {
         }
     }
 
+    /// `conv(x) * exp(3 * logs)` for `x: [N, C_in, H, W]`, giving `[N, C_out, H, W]`.
     pub fn forward(&self, x: Tensor<4>) -> Tensor<4> {
         let c = self.logs.dims()[0];
         self.conv.forward(x) * self.logs.val().mul_scalar(3.0).exp().reshape([1, c, 1, 1])
     }
 }
 
+/// Glow's coupling network (see the module docs): 3x3 and 1x1 convolutions without bias, each
+/// followed by ActNorm and ReLU, then a [`ZeroConv2d`], so the output starts at zero.
+///
+/// # Shapes
+/// Input `[N, C_in, H, W]`, hidden `[N, width, H, W]`, output `[N, C_out, H, W]`.
 #[derive(Module, Debug)]
 pub struct GlowConvNet {
+    /// 3x3 convolution `C_in -> width`, no bias.
     pub conv_in: Conv2d,
+    /// ActNorm after `conv_in` (data-initialised).
     pub norm_in: ActNorm,
+    /// 1x1 convolution `width -> width`, no bias.
     pub conv_mid: Conv2d,
+    /// ActNorm after `conv_mid` (data-initialised).
     pub norm_mid: ActNorm,
+    /// Zero-initialised 3x3 output convolution `width -> C_out`.
     pub conv_out: ZeroConv2d,
 }
 
 impl GlowConvNet {
+    /// The network `cin -> width -> width -> cout`: hidden convolutions drawn from `rng` as in
+    /// [`Conv2d::new`], ActNorms uninitialised.
     pub fn new(cin: usize, cout: usize, width: usize, rng: &mut impl Rng, device: &Device) -> Self {
         GlowConvNet {
             conv_in: Conv2d::new(cin, width, 3, false, rng, device),
@@ -174,6 +195,7 @@ impl GlowConvNet {
         }
     }
 
+    /// Apply the network to `x: [N, C_in, H, W]`, giving `[N, C_out, H, W]`.
     pub fn forward(&self, x: Tensor<4>) -> Tensor<4> {
         let h = relu(self.norm_in.forward(self.conv_in.forward(x)).0);
         let h = relu(self.norm_mid.forward(self.conv_mid.forward(h)).0);
@@ -192,6 +214,7 @@ impl GlowConvNet {
         }
     }
 
+    /// The two hidden ActNorms: `norm_in`, then `norm_mid`.
     pub fn actnorms_mut(&mut self) -> Vec<&mut ActNorm> {
         vec![&mut self.norm_in, &mut self.norm_mid]
     }
@@ -201,12 +224,17 @@ impl GlowConvNet {
 /// with biases and no normalisation (Real NVP style; the `probe-image` benchmark's network).
 #[derive(Module, Debug)]
 pub struct PlainConvNet {
+    /// 3x3 convolution `C_in -> width`, with bias.
     pub conv_in: Conv2d,
+    /// 1x1 convolution `width -> width`, with bias.
     pub conv_mid: Conv2d,
+    /// Zero-initialised 3x3 convolution `width -> C_out`, with bias.
     pub conv_out: Conv2d,
 }
 
 impl PlainConvNet {
+    /// The network `cin -> width -> width -> cout`, hidden convolutions drawn from `rng` as in
+    /// [`Conv2d::new`].
     pub fn new(cin: usize, cout: usize, width: usize, rng: &mut impl Rng, device: &Device) -> Self {
         PlainConvNet {
             conv_in: Conv2d::new(cin, width, 3, true, rng, device),
@@ -215,6 +243,7 @@ impl PlainConvNet {
         }
     }
 
+    /// Apply the network to `x: [N, C_in, H, W]`, giving `[N, C_out, H, W]`.
     pub fn forward(&self, x: Tensor<4>) -> Tensor<4> {
         let h = relu(self.conv_in.forward(x));
         let h = relu(self.conv_mid.forward(h));

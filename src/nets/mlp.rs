@@ -11,7 +11,9 @@ use crate::tensor_util::{from_vec, trainable};
 /// A dense layer `y = x W + b` (weight stored `[in, out]`).
 #[derive(Module, Debug)]
 pub struct Dense {
+    /// The weight `W`, `[in, out]`.
     pub weight: Param<Tensor<2>>,
+    /// The bias `b`, `[out]`.
     pub bias: Param<Tensor<1>>,
 }
 
@@ -40,6 +42,7 @@ impl Dense {
         }
     }
 
+    /// `x W + b` for `x: [N, in]`, giving `[N, out]` (one fused operation for float32 on the CPU).
     pub fn forward(&self, x: Tensor<2>) -> Tensor<2> {
         dense(x, self.weight.val(), self.bias.val(), false)
     }
@@ -59,11 +62,16 @@ impl Dense {
 /// `normals`).
 #[derive(Module, Debug)]
 pub struct Mlp {
+    /// The `depth` hidden layers, each followed by a ReLU.
     pub hidden: Vec<Dense>,
+    /// The output layer (no activation).
     pub out: Dense,
 }
 
 impl Mlp {
+    /// An MLP `input -> [width, ReLU] x depth -> output` (`depth` 0: one linear layer), the
+    /// layers drawn from `rng` as in [`Dense::new`]; `zero_output` zero-initialises the output
+    /// layer instead.
     pub fn new(
         input: usize,
         output: usize,

@@ -17,8 +17,11 @@ use crate::layers::ActNorm;
 // burn modules cannot be boxed, and one net per coupling makes the size difference irrelevant.
 #[allow(clippy::large_enum_variant)]
 pub enum CouplingNet {
+    /// An MLP on vectors `[N, C, 1, 1]` (the vector models).
     Mlp(Mlp),
+    /// Glow's CNN, with ActNorms and a zero-initialised output (image models).
     Conv(GlowConvNet),
+    /// A plain CNN without normalisation.
     PlainConv(PlainConvNet),
 }
 

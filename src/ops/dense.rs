@@ -60,8 +60,13 @@ pub fn fused_supported(x: &Tensor<2>, weight: &Tensor<2>, bias: &Tensor<1>) -> b
     is_flex_device(&x.device()) && [x.dtype(), weight.dtype(), bias.dtype()] == [DType::F32; 3]
 }
 
+/// The fused dense layer as a burn backend extension: implemented for Flex (float32) and for
+/// Autodiff over Flex (one graph node with a hand-written backward). Call it through [`dense`],
+/// which checks that the operands qualify.
 #[backend_extension(Flex, Autodiff)]
 pub trait FusedDenseBackend: Backend {
+    /// `act(x W + b)` for float32 `x: [n, k]`, `W: [k, m]`, `b: [m]`, giving `[n, m]`; `act` is
+    /// ReLU when `relu_out` is set, the identity otherwise.
     fn fused_dense(
         x: FloatTensor<Self>,
         weight: FloatTensor<Self>,

@@ -22,7 +22,8 @@ use crate::layers::ActNormFlags;
 use crate::models::{VectorFlow, VectorFlowConfig};
 use crate::tensor_util::from_vec;
 use crate::train::adam::optimizer;
-use crate::viz::{self, colour_bar, panels, scatter, Canvas, DensityGrid};
+use crate::viz::charts::{self, Panel};
+use crate::viz::{self, DensityGrid};
 
 /// Training hyper-parameters (defaults: the tutorial's recipe).
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -552,31 +553,27 @@ fn evaluate_and_draw(
         .iter()
         .map(|p| target.log_prob(*p).map(f64::exp))
         .collect();
-    let target_plot = scatter(
-        &target_pts,
-        target_dens.as_deref().map(|d| (d, vmax)),
-        b,
-        512,
-    );
-    titled(&format!("target: {}", target.name()), target_plot, None)
-        .save_png(&out.join("target.png"))?;
-
+    let name = state.model.model.name();
+    let one = |path: &str, title: String, panel: Panel| {
+        charts::plane_panels(&out.join(path), &[(title, panel)], b, vmax)
+    };
+    one(
+        "target.png",
+        format!("target: {}", target.name()),
+        Panel::Points(&target_pts, target_dens.as_deref()),
+    )?;
     let sample_dens: Vec<f64> = sample_logp.iter().map(|l| l.exp()).collect();
-    let sample_plot = scatter(&samples, Some((&sample_dens, vmax)), b, 512);
-    titled(
-        &format!("{} samples", state.model.model.name()),
-        sample_plot,
-        None,
-    )
-    .save_png(&out.join("samples.png"))?;
-
+    one(
+        "samples.png",
+        format!("{name} samples"),
+        Panel::Points(&samples, Some(&sample_dens)),
+    )?;
     let grid = eval2d::model_density_grid(model, target, opts.grid, device);
-    titled(
-        &format!("{} density, nll {test_nll:.3}", state.model.model.name()),
-        grid.render(vmax),
-        Some(colour_bar(vmax, opts.grid)),
-    )
-    .save_png(&out.join("density.png"))?;
+    one(
+        "density.png",
+        format!("{name} density, nll {test_nll:.3}"),
+        Panel::Density(&grid),
+    )?;
 
     write_training_gif(out, opts.grid)?;
 
@@ -650,10 +647,6 @@ fn evaluate_table(
     })
 }
 
-fn titled(title: &str, c: Canvas, bar: Option<Canvas>) -> Canvas {
-    panels(&[(title.to_string(), c)], bar)
-}
-
 /// Assemble the saved density frames into `training.gif` (100 ms a frame, looping).
 fn write_training_gif(out: &Path, size: usize) -> Result<()> {
     let mut entries: Vec<PathBuf> = std::fs::read_dir(frames_dir(out))?
@@ -679,17 +672,21 @@ fn write_training_gif(out: &Path, size: usize) -> Result<()> {
     viz::write_gif(&out.join("training.gif"), &frames, size, 10)
 }
 
-/// The density map of several models and the target, side by side on one scale.
-pub fn comparison_picture(target: Target, grids: &[(String, DensityGrid)], grid: usize) -> Canvas {
+/// The density map of the target and several models, side by side on one scale, written as
+/// PNG at `path`.
+pub fn comparison_picture(
+    target: Target,
+    grids: &[(String, DensityGrid)],
+    grid: usize,
+    path: &Path,
+) -> Result<()> {
     let vmax = density_scale(target, grid);
-    let mut items = vec![(
-        "target".to_string(),
-        eval2d::target_density_grid(target, grid).render(vmax),
-    )];
+    let target_grid = eval2d::target_density_grid(target, grid);
+    let mut items = vec![("target".to_string(), Panel::Density(&target_grid))];
     for (name, g) in grids {
-        items.push((name.clone(), g.render(vmax)));
+        items.push((name.clone(), Panel::Density(g)));
     }
-    panels(&items, Some(colour_bar(vmax, grid)))
+    charts::plane_panels(path, &items, target.box_half_width(), vmax)
 }
 
 /// A vector flow's part of the one training loop: batches from a 2D target or a table, the

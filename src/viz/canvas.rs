@@ -1,19 +1,22 @@
-//! A small RGB raster with text, written as PNG.
+//! A small RGB raster (image grids), written as PNG.
 
 use std::path::Path;
 
 use anyhow::Result;
 
-use super::font::glyph;
-
+/// An RGB raster with 8 bits per channel; drawing outside it is clipped.
 #[derive(Clone)]
 pub struct Canvas {
+    /// Width in pixels.
     pub width: usize,
+    /// Height in pixels.
     pub height: usize,
+    /// `width * height * 3` bytes: R, G, B per pixel, rows from the top, pixels from the left.
     pub rgb: Vec<u8>,
 }
 
 impl Canvas {
+    /// A `width x height` canvas filled with `background`.
     pub fn new(width: usize, height: usize, background: [u8; 3]) -> Self {
         let rgb = background
             .iter()
@@ -24,6 +27,7 @@ impl Canvas {
         Canvas { width, height, rgb }
     }
 
+    /// Set the pixel at column `x`, row `y` (from the top left) to `c`; nothing outside the canvas.
     pub fn set(&mut self, x: usize, y: usize, c: [u8; 3]) {
         if x < self.width && y < self.height {
             let i = (y * self.width + x) * 3;
@@ -31,48 +35,10 @@ impl Canvas {
         }
     }
 
-    pub fn fill_rect(&mut self, x: usize, y: usize, w: usize, h: usize, c: [u8; 3]) {
-        for yy in y..(y + h).min(self.height) {
-            for xx in x..(x + w).min(self.width) {
-                self.set(xx, yy, c);
-            }
-        }
-    }
-
-    /// Copy `other` with its top-left corner at `(x, y)`.
-    pub fn blit(&mut self, other: &Canvas, x: usize, y: usize) {
-        for yy in 0..other.height {
-            for xx in 0..other.width {
-                let i = (yy * other.width + xx) * 3;
-                self.set(
-                    x + xx,
-                    y + yy,
-                    [other.rgb[i], other.rgb[i + 1], other.rgb[i + 2]],
-                );
-            }
-        }
-    }
-
-    /// Draw `text` with the 5x7 font magnified by `scale`, top-left at `(x, y)`.
-    pub fn text(&mut self, x: usize, y: usize, text: &str, scale: usize, c: [u8; 3]) {
-        for (k, ch) in text.chars().enumerate() {
-            let g = glyph(ch);
-            let ox = x + k * 6 * scale;
-            for (row, bits) in g.iter().enumerate() {
-                for col in 0..5 {
-                    if bits & (0x10 >> col) != 0 {
-                        self.fill_rect(ox + col * scale, y + row * scale, scale, scale, c);
-                    }
-                }
-            }
-        }
-    }
-
-    /// Width in pixels of `text` drawn at `scale`.
-    pub fn text_width(text: &str, scale: usize) -> usize {
-        text.chars().count() * 6 * scale
-    }
-
+    /// The canvas encoded as an 8-bit RGB PNG.
+    ///
+    /// # Errors
+    /// When the PNG encoder refuses the image.
     pub fn png_bytes(&self) -> Result<Vec<u8>> {
         let mut out = Vec::new();
         {
@@ -85,6 +51,11 @@ impl Canvas {
         Ok(out)
     }
 
+    /// Write the canvas as a PNG to `path` atomically
+    /// ([`write_atomic`](crate::fsutil::write_atomic)).
+    ///
+    /// # Errors
+    /// When encoding fails or the file cannot be written.
     pub fn save_png(&self, path: &Path) -> Result<()> {
         crate::fsutil::write_atomic(path, &self.png_bytes()?)
     }

@@ -187,6 +187,8 @@ pub fn loss_curve(out: &Path, x: &str, y: &str, title: &str) -> Result<()> {
     let lo = tail.iter().map(|p| p.1).fold(f64::INFINITY, f64::min);
     let hi = tail.iter().map(|p| p.1).fold(f64::NEG_INFINITY, f64::max);
     let pad = 0.05 * (hi - lo).max(1e-6);
+    // The curve starts where it enters that range (the first steps' values are off the chart).
+    let from = pts.iter().position(|p| p.1 <= hi + pad).unwrap_or(0);
     render(&out.join("loss.png"), (800, 480), |root| {
         let mut ch = ChartBuilder::on(&root)
             .caption(title, ("sans-serif", 20))
@@ -198,15 +200,131 @@ pub fn loss_curve(out: &Path, x: &str, y: &str, title: &str) -> Result<()> {
         ch.configure_mesh()
             .x_desc(x)
             .y_desc(y)
+            .x_label_formatter(&|v| format!("{v:.0}"))
             .label_style(("sans-serif", 12))
             .axis_desc_style(("sans-serif", 14))
             .draw()
             .map_err(err)?;
         ch.draw_series(LineSeries::new(
-            pts.iter().copied(),
+            pts[from..].iter().copied(),
             RGBColor(31, 119, 180).stroke_width(2),
         ))
         .map_err(err)?;
+        Ok(())
+    })
+}
+
+/// One panel of a picture of the plane `[-b, b]^2`.
+pub enum Panel<'a> {
+    /// A density on a grid, colour-mapped on `[0, vmax]` (inferno); non-finite cells in
+    /// [`NONFINITE_COLOUR`](super::plots::NONFINITE_COLOUR), never as zero density.
+    Density(&'a super::DensityGrid),
+    /// Points `(x, y)`, coloured by a density on `[0, vmax]` when given (low densities drawn
+    /// first, so dense cores stay on top), white otherwise.
+    Points(&'a [[f64; 2]], Option<&'a [f64]>),
+}
+
+/// Titled panels side by side on the box `[-half_width, half_width]^2`, with a colour bar for
+/// the common scale `[0, vmax]` when any panel is a density map. Written as PNG at `path`.
+///
+/// # Errors
+/// A failed drawing or write.
+pub fn plane_panels(
+    path: &Path,
+    items: &[(String, Panel)],
+    half_width: f64,
+    vmax: f64,
+) -> Result<()> {
+    let side = 520u32;
+    let bar = items.iter().any(|(_, p)| matches!(p, Panel::Density(_)));
+    let bar_w = if bar { 110 } else { 0 };
+    let width = side * items.len() as u32 + bar_w;
+    let colour = |v: f64| {
+        if v.is_finite() {
+            let [r, g, b] = super::colormap::inferno(v / vmax);
+            RGBColor(r, g, b)
+        } else {
+            let [r, g, b] = super::plots::NONFINITE_COLOUR;
+            RGBColor(r, g, b)
+        }
+    };
+    let b = half_width;
+    render(path, (width, side + 20), |root| {
+        let (panels, bar_area) = root.split_horizontally(side * items.len() as u32);
+        for ((title, panel), area) in items.iter().zip(panels.split_evenly((1, items.len()))) {
+            let mut ch = ChartBuilder::on(&area)
+                .caption(title.as_str(), ("sans-serif", 18))
+                .margin(10)
+                .x_label_area_size(30)
+                .y_label_area_size(40)
+                .build_cartesian_2d(-b..b, -b..b)
+                .map_err(err)?;
+            ch.configure_mesh()
+                .disable_mesh()
+                .x_labels(5)
+                .y_labels(5)
+                .label_style(("sans-serif", 12))
+                .draw()
+                .map_err(err)?;
+            ch.plotting_area().fill(&BLACK).map_err(err)?;
+            match panel {
+                Panel::Density(g) => {
+                    let h = 2.0 * g.half_width / g.size as f64;
+                    ch.draw_series(g.values.iter().enumerate().map(|(i, &v)| {
+                        let (row, col) = ((i / g.size) as f64, (i % g.size) as f64);
+                        let (x0, y0) = (-g.half_width + col * h, g.half_width - row * h);
+                        Rectangle::new([(x0, y0), (x0 + h, y0 - h)], colour(v).filled())
+                    }))
+                    .map_err(err)?;
+                }
+                Panel::Points(points, dens) => {
+                    let mut order: Vec<usize> = (0..points.len()).collect();
+                    if let Some(d) = dens {
+                        order.sort_by(|&i, &j| d[i].total_cmp(&d[j]));
+                    }
+                    let inside = |p: &[f64; 2]| p[0].abs() < b && p[1].abs() < b;
+                    ch.draw_series(order.into_iter().filter(|&i| inside(&points[i])).map(|i| {
+                        let c = match dens {
+                            Some(d) => {
+                                let [r, g, bl] =
+                                    super::colormap::inferno(0.15 + 0.85 * d[i] / vmax);
+                                RGBColor(r, g, bl)
+                            }
+                            None => WHITE,
+                        };
+                        Circle::new((points[i][0], points[i][1]), 1, c.filled())
+                    }))
+                    .map_err(err)?;
+                }
+            }
+        }
+        if bar {
+            let mut ch = ChartBuilder::on(&bar_area)
+                .caption("density", ("sans-serif", 14))
+                .margin_top(40)
+                .margin_bottom(40)
+                .margin_right(50)
+                .y_label_area_size(0)
+                .right_y_label_area_size(45)
+                .build_cartesian_2d(0.0..1.0, 0.0..vmax)
+                .map_err(err)?;
+            ch.configure_mesh()
+                .disable_mesh()
+                .disable_x_axis()
+                .y_labels(6)
+                .label_style(("sans-serif", 12))
+                .draw()
+                .map_err(err)?;
+            let steps = 128;
+            ch.draw_series((0..steps).map(|k| {
+                let (lo, hi) = (
+                    vmax * k as f64 / steps as f64,
+                    vmax * (k + 1) as f64 / steps as f64,
+                );
+                Rectangle::new([(0.0, lo), (1.0, hi)], colour(0.5 * (lo + hi)).filled())
+            }))
+            .map_err(err)?;
+        }
         Ok(())
     })
 }

@@ -1,10 +1,10 @@
-//! Pictures: colour map, raster canvas with a bitmap font, density maps, scatter plots, GIFs.
+//! Pictures: charts drawn with plotters (corner plots, loss curves, density maps and scatter
+//! plots of the plane), the inferno colour map, an RGB raster for image grids, and GIFs.
 
 pub mod canvas;
 pub mod charts;
 pub mod colormap;
-pub mod font;
 pub mod plots;
 
 pub use canvas::Canvas;
-pub use plots::{colour_bar, panels, scatter, write_gif, DensityGrid};
+pub use plots::{write_gif, DensityGrid};
