@@ -126,7 +126,8 @@ pub fn lu(a: &Mat) -> Option<Lu> {
     Some(Lu { p, l, u })
 }
 
-/// `log|det a|` and the sign of `det a`; `None` if singular.
+/// `(sign of det a, log|det a|)`; `None` when a pivot is exactly zero (a NaN matrix gives
+/// NaN, not `None`).
 pub fn slogdet(a: &Mat) -> Option<(f64, f64)> {
     let f = lu(a)?;
     let mut sign = permutation_sign(&f.p);

@@ -214,6 +214,41 @@ fn context_columns_condition_the_flow() {
         test < gauss + 0.15,
         "flow {test} vs conditional Gaussian {gauss}"
     );
+
+    // Sampled for a given context, the first column sits at that context's value.
+    for ctx in ["-3", "3"] {
+        let csv = dir.path().join(format!("s{ctx}.csv"));
+        run_json(&[
+            "sample",
+            "--checkpoint",
+            out.to_str().unwrap(),
+            "--context",
+            ctx,
+            "--n",
+            "500",
+            "--out",
+            csv.to_str().unwrap(),
+        ]);
+        let text = std::fs::read_to_string(&csv).unwrap();
+        assert_eq!(text.lines().next(), Some("c0,c1,log_prob"));
+        let x0: Vec<f64> = text
+            .lines()
+            .skip(1)
+            .map(|l| l.split(',').next().unwrap().parse().unwrap())
+            .collect();
+        assert_eq!(x0.len(), 500);
+        let mean = x0.iter().sum::<f64>() / 500.0;
+        let want: f64 = ctx.parse().unwrap();
+        assert!(
+            (mean - want).abs() < 0.3,
+            "context {ctx}: samples' mean {mean}"
+        );
+    }
+    let err = refused(&["sample", "--checkpoint", out.to_str().unwrap(), "--n", "5"]);
+    assert!(
+        err.contains("--context") && err.contains("1 context column"),
+        "{err}"
+    );
 }
 
 fn refused(args: &[&str]) -> String {

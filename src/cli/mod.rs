@@ -234,14 +234,20 @@ pub struct SampleArgs {
     /// Number of samples.
     #[arg(long, default_value_t = 64, value_parser = parse::count::<1, 1_000_000>)]
     pub n: usize,
-    /// Scales the standard deviation of every prior.
-    #[arg(long, default_value_t = 0.7, value_parser = parse::temperature)]
-    pub temperature: f64,
+    /// Scales the standard deviation of every prior [default: 0.7 for images, 1 for vectors].
+    #[arg(long, value_parser = parse::temperature)]
+    pub temperature: Option<f64>,
     #[arg(long, default_value_t = 0)]
     pub seed: u64,
     /// Class to sample (class-conditional models; default: one row per class).
     #[arg(long, value_parser = parse::count::<0, 65_535>)]
     pub class: Option<usize>,
+    /// Vector flows with context columns: the context to sample for, one comma-separated value
+    /// per context column (in the run's order).
+    #[arg(long, value_delimiter = ',', allow_hyphen_values = true)]
+    pub context: Vec<f64>,
+    /// Output: a PNG grid for image models; a CSV (one sample per row, the run's column names
+    /// and `log_prob`) for vector flows, `.png` becoming `.csv`.
     #[arg(long, default_value = "samples.png")]
     pub out: PathBuf,
     #[arg(long, default_value = "flex")]
@@ -920,6 +926,18 @@ fn write_per_image(path: &std::path::Path, bpd: &[f64]) -> Result<()> {
 fn cmd_sample(a: SampleArgs) -> Result<()> {
     use glowflow::train::train_image::{load_for_eval, sample_batch, sample_batch_of};
     let device = glowflow::device_by_name(&a.device)?;
+    if is_vector_run(&a.checkpoint) {
+        return sample_vectors(&a, &device);
+    }
+    if !a.context.is_empty() {
+        return Err(InputError::flag(
+            "--context",
+            format!("{:?}", a.context),
+            "is for vector flows with context columns (image models take --class)",
+        )
+        .into());
+    }
+    let temperature = a.temperature.unwrap_or(0.7);
     let (model, state, ema) = load_for_eval(&a.checkpoint, &device)
         .with_context(|| format!("--checkpoint {}", a.checkpoint.display()))?;
     // Float64 decoding activations, plus the grid.
@@ -941,11 +959,11 @@ fn cmd_sample(a: SampleArgs) -> Result<()> {
             return Err(InputError::flag("--class", c, format!("the model has {k} classes")).into())
         }
         (Some(c), _) => (
-            sample_batch_of(&model, a.n, a.temperature, a.seed, Some(&vec![c; a.n])),
+            sample_batch_of(&model, a.n, temperature, a.seed, Some(&vec![c; a.n])),
             (a.n as f64).sqrt().ceil() as usize,
         ),
         (None, 0) => (
-            sample_batch(&model, a.n, a.temperature, a.seed),
+            sample_batch(&model, a.n, temperature, a.seed),
             (a.n as f64).sqrt().ceil() as usize,
         ),
         // One row per class, --n samples in all (at least one per class).
@@ -953,7 +971,7 @@ fn cmd_sample(a: SampleArgs) -> Result<()> {
             let per = a.n.div_ceil(k).max(1);
             let labels: Vec<usize> = (0..k).flat_map(|c| std::iter::repeat_n(c, per)).collect();
             (
-                sample_batch_of(&model, labels.len(), a.temperature, a.seed, Some(&labels)),
+                sample_batch_of(&model, labels.len(), temperature, a.seed, Some(&labels)),
                 per,
             )
         }
@@ -963,7 +981,7 @@ fn cmd_sample(a: SampleArgs) -> Result<()> {
     println!(
         "wrote {} samples at temperature {} to {} ({} weights; pixels clipped: {:.3}% at 0, {:.3}% at the top)",
         a.n,
-        a.temperature,
+        temperature,
         a.out.display(),
         if ema { "averaged" } else { "trained" },
         100.0 * batch.clipped_low,
@@ -1000,28 +1018,11 @@ fn cmd_score(a: ScoreArgs) -> Result<()> {
         }
         Some(p) => {
             let t = read_table(p)?;
-            let train = read_table(&topts.path).ok();
             // Columns by name when both tables name them, else by the training table's
             // positions.
-            let want: Vec<String> = match &train {
-                Some(tr) => {
-                    let ctx = tr.column_indices(&topts.context_columns, "--context-columns")?;
-                    let cols: Vec<usize> = if topts.columns.is_empty() {
-                        (0..tr.width()).filter(|c| !ctx.contains(c)).collect()
-                    } else {
-                        tr.column_indices(&topts.columns, "--columns")?
-                    };
-                    cols.iter()
-                        .chain(&ctx)
-                        .map(|&c| {
-                            if tr.named && t.named {
-                                tr.columns[c].clone()
-                            } else {
-                                c.to_string()
-                            }
-                        })
-                        .collect()
-                }
+            let want: Vec<String> = match run_columns(&topts)? {
+                Some((_, index)) if !t.named => index.iter().map(usize::to_string).collect(),
+                Some((names, _)) => names,
                 None => topts
                     .columns
                     .iter()
@@ -1060,4 +1061,105 @@ fn cmd_score(a: ScoreArgs) -> Result<()> {
     }))?;
     glowflow::fsutil::write_atomic(&a.out, &bytes)
         .map_err(|e| InputError::flag("--out", a.out.display(), format!("{e:#}")).into())
+}
+
+/// The modelled then context columns of a table run, as names and as indices into its training
+/// table; `None` when the training table is no longer readable.
+#[allow(clippy::type_complexity)]
+fn run_columns(
+    topts: &glowflow::train::train2d::TableOptions,
+) -> Result<Option<(Vec<String>, Vec<usize>)>> {
+    let Ok(tr) = glowflow::data::table::read_table(&topts.path) else {
+        return Ok(None);
+    };
+    let ctx = tr.column_indices(&topts.context_columns, "--context-columns")?;
+    let cols: Vec<usize> = if topts.columns.is_empty() {
+        (0..tr.width()).filter(|c| !ctx.contains(c)).collect()
+    } else {
+        tr.column_indices(&topts.columns, "--columns")?
+    };
+    let index: Vec<usize> = cols.iter().chain(&ctx).copied().collect();
+    let names = if tr.named {
+        index.iter().map(|&c| tr.columns[c].clone()).collect()
+    } else {
+        index.iter().map(|&c| format!("c{c}")).collect()
+    };
+    Ok(Some((names, index)))
+}
+
+/// Whether `dir` holds a vector-flow run (`train2d`), not an image run: its model config has
+/// flow steps (`layers`) and no image `channels`.
+fn is_vector_run(dir: &std::path::Path) -> bool {
+    glowflow::train::checkpoint::Checkpoint::open::<serde_json::Value>(dir).is_ok_and(|(_, v)| {
+        v["model"].get("layers").is_some() && v["model"].get("channels").is_none()
+    })
+}
+
+/// `sample` for a vector flow: `--n` samples at `--temperature` (default 1), for `--context`
+/// when the run has context columns, written as CSV with each sample's log-density.
+fn sample_vectors(a: &SampleArgs, device: &burn::tensor::Device) -> Result<()> {
+    use rand::SeedableRng;
+    let (model, state) = load_trained(&a.checkpoint, device)
+        .with_context(|| format!("--checkpoint {}", a.checkpoint.display()))?;
+    if let Some(c) = a.class {
+        return Err(InputError::flag(
+            "--class",
+            c,
+            "is for class-conditional image models (vector flows take --context)",
+        )
+        .into());
+    }
+    let (d, k) = (state.model.dim, state.model.context);
+    let names = match &state.options.table {
+        Some(t) => run_columns(t)?.map(|(n, _)| n),
+        None => None,
+    }
+    .unwrap_or_else(|| (0..d + k).map(|i| format!("x{i}")).collect());
+    let ctx = match (k, a.context.len()) {
+        (0, 0) => None,
+        (k, n) if n != k => {
+            let why = if k == 0 {
+                "the model has no context columns".to_string()
+            } else {
+                format!(
+                    "the model is conditioned on {k} context column(s) ({}): give {k} comma-separated value(s)",
+                    names[d..].join(", ")
+                )
+            };
+            return Err(InputError::flag("--context", format!("{:?}", a.context), why).into());
+        }
+        (k, _) => {
+            let v: Vec<f32> = (0..a.n)
+                .flat_map(|_| a.context.iter().map(|&c| c as f32))
+                .collect();
+            Some(glowflow::tensor_util::from_vec(v, [a.n, k], device))
+        }
+    };
+    let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(a.seed);
+    let t = a.temperature.unwrap_or(1.0);
+    let (x, logp) = model.sample_ctx(a.n, t, ctx.as_ref(), &mut rng, device);
+    let (x, logp) = (
+        glowflow::tensor_util::to_vec(x),
+        glowflow::tensor_util::to_vec(logp),
+    );
+    let mut w = csv::Writer::from_writer(Vec::new());
+    w.write_record(names[..d].iter().map(String::as_str).chain(["log_prob"]))?;
+    for (row, lp) in x.chunks(d).zip(&logp) {
+        w.write_record(row.iter().map(|v| v.to_string()).chain([lp.to_string()]))?;
+    }
+    let bytes = w.into_inner().map_err(|e| anyhow::anyhow!("{e}"))?;
+    let out = if a.out.extension().is_some_and(|e| e == "png") {
+        a.out.with_extension("csv")
+    } else {
+        a.out.clone()
+    };
+    print_json(&json!({
+        "checkpoint": a.checkpoint,
+        "samples": a.n,
+        "temperature": t,
+        "context": a.context,
+        "out": out,
+    }))?;
+    glowflow::fsutil::write_atomic(&out, &bytes)
+        .map_err(|e| InputError::flag("--out", out.display(), format!("{e:#}")).into())
 }

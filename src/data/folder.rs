@@ -1,6 +1,6 @@
-//! A folder of PNG/JPEG images: each is centre-cropped to a square, resized (box filter when
-//! shrinking, bilinear otherwise) and converted to greyscale or RGB. `DIR/train` and `DIR/test`
-//! subfolders give the splits; a flat folder is split 90/10 in file-name order.
+//! A folder of PNG/JPEG images: each is centre-cropped to a square, resized (an area-weighted
+//! box filter, shrinking or enlarging) and converted to greyscale or RGB. `DIR/train` and
+//! `DIR/test` subfolders give the splits; a flat folder is split 90/10 in file-name order.
 
 use std::path::{Path, PathBuf};
 

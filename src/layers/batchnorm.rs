@@ -1,4 +1,4 @@
-//! Real NVP's batch normalisation as a flow layer (Dinh et al. 2016, §3.7):
+//! Real NVP's batch normalisation as a flow layer (Dinh et al. 2017, §3.7):
 //! `y = (x - mean) / sqrt(var + eps) * exp(log_gamma) + beta`, per channel, with
 //! `log|det| = H * W * sum(log_gamma - 0.5 * log(var + eps))`.
 //!

@@ -1,5 +1,6 @@
 //! Glow's coupling CNN: conv3x3 -> ActNorm -> ReLU -> conv1x1 -> ActNorm -> ReLU -> zero-init
-//! conv3x3 scaled by exp(3 * logs), so a coupling using it starts as the identity.
+//! conv3x3 scaled by exp(3 * logs), so its output starts at zero (an additive coupling using it
+//! starts as the identity; Glow's affine form starts as the scale sigmoid(2) ≈ 0.88).
 
 use burn::module::{Module, Param};
 use burn::tensor::activation::relu;

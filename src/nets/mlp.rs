@@ -34,7 +34,8 @@ impl Dense {
         }
     }
 
-    /// All-zero layer: a coupling whose net ends in it starts as the identity map.
+    /// All-zero layer: a net ending in it outputs zero at first (the identity for additive and
+    /// tanh-form couplings; Glow's sigmoid form then scales by sigmoid(2) ≈ 0.88).
     pub fn zeros(input: usize, output: usize, device: &Device) -> Self {
         Dense {
             weight: trainable(Tensor::zeros([input, output], device)),

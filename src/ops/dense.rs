@@ -24,7 +24,7 @@ use burn::tensor::{DType, Tensor, TensorData};
 
 use crate::tensor_util::is_flex_device;
 
-/// `act(x W + b)` with `x: [n, k]`, `W: [k, m]`, `b: [m]`; `act` is ReLU when `relu` is set,
+/// `act(x W + b)` with `x: [n, k]`, `W: [k, m]`, `b: [m]`; `act` is ReLU when `relu_out` is set,
 /// the identity otherwise.
 pub fn dense(x: Tensor<2>, weight: Tensor<2>, bias: Tensor<1>, relu_out: bool) -> Tensor<2> {
     if fused_supported(&x, &weight, &bias) {

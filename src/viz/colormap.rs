@@ -15,7 +15,8 @@ const INFERNO: [[f64; 3]; 11] = [
     [252.0, 255.0, 164.0],
 ];
 
-/// Colour of `t` in [0, 1] (values outside are shown at the ends of the scale).
+/// Colour of `t` in [0, 1] (finite values outside are shown at the ends of the scale; callers
+/// draw non-finite values in their own colour).
 pub fn inferno(t: f64) -> [u8; 3] {
     let t = if t.is_finite() {
         t.clamp(0.0, 1.0)
@@ -32,7 +33,11 @@ pub fn inferno(t: f64) -> [u8; 3] {
     out
 }
 
-/// The 256-entry palette (for GIF frames).
+/// The 256-entry palette of GIF frames: inferno over entries 0..=254, then the colour of
+/// non-finite values.
 pub fn inferno_palette() -> Vec<u8> {
-    (0..256).flat_map(|i| inferno(i as f64 / 255.0)).collect()
+    (0..255)
+        .flat_map(|i| inferno(i as f64 / 254.0))
+        .chain(super::plots::NONFINITE_COLOUR)
+        .collect()
 }

@@ -52,15 +52,16 @@ impl DensityGrid {
         self.values.iter().filter(|v| !v.is_finite()).count()
     }
 
-    /// Palette indices 0..=255 on the scale [0, vmax] (GIF frames; a non-finite cell is 0).
+    /// Palette indices of [`inferno_palette`](super::colormap::inferno_palette): 0..=254 on the
+    /// scale [0, vmax], 255 ([`NONFINITE_COLOUR`]) for a non-finite cell, never zero density.
     pub fn indices(&self, vmax: f64) -> Vec<u8> {
         self.values
             .iter()
             .map(|v| {
                 if v.is_finite() {
-                    (v / vmax * 255.0).round().clamp(0.0, 255.0) as u8
+                    (v / vmax * 254.0).round().clamp(0.0, 254.0) as u8
                 } else {
-                    0
+                    255
                 }
             })
             .collect()
@@ -88,4 +89,23 @@ pub fn write_gif(
         }
     }
     crate::fsutil::write_atomic(path, &bytes)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn gif_frames_never_draw_a_nonfinite_cell_as_zero_density() {
+        let g = DensityGrid {
+            size: 2,
+            half_width: 1.0,
+            values: vec![f64::NAN, 0.0, 2.0, f64::INFINITY],
+        };
+        assert_eq!(g.indices(2.0), vec![255, 0, 254, 255]);
+        let p = inferno_palette();
+        assert_eq!(p.len(), 256 * 3);
+        assert_eq!(&p[255 * 3..], &NONFINITE_COLOUR);
+        assert_ne!(&p[..3], &NONFINITE_COLOUR);
+    }
 }
