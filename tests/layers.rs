@@ -357,3 +357,19 @@ fn fused_dense_matches_tensor_op_composition() {
         }
     }
 }
+
+#[test]
+fn squeeze_layer() {
+    check("Squeeze", &Squeeze, [3, 2, 4, 4], 21);
+    check("Squeeze", &Squeeze, [2, 1, 2, 2], 22);
+}
+
+#[test]
+fn standardize_layer() {
+    let device = ad_device();
+    let mut s = Standardize::new(4, &device);
+    s.set(&[1.0, -2.0, 0.5, 30.0], &[2.0, 0.5, 1.5, 40.0]);
+    for (i, shape) in [[5, 4, 1, 1], [3, 4, 2, 2]].into_iter().enumerate() {
+        check("Standardize", &s, shape, 30 + i as u64);
+    }
+}

@@ -17,6 +17,7 @@ pub use batchnorm::FlowBatchNorm;
 pub use coupling::{AdditiveCoupling, AffineCoupling, TanhScale};
 pub use inv_conv::{InvConv1x1, InvConv1x1Lu};
 pub use permute::{Reverse, Shuffle};
+pub use squeeze::Squeeze;
 pub use standardize::Standardize;
 
 use burn::tensor::Device;

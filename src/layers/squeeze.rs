@@ -20,3 +20,20 @@ pub fn unsqueeze(x: Tensor<4>) -> Tensor<4> {
         .permute([0, 1, 4, 2, 5, 3])
         .reshape([n, c / 4, h * 2, w * 2])
 }
+
+/// [`squeeze`] as a flow layer: `[N, C, H, W]` to `[N, 4C, H/2, W/2]` and back; a permutation of
+/// the values, so its log-determinant is 0. Multi-scale Glow squeezes with it at every level.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct Squeeze;
+
+impl crate::flow::Flow for Squeeze {
+    fn forward_ctx(&self, x: Tensor<4>, _ctx: crate::flow::Context) -> (Tensor<4>, Tensor<1>) {
+        let ld = crate::flow::zero_logdet(&x);
+        (squeeze(x), ld)
+    }
+
+    fn inverse_ctx(&self, z: Tensor<4>, _ctx: crate::flow::Context) -> (Tensor<4>, Tensor<1>) {
+        let ld = crate::flow::zero_logdet(&z);
+        (unsqueeze(z), ld)
+    }
+}

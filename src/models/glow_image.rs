@@ -17,7 +17,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::distributions::LN_2PI;
 use crate::flow::{Context, Flow};
-use crate::layers::squeeze::{squeeze, unsqueeze};
+use crate::layers::squeeze::{squeeze, unsqueeze, Squeeze};
 use crate::layers::{
     ActNorm, ActNormFlags, AdditiveCoupling, AffineCoupling, FlowSequence, Layer, Permutation,
 };
@@ -346,7 +346,7 @@ impl GlowImage {
         let mut h = x;
         let mut out = Vec::with_capacity(self.levels.len());
         for (l, level) in self.levels.iter().enumerate() {
-            let (y, logdet) = flow(l, &level.flow, squeeze(h))?;
+            let (y, logdet) = flow(l, &level.flow, Squeeze.forward(h).0)?;
             let (z, mean, logs, next) = match &level.split {
                 Some(prior) => {
                     let (z, keep) = halves(y);

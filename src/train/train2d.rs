@@ -326,15 +326,11 @@ pub fn train2d(
 ) -> Result<Summary> {
     let train_device = device.clone().autodiff();
     let out = &io.out;
-    let _lock = run_dir::lock(out)?;
-    // Where the checkpoint a resumed run starts from lives (it may differ from `out`).
-    let continues_here = match &start {
-        Start::Resume(d, _) => run_dir::same_dir(&run_dir::run_dir_of(d), out),
-        Start::Fresh(_) => false,
+    let resumed_from = match &start {
+        Start::Resume(d, _) => Some(d.as_path()),
+        Start::Fresh(_) => None,
     };
-    if !continues_here {
-        run_dir::prepare_fresh(out, io.force)?;
-    }
+    let (_lock, continues_here) = trainer::open_run(out, resumed_from, io.force)?;
     let mut resumes = Vec::new();
     let mut saved = None;
     let mut table: Option<TableData> = None;
@@ -410,13 +406,7 @@ pub fn train2d(
                     run_dir::threads_note(threads, t);
                     apply_change(&mut changed, "threads", &mut threads, Some(t));
                 }
-                resumes = state.resumes.clone();
-                if !changed.is_empty() {
-                    resumes.push(ResumeRecord {
-                        step: state.step,
-                        changes: changed,
-                    });
-                }
+                resumes = trainer::record_resume(state.resumes.clone(), state.step, changed);
                 saved = Some((ck.dir.clone(), state.step));
                 (
                     model,
@@ -450,14 +440,7 @@ pub fn train2d(
         d.write_split(out)?;
     }
     std::fs::create_dir_all(frames_dir(out))?;
-    if first_step > opts.steps {
-        return Err(InputError::flag(
-            "--steps",
-            opts.steps,
-            format!("is below the {first_step} steps the checkpoint has already done"),
-        )
-        .into());
-    }
+    trainer::check_steps(first_step, opts.steps)?;
 
     let mut data = match &table {
         Some(t) => DataStream::table(t, opts.seed, opts.batch),

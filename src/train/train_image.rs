@@ -728,14 +728,11 @@ pub enum ImageStart {
 pub fn train_image(start: ImageStart, io: &RunIo, device: &Device) -> Result<ImageSummary> {
     let (out, progress) = (io.out.as_path(), io.progress);
     let train_device = device.clone().autodiff();
-    let _lock = run_dir::lock(out)?;
-    let continues_here = match &start {
-        ImageStart::Resume(d, _) => run_dir::same_dir(&run_dir::run_dir_of(d), out),
-        ImageStart::Fresh(..) => false,
+    let resumed_from = match &start {
+        ImageStart::Resume(d, _) => Some(d.as_path()),
+        ImageStart::Fresh(..) => None,
     };
-    if !continues_here {
-        run_dir::prepare_fresh(out, io.force)?;
-    }
+    let (_lock, continues_here) = trainer::open_run(out, resumed_from, io.force)?;
     let mut saved = None;
     let mut resumes = Vec::new();
     let mut fingerprint = None;
@@ -785,13 +782,7 @@ pub fn train_image(start: ImageStart, io: &RunIo, device: &Device) -> Result<Ima
             // The time limit is for this invocation only: not part of the run.
             opts.time_limit_minutes = changes.time_limit;
             opts.validate().map_err(FieldError::on_flag)?;
-            resumes = state.resumes.clone();
-            if !changed.is_empty() {
-                resumes.push(ResumeRecord {
-                    step: state.step,
-                    changes: changed,
-                });
-            }
+            resumes = trainer::record_resume(state.resumes.clone(), state.step, changed);
             fingerprint = state.data_fingerprint.clone();
             saved = Some((ck.dir.clone(), state.step));
             (
@@ -806,14 +797,7 @@ pub fn train_image(start: ImageStart, io: &RunIo, device: &Device) -> Result<Ima
             )
         }
     };
-    if first > opts.steps {
-        return Err(InputError::flag(
-            "--steps",
-            opts.steps,
-            format!("is below the {first} steps the checkpoint has done"),
-        )
-        .into());
-    }
+    trainer::check_steps(first, opts.steps)?;
     let data = load_data(&opts)?;
     check_image_shape(&data.train, &cfg, &opts.data)?;
     let print = data_fingerprint(&data.train);

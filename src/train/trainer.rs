@@ -214,7 +214,52 @@ pub fn train<T: Task>(
     })
 }
 
-/// Whether `out` is where a resumed run's checkpoint lives (its logs are then appended to).
-pub fn same_run(resumed_from: Option<&Path>, out: &Path) -> bool {
-    resumed_from.is_some_and(|d| super::run_dir::same_dir(&super::run_dir::run_dir_of(d), out))
+/// Lock the run directory `out` for a run that starts fresh or resumes from the checkpoint in
+/// `resumed_from`; returns the lock and whether the run continues in `out` itself (its logs
+/// are then appended to). A fresh run into a folder holding a run is refused unless `force`.
+///
+/// # Errors
+/// Another process holds the lock; `out` holds a run and `force` is off; the folder cannot be
+/// prepared.
+pub fn open_run(
+    out: &Path,
+    resumed_from: Option<&Path>,
+    force: bool,
+) -> Result<(super::run_dir::RunLock, bool)> {
+    let lock = super::run_dir::lock(out)?;
+    let here =
+        resumed_from.is_some_and(|d| super::run_dir::same_dir(&super::run_dir::run_dir_of(d), out));
+    if !here {
+        super::run_dir::prepare_fresh(out, force)?;
+    }
+    Ok((lock, here))
+}
+
+/// Refuse a total of `steps` below the `done` steps of a resumed checkpoint (names `--steps`).
+pub fn check_steps(done: usize, steps: usize) -> Result<()> {
+    if done > steps {
+        return Err(crate::error::InputError::flag(
+            "--steps",
+            steps,
+            format!("is below the {done} steps the checkpoint has already done"),
+        )
+        .into());
+    }
+    Ok(())
+}
+
+/// The resume records of a run continued from step `step` with the changes `changed`
+/// (nothing is recorded when nothing changed).
+pub fn record_resume(
+    mut resumes: Vec<super::run_dir::ResumeRecord>,
+    step: usize,
+    changed: Vec<String>,
+) -> Vec<super::run_dir::ResumeRecord> {
+    if !changed.is_empty() {
+        resumes.push(super::run_dir::ResumeRecord {
+            step,
+            changes: changed,
+        });
+    }
+    resumes
 }
