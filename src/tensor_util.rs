@@ -83,10 +83,18 @@ pub fn buffer<const D: usize>(t: Tensor<D>) -> Param<Tensor<D>> {
 }
 
 /// Replace a parameter's value, keeping its identity (optimizer state is keyed by `ParamId`).
+/// The result is trainable: use [`replace_buffer`] for a fixed buffer.
 pub fn replace<const D: usize>(p: &Param<Tensor<D>>, value: Tensor<D>) -> Param<Tensor<D>> {
     let id: ParamId = p.id;
     let mut np = Param::from_tensor(value);
     np.id = id;
+    np
+}
+
+/// Replace a fixed buffer's value, keeping its identity; it stays out of training.
+pub fn replace_buffer<const D: usize>(p: &Param<Tensor<D>>, value: Tensor<D>) -> Param<Tensor<D>> {
+    let mut np = buffer(value);
+    np.id = p.id;
     np
 }
 

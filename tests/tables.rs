@@ -230,7 +230,7 @@ fn context_columns_condition_the_flow() {
             csv.to_str().unwrap(),
         ]);
         let text = std::fs::read_to_string(&csv).unwrap();
-        assert_eq!(text.lines().next(), Some("c0,c1,log_prob"));
+        assert_eq!(text.lines().next(), Some("c0,c1,c2,log_prob"));
         let x0: Vec<f64> = text
             .lines()
             .skip(1)
@@ -391,4 +391,178 @@ fn checkpoints_of_the_previous_format_load_and_newer_ones_are_refused() {
         err.contains("checkpoint format 99") && err.contains("state.json"),
         "{err}"
     );
+}
+
+#[test]
+fn table_runs_resume_exactly_and_refusals_leave_the_old_run_whole() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("banana.csv");
+    write_banana(&data, 600, 3);
+    let d = data.to_str().unwrap();
+    let common = [
+        "--batch",
+        "64",
+        "--lr",
+        "2e-3",
+        "--layers",
+        "3",
+        "--hidden",
+        "16",
+        "--threads",
+        "1",
+        "--quiet",
+    ];
+    let straight = dir.path().join("straight");
+    let mut args = vec!["train2d", "--data", d, "--steps", "40", "--out"];
+    args.push(straight.to_str().unwrap());
+    args.extend(common);
+    let a = run_json(&args);
+    let split = dir.path().join("split");
+    let mut args = vec!["train2d", "--data", d, "--steps", "20", "--out"];
+    args.push(split.to_str().unwrap());
+    args.extend(common);
+    run_json(&args);
+    let b = run_json(&[
+        "train2d",
+        "--resume",
+        split.to_str().unwrap(),
+        "--steps",
+        "40",
+        "--quiet",
+    ]);
+    // The standardisation is fixed (not trained), so a resumed run is the straight run.
+    assert_eq!(a["test_nll"], b["test_nll"]);
+    assert_eq!(a["train_nll"], b["train_nll"]);
+
+    // score numbers each held-out row by its row in the file (as split.csv marks it).
+    let scores = dir.path().join("scores.csv");
+    run_json(&[
+        "score",
+        "--checkpoint",
+        straight.to_str().unwrap(),
+        "--out",
+        scores.to_str().unwrap(),
+    ]);
+    let marked: Vec<String> = std::fs::read_to_string(straight.join("split.csv"))
+        .unwrap()
+        .lines()
+        .skip(1)
+        .filter(|l| l.ends_with(",1"))
+        .map(|l| l.split(',').next().unwrap().to_string())
+        .collect();
+    let numbered: Vec<String> = std::fs::read_to_string(&scores)
+        .unwrap()
+        .lines()
+        .skip(1)
+        .map(|l| l.split(',').next().unwrap().to_string())
+        .collect();
+    assert_eq!(marked, numbered);
+
+    // --force with a bad table is refused before the old run is touched.
+    let bad = dir.path().join("bad.csv");
+    std::fs::write(&bad, "a,b,c\n1,2,3\n4,nan,6\n").unwrap();
+    let before = std::fs::read(straight.join("checkpoint/state.json")).unwrap();
+    let err = refused(&[
+        "train2d",
+        "--data",
+        bad.to_str().unwrap(),
+        "--force",
+        "--quiet",
+        "--out",
+        straight.to_str().unwrap(),
+    ]);
+    assert!(err.contains("row 3, column 2"), "{err}");
+    assert_eq!(
+        std::fs::read(straight.join("checkpoint/state.json")).unwrap(),
+        before
+    );
+    assert!(straight.join("summary.json").exists() && straight.join("metrics.csv").exists());
+
+    // A changed training table: resume and the default score are refused.
+    std::fs::write(
+        &data,
+        std::fs::read_to_string(&data).unwrap() + "100,0.01,0\n",
+    )
+    .unwrap();
+    let err = refused(&[
+        "score",
+        "--checkpoint",
+        straight.to_str().unwrap(),
+        "--out",
+        scores.to_str().unwrap(),
+    ]);
+    assert!(err.contains("changed since the run"), "{err}");
+    let err = refused(&[
+        "train2d",
+        "--resume",
+        split.to_str().unwrap(),
+        "--steps",
+        "60",
+        "--quiet",
+    ]);
+    assert!(
+        err.contains("not the table this run was trained on"),
+        "{err}"
+    );
+
+    // Context values must be finite; table flags need --data.
+    let err = refused(&[
+        "sample",
+        "--checkpoint",
+        straight.to_str().unwrap(),
+        "--context",
+        "nan",
+    ]);
+    assert!(err.contains("--context"), "{err}");
+    let err = refused(&["train2d", "--test-fraction", "0.3", "--quiet"]);
+    assert!(
+        err.contains("--test-fraction") && err.contains("needs --data"),
+        "{err}"
+    );
+}
+
+#[test]
+fn test_tables_match_columns_by_name() {
+    let dir = tempfile::tempdir().unwrap();
+    let train = dir.path().join("train.csv");
+    write_banana(&train, 400, 4);
+    // The same kind of rows with the columns in another order.
+    let test = dir.path().join("test.csv");
+    write_banana(&test, 100, 5);
+    let text = std::fs::read_to_string(&test).unwrap();
+    let swapped: String = text
+        .lines()
+        .map(|l| {
+            let f: Vec<&str> = l.split(',').collect();
+            format!("{},{},{}\n", f[2], f[0], f[1])
+        })
+        .collect();
+    let reordered = dir.path().join("reordered.csv");
+    std::fs::write(&reordered, swapped).unwrap();
+    let run = |t: &Path, out: &str| {
+        run_json(&[
+            "train2d",
+            "--data",
+            train.to_str().unwrap(),
+            "--test-data",
+            t.to_str().unwrap(),
+            "--steps",
+            "20",
+            "--batch",
+            "64",
+            "--layers",
+            "2",
+            "--hidden",
+            "8",
+            "--threads",
+            "1",
+            "--quiet",
+            "--out",
+            dir.path().join(out).to_str().unwrap(),
+        ])
+    };
+    let a = run(&test, "a");
+    let b = run(&reordered, "b");
+    assert_eq!(a["test_nll"], b["test_nll"]);
+    assert_eq!(a["rows"], serde_json::json!([400, 100]));
 }

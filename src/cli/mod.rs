@@ -51,7 +51,8 @@ pub enum Command {
     /// Test bits/dim of a trained image model over the whole test split.
     #[command(allow_negative_numbers = true)]
     Eval(EvalArgs),
-    /// Sample a grid of images from a trained image model.
+    /// Sample a trained model: a grid of images (by class for class-conditional models), or CSV
+    /// rows from a vector flow trained on a table (for a given --context).
     #[command(allow_negative_numbers = true)]
     Sample(SampleArgs),
     /// Max abs error of inverse(forward(x)) over a batch of test images.
@@ -284,18 +285,18 @@ pub struct CommonArgs {
     pub data: Option<PathBuf>,
     /// Test rows in a separate table with the same columns [default: hold out
     /// --test-fraction of --data].
-    #[arg(long, requires = "data")]
+    #[arg(long)]
     pub test_data: Option<PathBuf>,
     /// Share of --data's rows held out for the test NLL (a seeded draw, written to split.csv).
-    #[arg(long, default_value_t = 0.2, value_parser = parse::fraction, requires = "data")]
+    #[arg(long, default_value_t = 0.2, value_parser = parse::fraction)]
     pub test_fraction: f64,
     /// Modelled columns of --data, by header name or 0-based index, comma-separated
     /// [default: every column not in --context-columns].
-    #[arg(long, value_delimiter = ',', requires = "data")]
+    #[arg(long, value_delimiter = ',')]
     pub columns: Vec<String>,
     /// Context columns of --data the flow is conditioned on (every coupling network reads
     /// them); samples are drawn for given contexts.
-    #[arg(long, value_delimiter = ',', requires = "data")]
+    #[arg(long, value_delimiter = ',')]
     pub context_columns: Vec<String>,
     /// Training steps (total, including those of a resumed checkpoint).
     #[arg(long, value_parser = parse::count::<1, MAX_STEPS>)]
@@ -500,7 +501,7 @@ pub fn run<I: IntoIterator<Item = T>, T: Into<OsString> + Clone>(args: I) -> Res
     match cli.command {
         Command::Train2d(a) => cmd_train2d(a, &given),
         Command::Score(a) => cmd_score(a),
-        Command::Compare(a) => cmd_compare(a),
+        Command::Compare(a) => cmd_compare(a, &given),
         Command::Train(a) => cmd_train(a, &given),
         Command::Eval(a) => cmd_eval(a, false),
         Command::Reconstruct(a) => cmd_eval(a, true),
@@ -612,6 +613,7 @@ fn cmd_train2d(a: Train2dArgs, given: &[(String, String)]) -> Result<()> {
             train2d(Start::Resume(dir.clone(), changes), None, &io, &device)?
         }
         None => {
+            check_table_flags(&a.common, given)?;
             let cfg = a.common.config(a.model, a.permutation);
             train2d(
                 Start::Fresh(cfg),
@@ -634,7 +636,8 @@ fn print_json<T: serde::Serialize>(value: &T) -> Result<()> {
         .map_err(|e| anyhow::anyhow!("cannot write the result to standard output: {e}"))
 }
 
-fn cmd_compare(a: CompareArgs) -> Result<()> {
+fn cmd_compare(a: CompareArgs, given: &[(String, String)]) -> Result<()> {
+    check_table_flags(&a.common, given)?;
     let device = glowflow::device_by_name(&a.common.device)?;
     let threads = a.common.threads();
     let opts = a.common.options(COMPARE_DEFAULT_STEPS);
@@ -1011,18 +1014,37 @@ fn cmd_score(a: ScoreArgs) -> Result<()> {
         .into());
     };
     let (dim, k) = (state.model.dim, state.model.context);
-    let (rows, source) = match &a.data {
+    let (rows, source, numbers) = match &a.data {
         None => {
             let d = TableData::load(&topts, state.options.seed)?;
-            (d.test, format!("test rows of {}", topts.path.display()))
+            if topts
+                .fingerprint
+                .as_ref()
+                .is_some_and(|f| *f != d.fingerprint)
+            {
+                return Err(InputError::flag(
+                    "--checkpoint",
+                    a.checkpoint.display(),
+                    format!(
+                        "its training table {} changed since the run (its values differ), so its test rows cannot be recovered; give the rows to score with --data",
+                        topts.path.display()
+                    ),
+                )
+                .into());
+            }
+            let source = match &topts.test_path {
+                Some(p) => format!("test table {}", p.display()),
+                None => format!("held-out test rows of {}", topts.path.display()),
+            };
+            (d.test, source, d.test_row_numbers)
         }
         Some(p) => {
             let t = read_table(p)?;
             // Columns by name when both tables name them, else by the training table's
             // positions.
             let want: Vec<String> = match run_columns(&topts)? {
-                Some((_, index)) if !t.named => index.iter().map(usize::to_string).collect(),
-                Some((names, _)) => names,
+                Some((names, _, true)) if t.named => names,
+                Some((_, index, _)) => index.iter().map(usize::to_string).collect(),
                 None => topts
                     .columns
                     .iter()
@@ -1040,16 +1062,20 @@ fn cmd_score(a: ScoreArgs) -> Result<()> {
                 .into());
             }
             let all: Vec<usize> = (0..t.rows).collect();
-            (t.gather(&all, &idx), p.display().to_string())
+            let numbers = (1..=t.rows).collect();
+            (t.gather(&all, &idx), p.display().to_string(), numbers)
         }
     };
     let lp = log_prob_rows(&model, &rows, dim, k, &device);
     let mut w = csv::Writer::from_writer(Vec::new());
     w.write_record(["row", "log_prob"])?;
-    for (i, v) in lp.iter().enumerate() {
-        w.write_record([(i + 1).to_string(), v.to_string()])?;
+    for (n, v) in numbers.iter().zip(&lp) {
+        w.write_record([n.to_string(), v.to_string()])?;
     }
     let bytes = w.into_inner().map_err(|e| anyhow::anyhow!("{e}"))?;
+    // The scores are the output: written first, then reported.
+    glowflow::fsutil::write_atomic(&a.out, &bytes)
+        .map_err(|e| InputError::flag("--out", a.out.display(), format!("{e:#}")))?;
     let finite: Vec<f64> = lp.iter().copied().filter(|v| v.is_finite()).collect();
     print_json(&json!({
         "checkpoint": a.checkpoint,
@@ -1058,17 +1084,15 @@ fn cmd_score(a: ScoreArgs) -> Result<()> {
         "mean_log_prob": finite.iter().sum::<f64>() / finite.len().max(1) as f64,
         "nonfinite": lp.len() - finite.len(),
         "out": a.out,
-    }))?;
-    glowflow::fsutil::write_atomic(&a.out, &bytes)
-        .map_err(|e| InputError::flag("--out", a.out.display(), format!("{e:#}")).into())
+    }))
 }
 
 /// The modelled then context columns of a table run, as names and as indices into its training
-/// table; `None` when the training table is no longer readable.
+/// table, and whether that table names its columns; `None` when it is no longer readable.
 #[allow(clippy::type_complexity)]
 fn run_columns(
     topts: &glowflow::train::train2d::TableOptions,
-) -> Result<Option<(Vec<String>, Vec<usize>)>> {
+) -> Result<Option<(Vec<String>, Vec<usize>, bool)>> {
     let Ok(tr) = glowflow::data::table::read_table(&topts.path) else {
         return Ok(None);
     };
@@ -1084,7 +1108,7 @@ fn run_columns(
     } else {
         index.iter().map(|&c| format!("c{c}")).collect()
     };
-    Ok(Some((names, index)))
+    Ok(Some((names, index, tr.named)))
 }
 
 /// Whether `dir` holds a vector-flow run (`train2d`), not an image run: its model config has
@@ -1111,10 +1135,13 @@ fn sample_vectors(a: &SampleArgs, device: &burn::tensor::Device) -> Result<()> {
     }
     let (d, k) = (state.model.dim, state.model.context);
     let names = match &state.options.table {
-        Some(t) => run_columns(t)?.map(|(n, _)| n),
+        Some(t) => run_columns(t)?.map(|(n, _, _)| n),
         None => None,
     }
     .unwrap_or_else(|| (0..d + k).map(|i| format!("x{i}")).collect());
+    if let Some(v) = a.context.iter().find(|v| !v.is_finite()) {
+        return Err(InputError::flag("--context", v, "must be finite").into());
+    }
     let ctx = match (k, a.context.len()) {
         (0, 0) => None,
         (k, n) if n != k => {
@@ -1142,10 +1169,17 @@ fn sample_vectors(a: &SampleArgs, device: &burn::tensor::Device) -> Result<()> {
         glowflow::tensor_util::to_vec(x),
         glowflow::tensor_util::to_vec(logp),
     );
+    // Each row: the sample, its context (conditional runs), its log-density.
     let mut w = csv::Writer::from_writer(Vec::new());
-    w.write_record(names[..d].iter().map(String::as_str).chain(["log_prob"]))?;
+    w.write_record(names.iter().map(String::as_str).chain(["log_prob"]))?;
+    let context: Vec<String> = a.context.iter().map(f64::to_string).collect();
     for (row, lp) in x.chunks(d).zip(&logp) {
-        w.write_record(row.iter().map(|v| v.to_string()).chain([lp.to_string()]))?;
+        w.write_record(
+            row.iter()
+                .map(|v| v.to_string())
+                .chain(context.iter().cloned())
+                .chain([lp.to_string()]),
+        )?;
     }
     let bytes = w.into_inner().map_err(|e| anyhow::anyhow!("{e}"))?;
     let out = if a.out.extension().is_some_and(|e| e == "png") {
@@ -1153,13 +1187,33 @@ fn sample_vectors(a: &SampleArgs, device: &burn::tensor::Device) -> Result<()> {
     } else {
         a.out.clone()
     };
+    glowflow::fsutil::write_atomic(&out, &bytes)
+        .map_err(|e| InputError::flag("--out", out.display(), format!("{e:#}")))?;
     print_json(&json!({
         "checkpoint": a.checkpoint,
         "samples": a.n,
         "temperature": t,
         "context": a.context,
         "out": out,
-    }))?;
-    glowflow::fsutil::write_atomic(&out, &bytes)
-        .map_err(|e| InputError::flag("--out", out.display(), format!("{e:#}")).into())
+    }))
+}
+
+/// Refuse the table flags without `--data` (they select and split a table's rows).
+fn check_table_flags(c: &CommonArgs, given: &[(String, String)]) -> Result<()> {
+    if c.data.is_some() {
+        return Ok(());
+    }
+    for flag in [
+        "--test-data",
+        "--test-fraction",
+        "--columns",
+        "--context-columns",
+    ] {
+        if let Some((_, v)) = given.iter().find(|(f, _)| f == flag) {
+            return Err(
+                InputError::flag(flag, v, "needs --data FILE (a table to train on)").into(),
+            );
+        }
+    }
+    Ok(())
 }

@@ -39,6 +39,7 @@ impl Table {
     pub fn column_indices(&self, specs: &[String], flag: &str) -> Result<Vec<usize>, InputError> {
         let mut out = Vec::with_capacity(specs.len());
         for s in specs {
+            let s = s.trim();
             let i = match self.columns.iter().position(|c| c == s) {
                 Some(i) => i,
                 None => match s.parse::<usize>() {
@@ -153,6 +154,19 @@ fn read_csv(path: &Path, bytes: &[u8]) -> Result<Table, InputError> {
                 columns = rec.iter().map(str::to_string).collect();
                 named = true;
                 continue;
+            }
+            if numeric > 0 && numeric < rec.len() {
+                let names: Vec<&str> = rec.iter().filter(|f| f.parse::<f64>().is_err()).collect();
+                let nums: Vec<&str> = rec.iter().filter(|f| f.parse::<f64>().is_ok()).collect();
+                return Err(InputError::file(
+                    path,
+                    Some(format!("row {line}")),
+                    format!(
+                        "mixes names ({}) and numbers ({}): a header row must hold only names (and no empty field), a data row only numbers",
+                        preview(&names.iter().map(|s| format!("'{s}'")).collect::<Vec<_>>()),
+                        preview(&nums.iter().map(|s| s.to_string()).collect::<Vec<_>>())
+                    ),
+                ));
             }
             columns = (0..rec.len()).map(|i| format!("c{i}")).collect();
         }
@@ -318,9 +332,14 @@ fn read_npy(path: &Path, bytes: &[u8]) -> Result<Table, InputError> {
             .into_iter()
             .map(f64::from)
             .collect(),
+        ('f', 2) => {
+            return Err(bad(
+                "float16 values are not supported: save the array as float32 or float64".into(),
+            ))
+        }
         _ => {
             return Err(bad(format!(
-                "dtype '{type_str}' is not a real number type (float, int or uint)"
+                "dtype '{type_str}' is not a real number type (float32/64, int or uint)"
             )))
         }
     };
@@ -409,7 +428,7 @@ mod tests {
         assert!(msg("").contains("no rows"));
         let m = msg("1,abc\n2,3\n");
         assert!(
-            m.contains("row 1, column 2") && m.contains("header row must hold only names"),
+            m.contains("row 1") && m.contains("mixes names ('abc') and numbers (1)"),
             "{m}"
         );
     }

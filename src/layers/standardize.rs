@@ -9,7 +9,7 @@ use burn::module::{Module, Param};
 use burn::tensor::{Device, Tensor};
 
 use crate::flow::{broadcast_logdet, pixels, Context, Flow};
-use crate::tensor_util::{buffer, from_vec, replace};
+use crate::tensor_util::{buffer, from_vec, replace_buffer};
 
 /// Fixed per-channel standardisation `y = (x - mean) * exp(-log_std)`.
 ///
@@ -40,8 +40,8 @@ impl Standardize {
         let c = mean.len();
         let m: Vec<f32> = mean.iter().map(|&v| v as f32).collect();
         let l: Vec<f32> = std.iter().map(|&s| s.ln() as f32).collect();
-        self.mean = replace(&self.mean, from_vec(m, [c], &device));
-        self.log_std = replace(&self.log_std, from_vec(l, [c], &device));
+        self.mean = replace_buffer(&self.mean, from_vec(m, [c], &device));
+        self.log_std = replace_buffer(&self.log_std, from_vec(l, [c], &device));
     }
 
     fn shaped(&self, p: &Param<Tensor<1>>, like: &Tensor<4>) -> Tensor<4> {

@@ -117,6 +117,8 @@ pub struct TableData {
     pub test: Vec<f64>,
     /// For a held-out split: 1 for each row of the file that is a test row.
     pub split: Option<Vec<u8>>,
+    /// The 1-based data row of each test row in its file (the test table's, or `path`'s).
+    pub test_row_numbers: Vec<usize>,
     /// [`Table::fingerprint`](crate::data::table::Table::fingerprint) of the training table.
     pub fingerprint: String,
 }
@@ -159,28 +161,34 @@ impl TableData {
         }
         let all: Vec<usize> = cols.iter().chain(&ctx).copied().collect();
         let names = all.iter().map(|&c| table.columns[c].clone()).collect();
-        let (train, test, split) = match &opts.test_path {
+        let (train, test, split, test_row_numbers) = match &opts.test_path {
             Some(p) => {
                 let t = read_table(p)?;
-                if t.width() != table.width()
-                    || (t.named && table.named && t.columns != table.columns)
-                {
+                // The same columns by name when both tables have a header, else by position.
+                let test_cols = if t.named && table.named {
+                    let names: Vec<String> =
+                        all.iter().map(|&c| table.columns[c].clone()).collect();
+                    t.column_indices(&names, "--test-data")?
+                } else if t.width() == table.width() {
+                    all.clone()
+                } else {
                     return Err(InputError::flag(
                         "--test-data",
                         p.display(),
                         format!(
-                            "has columns [{}] but the training table [{}]",
-                            t.columns.join(", "),
-                            table.columns.join(", ")
+                            "has {} columns but the training table {} (without a header on both, columns match by position)",
+                            t.width(),
+                            table.width()
                         ),
                     )
                     .into());
-                }
+                };
                 let every = |n: usize| (0..n).collect::<Vec<_>>();
                 (
                     table.gather(&every(table.rows), &all),
-                    t.gather(&every(t.rows), &all),
+                    t.gather(&every(t.rows), &test_cols),
                     None,
+                    (1..=t.rows).collect(),
                 )
             }
             None => {
@@ -201,10 +209,12 @@ impl TableData {
                     flag[i] = 1;
                 }
                 let pick = |want: u8| (0..n).filter(|&i| flag[i] == want).collect::<Vec<_>>();
+                let numbers = pick(1).iter().map(|i| i + 1).collect();
                 (
                     table.gather(&pick(0), &all),
                     table.gather(&pick(1), &all),
                     Some(flag),
+                    numbers,
                 )
             }
         };
@@ -216,6 +226,7 @@ impl TableData {
             train,
             test,
             split,
+            test_row_numbers,
             fingerprint: table.fingerprint(),
         })
     }

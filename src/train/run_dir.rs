@@ -124,6 +124,14 @@ const RUN_OUTPUTS: &[&str] = &[
     "frames",
     "compare.json",
     "compare.md",
+    "compare.png",
+    "split.csv",
+    "corner.png",
+    "loss.png",
+    "target.png",
+    "samples.png",
+    "density.png",
+    "training.gif",
 ];
 
 /// Before a fresh run writes into `out` (locked by the caller): refuse when it already holds a

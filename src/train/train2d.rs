@@ -327,10 +327,10 @@ pub fn train2d(
     let train_device = device.clone().autodiff();
     let out = &io.out;
     let resumed_from = match &start {
-        Start::Resume(d, _) => Some(d.as_path()),
+        Start::Resume(d, _) => Some(d.clone()),
         Start::Fresh(_) => None,
     };
-    let (_lock, continues_here) = trainer::open_run(out, resumed_from, io.force)?;
+    let (_lock, continues_here) = trainer::open_run(out, resumed_from.as_deref(), io.force)?;
     let mut resumes = Vec::new();
     let mut saved = None;
     let mut table: Option<TableData> = None;
@@ -436,11 +436,16 @@ pub fn train2d(
         }
         table = Some(data);
     }
+    trainer::check_steps(first_step, opts.steps)?;
+    // Everything is checked: only now is an old run replaced by --force cleared (a refused run
+    // never touches the run it would have replaced).
+    trainer::clear_old_run(out, continues_here, io.force)?;
     if let Some(d) = &table {
         d.write_split(out)?;
     }
-    std::fs::create_dir_all(frames_dir(out))?;
-    trainer::check_steps(first_step, opts.steps)?;
+    if table.is_none() {
+        std::fs::create_dir_all(frames_dir(out))?;
+    }
 
     let mut data = match &table {
         Some(t) => DataStream::table(t, opts.seed, opts.batch),

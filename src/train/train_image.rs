@@ -729,10 +729,10 @@ pub fn train_image(start: ImageStart, io: &RunIo, device: &Device) -> Result<Ima
     let (out, progress) = (io.out.as_path(), io.progress);
     let train_device = device.clone().autodiff();
     let resumed_from = match &start {
-        ImageStart::Resume(d, _) => Some(d.as_path()),
+        ImageStart::Resume(d, _) => Some(d.clone()),
         ImageStart::Fresh(..) => None,
     };
-    let (_lock, continues_here) = trainer::open_run(out, resumed_from, io.force)?;
+    let (_lock, continues_here) = trainer::open_run(out, resumed_from.as_deref(), io.force)?;
     let mut saved = None;
     let mut resumes = Vec::new();
     let mut fingerprint = None;
@@ -828,6 +828,9 @@ pub fn train_image(start: ImageStart, io: &RunIo, device: &Device) -> Result<Ima
         model.initialize(x);
     }
 
+    // Everything is checked: only now is an old run replaced by --force cleared (a refused run
+    // never touches the run it would have replaced).
+    trainer::clear_old_run(out, continues_here, io.force)?;
     let guard = Guard::new(&model, opts.stability.clone(), ema, skipped);
     let mut task = ImageTask {
         cfg: cfg.clone(),

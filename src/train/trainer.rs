@@ -216,11 +216,12 @@ pub fn train<T: Task>(
 
 /// Lock the run directory `out` for a run that starts fresh or resumes from the checkpoint in
 /// `resumed_from`; returns the lock and whether the run continues in `out` itself (its logs
-/// are then appended to). A fresh run into a folder holding a run is refused unless `force`.
+/// are then appended to). A fresh run into a folder holding a run is refused unless `force`;
+/// with `force` the old run is removed only later, by [`clear_old_run`], once everything the
+/// new run needs has been checked.
 ///
 /// # Errors
-/// Another process holds the lock; `out` holds a run and `force` is off; the folder cannot be
-/// prepared.
+/// Another process holds the lock; `out` holds a run and `force` is off.
 pub fn open_run(
     out: &Path,
     resumed_from: Option<&Path>,
@@ -229,10 +230,19 @@ pub fn open_run(
     let lock = super::run_dir::lock(out)?;
     let here =
         resumed_from.is_some_and(|d| super::run_dir::same_dir(&super::run_dir::run_dir_of(d), out));
-    if !here {
-        super::run_dir::prepare_fresh(out, force)?;
+    if !here && !force {
+        super::run_dir::prepare_fresh(out, false)?;
     }
     Ok((lock, here))
+}
+
+/// Remove the old run a `--force`d fresh run replaces (see [`open_run`]); call it after every
+/// check of the new run's flags and data, so a refused run leaves the old one whole.
+pub fn clear_old_run(out: &Path, continues_here: bool, force: bool) -> Result<()> {
+    if !continues_here && force {
+        super::run_dir::prepare_fresh(out, true)?;
+    }
+    Ok(())
 }
 
 /// Refuse a total of `steps` below the `done` steps of a resumed checkpoint (names `--steps`).
