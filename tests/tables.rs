@@ -566,3 +566,50 @@ fn test_tables_match_columns_by_name() {
     assert_eq!(a["test_nll"], b["test_nll"]);
     assert_eq!(a["rows"], serde_json::json!([400, 100]));
 }
+
+#[test]
+fn a_moved_table_is_given_again_on_resume() {
+    let dir = tempfile::tempdir().unwrap();
+    let first = dir.path().join("first.csv");
+    write_banana(&first, 300, 6);
+    let out = dir.path().join("run");
+    let o = out.to_str().unwrap();
+    run_json(&[
+        "train2d",
+        "--data",
+        first.to_str().unwrap(),
+        "--steps",
+        "10",
+        "--batch",
+        "32",
+        "--layers",
+        "2",
+        "--hidden",
+        "8",
+        "--threads",
+        "1",
+        "--quiet",
+        "--out",
+        o,
+    ]);
+    let moved = dir.path().join("moved.csv");
+    std::fs::rename(&first, &moved).unwrap();
+    let err = refused(&["train2d", "--resume", o, "--steps", "20", "--quiet"]);
+    assert!(err.contains("give its new place with --data"), "{err}");
+    let s = run_json(&[
+        "train2d",
+        "--resume",
+        o,
+        "--steps",
+        "20",
+        "--data",
+        moved.to_str().unwrap(),
+        "--quiet",
+    ]);
+    assert_eq!(s["steps"], 20);
+    let state = std::fs::read_to_string(out.join("checkpoint/state.json")).unwrap();
+    assert!(
+        state.contains("moved.csv") && state.contains("data "),
+        "{state}"
+    );
+}

@@ -560,6 +560,7 @@ const TRAIN2D_RESUME_FLAGS: &[&str] = &[
     "--checkpoint-every",
     "--test-samples",
     "--frames",
+    "--data",
 ];
 
 /// Settings `train --resume` may change (besides [`RESUME_NEUTRAL_FLAGS`]); every other flag is
@@ -608,6 +609,7 @@ fn cmd_train2d(a: Train2dArgs, given: &[(String, String)]) -> Result<()> {
                 checkpoint_every: pick("--checkpoint-every").then_some(c.checkpoint_every),
                 test_samples: pick("--test-samples").then_some(c.test_samples),
                 frames: pick("--frames").then_some(c.frames),
+                data: c.data.as_deref().map(|p| absolute(p).display().to_string()),
                 ..ResumeChanges::default()
             };
             train2d(Start::Resume(dir.clone(), changes), None, &io, &device)?

@@ -399,6 +399,23 @@ pub fn train2d(
                     changes.test_samples,
                 );
                 apply_change(&mut changed, "frames", &mut opts.frames, changes.frames);
+                // A table given again at a new place (the same values: checked below).
+                match (&changes.data, opts.table.as_mut()) {
+                    (Some(new), Some(t)) => {
+                        let mut path = t.path.display().to_string();
+                        apply_change(&mut changed, "data", &mut path, Some(new.clone()));
+                        t.path = PathBuf::from(path);
+                    }
+                    (Some(new), None) => {
+                        return Err(InputError::flag(
+                            "--data",
+                            new,
+                            "this run trained on a built-in target, not a table",
+                        )
+                        .into())
+                    }
+                    (None, _) => {}
+                }
                 opts.validate().map_err(FieldError::on_flag)?;
                 // Runs saved before the thread count was recorded ran with the caller's.
                 let mut threads = state.threads.unwrap_or(io.threads);
@@ -422,7 +439,16 @@ pub fn train2d(
             }
         };
     if let (None, Some(t)) = (&table, &opts.table) {
-        let data = TableData::load(t, opts.seed)?;
+        let data = TableData::load(t, opts.seed).map_err(|e| {
+            if t.path.exists() {
+                e
+            } else {
+                e.context(format!(
+                    "the run's table {} is gone; if it moved, give its new place with --data on --resume",
+                    t.path.display()
+                ))
+            }
+        })?;
         if t.fingerprint
             .as_ref()
             .is_some_and(|f| *f != data.fingerprint)
