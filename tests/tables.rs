@@ -540,26 +540,12 @@ fn test_tables_match_columns_by_name() {
     let reordered = dir.path().join("reordered.csv");
     std::fs::write(&reordered, swapped).unwrap();
     let run = |t: &Path, out: &str| {
-        run_json(&[
-            "train2d",
-            "--data",
-            train.to_str().unwrap(),
-            "--test-data",
-            t.to_str().unwrap(),
-            "--steps",
-            "20",
-            "--batch",
-            "64",
-            "--layers",
-            "2",
-            "--hidden",
-            "8",
-            "--threads",
-            "1",
-            "--quiet",
-            "--out",
-            dir.path().join(out).to_str().unwrap(),
-        ])
+        small_table_run(
+            &train,
+            &dir.path().join(out),
+            20,
+            &["--test-data", t.to_str().unwrap()],
+        )
     };
     let a = run(&test, "a");
     let b = run(&reordered, "b");
@@ -574,24 +560,7 @@ fn a_moved_table_is_given_again_on_resume() {
     write_banana(&first, 300, 6);
     let out = dir.path().join("run");
     let o = out.to_str().unwrap();
-    run_json(&[
-        "train2d",
-        "--data",
-        first.to_str().unwrap(),
-        "--steps",
-        "10",
-        "--batch",
-        "32",
-        "--layers",
-        "2",
-        "--hidden",
-        "8",
-        "--threads",
-        "1",
-        "--quiet",
-        "--out",
-        o,
-    ]);
+    small_table_run(&first, &out, 10, &[]);
     let moved = dir.path().join("moved.csv");
     std::fs::rename(&first, &moved).unwrap();
     let err = refused(&["train2d", "--resume", o, "--steps", "20", "--quiet"]);
@@ -612,4 +581,30 @@ fn a_moved_table_is_given_again_on_resume() {
         state.contains("moved.csv") && state.contains("data "),
         "{state}"
     );
+}
+
+/// `train2d` on the table `data` into `out` for `steps` steps with a tiny model (2 steps of
+/// width 8, batch 32, one thread), plus `extra` flags; the summary.
+fn small_table_run(data: &Path, out: &Path, steps: usize, extra: &[&str]) -> serde_json::Value {
+    let steps = steps.to_string();
+    let mut args = vec![
+        "train2d",
+        "--data",
+        data.to_str().unwrap(),
+        "--steps",
+        &steps,
+    ];
+    args.extend([
+        "--batch",
+        "32",
+        "--layers",
+        "2",
+        "--hidden",
+        "8",
+        "--threads",
+        "1",
+    ]);
+    args.extend(["--quiet", "--out", out.to_str().unwrap()]);
+    args.extend(extra);
+    run_json(&args)
 }
