@@ -1003,7 +1003,8 @@ fn absolute(p: &std::path::Path) -> PathBuf {
 
 fn cmd_score(a: ScoreArgs) -> Result<()> {
     use glowflow::data::table::read_table;
-    use glowflow::train::data2d::{log_prob_rows, TableData};
+    use glowflow::train::data2d::TableData;
+    use glowflow::train::eval2d::log_prob_rows;
     let device = glowflow::device_by_name(&a.device)?;
     let (model, state) = load_trained(&a.checkpoint, &device)
         .with_context(|| format!("--checkpoint {}", a.checkpoint.display()))?;

@@ -8,6 +8,7 @@
 //! reproduces the data exactly.
 
 use std::path::Path;
+use std::sync::Arc;
 
 use anyhow::Result;
 use burn::tensor::Device;
@@ -25,7 +26,7 @@ use crate::tensor_util::{from_vec, to_vec};
 /// The batches of a vector-flow run, as flat `[batch * width]` float32 rows.
 pub struct DataStream {
     /// Rows of a table (`width` values each) when the run trains on one.
-    rows: Option<(Vec<f64>, usize)>,
+    rows: Option<(Arc<Vec<f64>>, usize)>,
     target: Target,
     seed: u64,
     batch: usize,
@@ -55,7 +56,7 @@ impl DataStream {
     /// The training rows of a table, in seeded epoch permutations.
     pub fn table(data: &TableData, seed: u64, batch: usize) -> Self {
         let mut s = DataStream::new(Target::Normals, seed, batch);
-        s.rows = Some((data.train.clone(), data.dim + data.context));
+        s.rows = Some((Arc::clone(&data.train), data.dim + data.context));
         s
     }
 
@@ -111,8 +112,8 @@ pub struct TableData {
     pub dim: usize,
     /// Number of context columns `K`.
     pub context: usize,
-    /// Training rows, `[n_train, D + K]` row-major.
-    pub train: Vec<f64>,
+    /// Training rows, `[n_train, D + K]` row-major (shared with the batch stream, not copied).
+    pub train: Arc<Vec<f64>>,
     /// Test rows, `[n_test, D + K]`.
     pub test: Vec<f64>,
     /// For a held-out split: 1 for each row of the file that is a test row.
@@ -223,7 +224,7 @@ impl TableData {
             names,
             dim: cols.len(),
             context: ctx.len(),
-            train,
+            train: Arc::new(train),
             test,
             split,
             test_row_numbers,
@@ -312,7 +313,7 @@ impl TableData {
 
     /// `log p(x | context)` of each row of `rows` (`[n, D + K]`), nats, in chunks.
     pub fn log_prob_rows(&self, model: &VectorFlow, rows: &[f64], device: &Device) -> Vec<f64> {
-        log_prob_rows(model, rows, self.dim, self.context, device)
+        super::eval2d::log_prob_rows(model, rows, self.dim, self.context, device)
     }
 
     /// Test NLL of a full-covariance Gaussian fitted by maximum likelihood to the training
@@ -355,40 +356,6 @@ impl TableData {
         let (x, _) = model.sample_ctx(n, 1.0, ctx.as_ref(), &mut rng, device);
         to_vec(x).into_iter().map(f64::from).collect()
     }
-}
-
-/// `log p(x | context)` of each row of `rows` (`[n, dim + context]` row-major), nats; chunks of
-/// 8192 rows.
-pub fn log_prob_rows(
-    model: &VectorFlow,
-    rows: &[f64],
-    dim: usize,
-    context: usize,
-    device: &Device,
-) -> Vec<f64> {
-    let w = dim + context;
-    let mut out = Vec::with_capacity(rows.len() / w);
-    for chunk in rows.chunks(8192 * w) {
-        let n = chunk.len() / w;
-        let x: Vec<f32> = chunk
-            .chunks(w)
-            .flat_map(|r| r[..dim].iter().map(|&v| v as f32))
-            .collect();
-        let x = from_vec(x, [n, dim], device);
-        let c = (context > 0).then(|| {
-            let v: Vec<f32> = chunk
-                .chunks(w)
-                .flat_map(|r| r[dim..].iter().map(|&v| v as f32))
-                .collect();
-            from_vec(v, [n, context], device)
-        });
-        out.extend(
-            to_vec(model.log_prob_ctx(x, c.as_ref()))
-                .into_iter()
-                .map(f64::from),
-        );
-    }
-    out
 }
 
 /// A Gaussian `N(mean, cov)` over some columns, its covariance factored for log-densities.

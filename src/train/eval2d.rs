@@ -12,20 +12,39 @@ use crate::viz::DensityGrid;
 
 const EVAL_BATCH: usize = 8192;
 
-/// Model log-density at each point (model in evaluation mode, on a non-autodiff device).
-/// Chunks run in parallel on the backend's thread pool (the small per-layer ops of a 2D flow
-/// do not use more than one core by themselves).
+/// Model log-density at each 2D point (model in evaluation mode, on a non-autodiff device).
 pub fn log_prob_points(model: &VectorFlow, points: &[[f64; 2]], device: &Device) -> Vec<f64> {
-    let chunk_size = EVAL_BATCH.min(points.len().div_ceil(rayon::current_num_threads()).max(1));
-    let parts: Vec<Vec<f64>> = points
-        .par_chunks(chunk_size)
+    let rows: Vec<f64> = points.iter().flatten().copied().collect();
+    log_prob_rows(model, &rows, 2, 0, device)
+}
+
+/// `log p(x | context)` of each row of `rows` (`[n, dim + context]` row-major: the data, then
+/// the context columns), nats; model in evaluation mode, on a non-autodiff device. Chunks of
+/// at most 8192 rows run in parallel on the backend's thread pool (the small per-layer ops of a
+/// vector flow do not use more than one core by themselves).
+pub fn log_prob_rows(
+    model: &VectorFlow,
+    rows: &[f64],
+    dim: usize,
+    context: usize,
+    device: &Device,
+) -> Vec<f64> {
+    let w = dim + context;
+    let n = rows.len() / w;
+    let chunk_rows = EVAL_BATCH.min(n.div_ceil(rayon::current_num_threads()).max(1));
+    let columns = |chunk: &[f64], from: usize, to: usize| -> Vec<f32> {
+        chunk
+            .chunks(w)
+            .flat_map(|r| r[from..to].iter().map(|&v| v as f32))
+            .collect()
+    };
+    let parts: Vec<Vec<f64>> = rows
+        .par_chunks(chunk_rows * w)
         .map(|chunk| {
-            let flat: Vec<f32> = chunk
-                .iter()
-                .flat_map(|p| [p[0] as f32, p[1] as f32])
-                .collect();
-            let x = from_vec(flat, [chunk.len(), 2], device);
-            to_vec(model.log_prob(x))
+            let k = chunk.len() / w;
+            let x = from_vec(columns(chunk, 0, dim), [k, dim], device);
+            let c = (context > 0).then(|| from_vec(columns(chunk, dim, w), [k, context], device));
+            to_vec(model.log_prob_ctx(x, c.as_ref()))
                 .into_iter()
                 .map(f64::from)
                 .collect()

@@ -212,6 +212,32 @@ pub struct Summary {
     pub gaussian_test_nll: Option<f64>,
 }
 
+impl Summary {
+    /// The figures every run has: the run's model, steps, timing and `test_nll` on `target`
+    /// (a target's name or a table's file); the target- and table-only figures empty.
+    fn of_run(model: &VectorFlow, state: &RunState, target: String, test_nll: f64) -> Self {
+        Summary {
+            model: state.model.model.name().into(),
+            target,
+            steps: state.step,
+            test_nll,
+            entropy: None,
+            test_nll_minus_entropy: None,
+            off_mode_share: None,
+            target_off_mode_share: None,
+            train_seconds: state.train_seconds,
+            seconds_per_step: state.train_seconds / state.step.max(1) as f64,
+            skipped_steps: state.skipped_steps,
+            parameters: model.num_params(),
+            config: state.model.clone(),
+            options: state.options.clone(),
+            rows: None,
+            train_nll: None,
+            gaussian_test_nll: None,
+        }
+    }
+}
+
 /// How a run starts.
 pub enum Start {
     /// A new run of this model config.
@@ -286,17 +312,14 @@ pub fn density_scale(target: Target, grid: usize) -> f64 {
     eval2d::target_density_grid(target, grid).max().max(1e-12)
 }
 
-/// Refuse a batch size the model cannot use: Real NVP's batch norm needs at least 2 points, and
-/// every batch must fit in memory. `source` turns the error into a flag or file error.
+/// Refuse a batch size the model cannot use: a model that uses batch statistics (Real NVP's
+/// batch norm) needs at least 2 points, and every batch must fit in memory.
 fn check_batch(
     cfg: &VectorFlowConfig,
     opts: &Train2dOptions,
+    batch_statistics: bool,
 ) -> std::result::Result<(), FieldError> {
-    if VectorFlow::new(cfg, &Device::flex())
-        .flow
-        .uses_batch_statistics()
-        && opts.batch < 2
-    {
+    if batch_statistics && opts.batch < 2 {
         return Err(FieldError::new(
             "batch",
             "--batch",
@@ -348,8 +371,9 @@ pub fn train2d(
                     table = Some(data);
                 }
                 cfg.validate().map_err(FieldError::on_flag)?;
-                check_batch(&cfg, &opts).map_err(FieldError::on_flag)?;
                 let mut model = VectorFlow::new(&cfg, &train_device);
+                check_batch(&cfg, &opts, model.flow.uses_batch_statistics())
+                    .map_err(FieldError::on_flag)?;
                 if let Some(d) = &table {
                     d.check_batch(opts.batch)?;
                     let (data, context) = d.standardization()?;
@@ -592,23 +616,11 @@ fn evaluate_and_draw(
     write_training_gif(out, opts.grid)?;
 
     Ok(Summary {
-        model: state.model.model.name().into(),
-        target: target.name().into(),
-        steps: state.step,
-        test_nll,
         entropy,
         test_nll_minus_entropy: entropy.map(|e| test_nll - e),
         off_mode_share: target.off_mode_share(&samples),
         target_off_mode_share: target.off_mode_share(&test),
-        train_seconds: state.train_seconds,
-        seconds_per_step: state.train_seconds / state.step.max(1) as f64,
-        skipped_steps: state.skipped_steps,
-        parameters: model.num_params(),
-        config: state.model.clone(),
-        options: opts.clone(),
-        rows: None,
-        train_nll: None,
-        gaussian_test_nll: None,
+        ..Summary::of_run(model, state, target.name().into(), test_nll)
     })
 }
 
@@ -639,25 +651,11 @@ fn evaluate_table(
             state.model.model.name()
         ),
     )?;
-    let opts = &state.options;
     Ok(Summary {
-        model: state.model.model.name().into(),
-        target: data.source.clone(),
-        steps: state.step,
-        test_nll,
-        entropy: None,
-        test_nll_minus_entropy: None,
-        off_mode_share: None,
-        target_off_mode_share: None,
-        train_seconds: state.train_seconds,
-        seconds_per_step: state.train_seconds / state.step.max(1) as f64,
-        skipped_steps: state.skipped_steps,
-        parameters: model.num_params(),
-        config: state.model.clone(),
-        options: opts.clone(),
         rows: Some((data.train_rows(), data.test_rows())),
         train_nll: Some(train_nll),
         gaussian_test_nll: gaussian,
+        ..Summary::of_run(model, state, data.source.clone(), test_nll)
     })
 }
 
