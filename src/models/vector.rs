@@ -229,6 +229,15 @@ impl VectorFlow {
         }
     }
 
+    /// Run the density direction layer by layer on `x: [N, D]` (and its context) and name the
+    /// first layer whose output or log-determinant holds a NaN or infinity; `None` when all is
+    /// finite. Diagnostics only.
+    pub fn trace_forward(&self, x: Tensor<2>, ctx: Context) -> Option<String> {
+        let c = self.ctx(ctx);
+        let (h, _) = self.pre(x);
+        self.flow.trace_nonfinite(h, c.as_ref(), false).err()
+    }
+
     /// Data-dependent initialisation (ActNorm) from a batch of points `[N, D]` (and context).
     pub fn initialize(&mut self, x: Tensor<2>, ctx: Context) {
         let c = self.ctx(ctx);

@@ -501,22 +501,13 @@ pub fn train2d(
         Some(t) => DataStream::table(t, opts.seed, opts.batch),
         None => DataStream::new(opts.target, opts.seed, opts.batch),
     };
-    let (dim, k) = (cfg.dim, cfg.context);
-    let width = dim + k;
-    // Split host rows `[n, dim + k]` into the data and the context (none when k = 0).
-    let split = move |x: burn::tensor::Tensor<2>| {
-        if k == 0 {
-            (x, None)
-        } else {
-            (x.clone().narrow(1, 0, dim), Some(x.narrow(1, dim, k)))
-        }
-    };
     if first_step == 0 && model.flow.needs_data_init() {
-        let (x, c) = split(from_vec(
+        let rows = from_vec(
             data.batch_at(0),
-            [opts.batch, width],
+            [opts.batch, cfg.dim + cfg.context],
             &train_device,
-        ));
+        );
+        let (x, c) = split_context(rows, cfg.dim, cfg.context);
         model.initialize(x, c.as_ref());
     }
 
@@ -718,18 +709,27 @@ struct VectorTask {
     device: Device,
 }
 
+/// Rows `[n, dim + k]` split into the data `[n, dim]` and the context `[n, k]` (none when
+/// `k = 0`).
+fn split_context(
+    x: burn::tensor::Tensor<2>,
+    dim: usize,
+    k: usize,
+) -> (burn::tensor::Tensor<2>, Option<burn::tensor::Tensor<2>>) {
+    if k == 0 {
+        (x, None)
+    } else {
+        (x.clone().narrow(1, 0, dim), Some(x.narrow(1, dim, k)))
+    }
+}
+
 impl VectorTask {
-    /// Rows `[n, D + K]` split into the data and the context (none when `K = 0`).
+    /// A batch's rows split into the data and the context.
     fn split(
         &self,
         x: burn::tensor::Tensor<2>,
     ) -> (burn::tensor::Tensor<2>, Option<burn::tensor::Tensor<2>>) {
-        let (dim, k) = (self.cfg.dim, self.cfg.context);
-        if k == 0 {
-            (x, None)
-        } else {
-            (x.clone().narrow(1, 0, dim), Some(x.narrow(1, dim, k)))
-        }
+        split_context(x, self.cfg.dim, self.cfg.context)
     }
 
     fn state_at(
@@ -800,16 +800,7 @@ impl Task for VectorTask {
     fn trace(&self, model: &VectorFlow, rows: Vec<f32>) -> Option<String> {
         let n = rows.len() / self.width();
         let (x, c) = self.split(from_vec(rows, [n, self.width()], &self.device));
-        let x = crate::flow::vec_to_nchw(x);
-        let x = match &model.standardize {
-            Some(s) => s.forward(x).0,
-            None => x,
-        };
-        let c = c.map(|c| match &model.context_norm {
-            Some(s) => s.apply_2d(c),
-            None => c,
-        });
-        model.flow.trace_nonfinite(x, c.as_ref(), false).err()
+        model.trace_forward(x, c.as_ref())
     }
 
     fn pictures_due(&self, done: usize) -> bool {
