@@ -53,6 +53,23 @@ impl Permutation {
     }
 }
 
+/// `$e` evaluated with `$l` bound to the layer inside any [`Layer`] variant (one list of the
+/// variants for every by-variant dispatch).
+macro_rules! each_layer {
+    ($layer:expr, $l:ident => $e:expr) => {
+        match $layer {
+            Layer::ActNorm($l) => $e,
+            Layer::InvConv1x1Lu($l) => $e,
+            Layer::InvConv1x1($l) => $e,
+            Layer::AffineCoupling($l) => $e,
+            Layer::AdditiveCoupling($l) => $e,
+            Layer::Reverse($l) => $e,
+            Layer::Shuffle($l) => $e,
+            Layer::FlowBatchNorm($l) => $e,
+        }
+    };
+}
+
 /// Any one flow layer.
 #[derive(Module, Debug)]
 pub enum Layer {
@@ -90,29 +107,11 @@ impl Layer {
     }
 
     fn as_flow(&self) -> &dyn Flow {
-        match self {
-            Layer::ActNorm(l) => l,
-            Layer::InvConv1x1Lu(l) => l,
-            Layer::InvConv1x1(l) => l,
-            Layer::AffineCoupling(l) => l,
-            Layer::AdditiveCoupling(l) => l,
-            Layer::Reverse(l) => l,
-            Layer::Shuffle(l) => l,
-            Layer::FlowBatchNorm(l) => l,
-        }
+        each_layer!(self, l => l)
     }
 
     fn as_flow_mut(&mut self) -> &mut dyn Flow {
-        match self {
-            Layer::ActNorm(l) => l,
-            Layer::InvConv1x1Lu(l) => l,
-            Layer::InvConv1x1(l) => l,
-            Layer::AffineCoupling(l) => l,
-            Layer::AdditiveCoupling(l) => l,
-            Layer::Reverse(l) => l,
-            Layer::Shuffle(l) => l,
-            Layer::FlowBatchNorm(l) => l,
-        }
+        each_layer!(self, l => l)
     }
 }
 
