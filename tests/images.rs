@@ -826,4 +826,31 @@ fn class_conditional_glow_learns_classes_and_samples_by_class() {
         err.contains("--classes") && err.contains("no class labels"),
         "{err}"
     );
+    // The same refusal with --force over the trained run leaves that run whole.
+    let state = std::fs::read(out.join("checkpoint/state.json")).unwrap();
+    let bad = glowflow_cmd()
+        .args([
+            "train",
+            "--data",
+            &format!("idx:{}", unlabelled.path().display()),
+        ])
+        .args([
+            "--classes",
+            "2",
+            "--steps",
+            "2",
+            "--batch",
+            "4",
+            "--quiet",
+            "--force",
+        ])
+        .args(["--out", out.to_str().unwrap()])
+        .output()
+        .unwrap();
+    assert_eq!(bad.status.code(), Some(2));
+    assert_eq!(
+        std::fs::read(out.join("checkpoint/state.json")).unwrap(),
+        state
+    );
+    assert!(out.join("summary.json").exists() && out.join("metrics.csv").exists());
 }

@@ -541,6 +541,7 @@ fn test_tables_match_columns_by_name() {
     std::fs::write(&reordered, swapped).unwrap();
     let run = |t: &Path, out: &str| {
         small_table_run(
+            "train2d",
             &train,
             &dir.path().join(out),
             20,
@@ -560,7 +561,7 @@ fn a_moved_table_is_given_again_on_resume() {
     write_banana(&first, 300, 6);
     let out = dir.path().join("run");
     let o = out.to_str().unwrap();
-    small_table_run(&first, &out, 10, &[]);
+    small_table_run("train2d", &first, &out, 10, &[]);
     let moved = dir.path().join("moved.csv");
     std::fs::rename(&first, &moved).unwrap();
     let err = refused(&["train2d", "--resume", o, "--steps", "20", "--quiet"]);
@@ -583,17 +584,17 @@ fn a_moved_table_is_given_again_on_resume() {
     );
 }
 
-/// `train2d` on the table `data` into `out` for `steps` steps with a tiny model (2 steps of
-/// width 8, batch 32, one thread), plus `extra` flags; the summary.
-fn small_table_run(data: &Path, out: &Path, steps: usize, extra: &[&str]) -> serde_json::Value {
+/// `command` (`train2d` or `compare`) on the table `data` into `out` for `steps` steps with a
+/// tiny model (2 steps of width 8, batch 32, one thread), plus `extra` flags; the summary.
+fn small_table_run(
+    command: &str,
+    data: &Path,
+    out: &Path,
+    steps: usize,
+    extra: &[&str],
+) -> serde_json::Value {
     let steps = steps.to_string();
-    let mut args = vec![
-        "train2d",
-        "--data",
-        data.to_str().unwrap(),
-        "--steps",
-        &steps,
-    ];
+    let mut args = vec![command, "--data", data.to_str().unwrap(), "--steps", &steps];
     args.extend([
         "--batch",
         "32",
@@ -607,4 +608,34 @@ fn small_table_run(data: &Path, out: &Path, steps: usize, extra: &[&str]) -> ser
     args.extend(["--quiet", "--out", out.to_str().unwrap()]);
     args.extend(extra);
     run_json(&args)
+}
+
+#[test]
+fn compare_on_a_table_and_a_refused_force_keeps_the_old_comparison() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("banana.csv");
+    write_banana(&data, 300, 7);
+    let out = dir.path().join("cmp");
+    let o = out.to_str().unwrap();
+    let r = small_table_run("compare", &data, &out, 10, &[]);
+    for model in ["glow", "realnvp"] {
+        let m = &r["models"][model];
+        assert!(m["test_nll"].as_f64().unwrap().is_finite(), "{r}");
+        assert!(m["gaussian_test_nll"].as_f64().is_some(), "{r}");
+    }
+    let before = std::fs::read(out.join("compare.json")).unwrap();
+    let bad = dir.path().join("bad.csv");
+    std::fs::write(&bad, "a,b\n1,2\n3,x\n").unwrap();
+    let err = refused(&[
+        "compare",
+        "--data",
+        bad.to_str().unwrap(),
+        "--force",
+        "--quiet",
+        "--out",
+        o,
+    ]);
+    assert!(err.contains("row 3, column 2"), "{err}");
+    assert_eq!(std::fs::read(out.join("compare.json")).unwrap(), before);
+    assert!(out.join("glow/checkpoint/state.json").exists());
 }

@@ -643,6 +643,18 @@ fn cmd_compare(a: CompareArgs, given: &[(String, String)]) -> Result<()> {
     let device = glowflow::device_by_name(&a.common.device)?;
     let threads = a.common.threads();
     let opts = a.common.options(COMPARE_DEFAULT_STEPS);
+    // Check the flags and the data before --force clears an old comparison: a refused run
+    // leaves it whole.
+    opts.validate().map_err(FieldError::on_flag)?;
+    for kind in [ModelKind::Realnvp, ModelKind::Glow] {
+        a.common
+            .config(kind, Permutation::Lu)
+            .validate()
+            .map_err(FieldError::on_flag)?;
+    }
+    if let Some(t) = &opts.table {
+        glowflow::train::data2d::TableData::load(t, opts.seed)?.check_batch(opts.batch)?;
+    }
     interrupt::install();
     let lock = run_dir::lock(&a.out)?;
     run_dir::prepare_fresh(&a.out, a.force)?;
