@@ -14,8 +14,11 @@ use rand_chacha::ChaCha8Rng;
 use serde::Serialize;
 
 use glowflow::data::dequant::dequantize;
+use glowflow::data::stream::DataStream;
 use glowflow::data::Target;
 use glowflow::distributions::{standard_normal_log_prob, standard_normal_sample};
+use glowflow::eval::images::bpd_of;
+use glowflow::eval::vector::model_density_grid;
 use glowflow::flow::Flow;
 use glowflow::layers::coupling::{AffineCoupling, TanhScale};
 use glowflow::layers::{ActNorm, FlowSequence, InvConv1x1Lu, Layer};
@@ -24,12 +27,9 @@ use glowflow::models::{
     VectorFlowConfig,
 };
 use glowflow::nets::{CouplingNet, PlainConvNet};
+use glowflow::ops::adam::adam;
 use glowflow::tensor_util::{from_vec, to_vec, with_sequential_param_ids};
-use glowflow::train::adam::adam;
-use glowflow::train::data2d::DataStream;
-use glowflow::train::eval2d::model_density_grid;
 use glowflow::train::parallel::loss_and_grads;
-use glowflow::train::train_image::bpd_of;
 
 /// What `glowflow bench --workload` runs.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum, Serialize)]

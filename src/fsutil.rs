@@ -5,6 +5,25 @@ use std::path::Path;
 
 use anyhow::{Context, Result};
 
+/// Write a CSV file (`header`, then `rows`) atomically (see [`write_atomic`]).
+///
+/// # Errors
+/// A failed write, naming nothing more than the I/O error (callers name the flag or file).
+pub fn write_csv<R, I, S>(path: &Path, header: &[&str], rows: R) -> Result<()>
+where
+    R: IntoIterator<Item = I>,
+    I: IntoIterator<Item = S>,
+    S: AsRef<[u8]>,
+{
+    let mut w = csv::Writer::from_writer(Vec::new());
+    w.write_record(header)?;
+    for row in rows {
+        w.write_record(row)?;
+    }
+    let bytes = w.into_inner().map_err(|e| anyhow::anyhow!("{e}"))?;
+    write_atomic(path, &bytes)
+}
+
 /// Write `bytes` to `path` through a temporary file in the same directory and an atomic rename,
 /// so a crash mid-write keeps the previous file intact. On an error (a full disk) the temporary
 /// file is removed and `path` is unchanged.

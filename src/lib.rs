@@ -27,6 +27,7 @@
 pub mod data;
 pub mod distributions;
 pub mod error;
+pub mod eval;
 pub mod flow;
 pub mod fsutil;
 pub mod layers;
@@ -35,6 +36,7 @@ pub mod linalg;
 pub mod models;
 pub mod nets;
 pub mod ops;
+pub mod report;
 pub mod tensor_util;
 pub mod train;
 pub mod viz;

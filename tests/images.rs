@@ -599,10 +599,8 @@ fn fashion_mnist_short_run_if_installed() {
     let data = glowflow::train::train_image::load_data(&o).unwrap();
     let model = model.valid();
     let reconstruct = |dtype| {
-        glowflow::train::train_image::reconstruction_error(
-            &model, &data.test, 8, 32, dtype, &device,
-        )
-        .unwrap()
+        glowflow::eval::images::reconstruction_error(&model, &data.test, 8, 32, dtype, &device)
+            .unwrap()
     };
     let (err64, err32) = (reconstruct(DType::F64), reconstruct(DType::F32));
     assert!(err64 <= 1e-9, "float64 reconstruction error {err64}");
@@ -613,7 +611,7 @@ fn fashion_mnist_short_run_if_installed() {
 /// indices, and one astronomically bad image is counted as extreme instead of hiding in the mean.
 #[test]
 fn bpd_report_names_non_finite_and_extreme_images() {
-    use glowflow::train::train_image::BpdReport;
+    use glowflow::eval::images::BpdReport;
     let mut v: Vec<f64> = (0..1000).map(|i| 2.5 + 0.001 * (i % 100) as f64).collect();
     v[17] = 7.97e11;
     let r = BpdReport::new(&v);
@@ -644,8 +642,8 @@ fn bpd_report_names_non_finite_and_extreme_images() {
 /// instead of being drawn as black pixels; finite ones report their clipped-pixel shares.
 #[test]
 fn non_finite_samples_are_reported_not_drawn() {
+    use glowflow::eval::images::sample_batch;
     use glowflow::tensor_util::from_vec;
-    use glowflow::train::train_image::sample_batch;
     let cfg = tiny(1, 8, 2, ImageCoupling::Affine, Permutation::Lu);
     let model = initialised(&cfg).valid();
     let ok = sample_batch(&model, 4, 0.7, 1);

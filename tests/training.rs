@@ -221,8 +221,8 @@ fn singular_plain_convolution_is_an_error_not_a_panic() {
 /// their arcs, fail this by tens of standard errors).
 #[test]
 fn consecutive_batches_are_iid_for_every_target() {
+    use glowflow::data::stream::{DataStream, DEFAULT_POOL};
     use glowflow::data::toy2d::ALL_TARGETS;
-    use glowflow::train::data2d::{DataStream, DEFAULT_POOL};
     let batch = 512;
     for target in ALL_TARGETS {
         let mut stream = DataStream::new(target, 5, batch);
@@ -422,7 +422,7 @@ fn adamax_host_loop_matches_tensor_ops() {
     );
     let mut host = (
         start.clone(),
-        glowflow::train::adam::optimizer(OptimizerKind::Adamax),
+        glowflow::ops::adam::optimizer(OptimizerKind::Adamax),
     );
     // A float64 copy with fresh autodiff leaves.
     struct Leaf;
@@ -436,7 +436,7 @@ fn adamax_host_loop_matches_tensor_ops() {
     }
     let mut ops = (
         cast_module(start.clone(), DType::F64).map(&mut Leaf),
-        glowflow::train::adam::optimizer(OptimizerKind::Adamax),
+        glowflow::ops::adam::optimizer(OptimizerKind::Adamax),
     );
     let lr = 1e-2;
     for step in 0..5 {
@@ -516,7 +516,7 @@ fn fused_adam_matches_burns_adam() {
         [5, 7],
         &device,
     );
-    let mut fused = (start.clone(), glowflow::train::adam::adam(1e-8));
+    let mut fused = (start.clone(), glowflow::ops::adam::adam(1e-8));
     let mut reference = (start, AdamConfig::new().with_epsilon(1e-8).init());
     for step in 0..6 {
         let lr = 1e-2 / (1 + step) as f64;

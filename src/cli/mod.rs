@@ -13,6 +13,7 @@ use clap::parser::ValueSource;
 use clap::{ArgMatches, Args, CommandFactory, FromArgMatches, Parser, Subcommand};
 use serde_json::json;
 
+use glowflow::data::stream::TableOptions;
 use glowflow::data::Target;
 use glowflow::error::{FieldError, InputError};
 use glowflow::limits::{
@@ -21,9 +22,9 @@ use glowflow::limits::{
 use glowflow::models::{CouplingKind, ModelKind, Permutation, VectorFlowConfig};
 use glowflow::train::run_dir::{self, ResumeChanges};
 use glowflow::train::stability::StabilityOptions;
-use glowflow::train::train2d::{comparison_picture, load_trained, TableOptions};
+use glowflow::train::train2d::load_trained;
 use glowflow::train::train_image::image_recipe_stability;
-use glowflow::train::{checkpoint, eval2d, interrupt, train2d, RunIo, Start, Train2dOptions};
+use glowflow::train::{checkpoint, interrupt, train2d, RunIo, Start, Train2dOptions};
 
 #[derive(Parser, Debug)]
 #[command(name = "glowflow", version, about = "Glow-family normalizing flows")]
@@ -641,119 +642,17 @@ fn print_json<T: serde::Serialize>(value: &T) -> Result<()> {
 fn cmd_compare(a: CompareArgs, given: &[(String, String)]) -> Result<()> {
     check_table_flags(&a.common, given)?;
     let device = glowflow::device_by_name(&a.common.device)?;
-    let threads = a.common.threads();
-    let opts = a.common.options(COMPARE_DEFAULT_STEPS);
-    // Check the flags and the data before --force clears an old comparison: a refused run
-    // leaves it whole.
-    opts.validate().map_err(FieldError::on_flag)?;
-    for kind in [ModelKind::Realnvp, ModelKind::Glow] {
-        a.common
-            .config(kind, Permutation::Lu)
-            .validate()
-            .map_err(FieldError::on_flag)?;
-    }
-    if let Some(t) = &opts.table {
-        glowflow::train::data2d::TableData::load(t, opts.seed)?.check_batch(opts.batch)?;
-    }
+    let models = [("Real NVP", ModelKind::Realnvp), ("Glow", ModelKind::Glow)]
+        .map(|(title, kind)| (title, a.common.config(kind, Permutation::Lu)));
+    let io = RunIo {
+        out: a.out.clone(),
+        progress: !a.common.quiet,
+        threads: a.common.threads(),
+        force: a.force,
+    };
     interrupt::install();
-    let lock = run_dir::lock(&a.out)?;
-    run_dir::prepare_fresh(&a.out, a.force)?;
-    for kind in [ModelKind::Realnvp, ModelKind::Glow] {
-        run_dir::prepare_fresh(&a.out.join(kind.name()), a.force)?;
-    }
-    let mut results = serde_json::Map::new();
-    let mut grids = Vec::new();
-    let mut rows = Vec::new();
-    let mut entropy = None;
-    for (kind, title) in [(ModelKind::Realnvp, "Real NVP"), (ModelKind::Glow, "Glow")] {
-        let out = a.out.join(kind.name());
-        if !a.common.quiet {
-            eprintln!(
-                "training {title} on {} for {} steps -> {}",
-                opts.target.name(),
-                opts.steps,
-                out.display()
-            );
-        }
-        let io = RunIo {
-            out: out.clone(),
-            progress: !a.common.quiet,
-            threads,
-            force: a.force,
-        };
-        let cfg = a.common.config(kind, Permutation::Lu);
-        let s = train2d(Start::Fresh(cfg), Some(opts.clone()), &io, &device)?;
-        if opts.table.is_none() {
-            let (model, _) = load_trained(&out, &device)?;
-            grids.push((
-                title.to_string(),
-                eval2d::model_density_grid(&model, opts.target, opts.grid, &device),
-            ));
-        }
-        entropy = s.entropy;
-        results.insert(
-            kind.name().into(),
-            json!({
-                "test_nll": s.test_nll,
-                "test_nll_minus_entropy": s.test_nll_minus_entropy,
-                "off_mode_share": s.off_mode_share,
-                "train_seconds": s.train_seconds,
-                "seconds_per_step": s.seconds_per_step,
-                "parameters": s.parameters,
-                "gaussian_test_nll": s.gaussian_test_nll,
-            }),
-        );
-        rows.push((title, s));
-    }
-    if opts.table.is_none() {
-        comparison_picture(opts.target, &grids, opts.grid, &a.out.join("compare.png"))?;
-    }
-    let data_name = match &opts.table {
-        Some(t) => t.path.display().to_string(),
-        None => opts.target.name().to_string(),
-    };
-    let report = json!({
-        "target": data_name,
-        "steps": opts.steps,
-        "entropy": entropy,
-        "models": results,
-    });
-    checkpoint::save_json(&report, &a.out.join("compare.json"))?;
-    let mut md = format!(
-        "# {} — Real NVP vs Glow, {} steps, batch {}, seed {}\n\n",
-        data_name, opts.steps, opts.batch, opts.seed
-    );
-    md.push_str("| model | test NLL (nats) | NLL − entropy | off-mode share | train s | s/step | parameters |\n");
-    md.push_str("|---|---|---|---|---|---|---|\n");
-    let fmt = |v: Option<f64>, pct: bool| match v {
-        Some(x) if pct => format!("{:.2}%", 100.0 * x),
-        Some(x) => format!("{x:.4}"),
-        None => "n/a".into(),
-    };
-    for (title, s) in &rows {
-        md.push_str(&format!(
-            "| {title} | {:.4} | {} | {} | {:.1} | {:.4} | {} |\n",
-            s.test_nll,
-            fmt(s.test_nll_minus_entropy, false),
-            fmt(s.off_mode_share, true),
-            s.train_seconds,
-            s.seconds_per_step,
-            s.parameters
-        ));
-    }
-    if let Some(e) = entropy {
-        md.push_str(&format!(
-            "\nTarget entropy (Monte Carlo over the test set): {e:.4} nats.\n"
-        ));
-    }
-    md.push_str(&format!(
-        "\nGlow computes its gradients on {} batch shards in parallel; Real NVP's batch norm needs \
-         the statistics of the whole batch, so it runs unsharded. Off-mode share: samples farther \
-         than 3 sigma from every mode (mixture targets only).\n",
-        threads
-    ));
-    glowflow::fsutil::write_atomic(&a.out.join("compare.md"), md.as_bytes())?;
-    drop(lock);
+    let opts = a.common.options(COMPARE_DEFAULT_STEPS);
+    let report = glowflow::report::compare(&a.out, &opts, &models, &io, &device)?;
     print_json(&report)
 }
 
@@ -839,10 +738,8 @@ fn cmd_train(a: TrainArgs, given: &[(String, String)]) -> Result<()> {
 }
 
 fn cmd_eval(a: EvalArgs, reconstruct: bool) -> Result<()> {
-    use glowflow::train::train_image::{
-        check_image_shape, class_eval, class_labels, load_data, load_for_eval,
-        reconstruction_error, BpdReport,
-    };
+    use glowflow::eval::images::{class_eval, reconstruction_error, BpdReport};
+    use glowflow::train::train_image::{check_image_shape, class_labels, load_data, load_for_eval};
     let device = glowflow::device_by_name(&a.device)?;
     let (model, state, ema) = load_for_eval(&a.checkpoint, &device)
         .with_context(|| format!("--checkpoint {}", a.checkpoint.display()))?;
@@ -916,7 +813,11 @@ fn cmd_eval(a: EvalArgs, reconstruct: bool) -> Result<()> {
     // Print before writing, so a failed write never loses the figures.
     print_json(&report)?;
     if let Some((p, bpd)) = per_image {
-        write_per_image(&p, &bpd)
+        let rows = bpd
+            .iter()
+            .enumerate()
+            .map(|(i, v)| [i.to_string(), v.to_string()]);
+        glowflow::fsutil::write_csv(&p, &["index", "bpd"], rows)
             .map_err(|e| InputError::flag("--per-image", p.display(), format!("{e:#}")))?;
     }
     if let Some(p) = &a.out {
@@ -929,19 +830,9 @@ fn cmd_eval(a: EvalArgs, reconstruct: bool) -> Result<()> {
     }
 }
 
-/// `index,bpd` rows, written atomically.
-fn write_per_image(path: &std::path::Path, bpd: &[f64]) -> Result<()> {
-    let mut w = csv::Writer::from_writer(Vec::new());
-    w.write_record(["index", "bpd"])?;
-    for (i, v) in bpd.iter().enumerate() {
-        w.write_record([i.to_string(), v.to_string()])?;
-    }
-    let bytes = w.into_inner().map_err(|e| anyhow::anyhow!("{e}"))?;
-    glowflow::fsutil::write_atomic(path, &bytes)
-}
-
 fn cmd_sample(a: SampleArgs) -> Result<()> {
-    use glowflow::train::train_image::{load_for_eval, sample_batch, sample_batch_of};
+    use glowflow::eval::images::{sample_batch, sample_batch_of};
+    use glowflow::train::train_image::load_for_eval;
     let device = glowflow::device_by_name(&a.device)?;
     if is_vector_run(&a.checkpoint) {
         return sample_vectors(&a, &device);
@@ -1014,9 +905,9 @@ fn absolute(p: &std::path::Path) -> PathBuf {
 }
 
 fn cmd_score(a: ScoreArgs) -> Result<()> {
+    use glowflow::data::stream::TableData;
     use glowflow::data::table::read_table;
-    use glowflow::train::data2d::TableData;
-    use glowflow::train::eval2d::log_prob_rows;
+    use glowflow::eval::vector::log_prob_rows;
     let device = glowflow::device_by_name(&a.device)?;
     let (model, state) = load_trained(&a.checkpoint, &device)
         .with_context(|| format!("--checkpoint {}", a.checkpoint.display()))?;
@@ -1082,14 +973,12 @@ fn cmd_score(a: ScoreArgs) -> Result<()> {
         }
     };
     let lp = log_prob_rows(&model, &rows, dim, k, &device);
-    let mut w = csv::Writer::from_writer(Vec::new());
-    w.write_record(["row", "log_prob"])?;
-    for (n, v) in numbers.iter().zip(&lp) {
-        w.write_record([n.to_string(), v.to_string()])?;
-    }
-    let bytes = w.into_inner().map_err(|e| anyhow::anyhow!("{e}"))?;
+    let scores = numbers
+        .iter()
+        .zip(&lp)
+        .map(|(n, v)| [n.to_string(), v.to_string()]);
     // The scores are the output: written first, then reported.
-    glowflow::fsutil::write_atomic(&a.out, &bytes)
+    glowflow::fsutil::write_csv(&a.out, &["row", "log_prob"], scores)
         .map_err(|e| InputError::flag("--out", a.out.display(), format!("{e:#}")))?;
     let finite: Vec<f64> = lp.iter().copied().filter(|v| v.is_finite()).collect();
     print_json(&json!({
@@ -1105,9 +994,7 @@ fn cmd_score(a: ScoreArgs) -> Result<()> {
 /// The modelled then context columns of a table run, as names and as indices into its training
 /// table, and whether that table names its columns; `None` when it is no longer readable.
 #[allow(clippy::type_complexity)]
-fn run_columns(
-    topts: &glowflow::train::train2d::TableOptions,
-) -> Result<Option<(Vec<String>, Vec<usize>, bool)>> {
+fn run_columns(topts: &TableOptions) -> Result<Option<(Vec<String>, Vec<usize>, bool)>> {
     let Ok(tr) = glowflow::data::table::read_table(&topts.path) else {
         return Ok(None);
     };
@@ -1185,24 +1072,22 @@ fn sample_vectors(a: &SampleArgs, device: &burn::tensor::Device) -> Result<()> {
         glowflow::tensor_util::to_vec(logp),
     );
     // Each row: the sample, its context (conditional runs), its log-density.
-    let mut w = csv::Writer::from_writer(Vec::new());
-    w.write_record(names.iter().map(String::as_str).chain(["log_prob"]))?;
     let context: Vec<String> = a.context.iter().map(f64::to_string).collect();
-    for (row, lp) in x.chunks(d).zip(&logp) {
-        w.write_record(
-            row.iter()
-                .map(|v| v.to_string())
-                .chain(context.iter().cloned())
-                .chain([lp.to_string()]),
-        )?;
-    }
-    let bytes = w.into_inner().map_err(|e| anyhow::anyhow!("{e}"))?;
+    let rows = x.chunks(d).zip(&logp).map(|(row, lp)| {
+        let row = row.iter().map(|v| v.to_string());
+        row.chain(context.iter().cloned()).chain([lp.to_string()])
+    });
+    let header: Vec<&str> = names
+        .iter()
+        .map(String::as_str)
+        .chain(["log_prob"])
+        .collect();
     let out = if a.out.extension().is_some_and(|e| e == "png") {
         a.out.with_extension("csv")
     } else {
         a.out.clone()
     };
-    glowflow::fsutil::write_atomic(&out, &bytes)
+    glowflow::fsutil::write_csv(&out, &header, rows)
         .map_err(|e| InputError::flag("--out", out.display(), format!("{e:#}")))?;
     print_json(&json!({
         "checkpoint": a.checkpoint,

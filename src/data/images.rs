@@ -20,6 +20,23 @@ pub struct ImageSet {
 }
 
 impl ImageSet {
+    /// A short fingerprint of a data set's pixels (SHA-256, first 16 hex digits): a resumed run
+    /// checks it, so data given at a new place must be the same images.
+    pub fn fingerprint(&self) -> String {
+        use sha2::{Digest, Sha256};
+        let mut h = Sha256::new();
+        h.update((self.n as u64).to_le_bytes());
+        h.update([self.c as u8, 0, 0, 0]);
+        h.update((self.h as u64).to_le_bytes());
+        h.update((self.w as u64).to_le_bytes());
+        h.update(&self.pixels);
+        h.finalize()
+            .iter()
+            .take(8)
+            .map(|b| format!("{b:02x}"))
+            .collect()
+    }
+
     /// Values per image, `c * h * w`.
     pub fn dims(&self) -> usize {
         self.c * self.h * self.w

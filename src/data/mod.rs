@@ -5,6 +5,7 @@ pub mod dequant;
 pub mod folder;
 pub mod idx;
 pub mod images;
+pub mod stream;
 pub mod table;
 pub mod toy2d;
 

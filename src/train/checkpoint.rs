@@ -279,7 +279,7 @@ impl Checkpoint {
     ) -> Result<ModuleOptimizer> {
         let path = self.path(OPTIMIZER_FILE);
         let bytes = self.read(OPTIMIZER_FILE)?;
-        crate::train::adam::optimizer(kind)
+        crate::ops::adam::optimizer(kind)
             .from_bytes(burn::tensor::Bytes::from_bytes_vec(bytes))
             .map_err(|e| {
                 InputError::file(&path, None, format!("cannot load optimizer state: {e:?}")).into()

@@ -1,9 +1,6 @@
 //! Training loops, evaluation, checkpoints.
 
-pub mod adam;
 pub mod checkpoint;
-pub mod data2d;
-pub mod eval2d;
 pub mod interrupt;
 pub mod parallel;
 pub mod run_dir;
@@ -142,19 +139,4 @@ impl std::io::Write for LogFile {
     fn flush(&mut self) -> std::io::Result<()> {
         self.file.flush().map_err(|e| self.named(e))
     }
-}
-
-/// Row indices of training step `step` over a set of `n` rows: epochs are seeded permutations,
-/// so any step's batch is reproducible on resume (a batch that runs past an epoch's end wraps
-/// to its start).
-pub fn epoch_batch(n: usize, batch: usize, seed: u64, step: usize) -> Vec<usize> {
-    use rand::seq::SliceRandom;
-    use rand::SeedableRng;
-    let per_epoch = (n / batch).max(1);
-    let (epoch, k) = (step / per_epoch, step % per_epoch);
-    let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(seed ^ 0xD1CE);
-    rng.set_stream(epoch as u64);
-    let mut perm: Vec<usize> = (0..n).collect();
-    perm.shuffle(&mut rng);
-    (0..batch).map(|j| perm[(k * batch + j) % n]).collect()
 }

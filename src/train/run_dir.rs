@@ -286,6 +286,20 @@ pub fn apply_change<T: PartialEq + std::fmt::Display + Clone>(
     }
 }
 
+/// [`apply_change`] for each named field, the same name in the options and in
+/// [`ResumeChanges`]: `apply_changes!(changed, opts, changes; steps, lr)`.
+macro_rules! apply_changes {
+    ($changed:expr, $opts:expr, $changes:expr; $($field:ident),+) => {
+        $($crate::train::run_dir::apply_change(
+            &mut $changed,
+            stringify!($field),
+            &mut $opts.$field,
+            $changes.$field,
+        );)+
+    };
+}
+pub(crate) use apply_changes;
+
 /// The note printed when a resume changes the thread count.
 pub fn threads_note(old: usize, new: usize) {
     eprintln!(

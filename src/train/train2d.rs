@@ -9,19 +9,17 @@ use burn::module::Module;
 use burn::tensor::Device;
 use serde::{Deserialize, Serialize};
 
-use super::checkpoint::{Checkpoint, EMA_FILE, MODEL_FILE};
-use super::data2d::{test_points, DataStream, TableData};
-use super::eval2d;
-use super::run_dir::{self, apply_change, ResumeChanges, ResumeRecord};
+use super::run_dir::{self, apply_change, apply_changes, ResumeChanges};
 use super::stability::{Guard, StabilityOptions};
 use super::trainer::{self, Schedule, Task};
+use crate::data::stream::{test_points, DataStream, TableData, TableOptions};
 use crate::data::toy2d::Target;
 use crate::error::{FieldError, InputError};
+use crate::eval::vector as eval;
 use crate::flow::Flow;
-use crate::layers::ActNormFlags;
 use crate::models::{VectorFlow, VectorFlowConfig};
+use crate::ops::adam::optimizer;
 use crate::tensor_util::from_vec;
-use crate::train::adam::optimizer;
 use crate::viz::charts::{self, Panel};
 use crate::viz::{self, DensityGrid};
 
@@ -60,25 +58,6 @@ pub struct Train2dOptions {
     /// none).
     #[serde(default)]
     pub table: Option<TableOptions>,
-}
-
-/// A user's numeric table as the training data of a vector flow.
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
-pub struct TableOptions {
-    /// The training table, `.csv` or `.npy` (absolute path).
-    pub path: PathBuf,
-    /// A separate test table with the same columns (absolute), or `None`: hold out
-    /// `test_fraction` of `path`'s rows (a seeded draw; the run writes it to `split.csv`).
-    pub test_path: Option<PathBuf>,
-    /// Share of the rows held out for testing when there is no test table, in (0, 1).
-    pub test_fraction: f64,
-    /// Modelled columns, names or 0-based indices (empty: every column not in the context).
-    pub columns: Vec<String>,
-    /// Context columns the flow is conditioned on (names or 0-based indices).
-    pub context_columns: Vec<String>,
-    /// [`Table::fingerprint`](crate::data::table::Table::fingerprint) of the training table,
-    /// filled when the run starts; a resumed run checks it.
-    pub fingerprint: Option<String>,
 }
 
 impl Train2dOptions {
@@ -140,31 +119,30 @@ impl Train2dOptions {
     }
 }
 
-/// What a checkpoint's `state.json` holds.
-#[derive(Clone, Debug, Serialize, Deserialize)]
-pub struct RunState {
-    /// The model's config.
-    pub model: VectorFlowConfig,
-    /// The training options (the recipe).
-    pub options: Train2dOptions,
-    /// Steps completed.
-    pub step: usize,
-    /// The initialised flag of every ActNorm, in model order (burn saves tensors only).
-    pub actnorm_initialized: Vec<bool>,
-    /// Training wall time so far (excluding evaluation and pictures).
-    pub train_seconds: f64,
-    /// Steps the guard skipped so far (non-finite loss, gradient or update).
-    #[serde(default)]
-    pub skipped_steps: usize,
-    /// Updates folded into the weight average saved beside the weights.
-    #[serde(default)]
-    pub ema_updates: u64,
-    /// Data-parallel threads of the run (absent in runs saved before it was recorded).
-    #[serde(default)]
-    pub threads: Option<usize>,
-    /// Each resume and what it changed.
-    #[serde(default)]
-    pub resumes: Vec<ResumeRecord>,
+/// What a vector run's `state.json` holds.
+pub type RunState = trainer::RunState<VectorFlow>;
+
+impl trainer::RunModel for VectorFlow {
+    type Config = VectorFlowConfig;
+    type Options = Train2dOptions;
+
+    fn build(cfg: &VectorFlowConfig, device: &Device) -> Self {
+        VectorFlow::new(cfg, device)
+    }
+
+    fn check(cfg: &VectorFlowConfig) -> std::result::Result<(), FieldError> {
+        cfg.validate()
+    }
+}
+
+impl trainer::Recipe for Train2dOptions {
+    fn validate(&self) -> std::result::Result<(), FieldError> {
+        Train2dOptions::validate(self)
+    }
+
+    fn stability(&self) -> &StabilityOptions {
+        &self.stability
+    }
 }
 
 /// `summary.json`.
@@ -248,6 +226,7 @@ pub enum Start {
 }
 
 /// Where and how to report progress.
+#[derive(Clone, Debug)]
 pub struct RunIo {
     /// The run directory.
     pub out: PathBuf,
@@ -265,51 +244,17 @@ fn frames_dir(out: &Path) -> PathBuf {
     out.join("frames")
 }
 
-/// Load a trained model (evaluation mode, on `device`) from a run or checkpoint directory: the
-/// weight average when the run kept one (`ema.safetensors`), else the trained weights. Refuses
-/// weights that hold a non-finite value, files that do not belong to the checkpoint, and
-/// out-of-range values in `state.json` (naming the field).
+/// Load a trained vector flow for evaluation (see [`trainer::load_for_eval`]).
+///
+/// # Errors
+/// As [`trainer::load_for_eval`].
 pub fn load_trained(dir: &Path, device: &Device) -> Result<(VectorFlow, RunState)> {
-    let (ck, state) = open_state(dir)?;
-    let mut model = ck.load_model(VectorFlow::new(&state.model, device), MODEL_FILE)?;
-    model
-        .flow
-        .set_actnorm_flags(&state.actnorm_initialized)
-        .map_err(|e| {
-            InputError::file(ck.state_path(), Some("field actnorm_initialized".into()), e)
-        })?;
-    if state.options.stability.ema_decay > 0.0 && ck.has(EMA_FILE) {
-        // The average is saved in float64 (exact for resume); evaluation runs in float32.
-        model = crate::tensor_util::cast_module(
-            ck.load_model(model, EMA_FILE)?,
-            burn::tensor::DType::F32,
-        );
-    }
-    Ok((model, state))
-}
-
-/// The checkpoint of `dir` and its state, every value checked (errors name `state.json` and the
-/// field).
-fn open_state(dir: &Path) -> Result<(Checkpoint, RunState)> {
-    let (ck, state): (Checkpoint, RunState) = Checkpoint::open(dir)?;
-    state
-        .model
-        .validate()
-        .map_err(|e| e.in_file(ck.state_path(), "model"))?;
-    state
-        .options
-        .validate()
-        .map_err(|e| e.in_file(ck.state_path(), "options"))?;
-    if let Some(t) = state.threads {
-        crate::limits::count("threads", "--threads", t, 1, crate::limits::MAX_THREADS)
-            .map_err(|e| e.in_file(ck.state_path(), "run"))?;
-    }
-    Ok((ck, state))
+    trainer::load_for_eval::<VectorFlow>(dir, device).map(|(m, s, _)| (m, s))
 }
 
 /// A reference scale for density pictures: the target's peak density on the grid.
 pub fn density_scale(target: Target, grid: usize) -> f64 {
-    eval2d::target_density_grid(target, grid).max().max(1e-12)
+    eval::target_density_grid(target, grid).max().max(1e-12)
 }
 
 /// Refuse a batch size the model cannot use: a model that uses batch statistics (Real NVP's
@@ -354,114 +299,67 @@ pub fn train2d(
         Start::Fresh(_) => None,
     };
     let (_lock, continues_here) = trainer::open_run(out, resumed_from.as_deref(), io.force)?;
-    let mut resumes = Vec::new();
-    let mut saved = None;
     let mut table: Option<TableData> = None;
-    let (mut model, optim, opts, cfg, first_step, train_seconds, ema, skipped, threads) =
-        match start {
-            Start::Fresh(mut cfg) => {
-                let mut opts = options.context("training options are required for a fresh run")?;
-                opts.validate().map_err(FieldError::on_flag)?;
-                if let Some(t) = &mut opts.table {
-                    let data = TableData::load(t, opts.seed)?;
-                    t.fingerprint = Some(data.fingerprint.clone());
-                    cfg.dim = data.dim;
-                    cfg.context = data.context;
-                    cfg.standardize = true;
-                    table = Some(data);
-                }
-                cfg.validate().map_err(FieldError::on_flag)?;
-                let mut model = VectorFlow::new(&cfg, &train_device);
-                check_batch(&cfg, &opts, model.flow.uses_batch_statistics())
-                    .map_err(FieldError::on_flag)?;
-                if let Some(d) = &table {
-                    d.check_batch(opts.batch)?;
-                    let (data, context) = d.standardization()?;
-                    model.set_standardization((&data.0, &data.1), (&context.0, &context.1));
-                }
-                let optim = optimizer(opts.stability.optimizer);
-                (model, optim, opts, cfg, 0, 0.0, None, 0, io.threads)
+    let (mut model, optim, ema, run, saved) = match start {
+        Start::Fresh(mut cfg) => {
+            let mut opts = options.context("training options are required for a fresh run")?;
+            opts.validate().map_err(FieldError::on_flag)?;
+            if let Some(t) = &mut opts.table {
+                let data = TableData::load(t, opts.seed)?;
+                t.fingerprint = Some(data.fingerprint.clone());
+                (cfg.dim, cfg.context, cfg.standardize) = (data.dim, data.context, true);
+                table = Some(data);
             }
-            Start::Resume(dir, changes) => {
-                let (ck, state) =
-                    open_state(&dir).with_context(|| format!("--resume {}", dir.display()))?;
-                let mut model =
-                    ck.load_model(VectorFlow::new(&state.model, &train_device), MODEL_FILE)?;
-                model
-                    .flow
-                    .set_actnorm_flags(&state.actnorm_initialized)
-                    .map_err(|e| {
-                        InputError::file(
-                            ck.state_path(),
-                            Some("field actnorm_initialized".into()),
-                            e,
-                        )
-                    })?;
-                let (optim, ema) =
-                    ck.load_training_state(&model, &state.options.stability, state.ema_updates)?;
-                let mut opts = state.options.clone();
-                let mut changed = Vec::new();
-                apply_change(&mut changed, "steps", &mut opts.steps, changes.steps);
-                apply_change(&mut changed, "lr", &mut opts.lr, changes.lr);
-                apply_change(&mut changed, "lr_step", &mut opts.lr_step, changes.lr_step);
-                apply_change(
-                    &mut changed,
-                    "lr_gamma",
-                    &mut opts.lr_gamma,
-                    changes.lr_gamma,
-                );
-                apply_change(
-                    &mut changed,
-                    "checkpoint_every",
-                    &mut opts.checkpoint_every,
-                    changes.checkpoint_every,
-                );
-                apply_change(
-                    &mut changed,
-                    "test_samples",
-                    &mut opts.test_samples,
-                    changes.test_samples,
-                );
-                apply_change(&mut changed, "frames", &mut opts.frames, changes.frames);
-                // A table given again at a new place (the same values: checked below).
-                match (&changes.data, opts.table.as_mut()) {
-                    (Some(new), Some(t)) => {
-                        let mut path = t.path.display().to_string();
-                        apply_change(&mut changed, "data", &mut path, Some(new.clone()));
-                        t.path = PathBuf::from(path);
-                    }
-                    (Some(new), None) => {
-                        return Err(InputError::flag(
-                            "--data",
-                            new,
-                            "this run trained on a built-in target, not a table",
-                        )
-                        .into())
-                    }
-                    (None, _) => {}
-                }
-                opts.validate().map_err(FieldError::on_flag)?;
-                // Runs saved before the thread count was recorded ran with the caller's.
-                let mut threads = state.threads.unwrap_or(io.threads);
-                if let Some(t) = changes.threads.filter(|&t| t != threads) {
-                    run_dir::threads_note(threads, t);
-                    apply_change(&mut changed, "threads", &mut threads, Some(t));
-                }
-                resumes = trainer::record_resume(state.resumes.clone(), state.step, changed);
-                saved = Some((ck.dir.clone(), state.step));
-                (
-                    model,
-                    optim,
-                    opts,
-                    state.model,
-                    state.step,
-                    state.train_seconds,
-                    ema,
-                    state.skipped_steps,
-                    threads,
-                )
+            cfg.validate().map_err(FieldError::on_flag)?;
+            let mut model = VectorFlow::new(&cfg, &train_device);
+            check_batch(&cfg, &opts, model.flow.uses_batch_statistics())
+                .map_err(FieldError::on_flag)?;
+            if let Some(d) = &table {
+                d.check_batch(opts.batch)?;
+                let (data, context) = d.standardization()?;
+                model.set_standardization((&data.0, &data.1), (&context.0, &context.1));
             }
-        };
+            let optim = optimizer(opts.stability.optimizer);
+            let mut run = RunState::fresh(cfg, opts);
+            run.threads = Some(io.threads);
+            (model, optim, None, run, None)
+        }
+        Start::Resume(dir, changes) => {
+            let r = trainer::resume::<VectorFlow>(&dir, &train_device)?;
+            let mut run = r.state;
+            let (opts, mut changed) = (&mut run.options, Vec::new());
+            apply_changes!(changed, opts, changes; steps, lr, lr_step, lr_gamma, checkpoint_every, test_samples, frames);
+            // A table given again at a new place (the same values: checked below).
+            match (&changes.data, opts.table.as_mut()) {
+                (Some(new), Some(t)) => {
+                    let mut path = t.path.display().to_string();
+                    apply_change(&mut changed, "data", &mut path, Some(new.clone()));
+                    t.path = PathBuf::from(path);
+                }
+                (Some(new), None) => {
+                    return Err(InputError::flag(
+                        "--data",
+                        new,
+                        "this run trained on a built-in target, not a table",
+                    )
+                    .into())
+                }
+                (None, _) => {}
+            }
+            opts.validate().map_err(FieldError::on_flag)?;
+            // Runs saved before the thread count was recorded ran with the caller's.
+            let mut threads = run.threads.unwrap_or(io.threads);
+            if let Some(t) = changes.threads.filter(|&t| t != threads) {
+                run_dir::threads_note(threads, t);
+                apply_change(&mut changed, "threads", &mut threads, Some(t));
+            }
+            run.threads = Some(threads);
+            run.resumes =
+                trainer::record_resume(std::mem::take(&mut run.resumes), run.step, changed);
+            (r.model, r.optim, r.ema, run, Some(r.saved))
+        }
+    };
+    let (cfg, opts) = (run.model.clone(), run.options.clone());
     if let (None, Some(t)) = (&table, &opts.table) {
         let data = TableData::load(t, opts.seed).map_err(|e| {
             if t.path.exists() {
@@ -486,7 +384,7 @@ pub fn train2d(
         }
         table = Some(data);
     }
-    trainer::check_steps(first_step, opts.steps)?;
+    trainer::check_steps(run.step, opts.steps)?;
     // Everything is checked: only now is an old run replaced by --force cleared (a refused run
     // never touches the run it would have replaced).
     trainer::clear_old_run(out, continues_here, io.force)?;
@@ -501,7 +399,7 @@ pub fn train2d(
         Some(t) => DataStream::table(t, opts.seed, opts.batch),
         None => DataStream::new(opts.target, opts.seed, opts.batch),
     };
-    if first_step == 0 && model.flow.needs_data_init() {
+    if run.step == 0 && model.flow.needs_data_init() {
         let rows = from_vec(
             data.batch_at(0),
             [opts.batch, cfg.dim + cfg.context],
@@ -511,13 +409,30 @@ pub fn train2d(
         model.initialize(x, c.as_ref());
     }
 
-    let guard = Guard::new(&model, opts.stability.clone(), ema, skipped);
+    let guard = Guard::new(&model, opts.stability.clone(), ema, run.skipped_steps);
     // Density frames are pictures of a 2D target's plane.
     let frames = if table.is_some() { 0 } else { opts.frames };
     let vmax = density_scale(opts.target, opts.grid);
-    let batch_statistics = model.flow.uses_batch_statistics();
+    let threads = run.threads.unwrap_or(1).max(1);
+    let schedule = Schedule {
+        out: out.clone(),
+        progress: io.progress,
+        first: run.step,
+        steps: opts.steps,
+        log_every: opts.log_every,
+        checkpoint_every: opts.checkpoint_every,
+        time_limit_minutes: None,
+        train_seconds: run.train_seconds,
+        append_logs: run.step > 0 || continues_here,
+        saved,
+        device: train_device,
+    };
     let mut task = VectorTask {
-        shards: if batch_statistics { 1 } else { threads.max(1) },
+        shards: if model.flow.uses_batch_statistics() {
+            1
+        } else {
+            threads
+        },
         frame_every: opts
             .steps
             .checked_div(frames)
@@ -525,33 +440,15 @@ pub fn train2d(
         frames,
         vmax,
         data,
-        cfg: cfg.clone(),
-        opts: opts.clone(),
-        threads: threads.max(1),
-        resumes,
+        run,
         out: out.clone(),
         device: device.clone(),
     };
-    let schedule = Schedule {
-        out: out.clone(),
-        progress: io.progress,
-        first: first_step,
-        steps: opts.steps,
-        log_every: opts.log_every,
-        checkpoint_every: opts.checkpoint_every,
-        time_limit_minutes: None,
-        train_seconds,
-        append_logs: first_step > 0 || continues_here,
-        saved,
-        device: train_device,
-    };
     let done = trainer::train(&mut task, model, optim, guard, schedule)?;
-    let (model, guard) = (done.model, done.guard);
-    let state = task.state_at(&mut model.clone(), done.step, done.train_seconds, &guard);
-    let eval = guard.eval_weights(model.valid());
+    let eval = done.guard.eval_weights(done.model.valid());
     let summary = match &table {
-        Some(t) => evaluate_table(&eval, &state, t, out, device)?,
-        None => evaluate_and_draw(&eval, &state, out, device, vmax)?,
+        Some(t) => evaluate_table(&eval, &done.state, t, out, device)?,
+        None => evaluate_and_draw(&eval, &done.state, out, device, vmax)?,
     };
     crate::viz::charts::loss_curve(out, "step", "loss", "training NLL (nats)")?;
     super::save_summary(&summary, &out.join("summary.json"))?;
@@ -569,11 +466,11 @@ fn evaluate_and_draw(
     let opts = &state.options;
     let target = opts.target;
     let test = test_points(target, opts.seed, opts.test_samples);
-    let logp = eval2d::log_prob_points(model, &test, device);
-    let test_nll = eval2d::mean_nll(&logp);
-    let entropy = eval2d::target_entropy(target, &test);
+    let logp = eval::log_prob_points(model, &test, device);
+    let test_nll = eval::mean_nll(&logp);
+    let entropy = eval::target_entropy(target, &test);
     let (samples, sample_logp) =
-        eval2d::model_samples(model, opts.test_samples, opts.seed ^ 0x5A3D, device);
+        eval::model_samples(model, opts.test_samples, opts.seed ^ 0x5A3D, device);
     let b = target.box_half_width();
 
     // target.png: data coloured by the true density where known.
@@ -597,7 +494,7 @@ fn evaluate_and_draw(
         format!("{name} samples"),
         Panel::Points(&samples, Some(&sample_dens)),
     )?;
-    let grid = eval2d::model_density_grid(model, target, opts.grid, device);
+    let grid = eval::model_density_grid(model, target, opts.grid, device);
     one(
         "density.png",
         format!("{name} density, nll {test_nll:.3}"),
@@ -625,12 +522,12 @@ fn evaluate_table(
     out: &Path,
     device: &Device,
 ) -> Result<Summary> {
-    let test_lp = data.log_prob_rows(model, &data.test, device);
-    let train_lp = data.log_prob_rows(model, &data.train, device);
-    let test_nll = eval2d::mean_nll(&test_lp);
-    let train_nll = eval2d::mean_nll(&train_lp);
+    let test_lp = eval::log_prob_rows(model, &data.test, data.dim, data.context, device);
+    let train_lp = eval::log_prob_rows(model, &data.train, data.dim, data.context, device);
+    let test_nll = eval::mean_nll(&test_lp);
+    let train_nll = eval::mean_nll(&train_lp);
     let gaussian = data.gaussian_test_nll();
-    let samples = data.samples_for_test(model, state.options.seed ^ 0x5A3D, device);
+    let samples = eval::samples_for_test(data, model, state.options.seed ^ 0x5A3D, device);
     crate::viz::charts::corner_plot(
         &out.join("corner.png"),
         &data.names[..data.dim],
@@ -684,7 +581,7 @@ pub fn comparison_picture(
     path: &Path,
 ) -> Result<()> {
     let vmax = density_scale(target, grid);
-    let target_grid = eval2d::target_density_grid(target, grid);
+    let target_grid = eval::target_density_grid(target, grid);
     let mut items = vec![("target".to_string(), Panel::Density(&target_grid))];
     for (name, g) in grids {
         items.push((name.clone(), Panel::Density(g)));
@@ -696,14 +593,12 @@ pub fn comparison_picture(
 /// mean negative log-likelihood (with the context columns split off), density frames.
 struct VectorTask {
     data: DataStream,
-    cfg: VectorFlowConfig,
-    opts: Train2dOptions,
+    /// The run: model config, options (`run.options`), threads, resumes.
+    run: RunState,
     shards: usize,
-    threads: usize,
     frames: usize,
     frame_every: usize,
     vmax: f64,
-    resumes: Vec<ResumeRecord>,
     out: PathBuf,
     /// The evaluation device (frames, traces).
     device: Device,
@@ -729,40 +624,19 @@ impl VectorTask {
         &self,
         x: burn::tensor::Tensor<2>,
     ) -> (burn::tensor::Tensor<2>, Option<burn::tensor::Tensor<2>>) {
-        split_context(x, self.cfg.dim, self.cfg.context)
-    }
-
-    fn state_at(
-        &self,
-        model: &mut VectorFlow,
-        step: usize,
-        train_seconds: f64,
-        guard: &Guard,
-    ) -> RunState {
-        RunState {
-            model: self.cfg.clone(),
-            options: self.opts.clone(),
-            step,
-            actnorm_initialized: model.flow.actnorm_flags(),
-            train_seconds,
-            skipped_steps: guard.total_skips,
-            ema_updates: guard.ema_updates(),
-            threads: Some(self.threads),
-            resumes: self.resumes.clone(),
-        }
+        split_context(x, self.run.model.dim, self.run.model.context)
     }
 }
 
 impl Task for VectorTask {
     type Model = VectorFlow;
-    type State = RunState;
 
     fn metrics_header(&self) -> &'static str {
         "step,loss,lr,seconds,grad_norm_max,clipped,skipped"
     }
 
     fn lr(&self, step: usize) -> f64 {
-        self.opts.lr_at(step)
+        self.run.options.lr_at(step)
     }
 
     fn batch(&mut self, step: usize) -> Vec<f32> {
@@ -770,11 +644,11 @@ impl Task for VectorTask {
     }
 
     fn width(&self) -> usize {
-        self.cfg.dim + self.cfg.context
+        self.run.model.dim + self.run.model.context
     }
 
     fn batch_size(&self) -> usize {
-        self.opts.batch
+        self.run.options.batch
     }
 
     fn shards(&self) -> usize {
@@ -793,7 +667,7 @@ impl Task for VectorTask {
     fn progress(&self, loss: f64, rows_per_second: f64) -> String {
         format!(
             "loss {loss:.4}  {:.1} it/s",
-            rows_per_second / self.opts.batch as f64
+            rows_per_second / self.run.options.batch as f64
         )
     }
 
@@ -804,24 +678,22 @@ impl Task for VectorTask {
     }
 
     fn pictures_due(&self, done: usize) -> bool {
-        self.frames > 0 && (done.is_multiple_of(self.frame_every) || done == self.opts.steps)
+        self.frames > 0 && (done.is_multiple_of(self.frame_every) || done == self.run.options.steps)
     }
 
     fn pictures(&mut self, done: usize, model: &VectorFlow) -> Result<()> {
-        let grid =
-            eval2d::model_density_grid(model, self.opts.target, self.opts.grid, &self.device);
+        let grid = eval::model_density_grid(
+            model,
+            self.run.options.target,
+            self.run.options.grid,
+            &self.device,
+        );
         let path = frames_dir(&self.out).join(format!("{done:08}.idx"));
         crate::fsutil::write_atomic(&path, &grid.indices(self.vmax))
     }
 
-    fn state(
-        &self,
-        model: &mut VectorFlow,
-        step: usize,
-        train_seconds: f64,
-        guard: &Guard,
-    ) -> RunState {
-        self.state_at(model, step, train_seconds, guard)
+    fn run(&self) -> &RunState {
+        &self.run
     }
 
     fn resume_command(&self) -> String {

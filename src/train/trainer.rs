@@ -14,16 +14,202 @@ use burn::optim::ModuleOptimizer;
 use burn::tensor::{Device, Tensor};
 use serde::Serialize;
 
-use super::checkpoint::checkpoint_dir;
-use super::stability::{stop_error, write_group_norms, Guard, Window};
+use serde::de::DeserializeOwned;
+use serde::Deserialize;
+
+use super::checkpoint::{checkpoint_dir, Checkpoint, EMA_FILE, MODEL_FILE};
+use super::run_dir::ResumeRecord;
+use super::stability::{stop_error, write_group_norms, Guard, StabilityOptions, WeightEma, Window};
 use super::{interrupt, open_run_logs, parallel, progress_bar};
+use crate::error::{FieldError, InputError};
+use crate::layers::ActNormFlags;
+
+/// A model a run trains: built from its config, trained with its recipe, its ActNorm flags
+/// carried in the run state.
+pub trait RunModel:
+    Module + burn::store::ModuleSnapshot + ActNormFlags + Clone + Send + Sync
+{
+    /// The model's config (saved in `state.json`).
+    type Config: Clone + Serialize + DeserializeOwned;
+    /// The training options of its runs (saved in `state.json`).
+    type Options: Recipe;
+    /// The model `cfg` describes, freshly initialised on `device`.
+    fn build(cfg: &Self::Config, device: &Device) -> Self;
+    /// Check every value of `cfg`.
+    ///
+    /// # Errors
+    /// Names the field and its flag.
+    fn check(cfg: &Self::Config) -> std::result::Result<(), FieldError>;
+}
+
+/// A workload's training options, as far as the shared code needs them.
+pub trait Recipe: Clone + Serialize + DeserializeOwned {
+    /// Check every option against [`crate::limits`].
+    ///
+    /// # Errors
+    /// Names the field and its flag.
+    fn validate(&self) -> std::result::Result<(), FieldError>;
+    /// Clipping, weight average, skip limit and optimizer.
+    fn stability(&self) -> &StabilityOptions;
+}
+
+/// What a checkpoint's `state.json` holds for a run of `M`.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(bound = "")]
+pub struct RunState<M: RunModel> {
+    /// The model's config.
+    pub model: M::Config,
+    /// The training options (the recipe).
+    pub options: M::Options,
+    /// Steps completed.
+    pub step: usize,
+    /// The initialised flag of every ActNorm, in model order (burn saves tensors only).
+    pub actnorm_initialized: Vec<bool>,
+    /// Training wall time so far, seconds (excluding evaluation and pictures).
+    pub train_seconds: f64,
+    /// Steps the guard skipped so far (non-finite loss, gradient or update).
+    #[serde(default)]
+    pub skipped_steps: usize,
+    /// Updates folded into the weight average saved beside the weights (`ema.safetensors`).
+    #[serde(default)]
+    pub ema_updates: u64,
+    /// Vector runs: data-parallel threads (absent in runs saved before it was recorded; image
+    /// runs keep theirs in the options).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub threads: Option<usize>,
+    /// Image runs: [`ImageSet::fingerprint`](crate::data::ImageSet::fingerprint) of the
+    /// training set (absent in runs saved before it was kept).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub data_fingerprint: Option<String>,
+    /// Each resume and what it changed.
+    #[serde(default)]
+    pub resumes: Vec<ResumeRecord>,
+}
+
+impl<M: RunModel> RunState<M> {
+    /// The state of a run starting now: nothing trained, nothing recorded.
+    pub fn fresh(model: M::Config, options: M::Options) -> Self {
+        RunState {
+            model,
+            options,
+            step: 0,
+            actnorm_initialized: Vec::new(),
+            train_seconds: 0.0,
+            skipped_steps: 0,
+            ema_updates: 0,
+            threads: None,
+            data_fingerprint: None,
+            resumes: Vec::new(),
+        }
+    }
+
+    /// This state after `step` steps of `model` (the trained weights) under `guard`.
+    fn at(&self, model: &mut M, step: usize, train_seconds: f64, guard: &Guard) -> Self {
+        RunState {
+            step,
+            actnorm_initialized: model.actnorm_flags(),
+            train_seconds,
+            skipped_steps: guard.total_skips,
+            ema_updates: guard.ema_updates(),
+            ..self.clone()
+        }
+    }
+}
+
+/// The checkpoint of a run or checkpoint directory `dir` and its state, every value checked.
+///
+/// # Errors
+/// A missing or damaged checkpoint; an out-of-range value (naming `state.json` and the field).
+pub fn open_state<M: RunModel>(dir: &Path) -> Result<(Checkpoint, RunState<M>)> {
+    let (ck, state): (Checkpoint, RunState<M>) = Checkpoint::open(dir)?;
+    M::check(&state.model).map_err(|e| e.in_file(ck.state_path(), "model"))?;
+    state
+        .options
+        .validate()
+        .map_err(|e| e.in_file(ck.state_path(), "options"))?;
+    if let Some(t) = state.threads {
+        crate::limits::count("threads", "--threads", t, 1, crate::limits::MAX_THREADS)
+            .map_err(|e| e.in_file(ck.state_path(), "run"))?;
+    }
+    Ok((ck, state))
+}
+
+/// The trained weights of the checkpoint `ck` with `state`, ActNorm flags restored.
+///
+/// # Errors
+/// Weights that do not match the config or hold a non-finite value; ActNorm flags that do
+/// not match the model (naming `state.json`).
+pub fn load_weights<M: RunModel>(
+    ck: &Checkpoint,
+    state: &RunState<M>,
+    device: &Device,
+) -> Result<M> {
+    let mut model = ck.load_model(M::build(&state.model, device), MODEL_FILE)?;
+    model
+        .set_actnorm_flags(&state.actnorm_initialized)
+        .map_err(|e| {
+            InputError::file(ck.state_path(), Some("field actnorm_initialized".into()), e)
+        })?;
+    Ok(model)
+}
+
+/// A trained model for evaluation and sampling, from a run or checkpoint directory: the run's
+/// weight average when its checkpoint has one (`ema.safetensors`, then `true`), else the trained
+/// weights.
+///
+/// # Errors
+/// Weights that hold a non-finite value, files that do not belong to the checkpoint,
+/// out-of-range values in `state.json` (naming the field).
+pub fn load_for_eval<M: RunModel>(dir: &Path, device: &Device) -> Result<(M, RunState<M>, bool)> {
+    let (ck, state) = open_state::<M>(dir)?;
+    let model = load_weights(&ck, &state, device)?;
+    if state.options.stability().ema_decay > 0.0 && ck.has(EMA_FILE) {
+        // The average is saved in float64 (exact for resume); evaluation runs in float32.
+        let avg = crate::tensor_util::cast_module(
+            ck.load_model(model, EMA_FILE)?,
+            burn::tensor::DType::F32,
+        );
+        return Ok((avg, state, true));
+    }
+    Ok((model, state, false))
+}
+
+/// A run continued from its checkpoint: weights, optimizer state, weight average, the state as
+/// saved, and the checkpoint folder with its step (named if the run has to stop).
+pub struct Resumed<M: RunModel> {
+    /// The trained weights, on the training device.
+    pub model: M,
+    /// The optimizer with its saved state.
+    pub optim: ModuleOptimizer,
+    /// The weight average, when the recipe keeps one.
+    pub ema: Option<WeightEma>,
+    /// The saved state.
+    pub state: RunState<M>,
+    /// The checkpoint folder and its step.
+    pub saved: (PathBuf, usize),
+}
+
+/// Load everything a resume from `dir` needs onto `device` (errors name `--resume dir`).
+pub fn resume<M: RunModel>(dir: &Path, device: &Device) -> Result<Resumed<M>> {
+    use anyhow::Context;
+    let (ck, state) =
+        open_state::<M>(dir).with_context(|| format!("--resume {}", dir.display()))?;
+    let model = load_weights(&ck, &state, device)?;
+    let (optim, ema) =
+        ck.load_training_state(&model, state.options.stability(), state.ema_updates)?;
+    Ok(Resumed {
+        model,
+        optim,
+        ema,
+        saved: (ck.dir.clone(), state.step),
+        state,
+    })
+}
 
 /// What one workload supplies to [`train`].
 pub trait Task: Sync {
     /// The model (on the autodiff device while training).
-    type Model: Module + burn::store::ModuleSnapshot + Clone + Send + Sync;
-    /// The checkpoint's `state.json`.
-    type State: Serialize;
+    type Model: RunModel;
 
     /// The header of `metrics.csv`; every row starts with the step.
     fn metrics_header(&self) -> &'static str;
@@ -53,14 +239,9 @@ pub trait Task: Sync {
     fn pictures_due(&self, done: usize) -> bool;
     /// Draw them with the evaluation weights.
     fn pictures(&mut self, done: usize, model: &Self::Model) -> Result<()>;
-    /// The run state after `step` steps (`model`: the trained weights).
-    fn state(
-        &self,
-        model: &mut Self::Model,
-        step: usize,
-        train_seconds: f64,
-        guard: &Guard,
-    ) -> Self::State;
+    /// The run's state as it stands (model config, options, threads, fingerprint, resumes);
+    /// the trainer fills in the step, the ActNorm flags, the time and the guard's counts.
+    fn run(&self) -> &RunState<Self::Model>;
     /// The command that continues this run after an interruption.
     fn resume_command(&self) -> String;
 }
@@ -92,7 +273,7 @@ pub struct Schedule {
 }
 
 /// How a call of [`train`] ended.
-pub struct Trained<M> {
+pub struct Trained<M: RunModel> {
     /// The trained weights (a checkpoint of them is saved).
     pub model: M,
     /// The guard, with its weight average.
@@ -101,6 +282,8 @@ pub struct Trained<M> {
     pub step: usize,
     /// Training seconds of the whole run.
     pub train_seconds: f64,
+    /// The state saved with the final checkpoint.
+    pub state: RunState<M>,
 }
 
 /// Run `task` from `schedule.first` to `schedule.steps` (or the time limit), then save a
@@ -189,7 +372,7 @@ pub fn train<T: Task>(
                 task.pictures(done, &guard.eval_weights(model.valid()))?;
             }
             if ckpt_due {
-                let state = task.state(&mut model, done, train_seconds, &guard);
+                let state = task.run().at(&mut model, done, train_seconds, &guard);
                 guard.save_checkpoint(out, &model, &optim, &state)?;
                 saved = Some((checkpoint_dir(out), done));
             }
@@ -201,7 +384,7 @@ pub fn train<T: Task>(
         b.finish();
     }
     metrics.flush()?;
-    let state = task.state(&mut model, last, train_seconds, &guard);
+    let state = task.run().at(&mut model, last, train_seconds, &guard);
     guard.save_checkpoint(out, &model, &optim, &state)?;
     if interrupted {
         return Err(interrupt::interrupted(last, task.resume_command()).into());
@@ -211,6 +394,7 @@ pub fn train<T: Task>(
         guard,
         step: last,
         train_seconds,
+        state,
     })
 }
 

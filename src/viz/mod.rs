@@ -4,6 +4,7 @@
 pub mod canvas;
 pub mod charts;
 pub mod colormap;
+pub mod grid;
 pub mod plots;
 
 pub use canvas::Canvas;

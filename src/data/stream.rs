@@ -1,4 +1,4 @@
-//! Training data of vector flows.
+//! Batch streams: the training data of vector flows, and the epoch order of any training set.
 //!
 //! - 2D targets: pools of fresh target samples (the tutorial's 65,536), redrawn when used up.
 //!   Pool `r` is drawn from its own RNG seeded by `(seed, r)`.
@@ -7,21 +7,24 @@
 //! Either way the batch of any step is a pure function of the seed and the step: resuming
 //! reproduces the data exactly.
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
 use std::sync::Arc;
 
 use anyhow::Result;
-use burn::tensor::Device;
+use burn::tensor::{Device, Tensor};
 use rand::seq::SliceRandom;
 use rand::SeedableRng;
 use rand_chacha::ChaCha8Rng;
 
-use super::train2d::TableOptions;
+use super::dequant::dequantize;
+use super::ImageSet;
+use crate::tensor_util::from_vec;
+
 use crate::data::table::read_table;
 use crate::data::toy2d::Target;
 use crate::error::InputError;
-use crate::models::VectorFlow;
-use crate::tensor_util::{from_vec, to_vec};
 
 /// The batches of a vector-flow run, as flat `[batch * width]` float32 rows.
 pub struct DataStream {
@@ -65,7 +68,7 @@ impl DataStream {
     pub fn batch_at(&mut self, step: usize) -> Vec<f32> {
         if let Some((rows, width)) = &self.rows {
             let n = rows.len() / width;
-            let idx = super::epoch_batch(n, self.batch, self.seed, step);
+            let idx = epoch_batch(n, self.batch, self.seed, step);
             return idx
                 .iter()
                 .flat_map(|&i| rows[i * width..(i + 1) * width].iter().map(|&v| v as f32))
@@ -232,7 +235,8 @@ impl TableData {
         })
     }
 
-    fn width(&self) -> usize {
+    /// Values per row: the `D` modelled columns, then the `K` context columns.
+    pub fn width(&self) -> usize {
         self.dim + self.context
     }
 
@@ -302,18 +306,11 @@ impl TableData {
         let Some(flag) = &self.split else {
             return Ok(());
         };
-        let mut w = csv::Writer::from_writer(Vec::new());
-        w.write_record(["row", "test"])?;
-        for (i, f) in flag.iter().enumerate() {
-            w.write_record([(i + 1).to_string(), f.to_string()])?;
-        }
-        let bytes = w.into_inner().map_err(|e| anyhow::anyhow!("{e}"))?;
-        crate::fsutil::write_atomic(&out.join("split.csv"), &bytes)
-    }
-
-    /// `log p(x | context)` of each row of `rows` (`[n, D + K]`), nats, in chunks.
-    pub fn log_prob_rows(&self, model: &VectorFlow, rows: &[f64], device: &Device) -> Vec<f64> {
-        super::eval2d::log_prob_rows(model, rows, self.dim, self.context, device)
+        let rows = flag
+            .iter()
+            .enumerate()
+            .map(|(i, f)| [(i + 1).to_string(), f.to_string()]);
+        crate::fsutil::write_csv(&out.join("split.csv"), &["row", "test"], rows)
     }
 
     /// Test NLL of a full-covariance Gaussian fitted by maximum likelihood to the training
@@ -337,24 +334,6 @@ impl TableData {
             total -= lp;
         }
         Some(total / self.test_rows() as f64)
-    }
-
-    /// One sample per test row (for that row's context when the model is conditional), at
-    /// temperature 1: `[n_test, D]`.
-    pub fn samples_for_test(&self, model: &VectorFlow, seed: u64, device: &Device) -> Vec<f64> {
-        let n = self.test_rows();
-        let mut rng = ChaCha8Rng::seed_from_u64(seed);
-        let ctx = (self.context > 0).then(|| {
-            let w = self.width();
-            let v: Vec<f32> = self
-                .test
-                .chunks(w)
-                .flat_map(|r| r[self.dim..].iter().map(|&v| v as f32))
-                .collect();
-            from_vec(v, [n, self.context], device)
-        });
-        let (x, _) = model.sample_ctx(n, 1.0, ctx.as_ref(), &mut rng, device);
-        to_vec(x).into_iter().map(f64::from).collect()
     }
 }
 
@@ -421,4 +400,83 @@ impl Gaussian {
         }
         -0.5 * (d as f64 * crate::distributions::LN_2PI + self.log_det + q)
     }
+}
+
+/// A user's numeric table as the training data of a vector flow.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct TableOptions {
+    /// The training table, `.csv` or `.npy` (absolute path).
+    pub path: PathBuf,
+    /// A separate test table with the same columns (absolute), or `None`: hold out
+    /// `test_fraction` of `path`'s rows (a seeded draw; the run writes it to `split.csv`).
+    pub test_path: Option<PathBuf>,
+    /// Share of the rows held out for testing when there is no test table, in (0, 1).
+    pub test_fraction: f64,
+    /// Modelled columns, names or 0-based indices (empty: every column not in the context).
+    pub columns: Vec<String>,
+    /// Context columns the flow is conditioned on (names or 0-based indices).
+    pub context_columns: Vec<String>,
+    /// [`Table::fingerprint`](crate::data::table::Table::fingerprint) of the training table,
+    /// filled when the run starts; a resumed run checks it.
+    pub fingerprint: Option<String>,
+}
+
+/// Row indices of training step `step` over a set of `n` rows: epochs are seeded permutations,
+/// so any step's batch is reproducible on resume (a batch that runs past an epoch's end wraps
+/// to its start).
+pub fn epoch_batch(n: usize, batch: usize, seed: u64, step: usize) -> Vec<usize> {
+    use rand::seq::SliceRandom;
+    use rand::SeedableRng;
+    let per_epoch = (n / batch).max(1);
+    let (epoch, k) = (step / per_epoch, step % per_epoch);
+    let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(seed ^ 0xD1CE);
+    rng.set_stream(epoch as u64);
+    let mut perm: Vec<usize> = (0..n).collect();
+    perm.shuffle(&mut rng);
+    (0..batch).map(|j| perm[(k * batch + j) % n]).collect()
+}
+
+/// Rows of `d` values followed by the one-hot (`k` wide) of each row's label.
+pub fn with_one_hot(rows: &[f32], d: usize, idx: &[usize], labels: &[u8], k: usize) -> Vec<f32> {
+    let mut out = Vec::with_capacity(idx.len() * (d + k));
+    for (row, &i) in rows.chunks(d).zip(idx) {
+        out.extend_from_slice(row);
+        let mut hot = vec![0f32; k];
+        hot[labels[i] as usize] = 1.0;
+        out.extend_from_slice(&hot);
+    }
+    out
+}
+
+/// [`image_rows`] as a tensor `[idx.len(), c, h, w]` on `device`.
+pub fn image_batch(
+    set: &ImageSet,
+    idx: &[usize],
+    n_bits: u32,
+    rng: &mut ChaCha8Rng,
+    device: &Device,
+) -> Tensor<4> {
+    from_vec(
+        image_rows(set, idx, n_bits, rng),
+        [idx.len(), set.c, set.h, set.w],
+        device,
+    )
+}
+
+/// The images `idx` of `set` dequantised (`n_bits`, noise from `rng`) and flattened on the
+/// host, one image per row: `[idx.len(), c * h * w]`.
+pub fn image_rows(set: &ImageSet, idx: &[usize], n_bits: u32, rng: &mut ChaCha8Rng) -> Vec<f32> {
+    let mut px = Vec::with_capacity(idx.len() * set.dims());
+    for &i in idx {
+        px.extend_from_slice(set.image(i));
+    }
+    dequantize(&px, n_bits, rng)
+}
+
+/// The RNG of training step `step`'s dequantisation noise (its own stream of `seed`), so a
+/// resumed run draws the same noise.
+pub fn step_rng(seed: u64, step: usize) -> ChaCha8Rng {
+    let mut rng = ChaCha8Rng::seed_from_u64(seed ^ 0x5EED);
+    rng.set_stream(step as u64 + 1);
+    rng
 }

@@ -5,6 +5,7 @@ use rand::SeedableRng;
 use rand_chacha::ChaCha8Rng;
 use rayon::prelude::*;
 
+use crate::data::stream::TableData;
 use crate::data::toy2d::Target;
 use crate::models::VectorFlow;
 use crate::tensor_util::{from_vec, to_vec};
@@ -139,4 +140,27 @@ pub fn model_samples(
     let xs = to_vec(x);
     let pts = xs.chunks(2).map(|c| [c[0] as f64, c[1] as f64]).collect();
     (pts, to_vec(logp).into_iter().map(f64::from).collect())
+}
+
+/// One sample per test row (for that row's context when the model is conditional), at
+/// temperature 1: `[n_test, D]`.
+pub fn samples_for_test(
+    data: &TableData,
+    model: &VectorFlow,
+    seed: u64,
+    device: &Device,
+) -> Vec<f64> {
+    let n = data.test_rows();
+    let mut rng = ChaCha8Rng::seed_from_u64(seed);
+    let ctx = (data.context > 0).then(|| {
+        let w = data.width();
+        let v: Vec<f32> = data
+            .test
+            .chunks(w)
+            .flat_map(|r| r[data.dim..].iter().map(|&v| v as f32))
+            .collect();
+        from_vec(v, [n, data.context], device)
+    });
+    let (x, _) = model.sample_ctx(n, 1.0, ctx.as_ref(), &mut rng, device);
+    to_vec(x).into_iter().map(f64::from).collect()
 }
