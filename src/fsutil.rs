@@ -9,8 +9,9 @@ use anyhow::{Context, Result};
 ///
 /// # Errors
 /// A failed write, naming nothing more than the I/O error (callers name the flag or file).
-pub fn write_csv<R, I, S>(path: &Path, header: &[&str], rows: R) -> Result<()>
+pub fn write_csv<H, R, I, S>(path: &Path, header: &[H], rows: R) -> Result<()>
 where
+    H: AsRef<[u8]>,
     R: IntoIterator<Item = I>,
     I: IntoIterator<Item = S>,
     S: AsRef<[u8]>,

@@ -8,10 +8,14 @@ use anyhow::Result;
 use burn::tensor::Device;
 use serde_json::json;
 
+use crate::data::toy2d::Target;
 use crate::error::FieldError;
+use crate::eval::vector::{density_scale, target_density_grid};
 use crate::models::VectorFlowConfig;
-use crate::train::train2d::{comparison_picture, load_trained, train2d, Summary};
+use crate::train::train2d::{load_trained, train2d, Summary};
 use crate::train::{run_dir, RunIo, Start, Train2dOptions};
+use crate::viz::charts::{self, Panel};
+use crate::viz::DensityGrid;
 
 /// Train every model of `models` (title, config) with `opts` into `out/<model name>`, then write
 /// `compare.png` (2D targets), `compare.json` and `compare.md` into `out`; returns the report.
@@ -137,4 +141,21 @@ fn markdown(
          farther than 3 sigma from every mode (mixture targets only).\n"
     ));
     md
+}
+
+/// The density map of the target and several models, side by side on one scale, written as
+/// PNG at `path`.
+pub fn comparison_picture(
+    target: Target,
+    grids: &[(String, DensityGrid)],
+    grid: usize,
+    path: &Path,
+) -> Result<()> {
+    let vmax = density_scale(target, grid);
+    let target_grid = target_density_grid(target, grid);
+    let mut items = vec![("target".to_string(), Panel::Density(&target_grid))];
+    for (name, g) in grids {
+        items.push((name.clone(), Panel::Density(g)));
+    }
+    charts::plane_panels(path, &items, target.box_half_width(), vmax)
 }

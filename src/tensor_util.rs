@@ -1,6 +1,8 @@
 //! Host <-> tensor conversions and parameter construction helpers.
 
-use burn::module::{Module, ModuleMapper, Param, ParamId};
+use std::collections::HashMap;
+
+use burn::module::{Module, ModuleMapper, ModuleVisitor, Param, ParamId};
 use burn::tensor::{DType, Device, Tensor, TensorCreationOptions, TensorData};
 
 /// A float tensor of the given shape from host values.
@@ -123,4 +125,104 @@ pub fn with_sequential_param_ids<M: Module>(module: M) -> M {
         }
     }
     module.map(&mut Numbering(0))
+}
+
+/// Tracks the module path during a visit (burn calls `enter_module`/`exit_module` with field
+/// names, variant names and `Vec` indices).
+#[derive(Default)]
+pub struct PathStack(pub Vec<String>);
+
+impl PathStack {
+    /// Entering the module (field, variant or index) `name`.
+    pub fn enter(&mut self, name: &str) {
+        self.0.push(name.to_string());
+    }
+    /// Leaving the innermost module.
+    pub fn exit(&mut self) {
+        self.0.pop();
+    }
+    /// The path so far, dot-separated (`levels.1.flow.layers.5`).
+    pub fn joined(&self) -> String {
+        self.0.join(".")
+    }
+}
+
+/// Path of the first float parameter (or buffer) of `model` holding a NaN or infinity.
+pub fn first_nonfinite_param<M: Module>(model: &M) -> Option<String> {
+    struct V {
+        path: PathStack,
+        found: Option<String>,
+    }
+    impl ModuleVisitor for V {
+        fn enter_module(&mut self, name: &str, _: &str) {
+            self.path.enter(name);
+        }
+        fn exit_module(&mut self, _: &str, _: &str) {
+            self.path.exit();
+        }
+        fn visit_float<const D: usize>(&mut self, param: &Param<Tensor<D>>) {
+            if self.found.is_none() && to_vec(param.val()).iter().any(|v| !v.is_finite()) {
+                self.found = Some(self.path.joined());
+            }
+        }
+    }
+    let mut v = V {
+        path: PathStack::default(),
+        found: None,
+    };
+    model.visit(&mut v);
+    v.found
+}
+
+/// `model` with the float state named in `values` set to those values, stored in `dtype` (or
+/// each parameter's own float type). A running statistic is written into its shared cell.
+pub fn set_values<M: Module>(
+    model: M,
+    values: &HashMap<ParamId, Vec<f64>>,
+    dtype: Option<DType>,
+) -> M {
+    struct Mp<'a>(&'a HashMap<ParamId, Vec<f64>>, Option<DType>);
+    impl ModuleMapper for Mp<'_> {
+        fn map_float<const D: usize>(&mut self, p: Param<Tensor<D>>) -> Param<Tensor<D>> {
+            let dtype = self.1;
+            match self.0.get(&p.id) {
+                Some(v) => p.map(|t| {
+                    let dtype = dtype.unwrap_or(t.dtype());
+                    from_vec_f64(v.clone(), t.dims(), (&t.device(), dtype))
+                }),
+                None => p,
+            }
+        }
+    }
+    model.map(&mut Mp(values, dtype))
+}
+
+/// The float state of `model` that is not trained (running statistics, fixed buffers), on the
+/// host.
+pub fn host_buffers<M: Module>(model: &M) -> HashMap<ParamId, Vec<f64>> {
+    struct V(HashMap<ParamId, Vec<f64>>);
+    impl ModuleVisitor for V {
+        fn visit_float<const D: usize>(&mut self, param: &Param<Tensor<D>>) {
+            let t = param.val();
+            if !t.is_require_grad() {
+                self.0.insert(param.id, to_vec_f64(t));
+            }
+        }
+    }
+    let mut v = V(HashMap::new());
+    model.visit(&mut v);
+    v.0
+}
+
+/// Every float parameter of `model` on the host, exactly (float64 holds float32 values).
+pub fn host_params<M: Module>(model: &M) -> HashMap<ParamId, Vec<f64>> {
+    struct V(HashMap<ParamId, Vec<f64>>);
+    impl ModuleVisitor for V {
+        fn visit_float<const D: usize>(&mut self, param: &Param<Tensor<D>>) {
+            self.0.insert(param.id, to_vec_f64(param.val()));
+        }
+    }
+    let mut v = V(HashMap::new());
+    model.visit(&mut v);
+    v.0
 }

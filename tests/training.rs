@@ -192,7 +192,7 @@ fn non_finite_updates_case(kind: ModelKind) {
     // Loading refuses non-finite weights, so this also proves the checkpoint is finite.
     let (model, _) =
         glowflow::train::train2d::load_trained(dir.path(), &glowflow::default_device()).unwrap();
-    assert!(glowflow::train::stability::first_nonfinite_param(&model).is_none());
+    assert!(glowflow::tensor_util::first_nonfinite_param(&model).is_none());
     let skipped: usize = std::fs::read_to_string(dir.path().join("metrics.csv"))
         .unwrap()
         .lines()

@@ -739,7 +739,7 @@ fn cmd_train(a: TrainArgs, given: &[(String, String)]) -> Result<()> {
 
 fn cmd_eval(a: EvalArgs, reconstruct: bool) -> Result<()> {
     use glowflow::eval::images::{class_eval, reconstruction_error, BpdReport};
-    use glowflow::train::train_image::{check_image_shape, class_labels, load_data, load_for_eval};
+    use glowflow::train::train_image::{load_data, load_for_eval};
     let device = glowflow::device_by_name(&a.device)?;
     let (model, state, ema) = load_for_eval(&a.checkpoint, &device)
         .with_context(|| format!("--checkpoint {}", a.checkpoint.display()))?;
@@ -756,7 +756,8 @@ fn cmd_eval(a: EvalArgs, reconstruct: bool) -> Result<()> {
     }
     let data = load_data(&opts)?;
     let cfg = &state.model;
-    check_image_shape(&data.test, cfg, &opts.data)?;
+    data.test
+        .check_shape([cfg.channels, cfg.height, cfg.width], &opts.data)?;
     let mut failure = None;
     let mut per_image: Option<(PathBuf, Vec<f64>)> = None;
     let report = if reconstruct {
@@ -780,7 +781,7 @@ fn cmd_eval(a: EvalArgs, reconstruct: bool) -> Result<()> {
             "max_abs_error_float32": errs[1],
         })
     } else {
-        let labels = class_labels(&data, cfg, &opts)?;
+        let labels = data.labels(cfg.classes, &opts.data)?;
         let test_labels = labels.as_ref().map(|(_, t)| &t[..]);
         let figures = class_eval(&model, &data.test, test_labels, cfg.n_bits, 256, &device);
         let bpd = figures.bpd;
@@ -905,74 +906,12 @@ fn absolute(p: &std::path::Path) -> PathBuf {
 }
 
 fn cmd_score(a: ScoreArgs) -> Result<()> {
-    use glowflow::data::stream::TableData;
-    use glowflow::data::table::read_table;
-    use glowflow::eval::vector::log_prob_rows;
+    use glowflow::eval::vector::score_rows;
     let device = glowflow::device_by_name(&a.device)?;
     let (model, state) = load_trained(&a.checkpoint, &device)
         .with_context(|| format!("--checkpoint {}", a.checkpoint.display()))?;
-    let Some(topts) = state.options.table.clone() else {
-        return Err(InputError::flag(
-            "--checkpoint",
-            a.checkpoint.display(),
-            "was trained on a built-in target, not a table (score needs a train2d --data run)",
-        )
-        .into());
-    };
-    let (dim, k) = (state.model.dim, state.model.context);
-    let (rows, source, numbers) = match &a.data {
-        None => {
-            let d = TableData::load(&topts, state.options.seed)?;
-            if topts
-                .fingerprint
-                .as_ref()
-                .is_some_and(|f| *f != d.fingerprint)
-            {
-                return Err(InputError::flag(
-                    "--checkpoint",
-                    a.checkpoint.display(),
-                    format!(
-                        "its training table {} changed since the run (its values differ), so its test rows cannot be recovered; give the rows to score with --data",
-                        topts.path.display()
-                    ),
-                )
-                .into());
-            }
-            let source = match &topts.test_path {
-                Some(p) => format!("test table {}", p.display()),
-                None => format!("held-out test rows of {}", topts.path.display()),
-            };
-            (d.test, source, d.test_row_numbers)
-        }
-        Some(p) => {
-            let t = read_table(p)?;
-            // Columns by name when both tables name them, else by the training table's
-            // positions.
-            let want: Vec<String> = match run_columns(&topts)? {
-                Some((names, _, true)) if t.named => names,
-                Some((_, index, _)) => index.iter().map(usize::to_string).collect(),
-                None => topts
-                    .columns
-                    .iter()
-                    .chain(&topts.context_columns)
-                    .cloned()
-                    .collect(),
-            };
-            let idx = t.column_indices(&want, "--data")?;
-            if idx.len() != dim + k {
-                return Err(InputError::flag(
-                    "--data",
-                    p.display(),
-                    format!("needs the {} columns the model was trained on", dim + k),
-                )
-                .into());
-            }
-            let all: Vec<usize> = (0..t.rows).collect();
-            let numbers = (1..=t.rows).collect();
-            (t.gather(&all, &idx), p.display().to_string(), numbers)
-        }
-    };
-    let lp = log_prob_rows(&model, &rows, dim, k, &device);
+    let (lp, source, numbers) =
+        score_rows(&model, &state, &a.checkpoint, a.data.as_deref(), &device)?;
     let scores = numbers
         .iter()
         .zip(&lp)
@@ -991,28 +930,6 @@ fn cmd_score(a: ScoreArgs) -> Result<()> {
     }))
 }
 
-/// The modelled then context columns of a table run, as names and as indices into its training
-/// table, and whether that table names its columns; `None` when it is no longer readable.
-#[allow(clippy::type_complexity)]
-fn run_columns(topts: &TableOptions) -> Result<Option<(Vec<String>, Vec<usize>, bool)>> {
-    let Ok(tr) = glowflow::data::table::read_table(&topts.path) else {
-        return Ok(None);
-    };
-    let ctx = tr.column_indices(&topts.context_columns, "--context-columns")?;
-    let cols: Vec<usize> = if topts.columns.is_empty() {
-        (0..tr.width()).filter(|c| !ctx.contains(c)).collect()
-    } else {
-        tr.column_indices(&topts.columns, "--columns")?
-    };
-    let index: Vec<usize> = cols.iter().chain(&ctx).copied().collect();
-    let names = if tr.named {
-        index.iter().map(|&c| tr.columns[c].clone()).collect()
-    } else {
-        index.iter().map(|&c| format!("c{c}")).collect()
-    };
-    Ok(Some((names, index, tr.named)))
-}
-
 /// Whether `dir` holds a vector-flow run (`train2d`), not an image run: its model config has
 /// flow steps (`layers`) and no image `channels`.
 fn is_vector_run(dir: &std::path::Path) -> bool {
@@ -1024,7 +941,7 @@ fn is_vector_run(dir: &std::path::Path) -> bool {
 /// `sample` for a vector flow: `--n` samples at `--temperature` (default 1), for `--context`
 /// when the run has context columns, written as CSV with each sample's log-density.
 fn sample_vectors(a: &SampleArgs, device: &burn::tensor::Device) -> Result<()> {
-    use rand::SeedableRng;
+    use glowflow::eval::vector::sample_rows;
     let (model, state) = load_trained(&a.checkpoint, device)
         .with_context(|| format!("--checkpoint {}", a.checkpoint.display()))?;
     if let Some(c) = a.class {
@@ -1035,53 +952,8 @@ fn sample_vectors(a: &SampleArgs, device: &burn::tensor::Device) -> Result<()> {
         )
         .into());
     }
-    let (d, k) = (state.model.dim, state.model.context);
-    let names = match &state.options.table {
-        Some(t) => run_columns(t)?.map(|(n, _, _)| n),
-        None => None,
-    }
-    .unwrap_or_else(|| (0..d + k).map(|i| format!("x{i}")).collect());
-    if let Some(v) = a.context.iter().find(|v| !v.is_finite()) {
-        return Err(InputError::flag("--context", v, "must be finite").into());
-    }
-    let ctx = match (k, a.context.len()) {
-        (0, 0) => None,
-        (k, n) if n != k => {
-            let why = if k == 0 {
-                "the model has no context columns".to_string()
-            } else {
-                format!(
-                    "the model is conditioned on {k} context column(s) ({}): give {k} comma-separated value(s)",
-                    names[d..].join(", ")
-                )
-            };
-            return Err(InputError::flag("--context", format!("{:?}", a.context), why).into());
-        }
-        (k, _) => {
-            let v: Vec<f32> = (0..a.n)
-                .flat_map(|_| a.context.iter().map(|&c| c as f32))
-                .collect();
-            Some(glowflow::tensor_util::from_vec(v, [a.n, k], device))
-        }
-    };
-    let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(a.seed);
     let t = a.temperature.unwrap_or(1.0);
-    let (x, logp) = model.sample_ctx(a.n, t, ctx.as_ref(), &mut rng, device);
-    let (x, logp) = (
-        glowflow::tensor_util::to_vec(x),
-        glowflow::tensor_util::to_vec(logp),
-    );
-    // Each row: the sample, its context (conditional runs), its log-density.
-    let context: Vec<String> = a.context.iter().map(f64::to_string).collect();
-    let rows = x.chunks(d).zip(&logp).map(|(row, lp)| {
-        let row = row.iter().map(|v| v.to_string());
-        row.chain(context.iter().cloned()).chain([lp.to_string()])
-    });
-    let header: Vec<&str> = names
-        .iter()
-        .map(String::as_str)
-        .chain(["log_prob"])
-        .collect();
+    let (header, rows) = sample_rows(&model, &state, a.n, t, &a.context, a.seed, device)?;
     let out = if a.out.extension().is_some_and(|e| e == "png") {
         a.out.with_extension("csv")
     } else {

@@ -4,6 +4,8 @@ use std::path::{Path, PathBuf};
 
 use anyhow::Result;
 
+use crate::error::InputError;
+
 /// `n` images of `c x h x w` 8-bit pixels, stored `[n, c, h, w]` row-major.
 #[derive(Clone, Debug, PartialEq)]
 pub struct ImageSet {
@@ -208,4 +210,81 @@ pub fn load(spec: &DataSpec, opts: &LoadOptions) -> Result<Splits> {
 /// First existing path among `names` in `dir`.
 pub fn find_file(dir: &Path, names: &[&str]) -> Option<PathBuf> {
     names.iter().map(|n| dir.join(n)).find(|p| p.exists())
+}
+
+/// `spec` with its folder made absolute.
+///
+/// # Errors
+/// A malformed spec or a folder that cannot be resolved (naming `--data`).
+pub fn absolute_spec(spec: &str) -> Result<String> {
+    let parsed: DataSpec = spec
+        .parse()
+        .map_err(|e: String| InputError::flag("--data", spec, e))?;
+    let abs = parsed
+        .absolute()
+        .map_err(|e| InputError::flag("--data", spec, e))?;
+    Ok(abs.to_string())
+}
+
+/// Load the data set the spec `spec` (`idx:DIR`, `cifar10:DIR`, `folder:DIR`) names.
+///
+/// # Errors
+/// Names `--data` for a bad spec or a missing folder, and the file for a malformed one.
+pub fn load_spec(spec: &str, opts: &LoadOptions) -> Result<Splits> {
+    let parsed: DataSpec = spec
+        .parse()
+        .map_err(|e: String| InputError::flag("--data", spec, e))?;
+    if parsed.dir().as_os_str().is_empty() {
+        return Err(InputError::flag("--data", spec, "no folder after the colon").into());
+    }
+    if !parsed.dir().is_dir() {
+        return Err(InputError::flag("--data", spec, "no such directory").into());
+    }
+    load(&parsed, opts)
+}
+
+impl Splits {
+    /// The training and test labels for a model over `classes` classes (`None` when
+    /// `classes` is 0: an unconditional model).
+    ///
+    /// # Errors
+    /// Names `--classes` when the data set (`spec`) has no labels or a label is out of range.
+    pub fn labels(&self, classes: usize, spec: &str) -> Result<Option<(Vec<u8>, Vec<u8>)>> {
+        let k = classes;
+        if k == 0 {
+            return Ok(None);
+        }
+        let (Some(train), Some(test)) = (&self.train_labels, &self.test_labels) else {
+            let why = format!("{spec} has no class labels (IDX label files or CIFAR-10 records)");
+            return Err(InputError::flag("--classes", k, why).into());
+        };
+        let bad = train
+            .iter()
+            .chain(test)
+            .enumerate()
+            .find(|(_, &l)| l as usize >= k);
+        if let Some((i, &l)) = bad {
+            let why =
+                format!("label {l} (image {i} of train then test) is not below the class count");
+            return Err(InputError::flag("--classes", k, why).into());
+        }
+        Ok(Some((train.clone(), test.clone())))
+    }
+}
+
+impl ImageSet {
+    /// Refuse images that are not `[c, h, w]`, the shape a model expects.
+    ///
+    /// # Errors
+    /// Names `--data spec` and both shapes.
+    pub fn check_shape(&self, [c, h, w]: [usize; 3], spec: &str) -> Result<()> {
+        if (self.c, self.h, self.w) == (c, h, w) {
+            return Ok(());
+        }
+        let why = format!(
+            "images are {}x{}x{} but the model expects {c}x{h}x{w}",
+            self.c, self.h, self.w
+        );
+        Err(InputError::flag("--data", spec, why).into())
+    }
 }

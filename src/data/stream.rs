@@ -480,3 +480,30 @@ pub fn step_rng(seed: u64, step: usize) -> ChaCha8Rng {
     rng.set_stream(step as u64 + 1);
     rng
 }
+
+impl TableOptions {
+    /// The modelled then context columns of this table run, as names and as indices into its training
+    /// table, and whether that table names its columns; `None` when it is no longer readable.
+    ///
+    /// # Errors
+    /// A column flag naming a column the table lacks.
+    #[allow(clippy::type_complexity)]
+    pub fn resolved_columns(&self) -> Result<Option<(Vec<String>, Vec<usize>, bool)>> {
+        let Ok(tr) = read_table(&self.path) else {
+            return Ok(None);
+        };
+        let ctx = tr.column_indices(&self.context_columns, "--context-columns")?;
+        let cols: Vec<usize> = if self.columns.is_empty() {
+            (0..tr.width()).filter(|c| !ctx.contains(c)).collect()
+        } else {
+            tr.column_indices(&self.columns, "--columns")?
+        };
+        let index: Vec<usize> = cols.iter().chain(&ctx).copied().collect();
+        let names = if tr.named {
+            index.iter().map(|&c| tr.columns[c].clone()).collect()
+        } else {
+            index.iter().map(|&c| format!("c{c}")).collect()
+        };
+        Ok(Some((names, index, tr.named)))
+    }
+}

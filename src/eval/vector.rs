@@ -5,10 +5,18 @@ use rand::SeedableRng;
 use rand_chacha::ChaCha8Rng;
 use rayon::prelude::*;
 
-use crate::data::stream::TableData;
+use std::path::{Path, PathBuf};
+
+use anyhow::Result;
+
+use crate::data::stream::{test_points, TableData};
+use crate::data::table::read_table;
 use crate::data::toy2d::Target;
+use crate::error::InputError;
 use crate::models::VectorFlow;
 use crate::tensor_util::{from_vec, to_vec};
+use crate::train::train2d::{RunState, Summary};
+use crate::viz::charts::{self, Panel};
 use crate::viz::DensityGrid;
 
 const EVAL_BATCH: usize = 8192;
@@ -163,4 +171,276 @@ pub fn samples_for_test(
     });
     let (x, _) = model.sample_ctx(n, 1.0, ctx.as_ref(), &mut rng, device);
     to_vec(x).into_iter().map(f64::from).collect()
+}
+
+/// A reference scale for density pictures: the target's peak density on the grid.
+pub fn density_scale(target: Target, grid: usize) -> f64 {
+    target_density_grid(target, grid).max().max(1e-12)
+}
+
+/// Test metrics and every picture of a finished run on a 2D target (`target.png`,
+/// `samples.png`, `density.png`, `training.gif` from the frames in `out/frames`); `vmax` is
+/// the density scale of the pictures ([`density_scale`]).
+///
+/// # Errors
+/// A picture that cannot be written.
+pub fn evaluate_and_draw(
+    model: &VectorFlow,
+    state: &RunState,
+    out: &Path,
+    device: &Device,
+    vmax: f64,
+) -> Result<Summary> {
+    let opts = &state.options;
+    let target = opts.target;
+    let test = test_points(target, opts.seed, opts.test_samples);
+    let logp = log_prob_points(model, &test, device);
+    let test_nll = mean_nll(&logp);
+    let entropy = target_entropy(target, &test);
+    let (samples, sample_logp) =
+        model_samples(model, opts.test_samples, opts.seed ^ 0x5A3D, device);
+    let b = target.box_half_width();
+
+    // target.png: data coloured by the true density where known.
+    let target_pts = test.iter().take(20_000).cloned().collect::<Vec<_>>();
+    let target_dens: Option<Vec<f64>> = target_pts
+        .iter()
+        .map(|p| target.log_prob(*p).map(f64::exp))
+        .collect();
+    let name = state.model.model.name();
+    let one = |path: &str, title: String, panel: Panel| {
+        charts::plane_panels(&out.join(path), &[(title, panel)], b, vmax)
+    };
+    one(
+        "target.png",
+        format!("target: {}", target.name()),
+        Panel::Points(&target_pts, target_dens.as_deref()),
+    )?;
+    let sample_dens: Vec<f64> = sample_logp.iter().map(|l| l.exp()).collect();
+    one(
+        "samples.png",
+        format!("{name} samples"),
+        Panel::Points(&samples, Some(&sample_dens)),
+    )?;
+    let grid = model_density_grid(model, target, opts.grid, device);
+    one(
+        "density.png",
+        format!("{name} density, nll {test_nll:.3}"),
+        Panel::Density(&grid),
+    )?;
+
+    write_training_gif(out, opts.grid)?;
+
+    Ok(Summary {
+        entropy,
+        test_nll_minus_entropy: entropy.map(|e| test_nll - e),
+        off_mode_share: target.off_mode_share(&samples),
+        target_off_mode_share: target.off_mode_share(&test),
+        ..Summary::of_run(model, state, target.name().into(), test_nll)
+    })
+}
+
+/// Test figures and pictures of a run on a table: test and training NLL (nats per row, in the
+/// data's units), the full-covariance Gaussian baseline, and a corner plot of test rows against
+/// samples (drawn for the test rows' contexts when the model is conditional).
+pub fn evaluate_table(
+    model: &VectorFlow,
+    state: &RunState,
+    data: &TableData,
+    out: &Path,
+    device: &Device,
+) -> Result<Summary> {
+    let test_lp = log_prob_rows(model, &data.test, data.dim, data.context, device);
+    let train_lp = log_prob_rows(model, &data.train, data.dim, data.context, device);
+    let test_nll = mean_nll(&test_lp);
+    let train_nll = mean_nll(&train_lp);
+    let gaussian = data.gaussian_test_nll();
+    let samples = samples_for_test(data, model, state.options.seed ^ 0x5A3D, device);
+    crate::viz::charts::corner_plot(
+        &out.join("corner.png"),
+        &data.names[..data.dim],
+        &data.test,
+        data.dim + data.context,
+        &samples,
+        &format!(
+            "{}: test rows (blue) vs samples (orange), test NLL {test_nll:.3}",
+            state.model.model.name()
+        ),
+    )?;
+    Ok(Summary {
+        rows: Some((data.train_rows(), data.test_rows())),
+        train_nll: Some(train_nll),
+        gaussian_test_nll: gaussian,
+        ..Summary::of_run(model, state, data.source.clone(), test_nll)
+    })
+}
+
+/// Assemble the saved density frames into `training.gif` (100 ms a frame, looping).
+pub fn write_training_gif(out: &Path, size: usize) -> Result<()> {
+    let mut entries: Vec<PathBuf> = std::fs::read_dir(out.join("frames"))?
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .filter(|p| p.extension().is_some_and(|x| x == "idx"))
+        .collect();
+    entries.sort();
+    let mut frames = Vec::new();
+    for p in entries {
+        let bytes = std::fs::read(&p)?;
+        if bytes.len() == size * size {
+            let step = p
+                .file_stem()
+                .and_then(|s| s.to_str())
+                .and_then(|s| s.parse().ok())
+                .unwrap_or(0);
+            frames.push((step, bytes));
+        }
+    }
+    if frames.is_empty() {
+        return Ok(());
+    }
+    crate::viz::write_gif(&out.join("training.gif"), &frames, size, 10)
+}
+
+/// The rows a `score` of a table run reads and their log-densities: the run's held-out test
+/// rows (`data` = `None`), or every row of the table `data`, its columns matched to the run's
+/// by name when both tables name them, else by position. Returns `log p(x | context)` of each
+/// row (nats, data units), a description of the rows, and each row's 1-based number in its
+/// file.
+///
+/// # Errors
+/// Names `--checkpoint` for a run not trained on a table or whose table changed, `--data` for a
+/// table without the run's columns, and the file for a malformed one.
+pub fn score_rows(
+    model: &VectorFlow,
+    state: &RunState,
+    checkpoint: &Path,
+    data: Option<&Path>,
+    device: &Device,
+) -> Result<(Vec<f64>, String, Vec<usize>)> {
+    let Some(topts) = state.options.table.clone() else {
+        return Err(InputError::flag(
+            "--checkpoint",
+            checkpoint.display(),
+            "was trained on a built-in target, not a table (score needs a train2d --data run)",
+        )
+        .into());
+    };
+    let (dim, k) = (state.model.dim, state.model.context);
+    let (rows, source, numbers) = match data {
+        None => {
+            let d = TableData::load(&topts, state.options.seed)?;
+            if topts
+                .fingerprint
+                .as_ref()
+                .is_some_and(|f| *f != d.fingerprint)
+            {
+                return Err(InputError::flag(
+                    "--checkpoint",
+                    checkpoint.display(),
+                    format!(
+                        "its training table {} changed since the run (its values differ), so its test rows cannot be recovered; give the rows to score with --data",
+                        topts.path.display()
+                    ),
+                )
+                .into());
+            }
+            let source = match &topts.test_path {
+                Some(p) => format!("test table {}", p.display()),
+                None => format!("held-out test rows of {}", topts.path.display()),
+            };
+            (d.test, source, d.test_row_numbers)
+        }
+        Some(p) => {
+            let t = read_table(p)?;
+            // Columns by name when both tables name them, else by the training table's
+            // positions.
+            let want: Vec<String> = match topts.resolved_columns()? {
+                Some((names, _, true)) if t.named => names,
+                Some((_, index, _)) => index.iter().map(usize::to_string).collect(),
+                None => topts
+                    .columns
+                    .iter()
+                    .chain(&topts.context_columns)
+                    .cloned()
+                    .collect(),
+            };
+            let idx = t.column_indices(&want, "--data")?;
+            if idx.len() != dim + k {
+                return Err(InputError::flag(
+                    "--data",
+                    p.display(),
+                    format!("needs the {} columns the model was trained on", dim + k),
+                )
+                .into());
+            }
+            let all: Vec<usize> = (0..t.rows).collect();
+            let numbers = (1..=t.rows).collect();
+            (t.gather(&all, &idx), p.display().to_string(), numbers)
+        }
+    };
+    Ok((log_prob_rows(model, &rows, dim, k, device), source, numbers))
+}
+
+/// `n` samples of a vector flow at `temperature` (seeded `seed`) as CSV rows: each sample, its
+/// `context` (conditional runs: one value per context column, in the run's order) and its
+/// log-density; the header names the run's columns (`x0, x1, ...` when they are unknown) and
+/// `log_prob`.
+///
+/// # Errors
+/// Names `--context` when its values are not finite or not one per context column.
+#[allow(clippy::type_complexity)]
+pub fn sample_rows(
+    model: &VectorFlow,
+    state: &RunState,
+    n: usize,
+    temperature: f64,
+    context: &[f64],
+    seed: u64,
+    device: &Device,
+) -> Result<(Vec<String>, Vec<Vec<String>>)> {
+    let (d, k) = (state.model.dim, state.model.context);
+    let names = match &state.options.table {
+        Some(t) => t.resolved_columns()?.map(|(n, _, _)| n),
+        None => None,
+    }
+    .unwrap_or_else(|| (0..d + k).map(|i| format!("x{i}")).collect());
+    if let Some(v) = context.iter().find(|v| !v.is_finite()) {
+        return Err(InputError::flag("--context", v, "must be finite").into());
+    }
+    let ctx = match (k, context.len()) {
+        (0, 0) => None,
+        (k, n) if n != k => {
+            let why = if k == 0 {
+                "the model has no context columns".to_string()
+            } else {
+                format!(
+                    "the model is conditioned on {k} context column(s) ({}): give {k} comma-separated value(s)",
+                    names[d..].join(", ")
+                )
+            };
+            return Err(InputError::flag("--context", format!("{:?}", context), why).into());
+        }
+        (k, _) => {
+            let v: Vec<f32> = (0..n)
+                .flat_map(|_| context.iter().map(|&c| c as f32))
+                .collect();
+            Some(from_vec(v, [n, k], device))
+        }
+    };
+    let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(seed);
+    let (x, logp) = model.sample_ctx(n, temperature, ctx.as_ref(), &mut rng, device);
+    let (x, logp) = (to_vec(x), to_vec(logp));
+    // Each row: the sample, its context (conditional runs), its log-density.
+    let context: Vec<String> = context.iter().map(f64::to_string).collect();
+    let rows = x
+        .chunks(d)
+        .zip(&logp)
+        .map(|(row, lp)| {
+            let row = row.iter().map(|v| v.to_string());
+            row.chain(context.iter().cloned())
+                .chain([lp.to_string()])
+                .collect()
+        })
+        .collect();
+    let header = names.into_iter().chain(["log_prob".to_string()]).collect();
+    Ok((header, rows))
 }

@@ -50,7 +50,7 @@ const NEW_PREFIX: &str = ".checkpoint.new";
 /// An error naming `path` when `model` holds a NaN or infinite parameter: such weights are never
 /// written to a checkpoint, and never evaluated or sampled from.
 pub fn refuse_nonfinite<M: Module>(model: &M, path: &Path) -> Result<()> {
-    if let Some(p) = crate::train::stability::first_nonfinite_param(model) {
+    if let Some(p) = crate::tensor_util::first_nonfinite_param(model) {
         bail!(
             "{}: parameter {p} holds non-finite values (NaN or infinity); these weights are unusable",
             path.display()

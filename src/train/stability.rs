@@ -15,12 +15,14 @@
 
 use std::collections::HashMap;
 
-use burn::module::{Module, ModuleMapper, ModuleVisitor, Param, ParamId};
+use burn::module::{Module, ModuleVisitor, Param, ParamId};
 use burn::optim::GradientsParams;
 use burn::tensor::{DType, Tensor};
 use serde::{Deserialize, Serialize};
 
-use crate::tensor_util::{from_vec_f64, to_vec, to_vec_f64};
+use crate::tensor_util::{
+    first_nonfinite_param, host_buffers, host_params, set_values, to_vec, to_vec_f64, PathStack,
+};
 
 /// Recipe knobs of the stability guard, part of a run's options (defaults: see [`Default`]).
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -134,23 +136,6 @@ pub fn group_of(path: &[String]) -> String {
     format!("{}{kind}", level.unwrap_or_default())
 }
 
-/// Tracks the module path during a visit (burn calls `enter_module`/`exit_module` with field
-/// names, variant names and `Vec` indices).
-#[derive(Default)]
-struct PathStack(Vec<String>);
-
-impl PathStack {
-    fn enter(&mut self, name: &str) {
-        self.0.push(name.to_string());
-    }
-    fn exit(&mut self) {
-        self.0.pop();
-    }
-    fn joined(&self) -> String {
-        self.0.join(".")
-    }
-}
-
 /// Norms (total and per group) and finiteness of `grads`, the gradients of `model`'s parameters.
 pub fn grad_report<M: Module>(model: &M, grads: &GradientsParams) -> GradReport {
     struct V<'a> {
@@ -245,33 +230,6 @@ pub fn clip_gradients<M: Module>(
     }
 }
 
-/// Path of the first float parameter (or buffer) of `model` holding a NaN or infinity.
-pub fn first_nonfinite_param<M: Module>(model: &M) -> Option<String> {
-    struct V {
-        path: PathStack,
-        found: Option<String>,
-    }
-    impl ModuleVisitor for V {
-        fn enter_module(&mut self, name: &str, _: &str) {
-            self.path.enter(name);
-        }
-        fn exit_module(&mut self, _: &str, _: &str) {
-            self.path.exit();
-        }
-        fn visit_float<const D: usize>(&mut self, param: &Param<Tensor<D>>) {
-            if self.found.is_none() && to_vec(param.val()).iter().any(|v| !v.is_finite()) {
-                self.found = Some(self.path.joined());
-            }
-        }
-    }
-    let mut v = V {
-        path: PathStack::default(),
-        found: None,
-    };
-    model.visit(&mut v);
-    v.found
-}
-
 /// Exponential moving average of a model's float parameters, accumulated on the host in
 /// float64 (a float32 accumulator would drop updates smaller than half an ulp), keyed by the
 /// parameters' stable ids (see `tensor_util::with_sequential_param_ids`). Saved in float64
@@ -339,55 +297,6 @@ impl WeightEma {
     pub fn to_float64_module<M: Module>(&self, model: M) -> M {
         set_values(model, &self.values, Some(DType::F64))
     }
-}
-
-/// `model` with the float state named in `values` set to those values, stored in `dtype` (or
-/// each parameter's own float type). A running statistic is written into its shared cell.
-fn set_values<M: Module>(model: M, values: &HashMap<ParamId, Vec<f64>>, dtype: Option<DType>) -> M {
-    struct Mp<'a>(&'a HashMap<ParamId, Vec<f64>>, Option<DType>);
-    impl ModuleMapper for Mp<'_> {
-        fn map_float<const D: usize>(&mut self, p: Param<Tensor<D>>) -> Param<Tensor<D>> {
-            let dtype = self.1;
-            match self.0.get(&p.id) {
-                Some(v) => p.map(|t| {
-                    let dtype = dtype.unwrap_or(t.dtype());
-                    from_vec_f64(v.clone(), t.dims(), (&t.device(), dtype))
-                }),
-                None => p,
-            }
-        }
-    }
-    model.map(&mut Mp(values, dtype))
-}
-
-/// The float state of `model` that is not trained (running statistics, fixed buffers), on the
-/// host.
-fn host_buffers<M: Module>(model: &M) -> HashMap<ParamId, Vec<f64>> {
-    struct V(HashMap<ParamId, Vec<f64>>);
-    impl ModuleVisitor for V {
-        fn visit_float<const D: usize>(&mut self, param: &Param<Tensor<D>>) {
-            let t = param.val();
-            if !t.is_require_grad() {
-                self.0.insert(param.id, to_vec_f64(t));
-            }
-        }
-    }
-    let mut v = V(HashMap::new());
-    model.visit(&mut v);
-    v.0
-}
-
-/// Every float parameter of `model` on the host, exactly (float64 holds float32 values).
-fn host_params<M: Module>(model: &M) -> HashMap<ParamId, Vec<f64>> {
-    struct V(HashMap<ParamId, Vec<f64>>);
-    impl ModuleVisitor for V {
-        fn visit_float<const D: usize>(&mut self, param: &Param<Tensor<D>>) {
-            self.0.insert(param.id, to_vec_f64(param.val()));
-        }
-    }
-    let mut v = V(HashMap::new());
-    model.visit(&mut v);
-    v.0
 }
 
 /// The outcome of one guarded step, for metrics.

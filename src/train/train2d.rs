@@ -12,7 +12,7 @@ use serde::{Deserialize, Serialize};
 use super::run_dir::{self, apply_change, apply_changes, ResumeChanges};
 use super::stability::{Guard, StabilityOptions};
 use super::trainer::{self, Schedule, Task};
-use crate::data::stream::{test_points, DataStream, TableData, TableOptions};
+use crate::data::stream::{DataStream, TableData, TableOptions};
 use crate::data::toy2d::Target;
 use crate::error::{FieldError, InputError};
 use crate::eval::vector as eval;
@@ -20,8 +20,6 @@ use crate::flow::Flow;
 use crate::models::{VectorFlow, VectorFlowConfig};
 use crate::ops::adam::optimizer;
 use crate::tensor_util::from_vec;
-use crate::viz::charts::{self, Panel};
-use crate::viz::{self, DensityGrid};
 
 /// Training hyper-parameters (defaults: the tutorial's recipe).
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -193,7 +191,7 @@ pub struct Summary {
 impl Summary {
     /// The figures every run has: the run's model, steps, timing and `test_nll` on `target`
     /// (a target's name or a table's file); the target- and table-only figures empty.
-    fn of_run(model: &VectorFlow, state: &RunState, target: String, test_nll: f64) -> Self {
+    pub fn of_run(model: &VectorFlow, state: &RunState, target: String, test_nll: f64) -> Self {
         Summary {
             model: state.model.model.name().into(),
             target,
@@ -240,6 +238,7 @@ pub struct RunIo {
     pub force: bool,
 }
 
+/// Where a run on a 2D target keeps its density frames (assembled into `training.gif`).
 fn frames_dir(out: &Path) -> PathBuf {
     out.join("frames")
 }
@@ -250,11 +249,6 @@ fn frames_dir(out: &Path) -> PathBuf {
 /// As [`trainer::load_for_eval`].
 pub fn load_trained(dir: &Path, device: &Device) -> Result<(VectorFlow, RunState)> {
     trainer::load_for_eval::<VectorFlow>(dir, device).map(|(m, s, _)| (m, s))
-}
-
-/// A reference scale for density pictures: the target's peak density on the grid.
-pub fn density_scale(target: Target, grid: usize) -> f64 {
-    eval::target_density_grid(target, grid).max().max(1e-12)
 }
 
 /// Refuse a batch size the model cannot use: a model that uses batch statistics (Real NVP's
@@ -412,7 +406,7 @@ pub fn train2d(
     let guard = Guard::new(&model, opts.stability.clone(), ema, run.skipped_steps);
     // Density frames are pictures of a 2D target's plane.
     let frames = if table.is_some() { 0 } else { opts.frames };
-    let vmax = density_scale(opts.target, opts.grid);
+    let vmax = eval::density_scale(opts.target, opts.grid);
     let threads = run.threads.unwrap_or(1).max(1);
     let schedule = Schedule {
         out: out.clone(),
@@ -447,146 +441,12 @@ pub fn train2d(
     let done = trainer::train(&mut task, model, optim, guard, schedule)?;
     let eval = done.guard.eval_weights(done.model.valid());
     let summary = match &table {
-        Some(t) => evaluate_table(&eval, &done.state, t, out, device)?,
-        None => evaluate_and_draw(&eval, &done.state, out, device, vmax)?,
+        Some(t) => eval::evaluate_table(&eval, &done.state, t, out, device)?,
+        None => eval::evaluate_and_draw(&eval, &done.state, out, device, vmax)?,
     };
     crate::viz::charts::loss_curve(out, "step", "loss", "training NLL (nats)")?;
     super::save_summary(&summary, &out.join("summary.json"))?;
     Ok(summary)
-}
-
-/// Test metrics and every picture of a finished run.
-fn evaluate_and_draw(
-    model: &VectorFlow,
-    state: &RunState,
-    out: &Path,
-    device: &Device,
-    vmax: f64,
-) -> Result<Summary> {
-    let opts = &state.options;
-    let target = opts.target;
-    let test = test_points(target, opts.seed, opts.test_samples);
-    let logp = eval::log_prob_points(model, &test, device);
-    let test_nll = eval::mean_nll(&logp);
-    let entropy = eval::target_entropy(target, &test);
-    let (samples, sample_logp) =
-        eval::model_samples(model, opts.test_samples, opts.seed ^ 0x5A3D, device);
-    let b = target.box_half_width();
-
-    // target.png: data coloured by the true density where known.
-    let target_pts = test.iter().take(20_000).cloned().collect::<Vec<_>>();
-    let target_dens: Option<Vec<f64>> = target_pts
-        .iter()
-        .map(|p| target.log_prob(*p).map(f64::exp))
-        .collect();
-    let name = state.model.model.name();
-    let one = |path: &str, title: String, panel: Panel| {
-        charts::plane_panels(&out.join(path), &[(title, panel)], b, vmax)
-    };
-    one(
-        "target.png",
-        format!("target: {}", target.name()),
-        Panel::Points(&target_pts, target_dens.as_deref()),
-    )?;
-    let sample_dens: Vec<f64> = sample_logp.iter().map(|l| l.exp()).collect();
-    one(
-        "samples.png",
-        format!("{name} samples"),
-        Panel::Points(&samples, Some(&sample_dens)),
-    )?;
-    let grid = eval::model_density_grid(model, target, opts.grid, device);
-    one(
-        "density.png",
-        format!("{name} density, nll {test_nll:.3}"),
-        Panel::Density(&grid),
-    )?;
-
-    write_training_gif(out, opts.grid)?;
-
-    Ok(Summary {
-        entropy,
-        test_nll_minus_entropy: entropy.map(|e| test_nll - e),
-        off_mode_share: target.off_mode_share(&samples),
-        target_off_mode_share: target.off_mode_share(&test),
-        ..Summary::of_run(model, state, target.name().into(), test_nll)
-    })
-}
-
-/// Test figures and pictures of a run on a table: test and training NLL (nats per row, in the
-/// data's units), the full-covariance Gaussian baseline, and a corner plot of test rows against
-/// samples (drawn for the test rows' contexts when the model is conditional).
-fn evaluate_table(
-    model: &VectorFlow,
-    state: &RunState,
-    data: &TableData,
-    out: &Path,
-    device: &Device,
-) -> Result<Summary> {
-    let test_lp = eval::log_prob_rows(model, &data.test, data.dim, data.context, device);
-    let train_lp = eval::log_prob_rows(model, &data.train, data.dim, data.context, device);
-    let test_nll = eval::mean_nll(&test_lp);
-    let train_nll = eval::mean_nll(&train_lp);
-    let gaussian = data.gaussian_test_nll();
-    let samples = eval::samples_for_test(data, model, state.options.seed ^ 0x5A3D, device);
-    crate::viz::charts::corner_plot(
-        &out.join("corner.png"),
-        &data.names[..data.dim],
-        &data.test,
-        data.dim + data.context,
-        &samples,
-        &format!(
-            "{}: test rows (blue) vs samples (orange), test NLL {test_nll:.3}",
-            state.model.model.name()
-        ),
-    )?;
-    Ok(Summary {
-        rows: Some((data.train_rows(), data.test_rows())),
-        train_nll: Some(train_nll),
-        gaussian_test_nll: gaussian,
-        ..Summary::of_run(model, state, data.source.clone(), test_nll)
-    })
-}
-
-/// Assemble the saved density frames into `training.gif` (100 ms a frame, looping).
-fn write_training_gif(out: &Path, size: usize) -> Result<()> {
-    let mut entries: Vec<PathBuf> = std::fs::read_dir(frames_dir(out))?
-        .filter_map(|e| e.ok().map(|e| e.path()))
-        .filter(|p| p.extension().is_some_and(|x| x == "idx"))
-        .collect();
-    entries.sort();
-    let mut frames = Vec::new();
-    for p in entries {
-        let bytes = std::fs::read(&p)?;
-        if bytes.len() == size * size {
-            let step = p
-                .file_stem()
-                .and_then(|s| s.to_str())
-                .and_then(|s| s.parse().ok())
-                .unwrap_or(0);
-            frames.push((step, bytes));
-        }
-    }
-    if frames.is_empty() {
-        return Ok(());
-    }
-    viz::write_gif(&out.join("training.gif"), &frames, size, 10)
-}
-
-/// The density map of the target and several models, side by side on one scale, written as
-/// PNG at `path`.
-pub fn comparison_picture(
-    target: Target,
-    grids: &[(String, DensityGrid)],
-    grid: usize,
-    path: &Path,
-) -> Result<()> {
-    let vmax = density_scale(target, grid);
-    let target_grid = eval::target_density_grid(target, grid);
-    let mut items = vec![("target".to_string(), Panel::Density(&target_grid))];
-    for (name, g) in grids {
-        items.push((name.clone(), Panel::Density(g)));
-    }
-    charts::plane_panels(path, &items, target.box_half_width(), vmax)
 }
 
 /// A vector flow's part of the one training loop: batches from a 2D target or a table, the

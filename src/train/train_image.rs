@@ -12,8 +12,9 @@ use super::run_dir::{self, apply_change, apply_changes, ResumeChanges};
 use super::stability::{Guard, StabilityOptions};
 use super::trainer::{self, Schedule, Task};
 use super::RunIo;
+use crate::data::images::absolute_spec;
 use crate::data::stream::{epoch_batch, image_batch, image_rows, step_rng, with_one_hot};
-use crate::data::{DataSpec, ImageSet, LoadOptions};
+use crate::data::LoadOptions;
 use crate::error::{FieldError, InputError};
 use crate::eval::images::{bpd_of, class_eval, sample_grid, BpdReport};
 use crate::layers::ActNormFlags;
@@ -194,104 +195,14 @@ pub struct ImageSummary {
     pub test_accuracy: Option<f64>,
 }
 
-/// Load the data set `opts.data` names (padded or resized as `opts` says). Errors name `--data`
-/// and, for a bad file, the file.
-/// An error naming `--data spec` when the images of `set` are not the shape `cfg` expects.
-pub fn check_image_shape(set: &ImageSet, cfg: &GlowImageConfig, spec: &str) -> Result<()> {
-    if (set.c, set.h, set.w) == (cfg.channels, cfg.height, cfg.width) {
-        return Ok(());
-    }
-    Err(InputError::flag(
-        "--data",
-        spec,
-        format!(
-            "images are {}x{}x{} but the model expects {}x{}x{}",
-            set.c, set.h, set.w, cfg.channels, cfg.height, cfg.width
-        ),
-    )
-    .into())
-}
-
-/// `spec` with its folder made absolute; errors name `--data`.
-fn absolute_spec(spec: &str) -> Result<String> {
-    let parsed: DataSpec = spec
-        .parse()
-        .map_err(|e: String| InputError::flag("--data", spec, e))?;
-    let abs = parsed
-        .absolute()
-        .map_err(|e| InputError::flag("--data", spec, e))?;
-    Ok(abs.to_string())
-}
-
-/// Load the data set `opts.data` names (padded or resized as `opts` says).
+/// Load the data set `opts.data` names (padded or resized as `opts` says; see
+/// [`crate::data::images::load_spec`]).
 ///
 /// # Errors
 /// Names `--data` for a bad spec or a missing folder, and the file for a malformed one.
 pub fn load_data(opts: &ImageTrainOptions) -> Result<crate::data::Splits> {
-    let spec: DataSpec = opts
-        .data
-        .parse()
-        .map_err(|e: String| InputError::flag("--data", &opts.data, e))?;
-    if spec.dir().as_os_str().is_empty() {
-        return Err(InputError::flag("--data", &opts.data, "no folder after the colon").into());
-    }
-    if !spec.dir().is_dir() {
-        return Err(InputError::flag("--data", &opts.data, "no such directory").into());
-    }
-    crate::data::images::load(
-        &spec,
-        &LoadOptions {
-            pad: opts.pad,
-            size: opts.size,
-            grey: opts.grey,
-        },
-    )
-}
-
-/// The training and test labels of a class-conditional run (`None` for an unconditional one);
-/// errors name `--classes` when the data set has no labels or a label is out of range.
-pub fn class_labels(
-    data: &crate::data::Splits,
-    cfg: &GlowImageConfig,
-    opts: &ImageTrainOptions,
-) -> Result<Option<(Vec<u8>, Vec<u8>)>> {
-    let k = cfg.classes;
-    if k == 0 {
-        if opts.weight_y > 0.0 {
-            return Err(InputError::flag(
-                "--weight-y",
-                opts.weight_y,
-                "needs a class-conditional model (--classes K)",
-            )
-            .into());
-        }
-        return Ok(None);
-    }
-    let (Some(train), Some(test)) = (&data.train_labels, &data.test_labels) else {
-        return Err(InputError::flag(
-            "--classes",
-            k,
-            format!(
-                "{} has no class labels (IDX label files or CIFAR-10 records)",
-                opts.data
-            ),
-        )
-        .into());
-    };
-    if let Some((i, &l)) = train
-        .iter()
-        .chain(test)
-        .enumerate()
-        .find(|(_, &l)| l as usize >= k)
-    {
-        return Err(InputError::flag(
-            "--classes",
-            k,
-            format!("label {l} (image {i} of train then test) is not below the class count"),
-        )
-        .into());
-    }
-    Ok(Some((train.clone(), test.clone())))
+    let (pad, size, grey) = (opts.pad, opts.size, opts.grey);
+    crate::data::images::load_spec(&opts.data, &LoadOptions { pad, size, grey })
 }
 
 /// The trained weights of a run or checkpoint directory, without the weight average (see
@@ -344,6 +255,10 @@ pub fn train_image(start: ImageStart, io: &RunIo, device: &Device) -> Result<Ima
         ImageStart::Fresh(cfg, mut opts) => {
             cfg.validate().map_err(FieldError::on_flag)?;
             opts.validate().map_err(FieldError::on_flag)?;
+            if cfg.classes == 0 && opts.weight_y > 0.0 {
+                let why = "needs a class-conditional model (--classes K)";
+                return Err(InputError::flag("--weight-y", opts.weight_y, why).into());
+            }
             opts.data = absolute_spec(&opts.data)?;
             let model = GlowImage::new(&cfg, &train_device);
             let optim = optimizer(opts.stability.optimizer);
@@ -372,7 +287,8 @@ pub fn train_image(start: ImageStart, io: &RunIo, device: &Device) -> Result<Ima
     let (cfg, opts, first) = (run.model.clone(), run.options.clone(), run.step);
     trainer::check_steps(first, opts.steps)?;
     let data = load_data(&opts)?;
-    check_image_shape(&data.train, &cfg, &opts.data)?;
+    data.train
+        .check_shape([cfg.channels, cfg.height, cfg.width], &opts.data)?;
     let print = data.train.fingerprint();
     if let Some(want) = &run.data_fingerprint {
         if *want != print {
@@ -388,7 +304,7 @@ pub fn train_image(start: ImageStart, io: &RunIo, device: &Device) -> Result<Ima
     }
     run.data_fingerprint = Some(print);
     check_batch(&cfg, &opts, data.train.n).map_err(FieldError::on_flag)?;
-    let labels = class_labels(&data, &cfg, &opts)?;
+    let labels = data.labels(cfg.classes, &opts.data)?;
 
     if first == 0 && !model.actnorm_flags().iter().all(|&f| f) {
         let idx = epoch_batch(data.train.n, opts.init_batch.max(1), opts.seed ^ 0x1417, 0);
