@@ -784,29 +784,20 @@ fn cmd_eval(a: EvalArgs, reconstruct: bool) -> Result<()> {
         let labels = data.labels(cfg.classes, &opts.data)?;
         let test_labels = labels.as_ref().map(|(_, t)| &t[..]);
         let figures = class_eval(&model, &data.test, test_labels, cfg.n_bits, 256, &device);
-        let bpd = figures.bpd;
-        let r = BpdReport::new(&bpd);
+        let bpd = &figures.bpd;
+        let r = BpdReport::new(bpd);
         if let Some(p) = &a.per_image {
             // Written after the figures are printed (below), so a failed write loses nothing.
             per_image = Some((p.clone(), bpd.clone()));
         }
-        if r.nonfinite > 0 {
-            failure = Some(anyhow::anyhow!(
-                "{} of {} test images have a non-finite bits/dim (worst: {:?})",
-                r.nonfinite,
-                bpd.len(),
-                &r.worst[..r.nonfinite.min(r.worst.len())]
-            ));
-        }
+        failure = r.nonfinite_message(bpd.len()).map(anyhow::Error::msg);
         json!({
             "checkpoint": a.checkpoint,
             "ema_weights": ema,
             "data": opts.data,
             "test_images": data.test.n,
             "test_bpd": r.mean,
-            "test_bpd_marginal": figures
-                .marginal_bpd
-                .map(|v| v.iter().sum::<f64>() / v.len().max(1) as f64),
+            "test_bpd_marginal": figures.marginal_mean(),
             "test_accuracy": figures.accuracy,
             "test_report": r,
         })
@@ -832,7 +823,7 @@ fn cmd_eval(a: EvalArgs, reconstruct: bool) -> Result<()> {
 }
 
 fn cmd_sample(a: SampleArgs) -> Result<()> {
-    use glowflow::eval::images::{sample_batch, sample_batch_of};
+    use glowflow::eval::images::sample_classes;
     use glowflow::train::train_image::load_for_eval;
     let device = glowflow::device_by_name(&a.device)?;
     if is_vector_run(&a.checkpoint) {
@@ -854,37 +845,8 @@ fn cmd_sample(a: SampleArgs) -> Result<()> {
     if let Some(why) = glowflow::limits::memory_shortfall(need) {
         return Err(InputError::flag("--n", a.n, why).into());
     }
-    let k = model.classes();
-    let (batch, cols) = match (a.class, k) {
-        (Some(c), 0) => {
-            return Err(InputError::flag(
-                "--class",
-                c,
-                "the model is not class-conditional (trained without --classes)",
-            )
-            .into())
-        }
-        (Some(c), k) if c >= k => {
-            return Err(InputError::flag("--class", c, format!("the model has {k} classes")).into())
-        }
-        (Some(c), _) => (
-            sample_batch_of(&model, a.n, temperature, a.seed, Some(&vec![c; a.n])),
-            (a.n as f64).sqrt().ceil() as usize,
-        ),
-        (None, 0) => (
-            sample_batch(&model, a.n, temperature, a.seed),
-            (a.n as f64).sqrt().ceil() as usize,
-        ),
-        // One row per class, --n samples in all (at least one per class).
-        (None, k) => {
-            let per = a.n.div_ceil(k).max(1);
-            let labels: Vec<usize> = (0..k).flat_map(|c| std::iter::repeat_n(c, per)).collect();
-            (
-                sample_batch_of(&model, labels.len(), temperature, a.seed, Some(&labels)),
-                per,
-            )
-        }
-    };
+    let per_class = a.n.div_ceil(model.classes().max(1)).max(1);
+    let (batch, cols) = sample_classes(&model, a.n, a.class, per_class, temperature, a.seed)?;
     let grid = batch.grid_cols(&state.model, cols)?;
     grid.save_png(&a.out)?;
     println!(

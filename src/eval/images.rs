@@ -11,6 +11,7 @@ use serde::{Deserialize, Serialize};
 use crate::data::dequant::to_pixels;
 use crate::data::stream::image_batch;
 use crate::data::ImageSet;
+use crate::error::InputError;
 use crate::models::glow_image::one_hot;
 use crate::models::{GlowImage, GlowImageConfig};
 use crate::tensor_util::{cast_module, to_vec, to_vec_f64};
@@ -47,6 +48,14 @@ pub struct ClassEval {
     /// Share of images whose `argmax_y log p(x | y)` is their true class (the training-free
     /// classifier; needs labels).
     pub accuracy: Option<f64>,
+}
+
+impl ClassEval {
+    /// Mean of [`marginal_bpd`](Self::marginal_bpd) (class-conditional models).
+    pub fn marginal_mean(&self) -> Option<f64> {
+        let v = self.marginal_bpd.as_ref()?;
+        Some(v.iter().sum::<f64>() / v.len().max(1) as f64)
+    }
 }
 
 /// Evaluate every image of `set` (one dequantisation draw with a fixed seed) under `model`,
@@ -125,6 +134,18 @@ pub struct BpdReport {
 }
 
 impl BpdReport {
+    /// `N of M test images have a non-finite bits/dim (worst: ...)` when any has (`images`:
+    /// how many were evaluated).
+    pub fn nonfinite_message(&self, images: usize) -> Option<String> {
+        let worst = &self.worst[..self.nonfinite.min(self.worst.len())];
+        (self.nonfinite > 0).then(|| {
+            format!(
+                "{} of {images} test images have a non-finite bits/dim (worst: {worst:?})",
+                self.nonfinite
+            )
+        })
+    }
+
     /// Summarise per-image bits/dim values.
     pub fn new(bpd: &[f64]) -> Self {
         let mut finite: Vec<f64> = bpd.iter().copied().filter(|v| v.is_finite()).collect();
@@ -267,6 +288,44 @@ impl SampleBatch {
     }
 }
 
+/// Samples at `temperature` (seed `seed`) with the number of grid columns to show them in:
+/// `n` of class `class`, or of the unconditional model; with no class given, a class-conditional
+/// model draws one row of `per_class` samples for each class.
+///
+/// # Errors
+/// Names `--class` when it is given to an unconditional model or is not below the class count.
+pub fn sample_classes(
+    model: &GlowImage,
+    n: usize,
+    class: Option<usize>,
+    per_class: usize,
+    temperature: f64,
+    seed: u64,
+) -> Result<(SampleBatch, usize)> {
+    let side = (n as f64).sqrt().ceil() as usize;
+    match (class, model.classes()) {
+        (Some(c), 0) => {
+            let why = "the model is not class-conditional (trained without --classes)";
+            Err(InputError::flag("--class", c, why).into())
+        }
+        (Some(c), k) if c >= k => {
+            Err(InputError::flag("--class", c, format!("the model has {k} classes")).into())
+        }
+        (Some(c), _) => Ok((
+            sample_batch_of(model, n, temperature, seed, Some(&vec![c; n])),
+            side,
+        )),
+        (None, 0) => Ok((sample_batch(model, n, temperature, seed), side)),
+        (None, k) => {
+            let labels: Vec<usize> = (0..k)
+                .flat_map(|c| std::iter::repeat_n(c, per_class))
+                .collect();
+            let batch = sample_batch_of(model, labels.len(), temperature, seed, Some(&labels));
+            Ok((batch, per_class))
+        }
+    }
+}
+
 /// A grid of `n` samples at `temperature` as an image (nearest-neighbour upscaled to >= 64 px);
 /// an error when any sample is non-finite (see [`SampleBatch::grid`]). A class-conditional
 /// model draws one row per class instead (classes x classes samples, at most 10 per row).
@@ -277,13 +336,9 @@ pub fn sample_grid(
     temperature: f64,
     seed: u64,
 ) -> Result<Canvas> {
-    let k = model.classes();
-    if k == 0 {
-        return sample_batch(model, n, temperature, seed).grid(cfg);
-    }
-    let per = k.clamp(2, 10);
-    let labels: Vec<usize> = (0..k).flat_map(|c| std::iter::repeat_n(c, per)).collect();
-    sample_batch_of(model, labels.len(), temperature, seed, Some(&labels)).grid_cols(cfg, per)
+    let per = model.classes().clamp(2, 10);
+    let (batch, cols) = sample_classes(model, n, None, per, temperature, seed)?;
+    batch.grid_cols(cfg, cols)
 }
 
 /// Max |inverse(forward(x)) - x| over the first `n` test images, latents reused exactly, with the

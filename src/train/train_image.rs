@@ -372,22 +372,13 @@ pub fn train_image(start: ImageStart, io: &RunIo, device: &Device) -> Result<Ima
         parameters: eval.num_params(),
         config: cfg,
         options: opts,
-        test_bpd_marginal: figures
-            .marginal_bpd
-            .map(|v| v.iter().sum::<f64>() / v.len().max(1) as f64),
+        test_bpd_marginal: figures.marginal_mean(),
         test_accuracy: figures.accuracy,
     };
     super::save_summary(&summary, &out.join("summary.json"))?;
     // The run and its checkpoint are saved; a non-finite evaluation is still a failure.
-    let r = &summary.test_report;
-    if r.nonfinite > 0 {
-        bail!(
-            "{} of {} test images have a non-finite bits/dim (worst: {:?}); see {}",
-            r.nonfinite,
-            summary.test_images,
-            &r.worst[..r.nonfinite.min(r.worst.len())],
-            out.join("summary.json").display()
-        );
+    if let Some(why) = summary.test_report.nonfinite_message(summary.test_images) {
+        bail!("{why}; see {}", out.join("summary.json").display());
     }
     if let Err(e) = samples {
         bail!("no samples.png written: {e:#}");
