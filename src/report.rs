@@ -17,6 +17,9 @@ use crate::train::{run_dir, RunIo, Start, Train2dOptions};
 use crate::viz::charts::{self, Panel};
 use crate::viz::DensityGrid;
 
+/// Default step budget of a comparison: both models within about 10 minutes on 2 cores.
+pub const DEFAULT_STEPS: usize = 3_000;
+
 /// Train every model of `models` (title, config) with `opts` into `out/<model name>`, then write
 /// `compare.png` (2D targets), `compare.json` and `compare.md` into `out`; returns the report.
 /// `io.out` is unused (each model trains in its own folder of `out`).

@@ -102,16 +102,32 @@ pub fn replace_buffer<const D: usize>(p: &Param<Tensor<D>>, value: Tensor<D>) ->
 
 /// Number a module's parameters 1, 2, 3, ... in module order, so a model rebuilt from the same
 /// config has the same identities and a saved optimizer state (keyed by `ParamId`) reattaches
-/// on resume.
+/// on resume. ActNorm's `initialized` flags are numbered apart (from 2^48), so adding them
+/// (checkpoint format 3) left every other identity, and older optimizer states, as they were.
 pub fn with_sequential_param_ids<M: Module>(module: M) -> M {
-    struct Numbering(u64);
+    #[derive(Default)]
+    struct Numbering {
+        count: u64,
+        flags: u64,
+        path: PathStack,
+    }
     impl Numbering {
         fn next(&mut self) -> ParamId {
-            self.0 += 1;
-            ParamId::from(self.0)
+            if self.path.0.last().is_some_and(|n| n == "initialized") {
+                self.flags += 1;
+                return ParamId::from((1u64 << 48) + self.flags);
+            }
+            self.count += 1;
+            ParamId::from(self.count)
         }
     }
     impl ModuleMapper for Numbering {
+        fn enter_module(&mut self, name: &str, _: &str) {
+            self.path.enter(name);
+        }
+        fn exit_module(&mut self, _: &str, _: &str) {
+            self.path.exit();
+        }
         fn map_float<const D: usize>(&mut self, mut p: Param<Tensor<D>>) -> Param<Tensor<D>> {
             p.id = self.next();
             p
@@ -124,7 +140,7 @@ pub fn with_sequential_param_ids<M: Module>(module: M) -> M {
             p
         }
     }
-    module.map(&mut Numbering(0))
+    module.map(&mut Numbering::default())
 }
 
 /// Tracks the module path during a visit (burn calls `enter_module`/`exit_module` with field
@@ -225,4 +241,50 @@ pub fn host_params<M: Module>(model: &M) -> HashMap<ParamId, Vec<f64>> {
     let mut v = V(HashMap::new());
     model.visit(&mut v);
     v.0
+}
+
+/// `module` with its float buffers named `name` (the last part of their path) set to 1 or 0 from
+/// `flags`, in module order.
+///
+/// # Errors
+/// `flags` does not have one value per such buffer (nothing is then meant to be used).
+pub fn set_flags<M: Module>(module: M, name: &str, flags: &[bool]) -> Result<M, String> {
+    struct Flags<'a> {
+        name: &'a str,
+        flags: &'a [bool],
+        seen: usize,
+        path: PathStack,
+    }
+    impl ModuleMapper for Flags<'_> {
+        fn enter_module(&mut self, name: &str, _: &str) {
+            self.path.enter(name);
+        }
+        fn exit_module(&mut self, _: &str, _: &str) {
+            self.path.exit();
+        }
+        fn map_float<const D: usize>(&mut self, p: Param<Tensor<D>>) -> Param<Tensor<D>> {
+            if self.path.0.last().map(String::as_str) != Some(self.name) {
+                return p;
+            }
+            let on = self.flags.get(self.seen).copied().unwrap_or(false);
+            self.seen += 1;
+            let value = Tensor::full(p.dims(), if on { 1.0 } else { 0.0 }, &p.device());
+            replace_buffer(&p, value)
+        }
+    }
+    let mut m = Flags {
+        name,
+        flags,
+        seen: 0,
+        path: PathStack::default(),
+    };
+    let module = module.map(&mut m);
+    if m.seen != flags.len() {
+        return Err(format!(
+            "{} flags for {} {name} buffers",
+            flags.len(),
+            m.seen
+        ));
+    }
+    Ok(module)
 }

@@ -64,9 +64,9 @@ fn actnorm_initialisation_normalises_each_channel() {
     let shift = Tensor::<1>::from_floats([-3.0, 0.5, 100.0], &device).reshape([1, 3, 1, 1]);
     let x = x * scale + shift;
     let mut a = ActNorm::new(3, &device);
-    assert!(!a.initialized);
+    assert!(!a.is_initialized());
     a.initialize(&x);
-    assert!(a.initialized);
+    assert!(a.is_initialized());
     let y = to_vec(a.forward(x).0);
     for c in 0..3 {
         let vals: Vec<f64> = (0..256)

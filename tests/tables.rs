@@ -368,7 +368,7 @@ fn checkpoints_of_the_previous_format_load_and_newer_ones_are_refused() {
     let state = out.join("checkpoint/state.json");
     let mut v: serde_json::Value =
         serde_json::from_str(&std::fs::read_to_string(&state).unwrap()).unwrap();
-    assert_eq!(v["format"], 2);
+    assert_eq!(v["format"], 3);
     // Format 1 (the previous release): no version key, no vector dimension / context /
     // standardisation fields, no table.
     let obj = v.as_object_mut().unwrap();

@@ -14,16 +14,18 @@ use clap::{ArgMatches, Args, CommandFactory, FromArgMatches, Parser, Subcommand}
 use serde_json::json;
 
 use glowflow::data::stream::TableOptions;
+use glowflow::data::stream::DEFAULT_TEST_FRACTION;
 use glowflow::data::Target;
 use glowflow::error::{FieldError, InputError};
 use glowflow::limits::{
     MAX_FLOW_STEPS, MAX_IMAGE_SIDE, MAX_LEVELS, MAX_STEPS, MAX_THREADS, MAX_WIDTH,
 };
-use glowflow::models::{CouplingKind, ModelKind, Permutation, VectorFlowConfig};
+use glowflow::models::{CouplingKind, GlowImageConfig, ModelKind, Permutation, VectorFlowConfig};
 use glowflow::train::run_dir::{self, ResumeChanges};
 use glowflow::train::stability::StabilityOptions;
 use glowflow::train::train2d::load_trained;
 use glowflow::train::train_image::image_recipe_stability;
+use glowflow::train::train_image::ImageTrainOptions;
 use glowflow::train::{checkpoint, interrupt, train2d, RunIo, Start, Train2dOptions};
 
 #[derive(Parser, Debug)]
@@ -132,54 +134,54 @@ pub struct TrainArgs {
     /// Folder images: load as greyscale.
     #[arg(long)]
     pub grey: bool,
-    #[arg(long, default_value_t = 3, value_parser = parse::count::<1, MAX_LEVELS>)]
+    #[arg(long, default_value_t = image_model().levels, value_parser = parse::count::<1, MAX_LEVELS>)]
     pub levels: usize,
-    #[arg(long, default_value_t = 6, value_parser = parse::count::<1, MAX_FLOW_STEPS>)]
+    #[arg(long, default_value_t = image_model().depth, value_parser = parse::count::<1, MAX_FLOW_STEPS>)]
     pub depth: usize,
     /// Coupling-CNN width.
-    #[arg(long, default_value_t = 64, value_parser = parse::count::<1, MAX_WIDTH>)]
+    #[arg(long, default_value_t = image_model().hidden, value_parser = parse::count::<1, MAX_WIDTH>)]
     pub width: usize,
-    #[arg(long, value_enum, default_value = "affine")]
+    #[arg(long, value_enum, default_value_t = image_model().coupling)]
     pub coupling: glowflow::models::ImageCoupling,
-    #[arg(long, value_enum, default_value = "lu")]
+    #[arg(long, value_enum, default_value_t = image_model().permutation)]
     pub permutation: glowflow::models::Permutation,
     /// Bits per pixel kept (8: the standard for comparing bits/dim with published numbers).
-    #[arg(long, default_value_t = 8, value_parser = parse::bits)]
+    #[arg(long, default_value_t = image_model().n_bits, value_parser = parse::bits)]
     pub n_bits: u32,
     /// Use N(0, I) as the top prior instead of a learned Gaussian.
     #[arg(long)]
     pub fixed_top: bool,
     /// Class-conditional Glow over this many classes (the data's labels: IDX label files or
     /// CIFAR-10 records): a class-conditioned top prior (openai/glow's --ycond). 0: unconditional.
-    #[arg(long, default_value_t = 0, value_parser = parse::count::<0, 65_536>)]
+    #[arg(long, default_value_t = image_model().classes, value_parser = parse::count::<0, 65_536>)]
     pub classes: usize,
     /// Weight of the class-prediction loss on the top latent, bits per image (openai/glow's
     /// --weight-y; 0.01 there). Needs --classes.
-    #[arg(long, default_value_t = 0.0, value_parser = parse::weight)]
+    #[arg(long, default_value_t = image_recipe().weight_y, value_parser = parse::weight)]
     pub weight_y: f64,
     /// Images per batch (at most the training set).
-    #[arg(long, default_value_t = 64, value_parser = parse::count::<1, 1_048_576>)]
+    #[arg(long, default_value_t = image_recipe().batch, value_parser = parse::count::<1, 1_048_576>)]
     pub batch: usize,
     /// Learning rate (openai/glow's 1e-3; stable with the default gradient-norm clipping). May
     /// change on --resume (recorded in the checkpoint).
-    #[arg(long, default_value_t = 1e-3, value_parser = parse::learning_rate)]
+    #[arg(long, default_value_t = image_recipe().lr, value_parser = parse::learning_rate)]
     pub lr: f64,
     /// Linear warm-up steps.
-    #[arg(long, default_value_t = 200, value_parser = parse::count::<0, MAX_STEPS>)]
+    #[arg(long, default_value_t = image_recipe().warmup, value_parser = parse::count::<0, MAX_STEPS>)]
     pub warmup: usize,
     /// Total training steps (default 2000; on --resume, the checkpoint's own total).
     #[arg(long, value_parser = parse::count::<1, MAX_STEPS>)]
     pub steps: Option<usize>,
-    #[arg(long, default_value_t = 0)]
+    #[arg(long, default_value_t = image_recipe().seed)]
     pub seed: u64,
     /// Write a sample grid every this many steps (0: never).
-    #[arg(long, default_value_t = 500, value_parser = parse::count::<0, MAX_STEPS>)]
+    #[arg(long, default_value_t = image_recipe().sample_every, value_parser = parse::count::<0, MAX_STEPS>)]
     pub sample_every: usize,
     /// Save a checkpoint every this many steps (0: at the end only; Ctrl-C also saves).
-    #[arg(long, default_value_t = 500, value_parser = parse::count::<0, MAX_STEPS>)]
+    #[arg(long, default_value_t = image_recipe().checkpoint_every, value_parser = parse::count::<0, MAX_STEPS>)]
     pub checkpoint_every: usize,
     /// Evaluate on at most this many test images (0: the whole test split).
-    #[arg(long, default_value_t = 0, value_parser = parse::count::<0, MAX_STEPS>)]
+    #[arg(long, default_value_t = image_recipe().test_limit, value_parser = parse::count::<0, MAX_STEPS>)]
     pub test_limit: usize,
     /// Stop after this many minutes of training, then checkpoint and evaluate.
     #[arg(long, value_parser = parse::minutes)]
@@ -277,7 +279,7 @@ pub struct ScoreArgs {
 #[derive(Args, Debug, Clone)]
 pub struct CommonArgs {
     /// Target distribution.
-    #[arg(long, value_enum, default_value = "normals")]
+    #[arg(long, value_enum, default_value_t = vector_recipe().target)]
     pub target: Target,
     /// Train on this table instead of a target: CSV (header row optional) or NumPy .npy, one
     /// row per sample, at least 2 modelled columns. Standardised inside the model (its
@@ -289,7 +291,7 @@ pub struct CommonArgs {
     #[arg(long)]
     pub test_data: Option<PathBuf>,
     /// Share of --data's rows held out for the test NLL (a seeded draw, written to split.csv).
-    #[arg(long, default_value_t = 0.2, value_parser = parse::fraction)]
+    #[arg(long, default_value_t = DEFAULT_TEST_FRACTION, value_parser = parse::fraction)]
     pub test_fraction: f64,
     /// Modelled columns of --data, by header name or 0-based index, comma-separated
     /// [default: every column not in --context-columns].
@@ -303,41 +305,41 @@ pub struct CommonArgs {
     #[arg(long, value_parser = parse::count::<1, MAX_STEPS>)]
     pub steps: Option<usize>,
     /// Batch size.
-    #[arg(long, default_value_t = 1024, value_parser = parse::count::<1, 16_777_216>)]
+    #[arg(long, default_value_t = vector_recipe().batch, value_parser = parse::count::<1, 16_777_216>)]
     pub batch: usize,
     /// Adam learning rate (may change on train2d --resume; recorded).
-    #[arg(long, default_value_t = 1e-4, value_parser = parse::learning_rate)]
+    #[arg(long, default_value_t = vector_recipe().lr, value_parser = parse::learning_rate)]
     pub lr: f64,
     /// Multiply the learning rate by --lr-gamma every this many steps (StepLR).
-    #[arg(long, default_value_t = 10_000, value_parser = parse::count::<1, MAX_STEPS>)]
+    #[arg(long, default_value_t = vector_recipe().lr_step, value_parser = parse::count::<1, MAX_STEPS>)]
     pub lr_step: usize,
     /// StepLR factor.
-    #[arg(long, default_value_t = 0.5, value_parser = parse::factor)]
+    #[arg(long, default_value_t = vector_recipe().lr_gamma, value_parser = parse::factor)]
     pub lr_gamma: f64,
     /// Number of flow steps K.
-    #[arg(long, default_value_t = 32, value_parser = parse::count::<1, MAX_FLOW_STEPS>)]
+    #[arg(long, default_value_t = vector_model().layers, value_parser = parse::count::<1, MAX_FLOW_STEPS>)]
     pub layers: usize,
     /// Coupling-network hidden width.
-    #[arg(long, default_value_t = 64, value_parser = parse::count::<1, MAX_WIDTH>)]
+    #[arg(long, default_value_t = vector_model().hidden, value_parser = parse::count::<1, MAX_WIDTH>)]
     pub hidden: usize,
     /// Coupling-network hidden layers.
-    #[arg(long, default_value_t = 2, value_parser = parse::count::<1, 64>)]
+    #[arg(long, default_value_t = vector_model().depth, value_parser = parse::count::<1, 64>)]
     pub depth: usize,
     /// Coupling form: tanh (the tutorial's x * exp(tanh(s) * a + b) + t), sigmoid (Glow's
     /// (x + t) * sigmoid(s + 2), which can only contract) or additive.
-    #[arg(long, value_enum, default_value = "tanh")]
+    #[arg(long, value_enum, default_value_t = vector_model().coupling)]
     pub coupling: CouplingKind,
     /// Seed for initialisation and data.
-    #[arg(long, default_value_t = 0)]
+    #[arg(long, default_value_t = vector_recipe().seed)]
     pub seed: u64,
     /// Number of density frames in training.gif.
-    #[arg(long, default_value_t = 20, value_parser = parse::count::<0, 10_000>)]
+    #[arg(long, default_value_t = vector_recipe().frames, value_parser = parse::count::<0, 10_000>)]
     pub frames: usize,
     /// Save a checkpoint every this many steps (0: at the end only; Ctrl-C also saves).
-    #[arg(long, default_value_t = 0, value_parser = parse::count::<0, MAX_STEPS>)]
+    #[arg(long, default_value_t = vector_recipe().checkpoint_every, value_parser = parse::count::<0, MAX_STEPS>)]
     pub checkpoint_every: usize,
     /// Held-out samples for the test NLL.
-    #[arg(long, default_value_t = 20_000, value_parser = parse::count::<1, 67_108_864>)]
+    #[arg(long, default_value_t = vector_recipe().test_samples, value_parser = parse::count::<1, 67_108_864>)]
     pub test_samples: usize,
     /// Compute device: flex (CPU) or cuda.
     #[arg(long, default_value = "flex")]
@@ -396,10 +398,10 @@ impl CommonArgs {
 #[derive(Args, Debug)]
 pub struct Train2dArgs {
     /// Model: glow or realnvp.
-    #[arg(long, value_enum, default_value = "glow")]
+    #[arg(long, value_enum, default_value_t = vector_model().model)]
     pub model: ModelKind,
     /// Mixing layer of Glow: lu, plain, shuffle or reverse.
-    #[arg(long, value_enum, default_value = "lu")]
+    #[arg(long, value_enum, default_value_t = vector_model().permutation)]
     pub permutation: Permutation,
     /// Output directory [default: runs/train2d; with --resume, the resumed run's directory].
     #[arg(long)]
@@ -428,10 +430,23 @@ pub struct CompareArgs {
     pub common: CommonArgs,
 }
 
-/// Default step budget of `train2d` (the tutorial's full run).
-pub const TRAIN2D_DEFAULT_STEPS: usize = 20_000;
-/// Default step budget of `compare`: both models within ~10 minutes on 2 cores.
-pub const COMPARE_DEFAULT_STEPS: usize = 3_000;
+/// The library's defaults, the one place they are written: image Glow's recipe and model, the
+/// vector flows' recipe and model. Flags show and take them.
+fn image_recipe() -> ImageTrainOptions {
+    ImageTrainOptions::recipe(String::new())
+}
+
+fn image_model() -> GlowImageConfig {
+    GlowImageConfig::new(1, 32, 32)
+}
+
+fn vector_recipe() -> Train2dOptions {
+    Train2dOptions::new(Target::Normals)
+}
+
+fn vector_model() -> VectorFlowConfig {
+    VectorFlowConfig::new(ModelKind::Glow)
+}
 
 /// A clap error as an [`InputError`] (exit code 2); `--help`/`--version` print and exit 0.
 fn usage_error(e: clap::Error) -> anyhow::Error {
@@ -620,7 +635,7 @@ fn cmd_train2d(a: Train2dArgs, given: &[(String, String)]) -> Result<()> {
             let cfg = a.common.config(a.model, a.permutation);
             train2d(
                 Start::Fresh(cfg),
-                Some(a.common.options(TRAIN2D_DEFAULT_STEPS)),
+                Some(a.common.options(vector_recipe().steps)),
                 &io,
                 &device,
             )?
@@ -651,13 +666,13 @@ fn cmd_compare(a: CompareArgs, given: &[(String, String)]) -> Result<()> {
         force: a.force,
     };
     interrupt::install();
-    let opts = a.common.options(COMPARE_DEFAULT_STEPS);
+    let opts = a.common.options(glowflow::report::DEFAULT_STEPS);
     let report = glowflow::report::compare(&a.out, &opts, &models, &io, &device)?;
     print_json(&report)
 }
 
 fn cmd_train(a: TrainArgs, given: &[(String, String)]) -> Result<()> {
-    use glowflow::train::train_image::{train_image, ImageStart, ImageTrainOptions};
+    use glowflow::train::train_image::{train_image, ImageStart};
     let device = glowflow::device_by_name(&a.device)?;
     interrupt::install();
     let start = match &a.resume {
@@ -688,17 +703,14 @@ fn cmd_train(a: TrainArgs, given: &[(String, String)]) -> Result<()> {
                 )
             })?;
             let opts = ImageTrainOptions {
-                data,
                 pad: a.pad,
                 size: a.size,
                 grey: a.grey,
-                steps: a.steps.unwrap_or(2000),
+                steps: a.steps.unwrap_or(image_recipe().steps),
                 batch: a.batch,
                 lr: a.lr,
                 warmup: a.warmup,
                 seed: a.seed,
-                init_batch: 256,
-                log_every: 10,
                 sample_every: a.sample_every,
                 checkpoint_every: a.checkpoint_every,
                 test_limit: a.test_limit,
@@ -706,13 +718,11 @@ fn cmd_train(a: TrainArgs, given: &[(String, String)]) -> Result<()> {
                 shards: thread_count(a.threads, &a.device),
                 stability: a.stability.options(image_recipe_stability()),
                 weight_y: a.weight_y,
+                ..ImageTrainOptions::recipe(data)
             };
             opts.validate().map_err(FieldError::on_flag)?;
             let probe = glowflow::train::train_image::load_data(&opts)?;
-            let cfg = glowflow::models::GlowImageConfig {
-                channels: probe.train.c,
-                height: probe.train.h,
-                width: probe.train.w,
+            let cfg = GlowImageConfig {
                 levels: a.levels,
                 depth: a.depth,
                 hidden: a.width,
@@ -722,6 +732,7 @@ fn cmd_train(a: TrainArgs, given: &[(String, String)]) -> Result<()> {
                 learn_top: !a.fixed_top,
                 init_seed: a.seed,
                 classes: a.classes,
+                ..GlowImageConfig::new(probe.train.c, probe.train.h, probe.train.w)
             };
             cfg.validate().map_err(FieldError::on_flag)?;
             ImageStart::Fresh(cfg, opts)

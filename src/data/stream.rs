@@ -402,6 +402,9 @@ impl Gaussian {
     }
 }
 
+/// Share of a table's rows held out for testing when no test table is given.
+pub const DEFAULT_TEST_FRACTION: f64 = 0.2;
+
 /// A user's numeric table as the training data of a vector flow.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct TableOptions {

@@ -8,7 +8,7 @@ use burn::module::{Module, Param};
 use burn::tensor::{Device, Tensor};
 
 use crate::flow::{broadcast_logdet, pixels, Context, Flow};
-use crate::tensor_util::{from_vec, replace, to_vec, trainable};
+use crate::tensor_util::{buffer, from_vec, replace, replace_buffer, to_vec, trainable};
 
 /// Per-channel affine flow with data-dependent initialisation.
 #[derive(Module, Debug)]
@@ -17,9 +17,9 @@ pub struct ActNorm {
     pub bias: Param<Tensor<1>>,
     /// Per-channel log-scale, `[C]`: the shifted input is multiplied by `exp(logs)`.
     pub logs: Param<Tensor<1>>,
-    /// Whether the data-dependent initialisation has happened. burn does not save plain fields,
-    /// so checkpoints store this flag in their JSON state and restore it on load.
-    pub initialized: bool,
+    /// Whether the data-dependent initialisation has happened: `[1]`, 1 once it has, else 0. A
+    /// fixed buffer, saved with the weights (nflows keeps the same flag as a buffer).
+    pub initialized: Param<Tensor<1>>,
 }
 
 /// Added to the standard deviation before the log, so constant channels do not give `-inf`.
@@ -32,7 +32,7 @@ impl ActNorm {
         ActNorm {
             bias: trainable(Tensor::zeros([channels], device)),
             logs: trainable(Tensor::zeros([channels], device)),
-            initialized: false,
+            initialized: buffer(Tensor::zeros([1], device)),
         }
     }
 
@@ -70,7 +70,12 @@ impl ActNorm {
         }
         self.bias = replace(&self.bias, from_vec(b, [c], &device));
         self.logs = replace(&self.logs, from_vec(logs, [c], &device));
-        self.initialized = true;
+        self.initialized = replace_buffer(&self.initialized, Tensor::ones([1], &device));
+    }
+
+    /// Whether [`initialize`](Self::initialize) has run (read from the saved flag).
+    pub fn is_initialized(&self) -> bool {
+        to_vec(self.initialized.val())[0] > 0.5
     }
 
     fn shaped(&self, p: &Param<Tensor<1>>) -> Tensor<4> {
@@ -97,12 +102,12 @@ impl Flow for ActNorm {
     }
 
     fn data_init(&mut self, x: &Tensor<4>, _ctx: Context) {
-        if !self.initialized {
+        if !self.is_initialized() {
             self.initialize(x);
         }
     }
 
     fn needs_data_init(&self) -> bool {
-        !self.initialized
+        !self.is_initialized()
     }
 }

@@ -207,57 +207,6 @@ impl FlowSequence {
         }
         Ok(h)
     }
-
-    /// Every ActNorm, including those inside coupling networks, in a fixed order.
-    pub fn actnorms_mut(&mut self) -> Vec<&mut ActNorm> {
-        let mut out = Vec::new();
-        for l in self.layers.iter_mut() {
-            match l {
-                Layer::ActNorm(a) => out.push(a),
-                Layer::AffineCoupling(c) => out.extend(c.net.actnorms_mut()),
-                Layer::AdditiveCoupling(c) => out.extend(c.net.actnorms_mut()),
-                _ => {}
-            }
-        }
-        out
-    }
-}
-
-/// Saving and restoring the initialised flags of every ActNorm of a model (burn saves tensors
-/// only, so checkpoints keep these flags in their JSON state).
-pub trait ActNormFlags {
-    /// Every ActNorm of the model, in a fixed order (the order of the saved flags).
-    fn actnorms(&mut self) -> Vec<&mut ActNorm>;
-
-    /// The initialised flag of every ActNorm, in [`actnorms`](Self::actnorms) order.
-    fn actnorm_flags(&mut self) -> Vec<bool> {
-        self.actnorms().iter().map(|a| a.initialized).collect()
-    }
-
-    /// Restore the flags saved by [`actnorm_flags`](Self::actnorm_flags).
-    ///
-    /// # Errors
-    /// Refuses `flags` whose length differs from the number of ActNorms, changing none.
-    fn set_actnorm_flags(&mut self, flags: &[bool]) -> Result<(), String> {
-        let mut norms = self.actnorms();
-        if norms.len() != flags.len() {
-            return Err(format!(
-                "{} ActNorm flags for {} ActNorm layers",
-                flags.len(),
-                norms.len()
-            ));
-        }
-        for (a, f) in norms.iter_mut().zip(flags) {
-            a.initialized = *f;
-        }
-        Ok(())
-    }
-}
-
-impl ActNormFlags for FlowSequence {
-    fn actnorms(&mut self) -> Vec<&mut ActNorm> {
-        self.actnorms_mut()
-    }
 }
 
 impl Flow for FlowSequence {

@@ -18,9 +18,7 @@ use serde::{Deserialize, Serialize};
 use crate::distributions::LN_2PI;
 use crate::flow::{Context, Flow};
 use crate::layers::squeeze::{squeeze, unsqueeze, Squeeze};
-use crate::layers::{
-    ActNorm, ActNormFlags, AdditiveCoupling, AffineCoupling, FlowSequence, Layer, Permutation,
-};
+use crate::layers::{ActNorm, AdditiveCoupling, AffineCoupling, FlowSequence, Layer, Permutation};
 use crate::nets::{CouplingNet, Dense, GlowConvNet, ZeroConv2d};
 use crate::tensor_util::{trainable, with_sequential_param_ids};
 
@@ -70,6 +68,26 @@ pub struct GlowImageConfig {
 }
 
 impl GlowImageConfig {
+    /// The recipe's model for `[channels, height, width]` images (openai/glow's, narrowed for
+    /// a CPU): 3 levels of 6 flow steps, coupling CNNs 64 wide, affine couplings, LU 1x1
+    /// convolutions, 8 bits, a learned top prior, unconditional, seed 0.
+    pub fn new(channels: usize, height: usize, width: usize) -> Self {
+        GlowImageConfig {
+            channels,
+            height,
+            width,
+            levels: 3,
+            depth: 6,
+            hidden: 64,
+            coupling: ImageCoupling::Affine,
+            permutation: Permutation::Lu,
+            n_bits: 8,
+            learn_top: true,
+            init_seed: 0,
+            classes: 0,
+        }
+    }
+
     /// Check every field against [`crate::limits`]: levels in 1..=12 with image sides divisible
     /// by 2^levels, sides up to 4096, depth, width and channels bounded, `n_bits` in 1..=8. The
     /// error names the field and the flag that sets it.
@@ -317,6 +335,11 @@ impl GlowImage {
             cols.push(lp.reshape([n, 1]));
         }
         Some(Tensor::cat(cols, 1))
+    }
+
+    /// Whether an ActNorm still waits for its data-dependent initialisation.
+    pub fn needs_data_init(&self) -> bool {
+        self.levels.iter().any(|l| l.flow.needs_data_init())
     }
 
     /// Data-dependent initialisation of every ActNorm from a batch.
@@ -569,15 +592,6 @@ impl GlowImage {
             h = unsqueeze(level.flow.inverse(h).0);
         }
         h
-    }
-}
-
-impl ActNormFlags for GlowImage {
-    fn actnorms(&mut self) -> Vec<&mut ActNorm> {
-        self.levels
-            .iter_mut()
-            .flat_map(|l| l.flow.actnorms_mut())
-            .collect()
     }
 }
 

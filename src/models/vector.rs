@@ -327,12 +327,6 @@ impl VectorFlow {
     }
 }
 
-impl crate::layers::ActNormFlags for VectorFlow {
-    fn actnorms(&mut self) -> Vec<&mut crate::layers::ActNorm> {
-        self.flow.actnorms_mut()
-    }
-}
-
 impl super::DensityModel for VectorFlow {
     type Data = Tensor<2>;
     type Latent = Tensor<2>;

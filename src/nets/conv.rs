@@ -206,18 +206,13 @@ impl GlowConvNet {
     /// Data-dependent initialisation of the hidden ActNorms from a batch of inputs.
     pub fn initialize(&mut self, x: Tensor<4>) {
         let h = self.conv_in.forward(x);
-        if !self.norm_in.initialized {
+        if !self.norm_in.is_initialized() {
             self.norm_in.initialize(&h);
         }
         let h = self.conv_mid.forward(relu(self.norm_in.forward(h).0));
-        if !self.norm_mid.initialized {
+        if !self.norm_mid.is_initialized() {
             self.norm_mid.initialize(&h);
         }
-    }
-
-    /// The two hidden ActNorms: `norm_in`, then `norm_mid`.
-    pub fn actnorms_mut(&mut self) -> Vec<&mut ActNorm> {
-        vec![&mut self.norm_in, &mut self.norm_mid]
     }
 }
 

@@ -10,7 +10,6 @@ pub use conv::{Conv2d, GlowConvNet, PlainConvNet, ZeroConv2d};
 pub use mlp::{Dense, Mlp};
 
 use crate::flow::Context;
-use crate::layers::ActNorm;
 
 /// The network inside a coupling layer: maps the conditioning half to shift/scale parameters.
 #[derive(Module, Debug)]
@@ -49,16 +48,8 @@ impl CouplingNet {
     /// Whether an ActNorm inside the network is still uninitialised.
     pub fn needs_data_init(&self) -> bool {
         match self {
-            CouplingNet::Conv(c) => !c.norm_in.initialized || !c.norm_mid.initialized,
+            CouplingNet::Conv(c) => !c.norm_in.is_initialized() || !c.norm_mid.is_initialized(),
             CouplingNet::Mlp(_) | CouplingNet::PlainConv(_) => false,
-        }
-    }
-
-    /// The ActNorms inside the network (the Glow CNN has two), in a fixed order.
-    pub fn actnorms_mut(&mut self) -> Vec<&mut ActNorm> {
-        match self {
-            CouplingNet::Mlp(_) | CouplingNet::PlainConv(_) => Vec::new(),
-            CouplingNet::Conv(c) => c.actnorms_mut(),
         }
     }
 }

@@ -40,9 +40,13 @@ pub const FORMAT_KEY: &str = "format";
 
 /// The checkpoint format this build writes. 1: state and weights (no version key);
 /// 2: adds `format`, vector models' `dim`/`context`/`standardize` and their standardisation
-/// buffers, class-conditional image models' `classes` and class prior/head. Every format up to
-/// this one loads; a newer one is refused with its number.
-pub const FORMAT_VERSION: u64 = 2;
+/// buffers, class-conditional image models' `classes` and class prior/head; 3: every ActNorm's
+/// initialised flag is a buffer in the weights instead of `state.json`'s `actnorm_initialized`
+/// (older checkpoints load: their flags move into the weights, see [`Checkpoint::load_model`]).
+/// Every format up to this one loads; a newer one is refused with its number.
+pub const FORMAT_VERSION: u64 = 3;
+/// Key of a format 1 or 2 `state.json` holding every ActNorm's initialised flag.
+const LEGACY_FLAGS_KEY: &str = "actnorm_initialized";
 /// Where the previous checkpoint waits while the new one is moved into place.
 const OLD_DIR: &str = ".checkpoint.old";
 const NEW_PREFIX: &str = ".checkpoint.new";
@@ -92,21 +96,47 @@ pub fn model_bytes<M: Module + ModuleSnapshot>(model: &M) -> Result<Vec<u8>> {
 /// Load safetensors `bytes` (read from `path`, named in errors) into `model`, which must have
 /// the same structure.
 pub fn model_from_bytes<M: Module + ModuleSnapshot>(
-    mut model: M,
+    model: M,
     bytes: Vec<u8>,
     path: &Path,
 ) -> Result<M> {
-    let mut store = SafetensorsStore::from_bytes(Some(bytes));
+    weights_from_bytes(model, bytes, path, None)
+}
+
+/// [`model_from_bytes`] for a checkpoint older than format 3 when `legacy_flags` is given: its
+/// weights lack ActNorm's `initialized` buffers, which are set from the flags its `state.json`
+/// kept (in module order).
+fn weights_from_bytes<M: Module + ModuleSnapshot>(
+    mut model: M,
+    bytes: Vec<u8>,
+    path: &Path,
+    legacy_flags: Option<&[bool]>,
+) -> Result<M> {
+    let mut store = SafetensorsStore::from_bytes(Some(bytes)).allow_partial(true);
     let result = model
         .load_from(&mut store)
         .map_err(|e| InputError::file(path, None, format!("cannot load weights: {e:?}")))?;
-    if !result.errors.is_empty() || !result.missing.is_empty() {
+    let flag = |p: &str| p.ends_with(".initialized");
+    let mut missing = result.missing.clone();
+    if legacy_flags.is_some() {
+        missing.retain(|(p, _)| !flag(p));
+    }
+    if let Some(flags) = legacy_flags {
+        model = crate::tensor_util::set_flags(model, "initialized", flags).map_err(|e| {
+            InputError::file(
+                path,
+                None,
+                format!("{e} (field actnorm_initialized of state.json)"),
+            )
+        })?;
+    }
+    if !result.errors.is_empty() || !missing.is_empty() {
         return Err(InputError::file(
             path,
             None,
             format!(
                 "weights do not match the model (missing: {:?}, errors: {:?})",
-                result.missing, result.errors
+                missing, result.errors
             ),
         )
         .into());
@@ -169,6 +199,8 @@ pub struct Checkpoint {
     /// The checkpoint folder.
     pub dir: PathBuf,
     hashes: Option<BTreeMap<String, String>>,
+    /// Formats 1 and 2: the ActNorm flags `state.json` kept beside the weights.
+    legacy_flags: Option<Vec<bool>>,
 }
 
 impl Checkpoint {
@@ -212,9 +244,27 @@ impl Checkpoint {
                 InputError::file(&path, Some(format!("field {FILES_KEY}")), e.to_string())
             })?),
         };
+        let legacy_flags = match value
+            .as_object_mut()
+            .and_then(|o| o.remove(LEGACY_FLAGS_KEY))
+        {
+            Some(v) if format < 3 => Some(serde_json::from_value(v).map_err(|e| {
+                InputError::file(
+                    &path,
+                    Some(format!("field {LEGACY_FLAGS_KEY}")),
+                    e.to_string(),
+                )
+            })?),
+            _ => None,
+        };
         let state = serde_json::from_value(value)
             .map_err(|e| InputError::file(&path, None, format!("not a state of this kind: {e}")))?;
-        Ok((Checkpoint { dir: ck, hashes }, state))
+        let ck = Checkpoint {
+            dir: ck,
+            hashes,
+            legacy_flags,
+        };
+        Ok((ck, state))
     }
 
     /// The path of one of the checkpoint's files.
@@ -266,8 +316,11 @@ impl Checkpoint {
     }
 
     /// Load the weights file `name` into `model` (same structure), refusing non-finite values.
+    /// Weights of a checkpoint older than format 3 get their ActNorm flags from its
+    /// `state.json`.
     pub fn load_model<M: Module + ModuleSnapshot>(&self, model: M, name: &str) -> Result<M> {
-        let model = model_from_bytes(model, self.read(name)?, &self.path(name))?;
+        let flags = self.legacy_flags.as_deref();
+        let model = weights_from_bytes(model, self.read(name)?, &self.path(name), flags)?;
         refuse_nonfinite(&model, &self.path(name))?;
         Ok(model)
     }

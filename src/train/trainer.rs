@@ -21,14 +21,11 @@ use super::checkpoint::{checkpoint_dir, Checkpoint, EMA_FILE, MODEL_FILE};
 use super::run_dir::ResumeRecord;
 use super::stability::{stop_error, write_group_norms, Guard, StabilityOptions, WeightEma, Window};
 use super::{interrupt, open_run_logs, parallel, progress_bar};
-use crate::error::{FieldError, InputError};
-use crate::layers::ActNormFlags;
+use crate::error::FieldError;
 
 /// A model a run trains: built from its config, trained with its recipe, its ActNorm flags
 /// carried in the run state.
-pub trait RunModel:
-    Module + burn::store::ModuleSnapshot + ActNormFlags + Clone + Send + Sync
-{
+pub trait RunModel: Module + burn::store::ModuleSnapshot + Clone + Send + Sync {
     /// The model's config (saved in `state.json`).
     type Config: Clone + Serialize + DeserializeOwned;
     /// The training options of its runs (saved in `state.json`).
@@ -63,8 +60,6 @@ pub struct RunState<M: RunModel> {
     pub options: M::Options,
     /// Steps completed.
     pub step: usize,
-    /// The initialised flag of every ActNorm, in model order (burn saves tensors only).
-    pub actnorm_initialized: Vec<bool>,
     /// Training wall time so far, seconds (excluding evaluation and pictures).
     pub train_seconds: f64,
     /// Steps the guard skipped so far (non-finite loss, gradient or update).
@@ -93,7 +88,6 @@ impl<M: RunModel> RunState<M> {
             model,
             options,
             step: 0,
-            actnorm_initialized: Vec::new(),
             train_seconds: 0.0,
             skipped_steps: 0,
             ema_updates: 0,
@@ -103,11 +97,10 @@ impl<M: RunModel> RunState<M> {
         }
     }
 
-    /// This state after `step` steps of `model` (the trained weights) under `guard`.
-    fn at(&self, model: &mut M, step: usize, train_seconds: f64, guard: &Guard) -> Self {
+    /// This state after `step` steps under `guard`.
+    fn at(&self, step: usize, train_seconds: f64, guard: &Guard) -> Self {
         RunState {
             step,
-            actnorm_initialized: model.actnorm_flags(),
             train_seconds,
             skipped_steps: guard.total_skips,
             ema_updates: guard.ema_updates(),
@@ -134,23 +127,16 @@ pub fn open_state<M: RunModel>(dir: &Path) -> Result<(Checkpoint, RunState<M>)> 
     Ok((ck, state))
 }
 
-/// The trained weights of the checkpoint `ck` with `state`, ActNorm flags restored.
+/// The trained weights of the checkpoint `ck` with `state`.
 ///
 /// # Errors
-/// Weights that do not match the config or hold a non-finite value; ActNorm flags that do
-/// not match the model (naming `state.json`).
+/// Weights that do not match the config or hold a non-finite value (naming the file).
 pub fn load_weights<M: RunModel>(
     ck: &Checkpoint,
     state: &RunState<M>,
     device: &Device,
 ) -> Result<M> {
-    let mut model = ck.load_model(M::build(&state.model, device), MODEL_FILE)?;
-    model
-        .set_actnorm_flags(&state.actnorm_initialized)
-        .map_err(|e| {
-            InputError::file(ck.state_path(), Some("field actnorm_initialized".into()), e)
-        })?;
-    Ok(model)
+    ck.load_model(M::build(&state.model, device), MODEL_FILE)
 }
 
 /// A trained model for evaluation and sampling, from a run or checkpoint directory: the run's
@@ -372,7 +358,7 @@ pub fn train<T: Task>(
                 task.pictures(done, &guard.eval_weights(model.valid()))?;
             }
             if ckpt_due {
-                let state = task.run().at(&mut model, done, train_seconds, &guard);
+                let state = task.run().at(done, train_seconds, &guard);
                 guard.save_checkpoint(out, &model, &optim, &state)?;
                 saved = Some((checkpoint_dir(out), done));
             }
@@ -384,7 +370,7 @@ pub fn train<T: Task>(
         b.finish();
     }
     metrics.flush()?;
-    let state = task.run().at(&mut model, last, train_seconds, &guard);
+    let state = task.run().at(last, train_seconds, &guard);
     guard.save_checkpoint(out, &model, &optim, &state)?;
     if interrupted {
         return Err(interrupt::interrupted(last, task.resume_command()).into());
