@@ -10,50 +10,49 @@ use rand_distr::{Distribution, StandardNormal};
 use crate::distributions::LN_2PI;
 
 /// A 2D target.
-#[derive(
-    Clone, Copy, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize, clap::ValueEnum,
-)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[cfg_attr(feature = "cli", derive(clap::ValueEnum))]
 pub enum Target {
     /// The tutorial's 8 Gaussians: radius 0.7, sigma 0.1.
     #[serde(rename = "normals")]
-    #[value(name = "normals")]
+    #[cfg_attr(feature = "cli", value(name = "normals"))]
     Normals,
     /// FFJORD's 8 Gaussians: radius 4/1.414, sigma 0.5/1.414.
     #[serde(rename = "8gaussians")]
-    #[value(name = "8gaussians")]
+    #[cfg_attr(feature = "cli", value(name = "8gaussians"))]
     EightGaussians,
     /// FFJORD's checkerboard: uniform on 8 of the 16 squares of side 2 tiling `[-4, 4]^2`
     /// (density 1/32).
     #[serde(rename = "checkerboard")]
-    #[value(name = "checkerboard")]
+    #[cfg_attr(feature = "cli", value(name = "checkerboard"))]
     Checkerboard,
     /// FFJORD's rings: four concentric circles, radii 3, 2.25, 1.5 and 0.75, blurred by
     /// sigma 0.08.
     #[serde(rename = "rings")]
-    #[value(name = "rings")]
+    #[cfg_attr(feature = "cli", value(name = "rings"))]
     Rings,
     /// FFJORD's circles: two concentric circles, radii 3 and 1.5, blurred by sigma 0.24.
     #[serde(rename = "circles")]
-    #[value(name = "circles")]
+    #[cfg_attr(feature = "cli", value(name = "circles"))]
     Circles,
     /// FFJORD's moons: two interleaved half-circles (noise 0.1), scaled by 2 and shifted by
     /// (-1, -0.2). No closed-form density.
     #[serde(rename = "moons")]
-    #[value(name = "moons")]
+    #[cfg_attr(feature = "cli", value(name = "moons"))]
     Moons,
     /// FFJORD's Swiss roll `t (cos t, sin t) / 5`, `t` uniform in `[1.5π, 4.5π)`, noise 0.2.
     /// No closed-form density.
     #[serde(rename = "swissroll")]
-    #[value(name = "swissroll")]
+    #[cfg_attr(feature = "cli", value(name = "swissroll"))]
     Swissroll,
     /// FFJORD's two spirals, each point on either with probability 1/2. No closed-form
     /// density.
     #[serde(rename = "2spirals")]
-    #[value(name = "2spirals")]
+    #[cfg_attr(feature = "cli", value(name = "2spirals"))]
     TwoSpirals,
     /// FFJORD's pinwheel: five curved arms. No closed-form density.
     #[serde(rename = "pinwheel")]
-    #[value(name = "pinwheel")]
+    #[cfg_attr(feature = "cli", value(name = "pinwheel"))]
     Pinwheel,
 }
 

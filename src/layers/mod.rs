@@ -26,14 +26,15 @@ use serde::{Deserialize, Serialize};
 use crate::flow::{zero_logdet, Context, Flow};
 
 /// The channel-mixing layer between couplings (Glow's 1x1 convolution and its ablations).
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "cli", derive(clap::ValueEnum))]
 #[serde(rename_all = "lowercase")]
 pub enum Permutation {
     /// LU-parametrised invertible 1x1 convolution / linear map (Glow).
     Lu,
     /// Unconstrained invertible 1x1 convolution with float64 log|det| (`conv` is accepted too).
     #[serde(alias = "conv")]
-    #[value(alias = "conv")]
+    #[cfg_attr(feature = "cli", value(alias = "conv"))]
     Plain,
     /// Fixed random shuffle of channels.
     Shuffle,

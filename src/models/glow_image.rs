@@ -23,7 +23,8 @@ use crate::nets::{CouplingNet, Dense, GlowConvNet, ZeroConv2d};
 use crate::tensor_util::{trainable, with_sequential_param_ids};
 
 /// The coupling of every flow step of image Glow (Glow §3.3; NICE for additive).
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "cli", derive(clap::ValueEnum))]
 #[serde(rename_all = "lowercase")]
 pub enum ImageCoupling {
     /// Glow's affine coupling `(x + t) * sigmoid(s + 2)`.

@@ -24,7 +24,8 @@ use crate::nets::{CouplingNet, Mlp};
 use crate::tensor_util::with_sequential_param_ids;
 
 /// Which vector flow.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "cli", derive(clap::ValueEnum))]
 #[serde(rename_all = "lowercase")]
 pub enum ModelKind {
     /// Glow: ActNorm, invertible linear map (LU), coupling.
@@ -44,7 +45,8 @@ impl ModelKind {
 }
 
 /// Which elementwise bijection a coupling applies.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "cli", derive(clap::ValueEnum))]
 #[serde(rename_all = "lowercase")]
 pub enum CouplingKind {
     /// The tutorial's `x * exp(tanh(raw) * alpha + beta) + t`.
