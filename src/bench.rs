@@ -23,8 +23,7 @@ use glowflow::flow::Flow;
 use glowflow::layers::coupling::{AffineCoupling, TanhScale};
 use glowflow::layers::{ActNorm, FlowSequence, InvConv1x1Lu, Layer};
 use glowflow::models::{
-    CouplingKind, GlowImage, GlowImageConfig, ImageCoupling, ModelKind, Permutation, VectorFlow,
-    VectorFlowConfig,
+    CouplingKind, GlowImage, GlowImageConfig, ModelKind, Permutation, VectorFlow, VectorFlowConfig,
 };
 use glowflow::nets::{CouplingNet, PlainConvNet};
 use glowflow::ops::adam::adam;
@@ -251,20 +250,7 @@ fn bench_probe_image(
 
 /// The default image model of `glowflow train` on Fashion-MNIST-shaped input.
 pub fn image_config() -> GlowImageConfig {
-    GlowImageConfig {
-        channels: 1,
-        height: 32,
-        width: 32,
-        levels: 3,
-        depth: 6,
-        hidden: 64,
-        coupling: ImageCoupling::Affine,
-        permutation: Permutation::Lu,
-        n_bits: 8,
-        learn_top: true,
-        init_seed: 0,
-        classes: 0,
-    }
+    GlowImageConfig::new(1, 32, 32)
 }
 
 /// A fixed batch of dequantised random 8-bit images (timing does not depend on the content),
