@@ -288,3 +288,20 @@ pub fn set_flags<M: Module>(module: M, name: &str, flags: &[bool]) -> Result<M, 
     }
     Ok(module)
 }
+
+/// Number of trainable values of `module` (a model on an autodiff device): fixed buffers
+/// (standardisation, batch-norm running statistics, ActNorm's flag) are not counted.
+pub fn trainable_count<M: Module>(module: &M) -> usize {
+    struct Count(usize);
+    impl ModuleVisitor for Count {
+        fn visit_float<const D: usize>(&mut self, param: &Param<Tensor<D>>) {
+            let t = param.val();
+            if t.is_require_grad() {
+                self.0 += t.shape().num_elements();
+            }
+        }
+    }
+    let mut c = Count(0);
+    module.visit(&mut c);
+    c.0
+}

@@ -236,7 +236,7 @@ pub fn evaluate_and_draw(
         test_nll_minus_entropy: entropy.map(|e| test_nll - e),
         off_mode_share: target.off_mode_share(&samples),
         target_off_mode_share: target.off_mode_share(&test),
-        ..Summary::of_run(model, state, target.name().into(), test_nll)
+        ..Summary::of_run(state, target.name().into(), test_nll)
     })
 }
 
@@ -271,7 +271,7 @@ pub fn evaluate_table(
         rows: Some((data.train_rows(), data.test_rows())),
         train_nll: Some(train_nll),
         gaussian_test_nll: gaussian,
-        ..Summary::of_run(model, state, data.source.clone(), test_nll)
+        ..Summary::of_run(state, data.source.clone(), test_nll)
     })
 }
 

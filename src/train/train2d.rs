@@ -190,8 +190,9 @@ pub struct Summary {
 
 impl Summary {
     /// The figures every run has: the run's model, steps, timing and `test_nll` on `target`
-    /// (a target's name or a table's file); the target- and table-only figures empty.
-    pub fn of_run(model: &VectorFlow, state: &RunState, target: String, test_nll: f64) -> Self {
+    /// (a target's name or a table's file); the target- and table-only figures empty, and
+    /// `parameters` 0 (`train2d` counts the training model's trainable values).
+    pub fn of_run(state: &RunState, target: String, test_nll: f64) -> Self {
         Summary {
             model: state.model.model.name().into(),
             target,
@@ -204,7 +205,8 @@ impl Summary {
             train_seconds: state.train_seconds,
             seconds_per_step: state.train_seconds / state.step.max(1) as f64,
             skipped_steps: state.skipped_steps,
-            parameters: model.num_params(),
+            // Trainable values: counted on the training model by `train2d`.
+            parameters: 0,
             config: state.model.clone(),
             options: state.options.clone(),
             rows: None,
@@ -440,10 +442,11 @@ pub fn train2d(
     };
     let done = trainer::train(&mut task, model, optim, guard, schedule)?;
     let eval = done.guard.eval_weights(done.model.valid());
-    let summary = match &table {
+    let mut summary = match &table {
         Some(t) => eval::evaluate_table(&eval, &done.state, t, out, device)?,
         None => eval::evaluate_and_draw(&eval, &done.state, out, device, vmax)?,
     };
+    summary.parameters = crate::tensor_util::trainable_count(&done.model);
     crate::viz::charts::loss_curve(out, "step", "loss", "training NLL (nats)")?;
     super::save_summary(&summary, &out.join("summary.json"))?;
     Ok(summary)

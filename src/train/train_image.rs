@@ -395,7 +395,7 @@ pub fn train_image(start: ImageStart, io: &RunIo, device: &Device) -> Result<Ima
         ema: guard.ema.is_some(),
         train_seconds,
         images_per_second: (last * opts.batch) as f64 / train_seconds.max(1e-9),
-        parameters: eval.num_params(),
+        parameters: crate::tensor_util::trainable_count(&model),
         config: cfg,
         options: opts,
         test_bpd_marginal: figures.marginal_mean(),
