@@ -231,6 +231,23 @@ fn idx_loader_reads_raw_and_gzip_and_rejects_corrupt_files() {
     std::fs::write(&p, b"not gzip at all").unwrap();
     let e = format!("{:#}", idx::read_images(&p).unwrap_err());
     assert!(e.contains("broken.gz") && e.contains("gzip"), "{e}");
+    // A .gz is decompressed only as far as its header announces: 64 MiB of zeros behind a
+    // header for 2 images of 3x3 is reported as 19 bytes (18 + the one read past), not inflated.
+    let mut bomb = idx_bytes(2, 3, 3, |_| 1);
+    bomb.extend(std::iter::repeat_n(0u8, 64 << 20));
+    let p = dir.path().join("bomb.gz");
+    std::fs::write(&p, gz(&bomb)).unwrap();
+    let e = format!("{:#}", idx::read_images(&p).unwrap_err());
+    assert!(e.contains("bomb.gz") && e.contains("file has 19"), "{e}");
+    // A header announcing more images than memory holds is refused before anything is read.
+    let mut huge = vec![0, 0, 8, 3];
+    for v in [60_000u32, 60_000, 60_000] {
+        huge.extend_from_slice(&v.to_be_bytes());
+    }
+    let p = dir.path().join("huge.gz");
+    std::fs::write(&p, gz(&huge)).unwrap();
+    let e = format!("{:#}", idx::read_images(&p).unwrap_err());
+    assert!(e.contains("huge.gz") && e.contains("header"), "{e}");
     let e = format!(
         "{:#}",
         glowflow::data::images::load(

@@ -335,6 +335,11 @@ fn bad_tables_are_refused_naming_file_row_and_column() {
     );
     let err = refused(&["train2d", "--data", ok, "--test-fraction", "1.5", "--quiet"]);
     assert!(err.contains("--test-fraction"), "{err}");
+    let err = refused(&["train2d", "--data", ok, "--test-data", ok, "--quiet"]);
+    assert!(
+        err.contains("--test-data") && err.contains("is the --data file itself"),
+        "{err}"
+    );
     let err = refused(&["train2d", "--data", ok, "--batch", "64", "--quiet"]);
     assert!(
         err.contains("--batch") && err.contains("training rows"),

@@ -9,31 +9,45 @@ use anyhow::{bail, Context, Result};
 use super::images::{find_file, ImageSet, Splits};
 use crate::error::InputError;
 
-/// Read an IDX image file; `.gz` files are decompressed.
+/// Read an IDX image file; `.gz` files are decompressed, never past the size the header
+/// announces (a corrupt or hostile archive cannot fill the memory).
 pub fn read_images(path: &Path) -> Result<ImageSet> {
     let raw = std::fs::read(path)
         .map_err(|e| InputError::file(path, None, format!("cannot read: {e}")))?;
-    let bytes = if path.extension().is_some_and(|e| e == "gz") {
-        let mut out = Vec::new();
-        flate2::read::GzDecoder::new(&raw[..])
-            .read_to_end(&mut out)
-            .map_err(|e| InputError::file(path, None, format!("not a valid gzip file: {e}")))?;
-        out
-    } else {
-        raw
-    };
-    parse_images(&bytes).map_err(|e| {
+    let malformed = |e: anyhow::Error| -> anyhow::Error {
         InputError::file(
             path,
             Some("header".into()),
             format!("malformed IDX image file: {e:#}"),
         )
         .into()
-    })
+    };
+    let bytes = if path.extension().is_some_and(|e| e == "gz") {
+        let gz_error =
+            |e: std::io::Error| InputError::file(path, None, format!("not a valid gzip file: {e}"));
+        let mut dec = flate2::read::GzDecoder::new(&raw[..]);
+        let mut out = Vec::new();
+        (&mut dec)
+            .take(16)
+            .read_to_end(&mut out)
+            .map_err(gz_error)?;
+        let need = header(&out).map_err(malformed)?.3;
+        if let Some(why) = crate::limits::memory_shortfall(need as f64 * 5.0) {
+            return Err(InputError::file(path, Some("header".into()), why).into());
+        }
+        // One byte more than announced, so a longer payload is reported, not cut.
+        dec.take(need as u64 + 1)
+            .read_to_end(&mut out)
+            .map_err(gz_error)?;
+        out
+    } else {
+        raw
+    };
+    parse_images(&bytes).map_err(malformed)
 }
 
-/// Parse IDX image bytes.
-pub fn parse_images(b: &[u8]) -> Result<ImageSet> {
+/// The header of IDX image bytes: `(n, rows, cols, payload bytes)`.
+fn header(b: &[u8]) -> Result<(usize, usize, usize, usize)> {
     if b.len() < 16 {
         bail!("truncated header ({} bytes, need 16)", b.len());
     }
@@ -50,6 +64,12 @@ pub fn parse_images(b: &[u8]) -> Result<ImageSet> {
         .checked_mul(w)
         .and_then(|p| p.checked_mul(n))
         .context("image count overflows")?;
+    Ok((n, h, w, need))
+}
+
+/// Parse IDX image bytes.
+pub fn parse_images(b: &[u8]) -> Result<ImageSet> {
+    let (n, h, w, need) = header(b)?;
     let have = b.len() - 16;
     if have != need {
         bail!("size mismatch: header says {n} images of {h}x{w} = {need} bytes, file has {have}");

@@ -136,6 +136,13 @@ impl TableData {
     /// `--context-columns` for an unknown column, `--data` for fewer than 2 modelled columns or
     /// too few rows, `--test-data` for a test table whose columns differ.
     pub fn load(opts: &TableOptions, seed: u64) -> Result<Self> {
+        if let Some(t) = &opts.test_path {
+            // The same file twice would test on the training rows and report it as held out.
+            if crate::train::run_dir::same_path(t, &opts.path) {
+                let why = "is the --data file itself: a test table must hold other rows (or leave it out to hold out --test-fraction)";
+                return Err(InputError::flag("--test-data", t.display(), why).into());
+            }
+        }
         let table = read_table(&opts.path)?;
         let ctx = table.column_indices(&opts.context_columns, "--context-columns")?;
         let cols = if opts.columns.is_empty() {

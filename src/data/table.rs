@@ -152,6 +152,22 @@ fn read_csv(path: &Path, bytes: &[u8]) -> Result<Table, InputError> {
             let numeric = rec.iter().filter(|f| f.parse::<f64>().is_ok()).count();
             if numeric == 0 && rec.iter().all(|f| !f.is_empty()) {
                 columns = rec.iter().map(str::to_string).collect();
+                // Columns are chosen by name: a name given twice would pick one silently.
+                if let Some((j, dup)) = columns
+                    .iter()
+                    .enumerate()
+                    .find(|(j, n)| columns[..*j].contains(n))
+                {
+                    let first = columns.iter().position(|n| n == dup).unwrap_or(0);
+                    return Err(InputError::file(
+                        path,
+                        Some(format!("row {line}, column {}", j + 1)),
+                        format!(
+                            "header name '{dup}' is already column {} (names must be unique)",
+                            first + 1
+                        ),
+                    ));
+                }
                 named = true;
                 continue;
             }
@@ -424,6 +440,11 @@ mod tests {
         );
         let m = msg("a,b\n1,\n");
         assert!(m.contains("missing value"), "{m}");
+        let m = msg("a,b,a\n1,2,3\n");
+        assert!(
+            m.contains("row 1, column 3") && m.contains("'a' is already column 1"),
+            "{m}"
+        );
         assert!(msg("a,b\n").contains("header row but no data rows"));
         assert!(msg("").contains("no rows"));
         let m = msg("1,abc\n2,3\n");

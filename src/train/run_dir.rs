@@ -187,8 +187,8 @@ pub fn run_dir_of(resume: &Path) -> PathBuf {
     }
 }
 
-/// Whether two paths name the same directory (after resolving links and `..`).
-pub fn same_dir(a: &Path, b: &Path) -> bool {
+/// Whether two paths name the same file or directory (after resolving links and `..`).
+pub fn same_path(a: &Path, b: &Path) -> bool {
     match (a.canonicalize(), b.canonicalize()) {
         (Ok(x), Ok(y)) => x == y,
         _ => a == b,

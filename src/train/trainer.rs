@@ -398,8 +398,8 @@ pub fn open_run(
     force: bool,
 ) -> Result<(super::run_dir::RunLock, bool)> {
     let lock = super::run_dir::lock(out)?;
-    let here =
-        resumed_from.is_some_and(|d| super::run_dir::same_dir(&super::run_dir::run_dir_of(d), out));
+    let here = resumed_from
+        .is_some_and(|d| super::run_dir::same_path(&super::run_dir::run_dir_of(d), out));
     if !here && !force {
         super::run_dir::prepare_fresh(out, false)?;
     }
