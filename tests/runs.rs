@@ -450,6 +450,8 @@ fn every_numeric_flag_is_checked_up_front() {
         ("--sample-every", true),
         ("--checkpoint-every", true),
         ("--test-limit", true),
+        ("--init-batch", false),
+        ("--log-every", false),
         ("--time-limit", false),
         ("--threads", false),
         ("--clip-grad-norm", true),
@@ -469,6 +471,8 @@ fn every_numeric_flag_is_checked_up_front() {
         ("--frames", true),
         ("--checkpoint-every", true),
         ("--test-samples", false),
+        ("--log-every", false),
+        ("--grid", false),
         ("--threads", false),
         ("--clip-grad-norm", true),
         ("--ema-decay", true),
@@ -528,7 +532,7 @@ fn every_numeric_flag_is_checked_up_front() {
         "a refused command wrote output"
     );
     eprintln!("{cases} command x flag x value cases: all exit 2 naming the flag");
-    assert_eq!(cases, 275);
+    assert_eq!(cases, 305);
 }
 
 fn assert_refused(out: &Output, needles: &[&str]) {

@@ -183,6 +183,12 @@ pub struct TrainArgs {
     /// Evaluate on at most this many test images (0: the whole test split).
     #[arg(long, default_value_t = image_recipe().test_limit, value_parser = parse::count::<0, MAX_STEPS>)]
     pub test_limit: usize,
+    /// Images the ActNorm initialisation reads (the first batch of Glow §3.1).
+    #[arg(long, default_value_t = image_recipe().init_batch, value_parser = parse::count::<1, 1_048_576>)]
+    pub init_batch: usize,
+    /// A metrics.csv row every this many steps.
+    #[arg(long, default_value_t = image_recipe().log_every, value_parser = parse::count::<1, MAX_STEPS>)]
+    pub log_every: usize,
     /// Stop after this many minutes of training, then checkpoint and evaluate.
     #[arg(long, value_parser = parse::minutes)]
     pub time_limit: Option<f64>,
@@ -341,6 +347,12 @@ pub struct CommonArgs {
     /// Held-out samples for the test NLL.
     #[arg(long, default_value_t = vector_recipe().test_samples, value_parser = parse::count::<1, 67_108_864>)]
     pub test_samples: usize,
+    /// A metrics.csv row every this many steps.
+    #[arg(long, default_value_t = vector_recipe().log_every, value_parser = parse::count::<1, MAX_STEPS>)]
+    pub log_every: usize,
+    /// Side of the density maps and frames, in cells.
+    #[arg(long, default_value_t = vector_recipe().grid, value_parser = parse::count::<2, 4096>)]
+    pub grid: usize,
     /// Compute device: flex (CPU) or cuda.
     #[arg(long, default_value = "flex")]
     pub device: String,
@@ -371,6 +383,8 @@ impl CommonArgs {
         o.frames = self.frames;
         o.checkpoint_every = self.checkpoint_every;
         o.test_samples = self.test_samples;
+        o.log_every = self.log_every;
+        o.grid = self.grid;
         o.stability = self.stability.options(StabilityOptions::off());
         o.table = self.data.as_ref().map(|p| TableOptions {
             path: absolute(p),
@@ -714,6 +728,8 @@ fn cmd_train(a: TrainArgs, given: &[(String, String)]) -> Result<()> {
                 sample_every: a.sample_every,
                 checkpoint_every: a.checkpoint_every,
                 test_limit: a.test_limit,
+                init_batch: a.init_batch,
+                log_every: a.log_every,
                 time_limit_minutes: a.time_limit,
                 shards: thread_count(a.threads, &a.device),
                 stability: a.stability.options(image_recipe_stability()),
