@@ -197,7 +197,9 @@ fn bench_2d(
         threads,
         device: &device,
     };
-    run.time(model, warmup, steps, |m, x| m.log_prob(x).mean().neg())
+    run.time(model, warmup, steps, |m, x| {
+        m.log_prob(x, None).mean().neg()
+    })
 }
 
 /// The `probe-image` flow: 8 x [ActNorm(12) -> LU 1x1 conv -> affine coupling with a plain CNN
@@ -288,7 +290,7 @@ fn bench_image(
     run.time(model, warmup, steps, |m, x| {
         let k = x.dims()[0];
         let x = x.reshape([k, cfg.channels, cfg.height, cfg.width]);
-        bpd_of(m.log_prob(x), cfg.dims(), cfg.n_bits)
+        bpd_of(m.log_prob(x, None), cfg.dims(), cfg.n_bits)
     })
 }
 
@@ -298,7 +300,7 @@ fn bench_sample(warmup: usize, steps: usize, device: &Device) -> Result<(Vec<f64
     model.initialize(image_batch(image_rows(64, &cfg), &cfg, device));
     let mut rng = ChaCha8Rng::seed_from_u64(3);
     time_calls(warmup, steps, || {
-        let x = model.sample(64, 0.7, &mut rng);
+        let x = model.sample_with_latents(64, 0.7, None, &mut rng).0;
         let v = to_vec(x);
         Ok(Some(
             v.iter().map(|&p| p as f64).sum::<f64>() / v.len() as f64,

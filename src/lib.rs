@@ -17,8 +17,8 @@
 //! cfg.layers = 4;
 //! let model = VectorFlow::new(&cfg, &device);
 //! let x = from_vec(vec![0.1, -0.2, 0.5, 0.3], [2, 2], &device);
-//! let (z, _logdet) = model.encode(x.clone());
-//! let (back, _) = model.decode(z);
+//! let (z, _logdet) = model.encode(x.clone(), None); // no context
+//! let (back, _) = model.decode(z, None);
 //! let err: Vec<f64> = to_vec(back - x).iter().map(|v| v.abs() as f64).collect();
 //! // NaN is a failure, never a small error.
 //! assert!(glowflow::tensor_util::finite_max(&err).unwrap() < 1e-5);

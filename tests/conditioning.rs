@@ -50,13 +50,13 @@ fn vector_flow_with_context_inverts_and_matches_brute_force_jacobian() {
     let x = nchw_to_vec(random_input([n, d, 1, 1], 4, &ad));
     let c = context(n, k, 5, &ad);
 
-    let (z, ld) = m.encode_ctx(x.clone(), Some(&c));
-    let (back, ld_inv) = m.decode_ctx(z, Some(&c));
+    let (z, ld) = m.encode(x.clone(), Some(&c));
+    let (back, ld_inv) = m.decode(z, Some(&c));
     assert!(max_abs_diff(vec_to_nchw(back), vec_to_nchw(x.clone())) < 1e-4);
     assert!(max_abs_diff1(ld.clone(), ld_inv.neg()) < 1e-3);
 
     let brute = jacobian_logdets(
-        |t| vec_to_nchw(m.encode_ctx(nchw_to_vec(t), Some(&c)).0),
+        |t| vec_to_nchw(m.encode(nchw_to_vec(t), Some(&c)).0),
         vec_to_nchw(x.clone()),
     );
     for (a, b) in to_vec(ld).iter().zip(&brute) {
@@ -68,8 +68,8 @@ fn vector_flow_with_context_inverts_and_matches_brute_force_jacobian() {
 
     // The context is read: another context gives another density at the same points.
     let other = context(n, k, 6, &ad);
-    let lp = to_vec(m.log_prob_ctx(x.clone(), Some(&c)));
-    let lp2 = to_vec(m.log_prob_ctx(x, Some(&other)));
+    let lp = to_vec(m.log_prob(x.clone(), Some(&c)));
+    let lp2 = to_vec(m.log_prob(x, Some(&other)));
     let change = lp
         .iter()
         .zip(&lp2)
@@ -93,7 +93,7 @@ fn conditional_samples_carry_their_log_density() {
         let m = perturb(m, 0.2, 7);
         // Real NVP's batch norm: running statistics from a few batches, then evaluation mode.
         for i in 0..10 {
-            let _ = m.log_prob_ctx(
+            let _ = m.log_prob(
                 nchw_to_vec(random_input([64, d, 1, 1], 20 + i, &ad)),
                 Some(&context(64, k, 40 + i, &ad)),
             );
@@ -101,8 +101,8 @@ fn conditional_samples_carry_their_log_density() {
         let m = m.valid();
         let c = context(n, k, 9, &device);
         let mut rng = <rand_chacha::ChaCha8Rng as rand::SeedableRng>::seed_from_u64(0);
-        let (x, logp) = m.sample_ctx(n, 1.0, Some(&c), &mut rng, &device);
-        let direct = m.log_prob_ctx(x.clone(), Some(&c));
+        let (x, logp) = m.sample(n, 1.0, Some(&c), &mut rng, &device);
+        let direct = m.log_prob(x.clone(), Some(&c));
         assert!(max_abs_diff1(logp, direct) < 2e-3, "{model:?}");
         // The DensityModel contract: encode then decode is the identity.
         let z = DensityModel::encode(&m, x.clone(), Some(&c));
@@ -146,7 +146,7 @@ fn class_conditional_density_matches_brute_force_and_the_classifier() {
     let mut per_class = Vec::new();
     for k in 0..3 {
         let y = one_hot(&[k; 3], 3, &ad);
-        let lp = to_vec(m.log_prob_ctx(x.clone(), Some(&y)));
+        let lp = to_vec(m.log_prob(x.clone(), Some(&y)));
         for s in 0..n {
             assert!(
                 (lp[s] - all[s * 3 + k]).abs() < 1e-3,
@@ -157,13 +157,13 @@ fn class_conditional_density_matches_brute_force_and_the_classifier() {
         }
         per_class.push(lp);
         // Brute force: log p(x|y) = log N(eps_y; 0, I) + log|det d eps_y / dx|.
-        let eps = to_vec(m.standardized_latents_ctx(x.clone(), Some(&y)));
+        let eps = to_vec(m.standardized_latents(x.clone(), Some(&y)));
         let d = 16;
         let mut jac = vec![Mat::zeros(d); n];
         for i in 0..d {
             let xg = x.clone().detach().require_grad();
             let e = m
-                .standardized_latents_ctx(xg.clone(), Some(&y))
+                .standardized_latents(xg.clone(), Some(&y))
                 .narrow(1, i, 1)
                 .sum();
             let g = to_vec(xg.grad(&e.backward()).unwrap());

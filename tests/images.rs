@@ -61,7 +61,7 @@ fn multiscale_inverse_reuses_latents_exactly() {
         let cfg = tiny(3, 8, 2, coupling, perm);
         let m = initialised(&cfg);
         let x = random_input([4, 3, 8, 8], 2, &ad_device()).mul_scalar(0.3);
-        let (_, zs) = m.forward_latents(x.clone());
+        let (_, zs) = m.forward_latents(x.clone(), None);
         assert_eq!(zs.len(), 2);
         let back = m.decode(&zs);
         let err = max_abs_diff(back, x.clone());
@@ -73,7 +73,7 @@ fn multiscale_inverse_reuses_latents_exactly() {
         // log-density agrees with the float32 pass (every layer follows its input's float type).
         let m64 = cast_module(m.clone(), DType::F64);
         let x64 = x.clone().cast(DType::F64);
-        let (logp64, zs64) = m64.forward_latents(x64.clone());
+        let (logp64, zs64) = m64.forward_latents(x64.clone(), None);
         assert_eq!(logp64.dtype(), DType::F64);
         let err64 = to_vec_f64(m64.decode(&zs64) - x64)
             .iter()
@@ -82,7 +82,7 @@ fn multiscale_inverse_reuses_latents_exactly() {
             err64 <= 1e-10,
             "{coupling:?}/{perm:?}: float64 error {err64}"
         );
-        let logp32 = to_vec_f64(m.log_prob(x));
+        let logp32 = to_vec_f64(m.log_prob(x, None));
         for (a, b) in logp32.iter().zip(to_vec_f64(logp64)) {
             assert!((a - b).abs() <= 1e-3 * b.abs().max(1.0), "log p {a} vs {b}");
         }
@@ -97,12 +97,15 @@ fn multiscale_log_density_equals_brute_force_jacobian() {
         let m = initialised(&cfg);
         let x = random_input([3, c, 4, 4], 5, &ad_device()).mul_scalar(0.3);
         let d = c * 16;
-        let logp = to_vec(m.log_prob(x.clone()));
-        let eps = to_vec(m.standardized_latents(x.clone()));
+        let logp = to_vec(m.log_prob(x.clone(), None));
+        let eps = to_vec(m.standardized_latents(x.clone(), None));
         let mut jac = vec![Mat::zeros(d); 3];
         for i in 0..d {
             let xg = x.clone().detach().require_grad();
-            let e = m.standardized_latents(xg.clone()).narrow(1, i, 1).sum();
+            let e = m
+                .standardized_latents(xg.clone(), None)
+                .narrow(1, i, 1)
+                .sum();
             let g = to_vec(xg.grad(&e.backward()).unwrap());
             for (s, j) in jac.iter_mut().enumerate() {
                 for k in 0..d {

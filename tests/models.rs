@@ -100,8 +100,8 @@ fn sample_log_density_matches_log_prob() {
     m.initialize(to_tensor2(random_input([256, 2, 1, 1], 1, &ad)), None);
     let m = perturb(m, 0.2, 5).valid();
     let mut rng = <rand_chacha::ChaCha8Rng as rand::SeedableRng>::seed_from_u64(0);
-    let (x, logp) = m.sample(64, 1.0, &mut rng, &device);
-    let direct = m.log_prob(x);
+    let (x, logp) = m.sample(64, 1.0, None, &mut rng, &device);
+    let direct = m.log_prob(x, None);
     assert!(max_abs_diff1(logp, direct) < 1e-3);
 }
 

@@ -277,7 +277,7 @@ fn gradient_norm_report_and_clipping() {
         &device,
     );
     model.initialize(x.clone(), None);
-    let loss = model.log_prob(x.clone()).mean().neg();
+    let loss = model.log_prob(x.clone(), None).mean().neg();
     let grads = GradientsParams::from_grads(loss.backward(), &model);
     let report = grad_report(&model, &grads);
     // Brute force: every gradient of the model, squared and summed.

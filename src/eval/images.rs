@@ -97,7 +97,7 @@ pub fn class_eval(
             }
             continue;
         }
-        for lp in to_vec(model.log_prob(x)) {
+        for lp in to_vec(model.log_prob(x, None)) {
             out.push(bits(lp as f64));
         }
     }
@@ -358,7 +358,7 @@ pub fn reconstruction_error(
     let idx: Vec<usize> = (0..n.min(set.n)).collect();
     let x = image_batch(set, &idx, n_bits, &mut ChaCha8Rng::seed_from_u64(1), device).cast(dtype);
     let model = cast_module(model.clone(), dtype);
-    let (_, zs) = model.forward_latents(x.clone());
+    let (_, zs) = model.forward_latents(x.clone(), None);
     let back = model.decode(&zs);
     let err: Vec<f64> = to_vec_f64(back - x).iter().map(|v| v.abs()).collect();
     crate::tensor_util::finite_max(&err).map_err(|bad| {

@@ -53,7 +53,7 @@ pub fn log_prob_rows(
             let k = chunk.len() / w;
             let x = from_vec(columns(chunk, 0, dim), [k, dim], device);
             let c = (context > 0).then(|| from_vec(columns(chunk, dim, w), [k, context], device));
-            to_vec(model.log_prob_ctx(x, c.as_ref()))
+            to_vec(model.log_prob(x, c.as_ref()))
                 .into_iter()
                 .map(f64::from)
                 .collect()
@@ -144,7 +144,7 @@ pub fn model_samples(
     device: &Device,
 ) -> (Vec<[f64; 2]>, Vec<f64>) {
     let mut rng = ChaCha8Rng::seed_from_u64(seed);
-    let (x, logp) = model.sample(n, 1.0, &mut rng, device);
+    let (x, logp) = model.sample(n, 1.0, None, &mut rng, device);
     let xs = to_vec(x);
     let pts = xs.chunks(2).map(|c| [c[0] as f64, c[1] as f64]).collect();
     (pts, to_vec(logp).into_iter().map(f64::from).collect())
@@ -169,7 +169,7 @@ pub fn samples_for_test(
             .collect();
         from_vec(v, [n, data.context], device)
     });
-    let (x, _) = model.sample_ctx(n, 1.0, ctx.as_ref(), &mut rng, device);
+    let (x, _) = model.sample(n, 1.0, ctx.as_ref(), &mut rng, device);
     to_vec(x).into_iter().map(f64::from).collect()
 }
 
@@ -427,7 +427,7 @@ pub fn sample_rows(
         }
     };
     let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(seed);
-    let (x, logp) = model.sample_ctx(n, temperature, ctx.as_ref(), &mut rng, device);
+    let (x, logp) = model.sample(n, temperature, ctx.as_ref(), &mut rng, device);
     let (x, logp) = (to_vec(x), to_vec(logp));
     // Each row: the sample, its context (conditional runs), its log-density.
     let context: Vec<String> = context.iter().map(f64::to_string).collect();

@@ -415,7 +415,7 @@ impl GlowImage {
     /// `(log p(x | ctx) in nats per sample, latents)`; `ctx` is a class one-hot
     /// `[N, classes]` for a class-conditional model (ignored otherwise; `None` gives the
     /// class-free prior).
-    pub fn forward_latents_ctx(&self, x: Tensor<4>, ctx: Context) -> (Tensor<1>, Latents) {
+    pub fn forward_latents(&self, x: Tensor<4>, ctx: Context) -> (Tensor<1>, Latents) {
         let mut logp = crate::flow::zero_logdet(&x);
         let mut zs = Vec::with_capacity(self.levels.len());
         for p in self.passes(x, ctx) {
@@ -425,20 +425,9 @@ impl GlowImage {
         (logp, zs)
     }
 
-    /// `(log p(x) in nats per sample, latents)` (unconditional prior).
-    pub fn forward_latents(&self, x: Tensor<4>) -> (Tensor<1>, Latents) {
-        self.forward_latents_ctx(x, None)
-    }
-
     /// Every latent standardised by its prior, `(z - mean) / std`, flattened to `[N, D]`:
     /// `log p(x) = log N(eps(x); 0, I) + log|det d eps / dx|`, which tests check by brute force.
-    pub fn standardized_latents(&self, x: Tensor<4>) -> Tensor<2> {
-        self.standardized_latents_ctx(x, None)
-    }
-
-    /// [`standardized_latents`](Self::standardized_latents) under the prior of a class one-hot
-    /// context `[N, classes]` (class-conditional models).
-    pub fn standardized_latents_ctx(&self, x: Tensor<4>, ctx: Context) -> Tensor<2> {
+    pub fn standardized_latents(&self, x: Tensor<4>, ctx: Context) -> Tensor<2> {
         let n = x.dims()[0];
         let parts = self
             .passes(x, ctx)
@@ -451,14 +440,10 @@ impl GlowImage {
         Tensor::cat(parts, 1)
     }
 
-    /// Continuous log-density of dequantised images, nats per sample.
-    pub fn log_prob(&self, x: Tensor<4>) -> Tensor<1> {
-        self.forward_latents(x).0
-    }
-
-    /// Continuous `log p(x | y)` of dequantised images for a class one-hot `[N, classes]`.
-    pub fn log_prob_ctx(&self, x: Tensor<4>, ctx: Context) -> Tensor<1> {
-        self.forward_latents_ctx(x, ctx).0
+    /// Continuous log-density of dequantised images, nats per sample: `log p(x | y)` for a
+    /// class one-hot `ctx` `[N, classes]`, else `log p(x)`.
+    pub fn log_prob(&self, x: Tensor<4>, ctx: Context) -> Tensor<1> {
+        self.forward_latents(x, ctx).0
     }
 
     /// Invert given latents exactly (reconstruction).
@@ -466,12 +451,8 @@ impl GlowImage {
         self.generate(|_, _, _| None, zs.len(), Some(zs), None)
     }
 
-    /// Sample `n` images with every prior's standard deviation scaled by `temperature`.
-    pub fn sample(&self, n: usize, temperature: f64, rng: &mut impl rand::Rng) -> Tensor<4> {
-        self.sample_with_latents(n, temperature, None, rng).0
-    }
-
-    /// Like [`sample`](Self::sample), also returning the latents drawn (one per level, in
+    /// `n` images with every prior's standard deviation scaled by `temperature` (for a class
+    /// one-hot `ctx` `[n, classes]`, or none), and the latents drawn (one per level, in
     /// [`forward_latents`](Self::forward_latents)'s order), so a failure can be traced with
     /// [`trace_decode`](Self::trace_decode).
     pub fn sample_with_latents(
@@ -610,11 +591,11 @@ impl super::DensityModel for GlowImage {
     type Latent = Latents;
 
     fn log_prob(&self, x: Tensor<4>, ctx: Context) -> Tensor<1> {
-        self.log_prob_ctx(x, ctx)
+        self.log_prob(x, ctx)
     }
 
     fn encode(&self, x: Tensor<4>, ctx: Context) -> Latents {
-        self.forward_latents_ctx(x, ctx).1
+        self.forward_latents(x, ctx).1
     }
 
     fn decode(&self, z: &Latents, ctx: Context) -> Tensor<4> {

@@ -22,7 +22,7 @@ pub trait DensityModel {
     type Latent;
 
     /// `log p(x | ctx)` per sample, `[N]`, nats (continuous density; for dequantised images
-    /// see `train::train_image::bpd_of` for bits/dim).
+    /// see [`crate::eval::images::bpd_of`] for bits/dim).
     fn log_prob(&self, x: Self::Data, ctx: Context) -> Tensor<1>;
     /// The latent of `x` (exactly invertible by [`decode`](DensityModel::decode)).
     fn encode(&self, x: Self::Data, ctx: Context) -> Self::Latent;

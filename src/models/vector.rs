@@ -249,7 +249,7 @@ impl VectorFlow {
 
     /// Map points `[N, D]` to latents `[N, D]` and `log|det dz/dx|` `[N]` (including the
     /// standardisation).
-    pub fn encode_ctx(&self, x: Tensor<2>, ctx: Context) -> (Tensor<2>, Tensor<1>) {
+    pub fn encode(&self, x: Tensor<2>, ctx: Context) -> (Tensor<2>, Tensor<1>) {
         let c = self.ctx(ctx);
         let (h, ld0) = self.pre(x);
         let (z, ld) = self.flow.forward_ctx(h, c.as_ref());
@@ -261,7 +261,7 @@ impl VectorFlow {
     }
 
     /// Map latents `[N, D]` to points and `log|det dx/dz|` `[N]`.
-    pub fn decode_ctx(&self, z: Tensor<2>, ctx: Context) -> (Tensor<2>, Tensor<1>) {
+    pub fn decode(&self, z: Tensor<2>, ctx: Context) -> (Tensor<2>, Tensor<1>) {
         let c = self.ctx(ctx);
         let (x, ld) = self.flow.inverse_ctx(vec_to_nchw(z), c.as_ref());
         match &self.standardize {
@@ -274,29 +274,14 @@ impl VectorFlow {
     }
 
     /// `log p(x | ctx)` per point, `[N]`, nats.
-    pub fn log_prob_ctx(&self, x: Tensor<2>, ctx: Context) -> Tensor<1> {
-        let (z, ld) = self.encode_ctx(x, ctx);
+    pub fn log_prob(&self, x: Tensor<2>, ctx: Context) -> Tensor<1> {
+        let (z, ld) = self.encode(x, ctx);
         standard_normal_log_prob(vec_to_nchw(z)) + ld
-    }
-
-    /// `log p(x)` per point, `[N]` (unconditional models).
-    pub fn log_prob(&self, x: Tensor<2>) -> Tensor<1> {
-        self.log_prob_ctx(x, None)
-    }
-
-    /// Map points to latents (unconditional models).
-    pub fn encode(&self, x: Tensor<2>) -> (Tensor<2>, Tensor<1>) {
-        self.encode_ctx(x, None)
-    }
-
-    /// Map latents to points (unconditional models).
-    pub fn decode(&self, z: Tensor<2>) -> (Tensor<2>, Tensor<1>) {
-        self.decode_ctx(z, None)
     }
 
     /// Draw `n` points with prior temperature `t` (standard deviation scaled by `t`), for a
     /// context `[n, K]` or none; returns points `[n, D]` and their model log-density `[n]`.
-    pub fn sample_ctx(
+    pub fn sample(
         &self,
         n: usize,
         temperature: f64,
@@ -306,21 +291,10 @@ impl VectorFlow {
     ) -> (Tensor<2>, Tensor<1>) {
         let dim = self.dim();
         let z = standard_normal_sample([n, dim, 1, 1], temperature, rng, device);
-        let (x, ld_inv) = self.decode_ctx(nchw_to_vec(z.clone()), ctx);
+        let (x, ld_inv) = self.decode(nchw_to_vec(z.clone()), ctx);
         // log p(x) = log N(z) - log|det dx/dz|.
         let logp = standard_normal_log_prob(z) - ld_inv;
         (x, logp)
-    }
-
-    /// [`sample_ctx`](Self::sample_ctx) without a context.
-    pub fn sample(
-        &self,
-        n: usize,
-        temperature: f64,
-        rng: &mut impl rand::Rng,
-        device: &Device,
-    ) -> (Tensor<2>, Tensor<1>) {
-        self.sample_ctx(n, temperature, None, rng, device)
     }
 
     /// The data dimension `D`.
@@ -334,15 +308,15 @@ impl super::DensityModel for VectorFlow {
     type Latent = Tensor<2>;
 
     fn log_prob(&self, x: Tensor<2>, ctx: Context) -> Tensor<1> {
-        self.log_prob_ctx(x, ctx)
+        self.log_prob(x, ctx)
     }
 
     fn encode(&self, x: Tensor<2>, ctx: Context) -> Tensor<2> {
-        self.encode_ctx(x, ctx).0
+        self.encode(x, ctx).0
     }
 
     fn decode(&self, z: &Tensor<2>, ctx: Context) -> Tensor<2> {
-        self.decode_ctx(z.clone(), ctx).0
+        self.decode(z.clone(), ctx).0
     }
 
     fn sample<R: rand::Rng>(
@@ -353,6 +327,6 @@ impl super::DensityModel for VectorFlow {
         rng: &mut R,
         device: &Device,
     ) -> Tensor<2> {
-        self.sample_ctx(n, temperature, ctx, rng, device).0
+        self.sample(n, temperature, ctx, rng, device).0
     }
 }

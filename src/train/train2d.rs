@@ -520,7 +520,7 @@ impl Task for VectorTask {
 
     fn loss(&self, model: &VectorFlow, x: burn::tensor::Tensor<2>) -> burn::tensor::Tensor<1> {
         let (x, c) = self.split(x);
-        model.log_prob_ctx(x, c.as_ref()).mean().neg()
+        model.log_prob(x, c.as_ref()).mean().neg()
     }
 
     fn row(&self, loss: f64, lr: f64, seconds: f64, _rate: Option<f64>, guard: &str) -> String {

@@ -489,11 +489,11 @@ impl Task for ImageTask {
         );
         let n = x.dims()[0];
         if k == 0 {
-            return bpd_of(m.log_prob(x.reshape(self.shape(n))), d, n_bits);
+            return bpd_of(m.log_prob(x.reshape(self.shape(n)), None), d, n_bits);
         }
         let img = x.clone().narrow(1, 0, d).reshape(self.shape(n));
         let y = x.narrow(1, d, k);
-        let (logp, zs) = m.forward_latents_ctx(img, Some(&y));
+        let (logp, zs) = m.forward_latents(img, Some(&y));
         let bpd = bpd_of(logp, d, n_bits);
         if self.run.options.weight_y == 0.0 {
             return bpd;
