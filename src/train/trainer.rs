@@ -2,7 +2,9 @@
 //! the non-finite guard (skips, clipping, weight average), metrics and gradient-norm logs,
 //! progress, periodic pictures and checkpoints, the time limit and Ctrl-C. A workload supplies
 //! only what differs, as a [`Task`]: its batches, its loss, its metrics row, its pictures and
-//! its run state (the vector flows in `train2d`, image Glow in `train_image`).
+//! its run state (the vector flows in `train2d`, image Glow in `train_image`). The run state,
+//! loading a trained model and resuming are written here once for every model ([`RunState`],
+//! [`load_for_eval`], [`resume`]).
 
 use std::io::Write;
 use std::path::{Path, PathBuf};
@@ -12,10 +14,8 @@ use anyhow::Result;
 use burn::module::Module;
 use burn::optim::ModuleOptimizer;
 use burn::tensor::{Device, Tensor};
-use serde::Serialize;
-
 use serde::de::DeserializeOwned;
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 
 use super::checkpoint::{checkpoint_dir, Checkpoint, EMA_FILE, MODEL_FILE};
 use super::run_dir::ResumeRecord;
@@ -23,8 +23,8 @@ use super::stability::{stop_error, write_group_norms, Guard, StabilityOptions, W
 use super::{interrupt, open_run_logs, parallel, progress_bar};
 use crate::error::FieldError;
 
-/// A model a run trains: built from its config, trained with its recipe, its ActNorm flags
-/// carried in the run state.
+/// A model a run trains: built from its config (saved in the run state with the recipe), its
+/// weights (ActNorm's flags included) in the checkpoint.
 pub trait RunModel: Module + burn::store::ModuleSnapshot + Clone + Send + Sync {
     /// The model's config (saved in `state.json`).
     type Config: Clone + Serialize + DeserializeOwned;
