@@ -20,9 +20,9 @@ use crate::viz::DensityGrid;
 /// Default step budget of a comparison: both models within about 10 minutes on 2 cores.
 pub const DEFAULT_STEPS: usize = 3_000;
 
-/// Train every model of `models` (title, config) with `opts` into `out/<model name>`, then write
-/// `compare.png` (2D targets), `compare.json` and `compare.md` into `out`; returns the report.
-/// `io.out` is unused (each model trains in its own folder of `out`).
+/// Train every model of `models` (title, config; one of each kind) with `opts` into
+/// `out/<model name>`, then write `compare.png` (2D targets), `compare.json` and `compare.md`
+/// into `out`; returns the report. `io.out` is unused (each model trains in its own folder).
 ///
 /// # Errors
 /// A bad option or config (naming its flag) or an unreadable table, before anything in `out`
@@ -35,8 +35,12 @@ pub fn compare(
     device: &Device,
 ) -> Result<serde_json::Value> {
     opts.validate().map_err(FieldError::on_flag)?;
-    for (_, cfg) in models {
+    for (i, (_, cfg)) in models.iter().enumerate() {
         cfg.validate().map_err(FieldError::on_flag)?;
+        // Each model trains in the folder of its kind, and the report is keyed by it.
+        if models[..i].iter().any(|(_, c)| c.model == cfg.model) {
+            anyhow::bail!("compare: two models of kind {}", cfg.model.name());
+        }
     }
     if let Some(t) = &opts.table {
         crate::data::stream::TableData::load(t, opts.seed)?.check_batch(opts.batch)?;
@@ -111,9 +115,13 @@ fn markdown(
     entropy: Option<f64>,
     threads: usize,
 ) -> String {
+    let names: Vec<&str> = rows.iter().map(|(t, _)| **t).collect();
     let mut md = format!(
-        "# {data_name} — Real NVP vs Glow, {} steps, batch {}, seed {}\n\n",
-        opts.steps, opts.batch, opts.seed
+        "# {data_name} — {}, {} steps, batch {}, seed {}\n\n",
+        names.join(" vs "),
+        opts.steps,
+        opts.batch,
+        opts.seed
     );
     md.push_str("| model | test NLL (nats) | NLL − entropy | off-mode share | train s | s/step | parameters |\n");
     md.push_str("|---|---|---|---|---|---|---|\n");

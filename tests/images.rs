@@ -872,3 +872,51 @@ fn class_conditional_glow_learns_classes_and_samples_by_class() {
     );
     assert!(out.join("summary.json").exists() && out.join("metrics.csv").exists());
 }
+
+/// An image checkpoint written by the release before format 3 (`tests/fixtures/
+/// format2_glow_image`: 2 levels of 1 flow step, coupling CNNs 4 wide, trained 3 steps on
+/// `write_idx_dataset(_, 64, 16, 8)` with the recipe's weight average; six ActNorm flags in its
+/// `state.json`, four of them inside coupling networks) loads, evaluates to that release's
+/// `eval` figure and resumes to its resumed figure, so weights, flags, Adam moments and the
+/// average all reattach.
+#[test]
+fn format_2_image_checkpoint_loads_evaluates_and_resumes() {
+    let fixture = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/format2_glow_image");
+    let data = tempfile::tempdir().unwrap();
+    write_idx_dataset(data.path(), 64, 16, 8);
+    let device = plain_device();
+    let (model, state, ema) =
+        glowflow::train::train_image::load_for_eval(&fixture, &device).unwrap();
+    assert!(ema && !model.needs_data_init());
+    let set =
+        glowflow::data::images::load(&DataSpec::Idx(data.path().into()), &LoadOptions::default())
+            .unwrap();
+    let bpd =
+        glowflow::eval::images::per_image_bpd(&model, &set.test, state.model.n_bits, 256, &device);
+    let mean = bpd.iter().sum::<f64>() / bpd.len() as f64;
+    // That release's `eval --checkpoint`: 8.035723919144209 bits/dim.
+    assert!(
+        (mean - 8.035723919144209).abs() < 1e-6,
+        "test bits/dim {mean}"
+    );
+
+    let run = tempfile::tempdir().unwrap();
+    copy_dir(&fixture, run.path());
+    let changes = glowflow::train::run_dir::ResumeChanges {
+        steps: Some(5),
+        data: Some(format!("idx:{}", data.path().display())),
+        ..Default::default()
+    };
+    let s = train_image(
+        ImageStart::Resume(run.path().into(), changes),
+        &rio(run.path()),
+        &device,
+    )
+    .unwrap();
+    // That release resumed the same checkpoint to 5 steps: 8.003379571953069 bits/dim.
+    assert!(
+        (s.test_bpd - 8.003379571953069).abs() < 1e-6,
+        "resumed {}",
+        s.test_bpd
+    );
+}

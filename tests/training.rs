@@ -8,6 +8,9 @@ use glowflow::models::{ModelKind, VectorFlowConfig};
 use glowflow::train::{train2d, RunIo, Start, Summary, Train2dOptions};
 use glowflow::Flow;
 
+mod common;
+use common::copy_dir;
+
 fn small_config(model: ModelKind) -> VectorFlowConfig {
     let mut c = VectorFlowConfig::new(model);
     c.layers = 4;
@@ -579,20 +582,6 @@ fn metrics_file_is_upgraded_on_resume() {
     assert_eq!(std::fs::read_to_string(&other).unwrap(), "step,group\n");
 }
 
-/// Copy a fixture run folder (recursively) into `to`.
-fn copy_dir(from: &std::path::Path, to: &std::path::Path) {
-    std::fs::create_dir_all(to).unwrap();
-    for e in std::fs::read_dir(from).unwrap() {
-        let e = e.unwrap();
-        let target = to.join(e.file_name());
-        if e.file_type().unwrap().is_dir() {
-            copy_dir(&e.path(), &target);
-        } else {
-            std::fs::copy(e.path(), target).unwrap();
-        }
-    }
-}
-
 /// A checkpoint written by the release before format 3 (`tests/fixtures/format2_glow2d`: a
 /// 2-step vector Glow trained 4 steps on `normals` with a weight average, its ActNorm flags in
 /// `state.json`) loads with its flags moved into the weights, evaluates to the figure that
@@ -629,6 +618,13 @@ fn format_2_checkpoint_loads_evaluates_and_resumes() {
     )
     .unwrap();
     assert_eq!(s.steps, 6);
+    // The previous release resumed the same checkpoint to 1.6450990062952042: the Adam moments
+    // and the weight average reattached to the same parameters.
+    assert!(
+        (s.test_nll - 1.6450990062952042).abs() < 1e-6,
+        "resumed test NLL {}",
+        s.test_nll
+    );
     let text = std::fs::read_to_string(dir.path().join("checkpoint/state.json")).unwrap();
     let v: serde_json::Value = serde_json::from_str(&text).unwrap();
     assert_eq!(v["format"], 3);

@@ -1,13 +1,14 @@
-//! Evaluation of a trained 2D model: test NLL, target entropy, density grids, samples.
-
-use burn::tensor::Device;
-use rand::SeedableRng;
-use rand_chacha::ChaCha8Rng;
-use rayon::prelude::*;
+//! Evaluation of a trained vector flow: log-densities of points and table rows (in parallel),
+//! test NLL, the target's entropy, density grids and the pictures of a 2D run, a table run's
+//! figures and corner plot, and the library side of `score` and of sampling rows.
 
 use std::path::{Path, PathBuf};
 
 use anyhow::Result;
+use burn::tensor::Device;
+use rand::SeedableRng;
+use rand_chacha::ChaCha8Rng;
+use rayon::prelude::*;
 
 use crate::data::stream::{test_points, TableData};
 use crate::data::table::read_table;
@@ -277,7 +278,7 @@ pub fn evaluate_table(
 
 /// Assemble the saved density frames into `training.gif` (100 ms a frame, looping).
 pub fn write_training_gif(out: &Path, size: usize) -> Result<()> {
-    let mut entries: Vec<PathBuf> = std::fs::read_dir(out.join("frames"))?
+    let mut entries: Vec<PathBuf> = std::fs::read_dir(crate::train::train2d::frames_dir(out))?
         .filter_map(|e| e.ok().map(|e| e.path()))
         .filter(|p| p.extension().is_some_and(|x| x == "idx"))
         .collect();

@@ -1,7 +1,8 @@
 //! Checkpoints: a folder `checkpoint/` holding `model.safetensors` (weights and fixed buffers),
 //! `ema.safetensors` (the weight average, when the recipe keeps one), `optimizer.bpk` (the
 //! optimizer's moments, keyed by the model's stable parameter ids) and `state.json` (config,
-//! step, ActNorm initialisation flags, ... and the SHA-256 of every other file).
+//! options, step, ... and the SHA-256 of every other file). ActNorm's initialised flags are
+//! buffers in the weights (format 3); older checkpoints kept them in `state.json`.
 //!
 //! A checkpoint is one unit, all old or all new: a save writes every file into a fresh hidden
 //! folder (`.checkpoint.new<pid>`), syncs it, then moves the previous checkpoint aside
@@ -94,7 +95,8 @@ pub fn model_bytes<M: Module + ModuleSnapshot>(model: &M) -> Result<Vec<u8>> {
 }
 
 /// Load safetensors `bytes` (read from `path`, named in errors) into `model`, which must have
-/// the same structure.
+/// the same structure (weights of a checkpoint older than format 3 lack ActNorm's flags: load
+/// those through [`Checkpoint::load_model`], which restores them).
 pub fn model_from_bytes<M: Module + ModuleSnapshot>(
     model: M,
     bytes: Vec<u8>,
@@ -103,31 +105,25 @@ pub fn model_from_bytes<M: Module + ModuleSnapshot>(
     weights_from_bytes(model, bytes, path, None)
 }
 
-/// [`model_from_bytes`] for a checkpoint older than format 3 when `legacy_flags` is given: its
-/// weights lack ActNorm's `initialized` buffers, which are set from the flags its `state.json`
-/// kept (in module order).
+/// [`model_from_bytes`], for a checkpoint older than format 3 when `legacy` is given (the flags
+/// and the `state.json` that kept them): its weights lack ActNorm's `initialized` buffers, which
+/// are set from those flags (in module order).
 fn weights_from_bytes<M: Module + ModuleSnapshot>(
     mut model: M,
     bytes: Vec<u8>,
     path: &Path,
-    legacy_flags: Option<&[bool]>,
+    legacy: Option<(&[bool], &Path)>,
 ) -> Result<M> {
     let mut store = SafetensorsStore::from_bytes(Some(bytes)).allow_partial(true);
     let result = model
         .load_from(&mut store)
         .map_err(|e| InputError::file(path, None, format!("cannot load weights: {e:?}")))?;
-    let flag = |p: &str| p.ends_with(".initialized");
     let mut missing = result.missing.clone();
-    if legacy_flags.is_some() {
-        missing.retain(|(p, _)| !flag(p));
-    }
-    if let Some(flags) = legacy_flags {
+    if let Some((flags, state)) = legacy {
+        missing.retain(|(p, _)| !p.ends_with(".initialized"));
         model = crate::tensor_util::set_flags(model, "initialized", flags).map_err(|e| {
-            InputError::file(
-                path,
-                None,
-                format!("{e} (field actnorm_initialized of state.json)"),
-            )
+            let at = Some(format!("field {LEGACY_FLAGS_KEY}"));
+            InputError::file(state, at, format!("{e} in {}", path.display()))
         })?;
     }
     if !result.errors.is_empty() || !missing.is_empty() {
@@ -319,8 +315,9 @@ impl Checkpoint {
     /// Weights of a checkpoint older than format 3 get their ActNorm flags from its
     /// `state.json`.
     pub fn load_model<M: Module + ModuleSnapshot>(&self, model: M, name: &str) -> Result<M> {
-        let flags = self.legacy_flags.as_deref();
-        let model = weights_from_bytes(model, self.read(name)?, &self.path(name), flags)?;
+        let state = self.state_path();
+        let legacy = self.legacy_flags.as_deref().map(|f| (f, state.as_path()));
+        let model = weights_from_bytes(model, self.read(name)?, &self.path(name), legacy)?;
         refuse_nonfinite(&model, &self.path(name))?;
         Ok(model)
     }

@@ -1,4 +1,5 @@
-//! Training loops, evaluation, checkpoints.
+//! Training: the one loop ([`trainer`]) and each workload's part ([`train2d`], [`train_image`]),
+//! the non-finite guard, checkpoints, run directories and their logs.
 
 pub mod checkpoint;
 pub mod interrupt;

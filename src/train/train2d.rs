@@ -241,7 +241,7 @@ pub struct RunIo {
 }
 
 /// Where a run on a 2D target keeps its density frames (assembled into `training.gif`).
-fn frames_dir(out: &Path) -> PathBuf {
+pub fn frames_dir(out: &Path) -> PathBuf {
     out.join("frames")
 }
 
@@ -317,7 +317,7 @@ pub fn train2d(
             }
             let optim = optimizer(opts.stability.optimizer);
             let mut run = RunState::fresh(cfg, opts);
-            run.threads = Some(io.threads);
+            run.threads = Some(io.threads.max(1));
             (model, optim, None, run, None)
         }
         Start::Resume(dir, changes) => {
@@ -349,7 +349,7 @@ pub fn train2d(
                 run_dir::threads_note(threads, t);
                 apply_change(&mut changed, "threads", &mut threads, Some(t));
             }
-            run.threads = Some(threads);
+            run.threads = Some(threads.max(1));
             run.resumes =
                 trainer::record_resume(std::mem::take(&mut run.resumes), run.step, changed);
             (r.model, r.optim, r.ema, run, Some(r.saved))

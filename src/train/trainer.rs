@@ -226,7 +226,7 @@ pub trait Task: Sync {
     /// Draw them with the evaluation weights.
     fn pictures(&mut self, done: usize, model: &Self::Model) -> Result<()>;
     /// The run's state as it stands (model config, options, threads, fingerprint, resumes);
-    /// the trainer fills in the step, the ActNorm flags, the time and the guard's counts.
+    /// the trainer fills in the step, the time and the guard's counts.
     fn run(&self) -> &RunState<Self::Model>;
     /// The command that continues this run after an interruption.
     fn resume_command(&self) -> String;

@@ -119,3 +119,17 @@ pub fn fd_jacobian_logdets(f: impl Fn(Tensor<4>) -> Tensor<4>, x: Tensor<4>, eps
         .map(|m| slogdet(m).expect("Jacobian is invertible").1)
         .collect()
 }
+
+/// Copy a fixture run folder (recursively) into `to`.
+pub fn copy_dir(from: &std::path::Path, to: &std::path::Path) {
+    std::fs::create_dir_all(to).unwrap();
+    for e in std::fs::read_dir(from).unwrap() {
+        let e = e.unwrap();
+        let target = to.join(e.file_name());
+        if e.file_type().unwrap().is_dir() {
+            copy_dir(&e.path(), &target);
+        } else {
+            std::fs::copy(e.path(), target).unwrap();
+        }
+    }
+}
