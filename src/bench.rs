@@ -85,6 +85,48 @@ pub struct BenchReport {
     pub peak_rss_mib: Option<f64>,
     /// The last step's loss (training workloads), a sanity check that work was done.
     pub last_loss: Option<f64>,
+    /// The CPU's name (`/proc/cpuinfo`), for telling machine classes apart.
+    pub cpu: Option<String>,
+    /// The instruction sets each CPU path uses on this machine.
+    pub simd: SimdPaths,
+}
+
+/// What the CPU paths run on this machine (all chosen at run time; one binary serves every
+/// x86-64 CPU).
+#[derive(Clone, Debug, Serialize)]
+pub struct SimdPaths {
+    /// gemm's microkernels (matrix products, convolutions): `avx512f`, `fma` or `scalar`.
+    pub gemm: &'static str,
+    /// burn-flex's element-wise kernels (macerator) and glowflow's fused loops
+    /// (`ops::vectorized`): `avx512`, `avx2+fma` or `baseline`.
+    pub elementwise: &'static str,
+}
+
+impl SimdPaths {
+    /// Detect them on this CPU.
+    pub fn detect() -> Self {
+        #[cfg(any(target_arch = "x86", target_arch = "x86_64"))]
+        let gemm = if std::arch::is_x86_feature_detected!("avx512f") {
+            "avx512f"
+        } else if std::arch::is_x86_feature_detected!("fma") {
+            "fma"
+        } else {
+            "scalar"
+        };
+        #[cfg(not(any(target_arch = "x86", target_arch = "x86_64")))]
+        let gemm = "native";
+        SimdPaths {
+            gemm,
+            elementwise: glowflow::ops::simd_level(),
+        }
+    }
+}
+
+/// The CPU's model name from `/proc/cpuinfo` (Linux).
+pub fn cpu_name() -> Option<String> {
+    let info = std::fs::read_to_string("/proc/cpuinfo").ok()?;
+    let line = info.lines().find(|l| l.starts_with("model name"))?;
+    Some(line.split_once(':')?.1.trim().to_string())
 }
 
 /// Peak resident set size of this process in MiB, from `/proc/self/status`.
@@ -362,5 +404,7 @@ pub fn run(
         } else {
             last
         },
+        cpu: cpu_name(),
+        simd: SimdPaths::detect(),
     })
 }

@@ -561,7 +561,7 @@ fn cmd_bench(a: BenchArgs) -> Result<()> {
         println!("{}", serde_json::to_string(&r)?);
     } else {
         println!(
-            "{}: {:.2} ms/step (median {:.2}), {:.2} steps/s, peak RSS {} MiB [{} steps after {} warm-up, {} threads, {}]",
+            "{}: {:.2} ms/step (median {:.2}), {:.2} steps/s, peak RSS {} MiB [{} steps after {} warm-up, {} threads, {}; {}; gemm {}, element-wise {}]",
             a.workload.name(),
             r.ms_per_step,
             r.ms_per_step_median,
@@ -570,7 +570,10 @@ fn cmd_bench(a: BenchArgs) -> Result<()> {
             r.steps,
             r.warmup,
             r.threads,
-            r.backend
+            r.backend,
+            r.cpu.as_deref().unwrap_or("unknown CPU"),
+            r.simd.gemm,
+            r.simd.elementwise
         );
     }
     Ok(())

@@ -188,9 +188,11 @@ impl Optimizer for FusedAdam {
 #[inline(never)]
 fn adam_update(p: &mut [f32], g: &[f32], m: &mut [f32], v: &mut [f32], k: [f32; 5]) {
     let [b1, b2, combined, eps, lr] = k;
-    for (((p, &g), m), v) in p.iter_mut().zip(g).zip(m.iter_mut()).zip(v.iter_mut()) {
-        *m = *m * b1 + g * (1.0 - b1);
-        *v = *v * b2 + g * g * (1.0 - b2);
-        *p -= (*m * combined / (v.sqrt() + eps)) * lr;
-    }
+    super::vectorized(|| {
+        for (((p, &g), m), v) in p.iter_mut().zip(g).zip(m.iter_mut()).zip(v.iter_mut()) {
+            *m = *m * b1 + g * (1.0 - b1);
+            *v = *v * b2 + g * g * (1.0 - b2);
+            *p -= (*m * combined / (v.sqrt() + eps)) * lr;
+        }
+    })
 }

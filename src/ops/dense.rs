@@ -192,10 +192,12 @@ impl<'a> MatRef<'a> {
 // vectorised, the same loop inlined into a larger body was not (measured: 3x slower).
 #[inline(never)]
 fn add_bias_relu(row: &mut [f32], bias: &[f32]) {
-    for (v, b) in row.iter_mut().zip(bias) {
-        let y = *v + b;
-        *v = if y < 0.0 { 0.0 } else { y };
-    }
+    super::vectorized(|| {
+        for (v, b) in row.iter_mut().zip(bias) {
+            let y = *v + b;
+            *v = if y < 0.0 { 0.0 } else { y };
+        }
+    })
 }
 
 /// `lhs · rhs` as a new row-major buffer (written by the GEMM without zero-filling first).
@@ -327,11 +329,14 @@ fn backward(
     });
     let db = wanted[2].then(|| {
         let mut db = vec![0.0f32; m];
-        for row in gp.chunks_exact(m.max(1)) {
-            for (acc, v) in db.iter_mut().zip(row) {
-                *acc += v;
+        // Column sums, rows in order (the same additions on every instruction set).
+        super::vectorized(|| {
+            for row in gp.chunks_exact(m.max(1)) {
+                for (acc, v) in db.iter_mut().zip(row) {
+                    *acc += v;
+                }
             }
-        }
+        });
         FlexTensor::from_data(TensorData::new(db, [m]))
     });
     [dx, dw, db]
@@ -339,9 +344,11 @@ fn backward(
 
 #[inline(never)]
 fn relu_mask(grad: &mut [f32], out: &[f32]) {
-    for (d, &o) in grad.iter_mut().zip(out) {
-        *d = if o > 0.0 { *d } else { 0.0 };
-    }
+    super::vectorized(|| {
+        for (d, &o) in grad.iter_mut().zip(out) {
+            *d = if o > 0.0 { *d } else { 0.0 };
+        }
+    })
 }
 
 /// The values of a float32 tensor in row-major order; no copy when it is contiguous and not

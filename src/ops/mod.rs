@@ -5,3 +5,30 @@ pub mod adam;
 pub mod dense;
 
 pub use dense::dense;
+
+/// Run `f` compiled for the widest vector instructions this CPU has — AVX-512 (x86-64-v4),
+/// AVX2 + FMA (v3) or the baseline — chosen at run time (pulp's dispatch), so one binary uses
+/// AVX-512 where it exists and still runs on AVX2-only CPUs. `f` should be a plain loop that
+/// the compiler vectorises; without fast-math nothing is fused or reordered, so the results are
+/// the same bits on every path.
+#[inline(always)]
+pub fn vectorized<R>(f: impl FnOnce() -> R) -> R {
+    pulp::Arch::new().dispatch(f)
+}
+
+/// The instruction set [`vectorized`] picks on this CPU: `avx512` (x86-64-v4), `avx2+fma`
+/// (v3) or `baseline`.
+pub fn simd_level() -> &'static str {
+    #[cfg(any(target_arch = "x86", target_arch = "x86_64"))]
+    {
+        match pulp::Arch::new() {
+            pulp::Arch::V4(_) => "avx512",
+            pulp::Arch::V3(_) => "avx2+fma",
+            _ => "baseline",
+        }
+    }
+    #[cfg(not(any(target_arch = "x86", target_arch = "x86_64")))]
+    {
+        "baseline"
+    }
+}
