@@ -51,15 +51,48 @@ pub fn default_device() -> Device {
 }
 
 /// A device by name: `flex` (CPU, default) or `cuda` (with the `cuda` cargo feature).
+///
+/// # Errors
+/// An unknown name; `cuda` in a build without the feature, or on a machine where the CUDA
+/// driver cannot be loaded or has no GPU (checked with one small allocation, so the failure is
+/// this error and not a panic later).
 pub fn device_by_name(name: &str) -> anyhow::Result<Device> {
     match name {
         "flex" | "cpu" => Ok(Device::flex()),
         #[cfg(feature = "cuda")]
-        "cuda" => Ok(Device::cuda(0)),
+        "cuda" => cuda_device(),
         #[cfg(not(feature = "cuda"))]
         "cuda" => anyhow::bail!(
             "--device cuda: this build has no CUDA support (rebuild with `--features cuda`)"
         ),
         other => anyhow::bail!("--device {other}: unknown device (expected flex or cuda)"),
+    }
+}
+
+/// The first CUDA GPU, checked by allocating one value on it. cudarc loads the driver
+/// (`libcuda.so.1`) on first use and panics when it is missing; that panic is caught here (its
+/// message silenced) and turned into an error naming `--device cuda`.
+#[cfg(feature = "cuda")]
+fn cuda_device() -> anyhow::Result<Device> {
+    let hook = std::panic::take_hook();
+    std::panic::set_hook(Box::new(|_| {}));
+    let probe = std::panic::catch_unwind(|| {
+        let device = Device::cuda(0);
+        let one = burn::tensor::Tensor::<1>::ones([1], &device);
+        (device, one.into_data())
+    });
+    std::panic::set_hook(hook);
+    match probe {
+        Ok((device, _)) => Ok(device),
+        Err(e) => {
+            let why = e
+                .downcast_ref::<String>()
+                .map(String::as_str)
+                .or_else(|| e.downcast_ref::<&str>().copied())
+                .unwrap_or("unknown failure");
+            anyhow::bail!(
+                "--device cuda: no usable CUDA GPU ({why}); the NVIDIA driver (libcuda.so.1) must be installed and a GPU visible"
+            )
+        }
     }
 }

@@ -9,12 +9,19 @@ use glowflow::tensor_util::{from_vec, to_vec};
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 
+/// The device the layer and model tests run on: `GLOWFLOW_TEST_DEVICE` (`flex` by default,
+/// `cuda` in a build with `--features cuda`), with autodiff.
 pub fn ad_device() -> Device {
-    glowflow::default_device().autodiff()
+    plain_device().autodiff()
 }
 
+/// [`ad_device`] without autodiff.
 pub fn plain_device() -> Device {
-    glowflow::default_device()
+    match std::env::var("GLOWFLOW_TEST_DEVICE") {
+        Ok(name) => glowflow::device_by_name(&name)
+            .unwrap_or_else(|e| panic!("GLOWFLOW_TEST_DEVICE={name}: {e:#}")),
+        Err(_) => glowflow::default_device(),
+    }
 }
 
 /// Add N(0, scale^2) noise to every trainable parameter (fixed buffers are left alone).
