@@ -74,8 +74,23 @@ pub fn device_by_name(name: &str) -> anyhow::Result<Device> {
 /// message silenced) and turned into an error naming `--device cuda`.
 #[cfg(feature = "cuda")]
 fn cuda_device() -> anyhow::Result<Device> {
+    use std::sync::{Arc, Mutex};
+    // The driver is loaded on the backend's own thread, so the first panic message of any
+    // thread is kept (and not printed) while the probe runs.
+    let first: Arc<Mutex<Option<String>>> = Arc::default();
+    let seen = Arc::clone(&first);
     let hook = std::panic::take_hook();
-    std::panic::set_hook(Box::new(|_| {}));
+    std::panic::set_hook(Box::new(move |info| {
+        let mut slot = seen.lock().unwrap_or_else(|e| e.into_inner());
+        if slot.is_none() {
+            let msg = info
+                .payload()
+                .downcast_ref::<String>()
+                .cloned()
+                .or_else(|| info.payload().downcast_ref::<&str>().map(|s| s.to_string()));
+            *slot = Some(msg.unwrap_or_else(|| "unknown failure".into()));
+        }
+    }));
     let probe = std::panic::catch_unwind(|| {
         let device = Device::cuda(0);
         let one = burn::tensor::Tensor::<1>::ones([1], &device);
@@ -84,14 +99,11 @@ fn cuda_device() -> anyhow::Result<Device> {
     std::panic::set_hook(hook);
     match probe {
         Ok((device, _)) => Ok(device),
-        Err(e) => {
-            let why = e
-                .downcast_ref::<String>()
-                .map(String::as_str)
-                .or_else(|| e.downcast_ref::<&str>().copied())
-                .unwrap_or("unknown failure");
+        Err(_) => {
+            let why = first.lock().unwrap_or_else(|e| e.into_inner()).take();
             anyhow::bail!(
-                "--device cuda: no usable CUDA GPU ({why}); the NVIDIA driver (libcuda.so.1) must be installed and a GPU visible"
+                "--device cuda: no usable CUDA GPU ({}); the NVIDIA driver (libcuda.so.1) must be installed and a GPU visible",
+                why.unwrap_or_else(|| "unknown failure".into())
             )
         }
     }
