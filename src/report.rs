@@ -89,7 +89,7 @@ pub fn compare(
                 "gaussian_test_nll": s.gaussian_test_nll,
             }),
         );
-        rows.push((title, s));
+        rows.push((*title, s));
     }
     if opts.table.is_none() {
         comparison_picture(opts.target, &grids, opts.grid, &out.join("compare.png"))?;
@@ -111,11 +111,11 @@ pub fn compare(
 fn markdown(
     data_name: &str,
     opts: &Train2dOptions,
-    rows: &[(&&str, Summary)],
+    rows: &[(&str, Summary)],
     entropy: Option<f64>,
     threads: usize,
 ) -> String {
-    let names: Vec<&str> = rows.iter().map(|(t, _)| **t).collect();
+    let names: Vec<&str> = rows.iter().map(|(t, _)| *t).collect();
     let mut md = format!(
         "# {data_name} — {}, {} steps, batch {}, seed {}\n\n",
         names.join(" vs "),

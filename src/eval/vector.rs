@@ -427,7 +427,7 @@ pub fn sample_rows(
             Some(from_vec(v, [n, k], device))
         }
     };
-    let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(seed);
+    let mut rng = ChaCha8Rng::seed_from_u64(seed);
     let (x, logp) = model.sample(n, temperature, ctx.as_ref(), &mut rng, device);
     let (x, logp) = (to_vec(x), to_vec(logp));
     // Each row: the sample, its context (conditional runs), its log-density.

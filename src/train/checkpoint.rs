@@ -118,7 +118,7 @@ fn weights_from_bytes<M: Module + ModuleSnapshot>(
     let result = model
         .load_from(&mut store)
         .map_err(|e| InputError::file(path, None, format!("cannot load weights: {e:?}")))?;
-    let mut missing = result.missing.clone();
+    let mut missing = result.missing;
     if let Some((flags, state)) = legacy {
         missing.retain(|(p, _)| !p.ends_with(".initialized"));
         model = crate::tensor_util::set_flags(model, "initialized", flags).map_err(|e| {
