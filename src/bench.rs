@@ -61,6 +61,16 @@ impl Workload {
     }
 
     /// Timed steps when the caller gives none (each about a few seconds on 2 cores).
+    /// Points, images or density values one step handles (the batch), for rows per second.
+    pub fn rows_per_step(self) -> usize {
+        match self {
+            Workload::Probe2d | Workload::Seed2d => 1024,
+            Workload::ProbeImage => 16,
+            Workload::Image | Workload::Sample => 64,
+            Workload::DensityGrid => 256 * 256,
+        }
+    }
+
     pub fn default_steps(self) -> usize {
         match self {
             Workload::Probe2d | Workload::Seed2d => 50,
@@ -81,6 +91,8 @@ pub struct BenchReport {
     pub ms_per_step: f64,
     pub ms_per_step_median: f64,
     pub steps_per_s: f64,
+    /// Points or images per second: `steps_per_s` times the workload's batch.
+    pub rows_per_s: f64,
     /// Peak resident set size of the whole process (`VmHWM`), MiB; `None` off Linux.
     pub peak_rss_mib: Option<f64>,
     /// The last step's loss (training workloads), a sanity check that work was done.
@@ -398,6 +410,7 @@ pub fn run(
         ms_per_step: 1e3 * total / steps as f64,
         ms_per_step_median: 1e3 * median,
         steps_per_s: steps as f64 / total,
+        rows_per_s: (steps * workload.rows_per_step()) as f64 / total,
         peak_rss_mib: peak_rss_mib(),
         last_loss: if workload == Workload::Sample || workload == Workload::DensityGrid {
             None

@@ -50,30 +50,102 @@ pub fn default_device() -> Device {
     Device::flex()
 }
 
-/// A device by name: `flex` (CPU, default) or `cuda` (with the `cuda` cargo feature).
+/// A device by name: `flex` (or `cpu`, the default) or `cuda` / `cuda:N` (GPU `N`, with the
+/// `cuda` cargo feature). In a CUDA build, `flex` also sets `BURN_DEVICE=flex` (unless set), so
+/// what burn creates on its default device stays on the CPU.
 ///
 /// # Errors
-/// An unknown name; `cuda` in a build without the feature, or on a machine where the CUDA
-/// driver cannot be loaded or has no GPU (checked with one small allocation, so the failure is
-/// this error and not a panic later).
+/// An unknown name; a list (several devices are for training: [`devices_by_name`]); `cuda` in
+/// a build without the feature, or on a machine where the CUDA driver cannot be loaded or has
+/// no such GPU (checked with one small allocation, so the failure is this error and not a
+/// panic later).
 pub fn device_by_name(name: &str) -> anyhow::Result<Device> {
-    match name {
-        "flex" | "cpu" => Ok(Device::flex()),
-        #[cfg(feature = "cuda")]
-        "cuda" => cuda_device(),
-        #[cfg(not(feature = "cuda"))]
-        "cuda" => anyhow::bail!(
-            "--device cuda: this build has no CUDA support (rebuild with `--features cuda`)"
-        ),
-        other => anyhow::bail!("--device {other}: unknown device (expected flex or cuda)"),
+    if name.contains(',') {
+        anyhow::bail!(
+            "--device {name}: several devices train one model data-parallel (train, train2d); this command runs on one device"
+        );
+    }
+    match name.trim() {
+        "flex" | "cpu" => {
+            // burn makes some state on its default device, which a CUDA build takes to be the
+            // GPU (the optimizer state read on resume, before it moves to the parameters'
+            // device): on a machine without one that would fail, so the CPU becomes the
+            // default unless BURN_DEVICE says otherwise.
+            #[cfg(feature = "cuda")]
+            if std::env::var_os("BURN_DEVICE").is_none() {
+                std::env::set_var("BURN_DEVICE", "flex");
+            }
+            Ok(Device::flex())
+        }
+        other => match cuda_index(other) {
+            Some(Ok(index)) => cuda_by_index(index, other),
+            Some(Err(())) => anyhow::bail!(
+                "--device {other}: not a GPU number (expected cuda or cuda:N, N = 0, 1, ...)"
+            ),
+            None => {
+                anyhow::bail!("--device {other}: unknown device (expected flex, cuda or cuda:N)")
+            }
+        },
     }
 }
 
-/// The first CUDA GPU, checked by allocating one value on it. cudarc loads the driver
+/// The devices of a comma-separated list (`cuda:0,cuda:1`), in order: the model lives on the
+/// first, and data-parallel training gives each an equal shard of every batch
+/// ([`train::parallel::loss_and_grads_on_devices`]). One name gives one device.
+///
+/// # Errors
+/// Any name [`device_by_name`] refuses; a device named twice; CPU and GPU mixed; more than one
+/// CPU device (the CPU has one device: its cores are used with `--threads`).
+pub fn devices_by_name(list: &str) -> anyhow::Result<Vec<Device>> {
+    let names: Vec<&str> = list.split(',').map(str::trim).collect();
+    if names.len() == 1 {
+        return Ok(vec![device_by_name(names[0])?]);
+    }
+    let mut devices: Vec<Device> = Vec::with_capacity(names.len());
+    for name in &names {
+        let device = device_by_name(name)?;
+        if devices.contains(&device) {
+            anyhow::bail!("--device {list}: {name} is named twice");
+        }
+        if tensor_util::is_flex_device(&device) {
+            anyhow::bail!(
+                "--device {list}: the CPU is one device (its cores are shared out with --threads); several devices means several GPUs"
+            );
+        }
+        devices.push(device);
+    }
+    Ok(devices)
+}
+
+/// `cuda` → 0, `cuda:N` → N; `Some(Err)` for a malformed number, `None` for another name.
+fn cuda_index(name: &str) -> Option<Result<usize, ()>> {
+    match name.strip_prefix("cuda") {
+        Some("") => Some(Ok(0)),
+        Some(rest) => rest
+            .strip_prefix(':')
+            .map(|n| n.parse::<usize>().map_err(|_| ())),
+        None => None,
+    }
+}
+
+/// GPU `index`, as the user named it (`name`, for messages).
+#[cfg(not(feature = "cuda"))]
+fn cuda_by_index(_index: usize, name: &str) -> anyhow::Result<Device> {
+    anyhow::bail!(
+        "--device {name}: this build has no CUDA support (rebuild with `--features cuda`)"
+    )
+}
+
+#[cfg(feature = "cuda")]
+fn cuda_by_index(index: usize, name: &str) -> anyhow::Result<Device> {
+    cuda_device(index, name)
+}
+
+/// CUDA GPU `index`, checked by allocating one value on it. cudarc loads the driver
 /// (`libcuda.so.1`) on first use and panics when it is missing; that panic is caught here (its
 /// message silenced) and turned into an error naming `--device cuda`.
 #[cfg(feature = "cuda")]
-fn cuda_device() -> anyhow::Result<Device> {
+fn cuda_device(index: usize, name: &str) -> anyhow::Result<Device> {
     use std::sync::{Arc, Mutex};
     // The driver is loaded on the backend's own thread, so the first panic message of any
     // thread is kept (and not printed) while the probe runs.
@@ -92,7 +164,7 @@ fn cuda_device() -> anyhow::Result<Device> {
         }
     }));
     let probe = std::panic::catch_unwind(|| {
-        let device = Device::cuda(0);
+        let device = Device::cuda(index);
         let one = burn::tensor::Tensor::<1>::ones([1], &device);
         (device, one.into_data())
     });
@@ -102,7 +174,7 @@ fn cuda_device() -> anyhow::Result<Device> {
         Err(_) => {
             let why = first.lock().unwrap_or_else(|e| e.into_inner()).take();
             anyhow::bail!(
-                "--device cuda: no usable CUDA GPU ({}); the NVIDIA driver (libcuda.so.1) must be installed and a GPU visible",
+                "--device {name}: no usable CUDA GPU ({}); the NVIDIA driver (libcuda.so.1) must be installed and GPU {index} visible",
                 why.unwrap_or_else(|| "unknown failure".into())
             )
         }

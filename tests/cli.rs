@@ -115,6 +115,57 @@ fn compare_writes_table_picture_and_json() {
 }
 
 #[test]
+fn device_lists_are_checked() {
+    let cases: [(&[&str], &str); 6] = [
+        (
+            &["train2d", "--device", "flex,flex", "--steps", "1"],
+            "the CPU is one device",
+        ),
+        (
+            &["train2d", "--device", "cuda:x"],
+            "--device cuda:x: not a GPU number",
+        ),
+        (
+            &["train", "--device", "tpu"],
+            "--device tpu: unknown device",
+        ),
+        (
+            &[
+                "sample",
+                "--checkpoint",
+                "/nonexistent",
+                "--device",
+                "cuda:0,cuda:1",
+            ],
+            "this command runs on one device",
+        ),
+        (
+            &["compare", "--device", "cuda:0,cuda:1"],
+            "this command runs on one device",
+        ),
+        // Without the cuda feature: no CUDA support; with it and no driver: no usable GPU;
+        // with two GPUs: named twice. Each names the flag and the device.
+        (&["train2d", "--device", "cuda:0,cuda:0"], "--device cuda:0"),
+    ];
+    for (args, needle) in cases {
+        let dir = tempfile::tempdir().unwrap();
+        let out = glowflow()
+            .args(args)
+            .arg("--out")
+            .arg(dir.path().join("out"))
+            .output()
+            .unwrap();
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(!out.status.success(), "{args:?} should fail");
+        assert!(
+            err.contains(needle),
+            "{args:?}: error does not mention {needle}: {err}"
+        );
+        assert!(!err.contains("panicked"), "{args:?} panicked: {err}");
+    }
+}
+
+#[test]
 fn bad_input_gets_a_clear_error() {
     let cases: [(&[&str], &str); 9] = [
         (&["train2d", "--target", "nosuch"], "nosuch"),

@@ -699,6 +699,7 @@ fn rio(out: &Path) -> glowflow::train::RunIo {
         progress: false,
         threads: 1,
         force: false,
+        replicas: Vec::new(),
     }
 }
 

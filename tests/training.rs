@@ -38,6 +38,7 @@ fn io(out: &Path) -> RunIo {
         progress: false,
         threads: 2,
         force: false,
+        replicas: Vec::new(),
     }
 }
 
@@ -50,7 +51,79 @@ fn to_steps(n: usize) -> glowflow::train::run_dir::ResumeChanges {
 }
 
 fn run(start: Start, opts: Option<Train2dOptions>, out: &Path) -> anyhow::Result<Summary> {
-    train2d(start, opts, &io(out), &glowflow::default_device())
+    train2d(start, opts, &io(out), &common::plain_device())
+}
+
+/// The training losses of a short vector-Glow run on `devices` (the first holds the model; with
+/// more, each takes an equal shard of every batch) with `threads` CPU shards.
+fn data_parallel_losses(devices: &[burn::tensor::Device], threads: usize, out: &Path) -> Vec<f64> {
+    let mut o = small_options(30);
+    o.frames = 0;
+    let io = RunIo {
+        threads,
+        replicas: devices[1..].to_vec(),
+        ..io(out)
+    };
+    train2d(
+        Start::Fresh(small_config(ModelKind::Glow)),
+        Some(o),
+        &io,
+        &devices[0],
+    )
+    .unwrap();
+    losses(out).into_iter().map(|(_, l)| l).collect()
+}
+
+/// Data-parallel training on two devices follows one device's loss sequence on the same global
+/// batch, to float tolerance: the shard losses are weighted by their share of the rows and the
+/// gradients summed before the one optimizer step.
+fn assert_same_losses(one: &[f64], two: &[f64]) {
+    assert_eq!(one.len(), 30);
+    assert_eq!(one.len(), two.len());
+    for (step, (a, b)) in one.iter().zip(two).enumerate() {
+        assert!(
+            (a - b).abs() <= 1e-4 * a.abs().max(1.0),
+            "step {}: one device {a}, two devices {b}",
+            step + 1
+        );
+    }
+    // The run learns, so equal sequences are not two constant ones.
+    assert!(one[29] < one[0] - 0.05, "{} -> {}", one[0], one[29]);
+}
+
+#[test]
+fn two_cpu_replicas_follow_one_device() {
+    // The CPU has one device; two replicas of it take the multi-device path (a thread and a
+    // fork per device, gradients summed on the first) against one unsharded device.
+    let cpu = glowflow::default_device();
+    let (a, b) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    let one = data_parallel_losses(std::slice::from_ref(&cpu), 1, a.path());
+    let two = data_parallel_losses(&[cpu.clone(), cpu], 1, b.path());
+    eprintln!("losses: one device {one:?}, two {two:?}");
+    assert_same_losses(&one, &two);
+}
+
+#[test]
+fn two_gpus_follow_one_gpu() {
+    // Needs two GPUs: GLOWFLOW_TEST_DEVICES=cuda:0,cuda:1 in a build with `--features cuda`.
+    let Some(list) = std::env::var("GLOWFLOW_TEST_DEVICES")
+        .ok()
+        .filter(|l| !l.is_empty())
+    else {
+        eprintln!("skipped: set GLOWFLOW_TEST_DEVICES=cuda:0,cuda:1 (two GPUs, --features cuda) to run it");
+        return;
+    };
+    let devices = glowflow::devices_by_name(&list)
+        .unwrap_or_else(|e| panic!("GLOWFLOW_TEST_DEVICES={list}: {e:#}"));
+    if devices.len() < 2 {
+        eprintln!("skipped: GLOWFLOW_TEST_DEVICES={list} names one device; two are needed");
+        return;
+    }
+    let (a, b) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    let one = data_parallel_losses(&devices[..1], 1, a.path());
+    let two = data_parallel_losses(&devices[..2], 1, b.path());
+    eprintln!("losses: one GPU {one:?}, two {two:?}");
+    assert_same_losses(&one, &two);
 }
 
 fn losses(out: &Path) -> Vec<(usize, f64)> {
@@ -136,8 +209,7 @@ fn resume_continues_exactly() {
         // The ActNorm flags travel in the weights (format 3), not in state.json.
         assert!(v.get("actnorm_initialized").is_none());
         let (resumed, _) =
-            glowflow::train::train2d::load_trained(split.path(), &glowflow::default_device())
-                .unwrap();
+            glowflow::train::train2d::load_trained(split.path(), &common::plain_device()).unwrap();
         if model == ModelKind::Glow {
             assert!(
                 !resumed.flow.needs_data_init(),
@@ -201,7 +273,7 @@ fn non_finite_updates_case(kind: ModelKind) {
     );
     // Loading refuses non-finite weights, so this also proves the checkpoint is finite.
     let (model, _) =
-        glowflow::train::train2d::load_trained(dir.path(), &glowflow::default_device()).unwrap();
+        glowflow::train::train2d::load_trained(dir.path(), &common::plain_device()).unwrap();
     assert!(glowflow::tensor_util::first_nonfinite_param(&model).is_none());
     let skipped: usize = std::fs::read_to_string(dir.path().join("metrics.csv"))
         .unwrap()
@@ -272,7 +344,7 @@ fn gradient_norm_report_and_clipping() {
     use burn::optim::GradientsParams;
     use glowflow::tensor_util::{from_vec, to_vec};
     use glowflow::train::stability::{clip_gradients, grad_report};
-    let device = glowflow::default_device().autodiff();
+    let device = common::plain_device().autodiff();
     let mut model = glowflow::models::VectorFlow::new(&small_config(ModelKind::Glow), &device);
     let x = from_vec(
         (0..64).map(|i| (i as f32 * 0.7).sin() * 2.0).collect(),
@@ -377,15 +449,12 @@ fn resume_is_exact_with_weight_average_clipping_and_adamax() {
     assert!(clipped > 0, "clipping at 0.5 never engaged");
     // The average is what is evaluated: it differs from the last raw weights.
     let raw = glowflow::train::checkpoint::load_model(
-        glowflow::models::VectorFlow::new(
-            &small_config(ModelKind::Glow),
-            &glowflow::default_device(),
-        ),
+        glowflow::models::VectorFlow::new(&small_config(ModelKind::Glow), &common::plain_device()),
         &full.path().join("checkpoint/model.safetensors"),
     )
     .unwrap();
     let (avg, _) =
-        glowflow::train::train2d::load_trained(full.path(), &glowflow::default_device()).unwrap();
+        glowflow::train::train2d::load_trained(full.path(), &common::plain_device()).unwrap();
     let w = |m: &glowflow::models::VectorFlow| {
         let mut v = Vec::new();
         struct C<'a>(&'a mut Vec<f32>);
@@ -422,7 +491,7 @@ fn adamax_host_loop_matches_tensor_ops() {
     use glowflow::train::stability::OptimizerKind;
     use rand::SeedableRng;
 
-    let device = glowflow::default_device().autodiff();
+    let device = common::plain_device().autodiff();
     let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(4);
     let start = Dense::new(6, 5, &mut rng, &device);
     let x = from_vec(
@@ -517,7 +586,7 @@ fn fused_adam_matches_burns_adam() {
     use glowflow::tensor_util::{from_vec, to_vec};
     use rand::SeedableRng;
 
-    let device = glowflow::default_device().autodiff();
+    let device = common::plain_device().autodiff();
     let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(3);
     let start = Dense::new(7, 13, &mut rng, &device);
     let initial = to_vec(start.weight.val());
@@ -590,9 +659,8 @@ fn metrics_file_is_upgraded_on_resume() {
 fn format_2_checkpoint_loads_evaluates_and_resumes() {
     use glowflow::data::stream::test_points;
     use glowflow::eval::vector::{log_prob_points, mean_nll};
-    let fixture =
-        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/format2_glow2d");
-    let device = glowflow::default_device();
+    let fixture = common::fixture("format2_glow2d");
+    let device = common::plain_device();
     let (model, state) = glowflow::train::train2d::load_trained(&fixture, &device).unwrap();
     assert!(
         !model.flow.needs_data_init(),

@@ -203,6 +203,8 @@ pub struct TrainArgs {
     /// Replace a run already in --out (its checkpoint, logs and samples).
     #[arg(long)]
     pub force: bool,
+    /// Compute device: flex (CPU), cuda or cuda:N; a list of GPUs (cuda:0,cuda:1) trains
+    /// data-parallel, one equal shard of every batch per GPU (deterministic for a given count).
     #[arg(long, default_value = "flex")]
     pub device: String,
     /// Data-parallel threads, one batch shard each (default: all cores; 1 with cuda). Part of
@@ -353,7 +355,8 @@ pub struct CommonArgs {
     /// Side of the density maps and frames, in cells.
     #[arg(long, default_value_t = vector_recipe().grid, value_parser = parse::count::<2, 4096>)]
     pub grid: usize,
-    /// Compute device: flex (CPU) or cuda.
+    /// Compute device: flex (CPU), cuda or cuda:N. `train2d` also takes a list of GPUs
+    /// (cuda:0,cuda:1): data-parallel training, one equal shard of every batch per GPU.
     #[arg(long, default_value = "flex")]
     pub device: String,
     /// Threads for data-parallel training (default: all cores). Runs are deterministic for a
@@ -545,7 +548,7 @@ pub fn run<I: IntoIterator<Item = T>, T: Into<OsString> + Clone>(args: I) -> Res
 fn thread_count(threads: Option<usize>, device: &str) -> usize {
     match threads {
         Some(t) => t,
-        None if device == "cuda" => 1,
+        None if device.starts_with("cuda") => 1,
         None => std::thread::available_parallelism().map_or(1, |n| n.get()),
     }
 }
@@ -560,12 +563,19 @@ fn cmd_bench(a: BenchArgs) -> Result<()> {
     if a.json {
         println!("{}", serde_json::to_string(&r)?);
     } else {
+        use crate::bench::Workload as W;
         println!(
-            "{}: {:.2} ms/step (median {:.2}), {:.2} steps/s, peak RSS {} MiB [{} steps after {} warm-up, {} threads, {}; {}; gemm {}, element-wise {}]",
+            "{}: {:.2} ms/step (median {:.2}), {:.2} steps/s ({:.0} {}/s), peak RSS {} MiB [{} steps after {} warm-up, {} threads, {}; {}; gemm {}, element-wise {}]",
             a.workload.name(),
             r.ms_per_step,
             r.ms_per_step_median,
             r.steps_per_s,
+            r.rows_per_s,
+            match a.workload {
+                W::ProbeImage | W::Image | W::Sample => "images",
+                W::DensityGrid => "grid points",
+                _ => "points",
+            },
             r.peak_rss_mib.map_or("?".into(), |m| format!("{m:.0}")),
             r.steps,
             r.warmup,
@@ -620,13 +630,14 @@ fn out_dir(out: &Option<PathBuf>, resume: &Option<PathBuf>, default: &str) -> Pa
 }
 
 fn cmd_train2d(a: Train2dArgs, given: &[(String, String)]) -> Result<()> {
-    let device = glowflow::device_by_name(&a.common.device)?;
+    let (device, replicas) = train_devices(&a.common.device)?;
     interrupt::install();
     let io = RunIo {
         out: out_dir(&a.out, &a.resume, "runs/train2d"),
         progress: !a.common.quiet,
         threads: a.common.threads(),
         force: a.force,
+        replicas,
     };
     let summary = match &a.resume {
         Some(dir) => {
@@ -661,6 +672,14 @@ fn cmd_train2d(a: Train2dArgs, given: &[(String, String)]) -> Result<()> {
     print_json(&summary)
 }
 
+/// `--device` of a training command: the model's device and, for a list of GPUs, the others
+/// (data-parallel replicas).
+fn train_devices(names: &str) -> Result<(burn::tensor::Device, Vec<burn::tensor::Device>)> {
+    let mut devices = glowflow::devices_by_name(names)?;
+    let first = devices.remove(0);
+    Ok((first, devices))
+}
+
 /// Print a result as pretty JSON on stdout; a failed write (a closed pipe, a full disk) is an
 /// error, not a panic.
 fn print_json<T: serde::Serialize>(value: &T) -> Result<()> {
@@ -681,6 +700,7 @@ fn cmd_compare(a: CompareArgs, given: &[(String, String)]) -> Result<()> {
         progress: !a.common.quiet,
         threads: a.common.threads(),
         force: a.force,
+        replicas: Vec::new(),
     };
     interrupt::install();
     let opts = a.common.options(glowflow::report::DEFAULT_STEPS);
@@ -690,7 +710,7 @@ fn cmd_compare(a: CompareArgs, given: &[(String, String)]) -> Result<()> {
 
 fn cmd_train(a: TrainArgs, given: &[(String, String)]) -> Result<()> {
     use glowflow::train::train_image::{train_image, ImageStart};
-    let device = glowflow::device_by_name(&a.device)?;
+    let (device, replicas) = train_devices(&a.device)?;
     interrupt::install();
     let start = match &a.resume {
         Some(dir) => {
@@ -762,6 +782,7 @@ fn cmd_train(a: TrainArgs, given: &[(String, String)]) -> Result<()> {
         progress: !a.quiet,
         threads: 1,
         force: a.force,
+        replicas,
     };
     let s = train_image(start, &io, &device)?;
     print_json(&s)

@@ -1,12 +1,20 @@
-//! Data-parallel gradient computation on the CPU: the batch is split into equal shards, each
-//! thread runs forward and backward on its own fork of the model (fresh autodiff leaves, same
-//! parameter ids), and the shard gradients are summed in a fixed order. Small 2D flows are
-//! dominated by per-op overhead and GEMMs too small for the backend's own threading, so
-//! splitting the batch is what uses every core. Results depend on the shard count, never on
-//! thread timing.
+//! Data-parallel gradient computation: the batch is split into equal shards, each shard runs
+//! forward and backward on its own fork of the model (fresh autodiff leaves, same parameter
+//! ids), and the shard gradients are summed. Results depend on the shard count, never on thread
+//! timing.
+//!
+//! - On the CPU ([`loss_and_grads`]) the shards are threads of the one device, summed in a fixed
+//!   order. Small 2D flows are dominated by per-op overhead and GEMMs too small for the
+//!   backend's own threading, so splitting the batch is what uses every core.
+//! - On several GPUs ([`loss_and_grads_on_devices`]) each device takes one shard; the gradients
+//!   are summed with burn's collective all-reduce (`burn::tensor::distributed::all_reduce`,
+//!   NCCL on CUDA), and the optimizer steps once, on the first device, whose weights every
+//!   device forks at the next step (the broadcast). This is PyTorch DDP's arithmetic with one
+//!   optimizer instead of one per replica.
 
 use burn::module::{Module, ModuleVisitor, Param};
 use burn::optim::GradientsParams;
+use burn::tensor::distributed::{all_reduce, ReduceOperation};
 use burn::tensor::{Device, Tensor};
 use std::sync::{Mutex, OnceLock};
 
@@ -28,13 +36,7 @@ where
 {
     let n = batch.len() / width;
     let shards = shards.clamp(1, n.max(1));
-    let run = |m: &M, rows: &[f32]| -> (f64, GradientsParams) {
-        let k = rows.len() / width;
-        let x = from_vec(rows.to_vec(), [k, width], device);
-        let l = loss(m, x).mul_scalar(k as f64 / n as f64);
-        let value = to_vec(l.clone())[0] as f64;
-        (value, GradientsParams::from_grads(l.backward(), m))
-    };
+    let run = |m: &M, rows: &[f32]| shard(m, rows, n, width, device, &loss);
     if shards == 1 {
         return run(model, batch);
     }
@@ -60,6 +62,98 @@ where
                 .expect("every shard ran")
         })
         .collect();
+    sum_parts(model, parts)
+}
+
+/// Mean loss over `batch` (`n` rows of `width` values) and its gradients, with one shard of
+/// the batch on each of `devices` (autodiff devices; `model` lives on the first), all shards
+/// running at once, one thread per device. The returned gradients are on the first device.
+///
+/// The shard losses are the shards' means weighted by their share of the rows, so the sum is
+/// the mean over the whole batch and the summed gradients are those of one device running the
+/// whole batch, up to float rounding. GPUs sum with burn's all-reduce (NCCL), every device
+/// issuing the same reductions in the module's parameter order; CPU devices (tests) have no
+/// collective backend and are summed on the first device in device order. A batch with fewer
+/// rows than devices uses the first `n` devices. `loss` must return the mean loss of the rows
+/// it is given.
+pub fn loss_and_grads_on_devices<M, F>(
+    model: &M,
+    batch: &[f32],
+    width: usize,
+    devices: &[Device],
+    loss: F,
+) -> (f64, GradientsParams)
+where
+    M: Module + Clone + Send + Sync,
+    F: Fn(&M, Tensor<2>) -> Tensor<1> + Sync,
+{
+    let n = batch.len() / width;
+    let per = n.div_ceil(devices.len().max(1)).max(1);
+    let chunks: Vec<&[f32]> = batch.chunks(per * width).collect();
+    let devices = &devices[..chunks.len().min(devices.len())];
+    let collective = devices.len() > 1 && !devices.iter().any(crate::tensor_util::is_flex_device);
+    let group: Vec<Device> = devices.iter().map(|d| d.clone().inner()).collect();
+    let parts: Vec<(f64, GradientsParams)> = std::thread::scope(|s| {
+        let handles: Vec<_> = chunks
+            .iter()
+            .zip(devices)
+            .map(|(rows, device)| {
+                let (loss, group) = (&loss, &group);
+                s.spawn(move || {
+                    let replica = model.clone().fork(device);
+                    let (value, mut grads) = shard(&replica, rows, n, width, device, loss);
+                    if collective {
+                        let mut reduce = AllReduceGrads {
+                            grads: &mut grads,
+                            out: GradientsParams::new(),
+                            group,
+                        };
+                        replica.visit(&mut reduce);
+                        grads = reduce.out;
+                    }
+                    (value, grads)
+                })
+            })
+            .collect();
+        handles
+            .into_iter()
+            .map(|h| h.join().unwrap_or_else(|p| std::panic::resume_unwind(p)))
+            .collect()
+    });
+    if collective {
+        // Every device holds the sum; the first device's copy is the one the optimizer uses.
+        let value = parts.iter().map(|p| p.0).sum();
+        return (
+            value,
+            parts.into_iter().next().expect("one shard at least").1,
+        );
+    }
+    sum_parts(model, parts)
+}
+
+/// The loss of the shard `rows` (of a batch of `n` rows) weighted by its share `k / n`, and
+/// its gradients for `model` (a fork on `device`).
+fn shard<M, F>(
+    model: &M,
+    rows: &[f32],
+    n: usize,
+    width: usize,
+    device: &Device,
+    loss: &F,
+) -> (f64, GradientsParams)
+where
+    M: Module,
+    F: Fn(&M, Tensor<2>) -> Tensor<1>,
+{
+    let k = rows.len() / width;
+    let x = from_vec(rows.to_vec(), [k, width], device);
+    let l = loss(model, x).mul_scalar(k as f64 / n as f64);
+    let value = to_vec(l.clone())[0] as f64;
+    (value, GradientsParams::from_grads(l.backward(), model))
+}
+
+/// The shards' losses and gradients summed, in shard order, on the first shard's device.
+fn sum_parts<M: Module>(model: &M, parts: Vec<(f64, GradientsParams)>) -> (f64, GradientsParams) {
     let value = parts.iter().map(|p| p.0).sum();
     let mut grads: Vec<GradientsParams> = parts.into_iter().map(|p| p.1).collect();
     let mut merged = GradientsParams::new();
@@ -68,6 +162,32 @@ where
         out: &mut merged,
     });
     (value, merged)
+}
+
+/// Replaces each parameter's gradient by its sum over the devices of `group` (burn's
+/// all-reduce). Every device visits the same module in the same order, so the collectives
+/// match up; a parameter without a gradient on this device reduces zeros, so a device never
+/// waits for a reduction the others skip, and stays without a gradient.
+struct AllReduceGrads<'a> {
+    grads: &'a mut GradientsParams,
+    out: GradientsParams,
+    group: &'a [Device],
+}
+
+impl ModuleVisitor for AllReduceGrads<'_> {
+    fn visit_float<const D: usize>(&mut self, param: &Param<Tensor<D>>) {
+        if !param.is_require_grad() {
+            return;
+        }
+        let local = self.grads.remove::<D>(param.id);
+        let had = local.is_some();
+        let device = param.val().device().inner();
+        let g = local.unwrap_or_else(|| Tensor::zeros(param.shape(), &device));
+        let sum = all_reduce(g, ReduceOperation::Sum, self.group.to_vec()).resolve();
+        if had {
+            self.out.register(param.id, sum);
+        }
+    }
 }
 
 /// One single-thread pool per shard, created once and kept: each shard's ops, and the GEMMs
@@ -101,7 +221,11 @@ impl ModuleVisitor for SumGrads<'_> {
         for g in self.parts.iter_mut() {
             if let Some(t) = g.remove::<D>(param.id) {
                 total = Some(match total {
-                    Some(acc) => acc + t,
+                    // Shards of other devices are summed on the first shard's device.
+                    Some(acc) => {
+                        let t = t.to_device(&acc.device());
+                        acc + t
+                    }
                     None => t,
                 });
             }

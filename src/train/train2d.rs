@@ -238,6 +238,11 @@ pub struct RunIo {
     pub threads: usize,
     /// Replace a run already in `out` (without it, a fresh run into such a folder is refused).
     pub force: bool,
+    /// Further devices (GPUs) for data-parallel training, besides the run's device: every
+    /// batch is split in equal shards, one per device (`threads` is then not used). Results
+    /// are deterministic for a given device count. Not saved with the run: a resumed run may
+    /// use other devices. Empty: one device.
+    pub replicas: Vec<Device>,
 }
 
 /// Where a run on a 2D target keeps its density frames (assembled into `training.gif`).
@@ -381,6 +386,14 @@ pub fn train2d(
         table = Some(data);
     }
     trainer::check_steps(run.step, opts.steps)?;
+    if !io.replicas.is_empty() && model.flow.uses_batch_statistics() {
+        return Err(InputError::flag(
+            "--device",
+            format!("{} devices", 1 + io.replicas.len()),
+            "Real NVP's batch norm normalises with batch statistics, which splitting the batch over devices would change; train it on one device",
+        )
+        .into());
+    }
     // Everything is checked: only now is an old run replaced by --force cleared (a refused run
     // never touches the run it would have replaced).
     trainer::clear_old_run(out, continues_here, io.force)?;
@@ -422,6 +435,7 @@ pub fn train2d(
         append_logs: run.step > 0 || continues_here,
         saved,
         device: train_device,
+        replicas: io.replicas.iter().map(|d| d.clone().autodiff()).collect(),
     };
     let mut task = VectorTask {
         shards: if model.flow.uses_batch_statistics() {

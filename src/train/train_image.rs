@@ -360,6 +360,7 @@ pub fn train_image(start: ImageStart, io: &RunIo, device: &Device) -> Result<Ima
         append_logs: first > 0 || continues_here,
         saved,
         device: train_device,
+        replicas: io.replicas.iter().map(|d| d.clone().autodiff()).collect(),
     };
     let mut task = ImageTask {
         run,

@@ -256,6 +256,10 @@ pub struct Schedule {
     pub saved: Option<(PathBuf, usize)>,
     /// The autodiff device of the model.
     pub device: Device,
+    /// Further autodiff devices for data-parallel training: with any, every batch is split in
+    /// equal shards over `device` and these, one each ([`parallel::loss_and_grads_on_devices`]),
+    /// and [`Task::shards`] is not used.
+    pub replicas: Vec<Device>,
 }
 
 /// How a call of [`train`] ended.
@@ -295,6 +299,9 @@ pub fn train<T: Task>(
     let mut clock = Instant::now();
     let mut train_seconds = s.train_seconds;
     let (mut last, mut interrupted) = (s.first, false);
+    let devices: Vec<Device> = std::iter::once(s.device.clone())
+        .chain(s.replicas.iter().cloned())
+        .collect();
     for step in s.first..s.steps {
         if interrupt::requested() {
             interrupted = true;
@@ -310,9 +317,12 @@ pub fn train<T: Task>(
         let batch = task.batch(step);
         let (value, grads) = {
             let t: &T = task;
-            parallel::loss_and_grads(&model, &batch, t.width(), t.shards(), &s.device, |m, x| {
-                t.loss(m, x)
-            })
+            let loss = |m: &T::Model, x| t.loss(m, x);
+            if devices.len() > 1 {
+                parallel::loss_and_grads_on_devices(&model, &batch, t.width(), &devices, loss)
+            } else {
+                parallel::loss_and_grads(&model, &batch, t.width(), t.shards(), &s.device, loss)
+            }
         };
         let (next, outcome, report, stop) = guard.step(model, &mut optim, lr, value, grads);
         model = next;

@@ -24,6 +24,19 @@ pub fn plain_device() -> Device {
     }
 }
 
+/// A committed fixture: `tests/fixtures/<name>` of the source tree the tests were built in, or,
+/// where that tree is not (a test executable copied to a GPU machine), of the current
+/// directory.
+pub fn fixture(name: &str) -> std::path::PathBuf {
+    let built = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures");
+    let root = if built.is_dir() {
+        built
+    } else {
+        std::path::PathBuf::from("tests/fixtures")
+    };
+    root.join(name)
+}
+
 /// Add N(0, scale^2) noise to every trainable parameter (fixed buffers are left alone).
 pub fn perturb<M: Module>(m: M, scale: f32, seed: u64) -> M {
     struct Noise(ChaCha8Rng, f32);
