@@ -69,7 +69,7 @@ PY
 # Unpack NAME.xz to NAME (xz, or Python's lzma where xz is missing).
 unpack() {
     local f=$STAGE/$1
-    if [ -f "$f.xz" ] && [ ! -x "$f" ]; then
+    if [ -f "$f.xz" ] && { [ ! -x "$f" ] || [ "$f.xz" -nt "$f" ]; }; then
         if command -v xz >/dev/null; then
             xz -dc "$f.xz" >"$f.part"
         else
@@ -110,6 +110,8 @@ run() {
             mkdir -p "$STAGE/nccl"
             ln -sf "$nccl" "$STAGE/nccl/libnccl.so"
             export LD_LIBRARY_PATH=$STAGE/nccl${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}
+        elif ! ldconfig -p 2>/dev/null | grep -q 'libnccl\.so '; then
+            echo "device-check: no NCCL found (libnccl.so, or python's nvidia-nccl-cu12): the two-GPU test will fail on it" >&2
         fi
     fi
     env GLOWFLOW_TEST_DEVICE=cuda ${devices:+GLOWFLOW_TEST_DEVICES=$devices} \

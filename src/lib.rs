@@ -51,8 +51,10 @@ pub fn default_device() -> Device {
 }
 
 /// A device by name: `flex` (or `cpu`, the default) or `cuda` / `cuda:N` (GPU `N`, with the
-/// `cuda` cargo feature). In a CUDA build, `flex` also sets `BURN_DEVICE=flex` (unless set), so
-/// what burn creates on its default device stays on the CPU.
+/// `cuda` cargo feature). A CUDA build makes the GPU burn's default device, on which burn
+/// creates some state (the optimizer state read on resume, before it moves to the parameters'
+/// device): a program that runs such a build on the CPU of a machine without a GPU sets
+/// `BURN_DEVICE=flex` before it starts threads (the `glowflow` binary does).
 ///
 /// # Errors
 /// An unknown name; a list (several devices are for training: [`devices_by_name`]); `cuda` in
@@ -66,17 +68,7 @@ pub fn device_by_name(name: &str) -> anyhow::Result<Device> {
         );
     }
     match name.trim() {
-        "flex" | "cpu" => {
-            // burn makes some state on its default device, which a CUDA build takes to be the
-            // GPU (the optimizer state read on resume, before it moves to the parameters'
-            // device): on a machine without one that would fail, so the CPU becomes the
-            // default unless BURN_DEVICE says otherwise.
-            #[cfg(feature = "cuda")]
-            if std::env::var_os("BURN_DEVICE").is_none() {
-                std::env::set_var("BURN_DEVICE", "flex");
-            }
-            Ok(Device::flex())
-        }
+        "flex" | "cpu" => Ok(Device::flex()),
         other => match cuda_index(other) {
             Some(Ok(index)) => cuda_by_index(index, other),
             Some(Err(())) => anyhow::bail!(
@@ -95,7 +87,8 @@ pub fn device_by_name(name: &str) -> anyhow::Result<Device> {
 ///
 /// # Errors
 /// Any name [`device_by_name`] refuses; a device named twice; CPU and GPU mixed; more than one
-/// CPU device (the CPU has one device: its cores are used with `--threads`).
+/// CPU device (the CPU has one device: its cores are used with `--threads`); several GPUs where
+/// NCCL (`libnccl.so`) cannot be loaded.
 pub fn devices_by_name(list: &str) -> anyhow::Result<Vec<Device>> {
     let names: Vec<&str> = list.split(',').map(str::trim).collect();
     if names.len() == 1 {
@@ -113,6 +106,13 @@ pub fn devices_by_name(list: &str) -> anyhow::Result<Vec<Device>> {
             );
         }
         devices.push(device);
+    }
+    #[cfg(feature = "cuda")]
+    // SAFETY: only tries to open the library (dlopen), nothing is called in it.
+    if !unsafe { cudarc::nccl::sys::is_culib_present() } {
+        anyhow::bail!(
+            "--device {list}: several GPUs sum gradients with NCCL, and libnccl.so cannot be loaded (install PyPI's nvidia-nccl-cu12 and put a libnccl.so link to its libnccl.so.2 on LD_LIBRARY_PATH)"
+        );
     }
     Ok(devices)
 }
@@ -175,7 +175,9 @@ fn cuda_device(index: usize, name: &str) -> anyhow::Result<Device> {
             let why = first.lock().unwrap_or_else(|e| e.into_inner()).take();
             anyhow::bail!(
                 "--device {name}: no usable CUDA GPU ({}); the NVIDIA driver (libcuda.so.1) must be installed and GPU {index} visible",
-                why.unwrap_or_else(|| "unknown failure".into())
+                // cudarc's message goes on to list every library name it tried.
+                why.as_deref()
+                    .map_or("unknown failure", |w| w.split(" - searched").next().unwrap_or(w))
             )
         }
     }

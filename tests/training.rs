@@ -59,6 +59,8 @@ fn run(start: Start, opts: Option<Train2dOptions>, out: &Path) -> anyhow::Result
 fn data_parallel_losses(devices: &[burn::tensor::Device], threads: usize, out: &Path) -> Vec<f64> {
     let mut o = small_options(30);
     o.frames = 0;
+    // Odd, so the shards differ in size (128 + 127 rows) and their weighting is tested.
+    o.batch = 255;
     let io = RunIo {
         threads,
         replicas: devices[1..].to_vec(),
@@ -77,12 +79,12 @@ fn data_parallel_losses(devices: &[burn::tensor::Device], threads: usize, out: &
 /// Data-parallel training on two devices follows one device's loss sequence on the same global
 /// batch, to float tolerance: the shard losses are weighted by their share of the rows and the
 /// gradients summed before the one optimizer step.
-fn assert_same_losses(one: &[f64], two: &[f64]) {
+fn assert_same_losses(one: &[f64], two: &[f64], tolerance: f64) {
     assert_eq!(one.len(), 30);
     assert_eq!(one.len(), two.len());
     for (step, (a, b)) in one.iter().zip(two).enumerate() {
         assert!(
-            (a - b).abs() <= 1e-4 * a.abs().max(1.0),
+            (a - b).abs() <= tolerance * a.abs().max(1.0),
             "step {}: one device {a}, two devices {b}",
             step + 1
         );
@@ -100,7 +102,9 @@ fn two_cpu_replicas_follow_one_device() {
     let one = data_parallel_losses(std::slice::from_ref(&cpu), 1, a.path());
     let two = data_parallel_losses(&[cpu.clone(), cpu], 1, b.path());
     eprintln!("losses: one device {one:?}, two {two:?}");
-    assert_same_losses(&one, &two);
+    // Measured: within 1e-6 (the printed digits); a shard weighted 1/2 instead of 128/255 or
+    // 127/255 is off by 1.3e-4 at step 1.
+    assert_same_losses(&one, &two, 1e-5);
 }
 
 #[test]
@@ -123,7 +127,9 @@ fn two_gpus_follow_one_gpu() {
     let one = data_parallel_losses(&devices[..1], 1, a.path());
     let two = data_parallel_losses(&devices[..2], 1, b.path());
     eprintln!("losses: one GPU {one:?}, two {two:?}");
-    assert_same_losses(&one, &two);
+    // GPU kernels sum in other orders than the CPU's: a looser bound, still far below what a
+    // wrong weighting or a lost shard gives.
+    assert_same_losses(&one, &two, 5e-5);
 }
 
 fn losses(out: &Path) -> Vec<(usize, f64)> {

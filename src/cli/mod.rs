@@ -557,7 +557,7 @@ fn cmd_bench(a: BenchArgs) -> Result<()> {
     let threads = thread_count(a.threads, &a.device);
     // The backend's pool (rayon) reads this when it first starts, which is after this point.
     std::env::set_var("RAYON_NUM_THREADS", threads.to_string());
-    let device = glowflow::device_by_name(&a.device)?;
+    let device = device(&a.device)?;
     let steps = a.steps.unwrap_or_else(|| a.workload.default_steps());
     let r = crate::bench::run(a.workload, steps, a.warmup, threads, &a.device, &device)?;
     if a.json {
@@ -677,7 +677,28 @@ fn cmd_train2d(a: Train2dArgs, given: &[(String, String)]) -> Result<()> {
 fn train_devices(names: &str) -> Result<(burn::tensor::Device, Vec<burn::tensor::Device>)> {
     let mut devices = glowflow::devices_by_name(names)?;
     let first = devices.remove(0);
+    cpu_default(&first);
     Ok((first, devices))
+}
+
+/// `--device` of a one-device command.
+fn device(name: &str) -> Result<burn::tensor::Device> {
+    let d = glowflow::device_by_name(name)?;
+    cpu_default(&d);
+    Ok(d)
+}
+
+/// With the CPU chosen in a CUDA build, make it burn's default device too (`BURN_DEVICE`,
+/// unless set): burn creates some state on its default device (the optimizer state read on
+/// resume), which such a build takes to be a GPU that may not exist. Called while the process
+/// has one thread, before any work.
+fn cpu_default(device: &burn::tensor::Device) {
+    #[cfg(feature = "cuda")]
+    if glowflow::tensor_util::is_flex_device(device) && std::env::var_os("BURN_DEVICE").is_none() {
+        std::env::set_var("BURN_DEVICE", "flex");
+    }
+    #[cfg(not(feature = "cuda"))]
+    let _ = device;
 }
 
 /// Print a result as pretty JSON on stdout; a failed write (a closed pipe, a full disk) is an
@@ -692,7 +713,7 @@ fn print_json<T: serde::Serialize>(value: &T) -> Result<()> {
 
 fn cmd_compare(a: CompareArgs, given: &[(String, String)]) -> Result<()> {
     check_table_flags(&a.common, given)?;
-    let device = glowflow::device_by_name(&a.common.device)?;
+    let device = device(&a.common.device)?;
     let models = [("Real NVP", ModelKind::Realnvp), ("Glow", ModelKind::Glow)]
         .map(|(title, kind)| (title, a.common.config(kind, Permutation::Lu)));
     let io = RunIo {
@@ -791,7 +812,7 @@ fn cmd_train(a: TrainArgs, given: &[(String, String)]) -> Result<()> {
 fn cmd_eval(a: EvalArgs, reconstruct: bool) -> Result<()> {
     use glowflow::eval::images::{class_eval, reconstruction_error, BpdReport};
     use glowflow::train::train_image::{load_data, load_for_eval};
-    let device = glowflow::device_by_name(&a.device)?;
+    let device = device(&a.device)?;
     let (model, state, ema) = load_for_eval(&a.checkpoint, &device)
         .with_context(|| format!("--checkpoint {}", a.checkpoint.display()))?;
     if reconstruct {
@@ -876,7 +897,7 @@ fn cmd_eval(a: EvalArgs, reconstruct: bool) -> Result<()> {
 fn cmd_sample(a: SampleArgs) -> Result<()> {
     use glowflow::eval::images::sample_classes;
     use glowflow::train::train_image::load_for_eval;
-    let device = glowflow::device_by_name(&a.device)?;
+    let device = device(&a.device)?;
     if is_vector_run(&a.checkpoint) {
         return sample_vectors(&a, &device);
     }
@@ -920,7 +941,7 @@ fn absolute(p: &std::path::Path) -> PathBuf {
 
 fn cmd_score(a: ScoreArgs) -> Result<()> {
     use glowflow::eval::vector::score_rows;
-    let device = glowflow::device_by_name(&a.device)?;
+    let device = device(&a.device)?;
     let (model, state) = load_trained(&a.checkpoint, &device)
         .with_context(|| format!("--checkpoint {}", a.checkpoint.display()))?;
     let (lp, source, numbers) =

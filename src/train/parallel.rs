@@ -69,13 +69,15 @@ where
 /// the batch on each of `devices` (autodiff devices; `model` lives on the first), all shards
 /// running at once, one thread per device. The returned gradients are on the first device.
 ///
-/// The shard losses are the shards' means weighted by their share of the rows, so the sum is
-/// the mean over the whole batch and the summed gradients are those of one device running the
-/// whole batch, up to float rounding. GPUs sum with burn's all-reduce (NCCL), every device
-/// issuing the same reductions in the module's parameter order; CPU devices (tests) have no
-/// collective backend and are summed on the first device in device order. A batch with fewer
-/// rows than devices uses the first `n` devices. `loss` must return the mean loss of the rows
-/// it is given.
+/// The shards are equal (the first `n mod d` take one row more; a batch of fewer rows than
+/// devices uses the first `n` devices), their losses are the shards' means weighted by their
+/// share of the rows, so the sum is the mean over the whole batch and the summed gradients are
+/// those of one device running the whole batch, up to float rounding. GPUs sum with burn's
+/// all-reduce (NCCL), every device issuing the same reductions in the module's parameter
+/// order; CPU devices (tests) have no collective backend and are summed on the first device in
+/// device order. A panic on one device (out of memory) is raised here after every device has
+/// stopped, never left waiting in a reduction. `loss` must return the mean loss of the rows it
+/// is given.
 pub fn loss_and_grads_on_devices<M, F>(
     model: &M,
     batch: &[f32],
@@ -87,39 +89,58 @@ where
     M: Module + Clone + Send + Sync,
     F: Fn(&M, Tensor<2>) -> Tensor<1> + Sync,
 {
+    use std::panic::{catch_unwind, resume_unwind, AssertUnwindSafe};
+    use std::sync::atomic::{AtomicBool, Ordering};
     let n = batch.len() / width;
-    let per = n.div_ceil(devices.len().max(1)).max(1);
-    let chunks: Vec<&[f32]> = batch.chunks(per * width).collect();
-    let devices = &devices[..chunks.len().min(devices.len())];
-    let collective = devices.len() > 1 && !devices.iter().any(crate::tensor_util::is_flex_device);
+    let d = devices.len().clamp(1, n.max(1));
+    let devices = &devices[..d];
+    let mut chunks: Vec<&[f32]> = Vec::with_capacity(d);
+    let mut at = 0;
+    for i in 0..d {
+        let k = n / d + usize::from(i < n % d);
+        chunks.push(&batch[at * width..(at + k) * width]);
+        at += k;
+    }
+    let collective = d > 1 && !devices.iter().any(crate::tensor_util::is_flex_device);
     let group: Vec<Device> = devices.iter().map(|d| d.clone().inner()).collect();
-    let parts: Vec<(f64, GradientsParams)> = std::thread::scope(|s| {
-        let handles: Vec<_> = chunks
-            .iter()
+    // Forked here, one device after another, before any shard runs: a copy between GPUs can
+    // itself be an NCCL send/receive, which must not interleave with the reductions the
+    // device threads issue (NCCL needs every device to see its operations in one order).
+    let replicas: Vec<M> = devices.iter().map(|dev| model.clone().fork(dev)).collect();
+    // Every device reaches the reductions, or none does: a device that failed never issues
+    // them, so the others must not wait for it.
+    let (ready, failed) = (std::sync::Barrier::new(d), AtomicBool::new(false));
+    let results = std::thread::scope(|s| {
+        let handles: Vec<_> = replicas
+            .into_iter()
+            .zip(chunks)
             .zip(devices)
-            .map(|(rows, device)| {
-                let (loss, group) = (&loss, &group);
+            .map(|((replica, rows), device)| {
+                let (loss, group, ready, failed) = (&loss, &group, &ready, &failed);
                 s.spawn(move || {
-                    let replica = model.clone().fork(device);
-                    let (value, mut grads) = shard(&replica, rows, n, width, device, loss);
-                    if collective {
-                        let mut reduce = AllReduceGrads {
-                            grads: &mut grads,
-                            out: GradientsParams::new(),
-                            group,
-                        };
-                        replica.visit(&mut reduce);
-                        grads = reduce.out;
+                    let part = catch_unwind(AssertUnwindSafe(|| {
+                        shard(&replica, rows, n, width, device, loss)
+                    }));
+                    if part.is_err() {
+                        failed.store(true, Ordering::SeqCst);
                     }
-                    (value, grads)
+                    if collective {
+                        ready.wait();
+                    }
+                    let (value, grads) = part.unwrap_or_else(|p| resume_unwind(p));
+                    if !collective || failed.load(Ordering::SeqCst) {
+                        return (value, grads);
+                    }
+                    (value, all_reduce_grads(&replica, grads, group))
                 })
             })
             .collect();
-        handles
-            .into_iter()
-            .map(|h| h.join().unwrap_or_else(|p| std::panic::resume_unwind(p)))
-            .collect()
+        handles.into_iter().map(|h| h.join()).collect::<Vec<_>>()
     });
+    let mut parts = Vec::with_capacity(d);
+    for r in results {
+        parts.push(r.unwrap_or_else(|p| resume_unwind(p)));
+    }
     if collective {
         // Every device holds the sum; the first device's copy is the one the optimizer uses.
         let value = parts.iter().map(|p| p.0).sum();
@@ -164,13 +185,36 @@ fn sum_parts<M: Module>(model: &M, parts: Vec<(f64, GradientsParams)>) -> (f64, 
     (value, merged)
 }
 
-/// Replaces each parameter's gradient by its sum over the devices of `group` (burn's
-/// all-reduce). Every device visits the same module in the same order, so the collectives
-/// match up; a parameter without a gradient on this device reduces zeros, so a device never
-/// waits for a reduction the others skip, and stays without a gradient.
+/// `grads` of `replica` summed over the devices of `group` (burn's all-reduce). Every device
+/// visits the same module in the same order, so the collectives match up; a parameter without
+/// a gradient on this device reduces zeros, so no device waits for a reduction the others
+/// skip, and stays without one (the devices run the same code, so they agree on which
+/// parameters have gradients). All reductions are queued before the first is waited for.
+fn all_reduce_grads<M: Module>(
+    replica: &M,
+    mut grads: GradientsParams,
+    group: &[Device],
+) -> GradientsParams {
+    let mut reduce = AllReduceGrads {
+        grads: &mut grads,
+        pending: Vec::new(),
+        group,
+    };
+    replica.visit(&mut reduce);
+    let mut out = GradientsParams::new();
+    for finish in reduce.pending {
+        finish(&mut out);
+    }
+    out
+}
+
+/// Registers one queued reduction's result (waiting for it) into the summed gradients.
+type PendingGrad = Box<dyn FnOnce(&mut GradientsParams)>;
+
+/// Queues one all-reduce per trainable parameter; `pending` registers the results.
 struct AllReduceGrads<'a> {
     grads: &'a mut GradientsParams,
-    out: GradientsParams,
+    pending: Vec<PendingGrad>,
     group: &'a [Device],
 }
 
@@ -183,10 +227,15 @@ impl ModuleVisitor for AllReduceGrads<'_> {
         let had = local.is_some();
         let device = param.val().device().inner();
         let g = local.unwrap_or_else(|| Tensor::zeros(param.shape(), &device));
-        let sum = all_reduce(g, ReduceOperation::Sum, self.group.to_vec()).resolve();
-        if had {
-            self.out.register(param.id, sum);
-        }
+        let sum = all_reduce(g, ReduceOperation::Sum, self.group.to_vec());
+        let id = param.id;
+        self.pending
+            .push(Box::new(move |out: &mut GradientsParams| {
+                let sum = sum.resolve();
+                if had {
+                    out.register(id, sum);
+                }
+            }));
     }
 }
 
