@@ -218,6 +218,57 @@ pub fn random_orthogonal(n: usize, rng: &mut impl rand::Rng) -> Mat {
     m
 }
 
+/// Eigen-decomposition of a symmetric matrix by cyclic Jacobi rotations: `(values, vectors)`
+/// with `a = V diag(values) Vᵀ`, the eigenvectors as the columns of `V`. Accurate to float64
+/// rounding for the sizes here (feature covariances, n <= a few hundred); only the upper
+/// triangle's symmetry is assumed, not checked. Golub & Van Loan, *Matrix Computations*, §8.5.
+pub fn symmetric_eigen(a: &Mat) -> (Vec<f64>, Mat) {
+    let n = a.n;
+    let mut m = a.clone();
+    let mut v = Mat::eye(n);
+    let norm: f64 = m.a.iter().map(|x| x * x).sum::<f64>().sqrt();
+    for _sweep in 0..64 {
+        let off: f64 = (0..n)
+            .flat_map(|i| (0..n).filter(move |&j| j != i).map(move |j| (i, j)))
+            .map(|(i, j)| m.get(i, j).powi(2))
+            .sum::<f64>()
+            .sqrt();
+        if off <= 1e-15 * norm.max(f64::MIN_POSITIVE) {
+            break;
+        }
+        for p in 0..n {
+            for q in p + 1..n {
+                let apq = m.get(p, q);
+                if apq == 0.0 {
+                    continue;
+                }
+                // The rotation that zeroes (p, q): tan θ = t, chosen with |θ| <= π/4.
+                let theta = (m.get(q, q) - m.get(p, p)) / (2.0 * apq);
+                let t = theta.signum() / (theta.abs() + (theta * theta + 1.0).sqrt());
+                let t = if theta == 0.0 { 1.0 } else { t };
+                let c = 1.0 / (t * t + 1.0).sqrt();
+                let s = t * c;
+                for k in 0..n {
+                    let (akp, akq) = (m.get(k, p), m.get(k, q));
+                    m.set(k, p, c * akp - s * akq);
+                    m.set(k, q, s * akp + c * akq);
+                }
+                for k in 0..n {
+                    let (apk, aqk) = (m.get(p, k), m.get(q, k));
+                    m.set(p, k, c * apk - s * aqk);
+                    m.set(q, k, s * apk + c * aqk);
+                }
+                for k in 0..n {
+                    let (vkp, vkq) = (v.get(k, p), v.get(k, q));
+                    v.set(k, p, c * vkp - s * vkq);
+                    v.set(k, q, s * vkp + c * vkq);
+                }
+            }
+        }
+    }
+    ((0..n).map(|i| m.get(i, i)).collect(), v)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -262,5 +313,43 @@ mod tests {
             a: vec![1.0, 2.0, 2.0, 4.0]
         })
         .is_none());
+    }
+
+    #[test]
+    fn symmetric_eigen_reconstructs_the_matrix() {
+        let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(3);
+        let n = 40;
+        let mut a = Mat::zeros(n);
+        for i in 0..n {
+            for j in i..n {
+                let x: f64 = rand::Rng::gen_range(&mut rng, -1.0..1.0);
+                a.set(i, j, x);
+                a.set(j, i, x);
+            }
+        }
+        let (values, v) = symmetric_eigen(&a);
+        let mut d = Mat::zeros(n);
+        for (i, &l) in values.iter().enumerate() {
+            d.set(i, i, l);
+        }
+        let back = v.matmul(&d).matmul(&v.transpose());
+        let err = back
+            .a
+            .iter()
+            .zip(&a.a)
+            .map(|(x, y)| (x - y).abs())
+            .fold(0.0, f64::max);
+        assert!(err < 1e-10, "reconstruction error {err}");
+        let vtv = v.transpose().matmul(&v);
+        let orth = vtv
+            .a
+            .iter()
+            .zip(&Mat::eye(n).a)
+            .map(|(x, y)| (x - y).abs())
+            .fold(0.0, f64::max);
+        assert!(orth < 1e-10, "VᵀV - I: {orth}");
+        // The trace is the sum of the eigenvalues.
+        let trace: f64 = (0..n).map(|i| a.get(i, i)).sum();
+        assert!((values.iter().sum::<f64>() - trace).abs() < 1e-10);
     }
 }

@@ -538,6 +538,18 @@ fn cli_train_eval_sample_reconstruct() {
     let r = &eval["test_report"];
     assert_eq!(r["nonfinite"], 0);
     assert_eq!(r["worst"].as_array().unwrap().len(), 8);
+    // The quality measure's classifier is trained on the data set's classes: a data set
+    // without labels is refused, by name, not a panic.
+    let q = glowflow_cmd()
+        .args(["quality", "--n", "4", "--classifier-steps", "2", "--checkpoint"])
+        .arg(run.path())
+        .arg("--cache")
+        .arg(run.path().join("cache"))
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&q.stderr);
+    assert!(!q.status.success() && err.contains("no class labels"), "{err}");
+    assert!(!err.contains("panicked"), "{err}");
     assert!(r["median"].as_f64().unwrap().is_finite());
     assert!(
         (eval["test_bpd"].as_f64().unwrap() - trained).abs() < 1e-6,
@@ -625,6 +637,88 @@ fn fashion_mnist_short_run_if_installed() {
     let (err64, err32) = (reconstruct(DType::F64), reconstruct(DType::F32));
     assert!(err64 <= 1e-9, "float64 reconstruction error {err64}");
     assert!(err32 <= 1e-4, "float32 reconstruction error {err32}");
+    quality_measure_orders_real_barely_trained_and_noise(&model, &data, &device);
+}
+
+/// The offline sample-quality measure (a classifier trained on the data set, Fréchet distance
+/// in its features): real test vs real training images is small, the 120-step model's samples
+/// are far, noise and blank images farther still; the classifier is cached and reloads
+/// exactly.
+fn quality_measure_orders_real_barely_trained_and_noise(
+    model: &GlowImage,
+    data: &glowflow::data::Splits,
+    device: &burn::tensor::Device,
+) {
+    use glowflow::data::images::ImageSet;
+    use glowflow::eval::quality::*;
+    let cache = tempfile::tempdir().unwrap();
+    let opts = QualityOptions {
+        n: 500,
+        temperature: 0.7,
+        seed: 0,
+        classifier: ClassifierOptions {
+            steps: 300,
+            ..ClassifierOptions::default()
+        },
+        cache: cache.path().to_path_buf(),
+    };
+    let cfg = GlowImageConfig {
+        channels: 1,
+        height: 32,
+        width: 32,
+        ..tiny(1, 32, 2, ImageCoupling::Affine, Permutation::Lu)
+    };
+    let r = measure(model, &cfg, data, &opts, device).unwrap();
+    eprintln!("quality of the 120-step model: {r:?}");
+    let labels = data.train_labels.as_ref().unwrap();
+    let net = load_or_train(
+        cache.path(),
+        &data.train,
+        labels,
+        10,
+        &opts.classifier,
+        device,
+    )
+    .unwrap();
+    assert!(r.classifier.exists(), "the classifier is cached");
+    let test = data.test.take(500);
+    let f_test = features(&net, &test, device);
+    let other = |pixels: Vec<u8>| ImageSet {
+        pixels,
+        ..test.clone()
+    };
+    let mut rng = <rand_chacha::ChaCha8Rng as rand::SeedableRng>::seed_from_u64(5);
+    let noise = other(
+        (0..test.pixels.len())
+            .map(|_| rand::Rng::gen(&mut rng))
+            .collect(),
+    );
+    let fd_noise = frechet_distance(&f_test, &features(&net, &noise, device), FEATURES).unwrap();
+    let blank = other(vec![0; test.pixels.len()]);
+    let fd_blank = frechet_distance(&f_test, &features(&net, &blank, device), FEATURES).unwrap();
+    eprintln!(
+        "fd_classifier: test vs train {:.3}, vs 120-step samples {:.3}, vs noise {fd_noise:.3}, vs blank {fd_blank:.3}; classifier test accuracy {:.4}",
+        r.fd_classifier_real, r.fd_classifier, r.classifier_test_accuracy
+    );
+    // The reloaded classifier is the trained one: the same figure to the last digit.
+    let f_train = features(&net, &quantised(&data.train.take(500), cfg.n_bits), device);
+    let f_test_q = features(&net, &quantised(&test, cfg.n_bits), device);
+    let again = frechet_distance(&f_test_q, &f_train, FEATURES).unwrap();
+    assert!(
+        (again - r.fd_classifier_real).abs() < 1e-9,
+        "{again} vs {}",
+        r.fd_classifier_real
+    );
+    assert!(
+        r.classifier_test_accuracy > 0.7,
+        "accuracy {}",
+        r.classifier_test_accuracy
+    );
+    assert!(r.fd_classifier_real < 0.2 * r.fd_classifier, "{r:?}");
+    assert!(
+        r.fd_classifier < 0.5 * fd_noise.min(fd_blank),
+        "{r:?} noise {fd_noise} blank {fd_blank}"
+    );
 }
 
 /// The per-image report: NaN is a failure (never zero), the worst images come with their

@@ -58,6 +58,12 @@ pub enum Command {
     /// rows from a vector flow trained on a table (for a given --context).
     #[command(allow_negative_numbers = true)]
     Sample(SampleArgs),
+    /// Sample quality of a trained image model: the Fréchet distance between samples and test
+    /// images in the features of a classifier trained (once, then cached) on the data set
+    /// (`fd_classifier`, not comparable with published FIDs), and the classifier's accuracy on
+    /// class-conditional samples.
+    #[command(allow_negative_numbers = true)]
+    Quality(QualityArgs),
     /// Max abs error of inverse(forward(x)) over a batch of test images.
     #[command(allow_negative_numbers = true)]
     Reconstruct(EvalArgs),
@@ -235,6 +241,31 @@ pub struct EvalArgs {
     /// `eval`: also write every test image's bits/dim here (CSV `index,bpd`, 0-based indices).
     #[arg(long)]
     pub per_image: Option<PathBuf>,
+    #[arg(long, default_value = "flex")]
+    pub device: String,
+}
+
+/// `quality`'s flags.
+#[derive(Args, Debug)]
+pub struct QualityArgs {
+    /// A run directory of `train` (or its checkpoint/ folder).
+    #[arg(long)]
+    pub checkpoint: PathBuf,
+    /// Samples drawn, and test images (and training images, for the floor) compared with them.
+    #[arg(long, default_value_t = 2000, value_parser = parse::count::<2, 1_000_000>)]
+    pub n: usize,
+    /// Sampling temperature.
+    #[arg(long, default_value_t = 0.7, value_parser = parse::temperature)]
+    pub temperature: f64,
+    /// Seed of the samples.
+    #[arg(long, default_value_t = 0)]
+    pub seed: u64,
+    /// Training steps of the classifier (part of its cache key).
+    #[arg(long, default_value_t = glowflow::eval::quality::ClassifierOptions::default().steps, value_parser = parse::count::<1, 10_000_000>)]
+    pub classifier_steps: usize,
+    /// Where the classifier is cached [default: $XDG_CACHE_HOME/glowflow or ~/.cache/glowflow].
+    #[arg(long)]
+    pub cache: Option<PathBuf>,
     #[arg(long, default_value = "flex")]
     pub device: String,
 }
@@ -539,6 +570,7 @@ pub fn run<I: IntoIterator<Item = T>, T: Into<OsString> + Clone>(args: I) -> Res
         Command::Eval(a) => cmd_eval(a, false),
         Command::Reconstruct(a) => cmd_eval(a, true),
         Command::Sample(a) => cmd_sample(a),
+        Command::Quality(a) => cmd_quality(a),
         Command::Bench(a) => cmd_bench(a),
     }
 }
@@ -931,6 +963,31 @@ fn cmd_sample(a: SampleArgs) -> Result<()> {
         100.0 * batch.clipped_high
     );
     Ok(())
+}
+
+fn cmd_quality(a: QualityArgs) -> Result<()> {
+    use glowflow::eval::quality::{default_cache_dir, measure, ClassifierOptions, QualityOptions};
+    use glowflow::train::train_image::{load_data, load_for_eval};
+    let device = device(&a.device)?;
+    if is_vector_run(&a.checkpoint) {
+        let why = "is a vector-flow run; the quality measure is for image models";
+        return Err(InputError::flag("--checkpoint", a.checkpoint.display(), why).into());
+    }
+    let (model, state, _) = load_for_eval(&a.checkpoint, &device)
+        .with_context(|| format!("--checkpoint {}", a.checkpoint.display()))?;
+    let data = load_data(&state.options)?;
+    let opts = QualityOptions {
+        n: a.n,
+        temperature: a.temperature,
+        seed: a.seed,
+        classifier: ClassifierOptions {
+            steps: a.classifier_steps,
+            ..ClassifierOptions::default()
+        },
+        cache: a.cache.clone().unwrap_or_else(default_cache_dir),
+    };
+    let report = measure(&model, &state.model, &data, &opts, &device)?;
+    print_json(&report)
 }
 
 /// A path made absolute against the working directory (kept as given when that fails; the
