@@ -541,14 +541,24 @@ fn cli_train_eval_sample_reconstruct() {
     // The quality measure's classifier is trained on the data set's classes: a data set
     // without labels is refused, by name, not a panic.
     let q = glowflow_cmd()
-        .args(["quality", "--n", "4", "--classifier-steps", "2", "--checkpoint"])
+        .args([
+            "quality",
+            "--n",
+            "4",
+            "--classifier-steps",
+            "2",
+            "--checkpoint",
+        ])
         .arg(run.path())
         .arg("--cache")
         .arg(run.path().join("cache"))
         .output()
         .unwrap();
     let err = String::from_utf8_lossy(&q.stderr);
-    assert!(!q.status.success() && err.contains("no class labels"), "{err}");
+    assert!(
+        !q.status.success() && err.contains("no class labels"),
+        "{err}"
+    );
     assert!(!err.contains("panicked"), "{err}");
     assert!(r["median"].as_f64().unwrap().is_finite());
     assert!(
@@ -1014,4 +1024,47 @@ fn format_2_image_checkpoint_loads_evaluates_and_resumes() {
         "resumed {}",
         s.test_bpd
     );
+}
+
+/// Latent editing: an interpolation's ends and a scale-0 attribute edit reproduce the images
+/// (encoding from bin centres, exact decoding), the middle differs; temperature 0 draws the
+/// same image in every column; a class absent from the labels is refused by name.
+#[test]
+fn latent_edits_reproduce_their_ends() {
+    use glowflow::data::images::ImageSet;
+    use glowflow::eval::edit::*;
+    let cfg = tiny(1, 8, 2, ImageCoupling::Affine, Permutation::Lu);
+    let model = initialised(&cfg).valid();
+    let device = plain_device();
+    let mut rng = <rand_chacha::ChaCha8Rng as rand::SeedableRng>::seed_from_u64(9);
+    let set = ImageSet {
+        n: 6,
+        c: 1,
+        h: 8,
+        w: 8,
+        pixels: (0..6 * 64).map(|_| rand::Rng::gen(&mut rng)).collect(),
+    };
+    let steps = 5;
+    let px = interpolate(&model, &cfg, &set, &[(0, 1), (2, 5)], steps, &device).unwrap();
+    let img = |px: &[u8], k: usize| px[k * 64..(k + 1) * 64].to_vec();
+    for (row, (a, b)) in [(0, 1), (2, 5)].into_iter().enumerate() {
+        assert_eq!(img(&px, row * steps), set.image(a), "pair {row}: start");
+        assert_eq!(img(&px, row * steps + steps - 1), set.image(b), "pair {row}: end");
+        assert_ne!(img(&px, row * steps + 2), set.image(a), "pair {row}: middle");
+    }
+    let labels = [0u8, 1, 0, 1, 1, 0];
+    let dir = attribute_direction(&model, &cfg, &set, &labels, 1, 6, &device).unwrap();
+    let px = manipulate(&model, &cfg, &set, &[3, 4], &dir, &[-1.0, 0.0, 1.0], &device).unwrap();
+    assert_eq!(img(&px, 1), set.image(3));
+    assert_eq!(img(&px, 4), set.image(4));
+    assert_ne!(img(&px, 2), set.image(3), "a scale of 1 changes the image");
+    let err = attribute_direction(&model, &cfg, &set, &labels, 7, 6, &device)
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("class 7 has 0 of the first 6 images"), "{err}");
+    let px = temperature_sweep(&model, &cfg, &[0.0, 0.8], 4, 1).unwrap();
+    for k in 1..4 {
+        assert_eq!(img(&px, k), img(&px, 0), "T = 0 draws the mode in every column");
+    }
+    assert_ne!(img(&px, 5), img(&px, 4), "T = 0.8 draws different images");
 }

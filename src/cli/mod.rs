@@ -64,6 +64,17 @@ pub enum Command {
     /// class-conditional samples.
     #[command(allow_negative_numbers = true)]
     Quality(QualityArgs),
+    /// Interpolate between pairs of test images through every level's latents (one row of
+    /// images per pair).
+    #[command(allow_negative_numbers = true)]
+    Interpolate(InterpolateArgs),
+    /// Move test images along a class's attribute direction (mean latent of the training
+    /// images of that class minus the mean of the others), one column per scale.
+    #[command(allow_negative_numbers = true)]
+    Attribute(AttributeArgs),
+    /// Sample at several temperatures, the same draws in every row (one row per temperature).
+    #[command(allow_negative_numbers = true)]
+    Temperatures(TemperaturesArgs),
     /// Max abs error of inverse(forward(x)) over a batch of test images.
     #[command(allow_negative_numbers = true)]
     Reconstruct(EvalArgs),
@@ -241,6 +252,77 @@ pub struct EvalArgs {
     /// `eval`: also write every test image's bits/dim here (CSV `index,bpd`, 0-based indices).
     #[arg(long)]
     pub per_image: Option<PathBuf>,
+    #[arg(long, default_value = "flex")]
+    pub device: String,
+}
+
+/// `interpolate`'s flags.
+#[derive(Args, Debug)]
+pub struct InterpolateArgs {
+    /// A run directory of `train` (or its checkpoint/ folder).
+    #[arg(long)]
+    pub checkpoint: PathBuf,
+    /// Pairs of test-image indices, `A:B` (0-based), comma-separated; one row each.
+    #[arg(long, value_delimiter = ',', default_value = "0:1,2:3,4:5,6:7")]
+    pub pairs: Vec<String>,
+    /// Images per row, both ends included.
+    #[arg(long, default_value_t = 9, value_parser = parse::count::<2, 1_000>)]
+    pub steps: usize,
+    #[arg(long, default_value = "interpolation.png")]
+    pub out: PathBuf,
+    #[arg(long, default_value = "flex")]
+    pub device: String,
+}
+
+/// `attribute`'s flags.
+#[derive(Args, Debug)]
+pub struct AttributeArgs {
+    /// A run directory of `train` (or its checkpoint/ folder).
+    #[arg(long)]
+    pub checkpoint: PathBuf,
+    /// The class whose direction is applied.
+    #[arg(long, value_parser = parse::count::<0, 255>)]
+    pub class: usize,
+    /// Test-image indices to edit (0-based), one row each.
+    #[arg(long, value_delimiter = ',', default_value = "0,1,2,3")]
+    pub images: Vec<usize>,
+    /// Scales of the direction, one column each (0 reproduces the image).
+    #[arg(
+        long,
+        value_delimiter = ',',
+        allow_hyphen_values = true,
+        default_value = "-1,-0.5,0,0.5,1"
+    )]
+    pub scales: Vec<f64>,
+    /// Training images the direction is averaged over (the first this many).
+    #[arg(long, default_value_t = 5000, value_parser = parse::count::<2, 10_000_000>)]
+    pub limit: usize,
+    #[arg(long, default_value = "attribute.png")]
+    pub out: PathBuf,
+    #[arg(long, default_value = "flex")]
+    pub device: String,
+}
+
+/// `temperatures`' flags.
+#[derive(Args, Debug)]
+pub struct TemperaturesArgs {
+    /// A run directory of `train` (or its checkpoint/ folder).
+    #[arg(long)]
+    pub checkpoint: PathBuf,
+    /// The temperatures, one row each.
+    #[arg(
+        long,
+        value_delimiter = ',',
+        default_value = "0,0.25,0.5,0.6,0.7,0.8,0.9,1"
+    )]
+    pub temperatures: Vec<f64>,
+    /// Samples per row.
+    #[arg(long, default_value_t = 10, value_parser = parse::count::<1, 1_000>)]
+    pub n: usize,
+    #[arg(long, default_value_t = 0)]
+    pub seed: u64,
+    #[arg(long, default_value = "temperatures.png")]
+    pub out: PathBuf,
     #[arg(long, default_value = "flex")]
     pub device: String,
 }
@@ -571,6 +653,9 @@ pub fn run<I: IntoIterator<Item = T>, T: Into<OsString> + Clone>(args: I) -> Res
         Command::Reconstruct(a) => cmd_eval(a, true),
         Command::Sample(a) => cmd_sample(a),
         Command::Quality(a) => cmd_quality(a),
+        Command::Interpolate(a) => cmd_interpolate(a),
+        Command::Attribute(a) => cmd_attribute(a),
+        Command::Temperatures(a) => cmd_temperatures(a),
         Command::Bench(a) => cmd_bench(a),
     }
 }
@@ -963,6 +1048,98 @@ fn cmd_sample(a: SampleArgs) -> Result<()> {
         100.0 * batch.clipped_high
     );
     Ok(())
+}
+
+/// The image model of `--checkpoint` for an editing command (its evaluation weights and config,
+/// and the data it was trained on when `data`).
+fn edit_model(
+    checkpoint: &std::path::Path,
+    device_name: &str,
+    data: bool,
+) -> Result<(
+    glowflow::models::GlowImage,
+    glowflow::models::GlowImageConfig,
+    Option<glowflow::data::Splits>,
+    burn::tensor::Device,
+)> {
+    use glowflow::train::train_image::{load_data, load_for_eval};
+    let device = device(device_name)?;
+    if is_vector_run(checkpoint) {
+        let why = "is a vector-flow run; this command is for image models";
+        return Err(InputError::flag("--checkpoint", checkpoint.display(), why).into());
+    }
+    let (model, state, _) = load_for_eval(checkpoint, &device)
+        .with_context(|| format!("--checkpoint {}", checkpoint.display()))?;
+    let splits = if data {
+        Some(load_data(&state.options)?)
+    } else {
+        None
+    };
+    Ok((model, state.model, splits, device))
+}
+
+/// Save `rows` x `cols` images as one grid PNG and say so.
+fn save_edit_grid(
+    px: &[u8],
+    cfg: &glowflow::models::GlowImageConfig,
+    cols: usize,
+    out: &std::path::Path,
+    what: &str,
+) -> Result<()> {
+    let n = px.len() / (cfg.channels * cfg.height * cfg.width);
+    glowflow::viz::grid::image_grid_cols(px, n, cols, [cfg.channels, cfg.height, cfg.width])
+        .save_png(out)?;
+    println!(
+        "wrote {what} ({n} images, {} per row) to {}",
+        cols,
+        out.display()
+    );
+    Ok(())
+}
+
+fn cmd_interpolate(a: InterpolateArgs) -> Result<()> {
+    let pairs = a
+        .pairs
+        .iter()
+        .map(|p| {
+            p.split_once(':')
+                .and_then(|(x, y)| Some((x.trim().parse().ok()?, y.trim().parse().ok()?)))
+                .ok_or_else(|| {
+                    InputError::flag("--pairs", p, "expected A:B (two test-image indices)")
+                })
+        })
+        .collect::<std::result::Result<Vec<(usize, usize)>, _>>()?;
+    let (model, cfg, data, device) = edit_model(&a.checkpoint, &a.device, true)?;
+    let test = &data.expect("loaded").test;
+    let px = glowflow::eval::edit::interpolate(&model, &cfg, test, &pairs, a.steps, &device)
+        .map_err(|e| InputError::flag("--pairs", a.pairs.join(","), format!("{e:#}")))?;
+    save_edit_grid(&px, &cfg, a.steps, &a.out, "interpolations")
+}
+
+fn cmd_attribute(a: AttributeArgs) -> Result<()> {
+    use glowflow::eval::edit::{attribute_direction, manipulate};
+    let (model, cfg, data, device) = edit_model(&a.checkpoint, &a.device, true)?;
+    let data = data.expect("loaded");
+    let Some(labels) = &data.train_labels else {
+        let why = "the run's data set has no class labels to define an attribute";
+        return Err(InputError::flag("--class", a.class, why).into());
+    };
+    let dir = attribute_direction(&model, &cfg, &data.train, labels, a.class, a.limit, &device)
+        .map_err(|e| InputError::flag("--class", a.class, format!("{e:#}")))?;
+    let px = manipulate(
+        &model, &cfg, &data.test, &a.images, &dir, &a.scales, &device,
+    )
+    .map_err(|e| InputError::flag("--images", format!("{:?}", a.images), format!("{e:#}")))?;
+    save_edit_grid(&px, &cfg, a.scales.len(), &a.out, "attribute edits")
+}
+
+fn cmd_temperatures(a: TemperaturesArgs) -> Result<()> {
+    if let Some(t) = a.temperatures.iter().find(|t| !t.is_finite() || **t < 0.0) {
+        return Err(InputError::flag("--temperatures", t, "must be finite and >= 0").into());
+    }
+    let (model, cfg, _, _) = edit_model(&a.checkpoint, &a.device, false)?;
+    let px = glowflow::eval::edit::temperature_sweep(&model, &cfg, &a.temperatures, a.n, a.seed)?;
+    save_edit_grid(&px, &cfg, a.n, &a.out, "a temperature sweep")
 }
 
 fn cmd_quality(a: QualityArgs) -> Result<()> {
