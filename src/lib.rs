@@ -24,6 +24,7 @@
 //! assert!(glowflow::tensor_util::finite_max(&err).unwrap() < 1e-5);
 //! ```
 
+pub mod ablation;
 pub mod data;
 pub mod distributions;
 pub mod error;

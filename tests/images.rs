@@ -1049,12 +1049,29 @@ fn latent_edits_reproduce_their_ends() {
     let img = |px: &[u8], k: usize| px[k * 64..(k + 1) * 64].to_vec();
     for (row, (a, b)) in [(0, 1), (2, 5)].into_iter().enumerate() {
         assert_eq!(img(&px, row * steps), set.image(a), "pair {row}: start");
-        assert_eq!(img(&px, row * steps + steps - 1), set.image(b), "pair {row}: end");
-        assert_ne!(img(&px, row * steps + 2), set.image(a), "pair {row}: middle");
+        assert_eq!(
+            img(&px, row * steps + steps - 1),
+            set.image(b),
+            "pair {row}: end"
+        );
+        assert_ne!(
+            img(&px, row * steps + 2),
+            set.image(a),
+            "pair {row}: middle"
+        );
     }
     let labels = [0u8, 1, 0, 1, 1, 0];
     let dir = attribute_direction(&model, &cfg, &set, &labels, 1, 6, &device).unwrap();
-    let px = manipulate(&model, &cfg, &set, &[3, 4], &dir, &[-1.0, 0.0, 1.0], &device).unwrap();
+    let px = manipulate(
+        &model,
+        &cfg,
+        &set,
+        &[3, 4],
+        &dir,
+        &[-1.0, 0.0, 1.0],
+        &device,
+    )
+    .unwrap();
     assert_eq!(img(&px, 1), set.image(3));
     assert_eq!(img(&px, 4), set.image(4));
     assert_ne!(img(&px, 2), set.image(3), "a scale of 1 changes the image");
@@ -1064,7 +1081,53 @@ fn latent_edits_reproduce_their_ends() {
     assert!(err.contains("class 7 has 0 of the first 6 images"), "{err}");
     let px = temperature_sweep(&model, &cfg, &[0.0, 0.8], 4, 1).unwrap();
     for k in 1..4 {
-        assert_eq!(img(&px, k), img(&px, 0), "T = 0 draws the mode in every column");
+        assert_eq!(
+            img(&px, k),
+            img(&px, 0),
+            "T = 0 draws the mode in every column"
+        );
     }
     assert_ne!(img(&px, 5), img(&px, 4), "T = 0.8 draws different images");
+}
+
+/// Glow's ablation: six runs, one per (permutation, coupling), each with a curve of one test
+/// evaluation per stage; the staged runs equal uninterrupted ones (resume is exact), and every
+/// run shares the options, seeds and data.
+#[test]
+fn ablation_trains_six_variants_with_identical_options() {
+    let data = tempfile::tempdir().unwrap();
+    write_idx_dataset(data.path(), 32, 8, 6);
+    let out = tempfile::tempdir().unwrap();
+    let opts = small_options(data.path(), 4);
+    let cfg = tiny(1, 8, 2, ImageCoupling::Affine, Permutation::Lu);
+    let device = plain_device();
+    let rows =
+        glowflow::ablation::ablation(out.path(), &cfg, &opts, 2, None, &rio(out.path()), &device)
+            .unwrap();
+    assert_eq!(rows.len(), 6);
+    assert!(out.path().join("ablation.png").exists());
+    assert!(out.path().join("ablation.json").exists());
+    let mut seen = std::collections::BTreeSet::new();
+    for r in &rows {
+        assert!(seen.insert((r.permutation.clone(), r.coupling.clone())));
+        let steps: Vec<usize> = r.curve.iter().map(|c| c.0).collect();
+        assert_eq!(steps, [2, 4], "{r:?}");
+        assert!(r.final_test_bpd.is_finite() && r.final_test_bpd == r.curve[1].1);
+        let state: serde_json::Value = serde_json::from_str(
+            &std::fs::read_to_string(r.run.join("checkpoint/state.json")).unwrap(),
+        )
+        .unwrap();
+        assert_eq!(state["options"]["seed"], 3);
+        assert_eq!(state["options"]["batch"], 8);
+        assert_eq!(state["model"]["init_seed"], 7);
+        assert_eq!(state["model"]["permutation"], r.permutation.as_str());
+        assert_eq!(state["model"]["coupling"], r.coupling.as_str());
+    }
+    // The staged LU + affine run is the uninterrupted one.
+    let direct = tempfile::tempdir().unwrap();
+    let s = train_image(ImageStart::Fresh(cfg, opts), &rio(direct.path()), &device).unwrap();
+    let lu_affine = rows
+        .iter()
+        .find(|r| r.permutation == "lu" && r.coupling == "affine");
+    assert_eq!(s.test_bpd, lu_affine.unwrap().final_test_bpd);
 }

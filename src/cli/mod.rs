@@ -64,6 +64,10 @@ pub enum Command {
     /// class-conditional samples.
     #[command(allow_negative_numbers = true)]
     Quality(QualityArgs),
+    /// Glow's ablation (Fig. 3): {reverse, shuffle, LU 1x1} x {additive, affine} trained with the
+    /// same data, seeds and step budget; one picture of the six test-bpd curves and a table.
+    #[command(allow_negative_numbers = true)]
+    Ablation(AblationArgs),
     /// Interpolate between pairs of test images through every level's latents (one row of
     /// images per pair).
     #[command(allow_negative_numbers = true)]
@@ -254,6 +258,26 @@ pub struct EvalArgs {
     pub per_image: Option<PathBuf>,
     #[arg(long, default_value = "flex")]
     pub device: String,
+}
+
+/// `ablation`'s flags: `train`'s (the budget is `--steps`; `--permutation`, `--coupling`,
+/// `--resume` and `--classes` are what the ablation sets or does not do) and these.
+#[derive(Args, Debug)]
+pub struct AblationArgs {
+    #[command(flatten)]
+    pub train: TrainArgs,
+    /// Test evaluations per run, evenly spaced (the points of each curve).
+    #[arg(long, default_value_t = 5, value_parser = parse::count::<1, 1_000>)]
+    pub stages: usize,
+    /// Samples and test images of each final model's `fd_classifier` (0: not measured).
+    #[arg(long, default_value_t = 1000, value_parser = parse::count::<0, 1_000_000>)]
+    pub quality_n: usize,
+    /// Training steps of the quality classifier.
+    #[arg(long, default_value_t = glowflow::eval::quality::ClassifierOptions::default().steps, value_parser = parse::count::<1, 10_000_000>)]
+    pub classifier_steps: usize,
+    /// Where the quality classifier is cached [default: ~/.cache/glowflow].
+    #[arg(long)]
+    pub cache: Option<PathBuf>,
 }
 
 /// `interpolate`'s flags.
@@ -653,6 +677,7 @@ pub fn run<I: IntoIterator<Item = T>, T: Into<OsString> + Clone>(args: I) -> Res
         Command::Reconstruct(a) => cmd_eval(a, true),
         Command::Sample(a) => cmd_sample(a),
         Command::Quality(a) => cmd_quality(a),
+        Command::Ablation(a) => cmd_ablation(a, &given),
         Command::Interpolate(a) => cmd_interpolate(a),
         Command::Attribute(a) => cmd_attribute(a),
         Command::Temperatures(a) => cmd_temperatures(a),
@@ -870,48 +895,7 @@ fn cmd_train(a: TrainArgs, given: &[(String, String)]) -> Result<()> {
             )
         }
         None => {
-            let data = a.data.clone().ok_or_else(|| {
-                InputError::flag(
-                    "--data",
-                    "",
-                    "is required (e.g. --data idx:/usr/share/datasets/fashion-mnist)",
-                )
-            })?;
-            let opts = ImageTrainOptions {
-                pad: a.pad,
-                size: a.size,
-                grey: a.grey,
-                steps: a.steps.unwrap_or(image_recipe().steps),
-                batch: a.batch,
-                lr: a.lr,
-                warmup: a.warmup,
-                seed: a.seed,
-                sample_every: a.sample_every,
-                checkpoint_every: a.checkpoint_every,
-                test_limit: a.test_limit,
-                init_batch: a.init_batch,
-                log_every: a.log_every,
-                time_limit_minutes: a.time_limit,
-                shards: thread_count(a.threads, &a.device),
-                stability: a.stability.options(image_recipe_stability()),
-                weight_y: a.weight_y,
-                ..ImageTrainOptions::recipe(data)
-            };
-            opts.validate().map_err(FieldError::on_flag)?;
-            let probe = glowflow::train::train_image::load_data(&opts)?;
-            let cfg = GlowImageConfig {
-                levels: a.levels,
-                depth: a.depth,
-                hidden: a.width,
-                coupling: a.coupling,
-                permutation: a.permutation,
-                n_bits: a.n_bits,
-                learn_top: !a.fixed_top,
-                init_seed: a.seed,
-                classes: a.classes,
-                ..GlowImageConfig::new(probe.train.c, probe.train.h, probe.train.w)
-            };
-            cfg.validate().map_err(FieldError::on_flag)?;
+            let (cfg, opts) = fresh_image_run(&a)?;
             ImageStart::Fresh(cfg, opts)
         }
     };
@@ -924,6 +908,60 @@ fn cmd_train(a: TrainArgs, given: &[(String, String)]) -> Result<()> {
     };
     let s = train_image(start, &io, &device)?;
     print_json(&s)
+}
+
+/// The model and options of a fresh `train` run from its flags (the data is read once to learn
+/// the images' shape).
+fn fresh_image_run(
+    a: &TrainArgs,
+) -> Result<(
+    GlowImageConfig,
+    glowflow::train::train_image::ImageTrainOptions,
+)> {
+    use glowflow::train::train_image::ImageTrainOptions;
+    let data = a.data.clone().ok_or_else(|| {
+        InputError::flag(
+            "--data",
+            "",
+            "is required (e.g. --data idx:/usr/share/datasets/fashion-mnist)",
+        )
+    })?;
+    let opts = ImageTrainOptions {
+        pad: a.pad,
+        size: a.size,
+        grey: a.grey,
+        steps: a.steps.unwrap_or(image_recipe().steps),
+        batch: a.batch,
+        lr: a.lr,
+        warmup: a.warmup,
+        seed: a.seed,
+        sample_every: a.sample_every,
+        checkpoint_every: a.checkpoint_every,
+        test_limit: a.test_limit,
+        init_batch: a.init_batch,
+        log_every: a.log_every,
+        time_limit_minutes: a.time_limit,
+        shards: thread_count(a.threads, &a.device),
+        stability: a.stability.options(image_recipe_stability()),
+        weight_y: a.weight_y,
+        ..ImageTrainOptions::recipe(data)
+    };
+    opts.validate().map_err(FieldError::on_flag)?;
+    let probe = glowflow::train::train_image::load_data(&opts)?;
+    let cfg = GlowImageConfig {
+        levels: a.levels,
+        depth: a.depth,
+        hidden: a.width,
+        coupling: a.coupling,
+        permutation: a.permutation,
+        n_bits: a.n_bits,
+        learn_top: !a.fixed_top,
+        init_seed: a.seed,
+        classes: a.classes,
+        ..GlowImageConfig::new(probe.train.c, probe.train.h, probe.train.w)
+    };
+    cfg.validate().map_err(FieldError::on_flag)?;
+    Ok((cfg, opts))
 }
 
 fn cmd_eval(a: EvalArgs, reconstruct: bool) -> Result<()> {
@@ -1095,6 +1133,54 @@ fn save_edit_grid(
         out.display()
     );
     Ok(())
+}
+
+fn cmd_ablation(a: AblationArgs, given: &[(String, String)]) -> Result<()> {
+    use glowflow::eval::quality::{default_cache_dir, ClassifierOptions, QualityOptions};
+    for flag in [
+        "--permutation",
+        "--coupling",
+        "--resume",
+        "--classes",
+        "--weight-y",
+    ] {
+        if let Some((f, v)) = given.iter().find(|(f, _)| f == flag) {
+            let why = "is not an ablation option: the ablation trains every permutation and coupling, unconditional, from scratch";
+            return Err(InputError::flag(f, v, why).into());
+        }
+    }
+    let (device, replicas) = train_devices(&a.train.device)?;
+    interrupt::install();
+    let (cfg, mut opts) = fresh_image_run(&a.train)?;
+    // The curves are test evaluations: a run without a test limit evaluates the whole split.
+    if opts.test_limit == 0 {
+        opts.test_limit = 2000;
+    }
+    let out = a
+        .train
+        .out
+        .clone()
+        .unwrap_or_else(|| PathBuf::from("runs/ablation"));
+    let quality = (a.quality_n > 0).then(|| QualityOptions {
+        n: a.quality_n,
+        temperature: 0.7,
+        seed: 0,
+        classifier: ClassifierOptions {
+            steps: a.classifier_steps,
+            ..ClassifierOptions::default()
+        },
+        cache: a.cache.clone().unwrap_or_else(default_cache_dir),
+    });
+    let io = RunIo {
+        out: out.clone(),
+        progress: !a.train.quiet,
+        threads: 1,
+        force: a.train.force,
+        replicas,
+    };
+    let rows =
+        glowflow::ablation::ablation(&out, &cfg, &opts, a.stages, quality.as_ref(), &io, &device)?;
+    print_json(&rows)
 }
 
 fn cmd_interpolate(a: InterpolateArgs) -> Result<()> {

@@ -373,8 +373,14 @@ pub struct QualityOptions {
 /// Sample-quality figures of one model (see the module docs; lower `fd_classifier` is better).
 #[derive(Clone, Debug, Serialize)]
 pub struct QualityReport {
-    /// Fréchet distance between `n` test images and `n` samples, in the classifier's features.
+    /// Fréchet distance between `n` test images and the finite ones of `n` samples, in the
+    /// classifier's features.
     pub fd_classifier: f64,
+    /// Samples left out of `fd_classifier` because they hold non-finite values (a model whose
+    /// generative direction overflows: report this count with the distance).
+    pub nonfinite_samples: usize,
+    /// Where the first non-finite sample's first non-finite value appeared, if any.
+    pub first_nonfinite: Option<String>,
     /// The same between `n` test and `n` training images: the floor a perfect model reaches
     /// with this many images.
     pub fd_classifier_real: f64,
@@ -406,8 +412,8 @@ pub fn quantised(set: &ImageSet, n_bits: u32) -> ImageSet {
 /// (trained on the training split, or loaded from `opts.cache`).
 ///
 /// # Errors
-/// No labels (the classifier needs classes), geometry the classifier cannot take, a sample
-/// with non-finite values (named), fewer than 2 images.
+/// No labels (the classifier needs classes), geometry the classifier cannot take, fewer than 2
+/// images or fewer than 2 finite samples (the first non-finite value named).
 pub fn measure(
     model: &crate::models::GlowImage,
     cfg: &crate::models::GlowImageConfig,
@@ -434,7 +440,9 @@ pub fn measure(
     let train = quantised(&data.train.take(n), cfg.n_bits);
     let k = model.classes();
     let drawn: Option<Vec<usize>> = (k > 0).then(|| (0..n).map(|i| i % k).collect());
-    let mut values = Vec::with_capacity(n * data.test.dims());
+    let d = data.test.dims();
+    let (mut values, mut kept_labels) = (Vec::with_capacity(n * d), Vec::with_capacity(n));
+    let (mut nonfinite, mut first_nonfinite) = (0usize, None);
     for start in (0..n).step_by(250) {
         let m = (n - start).min(250);
         let labels = drawn.as_ref().map(|l| &l[start..start + m]);
@@ -445,34 +453,39 @@ pub fn measure(
             opts.seed.wrapping_add(start as u64),
             labels,
         );
-        if !batch.nonfinite.is_empty() {
-            bail!(
-                "{} of {m} samples at temperature {} hold non-finite values, so no distance is given (first non-finite value at {})",
-                batch.nonfinite.len(),
-                opts.temperature,
-                batch
-                    .first_nonfinite
-                    .as_deref()
-                    .unwrap_or("an unknown place")
-            );
+        nonfinite += batch.nonfinite.len();
+        first_nonfinite = first_nonfinite.or(batch.first_nonfinite.clone());
+        // Non-finite samples are counted and reported, never quantised into pixels.
+        for i in (0..m).filter(|i| !batch.nonfinite.contains(i)) {
+            let v32: Vec<f32> = batch.values[i * d..(i + 1) * d]
+                .iter()
+                .map(|&v| v as f32)
+                .collect();
+            values.extend(crate::data::dequant::to_pixels(&v32, cfg.n_bits));
+            kept_labels.push(labels.map_or(0, |l| l[i] as u8));
         }
-        let v32: Vec<f32> = batch.values.iter().map(|&v| v as f32).collect();
-        values.extend(crate::data::dequant::to_pixels(&v32, cfg.n_bits));
+    }
+    let finite = values.len() / d;
+    if finite < 2 {
+        bail!(
+            "{nonfinite} of {n} samples at temperature {} hold non-finite values, so no distance is given (first non-finite value at {})",
+            opts.temperature,
+            first_nonfinite.as_deref().unwrap_or("an unknown place")
+        );
     }
     let samples = ImageSet {
-        n,
+        n: finite,
         pixels: values,
         ..test.clone()
     };
     let f_test = features(&net, &test, device);
     let fd_classifier = frechet_distance(&f_test, &features(&net, &samples, device), FEATURES)?;
     let fd_classifier_real = frechet_distance(&f_test, &features(&net, &train, device), FEATURES)?;
-    let samples_accuracy = drawn.map(|l| {
-        let l: Vec<u8> = l.iter().map(|&c| c as u8).collect();
-        accuracy(&net, &samples, &l, device)
-    });
+    let samples_accuracy = drawn.map(|_| accuracy(&net, &samples, &kept_labels, device));
     Ok(QualityReport {
         fd_classifier,
+        nonfinite_samples: nonfinite,
+        first_nonfinite,
         fd_classifier_real,
         classifier_test_accuracy,
         samples_accuracy,

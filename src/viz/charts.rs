@@ -189,29 +189,15 @@ pub fn loss_curve(out: &Path, x: &str, y: &str, title: &str) -> Result<()> {
     let pad = 0.05 * (hi - lo).max(1e-6);
     // The curve starts where it enters that range (the first steps' values are off the chart).
     let from = pts.iter().position(|p| p.1 <= hi + pad).unwrap_or(0);
-    render(&out.join("loss.png"), (800, 480), |root| {
-        let mut ch = ChartBuilder::on(&root)
-            .caption(title, ("sans-serif", 20))
-            .margin(14)
-            .x_label_area_size(40)
-            .y_label_area_size(60)
-            .build_cartesian_2d(0.0..xmax, (lo - pad)..(hi + pad))
-            .map_err(err)?;
-        ch.configure_mesh()
-            .x_desc(x)
-            .y_desc(y)
-            .x_label_formatter(&|v| format!("{v:.0}"))
-            .label_style(("sans-serif", 12))
-            .axis_desc_style(("sans-serif", 14))
-            .draw()
-            .map_err(err)?;
-        ch.draw_series(LineSeries::new(
-            pts[from..].iter().copied(),
-            RGBColor(31, 119, 180).stroke_width(2),
-        ))
-        .map_err(err)?;
-        Ok(())
-    })
+    let series = [(String::new(), pts[from..].to_vec())];
+    line_chart(
+        &out.join("loss.png"),
+        title,
+        (x, y),
+        (xmax, (lo - pad, hi + pad)),
+        &series,
+        false,
+    )
 }
 
 /// One panel of a picture of the plane `[-b, b]^2`.
@@ -324,6 +310,106 @@ pub fn plane_panels(
                 Rectangle::new([(0.0, lo), (1.0, hi)], colour(0.5 * (lo + hi)).filled())
             }))
             .map_err(err)?;
+        }
+        Ok(())
+    })
+}
+
+/// Several named curves `(x, y)` on one chart with a legend, as PNG at `path` (non-finite
+/// points left out).
+///
+/// # Errors
+/// A failed drawing or write.
+pub fn curves(
+    path: &Path,
+    title: &str,
+    x: &str,
+    y: &str,
+    series: &[(String, Vec<(f64, f64)>)],
+) -> Result<()> {
+    let finite: Vec<Vec<(f64, f64)>> = series
+        .iter()
+        .map(|(_, p)| {
+            p.iter()
+                .copied()
+                .filter(|(a, b)| a.is_finite() && b.is_finite())
+                .collect()
+        })
+        .collect();
+    let all = finite.iter().flatten();
+    let xmax = all.clone().map(|p| p.0).fold(1.0, f64::max);
+    let lo = all.clone().map(|p| p.1).fold(f64::INFINITY, f64::min);
+    let hi = all.map(|p| p.1).fold(f64::NEG_INFINITY, f64::max);
+    if !lo.is_finite() {
+        return Ok(());
+    }
+    let pad = 0.05 * (hi - lo).max(1e-6);
+    let series: Vec<(String, Vec<(f64, f64)>)> = series
+        .iter()
+        .zip(finite)
+        .map(|((name, _), pts)| (name.clone(), pts))
+        .collect();
+    line_chart(
+        path,
+        title,
+        (x, y),
+        (xmax, (lo - pad, hi + pad)),
+        &series,
+        true,
+    )
+}
+
+/// Lines on axes `[0, xmax] x [ylo, yhi]` labelled `x`, `y`, titled `title`, with a legend of
+/// the series' names when `legend`; PNG at `path`.
+fn line_chart(
+    path: &Path,
+    title: &str,
+    (x, y): (&str, &str),
+    (xmax, (ylo, yhi)): (f64, (f64, f64)),
+    series: &[(String, Vec<(f64, f64)>)],
+    legend: bool,
+) -> Result<()> {
+    const COLOURS: [RGBColor; 6] = [
+        RGBColor(31, 119, 180),
+        RGBColor(255, 127, 14),
+        RGBColor(44, 160, 44),
+        RGBColor(214, 39, 40),
+        RGBColor(148, 103, 189),
+        RGBColor(140, 86, 75),
+    ];
+    render(path, (800, 480), |root| {
+        let mut ch = ChartBuilder::on(&root)
+            .caption(title, ("sans-serif", 20))
+            .margin(14)
+            .x_label_area_size(40)
+            .y_label_area_size(60)
+            .build_cartesian_2d(0.0..xmax, ylo..yhi)
+            .map_err(err)?;
+        ch.configure_mesh()
+            .x_desc(x)
+            .y_desc(y)
+            .x_label_formatter(&|v| format!("{v:.0}"))
+            .label_style(("sans-serif", 12))
+            .axis_desc_style(("sans-serif", 14))
+            .draw()
+            .map_err(err)?;
+        for (i, (name, pts)) in series.iter().enumerate() {
+            let colour = COLOURS[i % COLOURS.len()];
+            ch.draw_series(LineSeries::new(pts.iter().copied(), colour.stroke_width(2)))
+                .map_err(err)?
+                .label(name.as_str())
+                .legend(move |(lx, ly)| {
+                    PathElement::new(vec![(lx, ly), (lx + 18, ly)], colour.stroke_width(2))
+                });
+        }
+        if legend {
+            ch.configure_series_labels()
+                .position(SeriesLabelPosition::LowerLeft)
+                .background_style(WHITE.mix(0.85))
+                .border_style(BLACK)
+                .label_font(("sans-serif", 13))
+                .draw()
+                .map_err(err)?;
         }
         Ok(())
     })
