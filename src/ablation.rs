@@ -70,6 +70,12 @@ pub fn ablation(
     device: &Device,
 ) -> Result<Vec<AblationRow>> {
     let stages = stages.clamp(1, opts.steps.max(1));
+    if quality.is_some() {
+        // Refused before six models train, not after.
+        let data = crate::train::train_image::load_data(opts)?;
+        crate::eval::quality::check_data(&data)
+            .map_err(|e| anyhow::anyhow!("--quality-n: {e:#} (0 skips the measure)"))?;
+    }
     let mut rows = Vec::new();
     for (permutation, coupling) in VARIANTS {
         let (p, c) = (name(&permutation), name(&coupling));
@@ -91,6 +97,7 @@ pub fn ablation(
         let mut last: Option<ImageSummary> = None;
         for k in 1..=stages {
             let steps = opts.steps * k / stages;
+            let started = std::time::SystemTime::now();
             let start = if k == 1 {
                 ImageStart::Fresh(
                     variant.clone(),
@@ -111,7 +118,7 @@ pub fn ablation(
                 // A run that trained and saved but drew a non-finite sample grid (or test
                 // image) reports it after writing its summary: one variant's unstable
                 // generative direction is a result to record, not a reason to stop the others.
-                Err(e) => match saved_summary(&run, steps) {
+                Err(e) => match saved_summary(&run, steps, &variant, started) {
                     Some(s) => {
                         notes.push(format!("step {steps}: {e:#}"));
                         s
@@ -171,10 +178,18 @@ pub fn ablation(
     Ok(rows)
 }
 
-/// The summary a stage of `steps` steps saved in `run` before returning an error, if it did.
-fn saved_summary(run: &Path, steps: usize) -> Option<ImageSummary> {
-    let s: ImageSummary = crate::train::checkpoint::load_json(&run.join("summary.json")).ok()?;
-    (s.steps == steps).then_some(s)
+/// The summary a stage of `steps` steps of `variant` saved in `run` before returning an error,
+/// if it did: written since `started`, by this variant, at this step (never an older run's).
+fn saved_summary(
+    run: &Path,
+    steps: usize,
+    variant: &GlowImageConfig,
+    started: std::time::SystemTime,
+) -> Option<ImageSummary> {
+    let path = run.join("summary.json");
+    let written = std::fs::metadata(&path).and_then(|m| m.modified()).ok()?;
+    let s: ImageSummary = crate::train::checkpoint::load_json(&path).ok()?;
+    (written >= started && s.steps == steps && s.config == *variant).then_some(s)
 }
 
 /// A value enum's lower-case name, as its flag spells it (`lu`, `affine`).

@@ -263,6 +263,10 @@ pub fn symmetric_eigen(a: &Mat) -> (Vec<f64>, Mat) {
                     v.set(k, p, c * vkp - s * vkq);
                     v.set(k, q, s * vkp + c * vkq);
                 }
+                // The rotation zeroes (p, q) in exact arithmetic: make it exact, so the
+                // off-diagonal norm can reach the stopping threshold.
+                m.set(p, q, 0.0);
+                m.set(q, p, 0.0);
             }
         }
     }

@@ -1143,17 +1143,19 @@ fn cmd_ablation(a: AblationArgs, given: &[(String, String)]) -> Result<()> {
         "--resume",
         "--classes",
         "--weight-y",
+        "--time-limit",
     ] {
         if let Some((f, v)) = given.iter().find(|(f, _)| f == flag) {
-            let why = "is not an ablation option: the ablation trains every permutation and coupling, unconditional, from scratch";
+            let why = "is not an ablation option: the ablation trains every permutation and coupling, unconditional, from scratch, to the same --steps";
             return Err(InputError::flag(f, v, why).into());
         }
     }
     let (device, replicas) = train_devices(&a.train.device)?;
     interrupt::install();
     let (cfg, mut opts) = fresh_image_run(&a.train)?;
-    // The curves are test evaluations: a run without a test limit evaluates the whole split.
-    if opts.test_limit == 0 {
+    // The curves are test evaluations, six runs times --stages of them: 2,000 test images each
+    // unless --test-limit says otherwise (0: the whole split).
+    if !was_given(given, "--test-limit") {
         opts.test_limit = 2000;
     }
     let out = a

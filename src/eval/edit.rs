@@ -111,6 +111,9 @@ pub fn interpolate(
     if steps < 2 {
         bail!("an interpolation needs at least 2 steps, not {steps}");
     }
+    if pairs.is_empty() {
+        bail!("no image pairs to interpolate between");
+    }
     let ends: Vec<usize> = pairs.iter().flat_map(|&(a, b)| [a, b]).collect();
     let zs = encode(model, cfg, set, &ends, device)?;
     let mut rows = Vec::with_capacity(pairs.len() * steps);
@@ -191,6 +194,9 @@ pub fn manipulate(
     scales: &[f64],
     device: &Device,
 ) -> Result<Vec<u8>> {
+    if images.is_empty() || scales.is_empty() {
+        bail!("an attribute edit needs at least one image and one scale");
+    }
     let zs = encode(model, cfg, set, images, device)?;
     let mut rows = Vec::with_capacity(images.len() * scales.len());
     for i in 0..images.len() {

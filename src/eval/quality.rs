@@ -34,6 +34,10 @@ use crate::tensor_util::{from_vec, to_vec};
 /// Features per image (the penultimate layer's width).
 pub const FEATURES: usize = 128;
 
+/// The classifier's architecture and preprocessing, in its cache key: a change to either
+/// bumps it, so a file trained by other code is never loaded.
+pub const CLASSIFIER_VERSION: u32 = 1;
+
 /// The classifier whose penultimate features [`frechet_distance`] compares.
 #[derive(Module, Debug)]
 pub struct FeatureNet {
@@ -112,6 +116,18 @@ fn pixels_tensor(pixels: &[u8], n: usize, shape: [usize; 3], device: &Device) ->
     let [c, h, w] = shape;
     let v: Vec<f32> = pixels.iter().map(|&p| p as f32 / 255.0 - 0.5).collect();
     from_vec(v, [n, c, h, w], device)
+}
+
+/// Whether [`measure`] can run on `data`: class labels for both splits, image sides that are
+/// multiples of 4.
+///
+/// # Errors
+/// What is missing, in words.
+pub fn check_data(data: &crate::data::Splits) -> Result<()> {
+    if data.train_labels.is_none() || data.test_labels.is_none() {
+        bail!("the data set has no class labels, which the quality classifier is trained on");
+    }
+    check_shape(&data.train)
 }
 
 /// Refuse a geometry the classifier cannot pool twice.
@@ -294,17 +310,18 @@ pub fn frechet_distance(a: &[f32], b: &[f32], d: usize) -> Result<f64> {
     Ok((mean_term + trace(&sa) + trace(&sb) - 2.0 * trace_root).max(0.0))
 }
 
-/// Where a classifier for the data set fingerprinted `fingerprint` is kept: `dir` (the data
-/// set's folder, or a cache folder), one file per data set, geometry and option set.
+/// Where a classifier for the data set fingerprinted `fingerprint` is kept: `dir` (a cache
+/// folder), one file per classifier version, data set, geometry, class count and option set.
 pub fn classifier_path(
     dir: &Path,
     fingerprint: &str,
     shape: [usize; 3],
+    classes: usize,
     opts: &ClassifierOptions,
 ) -> PathBuf {
     let [c, h, w] = shape;
     dir.join(format!(
-        "fd-classifier-{fingerprint}-{c}x{h}x{w}-steps{}-batch{}-lr{}-seed{}-shards{}.safetensors",
+        "fd-classifier-v{CLASSIFIER_VERSION}-{fingerprint}-{c}x{h}x{w}-{classes}classes-steps{}-batch{}-lr{}-seed{}-shards{}.safetensors",
         opts.steps, opts.batch, opts.lr, opts.seed, opts.shards
     ))
 }
@@ -324,7 +341,7 @@ pub fn load_or_train(
     device: &Device,
 ) -> Result<FeatureNet> {
     let shape = [train.c, train.h, train.w];
-    let path = classifier_path(cache, &train.fingerprint(), shape, opts);
+    let path = classifier_path(cache, &train.fingerprint(), shape, classes, opts);
     if path.exists() {
         let fresh = FeatureNet::new(shape, classes, opts.seed, device);
         return crate::train::checkpoint::load_model(fresh, &path);
@@ -424,8 +441,12 @@ pub fn measure(
     let (Some(train_labels), Some(test_labels)) = (&data.train_labels, &data.test_labels) else {
         bail!("the data set has no class labels, which the quality classifier is trained on");
     };
-    let classes = *train_labels.iter().max().unwrap_or(&0) as usize + 1;
-    let classes = classes.max(model.classes());
+    // The data's classes, not the model's (a model may declare more than the data has).
+    let classes = train_labels
+        .iter()
+        .chain(test_labels)
+        .max()
+        .map_or(1, |&m| m as usize + 1);
     let net = load_or_train(
         &opts.cache,
         &data.train,
@@ -438,7 +459,7 @@ pub fn measure(
     let n = opts.n.min(data.test.n).min(data.train.n);
     let test = quantised(&data.test.take(n), cfg.n_bits);
     let train = quantised(&data.train.take(n), cfg.n_bits);
-    let k = model.classes();
+    let k = model.classes().min(classes);
     let drawn: Option<Vec<usize>> = (k > 0).then(|| (0..n).map(|i| i % k).collect());
     let d = data.test.dims();
     let (mut values, mut kept_labels) = (Vec::with_capacity(n * d), Vec::with_capacity(n));
@@ -495,6 +516,7 @@ pub fn measure(
             &opts.cache,
             &data.train.fingerprint(),
             [data.train.c, data.train.h, data.train.w],
+            classes,
             &opts.classifier,
         ),
     })
