@@ -70,12 +70,17 @@ pub fn ablation(
     device: &Device,
 ) -> Result<Vec<AblationRow>> {
     let stages = stages.clamp(1, opts.steps.max(1));
-    if quality.is_some() {
-        // Refused before six models train, not after.
-        let data = crate::train::train_image::load_data(opts)?;
-        crate::eval::quality::check_data(&data)
-            .map_err(|e| anyhow::anyhow!("--quality-n: {e:#} (0 skips the measure)"))?;
-    }
+    // Every variant trains on these images: read once for every quality measure, and checked
+    // before six models train, not after.
+    let quality_data = match quality {
+        Some(_) => {
+            let data = crate::train::train_image::load_data(opts)?;
+            crate::eval::quality::check_data(&data)
+                .map_err(|e| anyhow::anyhow!("--quality-n: {e:#} (0 skips the measure)"))?;
+            Some(data)
+        }
+        None => None,
+    };
     let mut rows = Vec::new();
     for (permutation, coupling) in VARIANTS {
         let (p, c) = (name(&permutation), name(&coupling));
@@ -131,11 +136,10 @@ pub fn ablation(
         }
         let s = last.expect("at least one stage");
         let mut nonfinite_samples = None;
-        let fd_classifier = match quality {
-            Some(q) => {
+        let fd_classifier = match (quality, &quality_data) {
+            (Some(q), Some(data)) => {
                 let (model, state, _) = crate::train::train_image::load_for_eval(&run, device)?;
-                let data = crate::train::train_image::load_data(&state.options)?;
-                match crate::eval::quality::measure(&model, &state.model, &data, q, device) {
+                match crate::eval::quality::measure(&model, &state.model, data, q, device) {
                     Ok(r) => {
                         nonfinite_samples = Some(r.nonfinite_samples);
                         Some(r.fd_classifier)
@@ -146,7 +150,7 @@ pub fn ablation(
                     }
                 }
             }
-            None => None,
+            _ => None,
         };
         rows.push(AblationRow {
             permutation: p,

@@ -681,7 +681,7 @@ fn quality_measure_orders_real_barely_trained_and_noise(
     let r = measure(model, &cfg, data, &opts, device).unwrap();
     eprintln!("quality of the 120-step model: {r:?}");
     let labels = data.train_labels.as_ref().unwrap();
-    let net = load_or_train(
+    let (net, path) = load_or_train(
         cache.path(),
         &data.train,
         labels,
@@ -691,6 +691,7 @@ fn quality_measure_orders_real_barely_trained_and_noise(
     )
     .unwrap();
     assert!(r.classifier.exists(), "the classifier is cached");
+    assert_eq!(path, r.classifier);
     let test = data.test.take(500);
     let f_test = features(&net, &test, device);
     let other = |pixels: Vec<u8>| ImageSet {

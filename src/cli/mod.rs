@@ -1088,9 +1088,9 @@ fn cmd_sample(a: SampleArgs) -> Result<()> {
     Ok(())
 }
 
-/// The image model of `--checkpoint` for an editing command (its evaluation weights and config,
-/// and the data it was trained on when `data`).
-fn edit_model(
+/// The image model of `--checkpoint` for `quality` and the editing commands (its evaluation
+/// weights and config, and the data it was trained on when `data`).
+fn trained_image_model(
     checkpoint: &std::path::Path,
     device_name: &str,
     data: bool,
@@ -1103,7 +1103,7 @@ fn edit_model(
     use glowflow::train::train_image::{load_data, load_for_eval};
     let device = device(device_name)?;
     if is_vector_run(checkpoint) {
-        let why = "is a vector-flow run; this command is for image models";
+        let why = "is a vector-flow run; this command is for image models (train)";
         return Err(InputError::flag("--checkpoint", checkpoint.display(), why).into());
     }
     let (model, state, _) = load_for_eval(checkpoint, &device)
@@ -1197,7 +1197,7 @@ fn cmd_interpolate(a: InterpolateArgs) -> Result<()> {
                 })
         })
         .collect::<std::result::Result<Vec<(usize, usize)>, _>>()?;
-    let (model, cfg, data, device) = edit_model(&a.checkpoint, &a.device, true)?;
+    let (model, cfg, data, device) = trained_image_model(&a.checkpoint, &a.device, true)?;
     let test = &data.expect("loaded").test;
     let px = glowflow::eval::edit::interpolate(&model, &cfg, test, &pairs, a.steps, &device)
         .map_err(|e| InputError::flag("--pairs", a.pairs.join(","), format!("{e:#}")))?;
@@ -1206,7 +1206,7 @@ fn cmd_interpolate(a: InterpolateArgs) -> Result<()> {
 
 fn cmd_attribute(a: AttributeArgs) -> Result<()> {
     use glowflow::eval::edit::{attribute_direction, manipulate};
-    let (model, cfg, data, device) = edit_model(&a.checkpoint, &a.device, true)?;
+    let (model, cfg, data, device) = trained_image_model(&a.checkpoint, &a.device, true)?;
     let data = data.expect("loaded");
     let Some(labels) = &data.train_labels else {
         let why = "the run's data set has no class labels to define an attribute";
@@ -1225,22 +1225,15 @@ fn cmd_temperatures(a: TemperaturesArgs) -> Result<()> {
     if let Some(t) = a.temperatures.iter().find(|t| !t.is_finite() || **t < 0.0) {
         return Err(InputError::flag("--temperatures", t, "must be finite and >= 0").into());
     }
-    let (model, cfg, _, _) = edit_model(&a.checkpoint, &a.device, false)?;
+    let (model, cfg, _, _) = trained_image_model(&a.checkpoint, &a.device, false)?;
     let px = glowflow::eval::edit::temperature_sweep(&model, &cfg, &a.temperatures, a.n, a.seed)?;
     save_edit_grid(&px, &cfg, a.n, &a.out, "a temperature sweep")
 }
 
 fn cmd_quality(a: QualityArgs) -> Result<()> {
     use glowflow::eval::quality::{default_cache_dir, measure, ClassifierOptions, QualityOptions};
-    use glowflow::train::train_image::{load_data, load_for_eval};
-    let device = device(&a.device)?;
-    if is_vector_run(&a.checkpoint) {
-        let why = "is a vector-flow run; the quality measure is for image models";
-        return Err(InputError::flag("--checkpoint", a.checkpoint.display(), why).into());
-    }
-    let (model, state, _) = load_for_eval(&a.checkpoint, &device)
-        .with_context(|| format!("--checkpoint {}", a.checkpoint.display()))?;
-    let data = load_data(&state.options)?;
+    let (model, cfg, data, device) = trained_image_model(&a.checkpoint, &a.device, true)?;
+    let data = data.expect("loaded");
     let opts = QualityOptions {
         n: a.n,
         temperature: a.temperature,
@@ -1251,7 +1244,7 @@ fn cmd_quality(a: QualityArgs) -> Result<()> {
         },
         cache: a.cache.clone().unwrap_or_else(default_cache_dir),
     };
-    let report = measure(&model, &state.model, &data, &opts, &device)?;
+    let report = measure(&model, &cfg, &data, &opts, &device)?;
     print_json(&report)
 }
 

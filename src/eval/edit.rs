@@ -52,8 +52,13 @@ pub fn encode(
 /// # Errors
 /// Names the images whose decoding holds non-finite values.
 pub fn decode_pixels(model: &GlowImage, cfg: &GlowImageConfig, zs: &Latents) -> Result<Vec<u8>> {
-    let x = to_vec(model.decode(zs));
-    let n = zs[0].dims()[0];
+    checked_pixels(model.decode(zs), cfg)
+}
+
+/// Decoded images `x: [n, c, h, w]` as 8-bit pixels; an error naming the non-finite ones.
+fn checked_pixels(x: Tensor<4>, cfg: &GlowImageConfig) -> Result<Vec<u8>> {
+    let n = x.dims()[0];
+    let x = to_vec(x);
     let per = x.len() / n.max(1);
     let bad: Vec<usize> = (0..n)
         .filter(|&i| x[i * per..(i + 1) * per].iter().any(|v| !v.is_finite()))
@@ -224,8 +229,8 @@ pub fn temperature_sweep(
     let mut px = Vec::new();
     for &t in temperatures {
         let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(seed);
-        let (_, zs) = model.sample_with_latents(n, t, None, &mut rng);
-        px.extend(decode_pixels(model, cfg, &zs)?);
+        let (x, _) = model.sample_with_latents(n, t, None, &mut rng);
+        px.extend(checked_pixels(x, cfg)?);
     }
     Ok(px)
 }

@@ -207,24 +207,17 @@ pub fn train_classifier(
 
 /// Features of every image of `set`, `[n, FEATURES]` row-major, in batches of 500.
 pub fn features(net: &FeatureNet, set: &ImageSet, device: &Device) -> Vec<f32> {
-    let mut out = Vec::with_capacity(set.n * FEATURES);
-    let shape = [set.c, set.h, set.w];
-    for start in (0..set.n).step_by(500) {
-        let k = (set.n - start).min(500);
-        let px = &set.pixels[start * set.dims()..(start + k) * set.dims()];
-        out.extend(to_vec(net.features(pixels_tensor(px, k, shape, device))));
-    }
-    out
+    batches(set, device)
+        .flat_map(|(_, x)| to_vec(net.features(x)))
+        .collect()
 }
 
 /// Share of the images of `set` the classifier puts in their labelled class.
 pub fn accuracy(net: &FeatureNet, set: &ImageSet, labels: &[u8], device: &Device) -> f64 {
-    let shape = [set.c, set.h, set.w];
     let mut right = 0usize;
-    for start in (0..set.n).step_by(500) {
-        let k = (set.n - start).min(500);
-        let px = &set.pixels[start * set.dims()..(start + k) * set.dims()];
-        let logits = to_vec(net.logits(pixels_tensor(px, k, shape, device)));
+    for (start, x) in batches(set, device) {
+        let k = x.dims()[0];
+        let logits = to_vec(net.logits(x));
         let classes = logits.len() / k;
         for i in 0..k {
             let row = &logits[i * classes..(i + 1) * classes];
@@ -235,6 +228,19 @@ pub fn accuracy(net: &FeatureNet, set: &ImageSet, labels: &[u8], device: &Device
         }
     }
     right as f64 / set.n.max(1) as f64
+}
+
+/// The images of `set` in batches of 500 as classifier input: `(first index, [k, c, h, w])`.
+fn batches<'a>(
+    set: &'a ImageSet,
+    device: &'a Device,
+) -> impl Iterator<Item = (usize, Tensor<4>)> + 'a {
+    let (d, shape) = (set.dims(), [set.c, set.h, set.w]);
+    (0..set.n).step_by(500).map(move |start| {
+        let k = (set.n - start).min(500);
+        let px = &set.pixels[start * d..(start + k) * d];
+        (start, pixels_tensor(px, k, shape, device))
+    })
 }
 
 /// Mean and covariance (divided by n − 1) of `n` rows of `d` values, in float64.
@@ -330,6 +336,8 @@ pub fn classifier_path(
 /// trained before, trained and saved there otherwise (the folder is created; a cache that
 /// cannot be written is reported on stderr and the classifier still returned).
 ///
+/// Returns the classifier and its file.
+///
 /// # Errors
 /// As [`train_classifier`]; a cached file that does not load.
 pub fn load_or_train(
@@ -339,12 +347,12 @@ pub fn load_or_train(
     classes: usize,
     opts: &ClassifierOptions,
     device: &Device,
-) -> Result<FeatureNet> {
+) -> Result<(FeatureNet, PathBuf)> {
     let shape = [train.c, train.h, train.w];
     let path = classifier_path(cache, &train.fingerprint(), shape, classes, opts);
     if path.exists() {
         let fresh = FeatureNet::new(shape, classes, opts.seed, device);
-        return crate::train::checkpoint::load_model(fresh, &path);
+        return Ok((crate::train::checkpoint::load_model(fresh, &path)?, path));
     }
     let net = train_classifier(train, labels, classes, opts, device)?;
     let saved = std::fs::create_dir_all(cache)
@@ -357,7 +365,7 @@ pub fn load_or_train(
             path.display()
         );
     }
-    Ok(net)
+    Ok((net, path))
 }
 
 /// The default cache folder: `$XDG_CACHE_HOME/glowflow`, else `~/.cache/glowflow`, else
@@ -447,7 +455,7 @@ pub fn measure(
         .chain(test_labels)
         .max()
         .map_or(1, |&m| m as usize + 1);
-    let net = load_or_train(
+    let (net, classifier) = load_or_train(
         &opts.cache,
         &data.train,
         train_labels,
@@ -512,13 +520,7 @@ pub fn measure(
         samples_accuracy,
         n,
         temperature: opts.temperature,
-        classifier: classifier_path(
-            &opts.cache,
-            &data.train.fingerprint(),
-            [data.train.c, data.train.h, data.train.w],
-            classes,
-            &opts.classifier,
-        ),
+        classifier,
     })
 }
 
