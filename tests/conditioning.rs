@@ -128,6 +128,8 @@ fn class_glow(classes: usize) -> GlowImage {
         learn_top: true,
         init_seed: 5,
         classes,
+        noise_sigma: 0.0,
+        dequantizer: None,
     };
     let ad = ad_device();
     let mut m = GlowImage::new(&cfg, &ad);
@@ -195,4 +197,97 @@ fn class_conditional_density_matches_brute_force_and_the_classifier() {
     assert!(class_glow(0)
         .class_log_likelihoods(from_vec(vec![0.0; 16], [1, 1, 4, 4], &ad))
         .is_none());
+}
+
+/// The top latent drawn for `ctx` at temperature `t` (same seed, so the same standard normal
+/// draw for every context).
+fn top_draw(m: &GlowImage, ctx: &Tensor<2>, t: f64) -> Vec<f64> {
+    use rand::SeedableRng;
+    let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(9);
+    let n = ctx.dims()[0];
+    let (_, zs) = m.sample_with_latents(n, t, Some(ctx), &mut rng);
+    glowflow::tensor_util::to_vec_f64(zs.last().unwrap().clone())
+}
+
+#[test]
+fn guidance_mixes_the_class_free_and_the_class_prior() {
+    use glowflow::models::glow_image::guided_context;
+    let ad = ad_device();
+    let m = class_glow(3);
+    let labels = [2usize, 0];
+    let null = Tensor::zeros([2, 3], &ad);
+    let cond = guided_context(&labels, 3, 1.0, &ad);
+    // At temperature 0 the top latent is the prior's mean; at 1 it is mean + std * eps with the
+    // same eps for every context, so log|z - mean| differs between contexts by the log-stds.
+    let mean = |ctx: &Tensor<2>| top_draw(&m, ctx, 0.0);
+    let logs = |ctx: &Tensor<2>| -> Vec<f64> {
+        let (z, mu) = (top_draw(&m, ctx, 1.0), mean(ctx));
+        z.iter().zip(&mu).map(|(z, m)| (z - m).abs().ln()).collect()
+    };
+    let (mu_u, mu_c, s_u, s_c) = (mean(&null), mean(&cond), logs(&null), logs(&cond));
+    let apart = mu_u
+        .iter()
+        .zip(&mu_c)
+        .map(|(a, b)| (a - b).abs())
+        .fold(0.0, f64::max);
+    assert!(
+        apart > 1e-2,
+        "the class and class-free priors do not differ ({apart})"
+    );
+    for w in [0.0, 0.5, 2.0, 4.0] {
+        let g = guided_context(&labels, 3, w, &ad);
+        let (mu_w, s_w) = (mean(&g), logs(&g));
+        for i in 0..mu_w.len() {
+            let want = mu_u[i] + w * (mu_c[i] - mu_u[i]);
+            assert!(
+                (mu_w[i] - want).abs() < 1e-5,
+                "w {w}: mean {} vs {want}",
+                mu_w[i]
+            );
+            let want = s_u[i] + w * (s_c[i] - s_u[i]);
+            assert!(
+                (s_w[i] - want).abs() < 1e-3,
+                "w {w}: log-std {} vs {want}",
+                s_w[i]
+            );
+        }
+    }
+}
+
+#[test]
+fn label_dropout_zeroes_the_one_hot_of_the_share_asked_for() {
+    use glowflow::data::stream::drop_labels;
+    use rand::SeedableRng;
+    let (w, k, n) = (5, 4, 20_000);
+    let mut rows = Vec::new();
+    for i in 0..n {
+        rows.extend((0..w).map(|j| (i * w + j) as f32));
+        rows.extend((0..k).map(|c| f32::from(u8::from(c == i % k))));
+    }
+    let before = rows.clone();
+    let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(3);
+    let dropped = drop_labels(&mut rows, w, k, 0.2, &mut rng);
+    let rate = dropped as f64 / n as f64;
+    // Binomial(20000, 0.2): standard deviation 0.0028.
+    assert!((rate - 0.2).abs() < 0.012, "dropped {rate}");
+    let mut zeroed = 0;
+    for (a, b) in rows.chunks(w + k).zip(before.chunks(w + k)) {
+        assert_eq!(a[..w], b[..w], "the image values are untouched");
+        if a[w..].iter().all(|&v| v == 0.0) {
+            zeroed += 1;
+        } else {
+            assert_eq!(a[w..], b[w..], "a kept label is unchanged");
+        }
+    }
+    assert_eq!(zeroed, dropped);
+    // Deterministic for the seed.
+    let mut again = before.clone();
+    drop_labels(
+        &mut again,
+        w,
+        k,
+        0.2,
+        &mut rand_chacha::ChaCha8Rng::seed_from_u64(3),
+    );
+    assert_eq!(again, rows);
 }

@@ -37,6 +37,8 @@ fn tiny(
         learn_top: true,
         init_seed: 7,
         classes: 0,
+        noise_sigma: 0.0,
+        dequantizer: None,
     }
 }
 
@@ -383,6 +385,7 @@ fn small_options(dir: &Path, steps: usize) -> ImageTrainOptions {
         shards: 2,
         stability: glowflow::train::train_image::image_recipe_stability(),
         weight_y: 0.0,
+        label_dropout: 0.0,
     }
 }
 
@@ -633,7 +636,12 @@ fn fashion_mnist_short_run_if_installed() {
         ..tiny(1, 32, 2, ImageCoupling::Affine, Permutation::Lu)
     };
     let device = plain_device();
-    let s = train_image(ImageStart::Fresh(cfg, o.clone()), &rio(run.path()), &device).unwrap();
+    let s = train_image(
+        ImageStart::Fresh(cfg.clone(), o.clone()),
+        &rio(run.path()),
+        &device,
+    )
+    .unwrap();
     // 8-bit data: a uniform model scores 8 bits/dim; 120 small steps already do much better.
     eprintln!("Fashion-MNIST, 120 steps: test bpd {}", s.test_bpd);
     assert!(s.test_bpd < 7.0, "test bpd {}", s.test_bpd);
@@ -648,6 +656,118 @@ fn fashion_mnist_short_run_if_installed() {
     assert!(err64 <= 1e-9, "float64 reconstruction error {err64}");
     assert!(err32 <= 1e-4, "float32 reconstruction error {err32}");
     quality_measure_orders_real_barely_trained_and_noise(&model, &data, &device);
+
+    // The same run with variational dequantisation (Flow++): the bound trains like the
+    // uniform one, and q(u | x) is saved with the model (a reloaded evaluation gives the
+    // summary's bound again).
+    let run = tempfile::tempdir().unwrap();
+    let cfg = GlowImageConfig {
+        dequantizer: Some(glowflow::models::DequantizerConfig::default()),
+        ..cfg
+    };
+    let v = train_image(
+        ImageStart::Fresh(cfg.clone(), o.clone()),
+        &rio(run.path()),
+        &device,
+    )
+    .unwrap();
+    eprintln!(
+        "variational dequantisation, 120 steps: test bpd {}",
+        v.test_bpd
+    );
+    assert!(
+        v.bpd_meaning.starts_with("variational"),
+        "{}",
+        v.bpd_meaning
+    );
+    assert!(v.test_bpd < 7.0, "test bpd {}", v.test_bpd);
+    let (model, state, _) =
+        glowflow::train::train_image::load_for_eval(run.path(), &device).unwrap();
+    assert!(model.dequantizer.is_some());
+    let test = data.test.take(256);
+    let again = glowflow::eval::images::per_image_bpd(&model, &test, &state.model, 256, &device);
+    let mean = again.iter().sum::<f64>() / again.len() as f64;
+    assert!((mean - v.test_bpd).abs() < 1e-9, "{mean} vs {}", v.test_bpd);
+}
+
+#[test]
+fn variational_dequantiser_log_q_matches_a_brute_force_jacobian() {
+    use glowflow::models::{DequantizerConfig, VariationalDequantizer};
+    use rand::SeedableRng;
+    let ad = ad_device();
+    let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(11);
+    let cfg = DequantizerConfig {
+        depth: 3,
+        hidden: 8,
+    };
+    for channels in [1, 3] {
+        let q = VariationalDequantizer::new(&cfg, channels, &mut rng, &ad);
+        // Zero-initialised outputs would make q a fixed elementwise map: perturb them.
+        let q = perturb(q, 0.3, 4);
+        let shape = [2, channels, 4, 4];
+        let x = random_input(shape, 3, &ad).mul_scalar(0.3);
+        let eps = random_input(shape, 4, &ad);
+        let (u, log_q) = q.sample(x.clone(), eps.clone());
+        let u = to_vec_f64(u);
+        assert!(u.iter().all(|v| *v > 0.0 && *v < 1.0), "u leaves (0, 1)");
+        // log q(u | x) = log N(eps; 0, I) - log|det du/deps|.
+        let logdet = jacobian_logdets(|e| q.sample(x.clone(), e).0, eps.clone());
+        let d = (channels * 16) as f64;
+        let e = to_vec_f64(eps);
+        for (s, (lq, ld)) in to_vec_f64(log_q).iter().zip(&logdet).enumerate() {
+            let sq: f64 = e[s * channels * 16..(s + 1) * channels * 16]
+                .iter()
+                .map(|v| v * v)
+                .sum();
+            let want = -0.5 * sq - 0.5 * d * LN_2PI - ld;
+            assert!(
+                (lq - want).abs() < 1e-3 * want.abs().max(1.0),
+                "{channels} channels, sample {s}: log q {lq} vs brute force {want}"
+            );
+        }
+    }
+}
+
+#[test]
+fn denoising_moves_by_sigma_squared_times_the_input_gradient() {
+    use glowflow::tensor_util::from_vec_f64;
+    let cfg = tiny(1, 4, 2, ImageCoupling::Affine, Permutation::Lu);
+    // As sampling uses it: float64 weights on the plain device (no autodiff of the weights).
+    let m = cast_module(initialised(&cfg).valid(), DType::F64);
+    let ad = plain_device();
+    let shape = [2, 1, 4, 4];
+    let x = random_input(shape, 6, &ad).mul_scalar(0.3).cast(DType::F64);
+    let sigma = 0.1;
+    let moved: Vec<f64> = to_vec_f64(glowflow::eval::images::denoise(&m, x.clone(), sigma, None))
+        .iter()
+        .zip(to_vec_f64(x.clone()))
+        .map(|(a, b)| a - b)
+        .collect();
+    // Central differences of log p(x) in float64, coordinate by coordinate.
+    let base = to_vec_f64(x);
+    let h = 1e-5;
+    let logp =
+        |v: Vec<f64>| to_vec_f64(m.log_prob(from_vec_f64(v, shape, (&ad, DType::F64)), None));
+    for j in 0..16 {
+        let (mut plus, mut minus) = (base.clone(), base.clone());
+        for s in 0..2 {
+            plus[s * 16 + j] += h;
+            minus[s * 16 + j] -= h;
+        }
+        let (lp, lm) = (logp(plus), logp(minus));
+        for s in 0..2 {
+            let fd = sigma * sigma * (lp[s] - lm[s]) / (2.0 * h);
+            let got = moved[s * 16 + j];
+            assert!(
+                (got - fd).abs() < 1e-6 * fd.abs().max(1e-3),
+                "sample {s}, pixel {j}: moved {got}, sigma^2 * d log p / dx {fd}"
+            );
+        }
+    }
+    assert!(
+        moved.iter().any(|v| v.abs() > 1e-4),
+        "the step moves the images"
+    );
 }
 
 /// The offline sample-quality measure (a classifier trained on the data set, Fréchet distance
@@ -665,6 +785,8 @@ fn quality_measure_orders_real_barely_trained_and_noise(
     let opts = QualityOptions {
         n: 500,
         temperature: 0.7,
+        guidance: None,
+        denoise: None,
         seed: 0,
         classifier: ClassifierOptions {
             steps: 300,
@@ -997,8 +1119,7 @@ fn format_2_image_checkpoint_loads_evaluates_and_resumes() {
     let set =
         glowflow::data::images::load(&DataSpec::Idx(data.path().into()), &LoadOptions::default())
             .unwrap();
-    let bpd =
-        glowflow::eval::images::per_image_bpd(&model, &set.test, state.model.n_bits, 256, &device);
+    let bpd = glowflow::eval::images::per_image_bpd(&model, &set.test, &state.model, 256, &device);
     let mean = bpd.iter().sum::<f64>() / bpd.len() as f64;
     // That release's `eval --checkpoint`: 8.035723919144209 bits/dim.
     assert!(

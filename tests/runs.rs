@@ -457,6 +457,10 @@ fn every_numeric_flag_is_checked_up_front() {
         ("--clip-grad-norm", true),
         ("--ema-decay", true),
         ("--max-skips", false),
+        ("--label-dropout", true),
+        ("--noise-sigma", true),
+        ("--dequant-depth", true),
+        ("--dequant-width", false),
     ];
     let toy: &[(&str, bool)] = &[
         ("--steps", false),
@@ -489,7 +493,12 @@ fn every_numeric_flag_is_checked_up_front() {
         ),
         (
             &["sample", "--checkpoint", "/nonexistent"],
-            &[("--n", false), ("--temperature", true), ("--seed", true)],
+            &[
+                ("--n", false),
+                ("--temperature", true),
+                ("--seed", true),
+                ("--guidance", true),
+            ],
         ),
         (
             &["bench", "--workload", "probe2d"],
@@ -532,7 +541,7 @@ fn every_numeric_flag_is_checked_up_front() {
         "a refused command wrote output"
     );
     eprintln!("{cases} command x flag x value cases: all exit 2 naming the flag");
-    assert_eq!(cases, 305);
+    assert_eq!(cases, 326);
 }
 
 fn assert_refused(out: &Output, needles: &[&str]) {

@@ -140,6 +140,15 @@ impl StabilityArgs {
     }
 }
 
+/// How `train` dequantises pixels.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum Dequantization {
+    /// `x + u`, `u ~ U[0, 1)` in bin units.
+    Uniform,
+    /// `u ~ q(u | x)`, a conditional flow trained jointly (Flow++ §3.1).
+    Variational,
+}
+
 #[derive(Args, Debug)]
 pub struct TrainArgs {
     /// Images: idx:DIR (MNIST-style IDX, raw or .gz), cifar10:DIR or folder:DIR. Stored as an
@@ -180,6 +189,27 @@ pub struct TrainArgs {
     /// --weight-y; 0.01 there). Needs --classes.
     #[arg(long, default_value_t = image_recipe().weight_y, value_parser = parse::weight)]
     pub weight_y: f64,
+    /// Probability of dropping a training image's label (the null class), so the class-free
+    /// prior is trained too and `sample`/`quality --guidance W` can use classifier-free guidance
+    /// (0.1-0.2 is usual). Needs --classes.
+    #[arg(long, default_value_t = image_recipe().label_dropout, value_parser = parse::probability)]
+    pub label_dropout: f64,
+    /// Noise augmentation (TarFlow): Gaussian noise of this standard deviation (data range
+    /// [-0.5, 0.5]) added to every dequantised training and test image; samples are then
+    /// denoised with one score step. Its bits/dim is that of the noisy images (labelled so, not
+    /// comparable). 0: none.
+    #[arg(long, default_value_t = image_model().noise_sigma, value_parser = parse::sigma)]
+    pub noise_sigma: f64,
+    /// Dequantisation: uniform noise in each pixel's bin, or a small conditional flow q(u | x)
+    /// trained with the model on the variational bound (Flow++).
+    #[arg(long, value_enum, default_value_t = Dequantization::Uniform)]
+    pub dequantization: Dequantization,
+    /// Variational dequantisation: couplings of q(u | x).
+    #[arg(long, default_value_t = glowflow::models::DequantizerConfig::default().depth, value_parser = parse::count::<0, MAX_FLOW_STEPS>)]
+    pub dequant_depth: usize,
+    /// Variational dequantisation: width of q(u | x)'s networks.
+    #[arg(long, default_value_t = glowflow::models::DequantizerConfig::default().hidden, value_parser = parse::count::<1, MAX_WIDTH>)]
+    pub dequant_width: usize,
     /// Images per batch (at most the training set).
     #[arg(long, default_value_t = image_recipe().batch, value_parser = parse::count::<1, 1_048_576>)]
     pub batch: usize,
@@ -256,6 +286,10 @@ pub struct EvalArgs {
     /// `eval`: also write every test image's bits/dim here (CSV `index,bpd`, 0-based indices).
     #[arg(long)]
     pub per_image: Option<PathBuf>,
+    /// `eval`: also report the importance-sampled bits/dim over this many dequantisation draws
+    /// per image (Flow++ eq. 13; tighter than one draw; unconditional models).
+    #[arg(long, value_parser = parse::count::<1, 4096>)]
+    pub importance_samples: Option<usize>,
     #[arg(long, default_value = "flex")]
     pub device: String,
 }
@@ -363,6 +397,11 @@ pub struct QualityArgs {
     /// Sampling temperature.
     #[arg(long, default_value_t = 0.7, value_parser = parse::temperature)]
     pub temperature: f64,
+    /// Classifier-free guidance weights to measure, comma-separated (class-conditional models
+    /// trained with --label-dropout): 0 the class-free prior, 1 the conditional one, > 1
+    /// guided. One report per weight (a JSON array).
+    #[arg(long, value_delimiter = ',', value_parser = parse::guidance)]
+    pub guidance: Vec<f64>,
     /// Seed of the samples.
     #[arg(long, default_value_t = 0)]
     pub seed: u64,
@@ -391,6 +430,13 @@ pub struct SampleArgs {
     /// Class to sample (class-conditional models; default: one row per class).
     #[arg(long, value_parser = parse::count::<0, 65_535>)]
     pub class: Option<usize>,
+    /// Classifier-free guidance weight (class-conditional models trained with --label-dropout):
+    /// 0 the class-free prior, 1 the conditional one, > 1 guided.
+    #[arg(long, value_parser = parse::guidance)]
+    pub guidance: Option<f64>,
+    /// Noise-augmented models: keep the samples noisy (no denoising score step).
+    #[arg(long)]
+    pub raw: bool,
     /// Vector flows with context columns: the context to sample for, one comma-separated value
     /// per context column (in the run's order).
     #[arg(long, value_delimiter = ',', allow_hyphen_values = true)]
@@ -944,6 +990,7 @@ fn fresh_image_run(
         shards: thread_count(a.threads, &a.device),
         stability: a.stability.options(image_recipe_stability()),
         weight_y: a.weight_y,
+        label_dropout: a.label_dropout,
         ..ImageTrainOptions::recipe(data)
     };
     opts.validate().map_err(FieldError::on_flag)?;
@@ -958,6 +1005,13 @@ fn fresh_image_run(
         learn_top: !a.fixed_top,
         init_seed: a.seed,
         classes: a.classes,
+        noise_sigma: a.noise_sigma,
+        dequantizer: (a.dequantization == Dequantization::Variational).then_some(
+            glowflow::models::DequantizerConfig {
+                depth: a.dequant_depth,
+                hidden: a.dequant_width,
+            },
+        ),
         ..GlowImageConfig::new(probe.train.c, probe.train.h, probe.train.w)
     };
     cfg.validate().map_err(FieldError::on_flag)?;
@@ -970,6 +1024,10 @@ fn cmd_eval(a: EvalArgs, reconstruct: bool) -> Result<()> {
     let device = device(&a.device)?;
     let (model, state, ema) = load_for_eval(&a.checkpoint, &device)
         .with_context(|| format!("--checkpoint {}", a.checkpoint.display()))?;
+    if let (Some(k), true) = (a.importance_samples, state.model.classes > 0) {
+        let why = "is for unconditional models (a class-conditional one reports test_bpd_marginal)";
+        return Err(InputError::flag("--importance-samples", k, why).into());
+    }
     if reconstruct {
         // Float64 activations of a forward and an inverse pass.
         let need = state.model.activation_bytes_per_image() * 2.0 * a.n as f64;
@@ -1010,7 +1068,7 @@ fn cmd_eval(a: EvalArgs, reconstruct: bool) -> Result<()> {
     } else {
         let labels = data.labels(cfg.classes, &opts.data)?;
         let test_labels = labels.as_ref().map(|(_, t)| &t[..]);
-        let figures = class_eval(&model, &data.test, test_labels, cfg.n_bits, 256, &device);
+        let figures = class_eval(&model, &data.test, test_labels, cfg, 256, &device);
         let bpd = &figures.bpd;
         let r = BpdReport::new(bpd);
         if let Some(p) = &a.per_image {
@@ -1018,6 +1076,14 @@ fn cmd_eval(a: EvalArgs, reconstruct: bool) -> Result<()> {
             per_image = Some((p.clone(), bpd.clone()));
         }
         failure = r.nonfinite_message(bpd.len()).map(anyhow::Error::msg);
+        let importance = match a.importance_samples {
+            Some(k) => {
+                use glowflow::eval::images::importance_bpd;
+                let v = importance_bpd(&model, &data.test, cfg, k, 256, &device);
+                Some(json!({"draws": k, "test_bpd": BpdReport::new(&v).mean}))
+            }
+            None => None,
+        };
         json!({
             "checkpoint": a.checkpoint,
             "ema_weights": ema,
@@ -1026,6 +1092,8 @@ fn cmd_eval(a: EvalArgs, reconstruct: bool) -> Result<()> {
             "test_bpd": r.mean,
             "test_bpd_marginal": figures.marginal_mean(),
             "test_accuracy": figures.accuracy,
+            "bpd_meaning": glowflow::eval::images::bpd_meaning(cfg),
+            "importance_sampled": importance,
             "test_report": r,
         })
     };
@@ -1073,11 +1141,24 @@ fn cmd_sample(a: SampleArgs) -> Result<()> {
         return Err(InputError::flag("--n", a.n, why).into());
     }
     let per_class = a.n.div_ceil(model.classes().max(1)).max(1);
-    let (batch, cols) = sample_classes(&model, a.n, a.class, per_class, temperature, a.seed)?;
+    check_guidance(&state.options, &state.model, a.guidance)?;
+    let mut draw = glowflow::eval::images::Draw::for_model(&state.model, temperature);
+    draw.guidance = a.guidance;
+    if a.raw {
+        draw.denoise = None;
+    }
+    let (batch, cols) = sample_classes(&model, a.n, a.class, per_class, &draw, a.seed)?;
     let grid = batch.grid_cols(&state.model, cols)?;
     grid.save_png(&a.out)?;
+    let mut how = String::new();
+    if let Some(w) = draw.guidance {
+        how.push_str(&format!(", guidance weight {w}"));
+    }
+    if let Some(s) = draw.denoise {
+        how.push_str(&format!(", denoised (sigma {s})"));
+    }
     println!(
-        "wrote {} samples at temperature {} to {} ({} weights; pixels clipped: {:.3}% at 0, {:.3}% at the top)",
+        "wrote {} samples at temperature {}{how} to {} ({} weights; pixels clipped: {:.3}% at 0, {:.3}% at the top)",
         a.n,
         temperature,
         a.out.display(),
@@ -1089,14 +1170,14 @@ fn cmd_sample(a: SampleArgs) -> Result<()> {
 }
 
 /// The image model of `--checkpoint` for `quality` and the editing commands (its evaluation
-/// weights and config, and the data it was trained on when `data`).
+/// weights and run state, and the data it was trained on when `data`).
 fn trained_image_model(
     checkpoint: &std::path::Path,
     device_name: &str,
     data: bool,
 ) -> Result<(
     glowflow::models::GlowImage,
-    glowflow::models::GlowImageConfig,
+    glowflow::train::train_image::ImageRunState,
     Option<glowflow::data::Splits>,
     burn::tensor::Device,
 )> {
@@ -1113,7 +1194,7 @@ fn trained_image_model(
     } else {
         None
     };
-    Ok((model, state.model, splits, device))
+    Ok((model, state, splits, device))
 }
 
 /// Save `rows` x `cols` images as one grid PNG and say so.
@@ -1166,6 +1247,8 @@ fn cmd_ablation(a: AblationArgs, given: &[(String, String)]) -> Result<()> {
     let quality = (a.quality_n > 0).then(|| QualityOptions {
         n: a.quality_n,
         temperature: 0.7,
+        guidance: None,
+        denoise: (cfg.noise_sigma > 0.0).then_some(cfg.noise_sigma),
         seed: 0,
         classifier: ClassifierOptions {
             steps: a.classifier_steps,
@@ -1197,7 +1280,8 @@ fn cmd_interpolate(a: InterpolateArgs) -> Result<()> {
                 })
         })
         .collect::<std::result::Result<Vec<(usize, usize)>, _>>()?;
-    let (model, cfg, data, device) = trained_image_model(&a.checkpoint, &a.device, true)?;
+    let (model, state, data, device) = trained_image_model(&a.checkpoint, &a.device, true)?;
+    let cfg = state.model;
     let test = &data.expect("loaded").test;
     let px = glowflow::eval::edit::interpolate(&model, &cfg, test, &pairs, a.steps, &device)
         .map_err(|e| InputError::flag("--pairs", a.pairs.join(","), format!("{e:#}")))?;
@@ -1206,7 +1290,8 @@ fn cmd_interpolate(a: InterpolateArgs) -> Result<()> {
 
 fn cmd_attribute(a: AttributeArgs) -> Result<()> {
     use glowflow::eval::edit::{attribute_direction, manipulate};
-    let (model, cfg, data, device) = trained_image_model(&a.checkpoint, &a.device, true)?;
+    let (model, state, data, device) = trained_image_model(&a.checkpoint, &a.device, true)?;
+    let cfg = state.model;
     let data = data.expect("loaded");
     let Some(labels) = &data.train_labels else {
         let why = "the run's data set has no class labels to define an attribute";
@@ -1225,27 +1310,70 @@ fn cmd_temperatures(a: TemperaturesArgs) -> Result<()> {
     if let Some(t) = a.temperatures.iter().find(|t| !t.is_finite() || **t < 0.0) {
         return Err(InputError::flag("--temperatures", t, "must be finite and >= 0").into());
     }
-    let (model, cfg, _, _) = trained_image_model(&a.checkpoint, &a.device, false)?;
+    let (model, state, _, _) = trained_image_model(&a.checkpoint, &a.device, false)?;
+    let cfg = state.model;
     let px = glowflow::eval::edit::temperature_sweep(&model, &cfg, &a.temperatures, a.n, a.seed)?;
     save_edit_grid(&px, &cfg, a.n, &a.out, "a temperature sweep")
 }
 
 fn cmd_quality(a: QualityArgs) -> Result<()> {
     use glowflow::eval::quality::{default_cache_dir, measure, ClassifierOptions, QualityOptions};
-    let (model, cfg, data, device) = trained_image_model(&a.checkpoint, &a.device, true)?;
+    let (model, state, data, device) = trained_image_model(&a.checkpoint, &a.device, true)?;
+    let cfg = state.model;
     let data = data.expect("loaded");
-    let opts = QualityOptions {
-        n: a.n,
-        temperature: a.temperature,
-        seed: a.seed,
-        classifier: ClassifierOptions {
-            steps: a.classifier_steps,
-            ..ClassifierOptions::default()
-        },
-        cache: a.cache.clone().unwrap_or_else(default_cache_dir),
+    let weights: Vec<Option<f64>> = if a.guidance.is_empty() {
+        vec![None]
+    } else {
+        a.guidance.iter().map(|&w| Some(w)).collect()
     };
-    let report = measure(&model, &cfg, &data, &opts, &device)?;
-    print_json(&report)
+    for w in &weights {
+        check_guidance(&state.options, &cfg, *w)?;
+    }
+    // A noise-augmented model is measured raw and denoised: the pair is the point.
+    let denoise: Vec<Option<f64>> = match cfg.noise_sigma {
+        s if s > 0.0 => vec![None, Some(s)],
+        _ => vec![None],
+    };
+    let mut reports = Vec::new();
+    for &guidance in &weights {
+        for &denoise in &denoise {
+            let opts = QualityOptions {
+                n: a.n,
+                temperature: a.temperature,
+                guidance,
+                denoise,
+                seed: a.seed,
+                classifier: ClassifierOptions {
+                    steps: a.classifier_steps,
+                    ..ClassifierOptions::default()
+                },
+                cache: a.cache.clone().unwrap_or_else(default_cache_dir),
+            };
+            reports.push(measure(&model, &cfg, &data, &opts, &device)?);
+        }
+    }
+    match reports.len() {
+        1 => print_json(&reports[0]),
+        _ => print_json(&reports),
+    }
+}
+
+/// Refuse a guidance weight `w` for a model whose class-free prior was never trained (an
+/// unconditional model, or one trained without `--label-dropout`), or that is not finite.
+fn check_guidance(
+    opts: &glowflow::train::train_image::ImageTrainOptions,
+    cfg: &GlowImageConfig,
+    w: Option<f64>,
+) -> Result<()> {
+    let Some(w) = w else { return Ok(()) };
+    let why = if cfg.classes == 0 {
+        "needs a class-conditional model (trained with --classes K and --label-dropout P)"
+    } else if opts.label_dropout == 0.0 {
+        "needs a model trained with --label-dropout P: this one's class-free prior (the null class) was never trained"
+    } else {
+        return Ok(());
+    };
+    Err(InputError::flag("--guidance", w, why).into())
 }
 
 /// A path made absolute against the working directory (kept as given when that fails; the
@@ -1300,6 +1428,14 @@ fn sample_vectors(a: &SampleArgs, device: &burn::tensor::Device) -> Result<()> {
             "is for class-conditional image models (vector flows take --context)",
         )
         .into());
+    }
+    if let Some(w) = a.guidance {
+        let why = "is for class-conditional image models";
+        return Err(InputError::flag("--guidance", w, why).into());
+    }
+    if a.raw {
+        let why = "is for noise-augmented image models";
+        return Err(InputError::flag("--raw", "", why).into());
     }
     let t = a.temperature.unwrap_or(1.0);
     let (header, rows) = sample_rows(&model, &state, a.n, t, &a.context, a.seed, device)?;

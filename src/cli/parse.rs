@@ -63,11 +63,7 @@ pub fn minutes(s: &str) -> Result<f64, String> {
 
 /// A gradient-norm threshold: finite, in [0, 1e12] (0: off).
 pub fn threshold(s: &str) -> Result<f64, String> {
-    let v = finite(s)?;
-    if !(0.0..=1e12).contains(&v) {
-        return Err("must be in [0, 1e12] (0: off)".into());
-    }
-    Ok(v)
+    closed(s, 0.0, 1e12, "must be in [0, 1e12] (0: off)")
 }
 
 /// An averaging decay: in [0, 1) (0: off).
@@ -81,20 +77,12 @@ pub fn decay(s: &str) -> Result<f64, String> {
 
 /// A sampling temperature: finite, in [0, 100].
 pub fn temperature(s: &str) -> Result<f64, String> {
-    let v = finite(s)?;
-    if !(0.0..=100.0).contains(&v) {
-        return Err("must be in [0, 100]".into());
-    }
-    Ok(v)
+    closed(s, 0.0, 100.0, "must be in [0, 100]")
 }
 
 /// A loss weight: finite, in [0, 1e6] (0: off).
 pub fn weight(s: &str) -> Result<f64, String> {
-    let v = finite(s)?;
-    if !(0.0..=1e6).contains(&v) {
-        return Err("must be in [0, 1e6] (0: off)".into());
-    }
-    Ok(v)
+    closed(s, 0.0, 1e6, "must be in [0, 1e6] (0: off)")
 }
 
 /// A fraction strictly between 0 and 1.
@@ -104,4 +92,39 @@ pub fn fraction(s: &str) -> Result<f64, String> {
         return Err("must be in (0, 1)".into());
     }
     Ok(v)
+}
+
+/// A probability in [0, 0.99] (0: off; 1 would leave nothing to learn from).
+pub fn probability(s: &str) -> Result<f64, String> {
+    closed(s, 0.0, 0.99, "must be in [0, 0.99] (0: off)")
+}
+
+/// A noise standard deviation in the data range's units, [0, 1] (0: off).
+pub fn sigma(s: &str) -> Result<f64, String> {
+    closed(
+        s,
+        0.0,
+        1.0,
+        "must be in [0, 1] (0: off; the data range is [-0.5, 0.5])",
+    )
+}
+
+/// A classifier-free guidance weight in [0, 100] (0: the class-free prior, 1: the conditional).
+pub fn guidance(s: &str) -> Result<f64, String> {
+    closed(
+        s,
+        0.0,
+        100.0,
+        "must be in [0, 100] (0: the class-free prior, 1: the conditional one)",
+    )
+}
+
+/// A finite number in `[lo, hi]`, else the error `why`.
+fn closed(s: &str, lo: f64, hi: f64, why: &str) -> Result<f64, String> {
+    let v = finite(s)?;
+    if (lo..=hi).contains(&v) {
+        Ok(v)
+    } else {
+        Err(why.into())
+    }
 }

@@ -26,6 +26,17 @@ pub fn bin_centres(pixels: &[u8], n_bits: u32) -> Vec<f32> {
         .collect()
 }
 
+/// The lower edge of each pixel's bin, `floor(p / 2^(8 - n_bits)) / n_bins - 0.5`: what
+/// variational dequantisation adds its `u / n_bins` to.
+pub fn bin_edges(pixels: &[u8], n_bits: u32) -> Vec<f32> {
+    let n_bins = (1u32 << n_bits) as f32;
+    let shift = 8 - n_bits;
+    pixels
+        .iter()
+        .map(|&p| ((p >> shift) as f32) / n_bins - 0.5)
+        .collect()
+}
+
 /// Map model-space values back to 8-bit pixels.
 pub fn to_pixels(x: &[f32], n_bits: u32) -> Vec<u8> {
     let n_bins = (1u32 << n_bits) as f32;

@@ -458,6 +458,26 @@ pub fn with_one_hot(rows: &[f32], d: usize, idx: &[usize], labels: &[u8], k: usi
     out
 }
 
+/// Label dropout for classifier-free guidance: set the one-hot of each row (`width` values,
+/// then `classes` one-hot columns) to zero with probability `p` (the null class), drawing from
+/// `rng`. Returns how many rows were dropped.
+pub fn drop_labels(
+    rows: &mut [f32],
+    width: usize,
+    classes: usize,
+    p: f64,
+    rng: &mut impl rand::Rng,
+) -> usize {
+    let mut dropped = 0;
+    for row in rows.chunks_mut(width + classes) {
+        if rng.gen::<f64>() < p {
+            row[width..].fill(0.0);
+            dropped += 1;
+        }
+    }
+    dropped
+}
+
 /// [`image_rows`] as a tensor `[idx.len(), c, h, w]` on `device`.
 pub fn image_batch(
     set: &ImageSet,

@@ -12,7 +12,6 @@ use crate::data::dequant::to_pixels;
 use crate::data::stream::image_batch;
 use crate::data::ImageSet;
 use crate::error::InputError;
-use crate::models::glow_image::one_hot;
 use crate::models::{GlowImage, GlowImageConfig};
 use crate::tensor_util::{cast_module, to_vec, to_vec_f64};
 use crate::viz::Canvas;
@@ -26,16 +25,142 @@ pub fn bpd_of(logp: Tensor<1>, d: usize, n_bits: u32) -> Tensor<1> {
         .div_scalar(d as f64 * std::f64::consts::LN_2)
 }
 
-/// Bits/dim of every image of `set`, in order (one dequantisation draw with a fixed seed).
-/// The log-density is accumulated in float32 as trained; a value that is not finite stays so.
+/// Columns of one image's model-input row: `D` values, or `2D` with a variational
+/// dequantiser (the bin edges, then the standard normal noise `q(u | x)` is drawn from).
+pub fn input_width(cfg: &GlowImageConfig) -> usize {
+    cfg.dims() * if cfg.dequantizer.is_some() { 2 } else { 1 }
+}
+
+/// The model-input rows of the images `idx` of `set`, one image per row (host, deterministic
+/// for `rng`'s state):
+/// - uniform dequantisation: `x + u`, `u ~ U[0, 2^-n_bits)` (DESIGN §3), plus `N(0, σ²)` noise
+///   when the model is noise-augmented (`cfg.noise_sigma`);
+/// - variational dequantisation: the lower bin edges `x`, then `N(0, I)` draws (`u` is drawn
+///   from `q(u | x)` inside the model, so its gradient reaches `q`).
+pub fn input_rows(
+    cfg: &GlowImageConfig,
+    set: &ImageSet,
+    idx: &[usize],
+    rng: &mut ChaCha8Rng,
+) -> Vec<f32> {
+    use rand_distr::{Distribution, StandardNormal};
+    let d = cfg.dims();
+    if cfg.dequantizer.is_some() {
+        let mut out = Vec::with_capacity(2 * idx.len() * d);
+        for &i in idx {
+            out.extend(crate::data::dequant::bin_edges(set.image(i), cfg.n_bits));
+            out.extend((0..d).map(|_| {
+                let e: f64 = StandardNormal.sample(rng);
+                e as f32
+            }));
+        }
+        return out;
+    }
+    let mut rows = crate::data::stream::image_rows(set, idx, cfg.n_bits, rng);
+    if cfg.noise_sigma > 0.0 {
+        for v in &mut rows {
+            let e: f64 = StandardNormal.sample(rng);
+            *v += (cfg.noise_sigma * e) as f32;
+        }
+    }
+    rows
+}
+
+/// The images a model's density is evaluated at, from model-input rows `[N, input_width]` (see
+/// [`input_rows`]), and `log q(u | x)` per image `[N]` with a variational dequantiser (whose
+/// bound is then `log p(y) - log q(u | x)`).
+pub fn input_images(
+    model: &GlowImage,
+    cfg: &GlowImageConfig,
+    rows: Tensor<2>,
+) -> (Tensor<4>, Option<Tensor<1>>) {
+    let n = rows.dims()[0];
+    let (d, shape) = (cfg.dims(), [n, cfg.channels, cfg.height, cfg.width]);
+    let x = rows.clone().narrow(1, 0, d).reshape(shape);
+    if cfg.dequantizer.is_none() {
+        return (x, None);
+    }
+    let eps = rows.narrow(1, d, d).reshape(shape);
+    let (y, log_q) = model
+        .variational_input(x, eps, cfg.n_bits)
+        .expect("the config and the model agree on the dequantiser");
+    (y, Some(log_q))
+}
+
+/// What an image model's bits/dim measures, for reports: uniform dequantisation (comparable
+/// with published figures at 8 bits), the variational bound, or a noise-augmented density
+/// (not comparable).
+pub fn bpd_meaning(cfg: &GlowImageConfig) -> String {
+    if cfg.noise_sigma > 0.0 {
+        format!(
+            "noise-augmented (sigma {}): bits/dim of the noisy images, not comparable with other models",
+            cfg.noise_sigma
+        )
+    } else if cfg.dequantizer.is_some() {
+        "variational dequantisation: an upper bound on the discrete bits/dim (one draw of u per image)"
+            .into()
+    } else {
+        "uniform dequantisation: an upper bound on the discrete bits/dim (one draw of u per image)"
+            .into()
+    }
+}
+
+/// Bits/dim of every image of `set`, in order (one dequantisation draw with a fixed seed; see
+/// [`bpd_meaning`]). The log-density is accumulated in float32 as trained; a value that is
+/// not finite stays so.
 pub fn per_image_bpd(
     model: &GlowImage,
     set: &ImageSet,
-    n_bits: u32,
+    cfg: &GlowImageConfig,
     batch: usize,
     device: &Device,
 ) -> Vec<f64> {
-    class_eval(model, set, None, n_bits, batch, device).bpd
+    class_eval(model, set, None, cfg, batch, device).bpd
+}
+
+/// Bits/dim of every image of `set` from `k` dequantisation draws per image combined by
+/// importance sampling (Flow++ §3.1, eq. 13): `log P(x) ≈ log (1/k) Σ_j p(x + u_j) / q(u_j | x)`,
+/// with `q` the model's variational dequantiser or the uniform one (`q = 1`). It is a bound for
+/// every `k` (in expectation) and tightens towards the model's discrete likelihood as `k`
+/// grows; `k = 1` is [`per_image_bpd`]'s. Conditional models are evaluated with their
+/// class-free prior, so use it for unconditional ones.
+pub fn importance_bpd(
+    model: &GlowImage,
+    set: &ImageSet,
+    cfg: &GlowImageConfig,
+    k: usize,
+    batch: usize,
+    device: &Device,
+) -> Vec<f64> {
+    let mut rng = ChaCha8Rng::seed_from_u64(0x1A5);
+    let d = set.dims();
+    let idx: Vec<usize> = (0..set.n).collect();
+    let mut out = Vec::with_capacity(set.n);
+    for chunk in idx.chunks(batch.max(1)) {
+        let mut draws: Vec<Vec<f64>> = Vec::with_capacity(k);
+        for _ in 0..k.max(1) {
+            let rows = input_rows(cfg, set, chunk, &mut rng);
+            let rows = crate::tensor_util::from_vec(rows, [chunk.len(), input_width(cfg)], device);
+            let (x, log_q) = input_images(model, cfg, rows);
+            let lp = model.log_prob(x, None);
+            let lp = match log_q {
+                Some(q) => lp - q,
+                None => lp,
+            };
+            draws.push(to_vec_f64(lp));
+        }
+        for i in 0..chunk.len() {
+            let max = draws.iter().map(|v| v[i]).fold(f64::NEG_INFINITY, f64::max);
+            let lse = if max.is_finite() {
+                max + draws.iter().map(|v| (v[i] - max).exp()).sum::<f64>().ln()
+            } else {
+                max
+            };
+            let lp = lse - (draws.len() as f64).ln();
+            out.push(crate::data::dequant::bits_per_dim(lp, d, cfg.n_bits));
+        }
+    }
+    out
 }
 
 /// Per-image figures of a test set under a class-conditional model.
@@ -64,10 +189,11 @@ pub fn class_eval(
     model: &GlowImage,
     set: &ImageSet,
     labels: Option<&[u8]>,
-    n_bits: u32,
+    cfg: &GlowImageConfig,
     batch: usize,
     device: &Device,
 ) -> ClassEval {
+    let n_bits = cfg.n_bits;
     let mut rng = ChaCha8Rng::seed_from_u64(0x7E57);
     let d = set.dims();
     let k = model.classes();
@@ -77,9 +203,15 @@ pub fn class_eval(
     let idx: Vec<usize> = (0..set.n).collect();
     let bits = |lp: f64| crate::data::dequant::bits_per_dim(lp, d, n_bits);
     for chunk in idx.chunks(batch.max(1)) {
-        let x = image_batch(set, chunk, n_bits, &mut rng, device);
+        let rows = input_rows(cfg, set, chunk, &mut rng);
+        let rows = crate::tensor_util::from_vec(rows, [chunk.len(), input_width(cfg)], device);
+        let (x, log_q) = input_images(model, cfg, rows);
         if k > 0 {
-            let all = to_vec_f64(model.class_log_likelihoods(x).expect("conditional model"));
+            let mut all = model.class_log_likelihoods(x).expect("conditional model");
+            if let Some(q) = log_q {
+                all = all - q.reshape([chunk.len(), 1]);
+            }
+            let all = to_vec_f64(all);
             for (row, &i) in all.chunks(k).zip(chunk) {
                 let max = row.iter().copied().fold(f64::NEG_INFINITY, f64::max);
                 let lse = max + row.iter().map(|v| (v - max).exp()).sum::<f64>().ln();
@@ -97,7 +229,12 @@ pub fn class_eval(
             }
             continue;
         }
-        for lp in to_vec(model.log_prob(x, None)) {
+        let lp = model.log_prob(x, None);
+        let lp = match log_q {
+            Some(q) => lp - q,
+            None => lp,
+        };
+        for lp in to_vec(lp) {
             out.push(bits(lp as f64));
         }
     }
@@ -206,6 +343,52 @@ pub struct SampleBatch {
     pub clipped_high: f64,
 }
 
+/// How samples are drawn: the temperature, classifier-free guidance and score denoising.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct Draw {
+    /// Scales every prior's standard deviation (Glow §5.3).
+    pub temperature: f64,
+    /// Classifier-free guidance weight `w` for class-conditional draws (see
+    /// [`crate::models::glow_image::guided_context`]); `None` is the plain conditional prior
+    /// (`w = 1`).
+    pub guidance: Option<f64>,
+    /// Denoise every sample with one score step of this `σ` (see [`denoise`]); `None`: raw.
+    pub denoise: Option<f64>,
+}
+
+impl Draw {
+    /// Plain draws at `temperature`: no guidance, no denoising.
+    pub fn at(temperature: f64) -> Self {
+        Draw {
+            temperature,
+            guidance: None,
+            denoise: None,
+        }
+    }
+
+    /// Draws at `temperature` as the model is meant to be sampled: denoised with its own `σ`
+    /// when it is noise-augmented.
+    pub fn for_model(cfg: &GlowImageConfig, temperature: f64) -> Self {
+        Draw {
+            denoise: (cfg.noise_sigma > 0.0).then_some(cfg.noise_sigma),
+            ..Draw::at(temperature)
+        }
+    }
+}
+
+/// Score denoising (TarFlow, Zhai et al. 2024, §2.4; Tweedie's formula): for a model of `y = x
+/// + N(0, σ²)`, `E[x | y] = y + σ² ∇_y log p(y)`. The input gradient `∇_y log p(y | ctx)` is
+/// exact (reverse-mode through the whole flow), in `y`'s dtype; `y` `[N, C, H, W]`.
+pub fn denoise(model: &GlowImage, y: Tensor<4>, sigma: f64, ctx: Option<&Tensor<2>>) -> Tensor<4> {
+    let leaf = y.clone().autodiff().require_grad();
+    let logp = model.log_prob(leaf.clone(), ctx);
+    let grads = logp.sum().backward();
+    let score = leaf
+        .grad(&grads)
+        .expect("the input of the density takes part in its graph");
+    y + score.cast(leaf.dtype()).mul_scalar(sigma * sigma)
+}
+
 /// Draw `n` samples at `temperature` with the RNG seeded `seed` and check them.
 pub fn sample_batch(model: &GlowImage, n: usize, temperature: f64, seed: u64) -> SampleBatch {
     sample_batch_of(model, n, temperature, seed, None)
@@ -220,10 +403,28 @@ pub fn sample_batch_of(
     seed: u64,
     labels: Option<&[usize]>,
 ) -> SampleBatch {
+    sample_batch_drawn(model, n, &Draw::at(temperature), seed, labels)
+}
+
+/// Like [`sample_batch_of`], drawn as `draw` says (guidance needs `labels`).
+pub fn sample_batch_drawn(
+    model: &GlowImage,
+    n: usize,
+    draw: &Draw,
+    seed: u64,
+    labels: Option<&[usize]>,
+) -> SampleBatch {
     let mut rng = ChaCha8Rng::seed_from_u64(seed);
     let model64 = cast_module(model.clone(), DType::F64);
-    let ctx = labels.map(|l| one_hot(l, model.classes(), &model.top.device()));
-    let (x, zs) = model64.sample_with_latents(n, temperature, ctx.as_ref(), &mut rng);
+    let device = model.top.device();
+    let ctx = labels.map(|l| {
+        let w = draw.guidance.unwrap_or(1.0);
+        crate::models::glow_image::guided_context(l, model.classes(), w, &device)
+    });
+    let (mut x, zs) = model64.sample_with_latents(n, draw.temperature, ctx.as_ref(), &mut rng);
+    if let Some(sigma) = draw.denoise {
+        x = denoise(&model64, x, sigma, ctx.as_ref());
+    }
     let values = to_vec_f64(x);
     let per = values.len() / n.max(1);
     let nonfinite: Vec<usize> = (0..n)
@@ -233,10 +434,10 @@ pub fn sample_batch_of(
                 .any(|v| !v.is_finite())
         })
         .collect();
-    let first_nonfinite = if nonfinite.is_empty() {
-        None
-    } else {
-        model64.trace_decode(&zs)
+    let first_nonfinite = match (nonfinite.is_empty(), model64.trace_decode(&zs)) {
+        (true, _) => None,
+        (false, None) if draw.denoise.is_some() => Some("the denoising score step".into()),
+        (false, place) => place,
     };
     let finite: Vec<f64> = (0..n)
         .filter(|i| !nonfinite.contains(i))
@@ -288,21 +489,26 @@ impl SampleBatch {
     }
 }
 
-/// Samples at `temperature` (seed `seed`) with the number of grid columns to show them in:
+/// Samples drawn as `draw` says (seed `seed`) with the number of grid columns to show them in:
 /// `n` of class `class`, or of the unconditional model; with no class given, a class-conditional
 /// model draws one row of `per_class` samples for each class.
 ///
 /// # Errors
+/// Names `--guidance` for an unconditional model.
 /// Names `--class` when it is given to an unconditional model or is not below the class count.
 pub fn sample_classes(
     model: &GlowImage,
     n: usize,
     class: Option<usize>,
     per_class: usize,
-    temperature: f64,
+    draw: &Draw,
     seed: u64,
 ) -> Result<(SampleBatch, usize)> {
     let side = (n as f64).sqrt().ceil() as usize;
+    if let (Some(w), 0) = (draw.guidance, model.classes()) {
+        let why = "needs a class-conditional model trained with --label-dropout";
+        return Err(InputError::flag("--guidance", w, why).into());
+    }
     match (class, model.classes()) {
         (Some(c), 0) => {
             let why = "the model is not class-conditional (trained without --classes)";
@@ -312,15 +518,15 @@ pub fn sample_classes(
             Err(InputError::flag("--class", c, format!("the model has {k} classes")).into())
         }
         (Some(c), _) => Ok((
-            sample_batch_of(model, n, temperature, seed, Some(&vec![c; n])),
+            sample_batch_drawn(model, n, draw, seed, Some(&vec![c; n])),
             side,
         )),
-        (None, 0) => Ok((sample_batch(model, n, temperature, seed), side)),
+        (None, 0) => Ok((sample_batch_drawn(model, n, draw, seed, None), side)),
         (None, k) => {
             let labels: Vec<usize> = (0..k)
                 .flat_map(|c| std::iter::repeat_n(c, per_class))
                 .collect();
-            let batch = sample_batch_of(model, labels.len(), temperature, seed, Some(&labels));
+            let batch = sample_batch_drawn(model, labels.len(), draw, seed, Some(&labels));
             Ok((batch, per_class))
         }
     }
@@ -328,7 +534,8 @@ pub fn sample_classes(
 
 /// A grid of `n` samples at `temperature` as an image (nearest-neighbour upscaled to >= 64 px);
 /// an error when any sample is non-finite (see [`SampleBatch::grid`]). A class-conditional
-/// model draws one row per class instead (classes x classes samples, at most 10 per row).
+/// model draws one row per class instead (classes x classes samples, at most 10 per row); a
+/// noise-augmented model's samples are denoised ([`Draw::for_model`]).
 pub fn sample_grid(
     model: &GlowImage,
     cfg: &GlowImageConfig,
@@ -337,7 +544,8 @@ pub fn sample_grid(
     seed: u64,
 ) -> Result<Canvas> {
     let per = model.classes().clamp(2, 10);
-    let (batch, cols) = sample_classes(model, n, None, per, temperature, seed)?;
+    let draw = Draw::for_model(cfg, temperature);
+    let (batch, cols) = sample_classes(model, n, None, per, &draw, seed)?;
     batch.grid_cols(cfg, cols)
 }
 

@@ -387,6 +387,12 @@ pub struct QualityOptions {
     pub n: usize,
     /// Sampling temperature.
     pub temperature: f64,
+    /// Classifier-free guidance weight of class-conditional draws (`None`: the conditional
+    /// prior; see [`crate::models::glow_image::guided_context`]).
+    pub guidance: Option<f64>,
+    /// Score-denoise the samples with this `σ` before measuring them (noise-augmented models;
+    /// see [`crate::eval::images::denoise`]).
+    pub denoise: Option<f64>,
     /// Seed of the samples.
     pub seed: u64,
     /// The classifier's training.
@@ -418,6 +424,10 @@ pub struct QualityReport {
     pub n: usize,
     /// Sampling temperature.
     pub temperature: f64,
+    /// Classifier-free guidance weight, when guided.
+    pub guidance: Option<f64>,
+    /// The denoising step's `σ`, when the samples were denoised.
+    pub denoised_sigma: Option<f64>,
     /// The classifier's weights file.
     pub classifier: PathBuf,
 }
@@ -475,13 +485,13 @@ pub fn measure(
     for start in (0..n).step_by(250) {
         let m = (n - start).min(250);
         let labels = drawn.as_ref().map(|l| &l[start..start + m]);
-        let batch = super::images::sample_batch_of(
-            model,
-            m,
-            opts.temperature,
-            opts.seed.wrapping_add(start as u64),
-            labels,
-        );
+        let draw = super::images::Draw {
+            temperature: opts.temperature,
+            guidance: opts.guidance,
+            denoise: opts.denoise,
+        };
+        let seed = opts.seed.wrapping_add(start as u64);
+        let batch = super::images::sample_batch_drawn(model, m, &draw, seed, labels);
         nonfinite += batch.nonfinite.len();
         first_nonfinite = first_nonfinite.or(batch.first_nonfinite.clone());
         // Non-finite samples are counted and reported, never quantised into pixels.
@@ -520,6 +530,8 @@ pub fn measure(
         samples_accuracy,
         n,
         temperature: opts.temperature,
+        guidance: opts.guidance,
+        denoised_sigma: opts.denoise,
         classifier,
     })
 }

@@ -15,6 +15,7 @@ use rand::SeedableRng;
 use rand_chacha::ChaCha8Rng;
 use serde::{Deserialize, Serialize};
 
+use super::dequantizer::{DequantizerConfig, VariationalDequantizer};
 use crate::distributions::LN_2PI;
 use crate::flow::{Context, Flow};
 use crate::layers::squeeze::{squeeze, unsqueeze, Squeeze};
@@ -66,6 +67,17 @@ pub struct GlowImageConfig {
     /// existed are unconditional).
     #[serde(default)]
     pub classes: usize,
+    /// Standard deviation of the Gaussian noise added to the dequantised images in training
+    /// and evaluation, in the data range's units (`[-0.5, 0.5]`): noise augmentation (TarFlow,
+    /// Zhai et al. 2024, §2.4). The model's density is then that of the noisy images, so its
+    /// bits/dim is not comparable with a model's without noise; samples are denoised with
+    /// one score step (see [`crate::eval::images::denoise`]). 0: none.
+    #[serde(default)]
+    pub noise_sigma: f64,
+    /// Variational dequantisation (Flow++ §3.1): `q(u | x)` trained with the model; `None`:
+    /// uniform dequantisation.
+    #[serde(default)]
+    pub dequantizer: Option<DequantizerConfig>,
 }
 
 impl GlowImageConfig {
@@ -86,6 +98,8 @@ impl GlowImageConfig {
             learn_top: true,
             init_seed: 0,
             classes: 0,
+            noise_sigma: 0.0,
+            dequantizer: None,
         }
     }
 
@@ -115,6 +129,38 @@ impl GlowImageConfig {
         }
         count("n_bits", "--n-bits", self.n_bits as usize, 1, 8)?;
         count("classes", "--classes", self.classes, 0, 1 << 16)?;
+        crate::limits::number(
+            "noise_sigma",
+            "--noise-sigma",
+            self.noise_sigma,
+            0.0,
+            false,
+            1.0,
+        )?;
+        if let Some(q) = &self.dequantizer {
+            count(
+                "dequantizer.depth",
+                "--dequant-depth",
+                q.depth,
+                0,
+                MAX_FLOW_STEPS,
+            )?;
+            count(
+                "dequantizer.hidden",
+                "--dequant-width",
+                q.hidden,
+                1,
+                MAX_WIDTH,
+            )?;
+            if self.noise_sigma > 0.0 {
+                return Err(FieldError::new(
+                    "noise_sigma",
+                    "--noise-sigma",
+                    self.noise_sigma,
+                    "cannot be combined with variational dequantisation (--dequantization variational): the bound would mix two noise models",
+                ));
+            }
+        }
         Ok(())
     }
 
@@ -188,6 +234,8 @@ pub struct GlowImage {
     /// Class logits from the spatial mean of the top latent, `[N, C]` to `[N, classes]`
     /// (zero-initialised; trained by the `--weight-y` loss).
     pub class_head: Option<Dense>,
+    /// Variational dequantisation `q(u | x)` (Flow++ §3.1), when configured.
+    pub dequantizer: Option<VariationalDequantizer>,
 }
 
 /// `log N(z; mean, exp(logs)^2)` summed per sample.
@@ -281,12 +329,17 @@ impl GlowImage {
         } else {
             (None, None)
         };
+        let dequantizer = cfg
+            .dequantizer
+            .as_ref()
+            .map(|q| VariationalDequantizer::new(q, cfg.channels, &mut rng, device));
         with_sequential_param_ids(GlowImage {
             levels,
             top,
             learn_top: cfg.learn_top,
             class_prior,
             class_head,
+            dequantizer,
         })
     }
 
@@ -336,6 +389,21 @@ impl GlowImage {
             cols.push(lp.reshape([n, 1]));
         }
         Some(Tensor::cat(cols, 1))
+    }
+
+    /// Variationally dequantised images and their noise's log-density: `y = x + u / 2^n_bits`
+    /// with `u ~ q(u | x)` drawn from the standard normal `eps` (both `[N, C, H, W]`; `x` the
+    /// lower bin edges), and `log q(u | x)` `[N]` (nats, `u` in bin units). `None` without a
+    /// variational dequantiser.
+    pub fn variational_input(
+        &self,
+        x: Tensor<4>,
+        eps: Tensor<4>,
+        n_bits: u32,
+    ) -> Option<(Tensor<4>, Tensor<1>)> {
+        let q = self.dequantizer.as_ref()?;
+        let (u, log_q) = q.sample(x.clone(), eps);
+        Some((x + u.div_scalar((1u64 << n_bits) as f64), log_q))
     }
 
     /// Whether an ActNorm still waits for its data-dependent initialisation.
@@ -575,6 +643,19 @@ impl GlowImage {
         }
         h
     }
+}
+
+/// The context of classifier-free guidance (Ho & Salimans 2022) with weight `w` for the classes
+/// `labels`: the one-hot rows scaled by `w`, `[N, classes]`.
+///
+/// The unconditional prior is the null class, an all-zero context (trained by dropping labels,
+/// `--label-dropout`). Guidance mixes the two priors' parameters, `mean_w = mean_u + w (mean_c -
+/// mean_u)` and the same for the log-std: `w = 0` is unconditional, `1` conditional, `> 1`
+/// guided. The class prior is affine in the context, so that mix is exactly the prior of the
+/// context `w * one_hot` (tested). For equal standard deviations it is the product of experts
+/// `p_c^w p_u^(1-w)` of classifier-free guidance; the log-std is mixed the same way.
+pub fn guided_context(labels: &[usize], classes: usize, w: f64, device: &Device) -> Tensor<2> {
+    one_hot(labels, classes, device).mul_scalar(w)
 }
 
 /// One-hot rows `[N, classes]` (float32) for class indices `labels` (each `< classes`).

@@ -1,10 +1,12 @@
 //! Models: compositions of flow layers with a base distribution, behind one
 //! [`DensityModel`] contract.
 
+pub mod dequantizer;
 pub mod glow_image;
 pub mod vector;
 
 pub use crate::layers::Permutation;
+pub use dequantizer::{DequantizerConfig, VariationalDequantizer};
 pub use glow_image::{GlowImage, GlowImageConfig, ImageCoupling};
 pub use vector::{CouplingKind, ModelKind, VectorFlow, VectorFlowConfig};
 

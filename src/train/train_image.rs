@@ -13,10 +13,12 @@ use super::stability::{Guard, StabilityOptions};
 use super::trainer::{self, Schedule, Task};
 use super::RunIo;
 use crate::data::images::absolute_spec;
-use crate::data::stream::{epoch_batch, image_batch, image_rows, step_rng, with_one_hot};
+use crate::data::stream::{drop_labels, epoch_batch, image_batch, step_rng, with_one_hot};
 use crate::data::LoadOptions;
 use crate::error::{FieldError, InputError};
-use crate::eval::images::{bpd_of, class_eval, sample_grid, BpdReport};
+use crate::eval::images::{
+    bpd_meaning, bpd_of, class_eval, input_images, input_rows, input_width, sample_grid, BpdReport,
+};
 use crate::models::{GlowImage, GlowImageConfig};
 use crate::ops::adam::optimizer;
 use crate::tensor_util::from_vec;
@@ -68,6 +70,12 @@ pub struct ImageTrainOptions {
     /// bits/dim objective (openai/glow's `--weight-y`; class-conditional models only).
     #[serde(default)]
     pub weight_y: f64,
+    /// Probability of dropping a training image's label (its one-hot set to zero: the null
+    /// class), so that the class-free prior is trained too and classifier-free guidance can mix
+    /// the two (Ho & Salimans 2022; class-conditional models only). A dropped row carries no
+    /// class loss.
+    #[serde(default)]
+    pub label_dropout: f64,
 }
 
 fn one_shard() -> usize {
@@ -99,6 +107,7 @@ impl ImageTrainOptions {
             shards: 1,
             stability: image_recipe_stability(),
             weight_y: 0.0,
+            label_dropout: 0.0,
         }
     }
 
@@ -122,6 +131,14 @@ impl ImageTrainOptions {
             number("time_limit_minutes", "--time-limit", t, 0.0, true, 1e8)?;
         }
         number("weight_y", "--weight-y", self.weight_y, 0.0, false, 1e6)?;
+        number(
+            "label_dropout",
+            "--label-dropout",
+            self.label_dropout,
+            0.0,
+            false,
+            0.99,
+        )?;
         self.stability.validate()
     }
 }
@@ -219,6 +236,10 @@ pub struct ImageSummary {
     /// Class-conditional models: test accuracy of `argmax_y log p(x | y)`.
     #[serde(default)]
     pub test_accuracy: Option<f64>,
+    /// What `test_bpd` measures (see [`crate::eval::images::bpd_meaning`]): a noise-augmented
+    /// model's bits/dim is not comparable with other models'.
+    #[serde(default)]
+    pub bpd_meaning: String,
 }
 
 /// Load the data set `opts.data` names (padded or resized as `opts` says; see
@@ -285,6 +306,10 @@ pub fn train_image(start: ImageStart, io: &RunIo, device: &Device) -> Result<Ima
                 let why = "needs a class-conditional model (--classes K)";
                 return Err(InputError::flag("--weight-y", opts.weight_y, why).into());
             }
+            if cfg.classes == 0 && opts.label_dropout > 0.0 {
+                let why = "needs a class-conditional model (--classes K)";
+                return Err(InputError::flag("--label-dropout", opts.label_dropout, why).into());
+            }
             opts.data = absolute_spec(&opts.data)?;
             let model = GlowImage::new(&cfg, &train_device);
             let optim = optimizer(opts.stability.optimizer);
@@ -334,13 +359,19 @@ pub fn train_image(start: ImageStart, io: &RunIo, device: &Device) -> Result<Ima
 
     if first == 0 && model.needs_data_init() {
         let idx = epoch_batch(data.train.n, opts.init_batch.max(1), opts.seed ^ 0x1417, 0);
-        let x = image_batch(
-            &data.train,
-            &idx,
-            cfg.n_bits,
-            &mut step_rng(opts.seed, usize::MAX - 1),
-            &train_device,
-        );
+        let mut rng = step_rng(opts.seed, usize::MAX - 1);
+        // Variational runs initialise on uniformly dequantised images (q starts near uniform);
+        // noise-augmented runs on the noisy images they model.
+        let x = if cfg.dequantizer.is_some() {
+            image_batch(&data.train, &idx, cfg.n_bits, &mut rng, &train_device)
+        } else {
+            let rows = input_rows(&cfg, &data.train, &idx, &mut rng);
+            from_vec(
+                rows,
+                [idx.len(), cfg.channels, cfg.height, cfg.width],
+                &train_device,
+            )
+        };
         model.initialize(x);
     }
 
@@ -381,7 +412,7 @@ pub fn train_image(start: ImageStart, io: &RunIo, device: &Device) -> Result<Ima
         data.test.clone()
     };
     let test_labels = labels.as_ref().map(|(_, t)| &t[..test.n]);
-    let figures = class_eval(&eval, &test, test_labels, cfg.n_bits, 256, device);
+    let figures = class_eval(&eval, &test, test_labels, &cfg, 256, device);
     let report = BpdReport::new(&figures.bpd);
     let samples = sample_grid(&eval, &cfg, 64, 0.7, opts.seed);
     if let Ok(grid) = &samples {
@@ -397,6 +428,7 @@ pub fn train_image(start: ImageStart, io: &RunIo, device: &Device) -> Result<Ima
         train_seconds,
         images_per_second: (last * opts.batch) as f64 / train_seconds.max(1e-9),
         parameters: crate::tensor_util::trainable_count(&model),
+        bpd_meaning: bpd_meaning(&cfg),
         config: cfg,
         options: opts,
         test_bpd_marginal: figures.marginal_mean(),
@@ -452,26 +484,24 @@ impl Task for ImageTask {
     fn batch(&mut self, step: usize) -> Vec<f32> {
         let (train, opts) = (&self.data.train, &self.run.options);
         let idx = crate::data::stream::epoch_batch(train.n, opts.batch, opts.seed, step);
-        let rows = image_rows(
-            train,
-            &idx,
-            self.run.model.n_bits,
-            &mut step_rng(opts.seed, step),
-        );
-        match &self.labels {
-            Some((train_labels, _)) => with_one_hot(
-                &rows,
-                self.run.model.dims(),
-                &idx,
-                train_labels,
-                self.run.model.classes,
-            ),
-            None => rows,
+        let cfg = &self.run.model;
+        let rows = input_rows(cfg, train, &idx, &mut step_rng(opts.seed, step));
+        let Some((train_labels, _)) = &self.labels else {
+            return rows;
+        };
+        let (w, k) = (input_width(cfg), cfg.classes);
+        let mut rows = with_one_hot(&rows, w, &idx, train_labels, k);
+        if opts.label_dropout > 0.0 {
+            // Its own stream, so the data and the dequantisation noise are those of a run
+            // without dropout.
+            let mut rng = step_rng(opts.seed ^ 0xD809, step);
+            drop_labels(&mut rows, w, k, opts.label_dropout, &mut rng);
         }
+        rows
     }
 
     fn width(&self) -> usize {
-        self.run.model.dims() + self.run.model.classes
+        input_width(&self.run.model) + self.run.model.classes
     }
 
     fn batch_size(&self) -> usize {
@@ -488,14 +518,20 @@ impl Task for ImageTask {
             self.run.model.classes,
             self.run.model.n_bits,
         );
-        let n = x.dims()[0];
+        let cfg = &self.run.model;
+        let w = input_width(cfg);
+        let (img, log_q) = input_images(m, cfg, x.clone().narrow(1, 0, w));
+        // The variational bound's log p(y) - log q(u | x) (Flow++ eq. 12).
+        let bound = |logp: Tensor<1>| match log_q {
+            Some(q) => logp - q,
+            None => logp,
+        };
         if k == 0 {
-            return bpd_of(m.log_prob(x.reshape(self.shape(n)), None), d, n_bits);
+            return bpd_of(bound(m.log_prob(img, None)), d, n_bits);
         }
-        let img = x.clone().narrow(1, 0, d).reshape(self.shape(n));
-        let y = x.narrow(1, d, k);
+        let y = x.narrow(1, w, k);
         let (logp, zs) = m.forward_latents(img, Some(&y));
-        let bpd = bpd_of(logp, d, n_bits);
+        let bpd = bpd_of(bound(logp), d, n_bits);
         if self.run.options.weight_y == 0.0 {
             return bpd;
         }
