@@ -603,6 +603,62 @@ fn cli_train_eval_sample_reconstruct() {
         String::from_utf8_lossy(&out.stderr)
     );
     assert!(std::fs::read(&png).unwrap().starts_with(b"\x89PNG"));
+    // Guidance needs a class-free prior this unconditional model does not have.
+    let out = glowflow_cmd()
+        .args(["sample", "--guidance", "2", "--checkpoint"])
+        .arg(run.path())
+        .arg("--out")
+        .arg(run.path().join("guided.png"))
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{err}");
+    assert!(
+        err.contains("--guidance 2") && err.contains("class-conditional"),
+        "{err}"
+    );
+    assert!(!run.path().join("guided.png").exists());
+    // Importance sampling over 16 dequantisation draws: log-mean-exp is never below the mean of
+    // the draws' log-densities, so the figure sits at or below a one-draw evaluation (up to the
+    // draws' spread, which is far below 0.05 bits/dim here).
+    let iw = json_of(
+        &glowflow_cmd()
+            .args(["eval", "--importance-samples", "16", "--checkpoint"])
+            .arg(run.path())
+            .output()
+            .unwrap(),
+    );
+    let (one, many) = (
+        iw["test_bpd"].as_f64().unwrap(),
+        iw["importance_sampled"]["test_bpd"].as_f64().unwrap(),
+    );
+    assert_eq!(iw["importance_sampled"]["draws"], 16);
+    assert!(
+        many < one + 0.05 && many > one - 1.0,
+        "one draw {one}, 16 draws {many}"
+    );
+    // Noise augmentation and a variational dequantiser are two noise models: refused together.
+    let out = glowflow_cmd()
+        .args([
+            "train", "--data", &spec, "--pad", "8", "--levels", "2", "--steps", "1",
+        ])
+        .args([
+            "--noise-sigma",
+            "0.05",
+            "--dequantization",
+            "variational",
+            "--out",
+        ])
+        .arg(run.path().join("both"))
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{err}");
+    assert!(
+        err.contains("--noise-sigma") && err.contains("variational"),
+        "{err}"
+    );
+    assert!(!run.path().join("both").exists());
     // Bad input: a checkpoint directory that is not one.
     let out = glowflow_cmd()
         .args(["eval", "--checkpoint"])

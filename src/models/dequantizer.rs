@@ -27,17 +27,20 @@ use crate::nets::{Conv2d, PlainConvNet};
 /// The shape of `q(u | x)` (stored in the model's config).
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct DequantizerConfig {
-    /// Affine couplings after the conditional Gaussian (Flow++ uses 4 blocks at full size).
+    /// Affine couplings after the conditional Gaussian (Flow++ uses 4 blocks at full size;
+    /// 0: the conditional Gaussian alone).
     pub depth: usize,
     /// Width of the feature network and of every coupling network.
     pub hidden: usize,
 }
 
 impl Default for DequantizerConfig {
-    /// Two couplings, 16 wide: small next to the model (a few thousand weights on grey images).
+    /// No couplings, 16 wide: the conditional Gaussian through a sigmoid (2,000 weights on grey
+    /// images). On Fashion-MNIST at a 5-minute CPU budget it beat uniform dequantisation at
+    /// equal time, while two couplings cost a third of the steps and lost (README).
     fn default() -> Self {
         DequantizerConfig {
-            depth: 2,
+            depth: 0,
             hidden: 16,
         }
     }
