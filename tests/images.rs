@@ -475,6 +475,19 @@ fn json_of(out: &std::process::Output) -> serde_json::Value {
     serde_json::from_str(text.trim()).unwrap_or_else(|e| panic!("{e}: {text}"))
 }
 
+/// Run `c` and check it exits 2 with an error holding every one of `needles`, writing nothing
+/// at `out`.
+fn refused_without_output(mut c: Command, needles: &[&str], out: &Path) {
+    let o = c.output().unwrap();
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert_eq!(o.status.code(), Some(2), "{err}");
+    for n in needles {
+        assert!(err.contains(n), "{n} not named: {err}");
+    }
+    assert!(!err.contains("panicked"), "{err}");
+    assert!(!out.exists(), "a refused command wrote {}", out.display());
+}
+
 #[test]
 fn cli_train_eval_sample_reconstruct() {
     let data = tempfile::tempdir().unwrap();
@@ -604,20 +617,13 @@ fn cli_train_eval_sample_reconstruct() {
     );
     assert!(std::fs::read(&png).unwrap().starts_with(b"\x89PNG"));
     // Guidance needs a class-free prior this unconditional model does not have.
-    let out = glowflow_cmd()
-        .args(["sample", "--guidance", "2", "--checkpoint"])
+    let guided = run.path().join("guided.png");
+    let mut c = glowflow_cmd();
+    c.args(["sample", "--guidance", "2", "--checkpoint"])
         .arg(run.path())
         .arg("--out")
-        .arg(run.path().join("guided.png"))
-        .output()
-        .unwrap();
-    let err = String::from_utf8_lossy(&out.stderr);
-    assert_eq!(out.status.code(), Some(2), "{err}");
-    assert!(
-        err.contains("--guidance 2") && err.contains("class-conditional"),
-        "{err}"
-    );
-    assert!(!run.path().join("guided.png").exists());
+        .arg(&guided);
+    refused_without_output(c, &["--guidance 2", "class-conditional"], &guided);
     // Importance sampling over 16 dequantisation draws: log-mean-exp is never below the mean of
     // the draws' log-densities, so the figure sits at or below a one-draw evaluation (up to the
     // draws' spread, which is far below 0.05 bits/dim here).
@@ -638,10 +644,9 @@ fn cli_train_eval_sample_reconstruct() {
         "one draw {one}, 16 draws {many}"
     );
     // Noise augmentation and a variational dequantiser are two noise models: refused together.
-    let out = glowflow_cmd()
-        .args([
-            "train", "--data", &spec, "--pad", "8", "--levels", "2", "--steps", "1",
-        ])
+    let both = run.path().join("both");
+    let mut c = glowflow_cmd();
+    c.args(["train", "--data", &spec, "--pad", "8", "--levels", "2"])
         .args([
             "--noise-sigma",
             "0.05",
@@ -649,16 +654,8 @@ fn cli_train_eval_sample_reconstruct() {
             "variational",
             "--out",
         ])
-        .arg(run.path().join("both"))
-        .output()
-        .unwrap();
-    let err = String::from_utf8_lossy(&out.stderr);
-    assert_eq!(out.status.code(), Some(2), "{err}");
-    assert!(
-        err.contains("--noise-sigma") && err.contains("variational"),
-        "{err}"
-    );
-    assert!(!run.path().join("both").exists());
+        .arg(&both);
+    refused_without_output(c, &["--noise-sigma", "variational"], &both);
     // Bad input: a checkpoint directory that is not one.
     let out = glowflow_cmd()
         .args(["eval", "--checkpoint"])
