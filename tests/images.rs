@@ -402,44 +402,73 @@ fn bpd_column(out: &Path) -> Vec<f64> {
 fn image_resume_continues_exactly() {
     let data = tempfile::tempdir().unwrap();
     write_idx_dataset(data.path(), 40, 8, 6);
-    let cfg = tiny(1, 8, 2, ImageCoupling::Affine, Permutation::Lu);
+    let plain = tiny(1, 8, 2, ImageCoupling::Affine, Permutation::Lu);
     let device = plain_device();
-    let (full, split) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
-    let a = train_image(
-        ImageStart::Fresh(cfg.clone(), small_options(data.path(), 12)),
-        &rio(full.path()),
-        &device,
-    )
-    .unwrap();
-    train_image(
-        ImageStart::Fresh(cfg, small_options(data.path(), 6)),
-        &rio(split.path()),
-        &device,
-    )
-    .unwrap();
-    let b = train_image(
-        ImageStart::Resume(
-            split.path().into(),
-            glowflow::train::run_dir::ResumeChanges {
-                steps: Some(12),
-                ..Default::default()
+    // Every batch is a function of the seed and the step, the noise of noise augmentation and
+    // q(u | x)'s draws included, and q is saved with the model: resume is exact for all three.
+    let variants = [
+        ("uniform", plain.clone()),
+        (
+            "noise-augmented",
+            GlowImageConfig {
+                noise_sigma: 0.05,
+                ..plain.clone()
             },
         ),
-        &rio(split.path()),
-        &device,
-    )
-    .unwrap();
-    let (x, y) = (bpd_column(full.path()), bpd_column(split.path()));
-    assert_eq!(x.len(), 12);
-    assert_eq!(y.len(), 12);
-    for (i, (p, q)) in x.iter().zip(&y).enumerate() {
-        assert!(
-            (p - q).abs() < 1e-4,
-            "step {}: {p} uninterrupted vs {q} resumed",
-            i + 1
-        );
+        (
+            "variational",
+            GlowImageConfig {
+                dequantizer: Some(glowflow::models::DequantizerConfig {
+                    depth: 1,
+                    hidden: 4,
+                }),
+                ..plain.clone()
+            },
+        ),
+    ];
+    let mut columns = Vec::new();
+    for (name, cfg) in variants {
+        let (full, split) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+        let a = train_image(
+            ImageStart::Fresh(cfg.clone(), small_options(data.path(), 12)),
+            &rio(full.path()),
+            &device,
+        )
+        .unwrap();
+        train_image(
+            ImageStart::Fresh(cfg, small_options(data.path(), 6)),
+            &rio(split.path()),
+            &device,
+        )
+        .unwrap();
+        let b = train_image(
+            ImageStart::Resume(
+                split.path().into(),
+                glowflow::train::run_dir::ResumeChanges {
+                    steps: Some(12),
+                    ..Default::default()
+                },
+            ),
+            &rio(split.path()),
+            &device,
+        )
+        .unwrap();
+        let (x, y) = (bpd_column(full.path()), bpd_column(split.path()));
+        assert_eq!(x.len(), 12);
+        assert_eq!(y.len(), 12);
+        for (i, (p, q)) in x.iter().zip(&y).enumerate() {
+            assert!(
+                (p - q).abs() < 1e-4,
+                "{name}, step {}: {p} uninterrupted vs {q} resumed",
+                i + 1
+            );
+        }
+        assert!((a.test_bpd - b.test_bpd).abs() < 1e-4, "{name}");
+        columns.push(x);
     }
-    assert!((a.test_bpd - b.test_bpd).abs() < 1e-4);
+    // The three differ (the options reach training), and the uniform run is the reference.
+    assert!(columns[0][0] != columns[1][0] && columns[0][0] != columns[2][0]);
+    let x = columns.swap_remove(0);
     // Training learns: the last steps beat the first.
     assert!(x[11] < x[0], "{x:?}");
     // The two shards' summed gradients are the whole batch's: one shard trains the same.
