@@ -685,6 +685,36 @@ fn cli_train_eval_sample_reconstruct() {
         ])
         .arg(&both);
     refused_without_output(c, &["--noise-sigma", "variational"], &both);
+    // Flags that would be ignored are refused: q's shape without a variational dequantiser,
+    // --raw for a model whose samples are not denoised, importance sampling in `reconstruct`.
+    let mut c = glowflow_cmd();
+    c.args([
+        "train",
+        "--data",
+        &spec,
+        "--pad",
+        "8",
+        "--dequant-depth",
+        "3",
+        "--out",
+    ])
+    .arg(&both);
+    refused_without_output(
+        c,
+        &["--dequant-depth 3", "--dequantization variational"],
+        &both,
+    );
+    let raw = run.path().join("raw.png");
+    let mut c = glowflow_cmd();
+    c.args(["sample", "--raw", "--checkpoint"])
+        .arg(run.path())
+        .arg("--out")
+        .arg(&raw);
+    refused_without_output(c, &["--raw", "noise-augmented"], &raw);
+    let mut c = glowflow_cmd();
+    c.args(["reconstruct", "--importance-samples", "2", "--checkpoint"])
+        .arg(run.path());
+    refused_without_output(c, &["--importance-samples 2", "eval"], &raw);
     // Bad input: a checkpoint directory that is not one.
     let out = glowflow_cmd()
         .args(["eval", "--checkpoint"])
@@ -1020,6 +1050,59 @@ fn idx_labels(labels: &[u8]) -> Vec<u8> {
     b
 }
 
+/// Train the bars data of [`class_conditional_glow_learns_classes_and_samples_by_class`] with
+/// label dropout, then draw samples of classes 0, 1, 0, 1, ... at guidance weights 0, 1 and 3
+/// and classify them with the model's own `argmax_y log p(x | y)`: the class-free prior (w = 0)
+/// gives chance, the conditional one more, guidance more again.
+fn guidance_sharpens_the_classes(spec: &str, root: &Path) {
+    use glowflow::eval::images::{sample_batch_drawn, Draw};
+    let out = root.join("cfg");
+    let s = glowflow_cmd()
+        .args([
+            "train", "--data", spec, "--levels", "2", "--depth", "2", "--width", "16",
+        ])
+        .args([
+            "--steps", "400", "--batch", "32", "--lr", "2e-3", "--warmup", "20",
+        ])
+        .args([
+            "--classes",
+            "2",
+            "--label-dropout",
+            "0.3",
+            "--weight-y",
+            "0.01",
+        ])
+        .args(["--threads", "1", "--quiet", "--out", out.to_str().unwrap()])
+        .output()
+        .unwrap();
+    assert!(s.status.success(), "{}", String::from_utf8_lossy(&s.stderr));
+    let device = plain_device();
+    let (model, state, _) = glowflow::train::train_image::load_for_eval(&out, &device).unwrap();
+    assert_eq!(state.options.label_dropout, 0.3);
+    let n = 200;
+    let labels: Vec<usize> = (0..n).map(|i| i % 2).collect();
+    let share = |w: f64| {
+        let draw = Draw {
+            guidance: Some(w),
+            ..Draw::at(0.7)
+        };
+        let b = sample_batch_drawn(&model, n, &draw, 4, Some(&labels));
+        assert!(b.nonfinite.is_empty(), "w {w}: non-finite samples");
+        let v: Vec<f32> = b.values.iter().map(|&v| v as f32).collect();
+        let x = glowflow::tensor_util::from_vec(v, [n, 1, 8, 8], &device);
+        let ll = to_vec(model.class_log_likelihoods(x).unwrap());
+        let hits = (0..n)
+            .filter(|&i| (ll[2 * i + 1] > ll[2 * i]) == (labels[i] == 1))
+            .count();
+        hits as f64 / n as f64
+    };
+    let (free, cond, guided) = (share(0.0), share(1.0), share(3.0));
+    eprintln!("samples in their class: w=0 {free}, w=1 {cond}, w=3 {guided}");
+    assert!((free - 0.5).abs() < 0.15, "class-free samples {free}");
+    assert!(cond > free + 0.1, "conditional {cond} vs class-free {free}");
+    assert!(guided >= cond, "guided {guided} vs conditional {cond}");
+}
+
 #[test]
 fn class_conditional_glow_learns_classes_and_samples_by_class() {
     // Two classes told apart only by shape: a horizontal bar (class 0) or a vertical bar
@@ -1107,6 +1190,7 @@ fn class_conditional_glow_learns_classes_and_samples_by_class() {
     );
     assert_eq!(eval["test_accuracy"], summary["test_accuracy"]);
     assert_eq!(eval["test_bpd"], summary["test_bpd"]);
+    guidance_sharpens_the_classes(&spec, run.path());
     // Sampling by class, and refusals naming the flag.
     let png = run.path().join("one.png");
     let s = glowflow_cmd()
@@ -1283,7 +1367,7 @@ fn latent_edits_reproduce_their_ends() {
         .unwrap_err()
         .to_string();
     assert!(err.contains("class 7 has 0 of the first 6 images"), "{err}");
-    let px = temperature_sweep(&model, &cfg, &[0.0, 0.8], 4, 1).unwrap();
+    let px = temperature_sweep(&model, &cfg, &[0.0, 0.8], 4, 1, None).unwrap();
     for k in 1..4 {
         assert_eq!(
             img(&px, k),

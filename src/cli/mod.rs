@@ -377,6 +377,10 @@ pub struct TemperaturesArgs {
     /// Samples per row.
     #[arg(long, default_value_t = 10, value_parser = parse::count::<1, 1_000>)]
     pub n: usize,
+    /// Class-conditional models: the class to draw (default: the null class of a model trained
+    /// with --label-dropout; required otherwise).
+    #[arg(long, value_parser = parse::count::<0, 65_535>)]
+    pub class: Option<usize>,
     #[arg(long, default_value_t = 0)]
     pub seed: u64,
     #[arg(long, default_value = "temperatures.png")]
@@ -941,6 +945,7 @@ fn cmd_train(a: TrainArgs, given: &[(String, String)]) -> Result<()> {
             )
         }
         None => {
+            check_dequant_flags(&a, given)?;
             let (cfg, opts) = fresh_image_run(&a)?;
             ImageStart::Fresh(cfg, opts)
         }
@@ -954,6 +959,21 @@ fn cmd_train(a: TrainArgs, given: &[(String, String)]) -> Result<()> {
     };
     let s = train_image(start, &io, &device)?;
     print_json(&s)
+}
+
+/// Refuse `q(u | x)`'s shape flags without `--dequantization variational` (they would be
+/// ignored).
+fn check_dequant_flags(a: &TrainArgs, given: &[(String, String)]) -> Result<()> {
+    if a.dequantization == Dequantization::Variational {
+        return Ok(());
+    }
+    for flag in ["--dequant-depth", "--dequant-width"] {
+        if let Some((_, v)) = given.iter().find(|(f, _)| f == flag) {
+            let why = "shapes the variational dequantiser: it needs --dequantization variational";
+            return Err(InputError::flag(flag, v, why).into());
+        }
+    }
+    Ok(())
 }
 
 /// The model and options of a fresh `train` run from its flags (the data is read once to learn
@@ -1024,9 +1044,19 @@ fn cmd_eval(a: EvalArgs, reconstruct: bool) -> Result<()> {
     let device = device(&a.device)?;
     let (model, state, ema) = load_for_eval(&a.checkpoint, &device)
         .with_context(|| format!("--checkpoint {}", a.checkpoint.display()))?;
-    if let (Some(k), true) = (a.importance_samples, state.model.classes > 0) {
-        let why = "is for unconditional models (a class-conditional one reports test_bpd_marginal)";
-        return Err(InputError::flag("--importance-samples", k, why).into());
+    if let Some(k) = a.importance_samples {
+        let why = if reconstruct {
+            Some("is for eval (reconstruct measures the inverse)")
+        } else if state.model.classes > 0 {
+            Some("is for unconditional models (a class-conditional one reports test_bpd_marginal)")
+        } else if state.model.noise_sigma > 0.0 {
+            Some("is not defined for a noise-augmented model (its Gaussian noise is not a dequantiser)")
+        } else {
+            None
+        };
+        if let Some(why) = why {
+            return Err(InputError::flag("--importance-samples", k, why).into());
+        }
     }
     if reconstruct {
         // Float64 activations of a forward and an inverse pass.
@@ -1135,13 +1165,20 @@ fn cmd_sample(a: SampleArgs) -> Result<()> {
     let temperature = a.temperature.unwrap_or(0.7);
     let (model, state, ema) = load_for_eval(&a.checkpoint, &device)
         .with_context(|| format!("--checkpoint {}", a.checkpoint.display()))?;
-    // Float64 decoding activations, plus the grid.
-    let need = state.model.activation_bytes_per_image() * a.n as f64;
+    // Float64 decoding activations, plus the grid; the denoising step's reverse pass keeps a
+    // forward pass's activations for its backward (about three times as much).
+    let denoised = state.model.noise_sigma > 0.0 && !a.raw;
+    let need =
+        state.model.activation_bytes_per_image() * a.n as f64 * if denoised { 3.0 } else { 1.0 };
     if let Some(why) = glowflow::limits::memory_shortfall(need) {
         return Err(InputError::flag("--n", a.n, why).into());
     }
     let per_class = a.n.div_ceil(model.classes().max(1)).max(1);
     check_guidance(&state.options, &state.model, a.guidance)?;
+    if a.raw && state.model.noise_sigma == 0.0 {
+        let why = "is for noise-augmented models (trained with --noise-sigma); this one's samples are not denoised";
+        return Err(InputError::flag("--raw", "", why).into());
+    }
     let mut draw = glowflow::eval::images::Draw::for_model(&state.model, temperature);
     draw.guidance = a.guidance;
     if a.raw {
@@ -1233,6 +1270,7 @@ fn cmd_ablation(a: AblationArgs, given: &[(String, String)]) -> Result<()> {
     }
     let (device, replicas) = train_devices(&a.train.device)?;
     interrupt::install();
+    check_dequant_flags(&a.train, given)?;
     let (cfg, mut opts) = fresh_image_run(&a.train)?;
     // The curves are test evaluations, six runs times --stages of them: 2,000 test images each
     // unless --test-limit says otherwise (0: the whole split).
@@ -1310,9 +1348,39 @@ fn cmd_temperatures(a: TemperaturesArgs) -> Result<()> {
     if let Some(t) = a.temperatures.iter().find(|t| !t.is_finite() || **t < 0.0) {
         return Err(InputError::flag("--temperatures", t, "must be finite and >= 0").into());
     }
-    let (model, state, _, _) = trained_image_model(&a.checkpoint, &a.device, false)?;
+    let (model, state, _, device) = trained_image_model(&a.checkpoint, &a.device, false)?;
     let cfg = state.model;
-    let px = glowflow::eval::edit::temperature_sweep(&model, &cfg, &a.temperatures, a.n, a.seed)?;
+    let k = cfg.classes;
+    let ctx = match (a.class, k) {
+        (Some(c), 0) => {
+            let why = "the model is not class-conditional (trained without --classes)";
+            return Err(InputError::flag("--class", c, why).into());
+        }
+        (Some(c), k) if c >= k => {
+            return Err(InputError::flag("--class", c, format!("the model has {k} classes")).into())
+        }
+        (Some(c), k) => Some(glowflow::models::glow_image::one_hot(
+            &vec![c; a.n],
+            k,
+            &device,
+        )),
+        (None, 0) => None,
+        (None, k) if state.options.label_dropout > 0.0 => {
+            Some(burn::tensor::Tensor::zeros([a.n, k], &device))
+        }
+        (None, _) => {
+            let why = "is required for a class-conditional model trained without --label-dropout (it has no trained class-free prior)";
+            return Err(InputError::flag("--class", "", why).into());
+        }
+    };
+    let px = glowflow::eval::edit::temperature_sweep(
+        &model,
+        &cfg,
+        &a.temperatures,
+        a.n,
+        a.seed,
+        ctx.as_ref(),
+    )?;
     save_edit_grid(&px, &cfg, a.n, &a.out, "a temperature sweep")
 }
 
@@ -1368,8 +1436,8 @@ fn check_guidance(
     let Some(w) = w else { return Ok(()) };
     let why = if cfg.classes == 0 {
         "needs a class-conditional model (trained with --classes K and --label-dropout P)"
-    } else if opts.label_dropout == 0.0 {
-        "needs a model trained with --label-dropout P: this one's class-free prior (the null class) was never trained"
+    } else if opts.label_dropout == 0.0 && w != 1.0 {
+        "needs a model trained with --label-dropout P unless it is 1 (the plain conditional prior): this one's class-free prior (the null class) was never trained"
     } else {
         return Ok(());
     };

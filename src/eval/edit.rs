@@ -214,7 +214,10 @@ pub fn manipulate(
 }
 
 /// Samples at each temperature of `temperatures`, `n` per row, the same standard-normal draws
-/// in every row (seed `seed`), so a column shows one sample as the temperature changes.
+/// in every row (seed `seed`), so a column shows one sample as the temperature changes. `ctx`:
+/// the class one-hot `[n, classes]` of a class-conditional model (all zeros: the null class of
+/// a model trained with label dropout). A noise-augmented model's samples are denoised, as
+/// `sample` does.
 ///
 /// # Errors
 /// As [`decode_pixels`].
@@ -224,12 +227,16 @@ pub fn temperature_sweep(
     temperatures: &[f64],
     n: usize,
     seed: u64,
+    ctx: Option<&Tensor<2>>,
 ) -> Result<Vec<u8>> {
     use rand::SeedableRng;
     let mut px = Vec::new();
     for &t in temperatures {
         let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(seed);
-        let (x, _) = model.sample_with_latents(n, t, None, &mut rng);
+        let (mut x, _) = model.sample_with_latents(n, t, ctx, &mut rng);
+        if cfg.noise_sigma > 0.0 {
+            x = crate::eval::images::denoise(model, x, cfg.noise_sigma, ctx);
+        }
         px.extend(checked_pixels(x, cfg)?);
     }
     Ok(px)

@@ -97,10 +97,10 @@ pub fn bpd_meaning(cfg: &GlowImageConfig) -> String {
             cfg.noise_sigma
         )
     } else if cfg.dequantizer.is_some() {
-        "variational dequantisation: an upper bound on the discrete bits/dim (one draw of u per image)"
+        "variational dequantisation: a one-draw estimate of an upper bound on the discrete bits/dim"
             .into()
     } else {
-        "uniform dequantisation: an upper bound on the discrete bits/dim (one draw of u per image)"
+        "uniform dequantisation: a one-draw estimate of an upper bound on the discrete bits/dim"
             .into()
     }
 }
@@ -122,8 +122,9 @@ pub fn per_image_bpd(
 /// importance sampling (Flow++ §3.1, eq. 13): `log P(x) ≈ log (1/k) Σ_j p(x + u_j) / q(u_j | x)`,
 /// with `q` the model's variational dequantiser or the uniform one (`q = 1`). It is a bound for
 /// every `k` (in expectation) and tightens towards the model's discrete likelihood as `k`
-/// grows; `k = 1` is [`per_image_bpd`]'s. Conditional models are evaluated with their
-/// class-free prior, so use it for unconditional ones.
+/// grows; `k = 1` estimates the same bound as [`per_image_bpd`] (from other draws). For
+/// unconditional models only (the density is `log p(x)` without a class context), and not for
+/// noise-augmented ones (their Gaussian noise is not a dequantiser).
 pub fn importance_bpd(
     model: &GlowImage,
     set: &ImageSet,
@@ -434,10 +435,14 @@ pub fn sample_batch_drawn(
                 .any(|v| !v.is_finite())
         })
         .collect();
-    let first_nonfinite = match (nonfinite.is_empty(), model64.trace_decode(&zs)) {
-        (true, _) => None,
-        (false, None) if draw.denoise.is_some() => Some("the denoising score step".into()),
-        (false, place) => place,
+    let first_nonfinite = if nonfinite.is_empty() {
+        None
+    } else {
+        // Finite decodes with non-finite samples: the denoising step made them.
+        match model64.trace_decode(&zs) {
+            None if draw.denoise.is_some() => Some("the denoising score step".into()),
+            place => place,
+        }
     };
     let finite: Vec<f64> = (0..n)
         .filter(|i| !nonfinite.contains(i))

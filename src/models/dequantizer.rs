@@ -4,8 +4,8 @@
 //!
 //! `log P(x) >= E_{u ~ q(u|x)} [ log p(x + u) - log q(u | x) ]` (Flow++ eq. 12),
 //!
-//! which is never above the uniform case's `E[log p(x + u)]` for the best `q` and equals it for
-//! `q` uniform. `q` here: a Gaussian `eps ~ N(0, I)` shifted and scaled per position by a
+//! which for the best `q` is never below the uniform case's `E[log p(x + u)]` (`q` uniform is
+//! one choice; this family comes close to it at initialisation but does not contain it). `q` here: a Gaussian `eps ~ N(0, I)` shifted and scaled per position by a
 //! zero-initialised convolution of the image's features, then `depth` Glow-style affine
 //! couplings whose networks see the image's features too, then a sigmoid onto `(0, 1)`. All of
 //! it runs on the squeezed image (`[N, 4C, H/2, W/2]`), so grey images have channels to split.

@@ -460,6 +460,15 @@ struct ImageTask {
 }
 
 impl ImageTask {
+    /// One-hot copies per row: the prior's, and with label dropout the true label's too.
+    fn label_copies(&self) -> usize {
+        if self.run.options.label_dropout > 0.0 {
+            2
+        } else {
+            1
+        }
+    }
+
     fn shape(&self, n: usize) -> [usize; 4] {
         [
             n,
@@ -490,18 +499,22 @@ impl Task for ImageTask {
             return rows;
         };
         let (w, k) = (input_width(cfg), cfg.classes);
-        let mut rows = with_one_hot(&rows, w, &idx, train_labels, k);
-        if opts.label_dropout > 0.0 {
-            // Its own stream, so the data and the dequantisation noise are those of a run
-            // without dropout.
-            let mut rng = step_rng(opts.seed ^ 0xD809, step);
-            drop_labels(&mut rows, w, k, opts.label_dropout, &mut rng);
+        let rows = with_one_hot(&rows, w, &idx, train_labels, k);
+        if opts.label_dropout == 0.0 {
+            return rows;
         }
+        // With label dropout a row is [input | true one-hot | prior's one-hot]: the prior's copy
+        // is dropped (the null class), the class loss keeps the true label. The dropout draws
+        // have their own stream, so the data and the dequantisation noise are those of a run
+        // without dropout.
+        let mut rows = with_one_hot(&rows, w + k, &idx, train_labels, k);
+        let mut rng = step_rng(opts.seed ^ 0xD809, step);
+        drop_labels(&mut rows, w + k, k, opts.label_dropout, &mut rng);
         rows
     }
 
     fn width(&self) -> usize {
-        input_width(&self.run.model) + self.run.model.classes
+        input_width(&self.run.model) + self.run.model.classes * self.label_copies()
     }
 
     fn batch_size(&self) -> usize {
@@ -529,7 +542,11 @@ impl Task for ImageTask {
         if k == 0 {
             return bpd_of(bound(m.log_prob(img, None)), d, n_bits);
         }
-        let y = x.narrow(1, w, k);
+        // The prior's one-hot is the last copy (dropped rows are zero); the class loss reads the
+        // first (the true label).
+        let copies = self.label_copies();
+        let y = x.clone().narrow(1, w + (copies - 1) * k, k);
+        let truth = x.narrow(1, w, k);
         let (logp, zs) = m.forward_latents(img, Some(&y));
         let bpd = bpd_of(bound(logp), d, n_bits);
         if self.run.options.weight_y == 0.0 {
@@ -539,7 +556,7 @@ impl Task for ImageTask {
         let logits = m.class_logits(top).expect("conditional model");
         let log_q = burn::tensor::activation::log_softmax(logits, 1);
         // Cross-entropy in bits per image (openai/glow's bits_y).
-        let bits_y = (log_q * y)
+        let bits_y = (log_q * truth)
             .sum_dim(1)
             .mean()
             .neg()
