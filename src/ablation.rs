@@ -40,6 +40,9 @@ pub struct AblationRow {
     pub curve: Vec<(usize, f64)>,
     /// Test bits/dim at the end.
     pub final_test_bpd: f64,
+    /// What the bits/dim measure (see [`crate::eval::images::bpd_meaning`]; a noise-augmented
+    /// ablation's are not comparable with other runs').
+    pub bpd_meaning: String,
     /// `fd_classifier` of the final model (see [`crate::eval::quality`]), when measured.
     pub fd_classifier: Option<f64>,
     /// Samples of the quality measure left out as non-finite (of its `n`), when measured.
@@ -156,6 +159,7 @@ pub fn ablation(
             permutation: p,
             coupling: c,
             final_test_bpd: s.test_bpd,
+            bpd_meaning: s.bpd_meaning.clone(),
             images_per_second: (s.steps * opts.batch) as f64 / s.train_seconds.max(1e-9),
             curve,
             fd_classifier,

@@ -196,7 +196,7 @@ fn bad_input_gets_a_clear_error() {
                 "--optimizer",
                 "adamax",
             ],
-            "--optimizer adamax: cannot be changed on --resume",
+            "--optimizer adamax: may not be given on --resume",
         ),
     ];
     for (args, needle) in cases {

@@ -420,7 +420,7 @@ fn resume_changes_lr_and_refuses_recipe_flags() {
         let err = String::from_utf8_lossy(&out.stderr);
         assert_eq!(out.status.code(), Some(2), "{flag}: {err}");
         assert!(
-            err.contains(&format!("{flag} {value}: cannot be changed on --resume")),
+            err.contains(&format!("{flag} {value}: may not be given on --resume")),
             "{err}"
         );
     }

@@ -277,7 +277,7 @@ pub struct EvalArgs {
     /// Data spec; default: the one the model was trained on.
     #[arg(long)]
     pub data: Option<String>,
-    /// Images for `reconstruct`.
+    /// `reconstruct`: images to reconstruct (not used by `eval`).
     #[arg(long, default_value_t = 64, value_parser = parse::count::<1, 1_000_000>)]
     pub n: usize,
     /// Write the JSON result here too.
@@ -423,7 +423,8 @@ pub struct QualityArgs {
 pub struct SampleArgs {
     #[arg(long)]
     pub checkpoint: PathBuf,
-    /// Number of samples.
+    /// Number of samples (a class-conditional model without --class draws one row per class,
+    /// rounding up to whole rows).
     #[arg(long, default_value_t = 64, value_parser = parse::count::<1, 1_000_000>)]
     pub n: usize,
     /// Scales the standard deviation of every prior [default: 0.7 for images, 1 for vectors].
@@ -694,8 +695,8 @@ fn refuse_on_resume(given: &[(String, String)], changes: &[&str]) -> Result<()> 
             flag,
             value,
             format!(
-                "cannot be changed on --resume: it is part of the saved run (its checkpoint's \
-                 state.json); a resume may change only {}",
+                "may not be given on --resume, even with the run's own value: it is part of the \
+                 saved run (its checkpoint's state.json); a resume may change only {}",
                 changes.join(", ")
             ),
         )
@@ -1196,7 +1197,7 @@ fn cmd_sample(a: SampleArgs) -> Result<()> {
     }
     println!(
         "wrote {} samples at temperature {}{how} to {} ({} weights; pixels clipped: {:.3}% at 0, {:.3}% at the top)",
-        a.n,
+        batch.n,
         temperature,
         a.out.display(),
         if ema { "averaged" } else { "trained" },
@@ -1381,7 +1382,16 @@ fn cmd_temperatures(a: TemperaturesArgs) -> Result<()> {
         a.seed,
         ctx.as_ref(),
     )?;
-    save_edit_grid(&px, &cfg, a.n, &a.out, "a temperature sweep")
+    let mut what = String::from("a temperature sweep");
+    match (a.class, k) {
+        (Some(c), _) => what.push_str(&format!(" of class {c}")),
+        (None, k) if k > 0 => what.push_str(" of the null class (class-free prior)"),
+        _ => {}
+    }
+    if cfg.noise_sigma > 0.0 {
+        what.push_str(&format!(", denoised (sigma {})", cfg.noise_sigma));
+    }
+    save_edit_grid(&px, &cfg, a.n, &a.out, &what)
 }
 
 fn cmd_quality(a: QualityArgs) -> Result<()> {

@@ -530,7 +530,8 @@ pub fn measure(
         samples_accuracy,
         n,
         temperature: opts.temperature,
-        guidance: opts.guidance,
+        // A class-conditional model's unguided draws are the conditional prior's, w = 1.
+        guidance: opts.guidance.or((k > 0).then_some(1.0)),
         denoised_sigma: opts.denoise,
         classifier,
     })

@@ -468,15 +468,6 @@ impl ImageTask {
             1
         }
     }
-
-    fn shape(&self, n: usize) -> [usize; 4] {
-        [
-            n,
-            self.run.model.channels,
-            self.run.model.height,
-            self.run.model.width,
-        ]
-    }
 }
 
 impl Task for ImageTask {
@@ -577,9 +568,15 @@ impl Task for ImageTask {
     }
 
     fn trace(&self, model: &GlowImage, rows: Vec<f32>) -> Option<String> {
+        // The images the density saw: x + u with u drawn from q(u | x) for a variational run.
+        let cfg = &self.run.model;
         let n = rows.len() / self.width();
-        let x = from_vec(rows, [n, self.width()], &self.device).narrow(1, 0, self.run.model.dims());
-        model.trace_forward(x.reshape(self.shape(n)))
+        let rows = from_vec(rows, [n, self.width()], &self.device).narrow(1, 0, input_width(cfg));
+        let (x, log_q) = input_images(model, cfg, rows);
+        if log_q.is_some_and(|q| crate::tensor_util::count_nonfinite(q) > 0) {
+            return Some("the variational dequantiser's log q(u | x)".into());
+        }
+        model.trace_forward(x)
     }
 
     fn pictures_due(&self, done: usize) -> bool {
