@@ -84,6 +84,8 @@ pub fn ablation(
         }
         None => None,
     };
+    // The classifier and the real images' features, built at the first measure and shared.
+    let mut reference: Option<crate::eval::quality::QualityReference> = None;
     let mut rows = Vec::new();
     for (permutation, coupling) in VARIANTS {
         let (p, c) = (name(&permutation), name(&coupling));
@@ -142,7 +144,21 @@ pub fn ablation(
         let fd_classifier = match (quality, &quality_data) {
             (Some(q), Some(data)) => {
                 let (model, state, _) = crate::train::train_image::load_for_eval(&run, device)?;
-                match crate::eval::quality::measure(&model, &state.model, data, q, device) {
+                let measured = match &reference {
+                    Some(r) => r.measure(&model, &state.model, &q.draw, q.seed),
+                    None => crate::eval::quality::QualityReference::new(
+                        data,
+                        state.model.n_bits,
+                        q,
+                        device,
+                    )
+                    .and_then(|r| {
+                        let m = r.measure(&model, &state.model, &q.draw, q.seed);
+                        reference = Some(r);
+                        m
+                    }),
+                };
+                match measured {
                     Ok(r) => {
                         nonfinite_samples = Some(r.nonfinite_samples);
                         Some(r.fd_classifier)

@@ -896,9 +896,7 @@ fn quality_measure_orders_real_barely_trained_and_noise(
     let cache = tempfile::tempdir().unwrap();
     let opts = QualityOptions {
         n: 500,
-        temperature: 0.7,
-        guidance: None,
-        denoise: None,
+        draw: glowflow::eval::images::Draw::at(0.7),
         seed: 0,
         classifier: ClassifierOptions {
             steps: 300,

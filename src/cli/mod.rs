@@ -1285,9 +1285,7 @@ fn cmd_ablation(a: AblationArgs, given: &[(String, String)]) -> Result<()> {
         .unwrap_or_else(|| PathBuf::from("runs/ablation"));
     let quality = (a.quality_n > 0).then(|| QualityOptions {
         n: a.quality_n,
-        temperature: 0.7,
-        guidance: None,
-        denoise: (cfg.noise_sigma > 0.0).then_some(cfg.noise_sigma),
+        draw: glowflow::eval::images::Draw::for_model(&cfg, 0.7),
         seed: 0,
         classifier: ClassifierOptions {
             steps: a.classifier_steps,
@@ -1395,7 +1393,10 @@ fn cmd_temperatures(a: TemperaturesArgs) -> Result<()> {
 }
 
 fn cmd_quality(a: QualityArgs) -> Result<()> {
-    use glowflow::eval::quality::{default_cache_dir, measure, ClassifierOptions, QualityOptions};
+    use glowflow::eval::images::Draw;
+    use glowflow::eval::quality::{
+        default_cache_dir, ClassifierOptions, QualityOptions, QualityReference,
+    };
     let (model, state, data, device) = trained_image_model(&a.checkpoint, &a.device, true)?;
     let cfg = state.model;
     let data = data.expect("loaded");
@@ -1412,22 +1413,27 @@ fn cmd_quality(a: QualityArgs) -> Result<()> {
         s if s > 0.0 => vec![None, Some(s)],
         _ => vec![None],
     };
+    let opts = QualityOptions {
+        n: a.n,
+        draw: Draw::at(a.temperature),
+        seed: a.seed,
+        classifier: ClassifierOptions {
+            steps: a.classifier_steps,
+            ..ClassifierOptions::default()
+        },
+        cache: a.cache.clone().unwrap_or_else(default_cache_dir),
+    };
+    // One classifier and one set of real features for every measure.
+    let reference = QualityReference::new(&data, cfg.n_bits, &opts, &device)?;
     let mut reports = Vec::new();
     for &guidance in &weights {
         for &denoise in &denoise {
-            let opts = QualityOptions {
-                n: a.n,
-                temperature: a.temperature,
+            let draw = Draw {
                 guidance,
                 denoise,
-                seed: a.seed,
-                classifier: ClassifierOptions {
-                    steps: a.classifier_steps,
-                    ..ClassifierOptions::default()
-                },
-                cache: a.cache.clone().unwrap_or_else(default_cache_dir),
+                ..opts.draw
             };
-            reports.push(measure(&model, &cfg, &data, &opts, &device)?);
+            reports.push(reference.measure(&model, &cfg, &draw, opts.seed)?);
         }
     }
     match reports.len() {

@@ -25,6 +25,7 @@ use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 use serde::Serialize;
 
+use super::images::Draw;
 use crate::data::images::ImageSet;
 use crate::linalg::{symmetric_eigen, Mat};
 use crate::nets::conv::Conv2d;
@@ -385,14 +386,10 @@ pub fn default_cache_dir() -> PathBuf {
 pub struct QualityOptions {
     /// Samples drawn, and real test images compared with them.
     pub n: usize,
-    /// Sampling temperature.
-    pub temperature: f64,
-    /// Classifier-free guidance weight of class-conditional draws (`None`: the conditional
-    /// prior; see [`crate::models::glow_image::guided_context`]).
-    pub guidance: Option<f64>,
-    /// Score-denoise the samples with this `σ` before measuring them (noise-augmented models;
-    /// see [`crate::eval::images::denoise`]).
-    pub denoise: Option<f64>,
+    /// How the samples are drawn: temperature, classifier-free guidance weight (`None`: the
+    /// conditional prior of a class-conditional model) and score denoising (noise-augmented
+    /// models; see [`crate::eval::images::denoise`]).
+    pub draw: Draw,
     /// Seed of the samples.
     pub seed: u64,
     /// The classifier's training.
@@ -442,13 +439,158 @@ pub fn quantised(set: &ImageSet, n_bits: u32) -> ImageSet {
     }
 }
 
-/// Measure `model` (trained on `data`, whose labels are `labels`): draw `opts.n` samples,
-/// quantise them to pixels, and compare them with `opts.n` test images through the classifier
-/// (trained on the training split, or loaded from `opts.cache`).
+/// What every measure against one data set shares: the classifier (trained or loaded once),
+/// its test accuracy, and the `n` real test images' features with the test-vs-train floor.
+pub struct QualityReference {
+    net: FeatureNet,
+    classifier: PathBuf,
+    classes: usize,
+    classifier_test_accuracy: f64,
+    /// Images per set.
+    n: usize,
+    n_bits: u32,
+    test: ImageSet,
+    f_test: Vec<f32>,
+    fd_classifier_real: f64,
+    device: Device,
+}
+
+impl QualityReference {
+    /// The classifier of `data` (trained on its training split, or loaded from `opts.cache`)
+    /// and `opts.n` test and training images quantised to `n_bits`, as models of `n_bits` see
+    /// them.
+    ///
+    /// # Errors
+    /// No labels (the classifier needs classes), geometry the classifier cannot take, fewer
+    /// than 2 images.
+    pub fn new(
+        data: &crate::data::Splits,
+        n_bits: u32,
+        opts: &QualityOptions,
+        device: &Device,
+    ) -> Result<Self> {
+        let (Some(train_labels), Some(test_labels)) = (&data.train_labels, &data.test_labels)
+        else {
+            bail!("the data set has no class labels, which the quality classifier is trained on");
+        };
+        // The data's classes, not the model's (a model may declare more than the data has).
+        let classes = train_labels
+            .iter()
+            .chain(test_labels)
+            .max()
+            .map_or(1, |&m| m as usize + 1);
+        let (net, classifier) = load_or_train(
+            &opts.cache,
+            &data.train,
+            train_labels,
+            classes,
+            &opts.classifier,
+            device,
+        )?;
+        let classifier_test_accuracy = accuracy(&net, &data.test, test_labels, device);
+        let n = opts.n.min(data.test.n).min(data.train.n);
+        let test = quantised(&data.test.take(n), n_bits);
+        let train = quantised(&data.train.take(n), n_bits);
+        let f_test = features(&net, &test, device);
+        let fd_classifier_real =
+            frechet_distance(&f_test, &features(&net, &train, device), FEATURES)?;
+        Ok(QualityReference {
+            net,
+            classifier,
+            classes,
+            classifier_test_accuracy,
+            n,
+            n_bits,
+            test,
+            f_test,
+            fd_classifier_real,
+            device: device.clone(),
+        })
+    }
+
+    /// Draw `n` samples of `model` (config `cfg`) as `draw` says (seed `seed`), quantise them to
+    /// pixels, and compare them with the test images through the classifier.
+    ///
+    /// # Errors
+    /// A model of another `n_bits` than the reference's, fewer than 2 finite samples (the
+    /// first non-finite value named).
+    pub fn measure(
+        &self,
+        model: &crate::models::GlowImage,
+        cfg: &crate::models::GlowImageConfig,
+        draw: &Draw,
+        seed: u64,
+    ) -> Result<QualityReport> {
+        if cfg.n_bits != self.n_bits {
+            bail!(
+                "the model keeps {} bits per pixel, the quality reference {}",
+                cfg.n_bits,
+                self.n_bits
+            );
+        }
+        let (n, device) = (self.n, &self.device);
+        let k = model.classes().min(self.classes);
+        let drawn: Option<Vec<usize>> = (k > 0).then(|| (0..n).map(|i| i % k).collect());
+        let d = self.test.dims();
+        let (mut values, mut kept_labels) = (Vec::with_capacity(n * d), Vec::with_capacity(n));
+        let (mut nonfinite, mut first_nonfinite) = (0usize, None);
+        for start in (0..n).step_by(250) {
+            let m = (n - start).min(250);
+            let labels = drawn.as_ref().map(|l| &l[start..start + m]);
+            let seed = seed.wrapping_add(start as u64);
+            let batch = super::images::sample_batch_drawn(model, m, draw, seed, labels);
+            nonfinite += batch.nonfinite.len();
+            first_nonfinite = first_nonfinite.or(batch.first_nonfinite.clone());
+            // Non-finite samples are counted and reported, never quantised into pixels.
+            for i in (0..m).filter(|i| !batch.nonfinite.contains(i)) {
+                let v32: Vec<f32> = batch.values[i * d..(i + 1) * d]
+                    .iter()
+                    .map(|&v| v as f32)
+                    .collect();
+                values.extend(crate::data::dequant::to_pixels(&v32, cfg.n_bits));
+                kept_labels.push(labels.map_or(0, |l| l[i] as u8));
+            }
+        }
+        let finite = values.len() / d;
+        if finite < 2 {
+            bail!(
+                "{nonfinite} of {n} samples at temperature {} hold non-finite values, so no distance is given (first non-finite value at {})",
+                draw.temperature,
+                first_nonfinite.as_deref().unwrap_or("an unknown place")
+            );
+        }
+        let samples = ImageSet {
+            n: finite,
+            pixels: values,
+            ..self.test.clone()
+        };
+        let f_samples = features(&self.net, &samples, device);
+        let fd_classifier = frechet_distance(&self.f_test, &f_samples, FEATURES)?;
+        let samples_accuracy = drawn.map(|_| accuracy(&self.net, &samples, &kept_labels, device));
+        Ok(QualityReport {
+            fd_classifier,
+            nonfinite_samples: nonfinite,
+            first_nonfinite,
+            fd_classifier_real: self.fd_classifier_real,
+            classifier_test_accuracy: self.classifier_test_accuracy,
+            samples_accuracy,
+            n,
+            temperature: draw.temperature,
+            // A class-conditional model's unguided draws are the conditional prior's, w = 1.
+            guidance: draw.guidance.or((k > 0).then_some(1.0)),
+            denoised_sigma: draw.denoise,
+            classifier: self.classifier.clone(),
+        })
+    }
+}
+
+/// Measure `model` (trained on `data`): draw `opts.n` samples, quantise them to pixels, and
+/// compare them with `opts.n` test images through the classifier (trained on the training
+/// split, or loaded from `opts.cache`). Several measures of one data set share one
+/// [`QualityReference`].
 ///
 /// # Errors
-/// No labels (the classifier needs classes), geometry the classifier cannot take, fewer than 2
-/// images or fewer than 2 finite samples (the first non-finite value named).
+/// As [`QualityReference::new`] and [`QualityReference::measure`].
 pub fn measure(
     model: &crate::models::GlowImage,
     cfg: &crate::models::GlowImageConfig,
@@ -456,85 +598,8 @@ pub fn measure(
     opts: &QualityOptions,
     device: &Device,
 ) -> Result<QualityReport> {
-    let (Some(train_labels), Some(test_labels)) = (&data.train_labels, &data.test_labels) else {
-        bail!("the data set has no class labels, which the quality classifier is trained on");
-    };
-    // The data's classes, not the model's (a model may declare more than the data has).
-    let classes = train_labels
-        .iter()
-        .chain(test_labels)
-        .max()
-        .map_or(1, |&m| m as usize + 1);
-    let (net, classifier) = load_or_train(
-        &opts.cache,
-        &data.train,
-        train_labels,
-        classes,
-        &opts.classifier,
-        device,
-    )?;
-    let classifier_test_accuracy = accuracy(&net, &data.test, test_labels, device);
-    let n = opts.n.min(data.test.n).min(data.train.n);
-    let test = quantised(&data.test.take(n), cfg.n_bits);
-    let train = quantised(&data.train.take(n), cfg.n_bits);
-    let k = model.classes().min(classes);
-    let drawn: Option<Vec<usize>> = (k > 0).then(|| (0..n).map(|i| i % k).collect());
-    let d = data.test.dims();
-    let (mut values, mut kept_labels) = (Vec::with_capacity(n * d), Vec::with_capacity(n));
-    let (mut nonfinite, mut first_nonfinite) = (0usize, None);
-    for start in (0..n).step_by(250) {
-        let m = (n - start).min(250);
-        let labels = drawn.as_ref().map(|l| &l[start..start + m]);
-        let draw = super::images::Draw {
-            temperature: opts.temperature,
-            guidance: opts.guidance,
-            denoise: opts.denoise,
-        };
-        let seed = opts.seed.wrapping_add(start as u64);
-        let batch = super::images::sample_batch_drawn(model, m, &draw, seed, labels);
-        nonfinite += batch.nonfinite.len();
-        first_nonfinite = first_nonfinite.or(batch.first_nonfinite.clone());
-        // Non-finite samples are counted and reported, never quantised into pixels.
-        for i in (0..m).filter(|i| !batch.nonfinite.contains(i)) {
-            let v32: Vec<f32> = batch.values[i * d..(i + 1) * d]
-                .iter()
-                .map(|&v| v as f32)
-                .collect();
-            values.extend(crate::data::dequant::to_pixels(&v32, cfg.n_bits));
-            kept_labels.push(labels.map_or(0, |l| l[i] as u8));
-        }
-    }
-    let finite = values.len() / d;
-    if finite < 2 {
-        bail!(
-            "{nonfinite} of {n} samples at temperature {} hold non-finite values, so no distance is given (first non-finite value at {})",
-            opts.temperature,
-            first_nonfinite.as_deref().unwrap_or("an unknown place")
-        );
-    }
-    let samples = ImageSet {
-        n: finite,
-        pixels: values,
-        ..test.clone()
-    };
-    let f_test = features(&net, &test, device);
-    let fd_classifier = frechet_distance(&f_test, &features(&net, &samples, device), FEATURES)?;
-    let fd_classifier_real = frechet_distance(&f_test, &features(&net, &train, device), FEATURES)?;
-    let samples_accuracy = drawn.map(|_| accuracy(&net, &samples, &kept_labels, device));
-    Ok(QualityReport {
-        fd_classifier,
-        nonfinite_samples: nonfinite,
-        first_nonfinite,
-        fd_classifier_real,
-        classifier_test_accuracy,
-        samples_accuracy,
-        n,
-        temperature: opts.temperature,
-        // A class-conditional model's unguided draws are the conditional prior's, w = 1.
-        guidance: opts.guidance.or((k > 0).then_some(1.0)),
-        denoised_sigma: opts.denoise,
-        classifier,
-    })
+    QualityReference::new(data, cfg.n_bits, opts, device)?
+        .measure(model, cfg, &opts.draw, opts.seed)
 }
 
 #[cfg(test)]
