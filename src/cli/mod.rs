@@ -968,13 +968,8 @@ fn check_dequant_flags(a: &TrainArgs, given: &[(String, String)]) -> Result<()> 
     if a.dequantization == Dequantization::Variational {
         return Ok(());
     }
-    for flag in ["--dequant-depth", "--dequant-width"] {
-        if let Some((_, v)) = given.iter().find(|(f, _)| f == flag) {
-            let why = "shapes the variational dequantiser: it needs --dequantization variational";
-            return Err(InputError::flag(flag, v, why).into());
-        }
-    }
-    Ok(())
+    let why = "shapes the variational dequantiser: it needs --dequantization variational";
+    refuse_given(given, &["--dequant-depth", "--dequant-width"], why)
 }
 
 /// The model and options of a fresh `train` run from its flags (the data is read once to learn
@@ -1166,11 +1161,15 @@ fn cmd_sample(a: SampleArgs) -> Result<()> {
     let temperature = a.temperature.unwrap_or(0.7);
     let (model, state, ema) = load_for_eval(&a.checkpoint, &device)
         .with_context(|| format!("--checkpoint {}", a.checkpoint.display()))?;
+    let mut draw = glowflow::eval::images::Draw::for_model(&state.model, temperature);
+    draw.guidance = a.guidance;
+    if a.raw {
+        draw.denoise = None;
+    }
     // Float64 decoding activations, plus the grid; the denoising step's reverse pass keeps a
     // forward pass's activations for its backward (about three times as much).
-    let denoised = state.model.noise_sigma > 0.0 && !a.raw;
-    let need =
-        state.model.activation_bytes_per_image() * a.n as f64 * if denoised { 3.0 } else { 1.0 };
+    let factor = if draw.denoise.is_some() { 3.0 } else { 1.0 };
+    let need = state.model.activation_bytes_per_image() * a.n as f64 * factor;
     if let Some(why) = glowflow::limits::memory_shortfall(need) {
         return Err(InputError::flag("--n", a.n, why).into());
     }
@@ -1179,11 +1178,6 @@ fn cmd_sample(a: SampleArgs) -> Result<()> {
     if a.raw && state.model.noise_sigma == 0.0 {
         let why = "is for noise-augmented models (trained with --noise-sigma); this one's samples are not denoised";
         return Err(InputError::flag("--raw", "", why).into());
-    }
-    let mut draw = glowflow::eval::images::Draw::for_model(&state.model, temperature);
-    draw.guidance = a.guidance;
-    if a.raw {
-        draw.denoise = None;
     }
     let (batch, cols) = sample_classes(&model, a.n, a.class, per_class, &draw, a.seed)?;
     let grid = batch.grid_cols(&state.model, cols)?;
@@ -1256,19 +1250,16 @@ fn save_edit_grid(
 
 fn cmd_ablation(a: AblationArgs, given: &[(String, String)]) -> Result<()> {
     use glowflow::eval::quality::{default_cache_dir, ClassifierOptions, QualityOptions};
-    for flag in [
+    let flags = [
         "--permutation",
         "--coupling",
         "--resume",
         "--classes",
         "--weight-y",
         "--time-limit",
-    ] {
-        if let Some((f, v)) = given.iter().find(|(f, _)| f == flag) {
-            let why = "is not an ablation option: the ablation trains every permutation and coupling, unconditional, from scratch, to the same --steps";
-            return Err(InputError::flag(f, v, why).into());
-        }
-    }
+    ];
+    let why = "is not an ablation option: the ablation trains every permutation and coupling, unconditional, from scratch, to the same --steps";
+    refuse_given(given, &flags, why)?;
     let (device, replicas) = train_devices(&a.train.device)?;
     interrupt::install();
     check_dequant_flags(&a.train, given)?;
@@ -1350,21 +1341,20 @@ fn cmd_temperatures(a: TemperaturesArgs) -> Result<()> {
     let (model, state, _, device) = trained_image_model(&a.checkpoint, &a.device, false)?;
     let cfg = state.model;
     let k = cfg.classes;
+    glowflow::eval::images::check_class(a.class, k)?;
+    let mut what = String::from("a temperature sweep");
     let ctx = match (a.class, k) {
-        (Some(c), 0) => {
-            let why = "the model is not class-conditional (trained without --classes)";
-            return Err(InputError::flag("--class", c, why).into());
+        (_, 0) => None,
+        (Some(c), k) => {
+            what.push_str(&format!(" of class {c}"));
+            Some(glowflow::models::glow_image::one_hot(
+                &vec![c; a.n],
+                k,
+                &device,
+            ))
         }
-        (Some(c), k) if c >= k => {
-            return Err(InputError::flag("--class", c, format!("the model has {k} classes")).into())
-        }
-        (Some(c), k) => Some(glowflow::models::glow_image::one_hot(
-            &vec![c; a.n],
-            k,
-            &device,
-        )),
-        (None, 0) => None,
         (None, k) if state.options.label_dropout > 0.0 => {
+            what.push_str(" of the null class (class-free prior)");
             Some(burn::tensor::Tensor::zeros([a.n, k], &device))
         }
         (None, _) => {
@@ -1380,12 +1370,6 @@ fn cmd_temperatures(a: TemperaturesArgs) -> Result<()> {
         a.seed,
         ctx.as_ref(),
     )?;
-    let mut what = String::from("a temperature sweep");
-    match (a.class, k) {
-        (Some(c), _) => what.push_str(&format!(" of class {c}")),
-        (None, k) if k > 0 => what.push_str(" of the null class (class-free prior)"),
-        _ => {}
-    }
     if cfg.noise_sigma > 0.0 {
         what.push_str(&format!(", denoised (sigma {})", cfg.noise_sigma));
     }
@@ -1544,17 +1528,22 @@ fn check_table_flags(c: &CommonArgs, given: &[(String, String)]) -> Result<()> {
     if c.data.is_some() {
         return Ok(());
     }
-    for flag in [
+    let flags = [
         "--test-data",
         "--test-fraction",
         "--columns",
         "--context-columns",
-    ] {
-        if let Some((_, v)) = given.iter().find(|(f, _)| f == flag) {
-            return Err(
-                InputError::flag(flag, v, "needs --data FILE (a table to train on)").into(),
-            );
-        }
+    ];
+    refuse_given(given, &flags, "needs --data FILE (a table to train on)")
+}
+
+/// Refuse the first of `flags` (in their order) that was given on the command line, with `why`.
+fn refuse_given(given: &[(String, String)], flags: &[&str], why: &str) -> Result<()> {
+    match flags
+        .iter()
+        .find_map(|flag| given.iter().find(|(f, _)| f == flag))
+    {
+        Some((flag, v)) => Err(InputError::flag(flag, v, why).into()),
+        None => Ok(()),
     }
-    Ok(())
 }

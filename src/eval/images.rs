@@ -87,6 +87,29 @@ pub fn input_images(
     (y, Some(log_q))
 }
 
+/// [`input_rows`] of the images `idx` of `set` on `device`, through [`input_images`].
+pub fn input_batch(
+    model: &GlowImage,
+    cfg: &GlowImageConfig,
+    set: &ImageSet,
+    idx: &[usize],
+    rng: &mut ChaCha8Rng,
+    device: &Device,
+) -> (Tensor<4>, Option<Tensor<1>>) {
+    let rows = input_rows(cfg, set, idx, rng);
+    let rows = crate::tensor_util::from_vec(rows, [idx.len(), input_width(cfg)], device);
+    input_images(model, cfg, rows)
+}
+
+/// The per-image term of the likelihood bound: `log p(y) - log q(u | x)` with a variational
+/// dequantiser's `log q` (Flow++ eq. 12), else `log p(y)` (uniform: `q = 1`).
+pub fn minus_log_q(logp: Tensor<1>, log_q: Option<Tensor<1>>) -> Tensor<1> {
+    match log_q {
+        Some(q) => logp - q,
+        None => logp,
+    }
+}
+
 /// What an image model's bits/dim measures, for reports: uniform dequantisation (comparable
 /// with published figures at 8 bits), the variational bound, or a noise-augmented density
 /// (not comparable).
@@ -140,15 +163,8 @@ pub fn importance_bpd(
     for chunk in idx.chunks(batch.max(1)) {
         let mut draws: Vec<Vec<f64>> = Vec::with_capacity(k);
         for _ in 0..k.max(1) {
-            let rows = input_rows(cfg, set, chunk, &mut rng);
-            let rows = crate::tensor_util::from_vec(rows, [chunk.len(), input_width(cfg)], device);
-            let (x, log_q) = input_images(model, cfg, rows);
-            let lp = model.log_prob(x, None);
-            let lp = match log_q {
-                Some(q) => lp - q,
-                None => lp,
-            };
-            draws.push(to_vec_f64(lp));
+            let (x, log_q) = input_batch(model, cfg, set, chunk, &mut rng, device);
+            draws.push(to_vec_f64(minus_log_q(model.log_prob(x, None), log_q)));
         }
         for i in 0..chunk.len() {
             let max = draws.iter().map(|v| v[i]).fold(f64::NEG_INFINITY, f64::max);
@@ -204,9 +220,7 @@ pub fn class_eval(
     let idx: Vec<usize> = (0..set.n).collect();
     let bits = |lp: f64| crate::data::dequant::bits_per_dim(lp, d, n_bits);
     for chunk in idx.chunks(batch.max(1)) {
-        let rows = input_rows(cfg, set, chunk, &mut rng);
-        let rows = crate::tensor_util::from_vec(rows, [chunk.len(), input_width(cfg)], device);
-        let (x, log_q) = input_images(model, cfg, rows);
+        let (x, log_q) = input_batch(model, cfg, set, chunk, &mut rng, device);
         if k > 0 {
             let mut all = model.class_log_likelihoods(x).expect("conditional model");
             if let Some(q) = log_q {
@@ -230,12 +244,7 @@ pub fn class_eval(
             }
             continue;
         }
-        let lp = model.log_prob(x, None);
-        let lp = match log_q {
-            Some(q) => lp - q,
-            None => lp,
-        };
-        for lp in to_vec(lp) {
+        for lp in to_vec(minus_log_q(model.log_prob(x, None), log_q)) {
             out.push(bits(lp as f64));
         }
     }
@@ -494,6 +503,23 @@ impl SampleBatch {
     }
 }
 
+/// Refuse a `--class` for a model of `classes` classes (0: unconditional) that it cannot draw.
+///
+/// # Errors
+/// Names `--class` when it is given to an unconditional model or is not below `classes`.
+pub fn check_class(class: Option<usize>, classes: usize) -> Result<()> {
+    match (class, classes) {
+        (Some(c), 0) => {
+            let why = "the model is not class-conditional (trained without --classes)";
+            Err(InputError::flag("--class", c, why).into())
+        }
+        (Some(c), k) if c >= k => {
+            Err(InputError::flag("--class", c, format!("the model has {k} classes")).into())
+        }
+        _ => Ok(()),
+    }
+}
+
 /// Samples drawn as `draw` says (seed `seed`) with the number of grid columns to show them in:
 /// `n` of class `class`, or of the unconditional model; with no class given, a class-conditional
 /// model draws one row of `per_class` samples for each class.
@@ -514,14 +540,8 @@ pub fn sample_classes(
         let why = "needs a class-conditional model trained with --label-dropout";
         return Err(InputError::flag("--guidance", w, why).into());
     }
+    check_class(class, model.classes())?;
     match (class, model.classes()) {
-        (Some(c), 0) => {
-            let why = "the model is not class-conditional (trained without --classes)";
-            Err(InputError::flag("--class", c, why).into())
-        }
-        (Some(c), k) if c >= k => {
-            Err(InputError::flag("--class", c, format!("the model has {k} classes")).into())
-        }
         (Some(c), _) => Ok((
             sample_batch_drawn(model, n, draw, seed, Some(&vec![c; n])),
             side,

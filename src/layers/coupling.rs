@@ -48,7 +48,8 @@ pub fn conditioning_channels(channels: usize, swap: bool) -> usize {
     channels - transformed_channels(channels, swap)
 }
 
-fn per_sample_sum(t: Tensor<4>) -> Tensor<1> {
+/// Sum of every value of each sample, `[N, ...]` to `[N]` (a log-determinant's per-sample sum).
+pub(crate) fn per_sample_sum(t: Tensor<4>) -> Tensor<1> {
     let n = t.dims()[0];
     t.reshape([n as i64, -1]).sum_dim(1).reshape([n])
 }

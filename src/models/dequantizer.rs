@@ -21,6 +21,7 @@ use rand::Rng;
 use serde::{Deserialize, Serialize};
 
 use crate::distributions::standard_normal_log_prob;
+use crate::layers::coupling::per_sample_sum;
 use crate::layers::squeeze::{squeeze, unsqueeze};
 use crate::nets::{Conv2d, PlainConvNet};
 
@@ -76,11 +77,6 @@ fn base_near_uniform(hidden: usize, c: usize, device: &Device) -> Conv2d {
         ))),
         ..conv
     }
-}
-
-fn per_sample_sum(t: Tensor<4>) -> Tensor<1> {
-    let n = t.dims()[0];
-    t.reshape([n as i64, -1]).sum_dim(1).reshape([n])
 }
 
 impl VariationalDequantizer {

@@ -17,7 +17,8 @@ use crate::data::stream::{drop_labels, epoch_batch, image_batch, step_rng, with_
 use crate::data::LoadOptions;
 use crate::error::{FieldError, InputError};
 use crate::eval::images::{
-    bpd_meaning, bpd_of, class_eval, input_images, input_rows, input_width, sample_grid, BpdReport,
+    bpd_meaning, bpd_of, class_eval, input_images, input_rows, input_width, minus_log_q,
+    sample_grid, BpdReport,
 };
 use crate::models::{GlowImage, GlowImageConfig};
 use crate::ops::adam::optimizer;
@@ -525,13 +526,8 @@ impl Task for ImageTask {
         let cfg = &self.run.model;
         let w = input_width(cfg);
         let (img, log_q) = input_images(m, cfg, x.clone().narrow(1, 0, w));
-        // The variational bound's log p(y) - log q(u | x) (Flow++ eq. 12).
-        let bound = |logp: Tensor<1>| match log_q {
-            Some(q) => logp - q,
-            None => logp,
-        };
         if k == 0 {
-            return bpd_of(bound(m.log_prob(img, None)), d, n_bits);
+            return bpd_of(minus_log_q(m.log_prob(img, None), log_q), d, n_bits);
         }
         // The prior's one-hot is the last copy (dropped rows are zero); the class loss reads the
         // first (the true label).
@@ -539,7 +535,7 @@ impl Task for ImageTask {
         let y = x.clone().narrow(1, w + (copies - 1) * k, k);
         let truth = x.narrow(1, w, k);
         let (logp, zs) = m.forward_latents(img, Some(&y));
-        let bpd = bpd_of(bound(logp), d, n_bits);
+        let bpd = bpd_of(minus_log_q(logp, log_q), d, n_bits);
         if self.run.options.weight_y == 0.0 {
             return bpd;
         }
