@@ -1189,6 +1189,30 @@ fn class_conditional_glow_learns_classes_and_samples_by_class() {
     assert_eq!(eval["test_accuracy"], summary["test_accuracy"]);
     assert_eq!(eval["test_bpd"], summary["test_bpd"]);
     guidance_sharpens_the_classes(&spec, run.path());
+    // A temperature sweep of a class-conditional model draws a class; this model has no trained
+    // class-free prior (no --label-dropout), so a sweep without --class is refused.
+    let sweep = run.path().join("sweep.png");
+    let mut c = glowflow_cmd();
+    c.args([
+        "temperatures",
+        "--n",
+        "3",
+        "--checkpoint",
+        out.to_str().unwrap(),
+        "--out",
+    ])
+    .arg(&sweep);
+    refused_without_output(c, &["--class", "--label-dropout"], &sweep);
+    let s = glowflow_cmd()
+        .args(["temperatures", "--n", "3", "--class", "1", "--checkpoint"])
+        .arg(&out)
+        .arg("--out")
+        .arg(&sweep)
+        .output()
+        .unwrap();
+    assert!(s.status.success(), "{}", String::from_utf8_lossy(&s.stderr));
+    assert!(String::from_utf8_lossy(&s.stdout).contains("of class 1"));
+    assert!(sweep.exists());
     // Sampling by class, and refusals naming the flag.
     let png = run.path().join("one.png");
     let s = glowflow_cmd()
