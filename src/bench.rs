@@ -20,7 +20,7 @@ use glowflow::distributions::{standard_normal_log_prob, standard_normal_sample};
 use glowflow::eval::images::bpd_of;
 use glowflow::eval::vector::model_density_grid;
 use glowflow::flow::Flow;
-use glowflow::layers::coupling::{AffineCoupling, TanhScale};
+use glowflow::layers::coupling::{AffineCoupling, AffineScale, TanhScale};
 use glowflow::layers::{ActNorm, FlowSequence, InvConv1x1Lu, Layer};
 use glowflow::models::{
     CouplingKind, GlowImage, GlowImageConfig, ModelKind, Permutation, VectorFlow, VectorFlowConfig,
@@ -269,6 +269,7 @@ pub fn probe_image_flow(device: &Device) -> FlowSequence {
             net,
             Some(TanhScale::new(device)),
             k % 2 == 1,
+            AffineScale::Bounded,
         )));
     }
     with_sequential_param_ids(FlowSequence::new(layers))

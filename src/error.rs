@@ -1,6 +1,7 @@
 //! The errors a user can act on: a bad flag, a bad file (with its row or field), an interrupted
-//! run. Everything else is an internal failure. The command line maps them to exit codes
-//! ([`exit_code`]): 2 for bad input, 130 for an interrupted run, 1 otherwise.
+//! run, a model whose result is non-finite. Everything else is an internal failure. The command
+//! line maps them to exit codes ([`exit_code`]): 2 for bad input, 3 for a non-finite result
+//! that was asked to be whole, 130 for an interrupted run, 1 otherwise.
 
 use std::path::PathBuf;
 
@@ -119,12 +120,23 @@ pub struct Interrupted {
     pub saved: String,
 }
 
+/// A result the model computed from valid input holds non-finite values where the command
+/// cannot leave them out (`sample --strict`, an edit whose every image is needed): what, how
+/// many, and the first layer where one appeared. Exit code 3.
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+pub struct NonFinite(pub String);
+
 /// The process exit code for an error: 2 for input the user must fix ([`InputError`],
-/// [`FieldError`]), 130 for an interrupted run ([`Interrupted`]), 1 for anything else.
+/// [`FieldError`]), 3 for a non-finite model result ([`NonFinite`]), 130 for an interrupted
+/// run ([`Interrupted`]), 1 for anything else.
 pub fn exit_code(e: &anyhow::Error) -> i32 {
     for cause in e.chain() {
         if cause.is::<InputError>() || cause.is::<FieldError>() {
             return 2;
+        }
+        if cause.is::<NonFinite>() {
+            return 3;
         }
         if cause.is::<Interrupted>() {
             return 130;

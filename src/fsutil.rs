@@ -87,3 +87,94 @@ pub fn null_as_nan<'de, D: serde::Deserializer<'de>>(d: D) -> Result<f64, D::Err
     use serde::Deserialize;
     Ok(Option::<f64>::deserialize(d)?.unwrap_or(f64::NAN))
 }
+
+/// The files and folders a training run writes into its directory (besides `samples_*.png`
+/// grids and `frames/`), which `--force` removes and no command's output may replace.
+pub const RUN_OUTPUTS: &[&str] = &[
+    "checkpoint",
+    ".checkpoint.old",
+    "metrics.csv",
+    "grad_norms.csv",
+    "previews.csv",
+    "summary.json",
+    "frames",
+    "compare.json",
+    "compare.md",
+    "compare.png",
+    "split.csv",
+    "corner.png",
+    "loss.png",
+    "target.png",
+    "samples.png",
+    "density.png",
+    "training.gif",
+];
+
+/// `p` as an absolute path with symbolic links resolved as far as it exists (a file that does
+/// not exist yet keeps its name under its resolved folder).
+fn resolved(p: &Path) -> std::path::PathBuf {
+    if let Ok(c) = p.canonicalize() {
+        return c;
+    }
+    let parent = p
+        .parent()
+        .filter(|d| !d.as_os_str().is_empty())
+        .unwrap_or(Path::new("."));
+    match (parent.canonicalize(), p.file_name()) {
+        (Ok(d), Some(name)) => d.join(name),
+        _ => p.to_path_buf(),
+    }
+}
+
+/// Whether `p` names a file of a training run: one of [`RUN_OUTPUTS`] or a `samples_*.png`
+/// grid in a folder that holds a run, or anything inside a run's checkpoint folder (a folder
+/// with a `state.json`).
+fn is_run_file(p: &Path) -> bool {
+    let p = resolved(p);
+    let (Some(dir), Some(name)) = (p.parent(), p.file_name().and_then(|n| n.to_str())) else {
+        return false;
+    };
+    let holds_run = |d: &Path| {
+        d.join("checkpoint").join("state.json").exists()
+            || d.join("metrics.csv").exists()
+            || d.join("summary.json").exists()
+    };
+    let in_checkpoint = dir.join("state.json").exists();
+    let named_like_run_file =
+        RUN_OUTPUTS.contains(&name) || (name.starts_with("samples_") && name.ends_with(".png"));
+    in_checkpoint || (holds_run(dir) && named_like_run_file)
+}
+
+/// Refuse outputs that would destroy something: an output that is one of the command's
+/// inputs, the same file as another of its outputs, a directory, or a file of a training run
+/// (its checkpoint, `state.json`, `metrics.csv`, `summary.json`, ...). `outputs` and `inputs`
+/// are `(flag, path)` pairs; the error names the output's flag and what it would replace.
+///
+/// # Errors
+/// [`InputError::Flag`](crate::error::InputError) naming the output's flag (exit code 2).
+pub fn check_outputs(
+    outputs: &[(&str, &Path)],
+    inputs: &[(&str, &Path)],
+) -> Result<(), crate::error::InputError> {
+    use crate::error::InputError;
+    for (i, (flag, out)) in outputs.iter().enumerate() {
+        let r = resolved(out);
+        if out.is_dir() {
+            let why = "is a directory; give the name of a file to write";
+            return Err(InputError::flag(flag, out.display(), why));
+        }
+        if let Some((in_flag, _)) = inputs.iter().find(|(_, p)| resolved(p) == r) {
+            let why = format!("is the same file as {in_flag}: writing it would destroy the input");
+            return Err(InputError::flag(flag, out.display(), why));
+        }
+        if let Some((other, _)) = outputs[..i].iter().find(|(_, p)| resolved(p) == r) {
+            let why = format!("is the same file as {other}: one output would replace the other");
+            return Err(InputError::flag(flag, out.display(), why));
+        }
+        if is_run_file(out) {
+            let why = "is a file of a training run (its checkpoint, state, logs or summary): writing it would destroy the run; choose another file name";
+            return Err(InputError::flag(flag, out.display(), why));
+        }
+    }
+    Ok(())
+}

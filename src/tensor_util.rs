@@ -38,6 +38,21 @@ pub fn cast_module<M: Module>(module: M, dtype: DType) -> M {
     module.map(&mut Cast(dtype))
 }
 
+/// The float type of a module's first float parameter (`None` for a module without one).
+pub fn first_float_dtype<M: Module>(module: &M) -> Option<DType> {
+    struct First(Option<DType>);
+    impl burn::module::ModuleVisitor for First {
+        fn visit_float<const D: usize>(&mut self, p: &Param<Tensor<D>>) {
+            if self.0.is_none() {
+                self.0 = Some(p.val().dtype());
+            }
+        }
+    }
+    let mut v = First(None);
+    module.visit(&mut v);
+    v.0
+}
+
 /// Host copy of a float tensor (synchronises with the device). A float32 tensor's buffer is
 /// taken over without copying when the tensor holds it alone.
 pub fn to_vec<const D: usize>(t: Tensor<D>) -> Vec<f32> {

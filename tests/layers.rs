@@ -9,7 +9,7 @@ use glowflow::flow::Flow;
 use glowflow::layers::*;
 use glowflow::linalg::{slogdet, Mat};
 use glowflow::nets::{CouplingNet, Mlp};
-use glowflow::tensor_util::to_vec;
+use glowflow::tensor_util::{from_vec, to_vec};
 use rand::SeedableRng;
 use rand_chacha::ChaCha8Rng;
 
@@ -151,11 +151,16 @@ fn affine_coupling_both_forms_and_halves() {
         for swap in [false, true] {
             let cond = coupling::conditioning_channels(c, swap);
             let out = coupling::transformed_channels(c, swap);
-            for tanh in [false, true] {
+            for (tanh, form) in [
+                (false, AffineScale::Glow),
+                (false, AffineScale::Bounded),
+                (true, AffineScale::Bounded),
+            ] {
                 let ts = tanh.then(|| TanhScale::new(&device));
-                let layer = perturb(AffineCoupling::new(mlp(cond, 2 * out, 3), ts, swap), 0.5, 4);
+                let net = mlp(cond, 2 * out, 3);
+                let layer = perturb(AffineCoupling::new(net, ts, swap, form), 0.5, 4);
                 check(
-                    &format!("AffineCoupling(tanh={tanh}, swap={swap})"),
+                    &format!("AffineCoupling(tanh={tanh}, {form:?}, swap={swap})"),
                     &layer,
                     *s,
                     11,
@@ -169,11 +174,73 @@ fn affine_coupling_both_forms_and_halves() {
 fn coupling_starts_as_identity() {
     // Zero-initialised output layer: every coupling begins as the identity map.
     let device = ad_device();
-    let layer = AffineCoupling::new(mlp(1, 2, 3), Some(TanhScale::new(&device)), false);
+    let ts = Some(TanhScale::new(&device));
+    let layer = AffineCoupling::new(mlp(1, 2, 3), ts, false, AffineScale::Bounded);
     let x = random_input([8, 2, 1, 1], 3, &device);
     let (z, ld) = layer.forward(x.clone());
     assert!(max_abs_diff(z, x) == 0.0);
     assert!(to_vec(ld).iter().all(|v| *v == 0.0));
+}
+
+#[test]
+fn bounded_affine_scale_floors_the_scale_and_keeps_glows_form_above_it() {
+    let device = ad_device();
+    let raw_vals = [-1.0e4f32, -1100.0, -40.0, -2.0, 0.0, 30.0];
+    let raw = from_vec(raw_vals.to_vec(), [1, 6, 1, 1], &device);
+    let (ls_b, s_b) = AffineScale::Bounded.log_scale_and_scale(raw.clone());
+    let (ls_g, _) = AffineScale::Glow.log_scale_and_scale(raw);
+    let (ls_b, s_b, ls_g) = (to_vec(ls_b), to_vec(s_b), to_vec(ls_g));
+    let eps = MIN_AFFINE_SCALE;
+    for (i, &r) in raw_vals.iter().enumerate() {
+        let sig = 1.0 / (1.0 + (-(r as f64 + 2.0)).exp());
+        let want = eps + (1.0 - eps) * sig;
+        assert!(
+            (s_b[i] as f64 - want).abs() <= 1e-6 * want,
+            "s({r}) = {}, want {want}",
+            s_b[i]
+        );
+        assert!((ls_b[i] as f64 - want.ln()).abs() <= 1e-5, "log s({r})");
+        // Never below ln ε: the inverse multiplies by at most 1/ε.
+        assert!(
+            ls_b[i] as f64 >= eps.ln() - 1e-6,
+            "log s({r}) = {} < ln ε",
+            ls_b[i]
+        );
+    }
+    // Glow's exact form is unbounded below: raw = -1100 gives log s = -1098.
+    assert!((ls_g[1] + 1098.0).abs() < 1e-2, "{}", ls_g[1]);
+    // At raw 0 the bounded scale is Glow's to within ε: training starts where Glow's does.
+    assert!((ls_b[4] - ls_g[4]).abs() < 2e-3);
+
+    // A coupling whose network returns enormous raw scales (weights perturbed by ±300): the
+    // bounded inverse of a normal draw stays finite and within 1/ε of |y - shift|; Glow's
+    // overflows.
+    let x = random_input([16, 4, 1, 1], 9, &device);
+    let mut results = Vec::new();
+    for form in [AffineScale::Bounded, AffineScale::Glow] {
+        let layer = perturb(
+            AffineCoupling::new(mlp(2, 4, 3), None, false, form),
+            300.0,
+            4,
+        );
+        let (back, ld) = layer.inverse(x.clone());
+        let ld = to_vec(ld);
+        results.push((to_vec(back), ld));
+    }
+    let (bounded, ld_b) = &results[0];
+    assert!(
+        bounded.iter().all(|v| v.is_finite()),
+        "bounded inverse not finite"
+    );
+    let per_sample_bound = 2.0 * (1.0 / eps).ln() + 1e-3;
+    assert!(ld_b
+        .iter()
+        .all(|v| v.is_finite() && (*v as f64) <= per_sample_bound));
+    let (glow, ld_g) = &results[1];
+    assert!(
+        glow.iter().any(|v| !v.is_finite()) || ld_g.iter().any(|v| *v as f64 > 100.0),
+        "Glow's exact form was expected to expand far beyond 1/ε here"
+    );
 }
 
 #[test]

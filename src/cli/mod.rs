@@ -173,6 +173,10 @@ pub struct TrainArgs {
     pub width: usize,
     #[arg(long, value_enum, default_value_t = image_model().coupling)]
     pub coupling: glowflow::models::ImageCoupling,
+    /// Scale of the affine couplings: bounded (sigmoid(s + 2) floored at 1e-5, so a sample
+    /// cannot overflow) or glow (Glow's exact sigmoid(s + 2), unbounded below).
+    #[arg(long, value_enum, default_value_t = image_model().affine_scale)]
+    pub affine_scale: glowflow::layers::AffineScale,
     #[arg(long, value_enum, default_value_t = image_model().permutation)]
     pub permutation: glowflow::models::Permutation,
     /// Bits per pixel kept (8: the standard for comparing bits/dim with published numbers).
@@ -442,6 +446,10 @@ pub struct SampleArgs {
     /// Noise-augmented models: keep the samples noisy (no denoising score step).
     #[arg(long)]
     pub raw: bool,
+    /// Fail (exit 3, nothing written) when any sample is non-finite; without it they are
+    /// marked cells (images) or left out (vector rows) and reported on stderr.
+    #[arg(long)]
+    pub strict: bool,
     /// Vector flows with context columns: the context to sample for, one comma-separated value
     /// per context column (in the run's order).
     #[arg(long, value_delimiter = ',', allow_hyphen_values = true)]
@@ -525,6 +533,10 @@ pub struct CommonArgs {
     /// (x + t) * sigmoid(s + 2), which can only contract) or additive.
     #[arg(long, value_enum, default_value_t = vector_model().coupling)]
     pub coupling: CouplingKind,
+    /// Scale of sigmoid couplings: bounded (sigmoid(s + 2) floored at 1e-5, so a sample
+    /// cannot overflow) or glow (Glow's exact sigmoid(s + 2), unbounded below).
+    #[arg(long, value_enum, default_value_t = vector_model().affine_scale)]
+    pub affine_scale: glowflow::layers::AffineScale,
     /// Seed for initialisation and data.
     #[arg(long, default_value_t = vector_recipe().seed)]
     pub seed: u64,
@@ -584,6 +596,7 @@ impl CommonArgs {
             columns: self.columns.clone(),
             context_columns: self.context_columns.clone(),
             fingerprint: None,
+            resolved: None,
         });
         o
     }
@@ -594,6 +607,7 @@ impl CommonArgs {
         c.hidden = self.hidden;
         c.depth = self.depth;
         c.coupling = self.coupling;
+        c.affine_scale = self.affine_scale;
         c.permutation = permutation;
         c.init_seed = self.seed;
         c
@@ -962,9 +976,13 @@ fn cmd_train(a: TrainArgs, given: &[(String, String)]) -> Result<()> {
     print_json(&s)
 }
 
-/// Refuse `q(u | x)`'s shape flags without `--dequantization variational` (they would be
-/// ignored).
+/// Refuse flags that would be ignored: `--affine-scale` with additive couplings, `q(u | x)`'s
+/// shape flags without `--dequantization variational`.
 fn check_dequant_flags(a: &TrainArgs, given: &[(String, String)]) -> Result<()> {
+    if a.coupling == glowflow::models::ImageCoupling::Additive {
+        let why = "shapes the scale of affine couplings: it needs --coupling affine";
+        refuse_given(given, &["--affine-scale"], why)?;
+    }
     if a.dequantization == Dequantization::Variational {
         return Ok(());
     }
@@ -1016,6 +1034,7 @@ fn fresh_image_run(
         depth: a.depth,
         hidden: a.width,
         coupling: a.coupling,
+        affine_scale: a.affine_scale,
         permutation: a.permutation,
         n_bits: a.n_bits,
         learn_top: !a.fixed_top,
@@ -1037,6 +1056,11 @@ fn fresh_image_run(
 fn cmd_eval(a: EvalArgs, reconstruct: bool) -> Result<()> {
     use glowflow::eval::images::{class_eval, reconstruction_error, BpdReport};
     use glowflow::train::train_image::{load_data, load_for_eval};
+    let outputs: Vec<(&str, &std::path::Path)> = [("--out", &a.out), ("--per-image", &a.per_image)]
+        .into_iter()
+        .filter_map(|(f, p)| p.as_deref().map(|p| (f, p)))
+        .collect();
+    glowflow::fsutil::check_outputs(&outputs, &[])?;
     let device = device(&a.device)?;
     let (model, state, ema) = load_for_eval(&a.checkpoint, &device)
         .with_context(|| format!("--checkpoint {}", a.checkpoint.display()))?;
@@ -1150,6 +1174,7 @@ fn cmd_sample(a: SampleArgs) -> Result<()> {
     if is_vector_run(&a.checkpoint) {
         return sample_vectors(&a, &device);
     }
+    glowflow::fsutil::check_outputs(&[("--out", &a.out)], &[])?;
     if !a.context.is_empty() {
         return Err(InputError::flag(
             "--context",
@@ -1180,8 +1205,18 @@ fn cmd_sample(a: SampleArgs) -> Result<()> {
         return Err(InputError::flag("--raw", "", why).into());
     }
     let (batch, cols) = sample_classes(&model, a.n, a.class, per_class, &draw, a.seed)?;
-    let grid = batch.grid_cols(&state.model, cols)?;
-    grid.save_png(&a.out)?;
+    if let Some(why) = batch.nonfinite_message() {
+        if a.strict {
+            return Err(
+                glowflow::error::NonFinite(format!("{why}; nothing written (--strict)")).into(),
+            );
+        }
+        eprintln!(
+            "warning: {why}; drawn as marked (striped) cells in {}",
+            a.out.display()
+        );
+    }
+    batch.grid_cols(&state.model, cols).save_png(&a.out)?;
     let mut how = String::new();
     if let Some(w) = draw.guidance {
         how.push_str(&format!(", guidance weight {w}"));
@@ -1297,6 +1332,7 @@ fn cmd_ablation(a: AblationArgs, given: &[(String, String)]) -> Result<()> {
 }
 
 fn cmd_interpolate(a: InterpolateArgs) -> Result<()> {
+    glowflow::fsutil::check_outputs(&[("--out", &a.out)], &[])?;
     let pairs = a
         .pairs
         .iter()
@@ -1317,6 +1353,7 @@ fn cmd_interpolate(a: InterpolateArgs) -> Result<()> {
 }
 
 fn cmd_attribute(a: AttributeArgs) -> Result<()> {
+    glowflow::fsutil::check_outputs(&[("--out", &a.out)], &[])?;
     use glowflow::eval::edit::{attribute_direction, manipulate};
     let (model, state, data, device) = trained_image_model(&a.checkpoint, &a.device, true)?;
     let cfg = state.model;
@@ -1330,11 +1367,15 @@ fn cmd_attribute(a: AttributeArgs) -> Result<()> {
     let px = manipulate(
         &model, &cfg, &data.test, &a.images, &dir, &a.scales, &device,
     )
-    .map_err(|e| InputError::flag("--images", format!("{:?}", a.images), format!("{e:#}")))?;
+    .map_err(|e| match e.downcast_ref::<glowflow::error::NonFinite>() {
+        Some(_) => e,
+        None => InputError::flag("--images", format!("{:?}", a.images), format!("{e:#}")).into(),
+    })?;
     save_edit_grid(&px, &cfg, a.scales.len(), &a.out, "attribute edits")
 }
 
 fn cmd_temperatures(a: TemperaturesArgs) -> Result<()> {
+    glowflow::fsutil::check_outputs(&[("--out", &a.out)], &[])?;
     if let Some(t) = a.temperatures.iter().find(|t| !t.is_finite() || **t < 0.0) {
         return Err(InputError::flag("--temperatures", t, "must be finite and >= 0").into());
     }
@@ -1452,11 +1493,28 @@ fn absolute(p: &std::path::Path) -> PathBuf {
 
 fn cmd_score(a: ScoreArgs) -> Result<()> {
     use glowflow::eval::vector::score_rows;
+    let inputs: Vec<(&str, &std::path::Path)> =
+        a.data.iter().map(|p| ("--data", p.as_path())).collect();
+    glowflow::fsutil::check_outputs(&[("--out", &a.out)], &inputs)?;
     let device = device(&a.device)?;
     let (model, state) = load_trained(&a.checkpoint, &device)
         .with_context(|| format!("--checkpoint {}", a.checkpoint.display()))?;
-    let (lp, source, numbers) =
+    let (mut lp, source, numbers) =
         score_rows(&model, &state, &a.checkpoint, a.data.as_deref(), &device)?;
+    // Rows even float64 cannot score (values near float64's range): ranked lowest, as -inf
+    // (the density's limit), never NaN, and named.
+    let beyond: Vec<usize> = (0..lp.len()).filter(|&i| !lp[i].is_finite()).collect();
+    for &i in &beyond {
+        lp[i] = f64::NEG_INFINITY;
+    }
+    if !beyond.is_empty() {
+        let rows: Vec<usize> = beyond.iter().take(20).map(|&i| numbers[i]).collect();
+        eprintln!(
+            "warning: {} of {} rows are beyond the range the model can score even in float64 (rows {rows:?}); written as log_prob -inf, ranked lowest",
+            beyond.len(),
+            lp.len()
+        );
+    }
     let scores = numbers
         .iter()
         .zip(&lp)
@@ -1470,7 +1528,7 @@ fn cmd_score(a: ScoreArgs) -> Result<()> {
         "data": source,
         "rows": lp.len(),
         "mean_log_prob": finite.iter().sum::<f64>() / finite.len().max(1) as f64,
-        "nonfinite": lp.len() - finite.len(),
+        "beyond_range": lp.len() - finite.len(),
         "out": a.out,
     }))
 }
@@ -1505,18 +1563,35 @@ fn sample_vectors(a: &SampleArgs, device: &burn::tensor::Device) -> Result<()> {
         let why = "is for noise-augmented image models";
         return Err(InputError::flag("--raw", "", why).into());
     }
-    let t = a.temperature.unwrap_or(1.0);
-    let (header, rows) = sample_rows(&model, &state, a.n, t, &a.context, a.seed, device)?;
     let out = if a.out.extension().is_some_and(|e| e == "png") {
         a.out.with_extension("csv")
     } else {
         a.out.clone()
     };
-    glowflow::fsutil::write_csv(&out, &header, rows)
+    glowflow::fsutil::check_outputs(&[("--out", &out)], &[])?;
+    let t = a.temperature.unwrap_or(1.0);
+    let s = sample_rows(&model, &state, a.n, t, &a.context, a.seed, device)?;
+    if !s.left_out.is_empty() {
+        let why = format!(
+            "{} of {} samples are non-finite even in float64 (samples {:?})",
+            s.left_out.len(),
+            a.n,
+            &s.left_out[..s.left_out.len().min(20)]
+        );
+        if a.strict {
+            return Err(
+                glowflow::error::NonFinite(format!("{why}; nothing written (--strict)")).into(),
+            );
+        }
+        eprintln!("warning: {why}; left out of {}", out.display());
+    }
+    let written = s.rows.len();
+    glowflow::fsutil::write_csv(&out, &s.header, s.rows)
         .map_err(|e| InputError::flag("--out", out.display(), format!("{e:#}")))?;
     print_json(&json!({
         "checkpoint": a.checkpoint,
-        "samples": a.n,
+        "samples": written,
+        "left_out_nonfinite": s.left_out.len(),
         "temperature": t,
         "context": a.context,
         "out": out,
@@ -1525,6 +1600,10 @@ fn sample_vectors(a: &SampleArgs, device: &burn::tensor::Device) -> Result<()> {
 
 /// Refuse the table flags without `--data` (they select and split a table's rows).
 fn check_table_flags(c: &CommonArgs, given: &[(String, String)]) -> Result<()> {
+    if c.coupling != CouplingKind::Sigmoid {
+        let why = "shapes the scale of sigmoid couplings: it needs --coupling sigmoid";
+        refuse_given(given, &["--affine-scale"], why)?;
+    }
     if c.data.is_some() {
         return Ok(());
     }

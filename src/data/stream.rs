@@ -36,7 +36,14 @@ pub struct DataStream {
     pool_size: usize,
     pool_index: Option<usize>,
     pool: Vec<[f64; 2]>,
+    /// Per-column `(mean, 1 / std)` a table's rows are standardised with, in float64, before
+    /// they become float32 (see [`DataStream::standardize_with`]).
+    standardize: Option<(Vec<f64>, Vec<f64>)>,
 }
+
+/// The most values (rows times columns) a table run's ActNorm initialisation reads: up to this
+/// many training rows, not one batch, so a rare column's few non-zero values are seen.
+pub const INIT_VALUES: usize = 1 << 20;
 
 /// The tutorial's pool size; rounded up to a multiple of the batch.
 pub const DEFAULT_POOL: usize = 65_536;
@@ -53,6 +60,7 @@ impl DataStream {
             pool_size,
             pool_index: None,
             pool: Vec::new(),
+            standardize: None,
         }
     }
 
@@ -63,16 +71,54 @@ impl DataStream {
         s
     }
 
+    /// Standardise a table's rows with per-column `mean` and `std` (float64, every column:
+    /// data then context) before they become float32, so a column like `1e9 + N(0, 1)` keeps
+    /// its spread. Targets' points are not affected.
+    pub fn standardize_with(&mut self, mean: Vec<f64>, std: &[f64]) {
+        self.standardize = Some((mean, std.iter().map(|s| 1.0 / s).collect()));
+    }
+
+    /// Rows `idx` of the table, standardised (when set) in float64, as float32.
+    fn table_rows(&self, rows: &[f64], width: usize, idx: &[usize]) -> Vec<f32> {
+        idx.iter()
+            .flat_map(|&i| {
+                let row = &rows[i * width..(i + 1) * width];
+                row.iter()
+                    .enumerate()
+                    .map(move |(c, &v)| match &self.standardize {
+                        Some((m, inv)) => ((v - m[c]) * inv[c]) as f32,
+                        None => v as f32,
+                    })
+            })
+            .collect()
+    }
+
+    /// The rows a table run's ActNorms initialise from: the first epoch's order, up to
+    /// [`INIT_VALUES`] values (flat `[rows * width]`, standardised like the batches), and the
+    /// row count; a target's first batch otherwise.
+    pub fn init_rows(&mut self) -> (Vec<f32>, usize) {
+        if let Some((rows, width)) = &self.rows {
+            let n = rows.len() / width;
+            let take = n.min((INIT_VALUES / width).max(self.batch)).max(1);
+            let mut idx = Vec::with_capacity(take);
+            let mut step = 0;
+            while idx.len() < take {
+                idx.extend(epoch_batch(n, self.batch, self.seed, step));
+                step += 1;
+            }
+            idx.truncate(take);
+            return (self.table_rows(rows, *width, &idx), take);
+        }
+        (self.batch_at(0), self.batch)
+    }
+
     /// The batch of training step `step` (0-based), as flat `[batch * width]` f32 (width 2 for
-    /// a target; a table's data then context columns).
+    /// a target; a table's data then context columns, standardised when set).
     pub fn batch_at(&mut self, step: usize) -> Vec<f32> {
         if let Some((rows, width)) = &self.rows {
             let n = rows.len() / width;
             let idx = epoch_batch(n, self.batch, self.seed, step);
-            return idx
-                .iter()
-                .flat_map(|&i| rows[i * width..(i + 1) * width].iter().map(|&v| v as f32))
-                .collect();
+            return self.table_rows(rows, *width, &idx);
         }
         let start = step * self.batch;
         let r = start / self.pool_size;
@@ -125,6 +171,48 @@ pub struct TableData {
     pub test_row_numbers: Vec<usize>,
     /// [`Table::fingerprint`](crate::data::table::Table::fingerprint) of the training table.
     pub fingerprint: String,
+    /// The modelled then context columns as names, as indices into the training table, and
+    /// whether that table names its columns (what a run saves: [`TableOptions::resolved`]).
+    pub resolved: ResolvedColumns,
+}
+
+/// A table run's columns as the run saw them: kept in the run, so a moved or rewritten
+/// training table cannot rename them.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct ResolvedColumns {
+    /// Names: the modelled columns, then the context columns (`c3` for column 3 of a table
+    /// without a header).
+    pub names: Vec<String>,
+    /// The same columns' 0-based indices in the training table.
+    pub index: Vec<usize>,
+    /// Whether the training table names its columns (a header row).
+    pub named: bool,
+    /// The training table's number of columns (0: unknown), so a table matched by position
+    /// must have as many.
+    #[serde(default)]
+    pub width: usize,
+}
+
+/// Refuse a training or test value beyond float32's range (finite in the file, but the model
+/// computes in float32: such a value is a sentinel or a unit error, and it would dominate its
+/// column's standardisation), naming the file, row and column.
+fn check_float32_range(table: &crate::data::table::Table, cols: &[usize]) -> Result<()> {
+    let max = f32::MAX as f64;
+    for r in 0..table.rows {
+        let row = table.row(r);
+        if let Some(&c) = cols.iter().find(|&&c| row[c].abs() > max) {
+            return Err(InputError::file(
+                &table.source,
+                Some(format!("row {}, column '{}'", r + 1, table.columns[c])),
+                format!(
+                    "{:e} is beyond float32's range (±3.4e38), which the model computes in; rescale the column or drop the row",
+                    row[c]
+                ),
+            )
+            .into());
+        }
+    }
+    Ok(())
 }
 
 impl TableData {
@@ -171,7 +259,18 @@ impl TableData {
             .into());
         }
         let all: Vec<usize> = cols.iter().chain(&ctx).copied().collect();
-        let names = all.iter().map(|&c| table.columns[c].clone()).collect();
+        check_float32_range(&table, &all)?;
+        let names: Vec<String> = all.iter().map(|&c| table.columns[c].clone()).collect();
+        let resolved = ResolvedColumns {
+            names: if table.named {
+                names.clone()
+            } else {
+                all.iter().map(|&c| format!("c{c}")).collect()
+            },
+            index: all.clone(),
+            named: table.named,
+            width: table.width(),
+        };
         let (train, test, split, test_row_numbers) = match &opts.test_path {
             Some(p) => {
                 let t = read_table(p)?;
@@ -194,6 +293,7 @@ impl TableData {
                     )
                     .into());
                 };
+                check_float32_range(&t, &test_cols)?;
                 let every = |n: usize| (0..n).collect::<Vec<_>>();
                 (
                     table.gather(&every(table.rows), &all),
@@ -239,6 +339,7 @@ impl TableData {
             split,
             test_row_numbers,
             fingerprint: table.fingerprint(),
+            resolved,
         })
     }
 
@@ -289,22 +390,110 @@ impl TableData {
             }
         }
         let std: Vec<f64> = var.iter().map(|v| v.sqrt()).collect();
-        if let Some(c) = (0..w).find(|&c| std[c] <= 1e-12 * (1.0 + mean[c].abs())) {
+        let (d, k) = (self.dim, self.context);
+        // Exactly constant: every training value equal to the first row's.
+        let constant = |c: usize| self.train.chunks(w).all(|r| r[c] == self.train[c]);
+        if let Some(c) = (0..w).find(|&c| constant(c)) {
+            let why = if c < d {
+                format!(
+                    "column '{}' is constant in the training rows (every value {}): no density exists on a point; leave it out of --columns",
+                    self.names[c], self.train[c]
+                )
+            } else {
+                format!(
+                    "context column '{}' is constant in the training rows (every value {}): it carries no information to condition on; leave it out of --context-columns",
+                    self.names[c], self.train[c]
+                )
+            };
+            return Err(InputError::flag("--data", &self.source, why).into());
+        }
+        // Not constant, but varying only in the last digits float64 keeps of its values.
+        if let Some(c) = (0..w).find(|&c| std[c] <= 1e-10 * mean[c].abs()) {
             return Err(InputError::flag(
                 "--data",
                 &self.source,
                 format!(
-                    "column '{}' is constant in the training rows: no density exists on a point (drop it with --columns)",
-                    self.names[c]
+                    "column '{}' varies by {:e} around {:e}, within float64's rounding of its values ({:e} relative): its spread cannot be resolved; subtract its mean before saving the table",
+                    self.names[c],
+                    std[c],
+                    mean[c],
+                    std[c] / mean[c].abs()
                 ),
             )
             .into());
         }
-        let (d, k) = (self.dim, self.context);
         Ok((
             (mean[..d].to_vec(), std[..d].to_vec()),
             (mean[d..d + k].to_vec(), std[d..d + k].to_vec()),
         ))
+    }
+
+    /// Look for a table a continuous density cannot model well: two modelled columns that are
+    /// exact copies of each other, or (up to 64 columns) linearly dependent (|correlation| ≥ 1 −
+    /// 1e-9), are refused, since the density is singular there and the loss falls without
+    /// bound; a modelled column holding only integers is a warning, returned (a continuous
+    /// density of discrete values is unbounded too: its NLL can fall far below the discrete
+    /// entropy). Linear dependence among three or more columns is not looked for.
+    ///
+    /// # Errors
+    /// Names `--data` and the two columns.
+    pub fn degeneracy(&self) -> Result<Vec<String>> {
+        let (w, d) = (self.width(), self.dim);
+        let n = self.train_rows();
+        let col = |c: usize| self.train.chunks(w).map(move |r| r[c]);
+        let singular = |a: usize, b: usize, what: String| -> anyhow::Error {
+            InputError::flag(
+                "--data",
+                &self.source,
+                format!(
+                    "columns '{}' and '{}' {what} in the training rows: the density is singular there (its loss falls without bound); leave one out of --columns",
+                    self.names[a], self.names[b]
+                ),
+            )
+            .into()
+        };
+        for a in 0..d {
+            for b in a + 1..d {
+                if col(a).zip(col(b)).all(|(x, y)| x == y) {
+                    return Err(singular(a, b, "are exact copies of each other".into()));
+                }
+            }
+        }
+        if d <= 64 && n > 2 {
+            let mean: Vec<f64> = (0..d).map(|c| col(c).sum::<f64>() / n as f64).collect();
+            let mean = &mean;
+            let centred = |c: usize| col(c).map(move |v| v - mean[c]);
+            let norm: Vec<f64> = (0..d)
+                .map(|c| centred(c).map(|v| v * v).sum::<f64>().sqrt())
+                .collect();
+            for a in 0..d {
+                for b in a + 1..d {
+                    let r = centred(a).zip(centred(b)).map(|(x, y)| x * y).sum::<f64>()
+                        / (norm[a] * norm[b]);
+                    if r.abs() >= 1.0 - 1e-9 {
+                        return Err(singular(
+                            a,
+                            b,
+                            format!("are linearly dependent (correlation {r:.12})"),
+                        ));
+                    }
+                }
+            }
+        }
+        let mut warnings = Vec::new();
+        for c in 0..d {
+            if col(c).all(|v| v.fract() == 0.0) {
+                let mut distinct: Vec<f64> = col(c).collect();
+                distinct.sort_by(f64::total_cmp);
+                distinct.dedup();
+                warnings.push(format!(
+                    "column '{}' holds only integers ({} distinct values): a continuous density of discrete data is unbounded, so its NLL can fall far below the data's discrete entropy and is not a likelihood of the data; add uniform noise in [0, 1) to it (dequantisation) before training to get a lower bound on the discrete log-likelihood",
+                    self.names[c],
+                    distinct.len()
+                ));
+            }
+        }
+        Ok(warnings)
     }
 
     /// Write the held-out split (`split.csv`: `row,test`, 1-based file rows) into the run
@@ -429,6 +618,10 @@ pub struct TableOptions {
     /// [`Table::fingerprint`](crate::data::table::Table::fingerprint) of the training table,
     /// filled when the run starts; a resumed run checks it.
     pub fingerprint: Option<String>,
+    /// The columns as the run resolved them, filled when the run starts (runs saved before it
+    /// existed: `None`, and their names are read from the table again).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub resolved: Option<ResolvedColumns>,
 }
 
 /// Row indices of training step `step` over a set of `n` rows: epochs are seeded permutations,
@@ -519,6 +712,9 @@ impl TableOptions {
     /// A column flag naming a column the table lacks.
     #[allow(clippy::type_complexity)]
     pub fn resolved_columns(&self) -> Result<Option<(Vec<String>, Vec<usize>, bool)>> {
+        if let Some(r) = &self.resolved {
+            return Ok(Some((r.names.clone(), r.index.clone(), r.named)));
+        }
         let Ok(tr) = read_table(&self.path) else {
             return Ok(None);
         };

@@ -64,11 +64,12 @@ fn checked_pixels(x: Tensor<4>, cfg: &GlowImageConfig) -> Result<Vec<u8>> {
         .filter(|&i| x[i * per..(i + 1) * per].iter().any(|v| !v.is_finite()))
         .collect();
     if !bad.is_empty() {
-        bail!(
+        return Err(crate::error::NonFinite(format!(
             "{} of {n} edited images decode to non-finite values (images {:?}; a smaller edit or temperature stays where the model was trained)",
             bad.len(),
             &bad[..bad.len().min(20)]
-        );
+        ))
+        .into());
     }
     Ok(to_pixels(&x, cfg.n_bits))
 }
@@ -230,6 +231,8 @@ pub fn temperature_sweep(
     ctx: Option<&Tensor<2>>,
 ) -> Result<Vec<u8>> {
     use rand::SeedableRng;
+    // Decoded in float64 (the float32 weights cast exactly), as `sample` decodes.
+    let model = &crate::tensor_util::cast_module(model.clone(), burn::tensor::DType::F64);
     let mut px = Vec::new();
     for &t in temperatures {
         let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(seed);

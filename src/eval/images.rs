@@ -2,7 +2,7 @@
 //! classifier of a class-conditional model, samples decoded in float64 and checked, and the
 //! round-trip error.
 
-use anyhow::{bail, Result};
+use anyhow::Result;
 use burn::tensor::{DType, Device, Tensor};
 use rand::SeedableRng;
 use rand_chacha::ChaCha8Rng;
@@ -471,35 +471,43 @@ pub fn sample_batch_drawn(
 }
 
 impl SampleBatch {
-    /// The samples as a grid picture; an error naming the non-finite samples instead of
-    /// drawing them (a NaN would otherwise be written as a black pixel).
-    pub fn grid(&self, cfg: &GlowImageConfig) -> Result<Canvas> {
-        if !self.nonfinite.is_empty() {
-            bail!(
+    /// `k of n samples hold non-finite values (samples [...]); first non-finite value at ...`
+    /// when any sample is non-finite.
+    pub fn nonfinite_message(&self) -> Option<String> {
+        (!self.nonfinite.is_empty()).then(|| {
+            format!(
                 "{} of {} samples hold non-finite values (samples {:?}); first non-finite value at {}",
                 self.nonfinite.len(),
                 self.n,
                 &self.nonfinite[..self.nonfinite.len().min(20)],
                 self.first_nonfinite.as_deref().unwrap_or("an unknown place")
-            );
-        }
+            )
+        })
+    }
+
+    /// The samples as a square grid picture; non-finite samples are marked cells (see
+    /// [`grid_cols`](Self::grid_cols)).
+    pub fn grid(&self, cfg: &GlowImageConfig) -> Canvas {
         let cols = (self.n as f64).sqrt().ceil() as usize;
         self.grid_cols(cfg, cols)
     }
 
-    /// [`grid`](Self::grid) with `cols` images per row.
-    pub fn grid_cols(&self, cfg: &GlowImageConfig, cols: usize) -> Result<Canvas> {
-        if !self.nonfinite.is_empty() {
-            return self.grid(cfg);
-        }
-        let v32: Vec<f32> = self.values.iter().map(|&v| v as f32).collect();
+    /// The samples as a grid picture with `cols` images per row; a non-finite sample is drawn
+    /// as a marked cell ([`crate::viz::grid::MARKED_CELL_COLOURS`]), never as black pixels.
+    pub fn grid_cols(&self, cfg: &GlowImageConfig, cols: usize) -> Canvas {
+        let v32: Vec<f32> = self
+            .values
+            .iter()
+            .map(|&v| if v.is_finite() { v as f32 } else { 0.0 })
+            .collect();
         let px = to_pixels(&v32, cfg.n_bits);
-        Ok(crate::viz::grid::image_grid_cols(
+        crate::viz::grid::image_grid_marked(
             &px,
             self.n,
             cols,
             [cfg.channels, cfg.height, cfg.width],
-        ))
+            &self.nonfinite,
+        )
     }
 }
 
@@ -557,8 +565,9 @@ pub fn sample_classes(
     }
 }
 
-/// A grid of `n` samples at `temperature` as an image (nearest-neighbour upscaled to >= 64 px);
-/// an error when any sample is non-finite (see [`SampleBatch::grid`]). A class-conditional
+/// A grid of `n` samples at `temperature` as an image (nearest-neighbour upscaled to >= 64 px),
+/// with the samples it shows; non-finite samples are marked cells ([`SampleBatch::grid_cols`]:
+/// check [`SampleBatch::nonfinite_message`]). A class-conditional
 /// model draws one row per class instead (classes x classes samples, at most 10 per row); a
 /// noise-augmented model's samples are denoised ([`Draw::for_model`]).
 pub fn sample_grid(
@@ -567,11 +576,11 @@ pub fn sample_grid(
     n: usize,
     temperature: f64,
     seed: u64,
-) -> Result<Canvas> {
+) -> Result<(Canvas, SampleBatch)> {
     let per = model.classes().clamp(2, 10);
     let draw = Draw::for_model(cfg, temperature);
     let (batch, cols) = sample_classes(model, n, None, per, &draw, seed)?;
-    batch.grid_cols(cfg, cols)
+    Ok((batch.grid_cols(cfg, cols), batch))
 }
 
 /// Max |inverse(forward(x)) - x| over the first `n` test images, latents reused exactly, with the

@@ -5,7 +5,7 @@
 use std::path::{Path, PathBuf};
 
 use anyhow::Result;
-use burn::tensor::Device;
+use burn::tensor::{DType, Device};
 use rand::SeedableRng;
 use rand_chacha::ChaCha8Rng;
 use rayon::prelude::*;
@@ -15,7 +15,7 @@ use crate::data::table::read_table;
 use crate::data::toy2d::Target;
 use crate::error::InputError;
 use crate::models::VectorFlow;
-use crate::tensor_util::{from_vec, to_vec};
+use crate::tensor_util::{from_vec, from_vec_f64, to_vec, to_vec_f64};
 use crate::train::train2d::{RunState, Summary};
 use crate::viz::charts::{self, Panel};
 use crate::viz::DensityGrid;
@@ -29,9 +29,12 @@ pub fn log_prob_points(model: &VectorFlow, points: &[[f64; 2]], device: &Device)
 }
 
 /// `log p(x | context)` of each row of `rows` (`[n, dim + context]` row-major: the data, then
-/// the context columns), nats; model in evaluation mode, on a non-autodiff device. Chunks of
-/// at most 8192 rows run in parallel on the backend's thread pool (the small per-layer ops of a
-/// vector flow do not use more than one core by themselves).
+/// the context columns), nats; model in evaluation mode, on a non-autodiff device. The rows
+/// enter the model in float64 (standardised in float64, then computed in float32); a row whose
+/// float32 log-density is not finite (a finite but extreme value, such as 3e38) is scored again
+/// with the whole model in float64, so a finite row gets NaN only if even float64 overflows
+/// (see [`score_rows`]). Chunks of at most 8192 rows run in parallel on the backend's thread
+/// pool (the small per-layer ops of a vector flow do not use more than one core by themselves).
 pub fn log_prob_rows(
     model: &VectorFlow,
     rows: &[f64],
@@ -41,26 +44,43 @@ pub fn log_prob_rows(
 ) -> Vec<f64> {
     let w = dim + context;
     let n = rows.len() / w;
-    let chunk_rows = EVAL_BATCH.min(n.div_ceil(rayon::current_num_threads()).max(1));
-    let columns = |chunk: &[f64], from: usize, to: usize| -> Vec<f32> {
-        chunk
-            .chunks(w)
-            .flat_map(|r| r[from..to].iter().map(|&v| v as f32))
-            .collect()
+    let score = |model: &VectorFlow, rows: &[f64]| -> Vec<f64> {
+        let chunk_rows = EVAL_BATCH.min(
+            (rows.len() / w)
+                .div_ceil(rayon::current_num_threads())
+                .max(1),
+        );
+        let parts: Vec<Vec<f64>> = rows
+            .par_chunks(chunk_rows * w)
+            .map(|chunk| {
+                let k = chunk.len() / w;
+                let columns = |from: usize, to: usize| -> Vec<f64> {
+                    chunk
+                        .chunks(w)
+                        .flat_map(|r| r[from..to].iter().copied())
+                        .collect()
+                };
+                let f64_on = (device, DType::F64);
+                let x = from_vec_f64(columns(0, dim), [k, dim], f64_on);
+                let c = (context > 0).then(|| from_vec_f64(columns(dim, w), [k, context], f64_on));
+                to_vec_f64(model.log_prob(x, c.as_ref()))
+            })
+            .collect();
+        parts.concat()
     };
-    let parts: Vec<Vec<f64>> = rows
-        .par_chunks(chunk_rows * w)
-        .map(|chunk| {
-            let k = chunk.len() / w;
-            let x = from_vec(columns(chunk, 0, dim), [k, dim], device);
-            let c = (context > 0).then(|| from_vec(columns(chunk, dim, w), [k, context], device));
-            to_vec(model.log_prob(x, c.as_ref()))
-                .into_iter()
-                .map(f64::from)
-                .collect()
-        })
-        .collect();
-    parts.concat()
+    let mut logp = score(model, rows);
+    let bad: Vec<usize> = (0..n).filter(|&i| !logp[i].is_finite()).collect();
+    if !bad.is_empty() {
+        let model64 = crate::tensor_util::cast_module(model.clone(), DType::F64);
+        let again: Vec<f64> = bad
+            .iter()
+            .flat_map(|&i| rows[i * w..(i + 1) * w].iter().copied())
+            .collect();
+        for (&i, v) in bad.iter().zip(score(&model64, &again)) {
+            logp[i] = v;
+        }
+    }
+    logp
 }
 
 /// Mean negative log-likelihood in nats.
@@ -257,7 +277,8 @@ pub fn evaluate_table(
     let train_nll = mean_nll(&train_lp);
     let gaussian = data.gaussian_test_nll();
     let samples = samples_for_test(data, model, state.options.seed ^ 0x5A3D, device);
-    crate::viz::charts::corner_plot(
+    let mut warnings = Vec::new();
+    let drawn = crate::viz::charts::corner_plot(
         &out.join("corner.png"),
         &data.names[..data.dim],
         &data.test,
@@ -267,11 +288,17 @@ pub fn evaluate_table(
             "{}: test rows (blue) vs samples (orange), test NLL {test_nll:.3}",
             state.model.model.name()
         ),
-    )?;
+    );
+    if let Err(e) = drawn {
+        let w = format!("corner.png not written: {e:#}");
+        eprintln!("warning: {w}");
+        warnings.push(w);
+    }
     Ok(Summary {
         rows: Some((data.train_rows(), data.test_rows())),
         train_nll: Some(train_nll),
         gaussian_test_nll: gaussian,
+        warnings,
         ..Summary::of_run(state, data.source.clone(), test_nll)
     })
 }
@@ -354,9 +381,24 @@ pub fn score_rows(
             let t = read_table(p)?;
             // Columns by name when both tables name them, else by the training table's
             // positions.
+            let by_position = |index: Vec<usize>| -> Result<Vec<String>> {
+                let width = topts.resolved.as_ref().map_or(0, |r| r.width);
+                if width > 0 && t.width() != width {
+                    return Err(InputError::file(
+                        p,
+                        None,
+                        format!(
+                            "has {} columns where the run's training table has {width}; without a header naming the columns in both tables, they are matched by position, which needs the same columns in the same order",
+                            t.width()
+                        ),
+                    )
+                    .into());
+                }
+                Ok(index.iter().map(usize::to_string).collect())
+            };
             let want: Vec<String> = match topts.resolved_columns()? {
                 Some((names, _, true)) if t.named => names,
-                Some((_, index, _)) => index.iter().map(usize::to_string).collect(),
+                Some((_, index, _)) => by_position(index)?,
                 None => topts
                     .columns
                     .iter()
@@ -381,14 +423,26 @@ pub fn score_rows(
     Ok((log_prob_rows(model, &rows, dim, k, device), source, numbers))
 }
 
+/// Vector samples as CSV rows: the header, the rows of the finite samples, and the 0-based
+/// indices of the samples left out because a value or their log-density is not finite.
+pub struct SampleRows {
+    /// The run's column names (`x0, x1, ...` when unknown), then `log_prob`.
+    pub header: Vec<String>,
+    /// One row per finite sample: its values, its context, its log-density.
+    pub rows: Vec<Vec<String>>,
+    /// Samples left out (non-finite), 0-based in draw order.
+    pub left_out: Vec<usize>,
+}
+
 /// `n` samples of a vector flow at `temperature` (seeded `seed`) as CSV rows: each sample, its
 /// `context` (conditional runs: one value per context column, in the run's order) and its
 /// log-density; the header names the run's columns (`x0, x1, ...` when they are unknown) and
-/// `log_prob`.
+/// `log_prob`. Decoded with the whole model in float64 (the float32 weights cast exactly) and
+/// un-standardised in float64; a sample still non-finite is left out and listed, never written
+/// as NaN or inf.
 ///
 /// # Errors
 /// Names `--context` when its values are not finite or not one per context column.
-#[allow(clippy::type_complexity)]
 pub fn sample_rows(
     model: &VectorFlow,
     state: &RunState,
@@ -397,7 +451,7 @@ pub fn sample_rows(
     context: &[f64],
     seed: u64,
     device: &Device,
-) -> Result<(Vec<String>, Vec<Vec<String>>)> {
+) -> Result<SampleRows> {
     let (d, k) = (state.model.dim, state.model.context);
     let names = match &state.options.table {
         Some(t) => t.resolved_columns()?.map(|(n, _, _)| n),
@@ -421,27 +475,34 @@ pub fn sample_rows(
             return Err(InputError::flag("--context", format!("{:?}", context), why).into());
         }
         (k, _) => {
-            let v: Vec<f32> = (0..n)
-                .flat_map(|_| context.iter().map(|&c| c as f32))
-                .collect();
-            Some(from_vec(v, [n, k], device))
+            let v: Vec<f64> = (0..n).flat_map(|_| context.iter().copied()).collect();
+            Some(from_vec_f64(v, [n, k], (device, DType::F64)))
         }
     };
     let mut rng = ChaCha8Rng::seed_from_u64(seed);
-    let (x, logp) = model.sample(n, temperature, ctx.as_ref(), &mut rng, device);
-    let (x, logp) = (to_vec(x), to_vec(logp));
+    let model64 = crate::tensor_util::cast_module(model.clone(), DType::F64);
+    let (x, logp) = model64.sample(n, temperature, ctx.as_ref(), &mut rng, device);
+    let (x, logp) = (to_vec_f64(x), to_vec_f64(logp));
     // Each row: the sample, its context (conditional runs), its log-density.
     let context: Vec<String> = context.iter().map(f64::to_string).collect();
-    let rows = x
-        .chunks(d)
-        .zip(&logp)
-        .map(|(row, lp)| {
-            let row = row.iter().map(|v| v.to_string());
+    let mut left_out = Vec::new();
+    let mut rows = Vec::with_capacity(n);
+    for (i, (row, lp)) in x.chunks(d).zip(&logp).enumerate() {
+        if !lp.is_finite() || row.iter().any(|v| !v.is_finite()) {
+            left_out.push(i);
+            continue;
+        }
+        let row = row.iter().map(|v| v.to_string());
+        rows.push(
             row.chain(context.iter().cloned())
                 .chain([lp.to_string()])
-                .collect()
-        })
-        .collect();
+                .collect(),
+        );
+    }
     let header = names.into_iter().chain(["log_prob".to_string()]).collect();
-    Ok((header, rows))
+    Ok(SampleRows {
+        header,
+        rows,
+        left_out,
+    })
 }

@@ -22,8 +22,16 @@ pub struct ActNorm {
     pub initialized: Param<Tensor<1>>,
 }
 
-/// Added to the standard deviation before the log, so constant channels do not give `-inf`.
+/// Added to the standard deviation before the log (Glow's form, `-log(std + eps)`).
 const STD_EPS: f64 = 1e-6;
+
+/// The smallest per-channel standard deviation the data-dependent initialisation divides by: a
+/// channel that varies less than this in the initialising batch (a rare or sparse column the
+/// batch happened to miss, a blank image batch) is scaled by at most `1 / 0.01` = 100 at
+/// initialisation, never by the `1e6` that `-log(0 + 1e-6)` would give. Data the recipes feed
+/// (standardised table columns, pixels in `[-0.5, 0.5]`, unit-scale activations) has channel
+/// standard deviations far above it, so their initialisation is Glow's exactly.
+pub const ACTNORM_INIT_MIN_STD: f64 = 1e-2;
 
 impl ActNorm {
     /// An uninitialised ActNorm over `channels` channels: the identity (`b = 0`, `logs = 0`)
@@ -41,8 +49,8 @@ impl ActNorm {
         self.bias.dims()[0]
     }
 
-    /// Set `b = -mean_c(x)`, `logs = -log(std_c(x) + eps)` from a batch (statistics in float64
-    /// on the host). Keeps parameter identities so an optimizer created later is unaffected.
+    /// Set `b = -mean_c(x)`, `logs = -log(max(std_c(x), ACTNORM_INIT_MIN_STD) + eps)` from a
+    /// batch (statistics in float64 on the host; see [`ACTNORM_INIT_MIN_STD`]). Keeps parameter identities so an optimizer created later is unaffected.
     pub fn initialize(&mut self, x: &Tensor<4>) {
         let [n, c, h, w] = x.dims();
         let data = to_vec(x.clone());
@@ -66,7 +74,7 @@ impl ActNorm {
             // Unbiased variance, as torch.std uses.
             let var = ((m2[ci] - count * mu * mu) / (count - 1.0).max(1.0)).max(0.0);
             b.push(-mu as f32);
-            logs.push(-(var.sqrt() + STD_EPS).ln() as f32);
+            logs.push(-(var.sqrt().max(ACTNORM_INIT_MIN_STD) + STD_EPS).ln() as f32);
         }
         self.bias = replace(&self.bias, from_vec(b, [c], &device));
         self.logs = replace(&self.logs, from_vec(logs, [c], &device));

@@ -14,7 +14,7 @@ use burn::tensor::Tensor;
 
 pub use actnorm::ActNorm;
 pub use batchnorm::FlowBatchNorm;
-pub use coupling::{AdditiveCoupling, AffineCoupling, TanhScale};
+pub use coupling::{AdditiveCoupling, AffineCoupling, AffineScale, TanhScale, MIN_AFFINE_SCALE};
 pub use inv_conv::{InvConv1x1, InvConv1x1Lu};
 pub use permute::{Reverse, Shuffle};
 pub use squeeze::Squeeze;

@@ -6,20 +6,26 @@
 //! preprocessing outside the model and correct for it by hand).
 
 use burn::module::{Module, Param};
-use burn::tensor::{Device, Tensor};
+use burn::tensor::{DType, Device, Tensor};
 
 use crate::flow::{broadcast_logdet, pixels, Context, Flow};
-use crate::tensor_util::{buffer, from_vec, replace_buffer};
+use crate::tensor_util::{buffer, from_vec_f64, replace_buffer, to_vec_f64};
 
-/// Fixed per-channel standardisation `y = (x - mean) * exp(-log_std)`.
+/// Fixed per-channel standardisation `y = (x - mean) * exp(-log_std)`, computed in float64.
+///
+/// The statistics are float64 buffers and the map is applied in float64 before the result is
+/// cast to the input's float type, so a column like `1e9 + N(0, 1)` keeps its spread (float32
+/// holds 1e9 only to ±32). Inputs of raw data should be float64 for the same reason; or
+/// standardise on the host with [`Standardize::stats`] and feed the standardised values.
 ///
 /// # Shapes
 /// `mean`, `log_std`: `[C]`; input and output `[N, C, H, W]`.
 #[derive(Module, Debug)]
 pub struct Standardize {
-    /// Per-channel mean of the training data.
+    /// Per-channel mean of the training data (float64; checkpoints saved before it was kept in
+    /// float64 hold float32 values, used as saved).
     pub mean: Param<Tensor<1>>,
-    /// Per-channel natural log of the training data's standard deviation.
+    /// Per-channel natural log of the training data's standard deviation (float64).
     pub log_std: Param<Tensor<1>>,
 }
 
@@ -27,29 +33,42 @@ impl Standardize {
     /// The identity (mean 0, std 1) over `channels` channels; set the statistics with
     /// [`set`](Self::set).
     pub fn new(channels: usize, device: &Device) -> Self {
+        let zeros = || from_vec_f64(vec![0.0; channels], [channels], (device, DType::F64));
         Standardize {
-            mean: buffer(Tensor::zeros([channels], device)),
-            log_std: buffer(Tensor::zeros([channels], device)),
+            mean: buffer(zeros()),
+            log_std: buffer(zeros()),
         }
     }
 
     /// Set the statistics: `mean[c]` and `std[c] > 0` (a constant column has std 0: the caller
-    /// refuses it, since no density exists on a point).
+    /// refuses it, since no density exists on a point), kept in float64.
     pub fn set(&mut self, mean: &[f64], std: &[f64]) {
         let device = self.mean.device();
         let c = mean.len();
-        let m: Vec<f32> = mean.iter().map(|&v| v as f32).collect();
-        let l: Vec<f32> = std.iter().map(|&s| s.ln() as f32).collect();
-        self.mean = replace_buffer(&self.mean, from_vec(m, [c], &device));
-        self.log_std = replace_buffer(&self.log_std, from_vec(l, [c], &device));
+        let l: Vec<f64> = std.iter().map(|&s| s.ln()).collect();
+        let opts = (&device, DType::F64);
+        self.mean = replace_buffer(&self.mean, from_vec_f64(mean.to_vec(), [c], opts));
+        self.log_std = replace_buffer(&self.log_std, from_vec_f64(l, [c], opts));
     }
 
-    fn shaped(&self, p: &Param<Tensor<1>>, like: &Tensor<4>) -> Tensor<4> {
+    /// The statistics on the host in float64: `(mean, std)` per channel.
+    pub fn stats(&self) -> (Vec<f64>, Vec<f64>) {
+        let mean = to_vec_f64(self.mean.val());
+        let std = to_vec_f64(self.log_std.val())
+            .iter()
+            .map(|l| l.exp())
+            .collect();
+        (mean, std)
+    }
+
+    /// A buffer as a float64 row `[1, C]`.
+    fn row64(&self, p: &Param<Tensor<1>>) -> Tensor<2> {
         let c = p.dims()[0];
-        p.val().cast(like.dtype()).reshape([1, c, 1, 1])
+        p.val().cast(DType::F64).reshape([1, c])
     }
 
-    fn logdet(&self, x: &Tensor<4>) -> Tensor<1> {
+    /// The log-determinant `-H·W·Σ log std`, `[N]`, in `x`'s float type.
+    pub fn logdet(&self, x: &Tensor<4>) -> Tensor<1> {
         let n = x.dims()[0];
         let s = self
             .log_std
@@ -60,33 +79,56 @@ impl Standardize {
         broadcast_logdet(s, n)
     }
 
-    /// Standardise a context `[N, K]` the same way (no log-determinant: a context is given,
-    /// not modelled).
-    pub fn apply_2d(&self, x: Tensor<2>) -> Tensor<2> {
-        let k = self.mean.dims()[0];
-        let mean = self.mean.val().cast(x.dtype()).reshape([1, k]);
-        let inv = self
-            .log_std
-            .val()
-            .cast(x.dtype())
-            .neg()
-            .exp()
-            .reshape([1, k]);
-        (x - mean) * inv
+    /// `(x - mean) / std` of `x: [N, C]` computed in float64, returned as float64.
+    pub fn standardize_2d(&self, x: Tensor<2>) -> Tensor<2> {
+        let x = x.cast(DType::F64);
+        (x - self.row64(&self.mean)) * self.row64(&self.log_std).neg().exp()
+    }
+
+    /// `y * std + mean` of `y: [N, C]` computed in float64, returned as float64.
+    pub fn unstandardize_2d(&self, y: Tensor<2>) -> Tensor<2> {
+        let y = y.cast(DType::F64);
+        y * self.row64(&self.log_std).exp() + self.row64(&self.mean)
+    }
+
+    /// Standardise a context `[N, K]` the same way, in float64, returned in `dtype` (no
+    /// log-determinant: a context is given, not modelled).
+    pub fn apply_2d(&self, x: Tensor<2>, dtype: DType) -> Tensor<2> {
+        self.standardize_2d(x).cast(dtype)
     }
 }
 
+fn to_2d(x: Tensor<4>) -> Tensor<2> {
+    let [n, c, h, w] = x.dims();
+    assert_eq!(
+        h * w,
+        1,
+        "Standardize as a flow layer takes vectors [N, C, 1, 1]"
+    );
+    x.reshape([n, c])
+}
+
 impl Flow for Standardize {
+    /// Vectors `[N, C, 1, 1]`: standardised in float64, returned in `x`'s float type.
     fn forward_ctx(&self, x: Tensor<4>, _ctx: Context) -> (Tensor<4>, Tensor<1>) {
         let ld = self.logdet(&x);
-        let y =
-            (x.clone() - self.shaped(&self.mean, &x)) * self.shaped(&self.log_std, &x).neg().exp();
+        let [n, c, _, _] = x.dims();
+        let dtype = x.dtype();
+        let y = self
+            .standardize_2d(to_2d(x))
+            .cast(dtype)
+            .reshape([n, c, 1, 1]);
         (y, ld)
     }
 
     fn inverse_ctx(&self, y: Tensor<4>, _ctx: Context) -> (Tensor<4>, Tensor<1>) {
         let ld = self.logdet(&y).neg();
-        let x = y.clone() * self.shaped(&self.log_std, &y).exp() + self.shaped(&self.mean, &y);
+        let [n, c, _, _] = y.dims();
+        let dtype = y.dtype();
+        let x = self
+            .unstandardize_2d(to_2d(y))
+            .cast(dtype)
+            .reshape([n, c, 1, 1]);
         (x, ld)
     }
 }

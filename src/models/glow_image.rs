@@ -19,7 +19,9 @@ use super::dequantizer::{DequantizerConfig, VariationalDequantizer};
 use crate::distributions::LN_2PI;
 use crate::flow::{Context, Flow};
 use crate::layers::squeeze::{squeeze, unsqueeze, Squeeze};
-use crate::layers::{ActNorm, AdditiveCoupling, AffineCoupling, FlowSequence, Layer, Permutation};
+use crate::layers::{
+    ActNorm, AdditiveCoupling, AffineCoupling, AffineScale, FlowSequence, Layer, Permutation,
+};
 use crate::nets::{CouplingNet, Dense, GlowConvNet, ZeroConv2d};
 use crate::tensor_util::{trainable, with_sequential_param_ids};
 
@@ -28,7 +30,8 @@ use crate::tensor_util::{trainable, with_sequential_param_ids};
 #[cfg_attr(feature = "cli", derive(clap::ValueEnum))]
 #[serde(rename_all = "lowercase")]
 pub enum ImageCoupling {
-    /// Glow's affine coupling `(x + t) * sigmoid(s + 2)`.
+    /// Glow's affine coupling `(x + t) * s`, `s = sigmoid(raw + 2)` in the form
+    /// [`GlowImageConfig::affine_scale`] says (bounded below by default).
     Affine,
     /// Additive coupling `x + t`.
     Additive,
@@ -78,6 +81,10 @@ pub struct GlowImageConfig {
     /// uniform dequantisation.
     #[serde(default)]
     pub dequantizer: Option<DequantizerConfig>,
+    /// The affine couplings' scale form (runs saved before it existed: Glow's exact form,
+    /// which they were trained with). Unused by additive couplings.
+    #[serde(default = "AffineScale::legacy")]
+    pub affine_scale: AffineScale,
 }
 
 impl GlowImageConfig {
@@ -100,6 +107,7 @@ impl GlowImageConfig {
             classes: 0,
             noise_sigma: 0.0,
             dequantizer: None,
+            affine_scale: AffineScale::Bounded,
         }
     }
 
@@ -298,6 +306,7 @@ impl GlowImage {
                             CouplingNet::Conv(net),
                             None,
                             swap,
+                            cfg.affine_scale,
                         ))
                     }
                     ImageCoupling::Additive => {

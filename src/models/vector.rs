@@ -9,7 +9,7 @@
 //! couplings alternate which half of the coordinates conditions the other.
 
 use burn::module::Module;
-use burn::tensor::{Device, Tensor};
+use burn::tensor::{DType, Device, Tensor};
 use rand::SeedableRng;
 use rand_chacha::ChaCha8Rng;
 use serde::{Deserialize, Serialize};
@@ -17,8 +17,8 @@ use serde::{Deserialize, Serialize};
 use crate::distributions::{standard_normal_log_prob, standard_normal_sample};
 use crate::flow::{nchw_to_vec, vec_to_nchw, Context, Flow};
 use crate::layers::{
-    ActNorm, AdditiveCoupling, AffineCoupling, FlowBatchNorm, FlowSequence, Layer, Permutation,
-    Standardize, TanhScale,
+    ActNorm, AdditiveCoupling, AffineCoupling, AffineScale, FlowBatchNorm, FlowSequence, Layer,
+    Permutation, Standardize, TanhScale,
 };
 use crate::nets::{CouplingNet, Mlp};
 use crate::tensor_util::with_sequential_param_ids;
@@ -51,7 +51,8 @@ impl ModelKind {
 pub enum CouplingKind {
     /// The tutorial's `x * exp(tanh(raw) * alpha + beta) + t`.
     Tanh,
-    /// Glow's `(x + t) * sigmoid(raw + 2)`.
+    /// Glow's `(x + t) * sigmoid(raw + 2)`, the scale's form as
+    /// [`VectorFlowConfig::affine_scale`] says (bounded below by default).
     Sigmoid,
     /// NICE's `x + t`.
     Additive,
@@ -83,6 +84,10 @@ pub struct VectorFlowConfig {
     /// Standardise data (and context) inside the model with statistics set before training.
     #[serde(default)]
     pub standardize: bool,
+    /// The scale's form of `sigmoid` couplings (runs saved before it existed: Glow's exact
+    /// form, which they were trained with).
+    #[serde(default = "AffineScale::legacy")]
+    pub affine_scale: AffineScale,
 }
 
 fn two() -> usize {
@@ -104,6 +109,7 @@ impl VectorFlowConfig {
             dim: 2,
             context: 0,
             standardize: false,
+            affine_scale: AffineScale::Bounded,
         }
     }
 
@@ -162,10 +168,15 @@ fn coupling(cfg: &VectorFlowConfig, swap: bool, rng: &mut ChaCha8Rng, device: &D
         device,
     ));
     match cfg.coupling {
-        CouplingKind::Tanh => {
-            Layer::AffineCoupling(AffineCoupling::new(net, Some(TanhScale::new(device)), swap))
+        CouplingKind::Tanh => Layer::AffineCoupling(AffineCoupling::new(
+            net,
+            Some(TanhScale::new(device)),
+            swap,
+            cfg.affine_scale,
+        )),
+        CouplingKind::Sigmoid => {
+            Layer::AffineCoupling(AffineCoupling::new(net, None, swap, cfg.affine_scale))
         }
-        CouplingKind::Sigmoid => Layer::AffineCoupling(AffineCoupling::new(net, None, swap)),
         CouplingKind::Additive => Layer::AdditiveCoupling(AdditiveCoupling::new(net, swap)),
     }
 }
@@ -212,47 +223,94 @@ impl VectorFlow {
         }
     }
 
+    /// The float type the flow computes in (its first parameter's: float32, or float64 for a
+    /// [cast](crate::tensor_util::cast_module) copy).
+    pub fn compute_dtype(&self) -> DType {
+        crate::tensor_util::first_float_dtype(&self.flow).unwrap_or(DType::F32)
+    }
+
+    /// The standardisation statistics `(mean, std)` in float64, data columns then context
+    /// columns (`D + K` each); `None` for a model that does not standardise. Host code that
+    /// holds raw rows standardises them with these (in float64) and calls the
+    /// `*_standardized` methods, so no float32 rounding of the raw values loses their spread.
+    pub fn standardization(&self) -> Option<(Vec<f64>, Vec<f64>)> {
+        let (mut mean, mut std) = self.standardize.as_ref()?.stats();
+        if let Some(c) = &self.context_norm {
+            let (m, s) = c.stats();
+            mean.extend(m);
+            std.extend(s);
+        }
+        Some((mean, std))
+    }
+
+    /// A raw context `[N, K]` as the coupling networks read it: standardised in float64, in the
+    /// flow's float type.
     fn ctx(&self, ctx: Context) -> Option<Tensor<2>> {
+        let dtype = self.compute_dtype();
         ctx.map(|c| match &self.context_norm {
-            Some(s) => s.apply_2d(c.clone()),
-            None => c.clone(),
+            Some(s) => s.apply_2d(c.clone(), dtype),
+            None => c.clone().cast(dtype),
         })
     }
 
-    /// Standardised data (as `[N, D, 1, 1]`) and the standardisation's log-determinant.
+    /// A standardised context, in the flow's float type.
+    fn ctx_standardized(&self, ctx: Context) -> Option<Tensor<2>> {
+        let dtype = self.compute_dtype();
+        ctx.map(|c| c.clone().cast(dtype))
+    }
+
+    /// Raw data `[N, D]` standardised in float64 (as `[N, D, 1, 1]`, in the flow's float type)
+    /// and the standardisation's log-determinant.
     fn pre(&self, x: Tensor<2>) -> (Tensor<4>, Option<Tensor<1>>) {
-        let x = vec_to_nchw(x);
+        let dtype = self.compute_dtype();
         match &self.standardize {
             Some(s) => {
-                let (y, ld) = s.forward(x);
+                let y = vec_to_nchw(s.standardize_2d(x).cast(dtype));
+                let ld = s.logdet(&y);
                 (y, Some(ld))
             }
-            None => (x, None),
+            None => (vec_to_nchw(x.cast(dtype)), None),
         }
     }
 
-    /// Run the density direction layer by layer on `x: [N, D]` (and its context) and name the
-    /// first layer whose output or log-determinant holds a NaN or infinity; `None` when all is
-    /// finite. Diagnostics only.
-    pub fn trace_forward(&self, x: Tensor<2>, ctx: Context) -> Option<String> {
-        let c = self.ctx(ctx);
-        let (h, _) = self.pre(x);
+    /// Standardised data `[N, D]` (as `[N, D, 1, 1]`) and the standardisation's log-determinant.
+    fn pre_standardized(&self, x: Tensor<2>) -> (Tensor<4>, Option<Tensor<1>>) {
+        let y = vec_to_nchw(x.cast(self.compute_dtype()));
+        let ld = self.standardize.as_ref().map(|s| s.logdet(&y));
+        (y, ld)
+    }
+
+    /// Run the density direction layer by layer on standardised rows `x: [N, D]` (and
+    /// standardised context) and name the first layer whose output or log-determinant holds a
+    /// NaN or infinity; `None` when all is finite. Diagnostics only.
+    pub fn trace_forward_standardized(&self, x: Tensor<2>, ctx: Context) -> Option<String> {
+        let c = self.ctx_standardized(ctx);
+        let (h, _) = self.pre_standardized(x);
         self.flow.trace_nonfinite(h, c.as_ref(), false).err()
     }
 
-    /// Data-dependent initialisation (ActNorm) from a batch of points `[N, D]` (and context).
+    /// Data-dependent initialisation (ActNorm) from a batch of raw points `[N, D]` (and
+    /// context).
     pub fn initialize(&mut self, x: Tensor<2>, ctx: Context) {
         let c = self.ctx(ctx);
         let (h, _) = self.pre(x);
         self.flow.initialize(h, c.as_ref());
     }
 
-    /// Map points `[N, D]` to latents `[N, D]` and `log|det dz/dx|` `[N]` (including the
-    /// standardisation).
-    pub fn encode(&self, x: Tensor<2>, ctx: Context) -> (Tensor<2>, Tensor<1>) {
-        let c = self.ctx(ctx);
-        let (h, ld0) = self.pre(x);
-        let (z, ld) = self.flow.forward_ctx(h, c.as_ref());
+    /// [`initialize`](Self::initialize) from standardised rows and context.
+    pub fn initialize_standardized(&mut self, x: Tensor<2>, ctx: Context) {
+        let c = self.ctx_standardized(ctx);
+        let (h, _) = self.pre_standardized(x);
+        self.flow.initialize(h, c.as_ref());
+    }
+
+    fn encode_from(
+        &self,
+        h: Tensor<4>,
+        ld0: Option<Tensor<1>>,
+        c: Context,
+    ) -> (Tensor<2>, Tensor<1>) {
+        let (z, ld) = self.flow.forward_ctx(h, c);
         let ld = match ld0 {
             Some(l) => ld + l,
             None => ld,
@@ -260,22 +318,41 @@ impl VectorFlow {
         (nchw_to_vec(z), ld)
     }
 
-    /// Map latents `[N, D]` to points and `log|det dx/dz|` `[N]`.
+    /// Map raw points `[N, D]` (any float type; float64 keeps every digit of raw data) to
+    /// latents `[N, D]` and `log|det dz/dx|` `[N]` (including the standardisation), in the
+    /// flow's float type.
+    pub fn encode(&self, x: Tensor<2>, ctx: Context) -> (Tensor<2>, Tensor<1>) {
+        let c = self.ctx(ctx);
+        let (h, ld0) = self.pre(x);
+        self.encode_from(h, ld0, c.as_ref())
+    }
+
+    /// Map latents `[N, D]` to raw points (un-standardised in float64: a float64 tensor for a
+    /// standardising model) and `log|det dx/dz|` `[N]`.
     pub fn decode(&self, z: Tensor<2>, ctx: Context) -> (Tensor<2>, Tensor<1>) {
         let c = self.ctx(ctx);
         let (x, ld) = self.flow.inverse_ctx(vec_to_nchw(z), c.as_ref());
         match &self.standardize {
             Some(s) => {
-                let (x, l) = s.inverse(x);
-                (nchw_to_vec(x), ld + l)
+                let l = s.logdet(&x).neg();
+                (s.unstandardize_2d(nchw_to_vec(x)), ld + l)
             }
             None => (nchw_to_vec(x), ld),
         }
     }
 
-    /// `log p(x | ctx)` per point, `[N]`, nats.
+    /// `log p(x | ctx)` per raw point `x: [N, D]`, `[N]`, nats in the data's units.
     pub fn log_prob(&self, x: Tensor<2>, ctx: Context) -> Tensor<1> {
         let (z, ld) = self.encode(x, ctx);
+        standard_normal_log_prob(vec_to_nchw(z)) + ld
+    }
+
+    /// `log p(x | ctx)` in the raw data's units, from rows and context already standardised
+    /// with [`standardization`](Self::standardization) (the training loop's path).
+    pub fn log_prob_standardized(&self, x: Tensor<2>, ctx: Context) -> Tensor<1> {
+        let c = self.ctx_standardized(ctx);
+        let (h, ld0) = self.pre_standardized(x);
+        let (z, ld) = self.encode_from(h, ld0, c.as_ref());
         standard_normal_log_prob(vec_to_nchw(z)) + ld
     }
 
@@ -290,7 +367,8 @@ impl VectorFlow {
         device: &Device,
     ) -> (Tensor<2>, Tensor<1>) {
         let dim = self.dim();
-        let z = standard_normal_sample([n, dim, 1, 1], temperature, rng, device);
+        let z = standard_normal_sample([n, dim, 1, 1], temperature, rng, device)
+            .cast(self.compute_dtype());
         let (x, ld_inv) = self.decode(nchw_to_vec(z.clone()), ctx);
         // log p(x) = log N(z) - log|det dx/dz|.
         let logp = standard_normal_log_prob(z) - ld_inv;

@@ -114,25 +114,7 @@ pub fn existing_run(out: &Path) -> Option<String> {
         .map(|f| format!("a run ({f})"))
 }
 
-/// The files and folders a training run writes into its directory, removed by `--force`.
-const RUN_OUTPUTS: &[&str] = &[
-    "checkpoint",
-    ".checkpoint.old",
-    "metrics.csv",
-    "grad_norms.csv",
-    "summary.json",
-    "frames",
-    "compare.json",
-    "compare.md",
-    "compare.png",
-    "split.csv",
-    "corner.png",
-    "loss.png",
-    "target.png",
-    "samples.png",
-    "density.png",
-    "training.gif",
-];
+use crate::fsutil::RUN_OUTPUTS;
 
 /// Before a fresh run writes into `out` (locked by the caller): refuse when it already holds a
 /// run, unless `force`, in which case the old run's checkpoint, logs and frames are removed

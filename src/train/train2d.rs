@@ -186,6 +186,10 @@ pub struct Summary {
     /// conditional `p(x | context)`).
     #[serde(default)]
     pub gaussian_test_nll: Option<f64>,
+    /// What went wrong or looks wrong without failing the run: a degenerate table (integer
+    /// columns), a picture that could not be written.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub warnings: Vec<String>,
 }
 
 impl Summary {
@@ -212,6 +216,7 @@ impl Summary {
             rows: None,
             train_nll: None,
             gaussian_test_nll: None,
+            warnings: Vec::new(),
         }
     }
 }
@@ -308,6 +313,7 @@ pub fn train2d(
             if let Some(t) = &mut opts.table {
                 let data = TableData::load(t, opts.seed)?;
                 t.fingerprint = Some(data.fingerprint.clone());
+                t.resolved = Some(data.resolved.clone());
                 (cfg.dim, cfg.context, cfg.standardize) = (data.dim, data.context, true);
                 table = Some(data);
             }
@@ -404,18 +410,28 @@ pub fn train2d(
         std::fs::create_dir_all(frames_dir(out))?;
     }
 
+    // A degenerate table: refused (duplicate columns) or warned about (integer columns) before
+    // the first step of a fresh run.
+    let table_warnings = match (&table, run.step) {
+        (Some(t), 0) => t.degeneracy()?,
+        _ => Vec::new(),
+    };
+    for w in &table_warnings {
+        eprintln!("warning: {w}");
+    }
     let mut data = match &table {
         Some(t) => DataStream::table(t, opts.seed, opts.batch),
         None => DataStream::new(opts.target, opts.seed, opts.batch),
     };
+    // The model's own statistics (float64, saved with it) standardise every batch on the host.
+    if let Some((mean, std)) = model.standardization() {
+        data.standardize_with(mean, &std);
+    }
     if run.step == 0 && model.flow.needs_data_init() {
-        let rows = from_vec(
-            data.batch_at(0),
-            [opts.batch, cfg.dim + cfg.context],
-            &train_device,
-        );
+        let (rows, n) = data.init_rows();
+        let rows = from_vec(rows, [n, cfg.dim + cfg.context], &train_device);
         let (x, c) = split_context(rows, cfg.dim, cfg.context);
-        model.initialize(x, c.as_ref());
+        model.initialize_standardized(x, c.as_ref());
     }
 
     let guard = Guard::new(&model, opts.stability.clone(), ema, run.skipped_steps);
@@ -461,8 +477,15 @@ pub fn train2d(
         None => eval::evaluate_and_draw(&eval, &done.state, out, device, vmax)?,
     };
     summary.parameters = crate::tensor_util::trainable_count(&done.model);
-    crate::viz::charts::loss_curve(out, "step", "loss", "training NLL (nats)")?;
+    summary.warnings.splice(0..0, table_warnings);
+    // The figures first: a picture that cannot be written (a full disk) is a warning.
     super::save_summary(&summary, &out.join("summary.json"))?;
+    if let Err(e) = crate::viz::charts::loss_curve(out, "step", "loss", "training NLL (nats)") {
+        let w = format!("loss.png not written: {e:#}");
+        eprintln!("warning: {w}");
+        summary.warnings.push(w);
+        super::save_summary(&summary, &out.join("summary.json"))?;
+    }
     Ok(summary)
 }
 
@@ -534,7 +557,7 @@ impl Task for VectorTask {
 
     fn loss(&self, model: &VectorFlow, x: burn::tensor::Tensor<2>) -> burn::tensor::Tensor<1> {
         let (x, c) = self.split(x);
-        model.log_prob(x, c.as_ref()).mean().neg()
+        model.log_prob_standardized(x, c.as_ref()).mean().neg()
     }
 
     fn row(&self, loss: f64, lr: f64, seconds: f64, _rate: Option<f64>, guard: &str) -> String {
@@ -551,7 +574,7 @@ impl Task for VectorTask {
     fn trace(&self, model: &VectorFlow, rows: Vec<f32>) -> Option<String> {
         let n = rows.len() / self.width();
         let (x, c) = self.split(from_vec(rows, [n, self.width()], &self.device));
-        model.trace_forward(x, c.as_ref())
+        model.trace_forward_standardized(x, c.as_ref())
     }
 
     fn pictures_due(&self, done: usize) -> bool {

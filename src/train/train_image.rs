@@ -3,7 +3,7 @@
 
 use std::path::{Path, PathBuf};
 
-use anyhow::{bail, Result};
+use anyhow::{bail, Context as _, Result};
 use burn::module::Module;
 use burn::tensor::{Device, Tensor};
 use serde::{Deserialize, Serialize};
@@ -18,7 +18,7 @@ use crate::data::LoadOptions;
 use crate::error::{FieldError, InputError};
 use crate::eval::images::{
     bpd_meaning, bpd_of, class_eval, input_images, input_rows, input_width, minus_log_q,
-    sample_grid, BpdReport,
+    sample_grid, BpdReport, SampleBatch,
 };
 use crate::models::{GlowImage, GlowImageConfig};
 use crate::ops::adam::optimizer;
@@ -241,6 +241,13 @@ pub struct ImageSummary {
     /// model's bits/dim is not comparable with other models'.
     #[serde(default)]
     pub bpd_meaning: String,
+    /// Samples of the final 64-sample grid (`samples.png`, temperature 0.7) that hold
+    /// non-finite values; drawn there as marked cells. A preview: it never fails the run.
+    #[serde(default)]
+    pub samples_nonfinite: usize,
+    /// What went wrong without failing the run (a preview with non-finite samples).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub warnings: Vec<String>,
 }
 
 /// Load the data set `opts.data` names (padded or resized as `opts` says; see
@@ -415,10 +422,26 @@ pub fn train_image(start: ImageStart, io: &RunIo, device: &Device) -> Result<Ima
     let test_labels = labels.as_ref().map(|(_, t)| &t[..test.n]);
     let figures = class_eval(&eval, &test, test_labels, &cfg, 256, device);
     let report = BpdReport::new(&figures.bpd);
-    let samples = sample_grid(&eval, &cfg, 64, 0.7, opts.seed);
-    if let Ok(grid) = &samples {
-        grid.save_png(&out.join("samples.png"))?;
-    }
+    // A preview: non-finite samples are marked cells, counted and reported, never a failure.
+    let mut warnings = Vec::new();
+    let samples_nonfinite = match sample_grid(&eval, &cfg, 64, PREVIEW_TEMPERATURE, opts.seed) {
+        Ok((grid, batch)) => {
+            log_preview(out, last, "samples.png", &batch)?;
+            if let Some(why) = batch.nonfinite_message() {
+                let w = format!("samples.png: {why}; drawn as marked (striped) cells");
+                eprintln!("warning: {w}");
+                warnings.push(w);
+            }
+            save_preview(&grid, &out.join("samples.png"), &mut warnings);
+            batch.nonfinite.len()
+        }
+        Err(e) => {
+            let w = format!("no samples.png written: {e:#}");
+            eprintln!("warning: {w}");
+            warnings.push(w);
+            0
+        }
+    };
     let summary = ImageSummary {
         steps: last,
         test_bpd: report.mean,
@@ -434,16 +457,55 @@ pub fn train_image(start: ImageStart, io: &RunIo, device: &Device) -> Result<Ima
         options: opts,
         test_bpd_marginal: figures.marginal_mean(),
         test_accuracy: figures.accuracy,
+        samples_nonfinite,
+        warnings,
     };
     super::save_summary(&summary, &out.join("summary.json"))?;
     // The run and its checkpoint are saved; a non-finite evaluation is still a failure.
     if let Some(why) = summary.test_report.nonfinite_message(summary.test_images) {
         bail!("{why}; see {}", out.join("summary.json").display());
     }
-    if let Err(e) = samples {
-        bail!("no samples.png written: {e:#}");
-    }
     Ok(summary)
+}
+
+/// The temperature of the sample grids drawn during and after training (Glow §5.3's 0.7).
+pub const PREVIEW_TEMPERATURE: f64 = 0.7;
+
+/// Append one row to the run's `previews.csv` (`step,file,samples,nonfinite,first_nonfinite`):
+/// every sample grid drawn, and how many of its samples were non-finite (marked cells).
+fn log_preview(out: &Path, step: usize, file: &str, batch: &SampleBatch) -> Result<()> {
+    use std::io::Write;
+    let path = out.join("previews.csv");
+    let new = !path.exists();
+    let mut f = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(&path)
+        .with_context(|| format!("cannot write {}", path.display()))?;
+    if new {
+        writeln!(f, "step,file,samples,nonfinite,first_nonfinite")?;
+    }
+    let place = batch
+        .first_nonfinite
+        .as_deref()
+        .unwrap_or("")
+        .replace(['"', ','], ";");
+    writeln!(
+        f,
+        "{step},{file},{},{},\"{place}\"",
+        batch.n,
+        batch.nonfinite.len()
+    )?;
+    Ok(())
+}
+
+/// Write a preview picture; a failure (a full disk) is a warning, never the run's failure.
+fn save_preview(grid: &crate::viz::Canvas, path: &Path, warnings: &mut Vec<String>) {
+    if let Err(e) = grid.save_png(path) {
+        let w = format!("{} not written: {e:#}", path.display());
+        eprintln!("warning: {w}");
+        warnings.push(w);
+    }
 }
 
 /// Image Glow's part of the one training loop: dequantised batches in seeded epoch order (with
@@ -580,8 +642,17 @@ impl Task for ImageTask {
     }
 
     fn pictures(&mut self, done: usize, model: &GlowImage) -> Result<()> {
-        match sample_grid(model, &self.run.model, 64, 0.7, self.run.options.seed) {
-            Ok(grid) => grid.save_png(&self.out.join(format!("samples_{done:07}.png"))),
+        let seed = self.run.options.seed;
+        match sample_grid(model, &self.run.model, 64, PREVIEW_TEMPERATURE, seed) {
+            Ok((grid, batch)) => {
+                let file = format!("samples_{done:07}.png");
+                log_preview(&self.out, done, &file, &batch)?;
+                if let Some(why) = batch.nonfinite_message() {
+                    eprintln!("step {done}: {file}: {why}; drawn as marked (striped) cells");
+                }
+                save_preview(&grid, &self.out.join(file), &mut Vec::new());
+                Ok(())
+            }
             Err(e) => {
                 eprintln!("step {done}: no sample grid written: {e}");
                 Ok(())
