@@ -130,6 +130,7 @@ fn class_glow(classes: usize) -> GlowImage {
         classes,
         noise_sigma: 0.0,
         dequantizer: None,
+        affine_scale: glowflow::layers::AffineScale::Bounded,
     };
     let ad = ad_device();
     let mut m = GlowImage::new(&cfg, &ad);

@@ -39,6 +39,7 @@ fn tiny(
         classes: 0,
         noise_sigma: 0.0,
         dequantizer: None,
+        affine_scale: glowflow::layers::AffineScale::Bounded,
     }
 }
 
@@ -996,7 +997,8 @@ fn bpd_report_names_non_finite_and_extreme_images() {
 }
 
 /// Samples that overflow are reported (count, which samples, where in the generative direction)
-/// instead of being drawn as black pixels; finite ones report their clipped-pixel shares.
+/// and drawn as marked cells, never as black pixels; finite ones report their clipped-pixel
+/// shares.
 #[test]
 fn non_finite_samples_are_reported_not_drawn() {
     use glowflow::eval::images::sample_batch;
@@ -1005,7 +1007,7 @@ fn non_finite_samples_are_reported_not_drawn() {
     let model = initialised(&cfg).valid();
     let ok = sample_batch(&model, 4, 0.7, 1);
     assert!(ok.nonfinite.is_empty());
-    assert!(ok.grid(&cfg).is_ok());
+    assert!(ok.nonfinite_message().is_none());
     assert!((0.0..=1.0).contains(&ok.clipped_low) && (0.0..=1.0).contains(&ok.clipped_high));
     // A top prior whose log-std is 1000 overflows even float64: exp(1000) = inf.
     let mut broken = model.clone();
@@ -1020,10 +1022,13 @@ fn non_finite_samples_are_reported_not_drawn() {
     assert_eq!(bad.nonfinite, vec![0, 1, 2, 3]);
     let place = bad.first_nonfinite.clone().unwrap();
     assert!(place.contains("top latent"), "{place}");
-    let err = match bad.grid(&cfg) {
-        Err(e) => format!("{e:#}"),
-        Ok(_) => panic!("non-finite samples were drawn"),
-    };
+    let err = bad
+        .nonfinite_message()
+        .expect("non-finite samples are named");
+    // Every cell is marked: only the two marked colours and the grid's background remain.
+    let grid = bad.grid(&cfg);
+    let colours: std::collections::HashSet<&[u8]> = grid.rgb.chunks(3).collect();
+    assert_eq!(colours.len(), 3, "{colours:?}");
     assert!(
         err.contains("4 of 4 samples") && err.contains("top latent"),
         "{err}"
@@ -1304,6 +1309,16 @@ fn format_2_image_checkpoint_loads_evaluates_and_resumes() {
     let (model, state, ema) =
         glowflow::train::train_image::load_for_eval(&fixture, &device).unwrap();
     assert!(ema && !model.needs_data_init());
+    // Saved before the scale form existed: it loads with Glow's exact form, which it was
+    // trained with (the bounded default would move its figure below).
+    assert_eq!(
+        state.model.affine_scale,
+        glowflow::layers::AffineScale::Glow
+    );
+    assert_eq!(
+        GlowImageConfig::new(1, 8, 8).affine_scale,
+        glowflow::layers::AffineScale::Bounded
+    );
     let set =
         glowflow::data::images::load(&DataSpec::Idx(data.path().into()), &LoadOptions::default())
             .unwrap();
@@ -1440,4 +1455,51 @@ fn ablation_trains_six_variants_with_identical_options() {
         .iter()
         .find(|r| r.permutation == "lu" && r.coupling == "affine");
     assert_eq!(s.test_bpd, lu_affine.unwrap().final_test_bpd);
+}
+
+/// A sample grid never sinks a run: a non-finite sample is drawn as a marked (striped magenta
+/// and cyan) cell, the others as their pixels, and the batch names it.
+#[test]
+fn sample_grids_mark_non_finite_samples() {
+    use glowflow::eval::images::SampleBatch;
+    use glowflow::viz::grid::MARKED_CELL_COLOURS;
+    let cfg = GlowImageConfig::new(1, 8, 8);
+    let mut values = vec![0.0f64; 4 * 64];
+    values[64 + 5] = f64::NAN;
+    values[3 * 64] = f64::INFINITY;
+    let batch = SampleBatch {
+        values,
+        n: 4,
+        nonfinite: vec![1, 3],
+        first_nonfinite: Some("level 0, layer 2 (AffineCoupling, inverse)".into()),
+        clipped_low: 0.0,
+        clipped_high: 0.0,
+    };
+    let why = batch.nonfinite_message().unwrap();
+    assert!(
+        why.starts_with("2 of 4 samples") && why.contains("[1, 3]") && why.contains("layer 2"),
+        "{why}"
+    );
+    let canvas = batch.grid_cols(&cfg, 4);
+    // Cells are 8 px scaled to 64, 2 px apart: cell i starts at x = 2 + 66 i, y = 2.
+    let px = |x: usize, y: usize| {
+        let i = (y * canvas.width + x) * 3;
+        [canvas.rgb[i], canvas.rgb[i + 1], canvas.rgb[i + 2]]
+    };
+    for cell in 0..4 {
+        let colours: std::collections::HashSet<[u8; 3]> = (0..64)
+            .flat_map(|y| (0..64).map(move |x| (x, y)))
+            .map(|(x, y)| px(2 + 66 * cell + x, 2 + y))
+            .collect();
+        if cell == 1 || cell == 3 {
+            let want: std::collections::HashSet<[u8; 3]> =
+                MARKED_CELL_COLOURS.into_iter().collect();
+            assert_eq!(colours, want, "cell {cell}");
+        } else {
+            // Value 0 is mid-grey: one grey level, never a marked colour.
+            assert_eq!(colours.len(), 1, "cell {cell}");
+            let c = *colours.iter().next().unwrap();
+            assert!(c[0] == c[1] && c[1] == c[2], "cell {cell}: {c:?}");
+        }
+    }
 }

@@ -644,3 +644,284 @@ fn compare_on_a_table_and_a_refused_force_keeps_the_old_comparison() {
     assert_eq!(std::fs::read(out.join("compare.json")).unwrap(), before);
     assert!(out.join("glow/checkpoint/state.json").exists());
 }
+
+/// Rows `a, b, extra` with `a`, `b` correlated normals and `extra` built from row `i`.
+fn write_columns(
+    path: &Path,
+    n: usize,
+    seed: u64,
+    header: &str,
+    extra: impl Fn(usize, f64) -> String,
+) {
+    let mut rng = ChaCha8Rng::seed_from_u64(seed);
+    let mut s = format!("{header}\n");
+    for i in 0..n {
+        let a = normal(&mut rng);
+        let b = 0.6 * a + 0.8 * normal(&mut rng);
+        let e = normal(&mut rng);
+        s.push_str(&format!("{a},{b},{}\n", extra(i, e)));
+    }
+    std::fs::write(path, s).unwrap();
+}
+
+/// The table path's silent failures, each with its right value: a rare 0/1 column no longer
+/// blows up ActNorm's initialisation; a column `1e9 + N(0, 1)` keeps its spread through float64
+/// standardisation (its samples vary, its NLL matches the Gaussian's); samples at a high
+/// temperature and scores of extreme rows are never NaN; a run keeps its column names when its
+/// table moves.
+#[test]
+fn tables_keep_every_digit_and_every_row() {
+    let dir = tempfile::tempdir().unwrap();
+    // 20 ones in 4,000 rows: most batches hold none.
+    let rare = dir.path().join("rare.csv");
+    write_columns(&rare, 4000, 5, "a,b,rare", |i, _| {
+        if i % 200 == 7 {
+            "1".into()
+        } else {
+            "0".into()
+        }
+    });
+    let s = small_table_run("train2d", &rare, &dir.path().join("rare"), 100, &[]);
+    let (test, gauss) = (number(&s, "test_nll"), number(&s, "gaussian_test_nll"));
+    assert!(
+        test.is_finite() && test < gauss + 1.0,
+        "rare column: test NLL {test} vs Gaussian {gauss}"
+    );
+    // The integer column is named in a warning (a continuous density of 0/1 data is unbounded).
+    let warnings = s["warnings"].to_string();
+    assert!(
+        warnings.contains("'rare'") && warnings.contains("only integers"),
+        "{warnings}"
+    );
+
+    // 1e9 + N(0, 1): float32 holds 1e9 only to ±32.
+    let big = dir.path().join("big.csv");
+    write_columns(&big, 3000, 6, "a,b,big", |_, e| format!("{:.9}", 1e9 + e));
+    let run = dir.path().join("big");
+    let s = small_table_run("train2d", &big, &run, 150, &[]);
+    let (test, gauss) = (number(&s, "test_nll"), number(&s, "gaussian_test_nll"));
+    // The truth (independent normal, correlated pair) is Gaussian: the flow must be close to
+    // the Gaussian baseline, not far below it (the collapse gave -13).
+    assert!(
+        test > gauss - 0.3 && test < gauss + 0.6,
+        "1e9 column: test NLL {test} vs Gaussian {gauss}"
+    );
+    // Move the table: the samples keep the run's own column names.
+    std::fs::rename(&big, dir.path().join("moved.csv")).unwrap();
+    let csv = dir.path().join("samples.csv");
+    let r = run_json(&[
+        "sample",
+        "--checkpoint",
+        run.to_str().unwrap(),
+        "--n",
+        "500",
+        "--temperature",
+        "3",
+        "--out",
+        csv.to_str().unwrap(),
+    ]);
+    assert_eq!(r["left_out_nonfinite"], 0);
+    let text = std::fs::read_to_string(&csv).unwrap();
+    let mut lines = text.lines();
+    assert_eq!(lines.next().unwrap(), "a,b,big,log_prob");
+    let col: Vec<f64> = lines
+        .map(|l| {
+            let v: Vec<f64> = l.split(',').map(|x| x.parse().unwrap()).collect();
+            assert!(v.iter().all(|x| x.is_finite()), "non-finite sample row {l}");
+            v[2]
+        })
+        .collect();
+    assert_eq!(col.len(), 500);
+    let mean = col.iter().sum::<f64>() / col.len() as f64;
+    let sd = (col.iter().map(|v| (v - mean) * (v - mean)).sum::<f64>() / col.len() as f64).sqrt();
+    assert!(
+        (mean - 1e9).abs() < 2.0 && sd > 1.0 && sd < 10.0,
+        "big column mean {mean}, sd {sd} at T = 3"
+    );
+
+    // Extreme rows score finite in float64, or -inf (ranked lowest) beyond even that; never NaN.
+    let ext = dir.path().join("extreme.csv");
+    std::fs::write(
+        &ext,
+        "a,b,big\n3e38,0,1000000000\n0,1e30,1000000000\n1e300,0,1000000000\n0.1,0.2,1000000000.5\n",
+    )
+    .unwrap();
+    let scores = dir.path().join("scores.csv");
+    let r = run_json(&[
+        "score",
+        "--checkpoint",
+        run.to_str().unwrap(),
+        "--data",
+        ext.to_str().unwrap(),
+        "--out",
+        scores.to_str().unwrap(),
+    ]);
+    assert_eq!(r["beyond_range"], 1);
+    let lp: Vec<f64> = std::fs::read_to_string(&scores)
+        .unwrap()
+        .lines()
+        .skip(1)
+        .map(|l| l.split(',').nth(1).unwrap().parse().unwrap())
+        .collect();
+    assert!(lp[0].is_finite() && lp[0] < -1e6, "3e38 scored {}", lp[0]);
+    assert!(lp[1].is_finite() && lp[1] < lp[3], "1e30 scored {}", lp[1]);
+    assert_eq!(lp[2], f64::NEG_INFINITY);
+    assert!(
+        lp[3].is_finite() && lp[3] > -10.0,
+        "an ordinary row scored {}",
+        lp[3]
+    );
+}
+
+/// Each degenerate table or destructive output is refused naming the file, column or flag, and
+/// leaves what it would have replaced untouched.
+#[test]
+fn degenerate_tables_and_destructive_outputs_are_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let p = |name: &str| dir.path().join(name);
+    let s = |path: &Path| path.to_str().unwrap().to_string();
+    // An exact duplicate column.
+    let mut dup = String::from("a,b,a2\n");
+    let mut rng = ChaCha8Rng::seed_from_u64(1);
+    for _ in 0..300 {
+        let (a, b) = (normal(&mut rng), normal(&mut rng));
+        dup.push_str(&format!("{a},{b},{a}\n"));
+    }
+    std::fs::write(p("dup.csv"), dup).unwrap();
+    let err = refused(&[
+        "train2d",
+        "--data",
+        &s(&p("dup.csv")),
+        "--steps",
+        "5",
+        "--batch",
+        "32",
+        "--quiet",
+        "--out",
+        &s(&p("r")),
+    ]);
+    assert!(
+        err.contains("'a'") && err.contains("'a2'") && err.contains("exact copies"),
+        "{err}"
+    );
+    // A value beyond float32's range, finite in the file: row and column named.
+    write_columns(&p("huge.csv"), 300, 2, "a,b,c", |i, e| {
+        if i == 4 {
+            "1e39".into()
+        } else {
+            e.to_string()
+        }
+    });
+    let err = refused(&[
+        "train2d",
+        "--data",
+        &s(&p("huge.csv")),
+        "--steps",
+        "5",
+        "--batch",
+        "32",
+        "--quiet",
+        "--out",
+        &s(&p("r")),
+    ]);
+    assert!(
+        err.contains("row 5, column 'c'") && err.contains("float32"),
+        "{err}"
+    );
+    // A constant context column: named as a context column, not as a density.
+    write_columns(&p("ctx.csv"), 300, 3, "a,b,k", |_, _| "4".into());
+    let err = refused(&[
+        "train2d",
+        "--data",
+        &s(&p("ctx.csv")),
+        "--context-columns",
+        "k",
+        "--steps",
+        "5",
+        "--batch",
+        "32",
+        "--quiet",
+        "--out",
+        &s(&p("r")),
+    ]);
+    assert!(
+        err.contains("context column 'k'") && err.contains("--context-columns"),
+        "{err}"
+    );
+    // A tiny but resolvable spread is modelled, not called constant.
+    write_columns(&p("tiny.csv"), 400, 4, "a,b,t", |_, e| {
+        format!("{:e}", 1e-15 * e)
+    });
+    let r = small_table_run("train2d", &p("tiny.csv"), &p("tiny"), 20, &[]);
+    assert!(number(&r, "test_nll").is_finite());
+    assert!(!p("r").exists());
+
+    // Outputs: a score may not replace its input, a sample may not replace a run's files, two
+    // outputs may not be one file, and a directory is not a file.
+    let run = p("tiny");
+    let data = s(&p("tiny.csv"));
+    let before = std::fs::read(p("tiny.csv")).unwrap();
+    let err = refused(&[
+        "score",
+        "--checkpoint",
+        &s(&run),
+        "--data",
+        &data,
+        "--out",
+        &data,
+    ]);
+    assert!(
+        err.contains("--out") && err.contains("same file as --data"),
+        "{err}"
+    );
+    assert_eq!(std::fs::read(p("tiny.csv")).unwrap(), before);
+    for f in [
+        "checkpoint/state.json",
+        "checkpoint/model.safetensors",
+        "summary.json",
+        "metrics.csv",
+    ] {
+        let target = run.join(f);
+        let before = std::fs::read(&target).unwrap();
+        let err = refused(&["sample", "--checkpoint", &s(&run), "--out", &s(&target)]);
+        assert!(
+            err.contains("--out") && err.contains("file of a training run"),
+            "{f}: {err}"
+        );
+        assert_eq!(std::fs::read(&target).unwrap(), before, "{f} changed");
+    }
+    let err = refused(&["sample", "--checkpoint", &s(&run), "--out", &s(dir.path())]);
+    assert!(err.contains("is a directory"), "{err}");
+    // A new file in the run folder is fine.
+    run_json(&[
+        "sample",
+        "--checkpoint",
+        &s(&run),
+        "--n",
+        "5",
+        "--out",
+        &s(&run.join("mine.csv")),
+    ]);
+    // A headerless table one column wider than the model is not scored by position.
+    let wide: String = std::fs::read_to_string(p("tiny.csv"))
+        .unwrap()
+        .lines()
+        .skip(1)
+        .enumerate()
+        .map(|(i, l)| format!("{i},{l}\n"))
+        .collect();
+    std::fs::write(p("wide.csv"), wide).unwrap();
+    let err = refused(&[
+        "score",
+        "--checkpoint",
+        &s(&run),
+        "--data",
+        &s(&p("wide.csv")),
+        "--out",
+        &s(&p("w.csv")),
+    ]);
+    assert!(
+        err.contains("wide.csv") && err.contains("4 columns") && err.contains("3"),
+        "{err}"
+    );
+}

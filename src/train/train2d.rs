@@ -400,6 +400,15 @@ pub fn train2d(
         )
         .into());
     }
+    // A degenerate table: refused (duplicate columns) or warned about (integer columns) before
+    // the first step of a fresh run.
+    let table_warnings = match (&table, run.step) {
+        (Some(t), 0) => t.degeneracy()?,
+        _ => Vec::new(),
+    };
+    for w in &table_warnings {
+        eprintln!("warning: {w}");
+    }
     // Everything is checked: only now is an old run replaced by --force cleared (a refused run
     // never touches the run it would have replaced).
     trainer::clear_old_run(out, continues_here, io.force)?;
@@ -410,15 +419,6 @@ pub fn train2d(
         std::fs::create_dir_all(frames_dir(out))?;
     }
 
-    // A degenerate table: refused (duplicate columns) or warned about (integer columns) before
-    // the first step of a fresh run.
-    let table_warnings = match (&table, run.step) {
-        (Some(t), 0) => t.degeneracy()?,
-        _ => Vec::new(),
-    };
-    for w in &table_warnings {
-        eprintln!("warning: {w}");
-    }
     let mut data = match &table {
         Some(t) => DataStream::table(t, opts.seed, opts.batch),
         None => DataStream::new(opts.target, opts.seed, opts.batch),
