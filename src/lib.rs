@@ -64,20 +64,29 @@ pub fn default_device() -> Device {
 /// panic later).
 pub fn device_by_name(name: &str) -> anyhow::Result<Device> {
     if name.contains(',') {
-        anyhow::bail!(
-            "--device {name}: several devices train one model data-parallel (train, train2d); this command runs on one device"
-        );
+        return Err(error::InputError::flag(
+            "--device",
+            name,
+            "several devices train one model data-parallel (train, train2d); this command runs on one device",
+        )
+        .into());
     }
     match name.trim() {
         "flex" | "cpu" => Ok(Device::flex()),
         other => match cuda_index(other) {
             Some(Ok(index)) => cuda_by_index(index, other),
-            Some(Err(())) => anyhow::bail!(
-                "--device {other}: not a GPU number (expected cuda or cuda:N, N = 0, 1, ...)"
-            ),
-            None => {
-                anyhow::bail!("--device {other}: unknown device (expected flex, cuda or cuda:N)")
-            }
+            Some(Err(())) => Err(error::InputError::flag(
+                "--device",
+                other,
+                "not a GPU number (expected cuda or cuda:N, N = 0, 1, ...)",
+            )
+            .into()),
+            None => Err(error::InputError::flag(
+                "--device",
+                other,
+                "unknown device (expected flex, cuda or cuda:N)",
+            )
+            .into()),
         },
     }
 }
@@ -99,12 +108,16 @@ pub fn devices_by_name(list: &str) -> anyhow::Result<Vec<Device>> {
     for name in &names {
         let device = device_by_name(name)?;
         if devices.contains(&device) {
-            anyhow::bail!("--device {list}: {name} is named twice");
+            let why = format!("{name} is named twice");
+            return Err(error::InputError::flag("--device", list, why).into());
         }
         if tensor_util::is_flex_device(&device) {
-            anyhow::bail!(
-                "--device {list}: the CPU is one device (its cores are shared out with --threads); several devices means several GPUs"
-            );
+            return Err(error::InputError::flag(
+                "--device",
+                list,
+                "the CPU is one device (its cores are shared out with --threads); several devices means several GPUs",
+            )
+            .into());
         }
         devices.push(device);
     }
@@ -132,9 +145,8 @@ fn cuda_index(name: &str) -> Option<Result<usize, ()>> {
 /// GPU `index`, as the user named it (`name`, for messages).
 #[cfg(not(feature = "cuda"))]
 fn cuda_by_index(_index: usize, name: &str) -> anyhow::Result<Device> {
-    anyhow::bail!(
-        "--device {name}: this build has no CUDA support (rebuild with `--features cuda`)"
-    )
+    let why = "this build has no CUDA support (rebuild with `--features cuda`)";
+    Err(error::InputError::flag("--device", name, why).into())
 }
 
 #[cfg(feature = "cuda")]

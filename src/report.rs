@@ -46,6 +46,18 @@ pub fn compare(
         crate::data::stream::TableData::load(t, opts.seed)?.check_batch(opts.batch)?;
     }
     let lock = run_dir::lock(out)?;
+    // A comparison is not resumable: name the choices it has.
+    let held = std::iter::once(out.to_path_buf())
+        .chain(models.iter().map(|(_, c)| out.join(c.model.name())))
+        .find_map(|d| run_dir::existing_run(&d));
+    if let (Some(what), false) = (held, io.force) {
+        return Err(crate::error::InputError::flag(
+            "--out",
+            out.display(),
+            format!("already holds {what}; choose another --out or replace it with --force"),
+        )
+        .into());
+    }
     run_dir::prepare_fresh(out, io.force)?;
     for (_, cfg) in models {
         run_dir::prepare_fresh(&out.join(cfg.model.name()), io.force)?;

@@ -5,6 +5,15 @@
 
 pub mod parse;
 
+/// `println!` that never panics: a closed standard output (`| head`) or a full disk loses the
+/// line, not the command (its files are already written).
+macro_rules! outln {
+    ($($arg:tt)*) => {{
+        use std::io::Write;
+        let _ = writeln!(std::io::stdout(), $($arg)*);
+    }};
+}
+
 use std::ffi::OsString;
 use std::path::PathBuf;
 
@@ -497,6 +506,9 @@ pub struct CommonArgs {
     /// Share of --data's rows held out for the test NLL (a seeded draw, written to split.csv).
     #[arg(long, default_value_t = DEFAULT_TEST_FRACTION, value_parser = parse::fraction)]
     pub test_fraction: f64,
+    /// Seed of that draw, apart from --seed, so runs of several seeds share one test set.
+    #[arg(long, default_value_t = 0)]
+    pub split_seed: u64,
     /// Modelled columns of --data, by header name or 0-based index, comma-separated
     /// [default: every column not in --context-columns].
     #[arg(long, value_delimiter = ',')]
@@ -593,6 +605,7 @@ impl CommonArgs {
             path: absolute(p),
             test_path: self.test_data.as_deref().map(absolute),
             test_fraction: self.test_fraction,
+            split_seed: Some(self.split_seed),
             columns: self.columns.clone(),
             context_columns: self.context_columns.clone(),
             fingerprint: None,
@@ -678,7 +691,9 @@ fn usage_error(e: clap::Error) -> anyhow::Error {
         )
         .into()
     } else {
-        print!("{e}");
+        // A closed standard output (`--help | head`) ends the program quietly.
+        use std::io::Write;
+        let _ = write!(std::io::stdout(), "{e}");
         std::process::exit(0)
     }
 }
@@ -768,10 +783,10 @@ fn cmd_bench(a: BenchArgs) -> Result<()> {
     let steps = a.steps.unwrap_or_else(|| a.workload.default_steps());
     let r = crate::bench::run(a.workload, steps, a.warmup, threads, &a.device, &device)?;
     if a.json {
-        println!("{}", serde_json::to_string(&r)?);
+        outln!("{}", serde_json::to_string(&r)?);
     } else {
         use crate::bench::Workload as W;
-        println!(
+        outln!(
             "{}: {:.2} ms/step (median {:.2}), {:.2} steps/s ({:.0} {}/s), peak RSS {} MiB [{} steps after {} warm-up, {} threads, {}; {}; gemm {}, element-wise {}]",
             a.workload.name(),
             r.ms_per_step,
@@ -867,6 +882,10 @@ fn cmd_train2d(a: Train2dArgs, given: &[(String, String)]) -> Result<()> {
         }
         None => {
             check_table_flags(&a.common, given)?;
+            if a.model == ModelKind::Realnvp {
+                let why = "is Glow's mixing layer; Real NVP alternates its coupling halves instead";
+                refuse_given(given, &["--permutation"], why)?;
+            }
             let cfg = a.common.config(a.model, a.permutation);
             train2d(
                 Start::Fresh(cfg),
@@ -1224,7 +1243,7 @@ fn cmd_sample(a: SampleArgs) -> Result<()> {
     if let Some(s) = draw.denoise {
         how.push_str(&format!(", denoised (sigma {s})"));
     }
-    println!(
+    outln!(
         "wrote {} samples at temperature {}{how} to {} ({} weights; pixels clipped: {:.3}% at 0, {:.3}% at the top)",
         batch.n,
         temperature,
@@ -1275,7 +1294,7 @@ fn save_edit_grid(
     let n = px.len() / (cfg.channels * cfg.height * cfg.width);
     glowflow::viz::grid::image_grid_cols(px, n, cols, [cfg.channels, cfg.height, cfg.width])
         .save_png(out)?;
-    println!(
+    outln!(
         "wrote {what} ({n} images, {} per row) to {}",
         cols,
         out.display()
@@ -1605,11 +1624,18 @@ fn check_table_flags(c: &CommonArgs, given: &[(String, String)]) -> Result<()> {
         refuse_given(given, &["--affine-scale"], why)?;
     }
     if c.data.is_some() {
-        return Ok(());
+        if c.test_data.is_some() {
+            let why = "shapes the share of --data held out for testing; with --test-data no rows are held out";
+            refuse_given(given, &["--test-fraction", "--split-seed"], why)?;
+        }
+        let why =
+            "shapes the pictures and test points of a built-in 2D target; a table run has none";
+        return refuse_given(given, &["--test-samples", "--grid", "--frames"], why);
     }
     let flags = [
         "--test-data",
         "--test-fraction",
+        "--split-seed",
         "--columns",
         "--context-columns",
     ];

@@ -314,7 +314,9 @@ impl TableData {
                     .into());
                 }
                 let mut perm: Vec<usize> = (0..n).collect();
-                perm.shuffle(&mut ChaCha8Rng::seed_from_u64(seed ^ 0x7AB1E));
+                // The split's own seed (runs saved before it existed drew it with `seed`).
+                let split_seed = opts.split_seed.unwrap_or(seed);
+                perm.shuffle(&mut ChaCha8Rng::seed_from_u64(split_seed ^ 0x7AB1E));
                 let mut flag = vec![0u8; n];
                 for &i in &perm[n - n_test..] {
                     flag[i] = 1;
@@ -611,6 +613,11 @@ pub struct TableOptions {
     pub test_path: Option<PathBuf>,
     /// Share of the rows held out for testing when there is no test table, in (0, 1).
     pub test_fraction: f64,
+    /// Seed of the held-out split, kept apart from the training seed so runs of several seeds
+    /// share one test set (`None` in runs saved before it existed: their training seed drew
+    /// it).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub split_seed: Option<u64>,
     /// Modelled columns, names or 0-based indices (empty: every column not in the context).
     pub columns: Vec<String>,
     /// Context columns the flow is conditioned on (names or 0-based indices).

@@ -141,15 +141,39 @@ fn read_csv(path: &Path, bytes: &[u8]) -> Result<Table, InputError> {
     let mut named = false;
     let mut values = Vec::new();
     let mut rows = 0usize;
+    // A trailing comma on every line (as Excel writes): an empty last field, dropped.
+    let mut trailing_comma = false;
     for (k, rec) in reader.records().enumerate() {
         let rec = rec.map_err(|e| csv_error(path, &e))?;
         let line = rec.position().map_or(k as u64 + 1, |p| p.line());
+        if k == 0 {
+            trailing_comma = rec.len() > 1 && rec.iter().last() == Some("");
+        }
+        let rec: csv::StringRecord = if trailing_comma && rec.iter().last() == Some("") {
+            rec.iter().take(rec.len() - 1).collect()
+        } else {
+            rec
+        };
         let at = |col: usize, name: Option<&str>| match name {
             Some(n) => format!("row {line}, column {} ('{n}')", col + 1),
             None => format!("row {line}, column {}", col + 1),
         };
         if k == 0 {
             let numeric = rec.iter().filter(|f| f.parse::<f64>().is_ok()).count();
+            if numeric == 0 {
+                if let Some(j) = rec.iter().position(str::is_empty) {
+                    let why = if j == 0 {
+                        "the header's first field is empty, as pandas writes its index column (to_csv without index=False): save the table with index=False, or name that column and leave it out with --columns"
+                    } else {
+                        "this header field is empty: every column needs a name"
+                    };
+                    return Err(InputError::file(
+                        path,
+                        Some(format!("row {line}, column {}", j + 1)),
+                        why,
+                    ));
+                }
+            }
             if numeric == 0 && rec.iter().all(|f| !f.is_empty()) {
                 columns = rec.iter().map(str::to_string).collect();
                 // Columns are chosen by name: a name given twice would pick one silently.
@@ -270,7 +294,17 @@ fn csv_error(path: &Path, e: &csv::Error) -> InputError {
 
 fn read_npy(path: &Path, bytes: &[u8]) -> Result<Table, InputError> {
     let bad = |why: String| InputError::file(path, None, why);
-    let npy = npyz::NpyFile::new(bytes).map_err(|e| bad(format!("not a NumPy .npy file: {e}")))?;
+    let npy = npyz::NpyFile::new(bytes).map_err(|e| {
+        // The header is readable text even when npyz refuses its dtype: name an object array.
+        let head = String::from_utf8_lossy(&bytes[..bytes.len().min(256)]).into_owned();
+        if bytes.starts_with(b"\x93NUMPY") {
+            if head.contains("'descr': '|O'") {
+                return bad("holds Python objects (dtype object), which only pickle can read: save a numeric array (e.g. x.astype(float))".into());
+            }
+            return bad(format!("a NumPy .npy file this reader cannot read: {e}"));
+        }
+        bad(format!("not a NumPy .npy file: {e}"))
+    })?;
     let shape: Vec<u64> = npy.shape().to_vec();
     let (rows, cols) = match shape[..] {
         [r, c] => (r as usize, c as usize),

@@ -253,8 +253,24 @@ impl Checkpoint {
             })?),
             _ => None,
         };
-        let state = serde_json::from_value(value)
-            .map_err(|e| InputError::file(&path, None, format!("not a state of this kind: {e}")))?;
+        // The run's kind, to name it when a command is given a run of the other kind.
+        let kind = match &value["model"] {
+            m if m.get("channels").is_some() => Some("an image Glow run (`train`)"),
+            m if m.get("layers").is_some() => Some("a vector flow run (`train2d`/`compare`)"),
+            _ => None,
+        };
+        let state = serde_json::from_value(value).map_err(|e| {
+            let why = match (kind, std::any::type_name::<T>().contains("GlowImage")) {
+                (Some(k), true) if k.starts_with("a vector") => format!(
+                    "is {k}; this command takes an image run (`train`): use `score` or `sample` for a vector flow"
+                ),
+                (Some(k), false) if k.starts_with("an image") => format!(
+                    "is {k}; this command takes a vector flow run (`train2d`): use `eval`, `sample` or `train --resume` for an image run"
+                ),
+                _ => format!("not a state of this kind: {e}"),
+            };
+            InputError::file(&path, None, why)
+        })?;
         let ck = Checkpoint {
             dir: ck,
             hashes,

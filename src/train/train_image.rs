@@ -412,7 +412,8 @@ pub fn train_image(start: ImageStart, io: &RunIo, device: &Device) -> Result<Ima
     let (model, guard, last, train_seconds) =
         (done.model, done.guard, done.step, done.train_seconds);
     let (data, labels) = (&task.data, &task.labels);
-    crate::viz::charts::loss_curve(out, "step", "bpd", "training bits/dim")?;
+    // A picture: a failure (a full disk) is a warning in the summary, never the run's failure.
+    let loss_png = crate::viz::charts::loss_curve(out, "step", "bpd", "training bits/dim");
     let eval = guard.eval_weights(model.valid());
     let test = if opts.test_limit > 0 {
         data.test.take(opts.test_limit)
@@ -424,6 +425,11 @@ pub fn train_image(start: ImageStart, io: &RunIo, device: &Device) -> Result<Ima
     let report = BpdReport::new(&figures.bpd);
     // A preview: non-finite samples are marked cells, counted and reported, never a failure.
     let mut warnings = Vec::new();
+    if let Err(e) = loss_png {
+        let w = format!("loss.png not written: {e:#}");
+        eprintln!("warning: {w}");
+        warnings.push(w);
+    }
     let samples_nonfinite = match sample_grid(&eval, &cfg, 64, PREVIEW_TEMPERATURE, opts.seed) {
         Ok((grid, batch)) => {
             log_preview(out, last, "samples.png", &batch)?;
