@@ -1503,3 +1503,37 @@ fn sample_grids_mark_non_finite_samples() {
         }
     }
 }
+
+/// The split prior's soft bound: the identity well inside `±b`, `±b` far outside (1e30 gives
+/// `b`, not a cancelled 0), monotone.
+#[test]
+fn split_prior_log_std_is_softly_bounded() {
+    use glowflow::models::glow_image::soft_bound;
+    use glowflow::tensor_util::{from_vec_f64, to_vec_f64};
+    let device = plain_device();
+    let b = (1.0 / glowflow::layers::MIN_AFFINE_SCALE).ln();
+    let xs = [-1e30, -1e3, -20.0, -3.0, 0.0, 1.0, 3.0, 20.0, 1e3, 1e30];
+    let x = from_vec_f64(xs.to_vec(), [1, xs.len(), 1, 1], (&device, DType::F64));
+    let y = to_vec_f64(soft_bound(x, b));
+    let mut prev = f64::NEG_INFINITY;
+    for (&x, &y) in xs.iter().zip(&y) {
+        assert!(
+            y.is_finite() && y > -b - 1e-9 && y < b + 1e-9,
+            "soft_bound({x}) = {y}"
+        );
+        if x.abs() <= 3.0 {
+            assert!(
+                (y - x).abs() < 1e-3,
+                "soft_bound({x}) = {y}: not the identity inside"
+            );
+        }
+        if x.abs() >= 1e3 {
+            assert!(
+                (y.abs() - b).abs() < 1e-6,
+                "soft_bound({x}) = {y}: not ±b far outside"
+            );
+        }
+        assert!(y >= prev, "soft_bound is not monotone at {x}");
+        prev = y;
+    }
+}

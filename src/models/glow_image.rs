@@ -212,6 +212,37 @@ impl GlowImageConfig {
 pub struct SplitPrior {
     /// Zero-initialised convolution of the kept half to the factored half's mean and log-std.
     pub conv: ZeroConv2d,
+    /// Bound the log-std softly to `±ln(1/ε)` ([`soft_bound`], `ε` =
+    /// [`MIN_AFFINE_SCALE`](crate::layers::MIN_AFFINE_SCALE)): models with
+    /// [`AffineScale::Bounded`]; Glow's exact form leaves it unbounded. From the config, not
+    /// stored with the weights.
+    #[module(skip)]
+    pub bounded: bool,
+}
+
+/// `x` softly bounded to `(-b, b)`: `u = b - softplus(b - x)` bounds it above, then
+/// `-b + softplus(u + b)` below. The identity to within about `e^-(b - |x|)` well inside the
+/// bound, `±b` far outside it, smooth with a derivative in (0, 1]; written so that no huge `x`
+/// cancels against itself (`x = 1e30` gives `b`, not 0).
+pub fn soft_bound(x: Tensor<4>, b: f64) -> Tensor<4> {
+    use burn::tensor::activation::softplus;
+    let upper = softplus(x.neg().add_scalar(b), 1.0).neg().add_scalar(b);
+    softplus(upper.add_scalar(b), 1.0).sub_scalar(b)
+}
+
+impl SplitPrior {
+    /// The factored half's prior `(mean, log-std)` given the kept half `keep` `[N, C, H, W]`
+    /// (Glow's learned prior; the log-std softly bounded to `±ln(1/ε)` when `bounded`, so a
+    /// sample's off-manifold kept half cannot make `exp(log-std)` overflow).
+    pub fn params(&self, keep: Tensor<4>) -> (Tensor<4>, Tensor<4>) {
+        let (mean, logs) = halves(self.conv.forward(keep));
+        if self.bounded {
+            let b = (1.0 / crate::layers::MIN_AFFINE_SCALE).ln();
+            (mean, soft_bound(logs, b))
+        } else {
+            (mean, logs)
+        }
+    }
 }
 
 /// One level: its flow steps and, for every level but the last, the split prior.
@@ -316,6 +347,7 @@ impl GlowImage {
                 });
             }
             let split = (l + 1 < cfg.levels).then(|| SplitPrior {
+                bounded: cfg.affine_scale == AffineScale::Bounded,
                 conv: ZeroConv2d::new(c - c / 2, 2 * (c / 2), device),
             });
             levels.push(Level {
@@ -451,7 +483,7 @@ impl GlowImage {
             let (z, mean, logs, next) = match &level.split {
                 Some(prior) => {
                     let (z, keep) = halves(y);
-                    let (mean, logs) = halves(prior.conv.forward(keep.clone()));
+                    let (mean, logs) = prior.params(keep.clone());
                     (z, mean, logs, keep)
                 }
                 None => {
@@ -609,7 +641,8 @@ impl GlowImage {
         }
         for (l, level) in self.levels.iter().enumerate().rev() {
             if let Some(prior) = &level.split {
-                if count_nonfinite(prior.conv.forward(h.clone())) > 0 {
+                let (mean, logs) = prior.params(h.clone());
+                if count_nonfinite(mean) + count_nonfinite(logs) > 0 {
                     return Some(format!("level {l}, split prior (mean / log-std)"));
                 }
                 if count_nonfinite(zs[l].clone()) > 0 {
@@ -641,7 +674,7 @@ impl GlowImage {
         };
         for (l, level) in self.levels.iter().enumerate().rev() {
             if let Some(prior) = &level.split {
-                let (mean, logs) = halves(prior.conv.forward(h.clone()));
+                let (mean, logs) = prior.params(h.clone());
                 let z = match given {
                     Some(g) => g[l].clone(),
                     None => pick(mean, logs, l).expect("sampling draws every latent"),
