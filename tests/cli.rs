@@ -162,6 +162,79 @@ fn device_lists_are_checked() {
             "{args:?}: error does not mention {needle}: {err}"
         );
         assert!(!err.contains("panicked"), "{args:?} panicked: {err}");
+        // A device name is input: exit 2 (a CUDA build may fail later, on the hardware).
+        if !cfg!(feature = "cuda") {
+            assert_eq!(out.status.code(), Some(2), "{args:?}: {err}");
+        }
+    }
+}
+
+/// Flags that would be silently ignored are refused by name (exit 2), before anything is
+/// written.
+#[test]
+fn ignored_flags_are_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let table = dir.path().join("t.csv");
+    let rows: String = (0..50)
+        .map(|i| format!("{},{}\n", i % 7, (i * 3) % 11))
+        .collect();
+    std::fs::write(&table, format!("a,b\n{rows}")).unwrap();
+    let t = table.to_str().unwrap();
+    let cases: [(&[&str], &str); 7] = [
+        (
+            &[
+                "train2d",
+                "--data",
+                t,
+                "--test-data",
+                t,
+                "--test-fraction",
+                "0.3",
+            ],
+            "--test-fraction 0.3",
+        ),
+        (
+            &[
+                "train2d",
+                "--data",
+                t,
+                "--test-data",
+                t,
+                "--split-seed",
+                "3",
+            ],
+            "--split-seed 3",
+        ),
+        (&["train2d", "--data", t, "--frames", "3"], "--frames 3"),
+        (&["train2d", "--data", t, "--grid", "64"], "--grid 64"),
+        (
+            &["train2d", "--model", "realnvp", "--permutation", "shuffle"],
+            "--permutation shuffle",
+        ),
+        (
+            &["train2d", "--affine-scale", "glow"],
+            "--affine-scale glow: shapes the scale of sigmoid couplings",
+        ),
+        (
+            &["train", "--coupling", "additive", "--affine-scale", "glow"],
+            "--affine-scale glow: shapes the scale of affine couplings",
+        ),
+    ];
+    for (args, needle) in cases {
+        let out_dir = dir.path().join("out");
+        let out = glowflow()
+            .args(args)
+            .args(["--steps", "2", "--quiet", "--out"])
+            .arg(&out_dir)
+            .output()
+            .unwrap();
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(2), "{args:?}: {err}");
+        assert!(
+            err.contains(needle),
+            "{args:?}: error does not mention {needle}: {err}"
+        );
+        assert!(!out_dir.exists(), "{args:?} wrote {}", out_dir.display());
     }
 }
 

@@ -291,6 +291,31 @@ fn bad_tables_are_refused_naming_file_row_and_column() {
             "a,b\n1,5\n2,5\n3,5\n4,5\n5,5\n",
             &["column 'b' is constant"],
         ),
+        (
+            "pandas.csv",
+            ",a,b\n0,1,2\n1,3,4\n2,5,1\n",
+            &["row 1, column 1", "index=False"],
+        ),
+        (
+            "unnamed.csv",
+            "a,,b\n0,1,2\n1,3,4\n2,5,1\n",
+            &["row 1, column 2", "needs a name"],
+        ),
+        (
+            "huge.csv",
+            "a,b\n1,2\n1e39,3\n2,1\n3,3\n",
+            &["data row 2, column 'a'", "float32's range"],
+        ),
+        (
+            "dup.csv",
+            "a,b,c\n1,2,1\n2,3,2\n3,1,3\n4,5,4\n5,4,5\n",
+            &["'a' and 'c'", "exact copies"],
+        ),
+        (
+            "tiny.csv",
+            "a,b\n1,1e9\n2,1.0000000000000002e9\n3,1e9\n4,1.0000000000000002e9\n",
+            &["column 'b' varies by", "float64's rounding"],
+        ),
     ];
     for (name, text, want) in cases {
         let p = dir.path().join(name);
@@ -902,6 +927,9 @@ fn degenerate_tables_and_destructive_outputs_are_refused() {
         "--out",
         &s(&run.join("mine.csv")),
     ]);
+    // A run of the other kind is named as such.
+    let err = refused(&["eval", "--checkpoint", &s(&run)]);
+    assert!(err.contains("is a vector flow run"), "{err}");
     // A headerless table one column wider than the model is not scored by position.
     let wide: String = std::fs::read_to_string(p("tiny.csv"))
         .unwrap()

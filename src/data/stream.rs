@@ -203,7 +203,7 @@ fn check_float32_range(table: &crate::data::table::Table, cols: &[usize]) -> Res
         if let Some(&c) = cols.iter().find(|&&c| row[c].abs() > max) {
             return Err(InputError::file(
                 &table.source,
-                Some(format!("row {}, column '{}'", r + 1, table.columns[c])),
+                Some(format!("data row {}, column '{}'", r + 1, table.columns[c])),
                 format!(
                     "{:e} is beyond float32's range (±3.4e38), which the model computes in; rescale the column or drop the row",
                     row[c]
