@@ -70,11 +70,16 @@ pub struct InvConv1x1Lu {
 }
 
 impl InvConv1x1Lu {
-    /// Initialise from the LU factorisation of a random orthogonal matrix.
+    /// Initialise from the LU factorisation of a random orthogonal matrix (a random signed
+    /// permutation above [`linalg::MAX_DENSE_ORTHOGONAL_INIT`] channels, factored directly).
     pub fn new(channels: usize, rng: &mut impl Rng, device: &Device) -> Self {
         let c = channels;
-        let w0 = linalg::random_orthogonal(c, rng);
-        let f = linalg::lu(&w0).expect("orthogonal matrices are invertible");
+        let f = if c > linalg::MAX_DENSE_ORTHOGONAL_INIT {
+            linalg::random_signed_permutation(c, rng).1
+        } else {
+            let w0 = linalg::random_orthogonal(c, rng);
+            linalg::lu(&w0).expect("orthogonal matrices are invertible")
+        };
         let mut u_strict = f.u.clone();
         let mut log_s = Vec::with_capacity(c);
         let mut sign_s = Vec::with_capacity(c);

@@ -124,6 +124,42 @@ impl VectorFlowConfig {
         Ok(())
     }
 
+    /// Floating-point operations of set-up (the mixing layers' random orthogonal
+    /// initialisation) and of one training step at `batch` points (forward and backward), and
+    /// the bytes the weights, their gradients and Adam's two moments hold: a rough estimate, for
+    /// refusing or warning about tables too wide to train (its leading terms: `K · d²` mixing
+    /// weights, `K · d³` to form and factor them, `6 · batch · K · d²` to apply them).
+    pub fn cost(&self, batch: usize) -> (f64, f64, f64) {
+        let (k, d, b) = (self.layers as f64, self.dim as f64, batch as f64);
+        let (h, ctx) = (self.hidden as f64, self.context as f64);
+        let mixing = self.model == ModelKind::Glow
+            && self.permutation != Permutation::Reverse
+            && self.permutation != Permutation::Shuffle;
+        let (mix_weights, mix_step, setup) = if mixing {
+            let dense = if self.dim > crate::linalg::MAX_DENSE_ORTHOGONAL_INIT {
+                0.0
+            } else {
+                4.0 * d * d * d
+            };
+            (
+                d * d,
+                6.0 * b * d * d + 4.0 * d * d * d,
+                dense + (2.0 / 3.0) * d * d * d,
+            )
+        } else {
+            (0.0, 0.0, 0.0)
+        };
+        let mlp = (d / 2.0 + ctx) * h + h * h * (self.depth.saturating_sub(1)) as f64 + h * d;
+        let step = k * (mix_step + 6.0 * b * mlp);
+        let bytes = k * (mix_weights + mlp) * 4.0 * 4.0;
+        let setup = if self.dim > crate::linalg::MAX_DENSE_ORTHOGONAL_INIT {
+            0.0
+        } else {
+            k * setup
+        };
+        (setup, step, bytes)
+    }
+
     /// Bytes a training step holds per point (activations for the backward pass, float32), a
     /// rough upper estimate used to refuse batch sizes that cannot fit in memory.
     pub fn activation_bytes_per_point(&self) -> f64 {

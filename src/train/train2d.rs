@@ -278,12 +278,62 @@ fn check_batch(
             "Real NVP's batch norm needs at least 2 points per batch",
         ));
     }
-    let need =
-        cfg.activation_bytes_per_point() * opts.batch.max(opts.test_samples.min(1 << 16)) as f64;
+    // A target's test points are scored in one pass; a table's rows in chunks without a graph.
+    let points = match opts.table {
+        Some(_) => opts.batch,
+        None => opts.batch.max(opts.test_samples.min(1 << 16)),
+    };
+    let need = cfg.activation_bytes_per_point() * points as f64;
     match crate::limits::memory_shortfall(need) {
         Some(why) => Err(FieldError::new("batch", "--batch", opts.batch, why)),
         None => Ok(()),
     }
+}
+
+/// The throughput [`check_cost`] assumes, floating-point operations per second (two cores of a
+/// current x86 CPU: a 2,000-column table's measured step matches it to within 2x).
+pub const ASSUMED_FLOPS: f64 = 2e10;
+
+/// The longest estimated training step a run may start with: a step is the unit a signal
+/// (Ctrl-C, SIGTERM) waits for, so a longer one could not be stopped in good time.
+pub const MAX_STEP_SECONDS: f64 = 300.0;
+
+/// Estimate a fresh run's set-up, step and weight memory before building the model
+/// ([`VectorFlowConfig::cost`]): refuse weights that do not fit in memory or a step estimated
+/// above [`MAX_STEP_SECONDS`], naming the columns, `--layers` and `--batch`; warn on stderr
+/// when a step or the set-up is estimated above a few seconds.
+fn check_cost(cfg: &VectorFlowConfig, opts: &Train2dOptions) -> Result<()> {
+    let (setup, step, bytes) = cfg.cost(opts.batch);
+    let data = opts.table.as_ref().map_or_else(
+        || opts.target.name().to_string(),
+        |t| t.path.display().to_string(),
+    );
+    let what = format!(
+        "{} columns, --layers {}, --batch {}",
+        cfg.dim + cfg.context,
+        cfg.layers,
+        opts.batch
+    );
+    if let Some(why) = crate::limits::memory_shortfall(bytes) {
+        let why = format!("{what}: the weights, gradients and Adam's moments {why}; use fewer columns (--columns) or --layers");
+        return Err(InputError::flag("--data", data, why).into());
+    }
+    let (setup_s, step_s) = (setup / ASSUMED_FLOPS, step / ASSUMED_FLOPS);
+    if step_s > MAX_STEP_SECONDS {
+        let why = format!(
+            "{what}: one training step needs about {step:.1e} floating-point operations, about {:.0} minutes at {:.0e} per second, and a signal could stop the run only between steps; use fewer columns (--columns), --layers or --batch",
+            step_s / 60.0,
+            ASSUMED_FLOPS
+        );
+        return Err(InputError::flag("--data", data, why).into());
+    }
+    if step_s > 2.0 || setup_s > 10.0 {
+        eprintln!(
+            "warning: {what}: about {step_s:.0} s per training step and {setup_s:.0} s of set-up (estimated at {ASSUMED_FLOPS:.0e} floating-point operations per second); {} of weights and optimizer state",
+            crate::limits::human_bytes(bytes)
+        );
+    }
+    Ok(())
 }
 
 /// Train (or resume), then evaluate and write every output into `io.out`.
@@ -318,6 +368,7 @@ pub fn train2d(
                 table = Some(data);
             }
             cfg.validate().map_err(FieldError::on_flag)?;
+            check_cost(&cfg, &opts)?;
             let mut model = VectorFlow::new(&cfg, &train_device);
             check_batch(&cfg, &opts, model.flow.uses_batch_statistics())
                 .map_err(FieldError::on_flag)?;
