@@ -3,7 +3,7 @@
 
 use std::path::Path;
 
-use anyhow::{bail, Context, Result};
+use anyhow::{bail, Result};
 
 use super::images::{ImageSet, Splits};
 
@@ -16,8 +16,12 @@ pub fn read_batch(path: &Path) -> Result<ImageSet> {
 
 /// Read a CIFAR-10 batch file with its labels.
 pub fn read_labelled(path: &Path) -> Result<(ImageSet, Vec<u8>)> {
-    let b = std::fs::read(path).with_context(|| format!("{}: cannot read", path.display()))?;
-    parse_labelled(&b).with_context(|| format!("{}: malformed CIFAR-10 batch", path.display()))
+    let b = std::fs::read(path)
+        .map_err(|e| crate::error::InputError::file(path, None, format!("cannot read: {e}")))?;
+    parse_labelled(&b).map_err(|e| {
+        crate::error::InputError::file(path, None, format!("malformed CIFAR-10 batch: {e:#}"))
+            .into()
+    })
 }
 
 /// Parse a CIFAR-10 batch from its bytes into `[n, 3, 32, 32]` images, dropping the labels.
@@ -78,7 +82,7 @@ fn concat(sets: Vec<ImageSet>) -> ImageSet {
 /// `data_batch_1..5.bin` (those present, at least one) and `test_batch.bin`.
 pub fn load_dir(dir: &Path) -> Result<Splits> {
     if !dir.is_dir() {
-        bail!("{}: no such directory", dir.display());
+        return Err(crate::error::InputError::file(dir, None, "no such directory").into());
     }
     let mut train = Vec::new();
     let mut train_labels = Vec::new();
@@ -91,11 +95,11 @@ pub fn load_dir(dir: &Path) -> Result<Splits> {
         }
     }
     if train.is_empty() {
-        bail!("{}: no data_batch_*.bin files", dir.display());
+        return Err(crate::error::InputError::file(dir, None, "no data_batch_*.bin files").into());
     }
     let tp = dir.join("test_batch.bin");
     if !tp.exists() {
-        bail!("{}: no test_batch.bin", dir.display());
+        return Err(crate::error::InputError::file(dir, None, "no test_batch.bin").into());
     }
     let (test, test_labels) = read_labelled(&tp)?;
     Ok(Splits {

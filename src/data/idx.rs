@@ -86,15 +86,41 @@ pub fn parse_images(b: &[u8]) -> Result<ImageSet> {
 /// Train and test images of an MNIST/Fashion-MNIST directory.
 pub fn load_dir(dir: &Path) -> Result<Splits> {
     if !dir.is_dir() {
-        bail!("{}: no such directory", dir.display());
+        return Err(InputError::file(dir, None, "no such directory").into());
     }
     let pick = |stem: &str| {
         find_file(
             dir,
             &[&format!("{stem}.gz"), stem, &stem.replace("-idx3", ".idx3")],
         )
-        .with_context(|| format!("{}: no {stem}[.gz] file", dir.display()))
+        .ok_or_else(|| InputError::file(dir, None, format!("no {stem}[.gz] file")))
     };
+    // Both a raw file and its `.gz`: they must agree, or which one is meant is unknown.
+    for stem in [
+        "train-images-idx3-ubyte",
+        "t10k-images-idx3-ubyte",
+        "train-labels-idx1-ubyte",
+        "t10k-labels-idx1-ubyte",
+    ] {
+        let (gz, raw) = (dir.join(format!("{stem}.gz")), dir.join(stem));
+        if gz.is_file() && raw.is_file() {
+            use std::io::Read;
+            let mut unzipped = Vec::new();
+            let same = std::fs::File::open(&gz)
+                .and_then(|f| flate2::read::GzDecoder::new(f).read_to_end(&mut unzipped))
+                .ok()
+                .zip(std::fs::read(&raw).ok())
+                .is_some_and(|(_, raw)| raw == unzipped);
+            if !same {
+                return Err(crate::error::InputError::file(
+                    dir,
+                    None,
+                    format!("holds both {stem} and {stem}.gz, and they differ: remove the one that is not meant"),
+                )
+                .into());
+            }
+        }
+    }
     let train = read_images(&pick("train-images-idx3-ubyte")?)?;
     let test = read_images(&pick("t10k-images-idx3-ubyte")?)?;
     // Labels are optional (unconditional models do not need them).

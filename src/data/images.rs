@@ -268,6 +268,15 @@ impl Splits {
                 format!("label {l} (image {i} of train then test) is not below the class count");
             return Err(InputError::flag("--classes", k, why).into());
         }
+        // More classes than the labels hold: the extra classes' priors would never be trained.
+        let held = train.iter().map(|&l| l as usize + 1).max().unwrap_or(0);
+        if held < k {
+            let why = format!(
+                "the training labels hold {held} classes (0 to {}); a class no image has would be an untrained prior",
+                held.saturating_sub(1)
+            );
+            return Err(InputError::flag("--classes", k, why).into());
+        }
         Ok(Some((train.clone(), test.clone())))
     }
 }
