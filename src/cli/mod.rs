@@ -852,6 +852,10 @@ fn out_dir(out: &Option<PathBuf>, resume: &Option<PathBuf>, default: &str) -> Pa
 }
 
 fn cmd_train2d(a: Train2dArgs, given: &[(String, String)]) -> Result<()> {
+    check_utf8_paths(&[
+        ("--out", a.out.as_deref()),
+        ("--resume", a.resume.as_deref()),
+    ])?;
     let (device, replicas) = train_devices(&a.common.device)?;
     interrupt::install();
     let io = RunIo {
@@ -956,6 +960,10 @@ fn cmd_compare(a: CompareArgs, given: &[(String, String)]) -> Result<()> {
 }
 
 fn cmd_train(a: TrainArgs, given: &[(String, String)]) -> Result<()> {
+    check_utf8_paths(&[
+        ("--out", a.out.as_deref()),
+        ("--resume", a.resume.as_deref()),
+    ])?;
     use glowflow::train::train_image::{train_image, ImageStart};
     let (device, replicas) = train_devices(&a.device)?;
     interrupt::install();
@@ -1618,7 +1626,23 @@ fn sample_vectors(a: &SampleArgs, device: &burn::tensor::Device) -> Result<()> {
 }
 
 /// Refuse the table flags without `--data` (they select and split a table's rows).
+/// Refuse a path that is not valid UTF-8: a run stores its paths in `state.json` (JSON text), so
+/// such a run would train to the end and then fail to save.
+fn check_utf8_paths(paths: &[(&str, Option<&std::path::Path>)]) -> Result<()> {
+    for (flag, p) in paths {
+        if let Some(p) = p.filter(|p| p.to_str().is_none()) {
+            let why = "is not valid UTF-8; a run records its paths as text in state.json (rename the file or folder)";
+            return Err(InputError::flag(flag, p.display(), why).into());
+        }
+    }
+    Ok(())
+}
+
 fn check_table_flags(c: &CommonArgs, given: &[(String, String)]) -> Result<()> {
+    check_utf8_paths(&[
+        ("--data", c.data.as_deref()),
+        ("--test-data", c.test_data.as_deref()),
+    ])?;
     if c.coupling != CouplingKind::Sigmoid {
         let why = "shapes the scale of sigmoid couplings: it needs --coupling sigmoid";
         refuse_given(given, &["--affine-scale"], why)?;

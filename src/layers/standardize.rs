@@ -98,37 +98,29 @@ impl Standardize {
     }
 }
 
-fn to_2d(x: Tensor<4>) -> Tensor<2> {
-    let [n, c, h, w] = x.dims();
-    assert_eq!(
-        h * w,
-        1,
-        "Standardize as a flow layer takes vectors [N, C, 1, 1]"
-    );
-    x.reshape([n, c])
+impl Standardize {
+    /// A buffer as a float64 `[1, C, 1, 1]`.
+    fn shaped64(&self, p: &Param<Tensor<1>>) -> Tensor<4> {
+        let c = p.dims()[0];
+        p.val().cast(DType::F64).reshape([1, c, 1, 1])
+    }
 }
 
 impl Flow for Standardize {
-    /// Vectors `[N, C, 1, 1]`: standardised in float64, returned in `x`'s float type.
+    /// Any `[N, C, H, W]`: standardised per channel in float64, returned in `x`'s float type.
     fn forward_ctx(&self, x: Tensor<4>, _ctx: Context) -> (Tensor<4>, Tensor<1>) {
         let ld = self.logdet(&x);
-        let [n, c, _, _] = x.dims();
         let dtype = x.dtype();
-        let y = self
-            .standardize_2d(to_2d(x))
-            .cast(dtype)
-            .reshape([n, c, 1, 1]);
-        (y, ld)
+        let x64 = x.cast(DType::F64);
+        let y = (x64 - self.shaped64(&self.mean)) * self.shaped64(&self.log_std).neg().exp();
+        (y.cast(dtype), ld)
     }
 
     fn inverse_ctx(&self, y: Tensor<4>, _ctx: Context) -> (Tensor<4>, Tensor<1>) {
         let ld = self.logdet(&y).neg();
-        let [n, c, _, _] = y.dims();
         let dtype = y.dtype();
-        let x = self
-            .unstandardize_2d(to_2d(y))
-            .cast(dtype)
-            .reshape([n, c, 1, 1]);
-        (x, ld)
+        let y64 = y.cast(DType::F64);
+        let x = y64 * self.shaped64(&self.log_std).exp() + self.shaped64(&self.mean);
+        (x.cast(dtype), ld)
     }
 }

@@ -363,15 +363,17 @@ impl VectorFlow {
         self.encode_from(h, ld0, c.as_ref())
     }
 
-    /// Map latents `[N, D]` to raw points (un-standardised in float64: a float64 tensor for a
-    /// standardising model) and `log|det dx/dz|` `[N]`.
+    /// Map latents `[N, D]` to raw points (un-standardised in float64, returned in the flow's
+    /// float type: a [float64 copy](crate::tensor_util::cast_module) of the model keeps every
+    /// digit of a column like `1e9 + N(0, 1)`) and `log|det dx/dz|` `[N]`.
     pub fn decode(&self, z: Tensor<2>, ctx: Context) -> (Tensor<2>, Tensor<1>) {
         let c = self.ctx(ctx);
         let (x, ld) = self.flow.inverse_ctx(vec_to_nchw(z), c.as_ref());
         match &self.standardize {
             Some(s) => {
                 let l = s.logdet(&x).neg();
-                (s.unstandardize_2d(nchw_to_vec(x)), ld + l)
+                let dtype = x.dtype();
+                (s.unstandardize_2d(nchw_to_vec(x)).cast(dtype), ld + l)
             }
             None => (nchw_to_vec(x), ld),
         }

@@ -318,6 +318,8 @@ fn check_cost(cfg: &VectorFlowConfig, opts: &Train2dOptions) -> Result<()> {
         let why = format!("{what}: the weights, gradients and Adam's moments {why}; use fewer columns (--columns) or --layers");
         return Err(InputError::flag("--data", data, why).into());
     }
+    // A batch's activations must fit before its time is worth estimating.
+    check_batch(cfg, opts, false).map_err(FieldError::on_flag)?;
     let (setup_s, step_s) = (setup / ASSUMED_FLOPS, step / ASSUMED_FLOPS);
     if step_s > MAX_STEP_SECONDS {
         let why = format!(
