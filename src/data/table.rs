@@ -147,9 +147,9 @@ fn read_csv(path: &Path, bytes: &[u8]) -> Result<Table, InputError> {
         let rec = rec.map_err(|e| csv_error(path, &e))?;
         let line = rec.position().map_or(k as u64 + 1, |p| p.line());
         if k == 0 {
-            trailing_comma = rec.len() > 1 && rec.iter().last() == Some("");
+            trailing_comma = rec.len() > 1 && rec.iter().next_back() == Some("");
         }
-        let rec: csv::StringRecord = if trailing_comma && rec.iter().last() == Some("") {
+        let rec: csv::StringRecord = if trailing_comma && rec.iter().next_back() == Some("") {
             rec.iter().take(rec.len() - 1).collect()
         } else {
             rec
