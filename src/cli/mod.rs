@@ -1597,6 +1597,22 @@ fn sample_vectors(a: &SampleArgs, device: &burn::tensor::Device) -> Result<()> {
     };
     glowflow::fsutil::check_outputs(&[("--out", &out)], &[])?;
     let t = a.temperature.unwrap_or(1.0);
+    // A context far outside the training rows: the model extrapolates; say how far.
+    if let Some((mean, std)) = model.standardization() {
+        let d = state.model.dim;
+        for (j, &v) in a.context.iter().enumerate() {
+            let (m, s) = (mean.get(d + j), std.get(d + j));
+            if let (Some(m), Some(s)) = (m, s) {
+                let z = (v - m) / s;
+                if z.abs() > 10.0 {
+                    eprintln!(
+                        "warning: --context value {v:e} (context column {}) is {z:.3e} training standard deviations from the training mean: the model extrapolates far beyond its data",
+                        j + 1
+                    );
+                }
+            }
+        }
+    }
     let s = sample_rows(&model, &state, a.n, t, &a.context, a.seed, device)?;
     if !s.left_out.is_empty() {
         let why = format!(
