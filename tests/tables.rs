@@ -805,6 +805,14 @@ fn degenerate_tables_and_destructive_outputs_are_refused() {
     let dir = tempfile::tempdir().unwrap();
     let p = |name: &str| dir.path().join(name);
     let s = |path: &Path| path.to_str().unwrap().to_string();
+    // A short train2d on `data` that must be refused; returns its error.
+    let refused_train = |data: &Path, extra: &[&str]| {
+        let (data, out) = (s(data), s(&p("r")));
+        let mut args = vec!["train2d", "--data", &data, "--steps", "5", "--batch", "32"];
+        args.extend(extra);
+        args.extend(["--quiet", "--out", &out]);
+        refused(&args)
+    };
     // An exact duplicate column.
     let mut dup = String::from("a,b,a2\n");
     let mut rng = ChaCha8Rng::seed_from_u64(1);
@@ -813,18 +821,7 @@ fn degenerate_tables_and_destructive_outputs_are_refused() {
         dup.push_str(&format!("{a},{b},{a}\n"));
     }
     std::fs::write(p("dup.csv"), dup).unwrap();
-    let err = refused(&[
-        "train2d",
-        "--data",
-        &s(&p("dup.csv")),
-        "--steps",
-        "5",
-        "--batch",
-        "32",
-        "--quiet",
-        "--out",
-        &s(&p("r")),
-    ]);
+    let err = refused_train(&p("dup.csv"), &[]);
     assert!(
         err.contains("'a'") && err.contains("'a2'") && err.contains("exact copies"),
         "{err}"
@@ -837,38 +834,14 @@ fn degenerate_tables_and_destructive_outputs_are_refused() {
             e.to_string()
         }
     });
-    let err = refused(&[
-        "train2d",
-        "--data",
-        &s(&p("huge.csv")),
-        "--steps",
-        "5",
-        "--batch",
-        "32",
-        "--quiet",
-        "--out",
-        &s(&p("r")),
-    ]);
+    let err = refused_train(&p("huge.csv"), &[]);
     assert!(
         err.contains("row 5, column 'c'") && err.contains("float32"),
         "{err}"
     );
     // A constant context column: named as a context column, not as a density.
     write_columns(&p("ctx.csv"), 300, 3, "a,b,k", |_, _| "4".into());
-    let err = refused(&[
-        "train2d",
-        "--data",
-        &s(&p("ctx.csv")),
-        "--context-columns",
-        "k",
-        "--steps",
-        "5",
-        "--batch",
-        "32",
-        "--quiet",
-        "--out",
-        &s(&p("r")),
-    ]);
+    let err = refused_train(&p("ctx.csv"), &["--context-columns", "k"]);
     assert!(
         err.contains("context column 'k'") && err.contains("--context-columns"),
         "{err}"
