@@ -1,9 +1,35 @@
 //! File writing that never leaves a half-written file behind.
 
 use std::io::Write;
-use std::path::Path;
+use std::path::{Path, PathBuf};
+use std::sync::Mutex;
 
 use anyhow::{Context, Result};
+
+/// Temporary files of [`write_atomic`] calls in progress, so an interrupt can remove them
+/// ([`exit_removing_pending_temps`]) before the process exits.
+static PENDING: Mutex<Vec<PathBuf>> = Mutex::new(Vec::new());
+
+fn pending() -> std::sync::MutexGuard<'static, Vec<PathBuf>> {
+    PENDING
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner())
+}
+
+/// Remove the temporary files of every [`write_atomic`] call in progress, tell `say` how many
+/// were removed, and exit the process with `code`. The signal handler calls this, so an
+/// interrupted `sample` or `score` leaves no `.NAME.tmpPID` behind; the targets are untouched
+/// (each keeps its previous contents, stays absent, or was already renamed whole). The registry
+/// stays locked until the exit, so no write can start a new temporary file in between.
+pub fn exit_removing_pending_temps(code: i32, say: impl FnOnce(usize)) -> ! {
+    let mut list = pending();
+    let removed = list
+        .drain(..)
+        .filter(|tmp| std::fs::remove_file(tmp).is_ok())
+        .count();
+    say(removed);
+    std::process::exit(code)
+}
 
 /// Write a CSV file (`header`, then `rows`) atomically (see [`write_atomic`]).
 ///
@@ -35,6 +61,7 @@ pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
         .unwrap_or(Path::new("."));
     let name = path.file_name().and_then(|n| n.to_str()).unwrap_or("file");
     let tmp = dir.join(format!(".{name}.tmp{}", std::process::id()));
+    pending().push(tmp.clone());
     let result = write_synced(&tmp, bytes).and_then(|()| {
         std::fs::rename(&tmp, path)
             .with_context(|| format!("cannot move {} to {}", tmp.display(), path.display()))
@@ -42,6 +69,7 @@ pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
     if result.is_err() {
         std::fs::remove_file(&tmp).ok();
     }
+    pending().retain(|p| p != &tmp);
     result
 }
 

@@ -719,3 +719,132 @@ fn crc32(bytes: &[u8]) -> u32 {
     }
     !c
 }
+
+/// SIGTERM delivered at every `write` of `score --out` and `sample --out` (strace signal
+/// injection): the command exits 130 (or finishes with 0), never panics, leaves no temporary
+/// file, and the output is either absent or byte-identical to an uninterrupted run's.
+#[test]
+fn sigterm_at_every_write_of_score_and_sample_leaves_no_temporary_file() {
+    let Some(strace) = strace() else {
+        eprintln!("skipped: strace is not installed (apt-get install strace)");
+        return;
+    };
+    let root = tempfile::tempdir().unwrap();
+    let table = root.path().join("t.csv");
+    let mut text = String::from("a,b\n");
+    for i in 0..400 {
+        let x = (i as f64 * 0.37).sin();
+        text.push_str(&format!("{x},{}\n", x * x + 0.1 * (i as f64 * 1.3).cos()));
+    }
+    std::fs::write(&table, text).unwrap();
+    let run = root.path().join("run");
+    let trained = glowflow()
+        .args([
+            "train2d",
+            "--layers",
+            "2",
+            "--hidden",
+            "8",
+            "--batch",
+            "64",
+            "--threads",
+            "1",
+            "--quiet",
+            "--steps",
+            "5",
+            "--data",
+        ])
+        .arg(&table)
+        .arg("--out")
+        .arg(&run)
+        .output()
+        .unwrap();
+    assert!(
+        trained.status.success(),
+        "{}",
+        String::from_utf8_lossy(&trained.stderr)
+    );
+    let commands: [(&str, Vec<&str>); 2] = [
+        ("scores.csv", vec!["score", "--checkpoint"]),
+        ("rows.csv", vec!["sample", "--n", "5000", "--checkpoint"]),
+    ];
+    let trace = "write,pwrite64,writev";
+    for (file, args) in commands {
+        let out_dir = root.path().join(format!("whole-{file}"));
+        std::fs::create_dir(&out_dir).unwrap();
+        let whole = out_dir.join(file);
+        let args_for = |target: &Path| -> Vec<std::ffi::OsString> {
+            let mut v: Vec<std::ffi::OsString> = args.iter().map(Into::into).collect();
+            v.push(run.clone().into());
+            v.push("--out".into());
+            v.push(target.into());
+            v
+        };
+        let log = root.path().join(format!("{file}.trace"));
+        let st = Command::new(&strace)
+            .args(["-f", "-qq", "-e", &format!("trace={trace}"), "-o"])
+            .arg(&log)
+            .arg(env!("CARGO_BIN_EXE_glowflow"))
+            .args(args_for(&whole))
+            .output()
+            .unwrap();
+        assert!(
+            st.status.success(),
+            "{}",
+            String::from_utf8_lossy(&st.stderr)
+        );
+        let want = std::fs::read(&whole).unwrap();
+        let points = std::fs::read_to_string(&log)
+            .unwrap()
+            .lines()
+            .filter(|l| l.contains('(') && !l.contains("resumed>"))
+            .count();
+        assert!(points >= 2, "{file}: only {points} writes");
+        let (mut interrupted, mut removed) = (0, 0);
+        for n in 1..=points {
+            let dir = root.path().join(format!("{file}-{n}"));
+            std::fs::create_dir(&dir).unwrap();
+            let target = dir.join(file);
+            let out = Command::new(&strace)
+                .args(["-f", "-qq", "-o", "/dev/null", "-e"])
+                .arg(format!("trace={trace}"))
+                .arg("-e")
+                .arg(format!("inject={trace}:signal=TERM:when={n}"))
+                .arg(env!("CARGO_BIN_EXE_glowflow"))
+                .args(args_for(&target))
+                .output()
+                .unwrap();
+            let err = String::from_utf8_lossy(&out.stderr);
+            assert!(!err.contains("panicked"), "{file} write {n}: panic: {err}");
+            let code = out.status.code();
+            assert!(
+                code == Some(130) || code == Some(0),
+                "{file} write {n}: exit {code:?}: {err}"
+            );
+            interrupted += usize::from(code == Some(130));
+            removed += usize::from(err.contains("half-written output was removed"));
+            let names: Vec<String> = std::fs::read_dir(&dir)
+                .unwrap()
+                .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+                .collect();
+            assert!(
+                names.iter().all(|n| n == file),
+                "{file} write {n}: left behind {names:?}"
+            );
+            if target.exists() {
+                assert_eq!(
+                    std::fs::read(&target).unwrap(),
+                    want,
+                    "{file} write {n}: a partial output"
+                );
+            }
+        }
+        eprintln!(
+            "{file}: {points} writes, {interrupted} interrupted (exit 130), {removed} removed a temporary file"
+        );
+        assert!(
+            interrupted > 0,
+            "{file}: no injected signal interrupted the command"
+        );
+    }
+}

@@ -744,6 +744,8 @@ pub fn run<I: IntoIterator<Item = T>, T: Into<OsString> + Clone>(args: I) -> Res
         .try_get_matches_from(args)
         .map_err(usage_error)?;
     let cli = Cli::from_arg_matches(&matches).map_err(usage_error)?;
+    // Training commands switch the handler to finish-the-step mode (`interrupt::install`).
+    interrupt::install_immediate();
     let given = matches
         .subcommand()
         .map(|(_, m)| given_flags(m))
