@@ -201,10 +201,11 @@ pub fn density_scale(target: Target, grid: usize) -> f64 {
 
 /// Test metrics and every picture of a finished run on a 2D target (`target.png`,
 /// `samples.png`, `density.png`, `training.gif` from the frames in `out/frames`); `vmax` is
-/// the density scale of the pictures ([`density_scale`]).
+/// the density scale of the pictures ([`density_scale`]). A picture that cannot be written is
+/// a warning (stderr and the summary's `warnings`), not an error.
 ///
 /// # Errors
-/// A picture that cannot be written.
+/// None today; the `Result` leaves room for evaluation failures.
 pub fn evaluate_and_draw(
     model: &VectorFlow,
     state: &RunState,
@@ -229,34 +230,46 @@ pub fn evaluate_and_draw(
         .map(|p| target.log_prob(*p).map(f64::exp))
         .collect();
     let name = state.model.model.name();
-    let one = |path: &str, title: String, panel: Panel| {
-        charts::plane_panels(&out.join(path), &[(title, panel)], b, vmax)
+    // Pictures are side products: one that cannot be written (a full disk) is a warning in the
+    // summary, never the loss of the run's figures.
+    let mut warnings = Vec::new();
+    let mut one = |path: &str, title: String, panel: Panel| {
+        let drawn = charts::plane_panels(&out.join(path), &[(title, panel)], b, vmax);
+        if let Err(e) = drawn {
+            let w = format!("{path} not written: {e:#}");
+            eprintln!("warning: {w}");
+            warnings.push(w);
+        }
     };
     one(
         "target.png",
         format!("target: {}", target.name()),
         Panel::Points(&target_pts, target_dens.as_deref()),
-    )?;
+    );
     let sample_dens: Vec<f64> = sample_logp.iter().map(|l| l.exp()).collect();
     one(
         "samples.png",
         format!("{name} samples"),
         Panel::Points(&samples, Some(&sample_dens)),
-    )?;
+    );
     let grid = model_density_grid(model, target, opts.grid, device);
     one(
         "density.png",
         format!("{name} density, nll {test_nll:.3}"),
         Panel::Density(&grid),
-    )?;
-
-    write_training_gif(out, opts.grid)?;
+    );
+    if let Err(e) = write_training_gif(out, opts.grid, opts.frames) {
+        let w = format!("training.gif not written: {e:#}");
+        eprintln!("warning: {w}");
+        warnings.push(w);
+    }
 
     Ok(Summary {
         entropy,
         test_nll_minus_entropy: entropy.map(|e| test_nll - e),
         off_mode_share: target.off_mode_share(&samples),
         target_off_mode_share: target.off_mode_share(&test),
+        warnings,
         ..Summary::of_run(state, target.name().into(), test_nll)
     })
 }
@@ -303,29 +316,59 @@ pub fn evaluate_table(
     })
 }
 
-/// Assemble the saved density frames into `training.gif` (100 ms a frame, looping).
-pub fn write_training_gif(out: &Path, size: usize) -> Result<()> {
-    let mut entries: Vec<PathBuf> = std::fs::read_dir(crate::train::train2d::frames_dir(out))?
+/// Assemble the saved density frames into `training.gif` (100 ms a frame, looping): at most
+/// `count` of them, spread evenly over the run's steps ([`pick_frames`]), so a resumed run,
+/// whose frames were saved at two spacings, still gets `--frames` frames.
+///
+/// # Errors
+/// A frame that cannot be read, or the GIF that cannot be written.
+pub fn write_training_gif(out: &Path, size: usize, count: usize) -> Result<()> {
+    let mut saved: Vec<(usize, PathBuf)> = std::fs::read_dir(crate::train::train2d::frames_dir(out))?
         .filter_map(|e| e.ok().map(|e| e.path()))
         .filter(|p| p.extension().is_some_and(|x| x == "idx"))
+        .filter_map(|p| {
+            let step = p.file_stem()?.to_str()?.parse().ok()?;
+            Some((step, p))
+        })
         .collect();
-    entries.sort();
+    saved.sort();
+    let steps: Vec<usize> = saved.iter().map(|(s, _)| *s).collect();
     let mut frames = Vec::new();
-    for p in entries {
-        let bytes = std::fs::read(&p)?;
+    for i in pick_frames(&steps, count) {
+        let (step, path) = &saved[i];
+        let bytes = std::fs::read(path)?;
         if bytes.len() == size * size {
-            let step = p
-                .file_stem()
-                .and_then(|s| s.to_str())
-                .and_then(|s| s.parse().ok())
-                .unwrap_or(0);
-            frames.push((step, bytes));
+            frames.push((*step, bytes));
         }
     }
     if frames.is_empty() {
         return Ok(());
     }
     crate::viz::write_gif(&out.join("training.gif"), &frames, size, 10)
+}
+
+/// Which of the frames saved at `steps` (ascending) a GIF of `count` frames shows: for
+/// k = 1..=count the saved frame nearest to step `last·k/count`, each at most once, in order;
+/// the last saved frame is always shown. Indices into `steps`.
+pub fn pick_frames(steps: &[usize], count: usize) -> Vec<usize> {
+    let Some(&last) = steps.last() else {
+        return Vec::new();
+    };
+    let mut picked: Vec<usize> = Vec::with_capacity(count);
+    for k in 1..=count {
+        let want = (last as f64) * k as f64 / count as f64;
+        let nearest = (0..steps.len())
+            .min_by(|&a, &b| {
+                let da = (steps[a] as f64 - want).abs();
+                let db = (steps[b] as f64 - want).abs();
+                da.total_cmp(&db)
+            })
+            .unwrap_or(0);
+        if picked.last().is_none_or(|&p| p < nearest) {
+            picked.push(nearest);
+        }
+    }
+    picked
 }
 
 /// The rows a `score` of a table run reads and their log-densities: the run's held-out test
@@ -505,4 +548,31 @@ pub fn sample_rows(
         rows,
         left_out,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::pick_frames;
+
+    /// A run of 200 steps saved 20 frames (every 10); resumed to 300 it saved more every 15.
+    /// The GIF still has 20 frames, ending at step 300, each within half a spacing of an even
+    /// split of the 300 steps.
+    #[test]
+    fn a_resumed_run_still_gets_its_frame_count() {
+        let mut steps: Vec<usize> = (1..=20).map(|k| 10 * k).collect();
+        steps.extend((201..=300).filter(|s| s % 15 == 0 || *s == 300));
+        assert_eq!(steps.len(), 27);
+        let picked = pick_frames(&steps, 20);
+        assert_eq!(picked.len(), 20);
+        assert_eq!(steps[*picked.last().unwrap()], 300);
+        for (k, &i) in picked.iter().enumerate() {
+            let want = 15.0 * (k + 1) as f64;
+            assert!((steps[i] as f64 - want).abs() <= 7.5, "frame {k}: step {}", steps[i]);
+        }
+        assert!(picked.windows(2).all(|w| w[0] < w[1]));
+        // Fewer saved frames than asked: each shown once; none saved: no frame.
+        assert_eq!(pick_frames(&[5, 10], 20), vec![0, 1]);
+        assert!(pick_frames(&[], 20).is_empty());
+        assert!(pick_frames(&[5, 10], 0).is_empty());
+    }
 }
