@@ -174,6 +174,9 @@ pub struct TableData {
     /// The modelled then context columns as names, as indices into the training table, and
     /// whether that table names its columns (what a run saves: [`TableOptions::resolved`]).
     pub resolved: ResolvedColumns,
+    /// What the table readers decided that a user should know ([`Table::notes`](crate::data::table::Table::notes) of the
+    /// training and test tables); [`TableData::degeneracy`] returns them first.
+    pub notes: Vec<String>,
 }
 
 /// A table run's columns as the run saw them: kept in the run, so a moved or rewritten
@@ -271,9 +274,11 @@ impl TableData {
             named: table.named,
             width: table.width(),
         };
+        let mut notes = table.notes.clone();
         let (train, test, split, test_row_numbers) = match &opts.test_path {
             Some(p) => {
                 let t = read_table(p)?;
+                notes.extend(t.notes.iter().cloned());
                 // The same columns by name when both tables have a header, else by position.
                 let test_cols = if t.named && table.named {
                     let names: Vec<String> =
@@ -342,6 +347,7 @@ impl TableData {
             test_row_numbers,
             fingerprint: table.fingerprint(),
             resolved,
+            notes,
         })
     }
 
@@ -435,7 +441,8 @@ impl TableData {
     /// 1e-9), are refused, since the density is singular there and the loss falls without
     /// bound; a modelled column holding only integers is a warning, returned (a continuous
     /// density of discrete values is unbounded too: its NLL can fall far below the discrete
-    /// entropy). Linear dependence among three or more columns is not looked for.
+    /// entropy). Linear dependence among three or more columns is not looked for. The readers'
+    /// [`notes`](Self::notes) come first.
     ///
     /// # Errors
     /// Names `--data` and the two columns.
@@ -482,7 +489,7 @@ impl TableData {
                 }
             }
         }
-        let mut warnings = Vec::new();
+        let mut warnings = self.notes.clone();
         for c in 0..d {
             if col(c).all(|v| v.fract() == 0.0) {
                 let mut distinct: Vec<f64> = col(c).collect();

@@ -16,6 +16,9 @@ pub struct Table {
     pub columns: Vec<String>,
     /// Whether the file named its columns (a CSV header).
     pub named: bool,
+    /// What the reader decided that its user should know (a header of column numbers read as
+    /// a header); callers show them as warnings.
+    pub notes: Vec<String>,
     /// Number of rows.
     pub rows: usize,
     /// `rows * columns.len()` values, row-major; all finite.
@@ -139,6 +142,7 @@ fn read_csv(path: &Path, bytes: &[u8]) -> Result<Table, InputError> {
         .from_reader(bytes);
     let mut columns: Vec<String> = Vec::new();
     let mut named = false;
+    let mut notes = Vec::new();
     let mut values = Vec::new();
     let mut rows = 0usize;
     // A trailing comma on every line (as Excel writes): an empty last field, dropped.
@@ -193,6 +197,20 @@ fn read_csv(path: &Path, bytes: &[u8]) -> Result<Table, InputError> {
                     ));
                 }
                 named = true;
+                continue;
+            }
+            if let Some(first) = column_numbers(&rec) {
+                // pandas writes a DataFrame without column names as `0,1,2,...`: a header of
+                // column numbers, not a data row.
+                columns = rec.iter().map(str::to_string).collect();
+                named = true;
+                notes.push(format!(
+                    "{}: row {line} ({}) is read as a header of column numbers, as pandas writes for a DataFrame without column names; the columns are named {} to {} (--columns takes these names). If it is a data row, add a header line.",
+                    path.display(),
+                    preview(&columns),
+                    first,
+                    first + columns.len() - 1
+                ));
                 continue;
             }
             if numeric > 0 && numeric < rec.len() {
@@ -267,9 +285,18 @@ fn read_csv(path: &Path, bytes: &[u8]) -> Result<Table, InputError> {
         source: path.to_path_buf(),
         columns,
         named,
+        notes,
         rows,
         values,
     })
+}
+
+/// `Some(0)` when a record is exactly the column numbers `0,1,2,...`, written as plain
+/// integers, over at least two fields: the header pandas' `to_csv` writes for unnamed columns.
+/// (`1,2,...` is left as data: it is the first row of many headerless tables.)
+fn column_numbers(rec: &csv::StringRecord) -> Option<usize> {
+    let numbers = rec.len() >= 2 && rec.iter().enumerate().all(|(i, f)| f == i.to_string());
+    numbers.then_some(0)
 }
 
 fn csv_error(path: &Path, e: &csv::Error) -> InputError {
@@ -425,6 +452,7 @@ fn read_npy(path: &Path, bytes: &[u8]) -> Result<Table, InputError> {
         source: path.to_path_buf(),
         columns: (0..cols).map(|i| format!("c{i}")).collect(),
         named: false,
+        notes: Vec::new(),
         rows,
         values,
     })
@@ -451,6 +479,32 @@ mod tests {
         assert_eq!(t.values, vec![1.0, 2.0, 3.0, 4.5]);
         let t = csv("1,2\n3,4\n").unwrap();
         assert_eq!((t.rows, t.named), (2, false));
+        assert!(t.notes.is_empty());
+    }
+
+    /// pandas' `DataFrame(array).to_csv(index=False)` writes the header `0,1,2`: a header of
+    /// column numbers, said so in a note, not a data row.
+    #[test]
+    fn a_header_of_column_numbers_is_a_header() {
+        let t = csv("0,1,2\n5,6,7\n8,9,10\n").unwrap();
+        assert_eq!((t.rows, t.named), (2, true));
+        assert_eq!(t.columns, vec!["0", "1", "2"]);
+        assert_eq!(t.values[0], 5.0);
+        assert_eq!(t.notes.len(), 1);
+        assert!(
+            t.notes[0].contains("row 1") && t.notes[0].contains("pandas"),
+            "{}",
+            t.notes[0]
+        );
+        assert_eq!(
+            t.column_indices(&["2".into()], "--columns").unwrap(),
+            vec![2]
+        );
+        // Not column numbers: data.
+        for text in ["0,2,1\n5,6,7\n", "0.0,1.0\n5,6\n", "0\n5\n"] {
+            let t = csv(text).unwrap();
+            assert!(!t.named && t.notes.is_empty(), "{text}");
+        }
     }
 
     #[test]

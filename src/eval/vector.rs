@@ -399,6 +399,9 @@ pub fn score_rows(
     let (rows, source, numbers) = match data {
         None => {
             let d = TableData::load(&topts, state.options.seed)?;
+            for note in &d.notes {
+                eprintln!("warning: {note}");
+            }
             if topts
                 .fingerprint
                 .as_ref()
@@ -422,6 +425,9 @@ pub fn score_rows(
         }
         Some(p) => {
             let t = read_table(p)?;
+            for note in &t.notes {
+                eprintln!("warning: {note}");
+            }
             // Columns by name when both tables name them, else by the training table's
             // positions.
             let by_position = |index: Vec<usize>| -> Result<Vec<String>> {
