@@ -90,8 +90,11 @@ fn table_flow_beats_the_gaussian_and_scores_every_row() {
     ] {
         assert!(out.join(f).exists(), "{f} missing");
     }
-    // The split file marks exactly the 400 held-out rows.
+    // The split file marks exactly the 400 held-out rows, indexed from 0 as numpy does.
     let split = std::fs::read_to_string(out.join("split.csv")).unwrap();
+    assert_eq!(split.lines().next(), Some("index,test"));
+    assert!(split.lines().nth(1).unwrap().starts_with("0,"), "{split}");
+    assert!(split.lines().last().unwrap().starts_with("1999,"));
     assert_eq!(
         split.lines().skip(1).filter(|l| l.ends_with(",1")).count(),
         400
@@ -122,8 +125,11 @@ fn table_flow_beats_the_gaussian_and_scores_every_row() {
     ]);
     assert_eq!(r["rows"], 50);
     let text = std::fs::read_to_string(&scores).unwrap();
-    assert_eq!(text.lines().next(), Some("row,log_prob"));
+    assert_eq!(text.lines().next(), Some("index,log_prob"));
     assert_eq!(text.lines().count(), 51);
+    // Indexed from 0, as eval --per-image and numpy index rows.
+    assert!(text.lines().nth(1).unwrap().starts_with("0,"), "{text}");
+    assert!(text.lines().last().unwrap().starts_with("49,"), "{text}");
     // An outlier far from the data scores far lower than the typical row.
     std::fs::write(&other, "a,b,c\n100,0.01,0\n400,-5,40\n").unwrap();
     run_json(&[
@@ -464,7 +470,7 @@ fn table_runs_resume_exactly_and_refusals_leave_the_old_run_whole() {
     assert_eq!(a["test_nll"], b["test_nll"]);
     assert_eq!(a["train_nll"], b["train_nll"]);
 
-    // score numbers each held-out row by its row in the file (as split.csv marks it).
+    // score indexes each held-out row as split.csv does (0-based data rows of the file).
     let scores = dir.path().join("scores.csv");
     run_json(&[
         "score",

@@ -481,7 +481,8 @@ pub struct ScoreArgs {
     /// when both have a header, else by position); default: the run's test rows.
     #[arg(long)]
     pub data: Option<PathBuf>,
-    /// Output CSV (`row,log_prob`: 1-based data row, nats in the data's units).
+    /// Output CSV (`index,log_prob`: the row's 0-based index among the file's data rows, as
+    /// numpy and pandas number them; nats in the data's units).
     #[arg(long, default_value = "scores.csv")]
     pub out: PathBuf,
     #[arg(long, default_value = "flex")]
@@ -1539,7 +1540,7 @@ fn cmd_score(a: ScoreArgs) -> Result<()> {
     if !beyond.is_empty() {
         let rows: Vec<usize> = beyond.iter().take(20).map(|&i| numbers[i]).collect();
         eprintln!(
-            "warning: {} of {} rows are beyond the range the model can score even in float64 (rows {rows:?}); written as log_prob -inf, ranked lowest",
+            "warning: {} of {} rows are beyond the range the model can score even in float64 (0-based indices {rows:?}); written as log_prob -inf, ranked lowest",
             beyond.len(),
             lp.len()
         );
@@ -1549,7 +1550,7 @@ fn cmd_score(a: ScoreArgs) -> Result<()> {
         .zip(&lp)
         .map(|(n, v)| [n.to_string(), v.to_string()]);
     // The scores are the output: written first, then reported.
-    glowflow::fsutil::write_csv(&a.out, &["row", "log_prob"], scores)
+    glowflow::fsutil::write_csv(&a.out, &["index", "log_prob"], scores)
         .map_err(|e| InputError::flag("--out", a.out.display(), format!("{e:#}")))?;
     let finite: Vec<f64> = lp.iter().copied().filter(|v| v.is_finite()).collect();
     print_json(&json!({

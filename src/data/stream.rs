@@ -167,8 +167,9 @@ pub struct TableData {
     pub test: Vec<f64>,
     /// For a held-out split: 1 for each row of the file that is a test row.
     pub split: Option<Vec<u8>>,
-    /// The 1-based data row of each test row in its file (the test table's, or `path`'s).
-    pub test_row_numbers: Vec<usize>,
+    /// The 0-based index of each test row among its file's data rows (the test table's, or
+    /// `path`'s), as numpy and pandas number them.
+    pub test_index: Vec<usize>,
     /// [`Table::fingerprint`](crate::data::table::Table::fingerprint) of the training table.
     pub fingerprint: String,
     /// The modelled then context columns as names, as indices into the training table, and
@@ -275,7 +276,7 @@ impl TableData {
             width: table.width(),
         };
         let mut notes = table.notes.clone();
-        let (train, test, split, test_row_numbers) = match &opts.test_path {
+        let (train, test, split, test_index) = match &opts.test_path {
             Some(p) => {
                 let t = read_table(p)?;
                 notes.extend(t.notes.iter().cloned());
@@ -304,7 +305,7 @@ impl TableData {
                     table.gather(&every(table.rows), &all),
                     t.gather(&every(t.rows), &test_cols),
                     None,
-                    (1..=t.rows).collect(),
+                    (0..t.rows).collect(),
                 )
             }
             None => {
@@ -327,12 +328,12 @@ impl TableData {
                     flag[i] = 1;
                 }
                 let pick = |want: u8| (0..n).filter(|&i| flag[i] == want).collect::<Vec<_>>();
-                let numbers = pick(1).iter().map(|i| i + 1).collect();
+                let test_rows = pick(1);
                 (
                     table.gather(&pick(0), &all),
-                    table.gather(&pick(1), &all),
+                    table.gather(&test_rows, &all),
                     Some(flag),
-                    numbers,
+                    test_rows,
                 )
             }
         };
@@ -344,7 +345,7 @@ impl TableData {
             train: Arc::new(train),
             test,
             split,
-            test_row_numbers,
+            test_index,
             fingerprint: table.fingerprint(),
             resolved,
             notes,
@@ -505,7 +506,8 @@ impl TableData {
         Ok(warnings)
     }
 
-    /// Write the held-out split (`split.csv`: `row,test`, 1-based file rows) into the run
+    /// Write the held-out split (`split.csv`: `index,test`, the 0-based index of each data row
+    /// of the file, as numpy and pandas number them, and 1 for a test row) into the run
     /// directory, so another program can train on exactly the same rows.
     pub fn write_split(&self, out: &Path) -> Result<()> {
         let Some(flag) = &self.split else {
@@ -514,8 +516,8 @@ impl TableData {
         let rows = flag
             .iter()
             .enumerate()
-            .map(|(i, f)| [(i + 1).to_string(), f.to_string()]);
-        crate::fsutil::write_csv(&out.join("split.csv"), &["row", "test"], rows)
+            .map(|(i, f)| [i.to_string(), f.to_string()]);
+        crate::fsutil::write_csv(&out.join("split.csv"), &["index", "test"], rows)
     }
 
     /// Test NLL of a full-covariance Gaussian fitted by maximum likelihood to the training

@@ -374,8 +374,8 @@ pub fn pick_frames(steps: &[usize], count: usize) -> Vec<usize> {
 /// The rows a `score` of a table run reads and their log-densities: the run's held-out test
 /// rows (`data` = `None`), or every row of the table `data`, its columns matched to the run's
 /// by name when both tables name them, else by position. Returns `log p(x | context)` of each
-/// row (nats, data units), a description of the rows, and each row's 1-based number in its
-/// file.
+/// row (nats, data units), a description of the rows, and each row's 0-based index among its
+/// file's data rows (as numpy and pandas number them).
 ///
 /// # Errors
 /// Names `--checkpoint` for a run not trained on a table or whose table changed, `--data` for a
@@ -421,7 +421,7 @@ pub fn score_rows(
                 Some(p) => format!("test table {}", p.display()),
                 None => format!("held-out test rows of {}", topts.path.display()),
             };
-            (d.test, source, d.test_row_numbers)
+            (d.test, source, d.test_index)
         }
         Some(p) => {
             let t = read_table(p)?;
@@ -465,7 +465,7 @@ pub fn score_rows(
                 .into());
             }
             let all: Vec<usize> = (0..t.rows).collect();
-            let numbers = (1..=t.rows).collect();
+            let numbers = (0..t.rows).collect();
             (t.gather(&all, &idx), p.display().to_string(), numbers)
         }
     };
