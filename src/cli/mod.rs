@@ -510,6 +510,11 @@ pub struct CommonArgs {
     /// Seed of that draw, apart from --seed, so runs of several seeds share one test set.
     #[arg(long, default_value_t = 0)]
     pub split_seed: u64,
+    /// Dequantise every modelled column that holds only integers: add uniform noise in [0, 1)
+    /// (fresh each step; one seeded draw for the test rows), so the NLL is an upper bound on
+    /// the discrete NLL of those columns instead of an unbounded continuous density.
+    #[arg(long)]
+    pub dequantize: bool,
     /// Modelled columns of --data, by header name or 0-based index, comma-separated
     /// [default: every column not in --context-columns].
     #[arg(long, value_delimiter = ',')]
@@ -611,6 +616,7 @@ impl CommonArgs {
             context_columns: self.context_columns.clone(),
             fingerprint: None,
             resolved: None,
+            dequantize: self.dequantize,
         });
         o
     }
@@ -1681,6 +1687,7 @@ fn check_table_flags(c: &CommonArgs, given: &[(String, String)]) -> Result<()> {
         "--split-seed",
         "--columns",
         "--context-columns",
+        "--dequantize",
     ];
     refuse_given(given, &flags, "needs --data FILE (a table to train on)")
 }

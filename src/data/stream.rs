@@ -39,6 +39,8 @@ pub struct DataStream {
     /// Per-column `(mean, 1 / std)` a table's rows are standardised with, in float64, before
     /// they become float32 (see [`DataStream::standardize_with`]).
     standardize: Option<(Vec<f64>, Vec<f64>)>,
+    /// Columns that get fresh uniform dequantisation noise in every batch.
+    dequantized: Vec<usize>,
 }
 
 /// The most values (rows times columns) a table run's ActNorm initialisation reads: up to this
@@ -61,6 +63,7 @@ impl DataStream {
             pool_index: None,
             pool: Vec::new(),
             standardize: None,
+            dequantized: Vec::new(),
         }
     }
 
@@ -68,6 +71,7 @@ impl DataStream {
     pub fn table(data: &TableData, seed: u64, batch: usize) -> Self {
         let mut s = DataStream::new(Target::Normals, seed, batch);
         s.rows = Some((Arc::clone(&data.train), data.dim + data.context));
+        s.dequantized.clone_from(&data.dequantized);
         s
     }
 
@@ -78,11 +82,22 @@ impl DataStream {
         self.standardize = Some((mean, std.iter().map(|s| 1.0 / s).collect()));
     }
 
-    /// Rows `idx` of the table, standardised (when set) in float64, as float32.
-    fn table_rows(&self, rows: &[f64], width: usize, idx: &[usize]) -> Vec<f32> {
-        idx.iter()
-            .flat_map(|&i| {
-                let row = &rows[i * width..(i + 1) * width];
+    /// Rows `idx` of the table, dequantised (when set: noise stream `noise`, so a step's
+    /// batch is the same on resume), standardised (when set) in float64, as float32.
+    fn table_rows(&self, rows: &[f64], width: usize, idx: &[usize], noise: u64) -> Vec<f32> {
+        let mut picked: Vec<f64> = idx
+            .iter()
+            .flat_map(|&i| rows[i * width..(i + 1) * width].iter().copied())
+            .collect();
+        add_uniform_noise(
+            &mut picked,
+            width,
+            &self.dequantized,
+            self.seed ^ noise.wrapping_mul(0x9E37_79B9_7F4A_7C15),
+        );
+        picked
+            .chunks(width)
+            .flat_map(|row| {
                 row.iter()
                     .enumerate()
                     .map(move |(c, &v)| match &self.standardize {
@@ -107,7 +122,7 @@ impl DataStream {
                 step += 1;
             }
             idx.truncate(take);
-            return (self.table_rows(rows, *width, &idx), take);
+            return (self.table_rows(rows, *width, &idx, 0), take);
         }
         (self.batch_at(0), self.batch)
     }
@@ -118,7 +133,7 @@ impl DataStream {
         if let Some((rows, width)) = &self.rows {
             let n = rows.len() / width;
             let idx = epoch_batch(n, self.batch, self.seed, step);
-            return self.table_rows(rows, *width, &idx);
+            return self.table_rows(rows, *width, &idx, step as u64 + 1);
         }
         let start = step * self.batch;
         let r = start / self.pool_size;
@@ -175,6 +190,10 @@ pub struct TableData {
     /// The modelled then context columns as names, as indices into the training table, and
     /// whether that table names its columns (what a run saves: [`TableOptions::resolved`]).
     pub resolved: ResolvedColumns,
+    /// Modelled columns (positions in a row, below `dim`) dequantised with uniform noise
+    /// ([`TableOptions::dequantize`]); empty without it. `test` holds the test rows with their
+    /// one seeded draw already added; `train` holds the raw rows (each step draws afresh).
+    pub dequantized: Vec<usize>,
     /// What the table readers decided that a user should know ([`Table::notes`](crate::data::table::Table::notes) of the
     /// training and test tables); [`TableData::degeneracy`] returns them first.
     pub notes: Vec<String>,
@@ -195,6 +214,10 @@ pub struct ResolvedColumns {
     /// must have as many.
     #[serde(default)]
     pub width: usize,
+    /// Modelled columns (positions among `names`) the run dequantised (`--dequantize`):
+    /// `sample` floors them back to integers, `score` adds the noise to them.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub dequantized: Vec<usize>,
 }
 
 /// Refuse a training or test value beyond float32's range (finite in the file, but the model
@@ -207,7 +230,7 @@ fn check_float32_range(table: &crate::data::table::Table, cols: &[usize]) -> Res
         if let Some(&c) = cols.iter().find(|&&c| row[c].abs() > max) {
             return Err(InputError::file(
                 &table.source,
-                Some(format!("data row {}, column '{}'", r + 1, table.columns[c])),
+                Some(format!("{}, column '{}'", table.locate(r), table.columns[c])),
                 format!(
                     "{:e} is beyond float32's range (±3.4e38), which the model computes in; rescale the column or drop the row",
                     row[c]
@@ -265,7 +288,7 @@ impl TableData {
         let all: Vec<usize> = cols.iter().chain(&ctx).copied().collect();
         check_float32_range(&table, &all)?;
         let names: Vec<String> = all.iter().map(|&c| table.columns[c].clone()).collect();
-        let resolved = ResolvedColumns {
+        let mut resolved = ResolvedColumns {
             names: if table.named {
                 names.clone()
             } else {
@@ -274,8 +297,13 @@ impl TableData {
             index: all.clone(),
             named: table.named,
             width: table.width(),
+            dequantized: Vec::new(),
         };
         let mut notes = table.notes.clone();
+        let mut dequantized = Vec::new();
+        if opts.dequantize && opts.test_path.is_none() {
+            dequantized = integer_columns(&table, &cols, None)?;
+        }
         let (train, test, split, test_index) = match &opts.test_path {
             Some(p) => {
                 let t = read_table(p)?;
@@ -300,6 +328,9 @@ impl TableData {
                     .into());
                 };
                 check_float32_range(&t, &test_cols)?;
+                if opts.dequantize {
+                    dequantized = integer_columns(&table, &cols, Some((&t, &test_cols)))?;
+                }
                 let every = |n: usize| (0..n).collect::<Vec<_>>();
                 (
                     table.gather(&every(table.rows), &all),
@@ -320,9 +351,9 @@ impl TableData {
                     .into());
                 }
                 let mut perm: Vec<usize> = (0..n).collect();
-                // The split's own seed (runs saved before it existed drew it with `seed`).
-                let split_seed = opts.split_seed.unwrap_or(seed);
-                perm.shuffle(&mut ChaCha8Rng::seed_from_u64(split_seed ^ 0x7AB1E));
+                perm.shuffle(&mut ChaCha8Rng::seed_from_u64(
+                    split_seed(opts, seed) ^ 0x7AB1E,
+                ));
                 let mut flag = vec![0u8; n];
                 for &i in &perm[n - n_test..] {
                     flag[i] = 1;
@@ -337,10 +368,19 @@ impl TableData {
                 )
             }
         };
+        let dim = cols.len();
+        resolved.dequantized.clone_from(&dequantized);
+        let mut test = test;
+        add_uniform_noise(
+            &mut test,
+            all.len(),
+            &dequantized,
+            test_seed(split_seed(opts, seed)),
+        );
         Ok(TableData {
             source: opts.path.display().to_string(),
             names,
-            dim: cols.len(),
+            dim,
             context: ctx.len(),
             train: Arc::new(train),
             test,
@@ -348,8 +388,21 @@ impl TableData {
             test_index,
             fingerprint: table.fingerprint(),
             resolved,
+            dequantized,
             notes,
         })
+    }
+
+    /// The training rows as evaluation sees them: with one seeded draw of the dequantisation
+    /// noise when columns are dequantised (the training NLL and the Gaussian baseline are then
+    /// figures of the same dequantised data as the test NLL), else the rows themselves.
+    pub fn train_for_eval(&self) -> std::borrow::Cow<'_, [f64]> {
+        if self.dequantized.is_empty() {
+            return std::borrow::Cow::Borrowed(&self.train[..]);
+        }
+        let mut rows = self.train.to_vec();
+        add_uniform_noise(&mut rows, self.width(), &self.dequantized, 0xDE0A_7A11);
+        std::borrow::Cow::Owned(rows)
     }
 
     /// Values per row: the `D` modelled columns, then the `K` context columns.
@@ -431,6 +484,12 @@ impl TableData {
             )
             .into());
         }
+        // Dequantised columns: the moments of x + u, u ~ U[0, 1) independent of x.
+        let (mut mean, mut std) = (mean, std);
+        for &c in &self.dequantized {
+            mean[c] += 0.5;
+            std[c] = (var[c] + 1.0 / 12.0).sqrt();
+        }
         Ok((
             (mean[..d].to_vec(), std[..d].to_vec()),
             (mean[d..d + k].to_vec(), std[d..d + k].to_vec()),
@@ -492,12 +551,12 @@ impl TableData {
         }
         let mut warnings = self.notes.clone();
         for c in 0..d {
-            if col(c).all(|v| v.fract() == 0.0) {
+            if !self.dequantized.contains(&c) && col(c).all(|v| v.fract() == 0.0) {
                 let mut distinct: Vec<f64> = col(c).collect();
                 distinct.sort_by(f64::total_cmp);
                 distinct.dedup();
                 warnings.push(format!(
-                    "column '{}' holds only integers ({} distinct values): a continuous density of discrete data is unbounded, so its NLL can fall far below the data's discrete entropy and is not a likelihood of the data; add uniform noise in [0, 1) to it (dequantisation) before training to get a lower bound on the discrete log-likelihood",
+                    "column '{}' holds only integers ({} distinct values): a continuous density of discrete data is unbounded, so its NLL can fall far below the data's discrete entropy and is not a likelihood of the data; train with --dequantize (uniform noise in [0, 1) added to each integer column) to get an upper bound on the discrete NLL instead",
                     self.names[c],
                     distinct.len()
                 ));
@@ -522,15 +581,17 @@ impl TableData {
 
     /// Test NLL of a full-covariance Gaussian fitted by maximum likelihood to the training
     /// rows (conditional models: `log N(x, c) - log N(c)`, the Gaussian's `p(x | c)`); `None`
-    /// when the covariance is singular.
+    /// when the covariance is singular. Dequantised columns: fitted to and scored on the
+    /// dequantised rows, like the flow.
     pub fn gaussian_test_nll(&self) -> Option<f64> {
         let w = self.width();
-        let joint = Gaussian::fit(&self.train, w, &(0..w).collect::<Vec<_>>())?;
+        let train = self.train_for_eval();
+        let joint = Gaussian::fit(&train, w, &(0..w).collect::<Vec<_>>())?;
         let ctx: Vec<usize> = (self.dim..w).collect();
         let marginal = if ctx.is_empty() {
             None
         } else {
-            Some(Gaussian::fit(&self.train, w, &ctx)?)
+            Some(Gaussian::fit(&train, w, &ctx)?)
         };
         let mut total = 0.0;
         for r in self.test.chunks(w) {
@@ -609,6 +670,65 @@ impl Gaussian {
     }
 }
 
+/// The held-out split's seed: its own (`--split-seed`), or, in runs saved before it existed,
+/// the training seed.
+fn split_seed(opts: &TableOptions, seed: u64) -> u64 {
+    opts.split_seed.unwrap_or(seed)
+}
+
+/// Add uniform noise `u ~ U[0, 1)` to the columns `cols` of `rows` (`width` values each), one
+/// seeded draw per value in row order.
+pub fn add_uniform_noise(rows: &mut [f64], width: usize, cols: &[usize], seed: u64) {
+    use rand::Rng;
+    if cols.is_empty() {
+        return;
+    }
+    let mut rng = ChaCha8Rng::seed_from_u64(seed ^ 0xDE0A);
+    for r in rows.chunks_mut(width) {
+        for &c in cols {
+            r[c] += rng.gen::<f64>();
+        }
+    }
+}
+
+/// The modelled columns (positions among `cols`, the training table's modelled columns) whose
+/// values are all integers in the training table, for `--dequantize`; a value that is not an
+/// integer in one of them in the test table (`test`: the table and its columns, in the same
+/// order) is refused, naming its row.
+fn integer_columns(
+    table: &crate::data::table::Table,
+    cols: &[usize],
+    test: Option<(&crate::data::table::Table, &[usize])>,
+) -> Result<Vec<usize>> {
+    let integer = |c: usize| (0..table.rows).all(|r| table.row(r)[c].fract() == 0.0);
+    let found: Vec<usize> = (0..cols.len()).filter(|&j| integer(cols[j])).collect();
+    if found.is_empty() {
+        return Err(InputError::flag(
+            "--dequantize",
+            table.source.display(),
+            "no modelled column holds only integers: there is nothing to dequantise",
+        )
+        .into());
+    }
+    if let Some((t, tcols)) = test {
+        for &j in &found {
+            let c = tcols[j];
+            if let Some(r) = (0..t.rows).find(|&r| t.row(r)[c].fract() != 0.0) {
+                return Err(InputError::file(
+                    &t.source,
+                    Some(format!("{}, column '{}'", t.locate(r), t.columns[c])),
+                    format!(
+                        "{} is not an integer, but this column holds only integers in the training table and --dequantize models it as integers",
+                        t.row(r)[c]
+                    ),
+                )
+                .into());
+            }
+        }
+    }
+    Ok(found)
+}
+
 /// Share of a table's rows held out for testing when no test table is given.
 pub const DEFAULT_TEST_FRACTION: f64 = 0.2;
 
@@ -638,6 +758,12 @@ pub struct TableOptions {
     /// existed: `None`, and their names are read from the table again).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub resolved: Option<ResolvedColumns>,
+    /// Uniform dequantisation of every modelled column that holds only integers (`--dequantize`):
+    /// each value `x` becomes `x + u`, `u ~ U[0, 1)`, fresh noise every training step and one
+    /// seeded draw for the test rows, so the flow's NLL bounds the discrete NLL of those
+    /// columns from above (Theis et al. 2016, §3.1; Ho et al. 2019, Flow++ §3.1).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub dequantize: bool,
 }
 
 /// Row indices of training step `step` over a set of `n` rows: epochs are seeded permutations,

@@ -21,6 +21,9 @@ pub struct Table {
     pub notes: Vec<String>,
     /// Number of rows.
     pub rows: usize,
+    /// The file line of each data row (CSV; 1-based, the header and comments counted, as an
+    /// editor numbers lines); empty for `.npy`.
+    pub lines: Vec<u64>,
     /// `rows * columns.len()` values, row-major; all finite.
     pub values: Vec<f64>,
 }
@@ -29,6 +32,15 @@ impl Table {
     /// Number of columns.
     pub fn width(&self) -> usize {
         self.columns.len()
+    }
+
+    /// Where data row `i` (0-based) is, in a user's words: `row L` (its line in a CSV file),
+    /// or `row i (0-based, as numpy indexes it)` in a `.npy` file.
+    pub fn locate(&self, i: usize) -> String {
+        match self.lines.get(i) {
+            Some(line) => format!("row {line}"),
+            None => format!("row {i} (0-based, as numpy indexes it)"),
+        }
     }
 
     /// Row `i` (0-based).
@@ -143,6 +155,7 @@ fn read_csv(path: &Path, bytes: &[u8]) -> Result<Table, InputError> {
     let mut columns: Vec<String> = Vec::new();
     let mut named = false;
     let mut notes = Vec::new();
+    let mut lines = Vec::new();
     let mut values = Vec::new();
     let mut rows = 0usize;
     // A trailing comma on every line (as Excel writes): an empty last field, dropped.
@@ -272,6 +285,7 @@ fn read_csv(path: &Path, bytes: &[u8]) -> Result<Table, InputError> {
             }
             values.push(v);
         }
+        lines.push(line);
         rows += 1;
         if values.len() > MAX_TABLE_VALUES {
             return Err(InputError::file(
@@ -287,6 +301,7 @@ fn read_csv(path: &Path, bytes: &[u8]) -> Result<Table, InputError> {
         named,
         notes,
         rows,
+        lines,
         values,
     })
 }
@@ -454,6 +469,7 @@ fn read_npy(path: &Path, bytes: &[u8]) -> Result<Table, InputError> {
         named: false,
         notes: Vec::new(),
         rows,
+        lines: Vec::new(),
         values,
     })
 }

@@ -285,7 +285,13 @@ pub fn evaluate_table(
     device: &Device,
 ) -> Result<Summary> {
     let test_lp = log_prob_rows(model, &data.test, data.dim, data.context, device);
-    let train_lp = log_prob_rows(model, &data.train, data.dim, data.context, device);
+    let train_lp = log_prob_rows(
+        model,
+        &data.train_for_eval(),
+        data.dim,
+        data.context,
+        device,
+    );
     let test_nll = mean_nll(&test_lp);
     let train_nll = mean_nll(&train_lp);
     let gaussian = data.gaussian_test_nll();
@@ -323,14 +329,15 @@ pub fn evaluate_table(
 /// # Errors
 /// A frame that cannot be read, or the GIF that cannot be written.
 pub fn write_training_gif(out: &Path, size: usize, count: usize) -> Result<()> {
-    let mut saved: Vec<(usize, PathBuf)> = std::fs::read_dir(crate::train::train2d::frames_dir(out))?
-        .filter_map(|e| e.ok().map(|e| e.path()))
-        .filter(|p| p.extension().is_some_and(|x| x == "idx"))
-        .filter_map(|p| {
-            let step = p.file_stem()?.to_str()?.parse().ok()?;
-            Some((step, p))
-        })
-        .collect();
+    let mut saved: Vec<(usize, PathBuf)> =
+        std::fs::read_dir(crate::train::train2d::frames_dir(out))?
+            .filter_map(|e| e.ok().map(|e| e.path()))
+            .filter(|p| p.extension().is_some_and(|x| x == "idx"))
+            .filter_map(|p| {
+                let step = p.file_stem()?.to_str()?.parse().ok()?;
+                Some((step, p))
+            })
+            .collect();
     saved.sort();
     let steps: Vec<usize> = saved.iter().map(|(s, _)| *s).collect();
     let mut frames = Vec::new();
@@ -466,11 +473,36 @@ pub fn score_rows(
             }
             let all: Vec<usize> = (0..t.rows).collect();
             let numbers = (0..t.rows).collect();
-            (t.gather(&all, &idx), p.display().to_string(), numbers)
+            let mut rows = t.gather(&all, &idx);
+            // Dequantised columns: integers only, with one seeded draw of the noise, as the
+            // run's test rows got theirs.
+            let deq = topts
+                .resolved
+                .as_ref()
+                .map_or(&[][..], |r| &r.dequantized[..]);
+            for &c in deq {
+                if let Some(i) = rows.chunks(dim + k).position(|r| r[c].fract() != 0.0) {
+                    return Err(InputError::file(
+                        p,
+                        Some(format!("{}, column '{}'", t.locate(i), t.columns[idx[c]])),
+                        format!(
+                            "{} is not an integer, but the run dequantised this column (--dequantize): it models integers",
+                            rows[i * (dim + k) + c]
+                        ),
+                    )
+                    .into());
+                }
+            }
+            crate::data::stream::add_uniform_noise(&mut rows, dim + k, deq, SCORE_NOISE_SEED);
+            (rows, p.display().to_string(), numbers)
         }
     };
     Ok((log_prob_rows(model, &rows, dim, k, device), source, numbers))
 }
+
+/// Seed of the dequantisation noise `score` adds to the dequantised columns of rows it is given
+/// (`--data`), so scoring the same file twice gives the same figures.
+pub const SCORE_NOISE_SEED: u64 = 0x5C0E;
 
 /// Vector samples as CSV rows: the header, the rows of the finite samples, and the 0-based
 /// indices of the samples left out because a value or their log-density is not finite.
@@ -488,7 +520,8 @@ pub struct SampleRows {
 /// log-density; the header names the run's columns (`x0, x1, ...` when they are unknown) and
 /// `log_prob`. Decoded with the whole model in float64 (the float32 weights cast exactly) and
 /// un-standardised in float64; a sample still non-finite is left out and listed, never written
-/// as NaN or inf.
+/// as NaN or inf. Columns the run dequantised are floored back to integers (`log_prob` is then
+/// the density of the continuous draw before flooring).
 ///
 /// # Errors
 /// Names `--context` when its values are not finite or not one per context column.
@@ -531,7 +564,19 @@ pub fn sample_rows(
     let mut rng = ChaCha8Rng::seed_from_u64(seed);
     let model64 = crate::tensor_util::cast_module(model.clone(), DType::F64);
     let (x, logp) = model64.sample(n, temperature, ctx.as_ref(), &mut rng, device);
-    let (x, logp) = (to_vec_f64(x), to_vec_f64(logp));
+    let (mut x, logp) = (to_vec_f64(x), to_vec_f64(logp));
+    // Dequantised columns: back to the integers they model (the cell x + [0, 1) a value falls
+    // in); `log_prob` stays the density of the continuous draw.
+    let deq = match &state.options.table {
+        Some(t) => t.resolved.as_ref().map(|r| r.dequantized.clone()),
+        None => None,
+    }
+    .unwrap_or_default();
+    for row in x.chunks_mut(d) {
+        for &c in &deq {
+            row[c] = row[c].floor();
+        }
+    }
     // Each row: the sample, its context (conditional runs), its log-density.
     let context: Vec<String> = context.iter().map(f64::to_string).collect();
     let mut left_out = Vec::new();
@@ -573,7 +618,11 @@ mod tests {
         assert_eq!(steps[*picked.last().unwrap()], 300);
         for (k, &i) in picked.iter().enumerate() {
             let want = 15.0 * (k + 1) as f64;
-            assert!((steps[i] as f64 - want).abs() <= 7.5, "frame {k}: step {}", steps[i]);
+            assert!(
+                (steps[i] as f64 - want).abs() <= 7.5,
+                "frame {k}: step {}",
+                steps[i]
+            );
         }
         assert!(picked.windows(2).all(|w| w[0] < w[1]));
         // Fewer saved frames than asked: each shown once; none saved: no frame.
