@@ -31,6 +31,18 @@ pub fn exit_removing_pending_temps(code: i32, say: impl FnOnce(usize)) -> ! {
     std::process::exit(code)
 }
 
+/// A float as a CSV field: Rust's shortest round-trip decimal (every digit kept) for
+/// magnitudes in [1e-6, 1e16) and zero, scientific notation (`-4.5e76`) outside it, so an
+/// extreme score is not written as a 77-digit number. Both forms read back exactly.
+pub fn csv_number(v: f64) -> String {
+    let a = v.abs();
+    if a == 0.0 || (1e-6..1e16).contains(&a) || !v.is_finite() {
+        v.to_string()
+    } else {
+        format!("{v:e}")
+    }
+}
+
 /// Write a CSV file (`header`, then `rows`) atomically (see [`write_atomic`]).
 ///
 /// # Errors
@@ -61,8 +73,16 @@ pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
         .unwrap_or(Path::new("."));
     let name = path.file_name().and_then(|n| n.to_str()).unwrap_or("file");
     let tmp = dir.join(format!(".{name}.tmp{}", std::process::id()));
-    pending().push(tmp.clone());
-    let result = write_synced(&tmp, bytes).and_then(|()| {
+    // Created and registered under the registry's lock: an interrupt either sees the file in
+    // the registry or runs before it exists (and then exits before it can be created).
+    let file = {
+        let mut list = pending();
+        let f = std::fs::File::create(&tmp)
+            .with_context(|| format!("cannot create {}", tmp.display()))?;
+        list.push(tmp.clone());
+        f
+    };
+    let result = write_to(file, &tmp, bytes).and_then(|()| {
         std::fs::rename(&tmp, path)
             .with_context(|| format!("cannot move {} to {}", tmp.display(), path.display()))
     });
@@ -76,8 +96,13 @@ pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
 /// Create `path` with `bytes` and flush it to the disk (`fsync`), so a later rename publishes
 /// complete contents even after a power cut.
 pub fn write_synced(path: &Path, bytes: &[u8]) -> Result<()> {
-    let mut f =
+    let f =
         std::fs::File::create(path).with_context(|| format!("cannot create {}", path.display()))?;
+    write_to(f, path, bytes)
+}
+
+/// Write `bytes` to the new file `f` (at `path`, for messages) and flush it to the disk.
+fn write_to(mut f: std::fs::File, path: &Path, bytes: &[u8]) -> Result<()> {
     f.write_all(bytes)
         .with_context(|| format!("cannot write {}", path.display()))?;
     f.sync_all()
@@ -205,4 +230,31 @@ pub fn check_outputs(
         }
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::csv_number;
+
+    #[test]
+    fn csv_numbers_read_back_exactly_and_stay_short() {
+        for v in [
+            0.0,
+            -3.5625,
+            1e-6,
+            123456.789,
+            9.99e15,
+            -4.5e76,
+            3e-300,
+            f64::MIN_POSITIVE,
+            -1e16,
+        ] {
+            let s = csv_number(v);
+            assert_eq!(s.parse::<f64>().unwrap(), v, "{s}");
+            assert!(s.len() <= 24, "{s}");
+        }
+        assert_eq!(csv_number(-4.5e76), "-4.5e76");
+        assert_eq!(csv_number(-3.5625), "-3.5625");
+        assert_eq!(csv_number(f64::NEG_INFINITY), "-inf");
+    }
 }

@@ -617,6 +617,7 @@ impl CommonArgs {
             fingerprint: None,
             resolved: None,
             dequantize: self.dequantize,
+            numbers_header: true,
         });
         o
     }
@@ -1189,7 +1190,7 @@ fn cmd_eval(a: EvalArgs, reconstruct: bool) -> Result<()> {
         let rows = bpd
             .iter()
             .enumerate()
-            .map(|(i, v)| [i.to_string(), v.to_string()]);
+            .map(|(i, v)| [i.to_string(), glowflow::fsutil::csv_number(*v)]);
         glowflow::fsutil::write_csv(&p, &["index", "bpd"], rows)
             .map_err(|e| InputError::flag("--per-image", p.display(), format!("{e:#}")))?;
     }
@@ -1554,7 +1555,7 @@ fn cmd_score(a: ScoreArgs) -> Result<()> {
     let scores = numbers
         .iter()
         .zip(&lp)
-        .map(|(n, v)| [n.to_string(), v.to_string()]);
+        .map(|(n, v)| [n.to_string(), glowflow::fsutil::csv_number(*v)]);
     // The scores are the output: written first, then reported.
     glowflow::fsutil::write_csv(&a.out, &["index", "log_prob"], scores)
         .map_err(|e| InputError::flag("--out", a.out.display(), format!("{e:#}")))?;

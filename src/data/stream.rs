@@ -22,7 +22,7 @@ use super::dequant::dequantize;
 use super::ImageSet;
 use crate::tensor_util::from_vec;
 
-use crate::data::table::read_table;
+use crate::data::table::read_table_as;
 use crate::data::toy2d::Target;
 use crate::error::InputError;
 
@@ -247,7 +247,7 @@ impl TableData {
     /// draw of `test_fraction` of the rows, kept in file order) unless a test table is given.
     ///
     /// # Errors
-    /// Names the file, row and column of a bad cell ([`read_table`]), `--columns` /
+    /// Names the file, row and column of a bad cell ([`read_table_as`]), `--columns` /
     /// `--context-columns` for an unknown column, `--data` for fewer than 2 modelled columns or
     /// too few rows, `--test-data` for a test table whose columns differ.
     pub fn load(opts: &TableOptions, seed: u64) -> Result<Self> {
@@ -258,7 +258,7 @@ impl TableData {
                 return Err(InputError::flag("--test-data", t.display(), why).into());
             }
         }
-        let table = read_table(&opts.path)?;
+        let table = read_table_as(&opts.path, opts.numbers_header)?;
         let ctx = table.column_indices(&opts.context_columns, "--context-columns")?;
         let cols = if opts.columns.is_empty() {
             (0..table.width()).filter(|c| !ctx.contains(c)).collect()
@@ -306,7 +306,7 @@ impl TableData {
         }
         let (train, test, split, test_index) = match &opts.test_path {
             Some(p) => {
-                let t = read_table(p)?;
+                let t = read_table_as(p, opts.numbers_header)?;
                 notes.extend(t.notes.iter().cloned());
                 // The same columns by name when both tables have a header, else by position.
                 let test_cols = if t.named && table.named {
@@ -710,6 +710,22 @@ fn integer_columns(
         )
         .into());
     }
+    // Float64 keeps 9 bits of the noise below the integer up to 2^43.
+    const MAX_DEQUANTIZED: f64 = (1u64 << 43) as f64;
+    for &j in &found {
+        let c = cols[j];
+        if let Some(r) = (0..table.rows).find(|&r| table.row(r)[c].abs() > MAX_DEQUANTIZED) {
+            return Err(InputError::file(
+                &table.source,
+                Some(format!("{}, column '{}'", table.locate(r), table.columns[c])),
+                format!(
+                    "{} is too large for --dequantize: above 2^43, float64 cannot hold noise in [0, 1) beside it; subtract an offset from the column first",
+                    table.row(r)[c]
+                ),
+            )
+            .into());
+        }
+    }
     if let Some((t, tcols)) = test {
         for &j in &found {
             let c = tcols[j];
@@ -764,6 +780,11 @@ pub struct TableOptions {
     /// columns from above (Theis et al. 2016, §3.1; Ho et al. 2019, Flow++ §3.1).
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub dequantize: bool,
+    /// Whether a CSV's first row `0,1,2,...` is read as a header of column numbers (pandas'
+    /// header for unnamed columns). Runs saved before it was recognised (`false`) read that
+    /// row as data, and keep reading their tables that way.
+    #[serde(default)]
+    pub numbers_header: bool,
 }
 
 /// Row indices of training step `step` over a set of `n` rows: epochs are seeded permutations,
@@ -857,7 +878,7 @@ impl TableOptions {
         if let Some(r) = &self.resolved {
             return Ok(Some((r.names.clone(), r.index.clone(), r.named)));
         }
-        let Ok(tr) = read_table(&self.path) else {
+        let Ok(tr) = read_table_as(&self.path, self.numbers_header) else {
             return Ok(None);
         };
         let ctx = tr.column_indices(&self.context_columns, "--context-columns")?;

@@ -122,6 +122,16 @@ pub const MAX_TABLE_VALUES: usize = 1 << 30;
 /// file, an empty file or one with a header and no rows, ragged rows, text or a missing value
 /// in a data cell, NaN or infinity, a `.npy` array that is not 2-D or not numeric.
 pub fn read_table(path: &Path) -> Result<Table, InputError> {
+    read_table_as(path, true)
+}
+
+/// [`read_table`], with `numbers_header` saying whether a CSV's first row `0,1,2,...` is a
+/// header of column numbers (pandas' header for unnamed columns) or data, as runs saved
+/// before the header was recognised read it.
+///
+/// # Errors
+/// As [`read_table`].
+pub fn read_table_as(path: &Path, numbers_header: bool) -> Result<Table, InputError> {
     let bytes = std::fs::read(path)
         .map_err(|e| InputError::file(path, None, format!("cannot read: {e}")))?;
     let table = if path
@@ -130,7 +140,7 @@ pub fn read_table(path: &Path) -> Result<Table, InputError> {
     {
         read_npy(path, &bytes)?
     } else {
-        read_csv(path, &bytes)?
+        read_csv(path, &bytes, numbers_header)?
     };
     if table.rows == 0 {
         let why = if table.named {
@@ -146,7 +156,7 @@ pub fn read_table(path: &Path) -> Result<Table, InputError> {
     Ok(table)
 }
 
-fn read_csv(path: &Path, bytes: &[u8]) -> Result<Table, InputError> {
+fn read_csv(path: &Path, bytes: &[u8], numbers_header: bool) -> Result<Table, InputError> {
     let mut reader = csv::ReaderBuilder::new()
         .has_headers(false)
         .trim(csv::Trim::All)
@@ -173,7 +183,7 @@ fn read_csv(path: &Path, bytes: &[u8]) -> Result<Table, InputError> {
         };
         let at = |col: usize, name: Option<&str>| match name {
             Some(n) => format!("row {line}, column {} ('{n}')", col + 1),
-            None => format!("row {line}, column {}", col + 1),
+            None => format!("row {line}, column {} (c{col})", col + 1),
         };
         if k == 0 {
             let numeric = rec.iter().filter(|f| f.parse::<f64>().is_ok()).count();
@@ -212,7 +222,7 @@ fn read_csv(path: &Path, bytes: &[u8]) -> Result<Table, InputError> {
                 named = true;
                 continue;
             }
-            if let Some(first) = column_numbers(&rec) {
+            if let Some(first) = column_numbers(&rec).filter(|_| numbers_header) {
                 // pandas writes a DataFrame without column names as `0,1,2,...`: a header of
                 // column numbers, not a data row.
                 columns = rec.iter().map(str::to_string).collect();
@@ -456,7 +466,11 @@ fn read_npy(path: &Path, bytes: &[u8]) -> Result<Table, InputError> {
     if let Some(k) = values.iter().position(|v| !v.is_finite()) {
         return Err(InputError::file(
             path,
-            Some(format!("row {}, column {}", k / cols + 1, k % cols + 1)),
+            Some(format!(
+                "row {} (0-based, as numpy indexes it), column c{}",
+                k / cols,
+                k % cols
+            )),
             format!(
                 "{} is not finite (a density needs finite values)",
                 values[k]

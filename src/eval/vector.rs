@@ -11,7 +11,6 @@ use rand_chacha::ChaCha8Rng;
 use rayon::prelude::*;
 
 use crate::data::stream::{test_points, TableData};
-use crate::data::table::read_table;
 use crate::data::toy2d::Target;
 use crate::error::InputError;
 use crate::models::VectorFlow;
@@ -431,7 +430,7 @@ pub fn score_rows(
             (d.test, source, d.test_index)
         }
         Some(p) => {
-            let t = read_table(p)?;
+            let t = crate::data::table::read_table_as(p, topts.numbers_header)?;
             for note in &t.notes {
                 eprintln!("warning: {note}");
             }
@@ -474,8 +473,8 @@ pub fn score_rows(
             let all: Vec<usize> = (0..t.rows).collect();
             let numbers = (0..t.rows).collect();
             let mut rows = t.gather(&all, &idx);
-            // Dequantised columns: integers only, with one seeded draw of the noise, as the
-            // run's test rows got theirs.
+            // Dequantised columns: integers only, with one seeded draw of the noise, the draw
+            // the run's test rows got (scoring the run's --test-data file gives its test NLL).
             let deq = topts
                 .resolved
                 .as_ref()
@@ -493,16 +492,14 @@ pub fn score_rows(
                     .into());
                 }
             }
-            crate::data::stream::add_uniform_noise(&mut rows, dim + k, deq, SCORE_NOISE_SEED);
+            let seed =
+                crate::data::stream::test_seed(topts.split_seed.unwrap_or(state.options.seed));
+            crate::data::stream::add_uniform_noise(&mut rows, dim + k, deq, seed);
             (rows, p.display().to_string(), numbers)
         }
     };
     Ok((log_prob_rows(model, &rows, dim, k, device), source, numbers))
 }
-
-/// Seed of the dequantisation noise `score` adds to the dequantised columns of rows it is given
-/// (`--data`), so scoring the same file twice gives the same figures.
-pub const SCORE_NOISE_SEED: u64 = 0x5C0E;
 
 /// Vector samples as CSV rows: the header, the rows of the finite samples, and the 0-based
 /// indices of the samples left out because a value or their log-density is not finite.
@@ -578,7 +575,10 @@ pub fn sample_rows(
         }
     }
     // Each row: the sample, its context (conditional runs), its log-density.
-    let context: Vec<String> = context.iter().map(f64::to_string).collect();
+    let context: Vec<String> = context
+        .iter()
+        .map(|&v| crate::fsutil::csv_number(v))
+        .collect();
     let mut left_out = Vec::new();
     let mut rows = Vec::with_capacity(n);
     for (i, (row, lp)) in x.chunks(d).zip(&logp).enumerate() {
@@ -586,10 +586,10 @@ pub fn sample_rows(
             left_out.push(i);
             continue;
         }
-        let row = row.iter().map(|v| v.to_string());
+        let row = row.iter().map(|&v| crate::fsutil::csv_number(v));
         rows.push(
             row.chain(context.iter().cloned())
-                .chain([lp.to_string()])
+                .chain([crate::fsutil::csv_number(*lp)])
                 .collect(),
         );
     }

@@ -250,6 +250,25 @@ pub struct RunIo {
     pub replicas: Vec<Device>,
 }
 
+/// Remove the density frames of steps after `step` from `dir` (best effort).
+fn remove_frames_after(dir: &Path, step: usize) {
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return;
+    };
+    for e in entries.flatten() {
+        let path = e.path();
+        let later = path.extension().is_some_and(|x| x == "idx")
+            && path
+                .file_stem()
+                .and_then(|s| s.to_str())
+                .and_then(|s| s.parse::<usize>().ok())
+                .is_some_and(|s| s > step);
+        if later {
+            std::fs::remove_file(&path).ok();
+        }
+    }
+}
+
 /// Where a run on a 2D target keeps its density frames (assembled into `training.gif`).
 pub fn frames_dir(out: &Path) -> PathBuf {
     out.join("frames")
@@ -470,6 +489,9 @@ pub fn train2d(
     }
     if table.is_none() {
         std::fs::create_dir_all(frames_dir(out))?;
+        // Frames past the checkpoint (drawn before a crash or a second Ctrl-C) belong to steps
+        // this run will take again: drop them, as the logs drop their rows.
+        remove_frames_after(&frames_dir(out), run.step);
     }
 
     let mut data = match &table {

@@ -365,7 +365,11 @@ pub fn train<T: Task>(
         if pictures_due || ckpt_due {
             train_seconds += clock.elapsed().as_secs_f64();
             if pictures_due {
-                task.pictures(done, &guard.eval_weights(model.valid()))?;
+                // Side products: a picture that cannot be written (a full disk) is a warning;
+                // the checkpoint below still decides whether the step's work is kept.
+                if let Err(e) = task.pictures(done, &guard.eval_weights(model.valid())) {
+                    eprintln!("warning: pictures of step {done} not written: {e:#}");
+                }
             }
             if ckpt_due {
                 let state = task.run().at(done, train_seconds, &guard);
