@@ -352,7 +352,7 @@ impl TableData {
                 }
                 let mut perm: Vec<usize> = (0..n).collect();
                 perm.shuffle(&mut ChaCha8Rng::seed_from_u64(
-                    split_seed(opts, seed) ^ 0x7AB1E,
+                    opts.split_seed_or(seed) ^ 0x7AB1E,
                 ));
                 let mut flag = vec![0u8; n];
                 for &i in &perm[n - n_test..] {
@@ -375,7 +375,7 @@ impl TableData {
             &mut test,
             all.len(),
             &dequantized,
-            test_seed(split_seed(opts, seed)),
+            test_seed(opts.split_seed_or(seed)),
         );
         Ok(TableData {
             source: opts.path.display().to_string(),
@@ -670,12 +670,6 @@ impl Gaussian {
     }
 }
 
-/// The held-out split's seed: its own (`--split-seed`), or, in runs saved before it existed,
-/// the training seed.
-fn split_seed(opts: &TableOptions, seed: u64) -> u64 {
-    opts.split_seed.unwrap_or(seed)
-}
-
 /// Add uniform noise `u ~ U[0, 1)` to the columns `cols` of `rows` (`width` values each), one
 /// seeded draw per value in row order.
 pub fn add_uniform_noise(rows: &mut [f64], width: usize, cols: &[usize], seed: u64) {
@@ -868,6 +862,12 @@ pub fn step_rng(seed: u64, step: usize) -> ChaCha8Rng {
 }
 
 impl TableOptions {
+    /// The held-out split's seed: its own (`--split-seed`), or, in runs saved before it
+    /// existed, the training seed `seed`. The test rows' dequantisation draw uses it too.
+    pub fn split_seed_or(&self, seed: u64) -> u64 {
+        self.split_seed.unwrap_or(seed)
+    }
+
     /// The modelled then context columns of this table run, as names and as indices into its training
     /// table, and whether that table names its columns; `None` when it is no longer readable.
     ///

@@ -2,7 +2,7 @@
 //! test NLL, the target's entropy, density grids and the pictures of a 2D run, a table run's
 //! figures and corner plot, and the library side of `score` and of sampling rows.
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
 use anyhow::Result;
 use burn::tensor::{DType, Device};
@@ -328,16 +328,7 @@ pub fn evaluate_table(
 /// # Errors
 /// A frame that cannot be read, or the GIF that cannot be written.
 pub fn write_training_gif(out: &Path, size: usize, count: usize) -> Result<()> {
-    let mut saved: Vec<(usize, PathBuf)> =
-        std::fs::read_dir(crate::train::train2d::frames_dir(out))?
-            .filter_map(|e| e.ok().map(|e| e.path()))
-            .filter(|p| p.extension().is_some_and(|x| x == "idx"))
-            .filter_map(|p| {
-                let step = p.file_stem()?.to_str()?.parse().ok()?;
-                Some((step, p))
-            })
-            .collect();
-    saved.sort();
+    let saved = crate::train::train2d::saved_frames(out)?;
     let steps: Vec<usize> = saved.iter().map(|(s, _)| *s).collect();
     let mut frames = Vec::new();
     for i in pick_frames(&steps, count) {
@@ -492,8 +483,7 @@ pub fn score_rows(
                     .into());
                 }
             }
-            let seed =
-                crate::data::stream::test_seed(topts.split_seed.unwrap_or(state.options.seed));
+            let seed = crate::data::stream::test_seed(topts.split_seed_or(state.options.seed));
             crate::data::stream::add_uniform_noise(&mut rows, dim + k, deq, seed);
             (rows, p.display().to_string(), numbers)
         }

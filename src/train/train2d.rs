@@ -250,20 +250,27 @@ pub struct RunIo {
     pub replicas: Vec<Device>,
 }
 
-/// Remove the density frames of steps after `step` from `dir` (best effort).
-fn remove_frames_after(dir: &Path, step: usize) {
-    let Ok(entries) = std::fs::read_dir(dir) else {
-        return;
-    };
-    for e in entries.flatten() {
-        let path = e.path();
-        let later = path.extension().is_some_and(|x| x == "idx")
-            && path
-                .file_stem()
-                .and_then(|s| s.to_str())
-                .and_then(|s| s.parse::<usize>().ok())
-                .is_some_and(|s| s > step);
-        if later {
+/// The density frames saved in run `out` (`frames/STEP.idx`), as `(step, path)` sorted by step.
+///
+/// # Errors
+/// The frames folder cannot be read.
+pub fn saved_frames(out: &Path) -> std::io::Result<Vec<(usize, PathBuf)>> {
+    let mut saved: Vec<(usize, PathBuf)> = std::fs::read_dir(frames_dir(out))?
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .filter(|p| p.extension().is_some_and(|x| x == "idx"))
+        .filter_map(|p| {
+            let step = p.file_stem()?.to_str()?.parse().ok()?;
+            Some((step, p))
+        })
+        .collect();
+    saved.sort();
+    Ok(saved)
+}
+
+/// Remove the density frames of steps after `step` from run `out` (best effort).
+fn remove_frames_after(out: &Path, step: usize) {
+    for (s, path) in saved_frames(out).unwrap_or_default() {
+        if s > step {
             std::fs::remove_file(&path).ok();
         }
     }
@@ -491,7 +498,7 @@ pub fn train2d(
         std::fs::create_dir_all(frames_dir(out))?;
         // Frames past the checkpoint (drawn before a crash or a second Ctrl-C) belong to steps
         // this run will take again: drop them, as the logs drop their rows.
-        remove_frames_after(&frames_dir(out), run.step);
+        remove_frames_after(out, run.step);
     }
 
     let mut data = match &table {
