@@ -222,17 +222,16 @@ fn read_csv(path: &Path, bytes: &[u8], numbers_header: bool) -> Result<Table, In
                 named = true;
                 continue;
             }
-            if let Some(first) = column_numbers(&rec).filter(|_| numbers_header) {
+            if numbers_header && column_numbers(&rec) {
                 // pandas writes a DataFrame without column names as `0,1,2,...`: a header of
                 // column numbers, not a data row.
                 columns = rec.iter().map(str::to_string).collect();
                 named = true;
                 notes.push(format!(
-                    "{}: row {line} ({}) is read as a header of column numbers, as pandas writes for a DataFrame without column names; the columns are named {} to {} (--columns takes these names). If it is a data row, add a header line.",
+                    "{}: row {line} ({}) is read as a header of column numbers, as pandas writes for a DataFrame without column names; the columns are named 0 to {} (--columns takes these names). If it is a data row, add a header line.",
                     path.display(),
                     preview(&columns),
-                    first,
-                    first + columns.len() - 1
+                    columns.len() - 1
                 ));
                 continue;
             }
@@ -316,12 +315,11 @@ fn read_csv(path: &Path, bytes: &[u8], numbers_header: bool) -> Result<Table, In
     })
 }
 
-/// `Some(0)` when a record is exactly the column numbers `0,1,2,...`, written as plain
-/// integers, over at least two fields: the header pandas' `to_csv` writes for unnamed columns.
-/// (`1,2,...` is left as data: it is the first row of many headerless tables.)
-fn column_numbers(rec: &csv::StringRecord) -> Option<usize> {
-    let numbers = rec.len() >= 2 && rec.iter().enumerate().all(|(i, f)| f == i.to_string());
-    numbers.then_some(0)
+/// Whether a record is exactly the column numbers `0,1,2,...`, written as plain integers, over
+/// at least two fields: the header pandas' `to_csv` writes for unnamed columns. (`1,2,...` is
+/// left as data: it is the first row of many headerless tables.)
+fn column_numbers(rec: &csv::StringRecord) -> bool {
+    rec.len() >= 2 && rec.iter().enumerate().all(|(i, f)| f == i.to_string())
 }
 
 fn csv_error(path: &Path, e: &csv::Error) -> InputError {
