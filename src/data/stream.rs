@@ -259,6 +259,26 @@ impl TableData {
             }
         }
         let table = read_table_as(&opts.path, opts.numbers_header)?;
+        let test = match &opts.test_path {
+            Some(p) => Some(read_table_as(p, opts.numbers_header)?),
+            None => None,
+        };
+        Self::from_tables(&table, test.as_ref(), opts, seed)
+    }
+
+    /// [`load`](Self::load) of tables already in memory: `table` is the training table,
+    /// `test` the test table (`opts.test_path` only names it in messages); without one,
+    /// `opts.test_fraction` of the rows are held out, or none when it is 0 (a fit on every row
+    /// of a table in memory: `opts.in_memory`).
+    ///
+    /// # Errors
+    /// As [`load`](Self::load).
+    pub fn from_tables(
+        table: &crate::data::table::Table,
+        test: Option<&crate::data::table::Table>,
+        opts: &TableOptions,
+        seed: u64,
+    ) -> Result<Self> {
         let ctx = table.column_indices(&opts.context_columns, "--context-columns")?;
         let cols = if opts.columns.is_empty() {
             (0..table.width()).filter(|c| !ctx.contains(c)).collect()
@@ -286,7 +306,7 @@ impl TableData {
             .into());
         }
         let all: Vec<usize> = cols.iter().chain(&ctx).copied().collect();
-        check_float32_range(&table, &all)?;
+        check_float32_range(table, &all)?;
         let names: Vec<String> = all.iter().map(|&c| table.columns[c].clone()).collect();
         let mut resolved = ResolvedColumns {
             names: if table.named {
@@ -301,12 +321,12 @@ impl TableData {
         };
         let mut notes = table.notes.clone();
         let mut dequantized = Vec::new();
-        if opts.dequantize && opts.test_path.is_none() {
-            dequantized = integer_columns(&table, &cols, None)?;
+        if opts.dequantize && test.is_none() {
+            dequantized = integer_columns(table, &cols, None)?;
         }
-        let (train, test, split, test_index) = match &opts.test_path {
-            Some(p) => {
-                let t = read_table_as(p, opts.numbers_header)?;
+        let (train, test, split, test_index) = match test {
+            Some(t) => {
+                let p = &t.source;
                 notes.extend(t.notes.iter().cloned());
                 // The same columns by name when both tables have a header, else by position.
                 let test_cols = if t.named && table.named {
@@ -327,9 +347,9 @@ impl TableData {
                     )
                     .into());
                 };
-                check_float32_range(&t, &test_cols)?;
+                check_float32_range(t, &test_cols)?;
                 if opts.dequantize {
-                    dequantized = integer_columns(&table, &cols, Some((&t, &test_cols)))?;
+                    dequantized = integer_columns(table, &cols, Some((t, &test_cols)))?;
                 }
                 let every = |n: usize| (0..n).collect::<Vec<_>>();
                 (
@@ -338,6 +358,10 @@ impl TableData {
                     None,
                     (0..t.rows).collect(),
                 )
+            }
+            None if opts.in_memory && opts.test_fraction == 0.0 => {
+                let every: Vec<usize> = (0..table.rows).collect();
+                (table.gather(&every, &all), Vec::new(), None, Vec::new())
             }
             None => {
                 let n = table.rows;
@@ -584,6 +608,9 @@ impl TableData {
     /// when the covariance is singular. Dequantised columns: fitted to and scored on the
     /// dequantised rows, like the flow.
     pub fn gaussian_test_nll(&self) -> Option<f64> {
+        if self.test_rows() == 0 {
+            return None;
+        }
         let w = self.width();
         let train = self.train_for_eval();
         let joint = Gaussian::fit(&train, w, &(0..w).collect::<Vec<_>>())?;
@@ -779,6 +806,11 @@ pub struct TableOptions {
     /// row as data, and keep reading their tables that way.
     #[serde(default)]
     pub numbers_header: bool,
+    /// The rows were given in memory by a program (the library's `fit`), not read from
+    /// `path` (which then only names them): such a run resumes only from a program holding
+    /// the same rows.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub in_memory: bool,
 }
 
 /// Row indices of training step `step` over a set of `n` rows: epochs are seeded permutations,

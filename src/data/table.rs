@@ -29,6 +29,63 @@ pub struct Table {
 }
 
 impl Table {
+    /// A table of rows held in memory: `values` row-major, `columns.len()` values per row.
+    /// `source` names the rows in messages (an argument's name: `X`, `validation`); rows are
+    /// located 0-based, as numpy indexes them.
+    ///
+    /// # Errors
+    /// [`InputError::File`] naming `source`: no columns, a length that is not a whole number of
+    /// rows, no rows, a duplicated column name, or a non-finite value (its row and column).
+    pub fn from_rows(
+        source: &str,
+        columns: Vec<String>,
+        values: Vec<f64>,
+    ) -> Result<Table, InputError> {
+        let path = PathBuf::from(source);
+        let w = columns.len();
+        if w == 0 {
+            return Err(InputError::file(&path, None, "has no columns"));
+        }
+        if !values.len().is_multiple_of(w) {
+            let why = format!(
+                "holds {} values, not a whole number of rows of {w} columns",
+                values.len()
+            );
+            return Err(InputError::file(&path, None, why));
+        }
+        if values.is_empty() {
+            return Err(InputError::file(&path, None, "holds no rows"));
+        }
+        for (i, c) in columns.iter().enumerate() {
+            if columns[..i].contains(c) {
+                let why = format!("column name '{c}' is given twice");
+                return Err(InputError::file(&path, None, why));
+            }
+        }
+        let table = Table {
+            source: path,
+            rows: values.len() / w,
+            columns,
+            named: true,
+            notes: Vec::new(),
+            lines: Vec::new(),
+            values,
+        };
+        if let Some(k) = table.values.iter().position(|v| !v.is_finite()) {
+            let (r, c) = (k / w, k % w);
+            return Err(InputError::file(
+                &table.source,
+                Some(format!(
+                    "{}, column '{}'",
+                    table.locate(r),
+                    table.columns[c]
+                )),
+                format!("{} is not a finite number", table.values[k]),
+            ));
+        }
+        Ok(table)
+    }
+
     /// Number of columns.
     pub fn width(&self) -> usize {
         self.columns.len()

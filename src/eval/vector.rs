@@ -208,7 +208,7 @@ pub fn density_scale(target: Target, grid: usize) -> f64 {
 pub fn evaluate_and_draw(
     model: &VectorFlow,
     state: &RunState,
-    out: &Path,
+    out: Option<&Path>,
     device: &Device,
     vmax: f64,
 ) -> Result<Summary> {
@@ -233,6 +233,7 @@ pub fn evaluate_and_draw(
     // summary, never the loss of the run's figures.
     let mut warnings = Vec::new();
     let mut one = |path: &str, title: String, panel: Panel| {
+        let Some(out) = out else { return };
         let drawn = charts::plane_panels(&out.join(path), &[(title, panel)], b, vmax);
         if let Err(e) = drawn {
             let w = format!("{path} not written: {e:#}");
@@ -251,16 +252,20 @@ pub fn evaluate_and_draw(
         format!("{name} samples"),
         Panel::Points(&samples, Some(&sample_dens)),
     );
-    let grid = model_density_grid(model, target, opts.grid, device);
-    one(
-        "density.png",
-        format!("{name} density, nll {test_nll:.3}"),
-        Panel::Density(&grid),
-    );
-    if let Err(e) = write_training_gif(out, opts.grid, opts.frames) {
-        let w = format!("training.gif not written: {e:#}");
-        eprintln!("warning: {w}");
-        warnings.push(w);
+    if out.is_some() {
+        let grid = model_density_grid(model, target, opts.grid, device);
+        one(
+            "density.png",
+            format!("{name} density, nll {test_nll:.3}"),
+            Panel::Density(&grid),
+        );
+    }
+    if let Some(out) = out {
+        if let Err(e) = write_training_gif(out, opts.grid, opts.frames) {
+            let w = format!("training.gif not written: {e:#}");
+            eprintln!("warning: {w}");
+            warnings.push(w);
+        }
     }
 
     Ok(Summary {
@@ -280,7 +285,7 @@ pub fn evaluate_table(
     model: &VectorFlow,
     state: &RunState,
     data: &TableData,
-    out: &Path,
+    out: Option<&Path>,
     device: &Device,
 ) -> Result<Summary> {
     let test_lp = log_prob_rows(model, &data.test, data.dim, data.context, device);
@@ -294,8 +299,30 @@ pub fn evaluate_table(
     let test_nll = mean_nll(&test_lp);
     let train_nll = mean_nll(&train_lp);
     let gaussian = data.gaussian_test_nll();
-    let samples = samples_for_test(data, model, state.options.seed ^ 0x5A3D, device);
     let mut warnings = Vec::new();
+    if let Some(out) = out.filter(|_| data.test_rows() > 0) {
+        draw_corner(model, state, data, out, test_nll, device, &mut warnings);
+    }
+    Ok(Summary {
+        rows: Some((data.train_rows(), data.test_rows())),
+        train_nll: Some(train_nll),
+        gaussian_test_nll: gaussian,
+        warnings,
+        ..Summary::of_run(state, data.source.clone(), test_nll)
+    })
+}
+
+/// `corner.png`: test rows against samples (a failure is a warning in `warnings`).
+fn draw_corner(
+    model: &VectorFlow,
+    state: &RunState,
+    data: &TableData,
+    out: &Path,
+    test_nll: f64,
+    device: &Device,
+    warnings: &mut Vec<String>,
+) {
+    let samples = samples_for_test(data, model, state.options.seed ^ 0x5A3D, device);
     let drawn = crate::viz::charts::corner_plot(
         &out.join("corner.png"),
         &data.names[..data.dim],
@@ -312,13 +339,6 @@ pub fn evaluate_table(
         eprintln!("warning: {w}");
         warnings.push(w);
     }
-    Ok(Summary {
-        rows: Some((data.train_rows(), data.test_rows())),
-        train_nll: Some(train_nll),
-        gaussian_test_nll: gaussian,
-        warnings,
-        ..Summary::of_run(state, data.source.clone(), test_nll)
-    })
 }
 
 /// Assemble the saved density frames into `training.gif` (100 ms a frame, looping): at most

@@ -2,6 +2,7 @@
 //! the non-finite guard, checkpoints, run directories and their logs.
 
 pub mod checkpoint;
+pub mod fit;
 pub mod interrupt;
 pub mod parallel;
 pub mod run_dir;
@@ -10,7 +11,9 @@ pub mod train2d;
 pub mod train_image;
 pub mod trainer;
 
+pub use fit::{FitOptions, Fitted};
 pub use train2d::{train2d, RunIo, Start, Summary, Train2dOptions};
+pub use trainer::{Cancel, Hooks, Progress};
 
 /// A progress bar (step, message, ETA) when `enabled`.
 pub fn progress_bar(enabled: bool, len: u64, pos: u64) -> Option<indicatif::ProgressBar> {

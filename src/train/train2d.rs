@@ -99,7 +99,8 @@ impl Train2dOptions {
         count("grid", "--grid", self.grid, 2, 4096)?;
         count("frames", "--frames", self.frames, 0, 10_000)?;
         if let Some(t) = &self.table {
-            if !(t.test_fraction > 0.0 && t.test_fraction < 1.0) {
+            let no_test = t.in_memory && t.test_fraction == 0.0;
+            if !(no_test || t.test_fraction > 0.0 && t.test_fraction < 1.0) {
                 return Err(FieldError::new(
                     "test_fraction",
                     "--test-fraction",
@@ -376,20 +377,101 @@ pub fn train2d(
     io: &RunIo,
     device: &Device,
 ) -> Result<Summary> {
+    let run = VectorRun {
+        out: Some(&io.out),
+        io,
+        data: None,
+        hooks: trainer::Hooks::default(),
+    };
+    match run_vector(start, options, run, device)? {
+        Outcome::Finished { summary, .. } => Ok(*summary),
+        Outcome::Interrupted(done) => {
+            let resume = format!("glowflow train2d --resume {}", io.out.display());
+            Err(super::interrupt::interrupted(done.step, resume).into())
+        }
+    }
+}
+
+/// Where a vector run writes (its directory, or nothing), its table when the caller holds it in
+/// memory, and the caller's hooks.
+pub(crate) struct VectorRun<'a> {
+    /// The run directory; `None`: nothing is written.
+    pub out: Option<&'a Path>,
+    /// Progress bar, threads, `force` (`io.out` is not used: see `out`).
+    pub io: &'a RunIo,
+    /// The table, already in memory (a table run's `TableOptions` then only describe it).
+    pub data: Option<TableData>,
+    /// Progress callback and cancellation.
+    pub hooks: trainer::Hooks,
+}
+
+// One per run: the size difference does not matter.
+#[allow(clippy::large_enum_variant)]
+/// How a vector run ended.
+pub(crate) enum Outcome {
+    /// Every step ran: the evaluation weights, the run's table and the summary.
+    Finished {
+        /// The weights to evaluate and sample with (the weight average when the run keeps one).
+        model: VectorFlow,
+        /// The figures.
+        summary: Box<Summary>,
+        /// The run's state at its last step.
+        state: Box<RunState>,
+    },
+    /// Stopped by a signal or a cancellation after its last complete step (checkpointed when
+    /// the run has a directory), before evaluation.
+    Interrupted(Box<Stopped>),
+}
+
+/// A vector run stopped early: its evaluation weights, its state and its table.
+pub(crate) struct Stopped {
+    /// Steps done.
+    pub step: usize,
+    /// The weights to evaluate and sample with.
+    pub model: VectorFlow,
+    /// The run's state at its last step.
+    pub state: RunState,
+    /// The run's table (table runs).
+    pub table: Option<TableData>,
+    /// Trainable values of the model.
+    pub parameters: usize,
+}
+
+/// The run itself, for [`train2d`] and the library's in-memory fit.
+pub(crate) fn run_vector(
+    start: Start,
+    options: Option<Train2dOptions>,
+    vr: VectorRun<'_>,
+    device: &Device,
+) -> Result<Outcome> {
+    let VectorRun {
+        out,
+        io,
+        data: mut preloaded,
+        hooks,
+    } = vr;
     let train_device = device.clone().autodiff();
-    let out = &io.out;
     let resumed_from = match &start {
         Start::Resume(d, _) => Some(d.clone()),
         Start::Fresh(_) => None,
     };
-    let (_lock, continues_here) = trainer::open_run(out, resumed_from.as_deref(), io.force)?;
+    let (_lock, continues_here) = match out {
+        Some(out) => {
+            let (lock, here) = trainer::open_run(out, resumed_from.as_deref(), io.force)?;
+            (Some(lock), here)
+        }
+        None => (None, false),
+    };
     let mut table: Option<TableData> = None;
     let (mut model, optim, ema, run, saved) = match start {
         Start::Fresh(mut cfg) => {
             let mut opts = options.context("training options are required for a fresh run")?;
             opts.validate().map_err(FieldError::on_flag)?;
             if let Some(t) = &mut opts.table {
-                let data = TableData::load(t, opts.seed)?;
+                let data = match preloaded.take() {
+                    Some(d) => d,
+                    None => TableData::load(t, opts.seed)?,
+                };
                 t.fingerprint = Some(data.fingerprint.clone());
                 t.resolved = Some(data.resolved.clone());
                 (cfg.dim, cfg.context, cfg.standardize) = (data.dim, data.context, true);
@@ -447,16 +529,27 @@ pub fn train2d(
     };
     let (cfg, opts) = (run.model.clone(), run.options.clone());
     if let (None, Some(t)) = (&table, &opts.table) {
-        let data = TableData::load(t, opts.seed).map_err(|e| {
-            if t.path.exists() {
-                e
-            } else {
-                e.context(format!(
-                    "the run's table {} is gone; if it moved, give its new place with --data on --resume",
-                    t.path.display()
-                ))
+        let data = match preloaded.take() {
+            Some(d) => d,
+            None if t.in_memory => {
+                return Err(InputError::flag(
+                    "--resume",
+                    out.map_or_else(String::new, |o| o.display().to_string()),
+                    "this run was fitted by a program on rows it held in memory (no file to read them from); resume it from that program, with the same rows",
+                )
+                .into())
             }
-        })?;
+            None => TableData::load(t, opts.seed).map_err(|e| {
+                if t.path.exists() {
+                    e
+                } else {
+                    e.context(format!(
+                        "the run's table {} is gone; if it moved, give its new place with --data on --resume",
+                        t.path.display()
+                    ))
+                }
+            })?,
+        };
         if t.fingerprint
             .as_ref()
             .is_some_and(|f| *f != data.fingerprint)
@@ -488,17 +581,19 @@ pub fn train2d(
     for w in &table_warnings {
         eprintln!("warning: {w}");
     }
-    // Everything is checked: only now is an old run replaced by --force cleared (a refused run
-    // never touches the run it would have replaced).
-    trainer::clear_old_run(out, continues_here, io.force)?;
-    if let Some(d) = &table {
-        d.write_split(out)?;
-    }
-    if table.is_none() {
-        std::fs::create_dir_all(frames_dir(out))?;
-        // Frames past the checkpoint (drawn before a crash or a second Ctrl-C) belong to steps
-        // this run will take again: drop them, as the logs drop their rows.
-        remove_frames_after(out, run.step);
+    if let Some(out) = out {
+        // Everything is checked: only now is an old run replaced by --force cleared (a refused
+        // run never touches the run it would have replaced).
+        trainer::clear_old_run(out, continues_here, io.force)?;
+        if let Some(d) = &table {
+            d.write_split(out)?;
+        }
+        if table.is_none() {
+            std::fs::create_dir_all(frames_dir(out))?;
+            // Frames past the checkpoint (drawn before a crash or a second Ctrl-C) belong to
+            // steps this run will take again: drop them, as the logs drop their rows.
+            remove_frames_after(out, run.step);
+        }
     }
 
     let mut data = match &table {
@@ -522,7 +617,7 @@ pub fn train2d(
     let vmax = eval::density_scale(opts.target, opts.grid);
     let threads = run.threads.unwrap_or(1).max(1);
     let schedule = Schedule {
-        out: out.clone(),
+        out: out.map(Path::to_path_buf),
         progress: io.progress,
         first: run.step,
         steps: opts.steps,
@@ -534,6 +629,7 @@ pub fn train2d(
         saved,
         device: train_device,
         replicas: io.replicas.iter().map(|d| d.clone().autodiff()).collect(),
+        hooks,
     };
     let mut task = VectorTask {
         shards: if model.flow.uses_batch_statistics() {
@@ -549,26 +645,43 @@ pub fn train2d(
         vmax,
         data,
         run,
-        out: out.clone(),
+        out: out.map(Path::to_path_buf).unwrap_or_default(),
         device: device.clone(),
     };
     let done = trainer::train(&mut task, model, optim, guard, schedule)?;
+    let parameters = crate::tensor_util::trainable_count(&done.model);
     let eval = done.guard.eval_weights(done.model.valid());
+    if done.interrupted {
+        return Ok(Outcome::Interrupted(Box::new(Stopped {
+            step: done.step,
+            model: eval,
+            state: done.state,
+            table,
+            parameters,
+        })));
+    }
     let mut summary = match &table {
         Some(t) => eval::evaluate_table(&eval, &done.state, t, out, device)?,
         None => eval::evaluate_and_draw(&eval, &done.state, out, device, vmax)?,
     };
-    summary.parameters = crate::tensor_util::trainable_count(&done.model);
+    summary.parameters = parameters;
     summary.warnings.splice(0..0, table_warnings);
-    // The figures first: a picture that cannot be written (a full disk) is a warning.
-    super::save_summary(&summary, &out.join("summary.json"))?;
-    if let Err(e) = crate::viz::charts::loss_curve(out, "step", "loss", "training NLL (nats)") {
-        let w = format!("loss.png not written: {e:#}");
-        eprintln!("warning: {w}");
-        summary.warnings.push(w);
+    if let Some(out) = out {
+        // The figures first: a picture that cannot be written (a full disk) is a warning.
         super::save_summary(&summary, &out.join("summary.json"))?;
+        let curve = crate::viz::charts::loss_curve(out, "step", "loss", "training NLL (nats)");
+        if let Err(e) = curve {
+            let w = format!("loss.png not written: {e:#}");
+            eprintln!("warning: {w}");
+            summary.warnings.push(w);
+            super::save_summary(&summary, &out.join("summary.json"))?;
+        }
     }
-    Ok(summary)
+    Ok(Outcome::Finished {
+        model: eval,
+        summary: Box::new(summary),
+        state: Box::new(done.state),
+    })
 }
 
 /// A vector flow's part of the one training loop: batches from a 2D target or a table, the
@@ -676,9 +789,5 @@ impl Task for VectorTask {
 
     fn run(&self) -> &RunState {
         &self.run
-    }
-
-    fn resume_command(&self) -> String {
-        format!("glowflow train2d --resume {}", self.out.display())
     }
 }

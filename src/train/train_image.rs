@@ -388,7 +388,7 @@ pub fn train_image(start: ImageStart, io: &RunIo, device: &Device) -> Result<Ima
     trainer::clear_old_run(out, continues_here, io.force)?;
     let guard = Guard::new(&model, opts.stability.clone(), ema, run.skipped_steps);
     let schedule = Schedule {
-        out: out.to_path_buf(),
+        out: Some(out.to_path_buf()),
         progress,
         first,
         steps: opts.steps,
@@ -400,6 +400,7 @@ pub fn train_image(start: ImageStart, io: &RunIo, device: &Device) -> Result<Ima
         saved,
         device: train_device,
         replicas: io.replicas.iter().map(|d| d.clone().autodiff()).collect(),
+        hooks: trainer::Hooks::default(),
     };
     let mut task = ImageTask {
         run,
@@ -409,6 +410,10 @@ pub fn train_image(start: ImageStart, io: &RunIo, device: &Device) -> Result<Ima
         device: device.clone(),
     };
     let done = trainer::train(&mut task, model, optim, guard, schedule)?;
+    if done.interrupted {
+        let resume = format!("glowflow train --resume {}", out.display());
+        return Err(super::interrupt::interrupted(done.step, resume).into());
+    }
     let (model, guard, last, train_seconds) =
         (done.model, done.guard, done.step, done.train_seconds);
     let (data, labels) = (&task.data, &task.labels);
@@ -668,9 +673,5 @@ impl Task for ImageTask {
 
     fn run(&self) -> &ImageRunState {
         &self.run
-    }
-
-    fn resume_command(&self) -> String {
-        format!("glowflow train --resume {}", self.out.display())
     }
 }

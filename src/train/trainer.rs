@@ -228,14 +228,90 @@ pub trait Task: Sync {
     /// The run's state as it stands (model config, options, threads, fingerprint, resumes);
     /// the trainer fills in the step, the time and the guard's counts.
     fn run(&self) -> &RunState<Self::Model>;
-    /// The command that continues this run after an interruption.
-    fn resume_command(&self) -> String;
+}
+
+/// Training progress, reported to a [`Hooks::on_progress`] callback with every metrics row
+/// (every `log_every` steps, and after the last step).
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct Progress {
+    /// Steps done.
+    pub step: usize,
+    /// Total steps of the run.
+    pub steps: usize,
+    /// Mean training loss of the steps since the last report (nats per row for vector flows,
+    /// bits/dim for images).
+    pub loss: f64,
+    /// The learning rate of the last step.
+    pub lr: f64,
+    /// Training rows (points or images) per second since the last report.
+    pub rows_per_second: f64,
+}
+
+/// A progress callback (see [`Progress`]); it runs on the training thread between steps.
+pub type ProgressFn = std::sync::Arc<dyn Fn(&Progress) + Send + Sync>;
+
+/// A handle that stops a training call at the next step boundary, with the model as it stands
+/// after its last complete step (a caller's Ctrl-C, a GUI's stop button, a time budget). Clones
+/// share one flag: keep a clone, give one to the training call, call [`Cancel::cancel`] from any
+/// thread.
+#[derive(Clone, Debug, Default)]
+pub struct Cancel(std::sync::Arc<std::sync::atomic::AtomicBool>);
+
+impl Cancel {
+    /// A handle not yet cancelled.
+    pub fn new() -> Self {
+        Cancel::default()
+    }
+
+    /// Ask the training call holding a clone of this handle to stop after its current step.
+    pub fn cancel(&self) {
+        self.0.store(true, std::sync::atomic::Ordering::SeqCst);
+    }
+
+    /// Whether [`cancel`](Cancel::cancel) has been called.
+    pub fn is_cancelled(&self) -> bool {
+        self.0.load(std::sync::atomic::Ordering::SeqCst)
+    }
+}
+
+/// What a caller of a training call watches and controls: a progress callback and a
+/// cancellation handle.
+#[derive(Clone, Default)]
+pub struct Hooks {
+    /// Called with every metrics row.
+    pub on_progress: Option<ProgressFn>,
+    /// Stops the call at the next step boundary.
+    pub cancel: Cancel,
+}
+
+impl Hooks {
+    /// Hooks that call `report` with every metrics row (and a cancellation handle not yet
+    /// cancelled).
+    pub fn with_progress(report: impl Fn(&Progress) + Send + Sync + 'static) -> Self {
+        Hooks {
+            on_progress: Some(std::sync::Arc::new(report)),
+            cancel: Cancel::new(),
+        }
+    }
+}
+
+impl std::fmt::Debug for Hooks {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Hooks")
+            .field(
+                "on_progress",
+                &self.on_progress.as_ref().map(|_| "Fn(&Progress)"),
+            )
+            .field("cancel", &self.cancel)
+            .finish()
+    }
 }
 
 /// The fixed settings of one call of [`train`].
 pub struct Schedule {
-    /// The run directory.
-    pub out: PathBuf,
+    /// The run directory: logs, checkpoints and pictures go there. `None`: a run in memory
+    /// only (nothing is written).
+    pub out: Option<PathBuf>,
     /// Show a progress bar.
     pub progress: bool,
     /// First step to run (0, or the checkpoint's step on resume).
@@ -260,6 +336,8 @@ pub struct Schedule {
     /// equal shards over `device` and these, one each ([`parallel::loss_and_grads_on_devices`]),
     /// and [`Task::shards`] is not used.
     pub replicas: Vec<Device>,
+    /// Progress callback and cancellation.
+    pub hooks: Hooks,
 }
 
 /// How a call of [`train`] ended.
@@ -274,15 +352,19 @@ pub struct Trained<M: RunModel> {
     pub train_seconds: f64,
     /// The state saved with the final checkpoint.
     pub state: RunState<M>,
+    /// Whether the run stopped before its last step: a signal ([`interrupt::requested`]) or
+    /// [`Hooks::cancel`]. The model is that of the last complete step (and checkpointed when
+    /// the run has a directory).
+    pub interrupted: bool,
 }
 
-/// Run `task` from `schedule.first` to `schedule.steps` (or the time limit), then save a
-/// checkpoint.
+/// Run `task` from `schedule.first` to `schedule.steps` (or the time limit, a signal or a
+/// cancellation: [`Trained::interrupted`]), then save a checkpoint when the run has a
+/// directory.
 ///
 /// # Errors
 /// A failed log or checkpoint write; [`stop_error`] after too many consecutive skipped steps
-/// (the checkpoint named in it is intact); [`Interrupted`](crate::error::Interrupted) after a
-/// SIGINT/SIGTERM, once the step has finished and a checkpoint is saved.
+/// (the checkpoint named in it is intact).
 pub fn train<T: Task>(
     task: &mut T,
     mut model: T::Model,
@@ -290,9 +372,15 @@ pub fn train<T: Task>(
     mut guard: Guard,
     s: Schedule,
 ) -> Result<Trained<T::Model>> {
-    let out = s.out.as_path();
-    let (mut metrics, mut group_norms) =
-        open_run_logs(out, task.metrics_header(), s.append_logs.then_some(s.first))?;
+    let out = s.out.as_deref();
+    let mut logs = match out {
+        Some(out) => Some(open_run_logs(
+            out,
+            task.metrics_header(),
+            s.append_logs.then_some(s.first),
+        )?),
+        None => None,
+    };
     let mut saved = s.saved;
     let bar = progress_bar(s.progress, s.steps as u64, s.first as u64);
     let mut window = Window::default();
@@ -303,7 +391,7 @@ pub fn train<T: Task>(
         .chain(s.replicas.iter().cloned())
         .collect();
     for step in s.first..s.steps {
-        if interrupt::requested() {
+        if interrupt::requested() || s.hooks.cancel.is_cancelled() {
             interrupted = true;
             break;
         }
@@ -337,8 +425,10 @@ pub fn train<T: Task>(
                 None,
                 &window.guard_columns(),
             );
-            writeln!(metrics, "{},{row}", step + 1)?;
-            metrics.flush()?;
+            if let Some((metrics, _)) = &mut logs {
+                writeln!(metrics, "{},{row}", step + 1)?;
+                metrics.flush()?;
+            }
             let place = task.trace(&model.valid(), batch);
             return Err(stop_error(step + 1, lr, &why, place, saved));
         }
@@ -351,17 +441,28 @@ pub fn train<T: Task>(
             let rate = ((window.steps + window.skipped) * task.batch_size()) as f64 / dt.max(1e-9);
             let loss = window.mean_loss();
             let row = task.row(loss, lr, train_seconds, Some(rate), &window.guard_columns());
-            writeln!(metrics, "{done},{row}")?;
-            metrics.flush()?;
-            write_group_norms(&mut group_norms, done, &window.groups_max)?;
+            if let Some((metrics, group_norms)) = &mut logs {
+                writeln!(metrics, "{done},{row}")?;
+                metrics.flush()?;
+                write_group_norms(group_norms, done, &window.groups_max)?;
+            }
             if let Some(b) = &bar {
                 b.set_position(done as u64);
                 b.set_message(task.progress(loss, rate));
             }
+            if let Some(report) = &s.hooks.on_progress {
+                report(&Progress {
+                    step: done,
+                    steps: s.steps,
+                    loss,
+                    lr,
+                    rows_per_second: rate,
+                });
+            }
             window = Window::default();
         }
-        let pictures_due = task.pictures_due(done);
-        let ckpt_due = s.checkpoint_every > 0 && done % s.checkpoint_every == 0;
+        let pictures_due = out.is_some() && task.pictures_due(done);
+        let ckpt_due = out.is_some() && s.checkpoint_every > 0 && done % s.checkpoint_every == 0;
         if pictures_due || ckpt_due {
             train_seconds += clock.elapsed().as_secs_f64();
             if pictures_due {
@@ -371,7 +472,7 @@ pub fn train<T: Task>(
                     eprintln!("warning: pictures of step {done} not written: {e:#}");
                 }
             }
-            if ckpt_due {
+            if let Some(out) = out.filter(|_| ckpt_due) {
                 let state = task.run().at(done, train_seconds, &guard);
                 guard.save_checkpoint(out, &model, &optim, &state)?;
                 saved = Some((checkpoint_dir(out), done));
@@ -383,11 +484,12 @@ pub fn train<T: Task>(
     if let Some(b) = &bar {
         b.finish();
     }
-    metrics.flush()?;
     let state = task.run().at(last, train_seconds, &guard);
-    guard.save_checkpoint(out, &model, &optim, &state)?;
-    if interrupted {
-        return Err(interrupt::interrupted(last, task.resume_command()).into());
+    if let Some(out) = out {
+        if let Some((metrics, _)) = &mut logs {
+            metrics.flush()?;
+        }
+        guard.save_checkpoint(out, &model, &optim, &state)?;
     }
     Ok(Trained {
         model,
@@ -395,6 +497,7 @@ pub fn train<T: Task>(
         step: last,
         train_seconds,
         state,
+        interrupted,
     })
 }
 
