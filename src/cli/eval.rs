@@ -1,0 +1,154 @@
+//! `eval`: test bits/dim of a trained image model over the whole test split. Its flags, its
+//! loading and its output serve `reconstruct` too.
+
+use std::path::PathBuf;
+
+use anyhow::{Context, Result};
+use clap::Args;
+use serde_json::json;
+
+use glowflow::data::Splits;
+use glowflow::error::InputError;
+use glowflow::models::GlowImage;
+use glowflow::train::checkpoint;
+use glowflow::train::train_image::{ImageRunState, ImageTrainOptions};
+
+use super::common::{print_json, DeviceFlag};
+use super::parse;
+
+#[derive(Args, Debug)]
+pub struct EvalArgs {
+    /// A run directory (or its checkpoint/ folder).
+    #[arg(long)]
+    pub checkpoint: PathBuf,
+    /// Data spec; default: the one the model was trained on.
+    #[arg(long)]
+    pub data: Option<String>,
+    /// `reconstruct`: images to reconstruct (not used by `eval`).
+    #[arg(long, default_value_t = 64, value_parser = parse::count::<1, 1_000_000>)]
+    pub n: usize,
+    /// Write the JSON result here too.
+    #[arg(long)]
+    pub out: Option<PathBuf>,
+    /// `eval`: also write every test image's bits/dim here (CSV `index,bpd`, 0-based indices).
+    #[arg(long)]
+    pub per_image: Option<PathBuf>,
+    /// `eval`: also report the importance-sampled bits/dim over this many dequantisation draws
+    /// per image (Flow++ eq. 13; tighter than one draw; unconditional models).
+    #[arg(long, value_parser = parse::count::<1, 4096>)]
+    pub importance_samples: Option<usize>,
+    #[command(flatten)]
+    pub device: DeviceFlag,
+}
+
+/// A trained image model, its evaluation weights (`ema`: the weight average) and the data it is
+/// measured on.
+pub struct Loaded {
+    pub model: GlowImage,
+    pub state: ImageRunState,
+    pub ema: bool,
+    pub opts: ImageTrainOptions,
+    pub data: Splits,
+    pub device: burn::tensor::Device,
+}
+
+/// Check the outputs, load `--checkpoint`, run the command's own checks of its flags against the
+/// run (`refuse`), then read the data (`--data`, else the run's own) and check its shape.
+pub fn load(a: &EvalArgs, refuse: impl FnOnce(&ImageRunState) -> Result<()>) -> Result<Loaded> {
+    use glowflow::train::train_image::{load_data, load_for_eval};
+    let outputs: Vec<(&str, &std::path::Path)> = [("--out", &a.out), ("--per-image", &a.per_image)]
+        .into_iter()
+        .filter_map(|(f, p)| p.as_deref().map(|p| (f, p)))
+        .collect();
+    glowflow::fsutil::check_outputs(&outputs, &[])?;
+    let device = a.device.open()?;
+    let (model, state, ema) = load_for_eval(&a.checkpoint, &device)
+        .with_context(|| format!("--checkpoint {}", a.checkpoint.display()))?;
+    refuse(&state)?;
+    let mut opts = state.options.clone();
+    if let Some(d) = &a.data {
+        opts.data = d.clone();
+    }
+    let data = load_data(&opts)?;
+    let cfg = &state.model;
+    data.test
+        .check_shape([cfg.channels, cfg.height, cfg.width], &opts.data)?;
+    Ok(Loaded {
+        model,
+        state,
+        ema,
+        opts,
+        data,
+        device,
+    })
+}
+
+pub fn run(a: EvalArgs) -> Result<()> {
+    use glowflow::eval::images::{class_eval, importance_bpd, BpdReport};
+    let l = load(&a, |state| {
+        let Some(k) = a.importance_samples else {
+            return Ok(());
+        };
+        let why = if state.model.classes > 0 {
+            "is for unconditional models (a class-conditional one reports test_bpd_marginal)"
+        } else if state.model.noise_sigma > 0.0 {
+            "is not defined for a noise-augmented model (its Gaussian noise is not a dequantiser)"
+        } else {
+            return Ok(());
+        };
+        Err(InputError::flag("--importance-samples", k, why).into())
+    })?;
+    let cfg = &l.state.model;
+    let labels = l.data.labels(cfg.classes, &l.opts.data)?;
+    let test_labels = labels.as_ref().map(|(_, t)| &t[..]);
+    let figures = class_eval(&l.model, &l.data.test, test_labels, cfg, 256, &l.device);
+    let bpd = &figures.bpd;
+    let r = BpdReport::new(bpd);
+    // Written after the figures are printed (`finish`), so a failed write loses nothing.
+    let per_image = a.per_image.clone().map(|p| (p, bpd.clone()));
+    let failure = r.nonfinite_message(bpd.len()).map(anyhow::Error::msg);
+    let importance = a.importance_samples.map(|k| {
+        let v = importance_bpd(&l.model, &l.data.test, cfg, k, 256, &l.device);
+        json!({"draws": k, "test_bpd": BpdReport::new(&v).mean})
+    });
+    let report = json!({
+        "checkpoint": a.checkpoint,
+        "ema_weights": l.ema,
+        "data": l.opts.data,
+        "test_images": l.data.test.n,
+        "test_bpd": r.mean,
+        "test_bpd_marginal": figures.marginal_mean(),
+        "test_accuracy": figures.accuracy,
+        "bpd_meaning": glowflow::eval::images::bpd_meaning(cfg),
+        "importance_sampled": importance,
+        "test_report": r,
+    });
+    finish(&a, &report, per_image, failure)
+}
+
+/// Print `report`, then write every test image's bits/dim (`per_image`) and `--out`'s copy of the
+/// report (printed first, so a failed write never loses the figures); then `failure`, if any.
+pub fn finish(
+    a: &EvalArgs,
+    report: &serde_json::Value,
+    per_image: Option<(PathBuf, Vec<f64>)>,
+    failure: Option<anyhow::Error>,
+) -> Result<()> {
+    print_json(report)?;
+    if let Some((p, bpd)) = per_image {
+        let rows = bpd
+            .iter()
+            .enumerate()
+            .map(|(i, v)| [i.to_string(), glowflow::fsutil::csv_number(*v)]);
+        glowflow::fsutil::write_csv(&p, &["index", "bpd"], rows)
+            .map_err(|e| InputError::flag("--per-image", p.display(), format!("{e:#}")))?;
+    }
+    if let Some(p) = &a.out {
+        checkpoint::save_json(report, p)
+            .map_err(|e| InputError::flag("--out", p.display(), format!("{e:#}")))?;
+    }
+    match failure {
+        Some(e) => Err(e),
+        None => Ok(()),
+    }
+}
