@@ -1,5 +1,4 @@
-//! Fit Glow to rows in memory (a noisy parabola, 2,000 rows and 500 held out):
-//! `cargo run --release --example fit_table`.
+//! Fit Glow to a noisy parabola held in memory: `cargo run --release --example fit_table`.
 use glowflow::data::table::Table;
 use glowflow::models::{ModelKind, VectorFlow, VectorFlowConfig};
 use glowflow::train::{FitOptions, Hooks, Progress};

@@ -148,6 +148,7 @@ impl CommonArgs {
             resolved: None,
             dequantize: self.dequantize,
             numbers_header: true,
+            in_memory: false,
         });
         o
     }
