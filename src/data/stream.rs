@@ -253,7 +253,7 @@ impl TableData {
     pub fn load(opts: &TableOptions, seed: u64) -> Result<Self> {
         if let Some(t) = &opts.test_path {
             // The same file twice would test on the training rows and report it as held out.
-            if crate::train::run_dir::same_path(t, &opts.path) {
+            if crate::fsutil::same_path(t, &opts.path) {
                 let why = "is the --data file itself: a test table must hold other rows (or leave it out to hold out --test-fraction)";
                 return Err(InputError::flag("--test-data", t.display(), why).into());
             }

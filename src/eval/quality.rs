@@ -200,7 +200,7 @@ pub fn train_classifier(
             rows.push(labels[i] as f32);
         }
         let (_, grads): (f64, GradientsParams) =
-            crate::train::parallel::loss_and_grads(&model, &rows, d + 1, opts.shards, &ad, loss);
+            crate::ops::parallel::loss_and_grads(&model, &rows, d + 1, opts.shards, &ad, loss);
         model = optim.step(opts.lr, model, grads);
     }
     Ok(model.valid())
@@ -353,12 +353,12 @@ pub fn load_or_train(
     let path = classifier_path(cache, &train.fingerprint(), shape, classes, opts);
     if path.exists() {
         let fresh = FeatureNet::new(shape, classes, opts.seed, device);
-        return Ok((crate::train::checkpoint::load_model(fresh, &path)?, path));
+        return Ok((crate::fsutil::load_model(fresh, &path)?, path));
     }
     let net = train_classifier(train, labels, classes, opts, device)?;
     let saved = std::fs::create_dir_all(cache)
         .map_err(anyhow::Error::from)
-        .and_then(|()| crate::train::checkpoint::model_bytes(&net))
+        .and_then(|()| crate::fsutil::model_bytes(&net))
         .and_then(|bytes| crate::fsutil::write_atomic(&path, &bytes));
     if let Err(e) = saved {
         eprintln!(

@@ -2,7 +2,7 @@
 //! test NLL, the target's entropy, density grids and the pictures of a 2D run, a table run's
 //! figures and corner plot, and the library side of `score` and of sampling rows.
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 use anyhow::Result;
 use burn::tensor::{DType, Device};
@@ -348,7 +348,7 @@ fn draw_corner(
 /// # Errors
 /// A frame that cannot be read, or the GIF that cannot be written.
 pub fn write_training_gif(out: &Path, size: usize, count: usize) -> Result<()> {
-    let saved = crate::train::train2d::saved_frames(out)?;
+    let saved = saved_frames(out)?;
     let steps: Vec<usize> = saved.iter().map(|(s, _)| *s).collect();
     let mut frames = Vec::new();
     for i in pick_frames(&steps, count) {
@@ -609,6 +609,28 @@ pub fn sample_rows(
         rows,
         left_out,
     })
+}
+
+/// The density frames saved in run `out` (`frames/STEP.idx`), as `(step, path)` sorted by step.
+///
+/// # Errors
+/// The frames folder cannot be read.
+pub fn saved_frames(out: &Path) -> std::io::Result<Vec<(usize, PathBuf)>> {
+    let mut saved: Vec<(usize, PathBuf)> = std::fs::read_dir(frames_dir(out))?
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .filter(|p| p.extension().is_some_and(|x| x == "idx"))
+        .filter_map(|p| {
+            let step = p.file_stem()?.to_str()?.parse().ok()?;
+            Some((step, p))
+        })
+        .collect();
+    saved.sort();
+    Ok(saved)
+}
+
+/// Where a run on a 2D target keeps its density frames (assembled into `training.gif`).
+pub fn frames_dir(out: &Path) -> PathBuf {
+    out.join("frames")
 }
 
 #[cfg(test)]

@@ -14,6 +14,18 @@ use burn::tensor::{DType, Device, Tensor};
 
 use crate::tensor_util::{from_vec, is_flex_device, to_vec};
 
+/// The first-order optimizer of a run.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize, Default)]
+#[cfg_attr(feature = "cli", derive(clap::ValueEnum))]
+#[serde(rename_all = "lowercase")]
+pub enum OptimizerKind {
+    /// Adam (Kingma & Ba 2015), betas 0.9 / 0.999.
+    #[default]
+    Adam,
+    /// Adamax (Kingma & Ba 2015, §7.1; openai/glow's default): infinity-norm second moment.
+    Adamax,
+}
+
 /// Adam (no weight decay, no AMSGrad) with the given `epsilon` and betas 0.9, 0.999.
 pub fn adam(epsilon: f32) -> ModuleOptimizer {
     ModuleOptimizer::from(FusedAdam::new(0.9, 0.999, epsilon))
@@ -22,8 +34,7 @@ pub fn adam(epsilon: f32) -> ModuleOptimizer {
 /// The optimizer a run's recipe names: Adam or Adamax, both with betas 0.9 / 0.999 and
 /// epsilon 1e-8. Both keep burn's `AdamState` (Adamax stores its infinity norm `u` in the
 /// second moment), so checkpoints have one format.
-pub fn optimizer(kind: crate::train::stability::OptimizerKind) -> ModuleOptimizer {
-    use crate::train::stability::OptimizerKind;
+pub fn optimizer(kind: OptimizerKind) -> ModuleOptimizer {
     match kind {
         OptimizerKind::Adam => adam(1e-8),
         OptimizerKind::Adamax => ModuleOptimizer::from(Adamax {

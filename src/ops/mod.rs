@@ -3,6 +3,7 @@
 
 pub mod adam;
 pub mod dense;
+pub mod parallel;
 
 pub use dense::dense;
 

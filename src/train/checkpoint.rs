@@ -18,7 +18,7 @@ use std::path::{Path, PathBuf};
 use anyhow::{bail, Context, Result};
 use burn::module::Module;
 use burn::optim::ModuleOptimizer;
-use burn::store::{ModuleSnapshot, SafetensorsStore};
+use burn::store::ModuleSnapshot;
 use serde::{de::DeserializeOwned, Serialize};
 use sha2::{Digest, Sha256};
 
@@ -83,90 +83,8 @@ fn sha256_hex(bytes: &[u8]) -> String {
         .collect()
 }
 
-/// A module's parameters as safetensors bytes.
-pub fn model_bytes<M: Module + ModuleSnapshot>(model: &M) -> Result<Vec<u8>> {
-    let mut store = SafetensorsStore::from_bytes(None);
-    model
-        .save_into(&mut store)
-        .map_err(|e| anyhow::anyhow!("cannot serialise weights: {e:?}"))?;
-    store
-        .get_bytes()
-        .map_err(|e| anyhow::anyhow!("cannot serialise weights: {e:?}"))
-}
-
-/// Load safetensors `bytes` (read from `path`, named in errors) into `model`, which must have
-/// the same structure (weights of a checkpoint older than format 3 lack ActNorm's flags: load
-/// those through [`Checkpoint::load_model`], which restores them).
-pub fn model_from_bytes<M: Module + ModuleSnapshot>(
-    model: M,
-    bytes: Vec<u8>,
-    path: &Path,
-) -> Result<M> {
-    weights_from_bytes(model, bytes, path, None)
-}
-
-/// [`model_from_bytes`], for a checkpoint older than format 3 when `legacy` is given (the flags
-/// and the `state.json` that kept them): its weights lack ActNorm's `initialized` buffers, which
-/// are set from those flags (in module order).
-fn weights_from_bytes<M: Module + ModuleSnapshot>(
-    mut model: M,
-    bytes: Vec<u8>,
-    path: &Path,
-    legacy: Option<(&[bool], &Path)>,
-) -> Result<M> {
-    let mut store = SafetensorsStore::from_bytes(Some(bytes)).allow_partial(true);
-    let result = model
-        .load_from(&mut store)
-        .map_err(|e| InputError::file(path, None, format!("cannot load weights: {e:?}")))?;
-    let mut missing = result.missing;
-    if let Some((flags, state)) = legacy {
-        missing.retain(|(p, _)| !p.ends_with(".initialized"));
-        model = crate::tensor_util::set_flags(model, "initialized", flags).map_err(|e| {
-            let at = Some(format!("field {LEGACY_FLAGS_KEY}"));
-            InputError::file(state, at, format!("{e} in {}", path.display()))
-        })?;
-    }
-    if !result.errors.is_empty() || !missing.is_empty() {
-        return Err(InputError::file(
-            path,
-            None,
-            format!(
-                "weights do not match the model (missing: {:?}, errors: {:?})",
-                missing, result.errors
-            ),
-        )
-        .into());
-    }
-    Ok(model)
-}
-
-/// Load a safetensors weights file (e.g. a checkpoint's `model.safetensors`, without the
-/// checkpoint's hash check: see [`Checkpoint::load_model`]) into `model` (same structure).
-pub fn load_model<M: Module + ModuleSnapshot>(model: M, path: &Path) -> Result<M> {
-    let bytes = std::fs::read(path)
-        .map_err(|e| InputError::file(path, None, format!("cannot read weights: {e}")))?;
-    model_from_bytes(model, bytes, path)
-}
-
-/// Write `value` as pretty JSON at `path`, atomically (temporary file, fsync, rename).
-pub fn save_json<T: Serialize>(value: &T, path: &Path) -> Result<()> {
-    let text = serde_json::to_string_pretty(value)?;
-    crate::fsutil::write_atomic(path, text.as_bytes())
-}
-
-/// Read JSON from `path`; errors name the file and what did not parse.
-pub fn load_json<T: DeserializeOwned>(path: &Path) -> Result<T> {
-    let text = std::fs::read_to_string(path)
-        .map_err(|e| InputError::file(path, None, format!("cannot read: {e}")))?;
-    serde_json::from_str(&text).map_err(|e| {
-        InputError::file(
-            path,
-            Some(format!("line {}", e.line())),
-            format!("malformed: {e}"),
-        )
-        .into()
-    })
-}
+use crate::fsutil::weights_from_bytes;
+pub use crate::fsutil::{load_json, load_model, model_bytes, model_from_bytes, save_json};
 
 /// The checkpoint folder of a run directory.
 pub fn checkpoint_dir(out: &Path) -> PathBuf {
@@ -333,7 +251,13 @@ impl Checkpoint {
     pub fn load_model<M: Module + ModuleSnapshot>(&self, model: M, name: &str) -> Result<M> {
         let state = self.state_path();
         let legacy = self.legacy_flags.as_deref().map(|f| (f, state.as_path()));
-        let model = weights_from_bytes(model, self.read(name)?, &self.path(name), legacy)?;
+        let model = weights_from_bytes(
+            model,
+            self.read(name)?,
+            &self.path(name),
+            legacy,
+            LEGACY_FLAGS_KEY,
+        )?;
         refuse_nonfinite(&model, &self.path(name))?;
         Ok(model)
     }

@@ -4,7 +4,7 @@
 pub mod checkpoint;
 pub mod fit;
 pub mod interrupt;
-pub mod parallel;
+pub use crate::ops::parallel;
 pub mod run_dir;
 pub mod stability;
 pub mod train2d;

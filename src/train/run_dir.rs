@@ -169,13 +169,7 @@ pub fn run_dir_of(resume: &Path) -> PathBuf {
     }
 }
 
-/// Whether two paths name the same file or directory (after resolving links and `..`).
-pub fn same_path(a: &Path, b: &Path) -> bool {
-    match (a.canonicalize(), b.canonicalize()) {
-        (Ok(x), Ok(y)) => x == y,
-        _ => a == b,
-    }
-}
+pub use crate::fsutil::same_path;
 
 /// Cut a CSV log whose first column is the step back to the rows of steps `<= step` (the
 /// checkpoint a run resumes from), dropping torn rows (a wrong field count, a step that is not a

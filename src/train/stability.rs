@@ -88,17 +88,7 @@ impl StabilityOptions {
     }
 }
 
-/// The first-order optimizer of a run.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, Default)]
-#[cfg_attr(feature = "cli", derive(clap::ValueEnum))]
-#[serde(rename_all = "lowercase")]
-pub enum OptimizerKind {
-    /// Adam (Kingma & Ba 2015), betas 0.9 / 0.999.
-    #[default]
-    Adam,
-    /// Adamax (Kingma & Ba 2015, §7.1; openai/glow's default): infinity-norm second moment.
-    Adamax,
-}
+pub use crate::ops::adam::OptimizerKind;
 
 /// Gradient statistics of one step.
 #[derive(Clone, Debug, Default)]

@@ -251,22 +251,7 @@ pub struct RunIo {
     pub replicas: Vec<Device>,
 }
 
-/// The density frames saved in run `out` (`frames/STEP.idx`), as `(step, path)` sorted by step.
-///
-/// # Errors
-/// The frames folder cannot be read.
-pub fn saved_frames(out: &Path) -> std::io::Result<Vec<(usize, PathBuf)>> {
-    let mut saved: Vec<(usize, PathBuf)> = std::fs::read_dir(frames_dir(out))?
-        .filter_map(|e| e.ok().map(|e| e.path()))
-        .filter(|p| p.extension().is_some_and(|x| x == "idx"))
-        .filter_map(|p| {
-            let step = p.file_stem()?.to_str()?.parse().ok()?;
-            Some((step, p))
-        })
-        .collect();
-    saved.sort();
-    Ok(saved)
-}
+pub use crate::eval::vector::{frames_dir, saved_frames};
 
 /// Remove the density frames of steps after `step` from run `out` (best effort).
 fn remove_frames_after(out: &Path, step: usize) {
@@ -275,11 +260,6 @@ fn remove_frames_after(out: &Path, step: usize) {
             std::fs::remove_file(&path).ok();
         }
     }
-}
-
-/// Where a run on a 2D target keeps its density frames (assembled into `training.gif`).
-pub fn frames_dir(out: &Path) -> PathBuf {
-    out.join("frames")
 }
 
 /// Load a trained vector flow for evaluation (see [`trainer::load_for_eval`]).
