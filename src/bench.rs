@@ -4,6 +4,7 @@
 //! steps and ActNorm's data initialisation; a generation workload times whole calls. Each step
 //! ends by reading the loss back to the host, so asynchronous backends are timed to completion.
 
+use glowflow::models::glow_image::DEFAULT_TEMPERATURE;
 use std::time::Instant;
 
 use anyhow::Result;
@@ -355,7 +356,9 @@ fn bench_sample(warmup: usize, steps: usize, device: &Device) -> Result<(Vec<f64
     model.initialize(image_batch(image_rows(64, &cfg), &cfg, device));
     let mut rng = ChaCha8Rng::seed_from_u64(3);
     time_calls(warmup, steps, || {
-        let x = model.sample_with_latents(64, 0.7, None, &mut rng).0;
+        let x = model
+            .sample_with_latents(64, DEFAULT_TEMPERATURE, None, &mut rng)
+            .0;
         let v = to_vec(x);
         Ok(Some(
             v.iter().map(|&p| p as f64).sum::<f64>() / v.len() as f64,

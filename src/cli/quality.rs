@@ -19,7 +19,7 @@ pub struct QualityArgs {
     #[arg(long, default_value_t = 2000, value_parser = parse::count::<2, 1_000_000>)]
     pub n: usize,
     /// Sampling temperature.
-    #[arg(long, default_value_t = 0.7, value_parser = parse::temperature)]
+    #[arg(long, default_value_t = glowflow::models::glow_image::DEFAULT_TEMPERATURE, value_parser = parse::temperature)]
     pub temperature: f64,
     /// Classifier-free guidance weights to measure, comma-separated (class-conditional models
     /// trained with --label-dropout): 0 the class-free prior, 1 the conditional one, > 1

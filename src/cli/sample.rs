@@ -69,7 +69,9 @@ pub fn run(a: SampleArgs) -> Result<()> {
         )
         .into());
     }
-    let temperature = a.temperature.unwrap_or(0.7);
+    let temperature = a
+        .temperature
+        .unwrap_or(glowflow::models::glow_image::DEFAULT_TEMPERATURE);
     let (model, state, ema) = load_for_eval(&a.checkpoint, &device)
         .with_context(|| format!("--checkpoint {}", a.checkpoint.display()))?;
     let mut draw = glowflow::eval::images::Draw::for_model(&state.model, temperature);

@@ -25,6 +25,11 @@ use crate::layers::{
 use crate::nets::{CouplingNet, Dense, GlowConvNet, ZeroConv2d};
 use crate::tensor_util::{trainable, with_sequential_param_ids};
 
+/// The sampling temperature of image Glow's pictures when none is given: the prior's standard
+/// deviation scaled by 0.7 (Glow §5.3, "reduced-temperature" samples). One value for the preview
+/// grids, `sample`, `quality` and the benchmark.
+pub const DEFAULT_TEMPERATURE: f64 = 0.7;
+
 /// The coupling of every flow step of image Glow (Glow §3.3; NICE for additive).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[cfg_attr(feature = "cli", derive(clap::ValueEnum))]

@@ -479,8 +479,8 @@ pub fn train_image(start: ImageStart, io: &RunIo, device: &Device) -> Result<Ima
     Ok(summary)
 }
 
-/// The temperature of the sample grids drawn during and after training (Glow §5.3's 0.7).
-pub const PREVIEW_TEMPERATURE: f64 = 0.7;
+/// The temperature of the sample grids drawn during and after training.
+pub const PREVIEW_TEMPERATURE: f64 = crate::models::glow_image::DEFAULT_TEMPERATURE;
 
 /// Append one row to the run's `previews.csv` (`step,file,samples,nonfinite,first_nonfinite`):
 /// every sample grid drawn, and how many of its samples were non-finite (marked cells).
