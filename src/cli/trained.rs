@@ -19,12 +19,11 @@ pub struct ImageCheckpoint {
     pub checkpoint: PathBuf,
 }
 
-/// Whether `dir` holds a vector-flow run (`train2d`), not an image run: its model config has
-/// flow steps (`layers`) and no image `channels`.
+/// Whether `dir` holds a vector-flow run (`train2d`), not an image run
+/// ([`glowflow::train::trainer::run_kind`]).
 pub fn is_vector_run(dir: &Path) -> bool {
-    glowflow::train::checkpoint::Checkpoint::open::<serde_json::Value>(dir).is_ok_and(|(_, v)| {
-        v["model"].get("layers").is_some() && v["model"].get("channels").is_none()
-    })
+    use glowflow::train::trainer::{run_kind, RunKind};
+    run_kind(dir).is_ok_and(|k| k == RunKind::Vector)
 }
 
 /// The image model of `--checkpoint` for `quality` and the editing commands (its evaluation

@@ -86,6 +86,41 @@ fn sha256_hex(bytes: &[u8]) -> String {
 use crate::fsutil::weights_from_bytes;
 pub use crate::fsutil::{load_json, load_model, model_bytes, model_from_bytes, save_json};
 
+/// What a run trains: a vector flow (`train2d`, the library's `VectorFlow::fit`) or image Glow
+/// (`train`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum RunKind {
+    /// A vector flow on a 2D target or a table.
+    Vector,
+    /// Multi-scale Glow on images.
+    Image,
+}
+
+/// The kind of the run or checkpoint in `dir`: its `state.json`'s `kind`, or for a run saved
+/// before the kind was recorded, what its model config holds (flow steps `layers` and no image
+/// `channels`: a vector flow).
+///
+/// # Errors
+/// A missing or damaged checkpoint (naming it).
+pub fn run_kind(dir: &Path) -> Result<RunKind> {
+    let (_, v) = Checkpoint::open::<serde_json::Value>(dir)?;
+    Ok(kind_of_state(&v).unwrap_or(RunKind::Image))
+}
+
+/// The kind a `state.json` records, or for one saved before it was recorded, what its model
+/// config holds (image `channels`: image Glow; flow steps `layers`: a vector flow).
+fn kind_of_state(state: &serde_json::Value) -> Option<RunKind> {
+    if let Ok(kind) = serde_json::from_value::<RunKind>(state["kind"].clone()) {
+        return Some(kind);
+    }
+    match &state["model"] {
+        m if m.get("channels").is_some() => Some(RunKind::Image),
+        m if m.get("layers").is_some() => Some(RunKind::Vector),
+        _ => None,
+    }
+}
+
 /// The checkpoint folder of a run directory.
 pub fn checkpoint_dir(out: &Path) -> PathBuf {
     out.join("checkpoint")
@@ -172,11 +207,10 @@ impl Checkpoint {
             _ => None,
         };
         // The run's kind, to name it when a command is given a run of the other kind.
-        let kind = match &value["model"] {
-            m if m.get("channels").is_some() => Some("an image Glow run (`train`)"),
-            m if m.get("layers").is_some() => Some("a vector flow run (`train2d`/`compare`)"),
-            _ => None,
-        };
+        let kind = kind_of_state(&value).map(|k| match k {
+            RunKind::Image => "an image Glow run (`train`)",
+            RunKind::Vector => "a vector flow run (`train2d`/`compare`)",
+        });
         let state = serde_json::from_value(value).map_err(|e| {
             let why = match (kind, std::any::type_name::<T>().contains("GlowImage")) {
                 (Some(k), true) if k.starts_with("a vector") => format!(

@@ -122,6 +122,7 @@ impl Train2dOptions {
 pub type RunState = trainer::RunState<VectorFlow>;
 
 impl trainer::RunModel for VectorFlow {
+    const KIND: trainer::RunKind = trainer::RunKind::Vector;
     type Config = VectorFlowConfig;
     type Options = Train2dOptions;
 

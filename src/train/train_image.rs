@@ -181,6 +181,7 @@ pub type ImageRunState = trainer::RunState<GlowImage>;
 type RunState = ImageRunState;
 
 impl trainer::RunModel for GlowImage {
+    const KIND: trainer::RunKind = trainer::RunKind::Image;
     type Config = GlowImageConfig;
     type Options = ImageTrainOptions;
 

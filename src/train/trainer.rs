@@ -26,6 +26,8 @@ use crate::error::FieldError;
 /// A model a run trains: built from its config (saved in the run state with the recipe), its
 /// weights (ActNorm's flags included) in the checkpoint.
 pub trait RunModel: Module + burn::store::ModuleSnapshot + Clone + Send + Sync {
+    /// The kind of run that trains it (saved in `state.json` as `kind`).
+    const KIND: RunKind;
     /// The model's config (saved in `state.json`).
     type Config: Clone + Serialize + DeserializeOwned;
     /// The training options of its runs (saved in `state.json`).
@@ -50,10 +52,15 @@ pub trait Recipe: Clone + Serialize + DeserializeOwned {
     fn stability(&self) -> &StabilityOptions;
 }
 
+pub use super::checkpoint::{run_kind, RunKind};
+
 /// What a checkpoint's `state.json` holds for a run of `M`.
 #[derive(Clone, Debug, Serialize, Deserialize)]
 #[serde(bound = "")]
 pub struct RunState<M: RunModel> {
+    /// The kind of run (absent in runs saved before it was recorded: see [`run_kind`]).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub kind: Option<RunKind>,
     /// The model's config.
     pub model: M::Config,
     /// The training options (the recipe).
@@ -85,6 +92,7 @@ impl<M: RunModel> RunState<M> {
     /// The state of a run starting now: nothing trained, nothing recorded.
     pub fn fresh(model: M::Config, options: M::Options) -> Self {
         RunState {
+            kind: Some(M::KIND),
             model,
             options,
             step: 0,
@@ -100,6 +108,7 @@ impl<M: RunModel> RunState<M> {
     /// This state after `step` steps under `guard`.
     fn at(&self, step: usize, train_seconds: f64, guard: &Guard) -> Self {
         RunState {
+            kind: Some(M::KIND),
             step,
             train_seconds,
             skipped_steps: guard.total_skips,
