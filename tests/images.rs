@@ -387,6 +387,7 @@ fn small_options(dir: &Path, steps: usize) -> ImageTrainOptions {
         stability: glowflow::train::train_image::image_recipe_stability(),
         weight_y: 0.0,
         label_dropout: 0.0,
+        in_memory: false,
     }
 }
 

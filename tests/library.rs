@@ -193,3 +193,91 @@ fn bad_rows_are_refused_by_row_and_column() {
     let err = VectorFlow::fit(&config(), &table, &opts).unwrap_err();
     assert!(format!("{err:#}").contains("validation"), "{err:#}");
 }
+
+/// Raw IDX images `[n, side, side]` with a bright square at a spot that moves with `n`.
+fn idx_images(n: usize, side: usize) -> Vec<u8> {
+    let mut b = vec![0, 0, 8, 3];
+    for v in [n, side, side] {
+        b.extend_from_slice(&(v as u32).to_be_bytes());
+    }
+    b.extend((0..n * side * side).map(|i| {
+        let (k, p) = (i / (side * side), i % (side * side));
+        let (y, x, c) = (p / side, p % side, (k * 7) % (side - 3));
+        if (c..c + 3).contains(&y) && (c..c + 3).contains(&x) {
+            230
+        } else {
+            (20 + (i * 31) % 17) as u8
+        }
+    }));
+    b
+}
+
+#[test]
+fn image_fit_in_memory_equals_train_on_the_same_images() {
+    use glowflow::models::{GlowImage, GlowImageConfig};
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("idx");
+    std::fs::create_dir(&data).unwrap();
+    std::fs::write(data.join("train-images-idx3-ubyte"), idx_images(96, 8)).unwrap();
+    std::fs::write(data.join("t10k-images-idx3-ubyte"), idx_images(24, 8)).unwrap();
+    let spec = format!("idx:{}", data.display());
+    let out = dir.path().join("run");
+    let run = Command::new(env!("CARGO_BIN_EXE_glowflow"))
+        .args([
+            "train", "--data", &spec, "--levels", "2", "--depth", "2", "--width", "8",
+        ])
+        .args([
+            "--batch",
+            "16",
+            "--steps",
+            "12",
+            "--warmup",
+            "4",
+            "--init-batch",
+            "32",
+        ])
+        .args([
+            "--seed",
+            "5",
+            "--threads",
+            "1",
+            "--sample-every",
+            "0",
+            "--out",
+        ])
+        .arg(&out)
+        .output()
+        .unwrap();
+    assert!(run.status.success(), "{run:?}");
+    let summary: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(out.join("summary.json")).unwrap()).unwrap();
+
+    let images = glowflow::data::images::load_spec(&spec, &Default::default()).unwrap();
+    let cfg = GlowImageConfig {
+        levels: 2,
+        depth: 2,
+        hidden: 8,
+        ..GlowImageConfig::new(1, 1, 1)
+    };
+    let opts = FitOptions {
+        steps: 12,
+        batch_size: 16,
+        warmup: 4,
+        init_batch: 32,
+        seed: 5,
+        threads: 1,
+        ..FitOptions::images()
+    };
+    let fitted = GlowImage::fit(&cfg, &images, &opts).unwrap();
+    let s = fitted.summary.expect("a finished fit has its figures");
+    assert_eq!(s.test_bpd, summary["test_bpd"].as_f64().unwrap());
+    assert_eq!(s.test_images, 24);
+    assert_eq!(fitted.steps, 12);
+    // Options of the other workload are refused by name.
+    let bad = FitOptions {
+        context_columns: vec!["c".into()],
+        ..opts
+    };
+    let err = GlowImage::fit(&cfg, &images, &bad).unwrap_err();
+    assert!(format!("{err:#}").contains("context_columns"), "{err:#}");
+}

@@ -22,6 +22,28 @@ pub struct ImageSet {
 }
 
 impl ImageSet {
+    /// Images held in memory: `pixels` are `[n, c, h, w]` row-major, `n` is their count.
+    ///
+    /// # Errors
+    /// A zero side or channel count, or a pixel count that is not a whole number of images.
+    pub fn from_pixels(c: usize, h: usize, w: usize, pixels: Vec<u8>) -> Result<Self, InputError> {
+        let size = c * h * w;
+        if size == 0 || pixels.is_empty() || !pixels.len().is_multiple_of(size) {
+            let why = format!(
+                "{} pixel values are not a whole, non-zero number of {c}x{h}x{w} images",
+                pixels.len()
+            );
+            return Err(InputError::flag("images", format!("[{c}, {h}, {w}]"), why));
+        }
+        Ok(ImageSet {
+            n: pixels.len() / size,
+            c,
+            h,
+            w,
+            pixels,
+        })
+    }
+
     /// A short fingerprint of a data set's pixels (SHA-256, first 16 hex digits): a resumed run
     /// checks it, so data given at a new place must be the same images.
     pub fn fingerprint(&self) -> String {
@@ -174,6 +196,7 @@ pub struct LoadOptions {
 
 /// Train and test splits, with each image's class label where the format has them (IDX label
 /// files, CIFAR-10 records).
+#[derive(Clone, Debug)]
 pub struct Splits {
     /// Training images.
     pub train: ImageSet,
@@ -244,6 +267,16 @@ pub fn load_spec(spec: &str, opts: &LoadOptions) -> Result<Splits> {
 }
 
 impl Splits {
+    /// A training and a test set without labels.
+    pub fn unlabelled(train: ImageSet, test: ImageSet) -> Self {
+        Splits {
+            train,
+            test,
+            train_labels: None,
+            test_labels: None,
+        }
+    }
+
     /// The training and test labels for a model over `classes` classes (`None` when
     /// `classes` is 0: an unconditional model).
     ///

@@ -35,12 +35,13 @@ use burn::tensor::Device;
 use super::run_dir::ResumeChanges;
 use super::stability::StabilityOptions;
 use super::train2d::{run_vector, Outcome, RunState, Start, Stopped, Train2dOptions, VectorRun};
+use super::train_image::{run_image, ImageRun, ImageStart, ImageSummary, ImageTrainOptions};
 use super::trainer::Hooks;
 use super::RunIo;
 use crate::data::stream::{TableData, TableOptions};
 use crate::data::table::Table;
 use crate::eval::vector as eval;
-use crate::models::{VectorFlow, VectorFlowConfig};
+use crate::models::{GlowImage, GlowImageConfig, VectorFlow, VectorFlowConfig};
 
 /// How to fit: the optimisation (steps, batch, learning-rate schedule, seed), which columns are
 /// context, held-out rows, and where (if anywhere) the run is written.
@@ -89,6 +90,21 @@ pub struct FitOptions {
     pub progress: bool,
     /// Progress callback and cancellation handle.
     pub hooks: Hooks,
+    /// Images: linear learning-rate warm-up over this many steps (vector flows: 0, they use
+    /// StepLR).
+    pub warmup: usize,
+    /// Images: images the ActNorm initialisation reads (Glow §3.1).
+    pub init_batch: usize,
+    /// Images, with a run directory: a sample grid every this many steps (0: never).
+    pub sample_every: usize,
+    /// Images: evaluate on at most this many test images (0: all).
+    pub test_limit: usize,
+    /// Class-conditional images: weight of the class-prediction loss, bits per image
+    /// (openai/glow's `--weight-y`).
+    pub weight_y: f64,
+    /// Class-conditional images: probability of dropping a training image's label, for
+    /// classifier-free guidance.
+    pub label_dropout: f64,
 }
 
 impl FitOptions {
@@ -116,7 +132,45 @@ impl FitOptions {
             resume: false,
             progress: false,
             hooks: Hooks::default(),
+            warmup: 0,
+            init_batch: 0,
+            sample_every: 0,
+            test_limit: 0,
+            weight_y: 0.0,
+            label_dropout: 0.0,
         }
+    }
+
+    /// The defaults of image Glow (`train`'s recipe): 2,000 steps of 64 images, lr 1e-3 after
+    /// 200 warm-up steps, ActNorm initialised on 256 images, gradient-norm clipping at 50 and a
+    /// weight average (decay 0.999), the whole test split, every core, nothing written.
+    pub fn images() -> Self {
+        let r = ImageTrainOptions::recipe(String::new());
+        FitOptions {
+            steps: r.steps,
+            batch_size: r.batch,
+            lr: r.lr,
+            warmup: r.warmup,
+            seed: r.seed,
+            init_batch: r.init_batch,
+            log_every: r.log_every,
+            checkpoint_every: r.checkpoint_every,
+            sample_every: r.sample_every,
+            test_limit: r.test_limit,
+            stability: r.stability,
+            weight_y: r.weight_y,
+            label_dropout: r.label_dropout,
+            ..FitOptions::vectors()
+        }
+    }
+
+    /// Refuse an option of the other workload that is set: `what` names this fit.
+    fn refuse(name: &'static str, set: bool, what: &str) -> Result<()> {
+        if set {
+            let why = format!("is not an option of {what}");
+            return Err(crate::error::FieldError::new(name, name, "set", why).into());
+        }
+        Ok(())
     }
 }
 
@@ -176,6 +230,10 @@ impl VectorFlow {
     /// the table), a run directory that holds a run (without `force`) or cannot be written,
     /// too many consecutive non-finite steps.
     pub fn fit(cfg: &VectorFlowConfig, table: &Table, opts: &FitOptions) -> Result<Fitted> {
+        let what = "a vector flow's fit (StepLR: lr_step, lr_gamma)";
+        FitOptions::refuse("warmup", opts.warmup > 0, what)?;
+        FitOptions::refuse("weight_y", opts.weight_y != 0.0, what)?;
+        FitOptions::refuse("label_dropout", opts.label_dropout != 0.0, what)?;
         let device = crate::default_device();
         let name = table.source.clone();
         let table_opts = TableOptions {
@@ -279,6 +337,112 @@ impl VectorFlow {
             warnings: Vec::new(),
             state: s.state,
             model: s.model,
+        })
+    }
+}
+
+/// A fitted image Glow.
+#[derive(Clone, Debug)]
+pub struct FittedImage {
+    /// The weights to evaluate and sample with (the weight average when the recipe keeps one),
+    /// on the CPU device.
+    pub model: GlowImage,
+    /// Steps done.
+    pub steps: usize,
+    /// Whether the fit stopped early ([`Hooks::cancel`]); its model is that of the last
+    /// complete step and `summary` is `None` (evaluate with
+    /// [`eval::images`](crate::eval::images)).
+    pub interrupted: bool,
+    /// Test bits/dim and the other figures of `train`'s `summary.json` (a finished fit).
+    pub summary: Option<ImageSummary>,
+}
+
+impl GlowImage {
+    /// Fit image Glow of config `cfg` to the images of `data` (its training split; its test
+    /// split, up to `opts.test_limit` images, gives the test bits/dim; labels when
+    /// `cfg.classes > 0`) by maximum likelihood, on the CPU. The command line's `train` on the
+    /// same images (the same data order, dequantisation noise, ActNorm initialisation, guard and
+    /// evaluation): `train --data idx:DIR` and a fit on the images loaded from `DIR` give the
+    /// same bits/dim to the last digit. The image shape (`channels`, `height`, `width`) is set
+    /// from the data and `init_seed` from `opts.seed`, as `train` does.
+    ///
+    /// # Errors
+    /// Bad options or config (naming the option), images of another shape, labels missing for
+    /// a class-conditional model, a run directory that holds a run (without `force`), too many
+    /// consecutive non-finite steps, a non-finite test bits/dim.
+    pub fn fit(
+        cfg: &GlowImageConfig,
+        data: &crate::data::Splits,
+        opts: &FitOptions,
+    ) -> Result<FittedImage> {
+        let what = "an image Glow's fit (its test images are the data's test split)";
+        FitOptions::refuse("context_columns", !opts.context_columns.is_empty(), what)?;
+        FitOptions::refuse("validation", opts.validation.is_some(), what)?;
+        FitOptions::refuse("dequantize", opts.dequantize, what)?;
+        let device = crate::default_device();
+        let mut recipe = ImageTrainOptions::recipe("(images in memory)".into());
+        recipe.steps = opts.steps;
+        recipe.batch = opts.batch_size;
+        recipe.lr = opts.lr;
+        recipe.warmup = opts.warmup;
+        recipe.seed = opts.seed;
+        recipe.init_batch = opts.init_batch;
+        recipe.log_every = opts.log_every;
+        recipe.sample_every = opts.sample_every;
+        recipe.checkpoint_every = opts.checkpoint_every;
+        recipe.test_limit = opts.test_limit;
+        recipe.shards = opts.threads.max(1);
+        recipe.stability = opts.stability.clone();
+        recipe.weight_y = opts.weight_y;
+        recipe.label_dropout = opts.label_dropout;
+        recipe.in_memory = true;
+        let io = RunIo {
+            out: opts.run_dir.clone().unwrap_or_default(),
+            progress: opts.progress,
+            threads: opts.threads.max(1),
+            force: opts.force,
+            replicas: Vec::new(),
+        };
+        let start = match (&opts.run_dir, opts.resume) {
+            (Some(dir), true) => ImageStart::Resume(
+                dir.clone(),
+                ResumeChanges {
+                    steps: Some(opts.steps),
+                    lr: Some(opts.lr),
+                    checkpoint_every: Some(opts.checkpoint_every),
+                    sample_every: Some(opts.sample_every),
+                    test_limit: Some(opts.test_limit),
+                    ..ResumeChanges::default()
+                },
+            ),
+            (None, true) => {
+                let why = "a fit resumes from the checkpoint in its run directory: set run_dir";
+                return Err(crate::error::FieldError::new("resume", "resume", true, why).into());
+            }
+            (_, false) => {
+                let (c, h, w) = (data.train.c, data.train.h, data.train.w);
+                let cfg = GlowImageConfig {
+                    channels: c,
+                    height: h,
+                    width: w,
+                    init_seed: opts.seed,
+                    ..cfg.clone()
+                };
+                ImageStart::Fresh(cfg, recipe)
+            }
+        };
+        let run = ImageRun {
+            out: opts.run_dir.as_deref(),
+            io: &io,
+            data: Some(data.clone()),
+            hooks: opts.hooks.clone(),
+        };
+        let (summary, model, stopped) = run_image(start, run, &device)?;
+        Ok(FittedImage {
+            steps: summary.as_ref().map_or(stopped.unwrap_or(0), |s| s.steps),
+            interrupted: stopped.is_some(),
+            summary,
+            model,
         })
     }
 }

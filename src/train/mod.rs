@@ -11,7 +11,7 @@ pub mod train2d;
 pub mod train_image;
 pub mod trainer;
 
-pub use fit::{FitOptions, Fitted};
+pub use fit::{FitOptions, Fitted, FittedImage};
 pub use train2d::{train2d, RunIo, Start, Summary, Train2dOptions};
 pub use trainer::{Cancel, Hooks, Progress};
 

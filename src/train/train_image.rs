@@ -77,6 +77,11 @@ pub struct ImageTrainOptions {
     /// class loss.
     #[serde(default)]
     pub label_dropout: f64,
+    /// The images were given in memory by a program (the library's `GlowImage::fit`), not
+    /// read from `data` (which then only names them): such a run resumes only from a program
+    /// holding the same images.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub in_memory: bool,
 }
 
 fn one_shard() -> usize {
@@ -109,6 +114,7 @@ impl ImageTrainOptions {
             stability: image_recipe_stability(),
             weight_y: 0.0,
             label_dropout: 0.0,
+            in_memory: false,
         }
     }
 
@@ -300,13 +306,61 @@ pub enum ImageStart {
 /// [`interrupt::install`](super::interrupt::install)ed) finish the step, save a checkpoint and
 /// return [`Interrupted`](crate::error::Interrupted).
 pub fn train_image(start: ImageStart, io: &RunIo, device: &Device) -> Result<ImageSummary> {
-    let (out, progress) = (io.out.as_path(), io.progress);
+    let run = ImageRun {
+        out: Some(&io.out),
+        io,
+        data: None,
+        hooks: trainer::Hooks::default(),
+    };
+    let (summary, _, interrupted) = run_image(start, run, device)?;
+    match (summary, interrupted) {
+        (Some(summary), None) => Ok(summary),
+        (_, step) => {
+            let resume = format!("glowflow train --resume {}", io.out.display());
+            Err(super::interrupt::interrupted(step.unwrap_or(0), resume).into())
+        }
+    }
+}
+
+/// Where an image run writes (its directory, or nothing), its images when the caller holds
+/// them in memory, and the caller's hooks.
+pub(crate) struct ImageRun<'a> {
+    /// The run directory; `None`: nothing is written.
+    pub out: Option<&'a Path>,
+    /// Progress bar and `force` (`io.out` is not used: see `out`).
+    pub io: &'a RunIo,
+    /// The images, already in memory (the options' `data` then only names them).
+    pub data: Option<crate::data::Splits>,
+    /// Progress callback and cancellation.
+    pub hooks: trainer::Hooks,
+}
+
+/// The run itself, for [`train_image`] and the library's in-memory fit: the summary (`None`
+/// when stopped early), the evaluation weights, and the step a stopped run reached.
+pub(crate) fn run_image(
+    start: ImageStart,
+    ir: ImageRun<'_>,
+    device: &Device,
+) -> Result<(Option<ImageSummary>, GlowImage, Option<usize>)> {
+    let ImageRun {
+        out,
+        io,
+        data: mut preloaded,
+        hooks,
+    } = ir;
+    let progress = io.progress;
     let train_device = device.clone().autodiff();
     let resumed_from = match &start {
         ImageStart::Resume(d, _) => Some(d.clone()),
         ImageStart::Fresh(..) => None,
     };
-    let (_lock, continues_here) = trainer::open_run(out, resumed_from.as_deref(), io.force)?;
+    let (_lock, continues_here) = match out {
+        Some(out) => {
+            let (lock, here) = trainer::open_run(out, resumed_from.as_deref(), io.force)?;
+            (Some(lock), here)
+        }
+        None => (None, false),
+    };
     let (mut model, optim, ema, mut run, saved) = match start {
         ImageStart::Fresh(cfg, mut opts) => {
             cfg.validate().map_err(FieldError::on_flag)?;
@@ -319,7 +373,9 @@ pub fn train_image(start: ImageStart, io: &RunIo, device: &Device) -> Result<Ima
                 let why = "needs a class-conditional model (--classes K)";
                 return Err(InputError::flag("--label-dropout", opts.label_dropout, why).into());
             }
-            opts.data = absolute_spec(&opts.data)?;
+            if !opts.in_memory {
+                opts.data = absolute_spec(&opts.data)?;
+            }
             let model = GlowImage::new(&cfg, &train_device);
             let optim = optimizer(opts.stability.optimizer);
             (model, optim, None, RunState::fresh(cfg, opts), None)
@@ -346,7 +402,18 @@ pub fn train_image(start: ImageStart, io: &RunIo, device: &Device) -> Result<Ima
     };
     let (cfg, opts, first) = (run.model.clone(), run.options.clone(), run.step);
     trainer::check_steps(first, opts.steps)?;
-    let data = load_data(&opts)?;
+    let data = match preloaded.take() {
+        Some(d) => d,
+        None if opts.in_memory => {
+            return Err(InputError::flag(
+                "--resume",
+                out.map_or_else(String::new, |o| o.display().to_string()),
+                "this run was fitted by a program on images it held in memory (no files to read them from); resume it from that program, with the same images",
+            )
+            .into())
+        }
+        None => load_data(&opts)?,
+    };
     data.train
         .check_shape([cfg.channels, cfg.height, cfg.width], &opts.data)?;
     let print = data.train.fingerprint();
@@ -386,10 +453,12 @@ pub fn train_image(start: ImageStart, io: &RunIo, device: &Device) -> Result<Ima
 
     // Everything is checked: only now is an old run replaced by --force cleared (a refused run
     // never touches the run it would have replaced).
-    trainer::clear_old_run(out, continues_here, io.force)?;
+    if let Some(out) = out {
+        trainer::clear_old_run(out, continues_here, io.force)?;
+    }
     let guard = Guard::new(&model, opts.stability.clone(), ema, run.skipped_steps);
     let schedule = Schedule {
-        out: Some(out.to_path_buf()),
+        out: out.map(Path::to_path_buf),
         progress,
         first,
         steps: opts.steps,
@@ -401,25 +470,26 @@ pub fn train_image(start: ImageStart, io: &RunIo, device: &Device) -> Result<Ima
         saved,
         device: train_device,
         replicas: io.replicas.iter().map(|d| d.clone().autodiff()).collect(),
-        hooks: trainer::Hooks::default(),
+        hooks,
     };
     let mut task = ImageTask {
         run,
         data,
         labels,
-        out: out.to_path_buf(),
+        out: out.map(Path::to_path_buf).unwrap_or_default(),
         device: device.clone(),
     };
     let done = trainer::train(&mut task, model, optim, guard, schedule)?;
     if done.interrupted {
-        let resume = format!("glowflow train --resume {}", out.display());
-        return Err(super::interrupt::interrupted(done.step, resume).into());
+        let eval = done.guard.eval_weights(done.model.valid());
+        return Ok((None, eval, Some(done.step)));
     }
     let (model, guard, last, train_seconds) =
         (done.model, done.guard, done.step, done.train_seconds);
     let (data, labels) = (&task.data, &task.labels);
     // A picture: a failure (a full disk) is a warning in the summary, never the run's failure.
-    let loss_png = crate::viz::charts::loss_curve(out, "step", "bpd", "training bits/dim");
+    let loss_png =
+        out.map(|o| crate::viz::charts::loss_curve(o, "step", "bpd", "training bits/dim"));
     let eval = guard.eval_weights(model.valid());
     let test = if opts.test_limit > 0 {
         data.test.take(opts.test_limit)
@@ -431,13 +501,18 @@ pub fn train_image(start: ImageStart, io: &RunIo, device: &Device) -> Result<Ima
     let report = BpdReport::new(&figures.bpd);
     // A preview: non-finite samples are marked cells, counted and reported, never a failure.
     let mut warnings = Vec::new();
-    if let Err(e) = loss_png {
+    if let Some(Err(e)) = loss_png {
         let w = format!("loss.png not written: {e:#}");
         eprintln!("warning: {w}");
         warnings.push(w);
     }
-    let samples_nonfinite = match sample_grid(&eval, &cfg, 64, PREVIEW_TEMPERATURE, opts.seed) {
-        Ok((grid, batch)) => {
+    let preview = match out {
+        Some(_) => Some(sample_grid(&eval, &cfg, 64, PREVIEW_TEMPERATURE, opts.seed)),
+        None => None,
+    };
+    let samples_nonfinite = match (out, preview) {
+        (None, _) | (_, None) => 0,
+        (Some(out), Some(Ok((grid, batch)))) => {
             log_preview(out, last, "samples.png", &batch)?;
             if let Some(why) = batch.nonfinite_message() {
                 let w = format!("samples.png: {why}; drawn as marked (striped) cells");
@@ -447,7 +522,7 @@ pub fn train_image(start: ImageStart, io: &RunIo, device: &Device) -> Result<Ima
             save_preview(&grid, &out.join("samples.png"), &mut warnings);
             batch.nonfinite.len()
         }
-        Err(e) => {
+        (Some(_), Some(Err(e))) => {
             let w = format!("no samples.png written: {e:#}");
             eprintln!("warning: {w}");
             warnings.push(w);
@@ -472,12 +547,17 @@ pub fn train_image(start: ImageStart, io: &RunIo, device: &Device) -> Result<Ima
         samples_nonfinite,
         warnings,
     };
-    super::save_summary(&summary, &out.join("summary.json"))?;
+    if let Some(out) = out {
+        super::save_summary(&summary, &out.join("summary.json"))?;
+    }
     // The run and its checkpoint are saved; a non-finite evaluation is still a failure.
     if let Some(why) = summary.test_report.nonfinite_message(summary.test_images) {
-        bail!("{why}; see {}", out.join("summary.json").display());
+        match out {
+            Some(out) => bail!("{why}; see {}", out.join("summary.json").display()),
+            None => bail!("{why}"),
+        }
     }
-    Ok(summary)
+    Ok((Some(summary), eval, None))
 }
 
 /// The temperature of the sample grids drawn during and after training.
