@@ -38,6 +38,7 @@ pub mod models;
 pub mod nets;
 pub mod ops;
 pub mod report;
+pub mod rng;
 pub mod tensor_util;
 pub mod train;
 pub mod viz;

@@ -93,7 +93,7 @@ impl DataStream {
             &mut picked,
             width,
             &self.dequantized,
-            self.seed ^ noise.wrapping_mul(0x9E37_79B9_7F4A_7C15),
+            self.seed ^ noise.wrapping_mul(crate::rng::TARGET_POOLS),
         );
         picked
             .chunks(width)
@@ -138,7 +138,7 @@ impl DataStream {
         let start = step * self.batch;
         let r = start / self.pool_size;
         if self.pool_index != Some(r) {
-            let mut rng = ChaCha8Rng::seed_from_u64(self.seed ^ 0x9E37_79B9_7F4A_7C15);
+            let mut rng = crate::rng::seeded(self.seed, crate::rng::TARGET_POOLS);
             rng.set_stream(r as u64 + 1);
             self.pool = self.target.sample(self.pool_size, &mut rng);
             self.pool_index = Some(r);
@@ -155,7 +155,7 @@ impl DataStream {
 pub fn test_seed(seed: u64) -> u64 {
     seed.wrapping_mul(6_364_136_223_846_793_005)
         .wrapping_add(1_442_695_040_888_963_407)
-        ^ 0x7E57
+        ^ crate::rng::TEST_POINTS
 }
 
 /// `n` held-out test points for a run seeded `seed`.
@@ -376,7 +376,7 @@ impl TableData {
                 }
                 let mut perm: Vec<usize> = (0..n).collect();
                 perm.shuffle(&mut ChaCha8Rng::seed_from_u64(
-                    opts.split_seed_or(seed) ^ 0x7AB1E,
+                    opts.split_seed_or(seed) ^ crate::rng::TABLE_SPLIT,
                 ));
                 let mut flag = vec![0u8; n];
                 for &i in &perm[n - n_test..] {
@@ -425,7 +425,12 @@ impl TableData {
             return std::borrow::Cow::Borrowed(&self.train[..]);
         }
         let mut rows = self.train.to_vec();
-        add_uniform_noise(&mut rows, self.width(), &self.dequantized, 0xDE0A_7A11);
+        add_uniform_noise(
+            &mut rows,
+            self.width(),
+            &self.dequantized,
+            crate::rng::TABLE_EVAL_NOISE,
+        );
         std::borrow::Cow::Owned(rows)
     }
 
@@ -704,7 +709,7 @@ pub fn add_uniform_noise(rows: &mut [f64], width: usize, cols: &[usize], seed: u
     if cols.is_empty() {
         return;
     }
-    let mut rng = ChaCha8Rng::seed_from_u64(seed ^ 0xDE0A);
+    let mut rng = crate::rng::seeded(seed, crate::rng::TABLE_NOISE);
     for r in rows.chunks_mut(width) {
         for &c in cols {
             r[c] += rng.gen::<f64>();
@@ -818,10 +823,9 @@ pub struct TableOptions {
 /// to its start).
 pub fn epoch_batch(n: usize, batch: usize, seed: u64, step: usize) -> Vec<usize> {
     use rand::seq::SliceRandom;
-    use rand::SeedableRng;
     let per_epoch = (n / batch).max(1);
     let (epoch, k) = (step / per_epoch, step % per_epoch);
-    let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(seed ^ 0xD1CE);
+    let mut rng = crate::rng::seeded(seed, crate::rng::EPOCHS);
     rng.set_stream(epoch as u64);
     let mut perm: Vec<usize> = (0..n).collect();
     perm.shuffle(&mut rng);
@@ -888,7 +892,7 @@ pub fn image_rows(set: &ImageSet, idx: &[usize], n_bits: u32, rng: &mut ChaCha8R
 /// The RNG of training step `step`'s dequantisation noise (its own stream of `seed`), so a
 /// resumed run draws the same noise.
 pub fn step_rng(seed: u64, step: usize) -> ChaCha8Rng {
-    let mut rng = ChaCha8Rng::seed_from_u64(seed ^ 0x5EED);
+    let mut rng = crate::rng::seeded(seed, crate::rng::STEPS);
     rng.set_stream(step as u64 + 1);
     rng
 }

@@ -170,7 +170,7 @@ pub fn train_classifier(
     let d = train.dims();
     let mut model = FeatureNet::new(shape, classes, opts.seed, &ad);
     let mut optim = crate::ops::adam::adam(1e-8);
-    let mut rng = ChaCha8Rng::seed_from_u64(opts.seed ^ 0x5eed);
+    let mut rng = crate::rng::seeded(opts.seed, crate::rng::CLASSIFIER);
     // Each row is an image's scaled pixels followed by its label, so the batch can be sharded
     // by the trainer's data-parallel gradient function.
     let loss = |m: &FeatureNet, rows: Tensor<2>| -> Tensor<1> {

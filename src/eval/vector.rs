@@ -218,8 +218,12 @@ pub fn evaluate_and_draw(
     let logp = log_prob_points(model, &test, device);
     let test_nll = mean_nll(&logp);
     let entropy = target_entropy(target, &test);
-    let (samples, sample_logp) =
-        model_samples(model, opts.test_samples, opts.seed ^ 0x5A3D, device);
+    let (samples, sample_logp) = model_samples(
+        model,
+        opts.test_samples,
+        opts.seed ^ crate::rng::EVAL_SAMPLES,
+        device,
+    );
     let b = target.box_half_width();
 
     // target.png: data coloured by the true density where known.
@@ -322,7 +326,12 @@ fn draw_corner(
     device: &Device,
     warnings: &mut Vec<String>,
 ) {
-    let samples = samples_for_test(data, model, state.options.seed ^ 0x5A3D, device);
+    let samples = samples_for_test(
+        data,
+        model,
+        state.options.seed ^ crate::rng::EVAL_SAMPLES,
+        device,
+    );
     let drawn = crate::viz::charts::corner_plot(
         &out.join("corner.png"),
         &data.names[..data.dim],

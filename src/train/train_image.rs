@@ -434,7 +434,12 @@ pub(crate) fn run_image(
     let labels = data.labels(cfg.classes, &opts.data)?;
 
     if first == 0 && model.needs_data_init() {
-        let idx = epoch_batch(data.train.n, opts.init_batch.max(1), opts.seed ^ 0x1417, 0);
+        let idx = epoch_batch(
+            data.train.n,
+            opts.init_batch.max(1),
+            opts.seed ^ crate::rng::IMAGE_INIT,
+            0,
+        );
         let mut rng = step_rng(opts.seed, usize::MAX - 1);
         // Variational runs initialise on uniformly dequantised images (q starts near uniform);
         // noise-augmented runs on the noisy images they model.
@@ -654,7 +659,7 @@ impl Task for ImageTask {
         // have their own stream, so the data and the dequantisation noise are those of a run
         // without dropout.
         let mut rows = with_one_hot(&rows, w + k, &idx, train_labels, k);
-        let mut rng = step_rng(opts.seed ^ 0xD809, step);
+        let mut rng = step_rng(opts.seed ^ crate::rng::LABEL_DROPOUT, step);
         drop_labels(&mut rows, w + k, k, opts.label_dropout, &mut rng);
         rows
     }
