@@ -64,18 +64,6 @@ pub fn refuse_nonfinite<M: Module>(model: &M, path: &Path) -> Result<()> {
     Ok(())
 }
 
-/// What a stopped run can say about its checkpoint: that the one in `saved.0` (at step
-/// `saved.1`) is intact, or that none was written.
-pub fn intact_message(saved: Option<(PathBuf, usize)>) -> String {
-    match saved {
-        Some((ck, step)) => format!(
-            "the last checkpoint, {} (step {step}), is intact",
-            ck.display()
-        ),
-        None => "no checkpoint was written (use --checkpoint-every to keep one)".into(),
-    }
-}
-
 fn sha256_hex(bytes: &[u8]) -> String {
     Sha256::digest(bytes)
         .iter()

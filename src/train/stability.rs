@@ -461,22 +461,6 @@ impl Guard {
         self.ema.as_ref().map_or(0, |e| e.updates)
     }
 
-    /// Save `model`, its weight average (in float64, when there is one), `optim` and `state`
-    /// into `out/checkpoint/` (see [`checkpoint::save_checkpoint`](crate::train::checkpoint::save_checkpoint)).
-    pub fn save_checkpoint<M: Module + burn::store::ModuleSnapshot, S: Serialize>(
-        &self,
-        out: &std::path::Path,
-        model: &M,
-        optim: &burn::optim::ModuleOptimizer,
-        state: &S,
-    ) -> anyhow::Result<()> {
-        let ema = self
-            .ema
-            .as_ref()
-            .map(|e| e.to_float64_module(model.valid()));
-        crate::train::checkpoint::save_checkpoint(out, model, ema.as_ref(), optim, state)
-    }
-
     /// The weights to evaluate and sample with: the average when there is one.
     pub fn eval_weights<M: Module>(&self, model: M) -> M {
         match &self.ema {
@@ -512,7 +496,7 @@ pub fn stop_error(
     });
     anyhow::anyhow!(
         "training stopped at step {step} (lr {lr:e}): {why}; first non-finite value on this batch: {place}; {}",
-        crate::train::checkpoint::intact_message(saved)
+        intact_message(saved)
     )
 }
 
@@ -526,4 +510,16 @@ pub fn write_group_norms(
         writeln!(out, "{step},{g},{n:.5e}")?;
     }
     Ok(())
+}
+
+/// What a stopped run can say about its checkpoint: that the one in `saved.0` (at step
+/// `saved.1`) is intact, or that none was written.
+pub fn intact_message(saved: Option<(std::path::PathBuf, usize)>) -> String {
+    match saved {
+        Some((ck, step)) => format!(
+            "the last checkpoint, {} (step {step}), is intact",
+            ck.display()
+        ),
+        None => "no checkpoint was written (use --checkpoint-every to keep one)".into(),
+    }
 }

@@ -483,7 +483,7 @@ pub fn train<T: Task>(
             }
             if let Some(out) = out.filter(|_| ckpt_due) {
                 let state = task.run().at(done, train_seconds, &guard);
-                guard.save_checkpoint(out, &model, &optim, &state)?;
+                save_checkpoint(out, &guard, &model, &optim, &state)?;
                 saved = Some((checkpoint_dir(out), done));
             }
             clock = Instant::now();
@@ -498,7 +498,7 @@ pub fn train<T: Task>(
         if let Some((metrics, _)) = &mut logs {
             metrics.flush()?;
         }
-        guard.save_checkpoint(out, &model, &optim, &state)?;
+        save_checkpoint(out, &guard, &model, &optim, &state)?;
     }
     Ok(Trained {
         model,
@@ -568,4 +568,20 @@ pub fn record_resume(
         });
     }
     resumes
+}
+
+/// Save `model`, the guard's weight average (in float64, when there is one), `optim` and
+/// `state` into `out/checkpoint/` (see [`checkpoint::save_checkpoint`](super::checkpoint::save_checkpoint)).
+fn save_checkpoint<M: Module + burn::store::ModuleSnapshot, S: Serialize>(
+    out: &Path,
+    guard: &Guard,
+    model: &M,
+    optim: &ModuleOptimizer,
+    state: &S,
+) -> Result<()> {
+    let ema = guard
+        .ema
+        .as_ref()
+        .map(|e| e.to_float64_module(model.valid()));
+    super::checkpoint::save_checkpoint(out, model, ema.as_ref(), optim, state)
 }
