@@ -35,7 +35,9 @@ use burn::tensor::Device;
 use super::run_dir::ResumeChanges;
 use super::stability::StabilityOptions;
 use super::train2d::{run_vector, Outcome, RunState, Start, Stopped, Train2dOptions, VectorRun};
-use super::train_image::{run_image, ImageRun, ImageStart, ImageSummary, ImageTrainOptions};
+use super::train_image::{
+    run_image, ImageEnd, ImageRun, ImageStart, ImageSummary, ImageTrainOptions,
+};
 use super::trainer::Hooks;
 use super::RunIo;
 use crate::data::stream::{TableData, TableOptions};
@@ -164,6 +166,33 @@ impl FitOptions {
         }
     }
 
+    /// How the run is written and shown: its directory (none: nothing is written; see
+    /// `run_vector`/`run_image`), the progress bar, threads and `force`.
+    fn run_io(&self) -> RunIo {
+        RunIo {
+            out: self.run_dir.clone().unwrap_or_default(),
+            progress: self.progress,
+            threads: self.threads.max(1),
+            force: self.force,
+            replicas: Vec::new(),
+        }
+    }
+
+    /// The run directory a `resume` continues, `None` for a fresh fit.
+    ///
+    /// # Errors
+    /// `resume` without a `run_dir`.
+    fn resumed_run(&self) -> Result<Option<&PathBuf>> {
+        match (&self.run_dir, self.resume) {
+            (Some(dir), true) => Ok(Some(dir)),
+            (None, true) => {
+                let why = "a fit resumes from the checkpoint in its run directory: set run_dir";
+                Err(crate::error::FieldError::new("resume", "resume", true, why).into())
+            }
+            (_, false) => Ok(None),
+        }
+    }
+
     /// Refuse an option of the other workload that is set: `what` names this fit.
     fn refuse(name: &'static str, set: bool, what: &str) -> Result<()> {
         if set {
@@ -262,15 +291,9 @@ impl VectorFlow {
         recipe.checkpoint_every = opts.checkpoint_every;
         recipe.stability = opts.stability.clone();
         recipe.table = Some(table_opts);
-        let io = RunIo {
-            out: opts.run_dir.clone().unwrap_or_default(),
-            progress: opts.progress,
-            threads: opts.threads.max(1),
-            force: opts.force,
-            replicas: Vec::new(),
-        };
-        let start = match (&opts.run_dir, opts.resume) {
-            (Some(dir), true) => Start::Resume(
+        let io = opts.run_io();
+        let start = match opts.resumed_run()? {
+            Some(dir) => Start::Resume(
                 dir.clone(),
                 ResumeChanges {
                     steps: Some(opts.steps),
@@ -281,11 +304,7 @@ impl VectorFlow {
                     ..ResumeChanges::default()
                 },
             ),
-            (None, true) => {
-                let why = "a fit resumes from the checkpoint in its run directory: set run_dir";
-                return Err(crate::error::FieldError::new("resume", "resume", true, why).into());
-            }
-            (_, false) => Start::Fresh(VectorFlowConfig {
+            None => Start::Fresh(VectorFlowConfig {
                 init_seed: opts.seed,
                 ..cfg.clone()
             }),
@@ -396,15 +415,9 @@ impl GlowImage {
         recipe.weight_y = opts.weight_y;
         recipe.label_dropout = opts.label_dropout;
         recipe.in_memory = true;
-        let io = RunIo {
-            out: opts.run_dir.clone().unwrap_or_default(),
-            progress: opts.progress,
-            threads: opts.threads.max(1),
-            force: opts.force,
-            replicas: Vec::new(),
-        };
-        let start = match (&opts.run_dir, opts.resume) {
-            (Some(dir), true) => ImageStart::Resume(
+        let io = opts.run_io();
+        let start = match opts.resumed_run()? {
+            Some(dir) => ImageStart::Resume(
                 dir.clone(),
                 ResumeChanges {
                     steps: Some(opts.steps),
@@ -415,11 +428,7 @@ impl GlowImage {
                     ..ResumeChanges::default()
                 },
             ),
-            (None, true) => {
-                let why = "a fit resumes from the checkpoint in its run directory: set run_dir";
-                return Err(crate::error::FieldError::new("resume", "resume", true, why).into());
-            }
-            (_, false) => {
+            None => {
                 let (c, h, w) = (data.train.c, data.train.h, data.train.w);
                 let cfg = GlowImageConfig {
                     channels: c,
@@ -437,12 +446,20 @@ impl GlowImage {
             data: Some(data.clone()),
             hooks: opts.hooks.clone(),
         };
-        let (summary, model, stopped) = run_image(start, run, &device)?;
-        Ok(FittedImage {
-            steps: summary.as_ref().map_or(stopped.unwrap_or(0), |s| s.steps),
-            interrupted: stopped.is_some(),
-            summary,
-            model,
+        let (model, end) = run_image(start, run, &device)?;
+        Ok(match end {
+            ImageEnd::Finished(summary) => FittedImage {
+                steps: summary.steps,
+                interrupted: false,
+                summary: Some(*summary),
+                model,
+            },
+            ImageEnd::Interrupted { step } => FittedImage {
+                steps: step,
+                interrupted: true,
+                summary: None,
+                model,
+            },
         })
     }
 }

@@ -390,7 +390,7 @@ pub(crate) struct VectorRun<'a> {
 #[allow(clippy::large_enum_variant)]
 /// How a vector run ended.
 pub(crate) enum Outcome {
-    /// Every step ran: the evaluation weights, the run's table and the summary.
+    /// Every step ran: the evaluation weights, the summary and the final run state.
     Finished {
         /// The weights to evaluate and sample with (the weight average when the run keeps one).
         model: VectorFlow,

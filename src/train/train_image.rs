@@ -312,14 +312,25 @@ pub fn train_image(start: ImageStart, io: &RunIo, device: &Device) -> Result<Ima
         data: None,
         hooks: trainer::Hooks::default(),
     };
-    let (summary, _, interrupted) = run_image(start, run, device)?;
-    match (summary, interrupted) {
-        (Some(summary), None) => Ok(summary),
-        (_, step) => {
+    match run_image(start, run, device)?.1 {
+        ImageEnd::Finished(summary) => Ok(*summary),
+        ImageEnd::Interrupted { step } => {
             let resume = format!("glowflow train --resume {}", io.out.display());
-            Err(super::interrupt::interrupted(step.unwrap_or(0), resume).into())
+            Err(super::interrupt::interrupted(step, resume).into())
         }
     }
+}
+
+/// How an image run ended.
+pub(crate) enum ImageEnd {
+    /// Every step ran; the figures.
+    Finished(Box<ImageSummary>),
+    /// Stopped by a signal or a cancellation after step `step` (checkpointed when the run has a
+    /// directory), before evaluation.
+    Interrupted {
+        /// Steps done.
+        step: usize,
+    },
 }
 
 /// Where an image run writes (its directory, or nothing), its images when the caller holds
@@ -335,13 +346,13 @@ pub(crate) struct ImageRun<'a> {
     pub hooks: trainer::Hooks,
 }
 
-/// The run itself, for [`train_image`] and the library's in-memory fit: the summary (`None`
-/// when stopped early), the evaluation weights, and the step a stopped run reached.
+/// The run itself, for [`train_image`] and the library's in-memory fit: the evaluation weights
+/// and how the run ended.
 pub(crate) fn run_image(
     start: ImageStart,
     ir: ImageRun<'_>,
     device: &Device,
-) -> Result<(Option<ImageSummary>, GlowImage, Option<usize>)> {
+) -> Result<(GlowImage, ImageEnd)> {
     let ImageRun {
         out,
         io,
@@ -487,7 +498,7 @@ pub(crate) fn run_image(
     let done = trainer::train(&mut task, model, optim, guard, schedule)?;
     if done.interrupted {
         let eval = done.guard.eval_weights(done.model.valid());
-        return Ok((None, eval, Some(done.step)));
+        return Ok((eval, ImageEnd::Interrupted { step: done.step }));
     }
     let (model, guard, last, train_seconds) =
         (done.model, done.guard, done.step, done.train_seconds);
@@ -562,7 +573,7 @@ pub(crate) fn run_image(
             None => bail!("{why}"),
         }
     }
-    Ok((Some(summary), eval, None))
+    Ok((eval, ImageEnd::Finished(Box::new(summary))))
 }
 
 /// The temperature of the sample grids drawn during and after training.
