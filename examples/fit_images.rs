@@ -19,7 +19,7 @@ fn main() -> anyhow::Result<()> {
     let (train, test) = (bars(512, 0), bars(128, 512));
     let data = Splits::unlabelled(train, test);
     let mut cfg = GlowImageConfig::new(1, 16, 16);
-    (cfg.levels, cfg.depth, cfg.hidden) = (2, 4, 32);
+    (cfg.levels, cfg.steps_per_level, cfg.net_width) = (2, 4, 32);
     let report = |p: &Progress| println!("step {:3}  {:.3} bits/dim", p.step, p.loss);
     let mut opts = FitOptions::images();
     (opts.steps, opts.batch_size, opts.warmup) = (150, 32, 20);

@@ -28,7 +28,7 @@ fn main() -> anyhow::Result<()> {
         ..FitOptions::vectors()
     };
     let mut cfg = VectorFlowConfig::new(ModelKind::Glow);
-    cfg.layers = 6;
+    cfg.flow_steps = 6;
     let table = Table::from_rows("rows", names(), train.to_vec())?;
     let fitted = VectorFlow::fit(&cfg, &table, &opts)?;
     let (nll, gauss) = (fitted.test_nll.unwrap(), fitted.gaussian_test_nll.unwrap());

@@ -79,7 +79,7 @@ pub fn ablation(
         Some(_) => {
             let data = crate::train::train_image::load_data(opts)?;
             crate::eval::quality::check_data(&data)
-                .map_err(|e| anyhow::anyhow!("--quality-n: {e:#} (0 skips the measure)"))?;
+                .map_err(|e| anyhow::anyhow!("`quality_n`: {e:#} (0 skips the measure)"))?;
             Some(data)
         }
         None => None,
@@ -176,7 +176,7 @@ pub fn ablation(
             coupling: c,
             final_test_bpd: s.test_bpd,
             bpd_meaning: s.bpd_meaning.clone(),
-            images_per_second: (s.steps * opts.batch) as f64 / s.train_seconds.max(1e-9),
+            images_per_second: (s.steps * opts.batch_size) as f64 / s.train_seconds.max(1e-9),
             curve,
             fd_classifier,
             nonfinite_samples,

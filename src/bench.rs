@@ -220,8 +220,8 @@ fn config_2d(workload: Workload) -> (VectorFlowConfig, f64) {
     cfg.permutation = Permutation::Lu;
     match workload {
         Workload::Probe2d => {
-            cfg.layers = 8;
-            cfg.hidden = 128;
+            cfg.flow_steps = 8;
+            cfg.net_width = 128;
             (cfg, 1e-3)
         }
         _ => (cfg, 1e-4),
@@ -392,7 +392,7 @@ pub fn run(
     device: &Device,
 ) -> Result<BenchReport> {
     if steps == 0 {
-        anyhow::bail!("--steps must be at least 1");
+        anyhow::bail!("`steps` must be at least 1");
     }
     let (times, last) = match workload {
         Workload::Probe2d | Workload::Seed2d => bench_2d(workload, warmup, steps, threads, device)?,

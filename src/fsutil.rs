@@ -219,19 +219,19 @@ pub fn check_outputs(
         let r = resolved(out);
         if out.is_dir() {
             let why = "is a directory; give the name of a file to write";
-            return Err(InputError::flag(flag, out.display(), why));
+            return Err(InputError::option(flag, out.display(), why));
         }
         if let Some((in_flag, _)) = inputs.iter().find(|(_, p)| resolved(p) == r) {
             let why = format!("is the same file as {in_flag}: writing it would destroy the input");
-            return Err(InputError::flag(flag, out.display(), why));
+            return Err(InputError::option(flag, out.display(), why));
         }
         if let Some((other, _)) = outputs[..i].iter().find(|(_, p)| resolved(p) == r) {
             let why = format!("is the same file as {other}: one output would replace the other");
-            return Err(InputError::flag(flag, out.display(), why));
+            return Err(InputError::option(flag, out.display(), why));
         }
         if is_run_file(out) {
             let why = "is a file of a training run (its checkpoint, state, logs or summary): writing it would destroy the run; choose another file name";
-            return Err(InputError::flag(flag, out.display(), why));
+            return Err(InputError::option(flag, out.display(), why));
         }
     }
     Ok(())

@@ -14,7 +14,7 @@
 //!
 //! let device = glowflow::default_device();
 //! let mut cfg = VectorFlowConfig::new(ModelKind::Glow);
-//! cfg.layers = 4;
+//! cfg.flow_steps = 4;
 //! let model = VectorFlow::new(&cfg, &device);
 //! let x = from_vec(vec![0.1, -0.2, 0.5, 0.3], [2, 2], &device);
 //! let (z, _logdet) = model.encode(x.clone(), None); // no context
@@ -65,8 +65,8 @@ pub fn default_device() -> Device {
 /// panic later).
 pub fn device_by_name(name: &str) -> anyhow::Result<Device> {
     if name.contains(',') {
-        return Err(error::InputError::flag(
-            "--device",
+        return Err(error::InputError::option(
+            "device",
             name,
             "several devices train one model data-parallel (train, train2d); this command runs on one device",
         )
@@ -76,14 +76,14 @@ pub fn device_by_name(name: &str) -> anyhow::Result<Device> {
         "flex" | "cpu" => Ok(Device::flex()),
         other => match cuda_index(other) {
             Some(Ok(index)) => cuda_by_index(index, other),
-            Some(Err(())) => Err(error::InputError::flag(
-                "--device",
+            Some(Err(())) => Err(error::InputError::option(
+                "device",
                 other,
                 "not a GPU number (expected cuda or cuda:N, N = 0, 1, ...)",
             )
             .into()),
-            None => Err(error::InputError::flag(
-                "--device",
+            None => Err(error::InputError::option(
+                "device",
                 other,
                 "unknown device (expected flex, cuda or cuda:N)",
             )
@@ -110,13 +110,13 @@ pub fn devices_by_name(list: &str) -> anyhow::Result<Vec<Device>> {
         let device = device_by_name(name)?;
         if devices.contains(&device) {
             let why = format!("{name} is named twice");
-            return Err(error::InputError::flag("--device", list, why).into());
+            return Err(error::InputError::option("device", list, why).into());
         }
         if tensor_util::is_flex_device(&device) {
-            return Err(error::InputError::flag(
-                "--device",
+            return Err(error::InputError::option(
+                "device",
                 list,
-                "the CPU is one device (its cores are shared out with --threads); several devices means several GPUs",
+                "the CPU is one device (its cores are shared out with `threads`); several devices means several GPUs",
             )
             .into());
         }
@@ -126,7 +126,7 @@ pub fn devices_by_name(list: &str) -> anyhow::Result<Vec<Device>> {
     // SAFETY: only tries to open the library (dlopen), nothing is called in it.
     if !unsafe { cudarc::nccl::sys::is_culib_present() } {
         anyhow::bail!(
-            "--device {list}: several GPUs sum gradients with NCCL, and libnccl.so cannot be loaded (install PyPI's nvidia-nccl-cu12 and put a libnccl.so link to its libnccl.so.2 on LD_LIBRARY_PATH)"
+            "`device` {list}: several GPUs sum gradients with NCCL, and libnccl.so cannot be loaded (install PyPI's nvidia-nccl-cu12 and put a libnccl.so link to its libnccl.so.2 on LD_LIBRARY_PATH)"
         );
     }
     Ok(devices)
@@ -147,7 +147,7 @@ fn cuda_index(name: &str) -> Option<Result<usize, ()>> {
 #[cfg(not(feature = "cuda"))]
 fn cuda_by_index(_index: usize, name: &str) -> anyhow::Result<Device> {
     let why = "this build has no CUDA support (rebuild with `--features cuda`)";
-    Err(error::InputError::flag("--device", name, why).into())
+    Err(error::InputError::option("device", name, why).into())
 }
 
 #[cfg(feature = "cuda")]
@@ -188,7 +188,7 @@ fn cuda_device(index: usize, name: &str) -> anyhow::Result<Device> {
         Err(_) => {
             let why = first.lock().unwrap_or_else(|e| e.into_inner()).take();
             anyhow::bail!(
-                "--device {name}: no usable CUDA GPU ({}); the NVIDIA driver (libcuda.so.1) must be installed and GPU {index} visible",
+                "`device` {name}: no usable CUDA GPU ({}); the NVIDIA driver (libcuda.so.1) must be installed and GPU {index} visible",
                 // cudarc's message goes on to list every library name it tried.
                 why.as_deref()
                     .map_or("unknown failure", |w| w.split(" - searched").next().unwrap_or(w))

@@ -21,10 +21,10 @@ pub const MAX_LR: f64 = 1e9;
 /// Data-parallel threads.
 pub const MAX_THREADS: usize = 1024;
 
-/// An integer in `lo..=hi`, or the error naming `field`/`flag`.
+/// An integer in `lo..=hi`, or the error naming `field` and the `option` that sets it.
 pub fn count(
     field: &'static str,
-    flag: &'static str,
+    option: &'static str,
     value: usize,
     lo: usize,
     hi: usize,
@@ -34,14 +34,14 @@ pub fn count(
     } else if value < lo {
         Err(FieldError::new(
             field,
-            flag,
+            option,
             value,
             format!("must be at least {lo}"),
         ))
     } else {
         Err(FieldError::new(
             field,
-            flag,
+            option,
             value,
             format!("must be at most {hi}"),
         ))
@@ -51,7 +51,7 @@ pub fn count(
 /// A finite number with `lo < value <= hi` (`lo_open`) or `lo <= value <= hi`.
 pub fn number(
     field: &'static str,
-    flag: &'static str,
+    option: &'static str,
     value: f64,
     lo: f64,
     lo_open: bool,
@@ -64,7 +64,7 @@ pub fn number(
         let low = if lo_open { "(" } else { "[" };
         Err(FieldError::new(
             field,
-            flag,
+            option,
             value,
             format!("must be a finite number in {low}{lo}, {hi}]"),
         ))

@@ -19,9 +19,15 @@ fn main() {
     // large activation buffers, and re-faulting fresh zeroed pages cost ~7% of an image step.
     // The peak resident set is unchanged; the memory is reused, not held twice.
     unsafe { libmimalloc_sys::mi_option_set(MI_OPTION_PURGE_DELAY, -1) };
-    if let Err(e) = cli::run(std::env::args_os()) {
+    let args: Vec<std::ffi::OsString> = std::env::args_os().collect();
+    cli::message::install(&args);
+    if let Err(e) = cli::run(args.clone()) {
         // Never a panic, even when stderr itself cannot be written (a full disk).
-        let _ = writeln!(std::io::stderr(), "error: {e:#}");
+        let _ = writeln!(
+            std::io::stderr(),
+            "error: {}",
+            cli::message::render(&e, &args)
+        );
         // 2: input to fix (a flag, a file); 130: interrupted and saved; 1: anything else.
         std::process::exit(glowflow::error::exit_code(&e));
     }

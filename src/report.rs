@@ -34,16 +34,16 @@ pub fn compare(
     io: &RunIo,
     device: &Device,
 ) -> Result<serde_json::Value> {
-    opts.validate().map_err(FieldError::on_flag)?;
+    opts.validate().map_err(FieldError::on_option)?;
     for (i, (_, cfg)) in models.iter().enumerate() {
-        cfg.validate().map_err(FieldError::on_flag)?;
+        cfg.validate().map_err(FieldError::on_option)?;
         // Each model trains in the folder of its kind, and the report is keyed by it.
         if models[..i].iter().any(|(_, c)| c.model == cfg.model) {
             anyhow::bail!("compare: two models of kind {}", cfg.model.name());
         }
     }
     if let Some(t) = &opts.table {
-        crate::data::stream::TableData::load(t, opts.seed)?.check_batch(opts.batch)?;
+        crate::data::stream::TableData::load(t, opts.seed)?.check_batch(opts.batch_size)?;
     }
     let lock = run_dir::lock(out)?;
     // A comparison is not resumable: name the choices it has.
@@ -51,10 +51,10 @@ pub fn compare(
         .chain(models.iter().map(|(_, c)| out.join(c.model.name())))
         .find_map(|d| run_dir::existing_run(&d));
     if let (Some(what), false) = (held, io.force) {
-        return Err(crate::error::InputError::flag(
-            "--out",
+        return Err(crate::error::InputError::option(
+            "out",
             out.display(),
-            format!("already holds {what}; choose another --out or replace it with --force"),
+            format!("already holds {what}; choose another `out` or replace it with `force`"),
         )
         .into());
     }
@@ -132,7 +132,7 @@ fn markdown(
         "# {data_name} — {}, {} steps, batch {}, seed {}\n\n",
         names.join(" vs "),
         opts.steps,
-        opts.batch,
+        opts.batch_size,
         opts.seed
     );
     md.push_str("| model | test NLL (nats) | NLL − entropy | off-mode share | train s | s/step | parameters |\n");

@@ -290,3 +290,73 @@ fn bad_input_gets_a_clear_error() {
         assert!(!err.contains("panicked"), "{args:?} panicked: {err}");
     }
 }
+
+/// One vocabulary: the flags named like the library's options (`--flow-steps`, `--net-width`,
+/// `--net-depth`, `--batch-size`) and their older aliases (`--layers`, `--hidden`, `--depth`,
+/// `--batch`) train the same run, saved under the new names; an error names the flag as typed.
+#[test]
+fn old_flags_are_aliases_of_the_vocabulary() {
+    let dir = tempfile::tempdir().unwrap();
+    let run = |name: &str, flags: &[&str]| -> serde_json::Value {
+        let out = dir.path().join(name);
+        let status = glowflow()
+            .args(["train2d", "--target", "normals", "--steps", "5", "--quiet"])
+            .args(["--test-samples", "300", "--frames", "2", "--threads", "1"])
+            .args(flags)
+            .arg("--out")
+            .arg(&out)
+            .status()
+            .unwrap();
+        assert!(status.success(), "{flags:?}");
+        serde_json::from_str(&std::fs::read_to_string(out.join("summary.json")).unwrap()).unwrap()
+    };
+    let old = run(
+        "old",
+        &[
+            "--layers", "2", "--hidden", "8", "--depth", "1", "--batch", "32",
+        ],
+    );
+    let new = run(
+        "new",
+        &[
+            "--flow-steps",
+            "2",
+            "--net-width",
+            "8",
+            "--net-depth",
+            "1",
+            "--batch-size",
+            "32",
+        ],
+    );
+    assert_eq!(old["test_nll"], new["test_nll"]);
+    assert_eq!(new["config"]["flow_steps"], 2);
+    assert_eq!(new["config"]["net_width"], 8);
+    assert_eq!(new["config"]["net_depth"], 1);
+    assert_eq!(new["options"]["batch_size"], 32);
+    // A value the library refuses is named by the flag the user typed.
+    for (flag, shown) in [
+        ("--batch", "--batch 4096"),
+        ("--batch-size", "--batch-size 4096"),
+    ] {
+        let out = glowflow()
+            .args(["train2d", "--model", "realnvp", "--steps", "1", "--quiet"])
+            .args(["--flow-steps", "2", "--test-samples", "100", flag, "1"])
+            .arg("--out")
+            .arg(dir.path().join(format!("bad{flag}")))
+            .output()
+            .unwrap();
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(2), "{err}");
+        assert!(
+            err.contains(&format!("{} 1:", shown.split(' ').next().unwrap())),
+            "{err}"
+        );
+        assert!(!err.contains('`'), "{err}");
+    }
+    // The image command's aliases: --depth is flow steps per level, --width the CNN width.
+    let help = glowflow().args(["train", "--help"]).output().unwrap();
+    let help = String::from_utf8_lossy(&help.stdout);
+    assert!(help.contains("--steps-per-level"), "{help}");
+    assert!(help.contains("--depth"), "{help}");
+}

@@ -19,12 +19,12 @@ use glowflow::tensor_util::{from_vec, to_vec};
 
 fn vector_config(model: ModelKind, dim: usize, context: usize) -> VectorFlowConfig {
     let mut c = VectorFlowConfig::new(model);
-    c.layers = 4;
-    c.hidden = 16;
+    c.flow_steps = 4;
+    c.net_width = 16;
     c.coupling = CouplingKind::Tanh;
     c.permutation = Permutation::Lu;
     c.init_seed = 11;
-    c.dim = dim;
+    c.features = dim;
     c.context = context;
     c.standardize = true;
     c
@@ -120,8 +120,8 @@ fn class_glow(classes: usize) -> GlowImage {
         height: 4,
         width: 4,
         levels: 2,
-        depth: 2,
-        hidden: 8,
+        steps_per_level: 2,
+        net_width: 8,
         coupling: ImageCoupling::Affine,
         permutation: Permutation::Lu,
         n_bits: 8,

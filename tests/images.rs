@@ -29,8 +29,8 @@ fn tiny(
         height: side,
         width: side,
         levels,
-        depth: 2,
-        hidden: 8,
+        steps_per_level: 2,
+        net_width: 8,
         coupling,
         permutation,
         n_bits: 8,
@@ -373,7 +373,7 @@ fn small_options(dir: &Path, steps: usize) -> ImageTrainOptions {
         size: None,
         grey: false,
         steps,
-        batch: 8,
+        batch_size: 8,
         lr: 1e-3,
         warmup: 5,
         seed: 3,
@@ -740,7 +740,7 @@ fn fashion_mnist_short_run_if_installed() {
     let mut o = small_options(dir, 120);
     o.data = format!("idx:{}", dir.display());
     o.pad = Some(32);
-    o.batch = 16;
+    o.batch_size = 16;
     o.test_limit = 256;
     o.log_every = 10;
     let cfg = GlowImageConfig {
@@ -1444,7 +1444,7 @@ fn ablation_trains_six_variants_with_identical_options() {
         )
         .unwrap();
         assert_eq!(state["options"]["seed"], 3);
-        assert_eq!(state["options"]["batch"], 8);
+        assert_eq!(state["options"]["batch_size"], 8);
         assert_eq!(state["model"]["init_seed"], 7);
         assert_eq!(state["model"]["permutation"], r.permutation.as_str());
         assert_eq!(state["model"]["coupling"], r.coupling.as_str());

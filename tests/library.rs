@@ -43,8 +43,8 @@ fn write_csv(path: &std::path::Path, values: &[f64]) {
 
 fn config() -> VectorFlowConfig {
     let mut cfg = VectorFlowConfig::new(ModelKind::Glow);
-    cfg.layers = 3;
-    cfg.hidden = 16;
+    cfg.flow_steps = 3;
+    cfg.net_width = 16;
     cfg
 }
 
@@ -255,8 +255,8 @@ fn image_fit_in_memory_equals_train_on_the_same_images() {
     let images = glowflow::data::images::load_spec(&spec, &Default::default()).unwrap();
     let cfg = GlowImageConfig {
         levels: 2,
-        depth: 2,
-        hidden: 8,
+        steps_per_level: 2,
+        net_width: 8,
         ..GlowImageConfig::new(1, 1, 1)
     };
     let opts = FitOptions {

@@ -10,8 +10,8 @@ use glowflow::tensor_util::to_vec;
 
 fn config(model: ModelKind, coupling: CouplingKind, permutation: Permutation) -> VectorFlowConfig {
     let mut c = VectorFlowConfig::new(model);
-    c.layers = 6;
-    c.hidden = 16;
+    c.flow_steps = 6;
+    c.net_width = 16;
     c.coupling = coupling;
     c.permutation = permutation;
     c.init_seed = 3;

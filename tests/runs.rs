@@ -634,7 +634,11 @@ fn files_and_data_dependent_values_are_refused_by_name() {
     for (from, to, field) in [
         ("\"levels\": 1", "\"levels\": 64", "model.levels"),
         ("\"n_bits\": 8", "\"n_bits\": 200", "model.n_bits"),
-        ("\"batch\": 4", "\"batch\": 0", "options.batch"),
+        (
+            "\"batch_size\": 4",
+            "\"batch_size\": 0",
+            "options.batch_size",
+        ),
     ] {
         assert!(original.contains(from), "{from}");
         std::fs::write(&state_path, original.replace(from, to)).unwrap();

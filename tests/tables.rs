@@ -80,7 +80,7 @@ fn table_flow_beats_the_gaussian_and_scores_every_row() {
         "flow test NLL {test} vs Gaussian {gauss}"
     );
     assert_eq!(s["rows"], serde_json::json!([1600, 400]));
-    assert_eq!(s["config"]["dim"], 3);
+    assert_eq!(s["config"]["features"], 3);
     for f in [
         "corner.png",
         "loss.png",
@@ -210,7 +210,7 @@ fn context_columns_condition_the_flow() {
         out.to_str().unwrap(),
     ]);
     assert_eq!(s["config"]["context"], 1);
-    assert_eq!(s["config"]["dim"], 2);
+    assert_eq!(s["config"]["features"], 2);
     // Conditioned on the context, x0 has std 0.3: about 2.3 nats per row below an
     // unconditional model (whose x0 is a two-mode mixture); the conditional Gaussian baseline
     // knows the context too, and the flow must come close to it.
@@ -404,19 +404,19 @@ fn checkpoints_of_the_previous_format_load_and_newer_ones_are_refused() {
     let state = out.join("checkpoint/state.json");
     let mut v: serde_json::Value =
         serde_json::from_str(&std::fs::read_to_string(&state).unwrap()).unwrap();
-    assert_eq!(v["format"], 3);
+    assert_eq!(v["format"], 4);
     // Format 1 (the previous release): no version key, no vector dimension / context /
     // standardisation fields, no table.
     let obj = v.as_object_mut().unwrap();
     obj.remove("format");
-    for k in ["dim", "context", "standardize"] {
+    for k in ["features", "context", "standardize"] {
         obj["model"].as_object_mut().unwrap().remove(k);
     }
     obj["options"].as_object_mut().unwrap().remove("table");
     std::fs::write(&state, serde_json::to_string_pretty(&v).unwrap()).unwrap();
     let s = run_json(&["train2d", "--resume", o, "--steps", "8", "--quiet"]);
     assert_eq!(s["steps"], 8);
-    assert_eq!(s["config"]["dim"], 2);
+    assert_eq!(s["config"]["features"], 2);
     // A newer format is refused with its number, not misread.
     let mut v: serde_json::Value =
         serde_json::from_str(&std::fs::read_to_string(&state).unwrap()).unwrap();

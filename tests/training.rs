@@ -13,8 +13,8 @@ use common::copy_dir;
 
 fn small_config(model: ModelKind) -> VectorFlowConfig {
     let mut c = VectorFlowConfig::new(model);
-    c.layers = 4;
-    c.hidden = 32;
+    c.flow_steps = 4;
+    c.net_width = 32;
     c.init_seed = 1;
     c
 }
@@ -22,7 +22,7 @@ fn small_config(model: ModelKind) -> VectorFlowConfig {
 fn small_options(steps: usize) -> Train2dOptions {
     let mut o = Train2dOptions::new(Target::Normals);
     o.steps = steps;
-    o.batch = 256;
+    o.batch_size = 256;
     o.lr = 3e-3;
     o.lr_step = 200;
     o.frames = 2;
@@ -60,7 +60,7 @@ fn data_parallel_losses(devices: &[burn::tensor::Device], threads: usize, out: &
     let mut o = small_options(30);
     o.frames = 0;
     // Odd, so the shards differ in size (128 + 127 rows) and their weighting is tested.
-    o.batch = 255;
+    o.batch_size = 255;
     let io = RunIo {
         threads,
         replicas: devices[1..].to_vec(),
@@ -148,9 +148,9 @@ fn losses(out: &Path) -> Vec<(usize, f64)> {
 fn short_glow_run_on_normals_learns_the_target() {
     let dir = tempfile::tempdir().unwrap();
     let mut cfg = small_config(ModelKind::Glow);
-    cfg.layers = 8;
+    cfg.flow_steps = 8;
     let mut o = small_options(1500);
-    o.batch = 512;
+    o.batch_size = 512;
     o.lr = 2e-3;
     o.lr_step = 600;
     o.log_every = 10;
@@ -580,7 +580,7 @@ fn resume_rejects_a_directory_without_checkpoint() {
         dir.path(),
     )
     .expect_err("no checkpoint");
-    assert!(format!("{err:#}").contains("--resume"), "{err:#}");
+    assert!(format!("{err:#}").contains("`resume`"), "{err:#}");
 }
 
 /// The fused CPU Adam takes the same steps as burn's Adam (same state, so checkpoints match).
@@ -701,7 +701,7 @@ fn format_2_checkpoint_loads_evaluates_and_resumes() {
     );
     let text = std::fs::read_to_string(dir.path().join("checkpoint/state.json")).unwrap();
     let v: serde_json::Value = serde_json::from_str(&text).unwrap();
-    assert_eq!(v["format"], 3);
+    assert_eq!(v["format"], 4);
     assert!(v.get("actnorm_initialized").is_none());
     let (resumed, _) = glowflow::train::train2d::load_trained(dir.path(), &device).unwrap();
     assert!(!resumed.flow.needs_data_init());

@@ -20,7 +20,8 @@ use clap::{ArgMatches, Args};
 use glowflow::data::Target;
 use glowflow::error::InputError;
 use glowflow::models::{GlowImageConfig, ModelKind, VectorFlowConfig};
-use glowflow::train::run_dir;
+use glowflow::train::checkpoint::RunKind;
+use glowflow::train::run_dir::{self, ResumeChanges};
 use glowflow::train::stability::StabilityOptions;
 use glowflow::train::train_image::ImageTrainOptions;
 use glowflow::train::Train2dOptions;
@@ -191,22 +192,18 @@ pub fn given_flags(m: &ArgMatches) -> Vec<(String, String)> {
         .collect()
 }
 
-/// With `--resume`, an error naming the first flag given that a resume may not change.
-pub fn refuse_on_resume(given: &[(String, String)], changes: &[&str]) -> Result<()> {
-    let allowed = |f: &str| RESUME_NEUTRAL_FLAGS.contains(&f) || changes.contains(&f);
-    if let Some((flag, value)) = given.iter().find(|(f, _)| !allowed(f)) {
-        return Err(InputError::flag(
-            flag,
-            value,
-            format!(
-                "may not be given on --resume, even with the run's own value: it is part of the \
-                 saved run (its checkpoint's state.json); a resume may change only {}",
-                changes.join(", ")
-            ),
-        )
-        .into());
-    }
-    Ok(())
+/// With `--resume`: the changes of the flags given, from the library's one list of what a
+/// resume of a run of `kind` may change ([`ResumeChanges`]); any other flag is refused by name.
+pub fn resume_changes(given: &[(String, String)], kind: RunKind) -> Result<ResumeChanges> {
+    let options: Vec<(String, &str)> = given
+        .iter()
+        .filter(|(f, _)| !RESUME_NEUTRAL_FLAGS.contains(&f.as_str()))
+        .map(|(f, v)| (f.trim_start_matches("--").replace('-', "_"), v.as_str()))
+        .collect();
+    Ok(ResumeChanges::from_options(
+        kind,
+        options.iter().map(|(o, v)| (o.as_str(), *v)),
+    )?)
 }
 
 /// Whether `flag` was given on the command line.

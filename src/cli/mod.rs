@@ -12,6 +12,7 @@ mod bench;
 mod compare;
 mod eval;
 mod interpolate;
+pub mod message;
 pub mod parse;
 mod quality;
 mod reconstruct;

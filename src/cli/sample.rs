@@ -155,7 +155,7 @@ fn sample_vectors(a: &SampleArgs, device: &burn::tensor::Device) -> Result<()> {
     let t = a.temperature.unwrap_or(1.0);
     // A context far outside the training rows: the model extrapolates; say how far.
     if let Some((mean, std)) = model.standardization() {
-        let d = state.model.dim;
+        let d = state.model.features;
         for (j, &v) in a.context.iter().enumerate() {
             let (m, s) = (mean.get(d + j), std.get(d + j));
             if let (Some(m), Some(s)) = (m, s) {

@@ -10,13 +10,13 @@ use glowflow::limits::{
     MAX_FLOW_STEPS, MAX_IMAGE_SIDE, MAX_LEVELS, MAX_STEPS, MAX_THREADS, MAX_WIDTH,
 };
 use glowflow::models::GlowImageConfig;
-use glowflow::train::run_dir::ResumeChanges;
+use glowflow::train::checkpoint::RunKind;
 use glowflow::train::train_image::{image_recipe_stability, ImageTrainOptions};
 use glowflow::train::{interrupt, RunIo};
 
 use super::common::{
-    check_utf8_paths, image_model, image_recipe, out_dir, print_json, refuse_given,
-    refuse_on_resume, thread_count, train_devices, was_given, StabilityArgs,
+    check_utf8_paths, image_model, image_recipe, out_dir, print_json, refuse_given, resume_changes,
+    thread_count, train_devices, StabilityArgs,
 };
 use super::parse;
 
@@ -46,11 +46,11 @@ pub struct TrainArgs {
     pub grey: bool,
     #[arg(long, default_value_t = image_model().levels, value_parser = parse::count::<1, MAX_LEVELS>)]
     pub levels: usize,
-    #[arg(long, default_value_t = image_model().depth, value_parser = parse::count::<1, MAX_FLOW_STEPS>)]
-    pub depth: usize,
+    #[arg(long, visible_alias = "depth", default_value_t = image_model().steps_per_level, value_parser = parse::count::<1, MAX_FLOW_STEPS>)]
+    pub steps_per_level: usize,
     /// Coupling-CNN width.
-    #[arg(long, default_value_t = image_model().hidden, value_parser = parse::count::<1, MAX_WIDTH>)]
-    pub width: usize,
+    #[arg(long, visible_alias = "width", default_value_t = image_model().net_width, value_parser = parse::count::<1, MAX_WIDTH>)]
+    pub net_width: usize,
     #[arg(long, value_enum, default_value_t = image_model().coupling)]
     pub coupling: glowflow::models::ImageCoupling,
     /// Scale of the affine couplings: bounded (sigmoid(s + 2) floored at 1e-5, so a sample
@@ -95,8 +95,8 @@ pub struct TrainArgs {
     #[arg(long, default_value_t = glowflow::models::DequantizerConfig::default().hidden, value_parser = parse::count::<1, MAX_WIDTH>)]
     pub dequant_width: usize,
     /// Images per batch (at most the training set).
-    #[arg(long, default_value_t = image_recipe().batch, value_parser = parse::count::<1, 1_048_576>)]
-    pub batch: usize,
+    #[arg(long, visible_alias = "batch", default_value_t = image_recipe().batch_size, value_parser = parse::count::<1, 1_048_576>)]
+    pub batch_size: usize,
     /// Learning rate (openai/glow's 1e-3; stable with the default gradient-norm clipping). May
     /// change on --resume (recorded in the checkpoint).
     #[arg(long, default_value_t = image_recipe().lr, value_parser = parse::learning_rate)]
@@ -153,20 +153,8 @@ pub struct TrainArgs {
     pub quiet: bool,
 }
 
-/// Settings `train --resume` may change (besides
-/// [`RESUME_NEUTRAL_FLAGS`](super::common::RESUME_NEUTRAL_FLAGS)); every other flag is refused
-/// by name.
-const TRAIN_RESUME_FLAGS: &[&str] = &[
-    "--steps",
-    "--lr",
-    "--data",
-    "--threads",
-    "--time-limit",
-    "--checkpoint-every",
-    "--sample-every",
-    "--test-limit",
-];
-
+/// Runs `train`: a fresh run, or with `--resume` the saved run with the changes the library's
+/// one list allows ([`ResumeChanges`](glowflow::train::run_dir::ResumeChanges)).
 pub fn run(a: TrainArgs, given: &[(String, String)]) -> Result<()> {
     check_utf8_paths(&[
         ("--out", a.out.as_deref()),
@@ -176,24 +164,7 @@ pub fn run(a: TrainArgs, given: &[(String, String)]) -> Result<()> {
     let (device, replicas) = train_devices(&a.device)?;
     interrupt::install();
     let start = match &a.resume {
-        Some(dir) => {
-            refuse_on_resume(given, TRAIN_RESUME_FLAGS)?;
-            let pick = |flag: &str| was_given(given, flag);
-            ImageStart::Resume(
-                dir.clone(),
-                ResumeChanges {
-                    steps: a.steps,
-                    lr: pick("--lr").then_some(a.lr),
-                    data: a.data.clone(),
-                    time_limit: a.time_limit,
-                    threads: a.threads,
-                    checkpoint_every: pick("--checkpoint-every").then_some(a.checkpoint_every),
-                    sample_every: pick("--sample-every").then_some(a.sample_every),
-                    test_limit: pick("--test-limit").then_some(a.test_limit),
-                    ..ResumeChanges::default()
-                },
-            )
-        }
+        Some(dir) => ImageStart::Resume(dir.clone(), resume_changes(given, RunKind::Image)?),
         None => {
             check_dequant_flags(&a, given)?;
             let (cfg, opts) = fresh_image_run(&a)?;
@@ -240,7 +211,7 @@ pub fn fresh_image_run(a: &TrainArgs) -> Result<(GlowImageConfig, ImageTrainOpti
         size: a.size,
         grey: a.grey,
         steps: a.steps.unwrap_or(image_recipe().steps),
-        batch: a.batch,
+        batch_size: a.batch_size,
         lr: a.lr,
         warmup: a.warmup,
         seed: a.seed,
@@ -256,12 +227,12 @@ pub fn fresh_image_run(a: &TrainArgs) -> Result<(GlowImageConfig, ImageTrainOpti
         label_dropout: a.label_dropout,
         ..ImageTrainOptions::recipe(data)
     };
-    opts.validate().map_err(FieldError::on_flag)?;
+    opts.validate().map_err(FieldError::on_option)?;
     let probe = glowflow::train::train_image::load_data(&opts)?;
     let cfg = GlowImageConfig {
         levels: a.levels,
-        depth: a.depth,
-        hidden: a.width,
+        steps_per_level: a.steps_per_level,
+        net_width: a.net_width,
         coupling: a.coupling,
         affine_scale: a.affine_scale,
         permutation: a.permutation,
@@ -278,6 +249,6 @@ pub fn fresh_image_run(a: &TrainArgs) -> Result<(GlowImageConfig, ImageTrainOpti
         ),
         ..GlowImageConfig::new(probe.train.c, probe.train.h, probe.train.w)
     };
-    cfg.validate().map_err(FieldError::on_flag)?;
+    cfg.validate().map_err(FieldError::on_option)?;
     Ok((cfg, opts))
 }

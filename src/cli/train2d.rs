@@ -6,12 +6,12 @@ use anyhow::Result;
 use clap::Args;
 
 use glowflow::models::{ModelKind, Permutation};
-use glowflow::train::run_dir::ResumeChanges;
+use glowflow::train::checkpoint::RunKind;
 use glowflow::train::{interrupt, train2d, RunIo, Start};
 
 use super::common::{
-    absolute, check_utf8_paths, out_dir, print_json, refuse_given, refuse_on_resume, train_devices,
-    vector_model, vector_recipe, was_given,
+    absolute, check_utf8_paths, out_dir, print_json, refuse_given, resume_changes, train_devices,
+    vector_model, vector_recipe,
 };
 use super::vector_flags::{check_table_flags, CommonArgs};
 
@@ -38,21 +38,8 @@ pub struct Train2dArgs {
     pub common: CommonArgs,
 }
 
-/// Settings `train2d --resume` may change (besides
-/// [`RESUME_NEUTRAL_FLAGS`](super::common::RESUME_NEUTRAL_FLAGS)); every other flag is refused
-/// by name.
-const TRAIN2D_RESUME_FLAGS: &[&str] = &[
-    "--steps",
-    "--lr",
-    "--lr-step",
-    "--lr-gamma",
-    "--threads",
-    "--checkpoint-every",
-    "--test-samples",
-    "--frames",
-    "--data",
-];
-
+/// Runs `train2d`: a fresh run, or with `--resume` the saved run with the changes the library's
+/// one list allows ([`ResumeChanges`](glowflow::train::run_dir::ResumeChanges)).
 pub fn run(a: Train2dArgs, given: &[(String, String)]) -> Result<()> {
     check_utf8_paths(&[
         ("--out", a.out.as_deref()),
@@ -69,21 +56,11 @@ pub fn run(a: Train2dArgs, given: &[(String, String)]) -> Result<()> {
     };
     let summary = match &a.resume {
         Some(dir) => {
-            refuse_on_resume(given, TRAIN2D_RESUME_FLAGS)?;
-            let c = &a.common;
-            let pick = |flag: &str| was_given(given, flag);
-            let changes = ResumeChanges {
-                steps: c.steps,
-                lr: pick("--lr").then_some(c.lr),
-                lr_step: pick("--lr-step").then_some(c.lr_step),
-                lr_gamma: pick("--lr-gamma").then_some(c.lr_gamma),
-                threads: c.threads,
-                checkpoint_every: pick("--checkpoint-every").then_some(c.checkpoint_every),
-                test_samples: pick("--test-samples").then_some(c.test_samples),
-                frames: pick("--frames").then_some(c.frames),
-                data: c.data.as_deref().map(|p| absolute(p).display().to_string()),
-                ..ResumeChanges::default()
-            };
+            let mut changes = resume_changes(given, RunKind::Vector)?;
+            // A moved table is found from where the command runs.
+            changes.data = changes
+                .data
+                .map(|p| absolute(std::path::Path::new(&p)).display().to_string());
             train2d(Start::Resume(dir.clone(), changes), None, &io, &device)?
         }
         None => {

@@ -57,8 +57,8 @@ pub struct CommonArgs {
     #[arg(long, value_parser = parse::count::<1, MAX_STEPS>)]
     pub steps: Option<usize>,
     /// Batch size.
-    #[arg(long, default_value_t = vector_recipe().batch, value_parser = parse::count::<1, 16_777_216>)]
-    pub batch: usize,
+    #[arg(long, visible_alias = "batch", default_value_t = vector_recipe().batch_size, value_parser = parse::count::<1, 16_777_216>)]
+    pub batch_size: usize,
     /// Adam learning rate (may change on train2d --resume; recorded).
     #[arg(long, default_value_t = vector_recipe().lr, value_parser = parse::learning_rate)]
     pub lr: f64,
@@ -69,14 +69,14 @@ pub struct CommonArgs {
     #[arg(long, default_value_t = vector_recipe().lr_gamma, value_parser = parse::factor)]
     pub lr_gamma: f64,
     /// Number of flow steps K.
-    #[arg(long, default_value_t = vector_model().layers, value_parser = parse::count::<1, MAX_FLOW_STEPS>)]
-    pub layers: usize,
+    #[arg(long, visible_alias = "layers", default_value_t = vector_model().flow_steps, value_parser = parse::count::<1, MAX_FLOW_STEPS>)]
+    pub flow_steps: usize,
     /// Coupling-network hidden width.
-    #[arg(long, default_value_t = vector_model().hidden, value_parser = parse::count::<1, MAX_WIDTH>)]
-    pub hidden: usize,
+    #[arg(long, visible_alias = "hidden", default_value_t = vector_model().net_width, value_parser = parse::count::<1, MAX_WIDTH>)]
+    pub net_width: usize,
     /// Coupling-network hidden layers.
-    #[arg(long, default_value_t = vector_model().depth, value_parser = parse::count::<1, 64>)]
-    pub depth: usize,
+    #[arg(long, visible_alias = "depth", default_value_t = vector_model().net_depth, value_parser = parse::count::<1, 64>)]
+    pub net_depth: usize,
     /// Coupling form: tanh (the tutorial's x * exp(tanh(s) * a + b) + t), sigmoid (Glow's
     /// (x + t) * sigmoid(s + 2), which can only contract) or additive.
     #[arg(long, value_enum, default_value_t = vector_model().coupling)]
@@ -126,7 +126,7 @@ impl CommonArgs {
     pub fn options(&self, default_steps: usize) -> Train2dOptions {
         let mut o = Train2dOptions::new(self.target);
         o.steps = self.steps.unwrap_or(default_steps);
-        o.batch = self.batch;
+        o.batch_size = self.batch_size;
         o.lr = self.lr;
         o.lr_step = self.lr_step;
         o.lr_gamma = self.lr_gamma;
@@ -155,9 +155,9 @@ impl CommonArgs {
 
     pub fn config(&self, model: ModelKind, permutation: Permutation) -> VectorFlowConfig {
         let mut c = VectorFlowConfig::new(model);
-        c.layers = self.layers;
-        c.hidden = self.hidden;
-        c.depth = self.depth;
+        c.flow_steps = self.flow_steps;
+        c.net_width = self.net_width;
+        c.net_depth = self.net_depth;
         c.coupling = self.coupling;
         c.affine_scale = self.affine_scale;
         c.permutation = permutation;

@@ -146,7 +146,7 @@ pub fn load_files(files: &[PathBuf], size: usize, grey: bool) -> Result<ImageSet
     let c = if grey { 1 } else { 3 };
     let bytes = (files.len() * c * size * size) as f64;
     if let Some(why) = crate::limits::memory_shortfall(bytes) {
-        return Err(InputError::flag("--size", size, why).into());
+        return Err(InputError::option("size", size, why).into());
     }
     let mut pixels = Vec::with_capacity(files.len() * c * size * size);
     for f in files {
@@ -192,7 +192,7 @@ pub fn load_dir(dir: &Path, size: Option<usize>, grey: bool) -> Result<Splits> {
     }
     let size = size.unwrap_or(32);
     if size == 0 {
-        bail!("--size must be at least 1");
+        bail!("`size` must be at least 1");
     }
     let (train_files, test_files) = if dir.join("train").is_dir() && dir.join("test").is_dir() {
         (

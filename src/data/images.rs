@@ -33,7 +33,11 @@ impl ImageSet {
                 "{} pixel values are not a whole, non-zero number of {c}x{h}x{w} images",
                 pixels.len()
             );
-            return Err(InputError::flag("images", format!("[{c}, {h}, {w}]"), why));
+            return Err(InputError::option(
+                "images",
+                format!("[{c}, {h}, {w}]"),
+                why,
+            ));
         }
         Ok(ImageSet {
             n: pixels.len() / size,
@@ -75,8 +79,8 @@ impl ImageSet {
     /// Zero-pad every image symmetrically to `size x size` (e.g. 28 -> 32).
     pub fn pad_to(&self, size: usize) -> Result<ImageSet> {
         if size < self.h || size < self.w {
-            return Err(crate::error::InputError::flag(
-                "--pad",
+            return Err(crate::error::InputError::option(
+                "pad",
                 size,
                 format!("smaller than the images ({}x{})", self.h, self.w),
             )
@@ -84,7 +88,7 @@ impl ImageSet {
         }
         let bytes = (self.n * self.c * size * size) as f64;
         if let Some(why) = crate::limits::memory_shortfall(bytes) {
-            return Err(crate::error::InputError::flag("--pad", size, why).into());
+            return Err(crate::error::InputError::option("pad", size, why).into());
         }
         let (top, left) = ((size - self.h) / 2, (size - self.w) / 2);
         let mut pixels = vec![0u8; self.n * self.c * size * size];
@@ -242,10 +246,10 @@ pub fn find_file(dir: &Path, names: &[&str]) -> Option<PathBuf> {
 pub fn absolute_spec(spec: &str) -> Result<String> {
     let parsed: DataSpec = spec
         .parse()
-        .map_err(|e: String| InputError::flag("--data", spec, e))?;
+        .map_err(|e: String| InputError::option("data", spec, e))?;
     let abs = parsed
         .absolute()
-        .map_err(|e| InputError::flag("--data", spec, e))?;
+        .map_err(|e| InputError::option("data", spec, e))?;
     Ok(abs.to_string())
 }
 
@@ -256,12 +260,12 @@ pub fn absolute_spec(spec: &str) -> Result<String> {
 pub fn load_spec(spec: &str, opts: &LoadOptions) -> Result<Splits> {
     let parsed: DataSpec = spec
         .parse()
-        .map_err(|e: String| InputError::flag("--data", spec, e))?;
+        .map_err(|e: String| InputError::option("data", spec, e))?;
     if parsed.dir().as_os_str().is_empty() {
-        return Err(InputError::flag("--data", spec, "no folder after the colon").into());
+        return Err(InputError::option("data", spec, "no folder after the colon").into());
     }
     if !parsed.dir().is_dir() {
-        return Err(InputError::flag("--data", spec, "no such directory").into());
+        return Err(InputError::option("data", spec, "no such directory").into());
     }
     load(&parsed, opts)
 }
@@ -289,7 +293,7 @@ impl Splits {
         }
         let (Some(train), Some(test)) = (&self.train_labels, &self.test_labels) else {
             let why = format!("{spec} has no class labels (IDX label files or CIFAR-10 records)");
-            return Err(InputError::flag("--classes", k, why).into());
+            return Err(InputError::option("classes", k, why).into());
         };
         let bad = train
             .iter()
@@ -299,7 +303,7 @@ impl Splits {
         if let Some((i, &l)) = bad {
             let why =
                 format!("label {l} (image {i} of train then test) is not below the class count");
-            return Err(InputError::flag("--classes", k, why).into());
+            return Err(InputError::option("classes", k, why).into());
         }
         // More classes than the labels hold: the extra classes' priors would never be trained.
         let held = train.iter().map(|&l| l as usize + 1).max().unwrap_or(0);
@@ -308,7 +312,7 @@ impl Splits {
                 "the training labels hold {held} classes (0 to {}); a class no image has would be an untrained prior",
                 held.saturating_sub(1)
             );
-            return Err(InputError::flag("--classes", k, why).into());
+            return Err(InputError::option("classes", k, why).into());
         }
         Ok(Some((train.clone(), test.clone())))
     }
@@ -327,6 +331,6 @@ impl ImageSet {
             "images are {}x{}x{} but the model expects {c}x{h}x{w}",
             self.c, self.h, self.w
         );
-        Err(InputError::flag("--data", spec, why).into())
+        Err(InputError::option("data", spec, why).into())
     }
 }

@@ -254,8 +254,8 @@ impl TableData {
         if let Some(t) = &opts.test_path {
             // The same file twice would test on the training rows and report it as held out.
             if crate::fsutil::same_path(t, &opts.path) {
-                let why = "is the --data file itself: a test table must hold other rows (or leave it out to hold out --test-fraction)";
-                return Err(InputError::flag("--test-data", t.display(), why).into());
+                let why = "is the `data` file itself: a test table must hold other rows (or leave it out to hold out `test_fraction`)";
+                return Err(InputError::option("test_data", t.display(), why).into());
             }
         }
         let table = read_table_as(&opts.path, opts.numbers_header)?;
@@ -279,23 +279,23 @@ impl TableData {
         opts: &TableOptions,
         seed: u64,
     ) -> Result<Self> {
-        let ctx = table.column_indices(&opts.context_columns, "--context-columns")?;
+        let ctx = table.column_indices(&opts.context_columns, "context_columns")?;
         let cols = if opts.columns.is_empty() {
             (0..table.width()).filter(|c| !ctx.contains(c)).collect()
         } else {
-            table.column_indices(&opts.columns, "--columns")?
+            table.column_indices(&opts.columns, "columns")?
         };
         if let Some(c) = cols.iter().find(|c| ctx.contains(c)) {
-            return Err(InputError::flag(
-                "--context-columns",
+            return Err(InputError::option(
+                "context_columns",
                 &table.columns[*c],
-                "is also a modelled column (--columns)",
+                "is also a modelled column (`columns`)",
             )
             .into());
         }
         if cols.len() < 2 {
-            return Err(InputError::flag(
-                "--data",
+            return Err(InputError::option(
+                "data",
                 opts.path.display(),
                 format!(
                     "has {} modelled column(s); a flow needs at least 2 (columns: {})",
@@ -332,12 +332,12 @@ impl TableData {
                 let test_cols = if t.named && table.named {
                     let names: Vec<String> =
                         all.iter().map(|&c| table.columns[c].clone()).collect();
-                    t.column_indices(&names, "--test-data")?
+                    t.column_indices(&names, "test_data")?
                 } else if t.width() == table.width() {
                     all.clone()
                 } else {
-                    return Err(InputError::flag(
-                        "--test-data",
+                    return Err(InputError::option(
+                        "test_data",
                         p.display(),
                         format!(
                             "has {} columns but the training table {} (without a header on both, columns match by position)",
@@ -367,8 +367,8 @@ impl TableData {
                 let n = table.rows;
                 let n_test = ((n as f64) * opts.test_fraction).round() as usize;
                 if n_test == 0 || n_test >= n {
-                    return Err(InputError::flag(
-                        "--test-fraction",
+                    return Err(InputError::option(
+                        "test_fraction",
                         opts.test_fraction,
                         format!("leaves {n_test} of {n} rows for testing; need at least one on each side"),
                     )
@@ -452,8 +452,8 @@ impl TableData {
     /// Refuse a batch larger than the training split (errors name `--batch`).
     pub fn check_batch(&self, batch: usize) -> Result<()> {
         if batch > self.train_rows() {
-            return Err(InputError::flag(
-                "--batch",
+            return Err(InputError::option(
+                "batch_size",
                 batch,
                 format!("is larger than the training rows ({})", self.train_rows()),
             )
@@ -487,21 +487,21 @@ impl TableData {
         if let Some(c) = (0..w).find(|&c| constant(c)) {
             let why = if c < d {
                 format!(
-                    "column '{}' is constant in the training rows (every value {}): no density exists on a point; leave it out of --columns",
+                    "column '{}' is constant in the training rows (every value {}): no density exists on a point; leave it out of `columns`",
                     self.names[c], self.train[c]
                 )
             } else {
                 format!(
-                    "context column '{}' is constant in the training rows (every value {}): it carries no information to condition on; leave it out of --context-columns",
+                    "context column '{}' is constant in the training rows (every value {}): it carries no information to condition on; leave it out of `context_columns`",
                     self.names[c], self.train[c]
                 )
             };
-            return Err(InputError::flag("--data", &self.source, why).into());
+            return Err(InputError::option("data", &self.source, why).into());
         }
         // Not constant, but varying only in the last digits float64 keeps of its values.
         if let Some(c) = (0..w).find(|&c| std[c] <= 1e-10 * mean[c].abs()) {
-            return Err(InputError::flag(
-                "--data",
+            return Err(InputError::option(
+                "data",
                 &self.source,
                 format!(
                     "column '{}' varies by {:e} around {:e}, within float64's rounding of its values ({:e} relative): its spread cannot be resolved; subtract its mean before saving the table",
@@ -540,11 +540,11 @@ impl TableData {
         let n = self.train_rows();
         let col = |c: usize| self.train.chunks(w).map(move |r| r[c]);
         let singular = |a: usize, b: usize, what: String| -> anyhow::Error {
-            InputError::flag(
-                "--data",
+            InputError::option(
+                "data",
                 &self.source,
                 format!(
-                    "columns '{}' and '{}' {what} in the training rows: the density is singular there (its loss falls without bound); leave one out of --columns",
+                    "columns '{}' and '{}' {what} in the training rows: the density is singular there (its loss falls without bound); leave one out of `columns`",
                     self.names[a], self.names[b]
                 ),
             )
@@ -585,7 +585,7 @@ impl TableData {
                 distinct.sort_by(f64::total_cmp);
                 distinct.dedup();
                 warnings.push(format!(
-                    "column '{}' holds only integers ({} distinct values): a continuous density of discrete data is unbounded, so its NLL can fall far below the data's discrete entropy and is not a likelihood of the data; train with --dequantize (uniform noise in [0, 1) added to each integer column) to get an upper bound on the discrete NLL instead",
+                    "column '{}' holds only integers ({} distinct values): a continuous density of discrete data is unbounded, so its NLL can fall far below the data's discrete entropy and is not a likelihood of the data; train with `dequantize` (uniform noise in [0, 1) added to each integer column) to get an upper bound on the discrete NLL instead",
                     self.names[c],
                     distinct.len()
                 ));
@@ -729,8 +729,8 @@ fn integer_columns(
     let integer = |c: usize| (0..table.rows).all(|r| table.row(r)[c].fract() == 0.0);
     let found: Vec<usize> = (0..cols.len()).filter(|&j| integer(cols[j])).collect();
     if found.is_empty() {
-        return Err(InputError::flag(
-            "--dequantize",
+        return Err(InputError::option(
+            "dequantize",
             table.source.display(),
             "no modelled column holds only integers: there is nothing to dequantise",
         )
@@ -745,7 +745,7 @@ fn integer_columns(
                 &table.source,
                 Some(format!("{}, column '{}'", table.locate(r), table.columns[c])),
                 format!(
-                    "{} is too large for --dequantize: above 2^43, float64 cannot hold noise in [0, 1) beside it; subtract an offset from the column first",
+                    "{} is too large for `dequantize`: above 2^43, float64 cannot hold noise in [0, 1) beside it; subtract an offset from the column first",
                     table.row(r)[c]
                 ),
             )
@@ -760,7 +760,7 @@ fn integer_columns(
                     &t.source,
                     Some(format!("{}, column '{}'", t.locate(r), t.columns[c])),
                     format!(
-                        "{} is not an integer, but this column holds only integers in the training table and --dequantize models it as integers",
+                        "{} is not an integer, but this column holds only integers in the training table and `dequantize` models it as integers",
                         t.row(r)[c]
                     ),
                 )
@@ -917,11 +917,11 @@ impl TableOptions {
         let Ok(tr) = read_table_as(&self.path, self.numbers_header) else {
             return Ok(None);
         };
-        let ctx = tr.column_indices(&self.context_columns, "--context-columns")?;
+        let ctx = tr.column_indices(&self.context_columns, "context_columns")?;
         let cols: Vec<usize> = if self.columns.is_empty() {
             (0..tr.width()).filter(|c| !ctx.contains(c)).collect()
         } else {
-            tr.column_indices(&self.columns, "--columns")?
+            tr.column_indices(&self.columns, "columns")?
         };
         let index: Vec<usize> = cols.iter().chain(&ctx).copied().collect();
         let names = if tr.named {

@@ -117,7 +117,7 @@ impl Table {
                 None => match s.parse::<usize>() {
                     Ok(i) if i < self.width() => i,
                     _ => {
-                        return Err(InputError::flag(
+                        return Err(InputError::option(
                             flag,
                             s,
                             format!(
@@ -131,7 +131,7 @@ impl Table {
                 },
             };
             if out.contains(&i) {
-                return Err(InputError::flag(flag, s, "names a column twice"));
+                return Err(InputError::option(flag, s, "names a column twice"));
             }
             out.push(i);
         }
@@ -247,7 +247,7 @@ fn read_csv(path: &Path, bytes: &[u8], numbers_header: bool) -> Result<Table, In
             if numeric == 0 {
                 if let Some(j) = rec.iter().position(str::is_empty) {
                     let why = if j == 0 {
-                        "the header's first field is empty, as pandas writes its index column (to_csv without index=False): save the table with index=False, or name that column and leave it out with --columns"
+                        "the header's first field is empty, as pandas writes its index column (to_csv without index=False): save the table with index=False, or name that column and leave it out with `columns`"
                     } else {
                         "this header field is empty: every column needs a name"
                     };
@@ -285,7 +285,7 @@ fn read_csv(path: &Path, bytes: &[u8], numbers_header: bool) -> Result<Table, In
                 columns = rec.iter().map(str::to_string).collect();
                 named = true;
                 notes.push(format!(
-                    "{}: row {line} ({}) is read as a header of column numbers, as pandas writes for a DataFrame without column names; the columns are named 0 to {} (--columns takes these names). If it is a data row, add a header line.",
+                    "{}: row {line} ({}) is read as a header of column numbers, as pandas writes for a DataFrame without column names; the columns are named 0 to {} (`columns` takes these names). If it is a data row, add a header line.",
                     path.display(),
                     preview(&columns),
                     columns.len() - 1
@@ -581,10 +581,7 @@ mod tests {
             "{}",
             t.notes[0]
         );
-        assert_eq!(
-            t.column_indices(&["2".into()], "--columns").unwrap(),
-            vec![2]
-        );
+        assert_eq!(t.column_indices(&["2".into()], "columns").unwrap(), vec![2]);
         // Not column numbers: data.
         for text in ["0,2,1\n5,6,7\n", "0.0,1.0\n5,6\n", "0\n5\n"] {
             let t = csv(text).unwrap();

@@ -518,11 +518,11 @@ impl SampleBatch {
 pub fn check_class(class: Option<usize>, classes: usize) -> Result<()> {
     match (class, classes) {
         (Some(c), 0) => {
-            let why = "the model is not class-conditional (trained without --classes)";
-            Err(InputError::flag("--class", c, why).into())
+            let why = "the model is not class-conditional (trained without `classes`)";
+            Err(InputError::option("class", c, why).into())
         }
         (Some(c), k) if c >= k => {
-            Err(InputError::flag("--class", c, format!("the model has {k} classes")).into())
+            Err(InputError::option("class", c, format!("the model has {k} classes")).into())
         }
         _ => Ok(()),
     }
@@ -545,8 +545,8 @@ pub fn sample_classes(
 ) -> Result<(SampleBatch, usize)> {
     let side = (n as f64).sqrt().ceil() as usize;
     if let (Some(w), 0) = (draw.guidance, model.classes()) {
-        let why = "needs a class-conditional model trained with --label-dropout";
-        return Err(InputError::flag("--guidance", w, why).into());
+        let why = "needs a class-conditional model trained with `label_dropout`";
+        return Err(InputError::option("guidance", w, why).into());
     }
     check_class(class, model.classes())?;
     match (class, model.classes()) {

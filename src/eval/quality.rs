@@ -135,7 +135,7 @@ pub fn check_data(data: &crate::data::Splits) -> Result<()> {
 fn check_shape(set: &ImageSet) -> Result<()> {
     if !set.h.is_multiple_of(4) || !set.w.is_multiple_of(4) || set.h == 0 || set.w == 0 {
         bail!(
-            "the quality classifier needs image sides that are multiples of 4, not {}x{} (pad the images, e.g. --pad 32)",
+            "the quality classifier needs image sides that are multiples of 4, not {}x{} (pad the images, e.g. `pad` 32)",
             set.h,
             set.w
         );

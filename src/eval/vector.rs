@@ -414,30 +414,30 @@ pub fn score_rows(
     device: &Device,
 ) -> Result<(Vec<f64>, String, Vec<usize>)> {
     let Some(topts) = state.options.table.clone() else {
-        return Err(InputError::flag(
-            "--checkpoint",
+        return Err(InputError::option(
+            "checkpoint",
             checkpoint.display(),
-            "was trained on a built-in target, not a table (score needs a train2d --data run)",
+            "was trained on a built-in target, not a table (score needs a train2d `data` run)",
         )
         .into());
     };
-    let (dim, k) = (state.model.dim, state.model.context);
+    let (dim, k) = (state.model.features, state.model.context);
     let (rows, source, numbers) = match data {
         None => {
             let d = TableData::load(&topts, state.options.seed)?;
             for note in &d.notes {
-                eprintln!("warning: {note}");
+                crate::error::warn(note);
             }
             if topts
                 .fingerprint
                 .as_ref()
                 .is_some_and(|f| *f != d.fingerprint)
             {
-                return Err(InputError::flag(
-                    "--checkpoint",
+                return Err(InputError::option(
+                    "checkpoint",
                     checkpoint.display(),
                     format!(
-                        "its training table {} changed since the run (its values differ), so its test rows cannot be recovered; give the rows to score with --data",
+                        "its training table {} changed since the run (its values differ), so its test rows cannot be recovered; give the rows to score with `data`",
                         topts.path.display()
                     ),
                 )
@@ -452,7 +452,7 @@ pub fn score_rows(
         Some(p) => {
             let t = crate::data::table::read_table_as(p, topts.numbers_header)?;
             for note in &t.notes {
-                eprintln!("warning: {note}");
+                crate::error::warn(note);
             }
             // Columns by name when both tables name them, else by the training table's
             // positions.
@@ -481,10 +481,10 @@ pub fn score_rows(
                     .cloned()
                     .collect(),
             };
-            let idx = t.column_indices(&want, "--data")?;
+            let idx = t.column_indices(&want, "data")?;
             if idx.len() != dim + k {
-                return Err(InputError::flag(
-                    "--data",
+                return Err(InputError::option(
+                    "data",
                     p.display(),
                     format!("needs the {} columns the model was trained on", dim + k),
                 )
@@ -505,7 +505,7 @@ pub fn score_rows(
                         p,
                         Some(format!("{}, column '{}'", t.locate(i), t.columns[idx[c]])),
                         format!(
-                            "{} is not an integer, but the run dequantised this column (--dequantize): it models integers",
+                            "{} is not an integer, but the run dequantised this column (`dequantize`): it models integers",
                             rows[i * (dim + k) + c]
                         ),
                     )
@@ -550,14 +550,14 @@ pub fn sample_rows(
     seed: u64,
     device: &Device,
 ) -> Result<SampleRows> {
-    let (d, k) = (state.model.dim, state.model.context);
+    let (d, k) = (state.model.features, state.model.context);
     let names = match &state.options.table {
         Some(t) => t.resolved_columns()?.map(|(n, _, _)| n),
         None => None,
     }
     .unwrap_or_else(|| (0..d + k).map(|i| format!("x{i}")).collect());
     if let Some(v) = context.iter().find(|v| !v.is_finite()) {
-        return Err(InputError::flag("--context", v, "must be finite").into());
+        return Err(InputError::option("context", v, "must be finite").into());
     }
     let ctx = match (k, context.len()) {
         (0, 0) => None,
@@ -570,7 +570,7 @@ pub fn sample_rows(
                     names[d..].join(", ")
                 )
             };
-            return Err(InputError::flag("--context", format!("{:?}", context), why).into());
+            return Err(InputError::option("context", format!("{:?}", context), why).into());
         }
         (k, _) => {
             let v: Vec<f64> = (0..n).flat_map(|_| context.iter().copied()).collect();

@@ -57,10 +57,12 @@ pub struct GlowImageConfig {
     pub width: usize,
     /// Number of levels `L` (each squeezes; all but the last split off half the channels).
     pub levels: usize,
-    /// Flow steps `K` per level.
-    pub depth: usize,
-    /// Coupling-CNN width.
-    pub hidden: usize,
+    /// Flow steps `K` per level (saved before format 4 as `depth`).
+    #[serde(alias = "depth")]
+    pub steps_per_level: usize,
+    /// Coupling-CNN width (saved before format 4 as `hidden`).
+    #[serde(alias = "hidden")]
+    pub net_width: usize,
     /// Coupling form of every step.
     pub coupling: ImageCoupling,
     /// Channel-mixing layer of every step (invertible 1x1 convolution, or a fixed permutation).
@@ -102,8 +104,8 @@ impl GlowImageConfig {
             height,
             width,
             levels: 3,
-            depth: 6,
-            hidden: 64,
+            steps_per_level: 6,
+            net_width: 64,
             coupling: ImageCoupling::Affine,
             permutation: Permutation::Lu,
             n_bits: 8,
@@ -122,29 +124,35 @@ impl GlowImageConfig {
     pub fn validate(&self) -> Result<(), crate::error::FieldError> {
         use crate::error::FieldError;
         use crate::limits::{count, MAX_FLOW_STEPS, MAX_IMAGE_SIDE, MAX_LEVELS, MAX_WIDTH};
-        count("levels", "--levels", self.levels, 1, MAX_LEVELS)?;
-        count("depth", "--depth", self.depth, 1, MAX_FLOW_STEPS)?;
-        count("hidden", "--width", self.hidden, 1, MAX_WIDTH)?;
-        count("channels", "--data", self.channels, 1, 64)?;
-        count("height", "--pad", self.height, 1, MAX_IMAGE_SIDE)?;
-        count("width", "--pad", self.width, 1, MAX_IMAGE_SIDE)?;
+        count("levels", "levels", self.levels, 1, MAX_LEVELS)?;
+        count(
+            "steps_per_level",
+            "steps_per_level",
+            self.steps_per_level,
+            1,
+            MAX_FLOW_STEPS,
+        )?;
+        count("net_width", "net_width", self.net_width, 1, MAX_WIDTH)?;
+        count("channels", "data", self.channels, 1, 64)?;
+        count("height", "pad", self.height, 1, MAX_IMAGE_SIDE)?;
+        count("width", "pad", self.width, 1, MAX_IMAGE_SIDE)?;
         let f = 1usize << self.levels;
         if !self.height.is_multiple_of(f) || !self.width.is_multiple_of(f) {
             return Err(FieldError::new(
                 "levels",
-                "--levels",
+                "levels",
                 self.levels,
                 format!(
-                    "images of {}x{} cannot be squeezed {} times (need sides divisible by {f}; try --pad)",
+                    "images of {}x{} cannot be squeezed {} times (need sides divisible by {f}; try `pad`)",
                     self.height, self.width, self.levels
                 ),
             ));
         }
-        count("n_bits", "--n-bits", self.n_bits as usize, 1, 8)?;
-        count("classes", "--classes", self.classes, 0, 1 << 16)?;
+        count("n_bits", "n_bits", self.n_bits as usize, 1, 8)?;
+        count("classes", "classes", self.classes, 0, 1 << 16)?;
         crate::limits::number(
             "noise_sigma",
-            "--noise-sigma",
+            "noise_sigma",
             self.noise_sigma,
             0.0,
             false,
@@ -153,14 +161,14 @@ impl GlowImageConfig {
         if let Some(q) = &self.dequantizer {
             count(
                 "dequantizer.depth",
-                "--dequant-depth",
+                "dequant_depth",
                 q.depth,
                 0,
                 MAX_FLOW_STEPS,
             )?;
             count(
                 "dequantizer.hidden",
-                "--dequant-width",
+                "dequant_width",
                 q.hidden,
                 1,
                 MAX_WIDTH,
@@ -168,9 +176,9 @@ impl GlowImageConfig {
             if self.noise_sigma > 0.0 {
                 return Err(FieldError::new(
                     "noise_sigma",
-                    "--noise-sigma",
+                    "noise_sigma",
                     self.noise_sigma,
-                    "cannot be combined with variational dequantisation (--dequantization variational): the bound would mix two noise models",
+                    "cannot be combined with variational dequantisation (`dequantization` variational): the bound would mix two noise models",
                 ));
             }
         }
@@ -186,8 +194,8 @@ impl GlowImageConfig {
             let [c, h, w] = self.level_shape(l);
             // Per flow step: ActNorm, 1x1 convolution, coupling input/output, and the
             // coupling CNN's three hidden activations (with their ReLU/ActNorm copies).
-            let per_step = (c * 8 + self.hidden * 6) as f64 * (h * w) as f64;
-            total += self.depth as f64 * per_step;
+            let per_step = (c * 8 + self.net_width * 6) as f64 * (h * w) as f64;
+            total += self.steps_per_level as f64 * per_step;
         }
         total * 4.0 * 2.0
     }
@@ -327,7 +335,7 @@ impl GlowImage {
         for l in 0..cfg.levels {
             let [c, _, _] = cfg.level_shape(l);
             let mut layers = Vec::new();
-            for k in 0..cfg.depth {
+            for k in 0..cfg.steps_per_level {
                 layers.push(Layer::ActNorm(ActNorm::new(c, device)));
                 layers.push(cfg.permutation.layer(c, &mut rng, device));
                 // With a learned 1x1 conv mixing channels, the halves need not alternate; with a
@@ -337,7 +345,7 @@ impl GlowImage {
                 let out = crate::layers::coupling::transformed_channels(c, swap);
                 layers.push(match cfg.coupling {
                     ImageCoupling::Affine => {
-                        let net = GlowConvNet::new(cond, 2 * out, cfg.hidden, &mut rng, device);
+                        let net = GlowConvNet::new(cond, 2 * out, cfg.net_width, &mut rng, device);
                         Layer::AffineCoupling(AffineCoupling::new(
                             CouplingNet::Conv(net),
                             None,
@@ -346,7 +354,7 @@ impl GlowImage {
                         ))
                     }
                     ImageCoupling::Additive => {
-                        let net = GlowConvNet::new(cond, out, cfg.hidden, &mut rng, device);
+                        let net = GlowConvNet::new(cond, out, cfg.net_width, &mut rng, device);
                         Layer::AdditiveCoupling(AdditiveCoupling::new(CouplingNet::Conv(net), swap))
                     }
                 });

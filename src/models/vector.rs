@@ -63,21 +63,25 @@ pub enum CouplingKind {
 pub struct VectorFlowConfig {
     /// Glow or Real NVP.
     pub model: ModelKind,
-    /// Number of flow steps K.
-    pub layers: usize,
-    /// Coupling-network hidden width.
-    pub hidden: usize,
-    /// Coupling-network hidden layers.
-    pub depth: usize,
+    /// Number of flow steps `K` (saved before format 4 as `layers`).
+    #[serde(alias = "layers")]
+    pub flow_steps: usize,
+    /// Coupling-network hidden width (saved before format 4 as `hidden`).
+    #[serde(alias = "hidden")]
+    pub net_width: usize,
+    /// Coupling-network hidden layers (saved before format 4 as `depth`).
+    #[serde(alias = "depth")]
+    pub net_depth: usize,
     /// The coupling's elementwise bijection.
     pub coupling: CouplingKind,
     /// Mixing layer (Glow only).
     pub permutation: Permutation,
     /// Seed of the parameter initialisation.
     pub init_seed: u64,
-    /// Dimension `D` of the data (2 for the toy targets; runs saved before it existed are 2D).
-    #[serde(default = "two")]
-    pub dim: usize,
+    /// Features `D`: the modelled columns (2 for the toy targets; runs saved before it existed
+    /// are 2D; saved before format 4 as `dim`).
+    #[serde(default = "two", alias = "dim")]
+    pub features: usize,
     /// Width `K` of the context every coupling network reads (0: unconditional).
     #[serde(default)]
     pub context: usize,
@@ -100,13 +104,13 @@ impl VectorFlowConfig {
     pub fn new(model: ModelKind) -> Self {
         VectorFlowConfig {
             model,
-            layers: 32,
-            hidden: 64,
-            depth: 2,
+            flow_steps: 32,
+            net_width: 64,
+            net_depth: 2,
             coupling: CouplingKind::Tanh,
             permutation: Permutation::Lu,
             init_seed: 0,
-            dim: 2,
+            features: 2,
             context: 0,
             standardize: false,
             affine_scale: AffineScale::Bounded,
@@ -116,11 +120,17 @@ impl VectorFlowConfig {
     /// Check the sizes against [`crate::limits`]; the error names the field and its flag.
     pub fn validate(&self) -> Result<(), crate::error::FieldError> {
         use crate::limits::{count, MAX_FLOW_STEPS, MAX_MLP_DEPTH, MAX_WIDTH};
-        count("layers", "--layers", self.layers, 1, MAX_FLOW_STEPS)?;
-        count("hidden", "--hidden", self.hidden, 1, MAX_WIDTH)?;
-        count("depth", "--depth", self.depth, 1, MAX_MLP_DEPTH)?;
-        count("dim", "--data", self.dim, 2, MAX_WIDTH)?;
-        count("context", "--context-columns", self.context, 0, MAX_WIDTH)?;
+        count(
+            "flow_steps",
+            "flow_steps",
+            self.flow_steps,
+            1,
+            MAX_FLOW_STEPS,
+        )?;
+        count("net_width", "net_width", self.net_width, 1, MAX_WIDTH)?;
+        count("net_depth", "net_depth", self.net_depth, 1, MAX_MLP_DEPTH)?;
+        count("features", "data", self.features, 2, MAX_WIDTH)?;
+        count("context", "context_columns", self.context, 0, MAX_WIDTH)?;
         Ok(())
     }
 
@@ -130,13 +140,13 @@ impl VectorFlowConfig {
     /// refusing or warning about tables too wide to train (its leading terms: `K · d²` mixing
     /// weights, `K · d³` to form and factor them, `6 · batch · K · d²` to apply them).
     pub fn cost(&self, batch: usize) -> (f64, f64, f64) {
-        let (k, d, b) = (self.layers as f64, self.dim as f64, batch as f64);
-        let (h, ctx) = (self.hidden as f64, self.context as f64);
+        let (k, d, b) = (self.flow_steps as f64, self.features as f64, batch as f64);
+        let (h, ctx) = (self.net_width as f64, self.context as f64);
         let mixing = self.model == ModelKind::Glow
             && self.permutation != Permutation::Reverse
             && self.permutation != Permutation::Shuffle;
         let (mix_weights, mix_step, setup) = if mixing {
-            let dense = if self.dim > crate::linalg::MAX_DENSE_ORTHOGONAL_INIT {
+            let dense = if self.features > crate::linalg::MAX_DENSE_ORTHOGONAL_INIT {
                 0.0
             } else {
                 4.0 * d * d * d
@@ -149,10 +159,10 @@ impl VectorFlowConfig {
         } else {
             (0.0, 0.0, 0.0)
         };
-        let mlp = (d / 2.0 + ctx) * h + h * h * (self.depth.saturating_sub(1)) as f64 + h * d;
+        let mlp = (d / 2.0 + ctx) * h + h * h * (self.net_depth.saturating_sub(1)) as f64 + h * d;
         let step = k * (mix_step + 6.0 * b * mlp);
         let bytes = k * (mix_weights + mlp) * 4.0 * 4.0;
-        let setup = if self.dim > crate::linalg::MAX_DENSE_ORTHOGONAL_INIT {
+        let setup = if self.features > crate::linalg::MAX_DENSE_ORTHOGONAL_INIT {
             0.0
         } else {
             k * setup
@@ -163,7 +173,9 @@ impl VectorFlowConfig {
     /// Bytes a training step holds per point (activations for the backward pass, float32), a
     /// rough upper estimate used to refuse batch sizes that cannot fit in memory.
     pub fn activation_bytes_per_point(&self) -> f64 {
-        (self.layers * (self.hidden * (self.depth + 1) * 3 + 16 * (self.dim + self.context))) as f64
+        (self.flow_steps
+            * (self.net_width * (self.net_depth + 1) * 3 + 16 * (self.features + self.context)))
+            as f64
             * 4.0
             * 2.0
     }
@@ -187,8 +199,8 @@ pub struct VectorFlow {
 }
 
 fn coupling(cfg: &VectorFlowConfig, swap: bool, rng: &mut ChaCha8Rng, device: &Device) -> Layer {
-    let cond = crate::layers::coupling::conditioning_channels(cfg.dim, swap);
-    let out = crate::layers::coupling::transformed_channels(cfg.dim, swap);
+    let cond = crate::layers::coupling::conditioning_channels(cfg.features, swap);
+    let out = crate::layers::coupling::transformed_channels(cfg.features, swap);
     let net_out = if cfg.coupling == CouplingKind::Additive {
         out
     } else {
@@ -197,8 +209,8 @@ fn coupling(cfg: &VectorFlowConfig, swap: bool, rng: &mut ChaCha8Rng, device: &D
     let net = CouplingNet::Mlp(Mlp::new(
         cond + cfg.context,
         net_out,
-        cfg.hidden,
-        cfg.depth,
+        cfg.net_width,
+        cfg.net_depth,
         false,
         rng,
         device,
@@ -222,9 +234,9 @@ impl VectorFlow {
     /// the identity until [`set_standardization`](Self::set_standardization).
     pub fn new(cfg: &VectorFlowConfig, device: &Device) -> Self {
         let mut rng = ChaCha8Rng::seed_from_u64(cfg.init_seed);
-        let dim = cfg.dim;
+        let dim = cfg.features;
         let mut layers = Vec::new();
-        for k in 0..cfg.layers {
+        for k in 0..cfg.flow_steps {
             let swap = k % 2 == 1;
             match cfg.model {
                 ModelKind::Glow => {

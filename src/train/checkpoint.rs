@@ -43,9 +43,13 @@ pub const FORMAT_KEY: &str = "format";
 /// 2: adds `format`, vector models' `dim`/`context`/`standardize` and their standardisation
 /// buffers, class-conditional image models' `classes` and class prior/head; 3: every ActNorm's
 /// initialised flag is a buffer in the weights instead of `state.json`'s `actnorm_initialized`
-/// (older checkpoints load: their flags move into the weights, see [`Checkpoint::load_model`]).
-/// Every format up to this one loads; a newer one is refused with its number.
-pub const FORMAT_VERSION: u64 = 3;
+/// (older checkpoints load: their flags move into the weights, see [`Checkpoint::load_model`]);
+/// 4: one vocabulary (see [`crate::error`]): vector models' `layers`/`hidden`/`depth`/`dim` are
+/// `flow_steps`/`net_width`/`net_depth`/`features`, image models' `depth`/`hidden` are
+/// `steps_per_level`/`net_width`, both runs' `batch` is `batch_size`, and `kind` tags the run
+/// (older names load as aliases). Every format up to this one loads; a newer one is refused
+/// with its number.
+pub const FORMAT_VERSION: u64 = 4;
 /// Key of a format 1 or 2 `state.json` holding every ActNorm's initialised flag.
 const LEGACY_FLAGS_KEY: &str = "actnorm_initialized";
 /// Where the previous checkpoint waits while the new one is moved into place.
@@ -104,7 +108,7 @@ fn kind_of_state(state: &serde_json::Value) -> Option<RunKind> {
     }
     match &state["model"] {
         m if m.get("channels").is_some() => Some(RunKind::Image),
-        m if m.get("layers").is_some() => Some(RunKind::Vector),
+        m if m.get("flow_steps").is_some() || m.get("layers").is_some() => Some(RunKind::Vector),
         _ => None,
     }
 }
@@ -205,7 +209,7 @@ impl Checkpoint {
                     "is {k}; this command takes an image run (`train`): use `score` or `sample` for a vector flow"
                 ),
                 (Some(k), false) if k.starts_with("an image") => format!(
-                    "is {k}; this command takes a vector flow run (`train2d`): use `eval`, `sample` or `train --resume` for an image run"
+                    "is {k}; this command takes a vector flow run (`train2d`): use `eval`, `sample` or `train `resume`` for an image run"
                 ),
                 _ => format!("not a state of this kind: {e}"),
             };

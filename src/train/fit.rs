@@ -20,7 +20,7 @@
 //!     .collect();
 //! let table = Table::from_rows("X", vec!["t".into(), "y".into()], values).unwrap();
 //! let mut cfg = VectorFlowConfig::new(ModelKind::Glow);
-//! cfg.layers = 2;
+//! cfg.flow_steps = 2;
 //! let opts = FitOptions { steps: 20, batch_size: 64, lr: 1e-3, ..FitOptions::vectors() };
 //! let fitted = VectorFlow::fit(&cfg, &table, &opts).unwrap();
 //! assert_eq!(fitted.steps, 20);
@@ -117,7 +117,7 @@ impl FitOptions {
         let recipe = Train2dOptions::new(crate::data::Target::Normals);
         FitOptions {
             steps: recipe.steps,
-            batch_size: recipe.batch,
+            batch_size: recipe.batch_size,
             lr: recipe.lr,
             lr_step: recipe.lr_step,
             lr_gamma: recipe.lr_gamma,
@@ -150,7 +150,7 @@ impl FitOptions {
         let r = ImageTrainOptions::recipe(String::new());
         FitOptions {
             steps: r.steps,
-            batch_size: r.batch,
+            batch_size: r.batch_size,
             lr: r.lr,
             warmup: r.warmup,
             seed: r.seed,
@@ -242,7 +242,7 @@ impl Fitted {
     /// Log-density of each row of `rows` (`[n, features + context]` row-major, the modelled
     /// columns then the context columns, in the data's units), nats, float64.
     pub fn log_prob(&self, rows: &[f64], device: &Device) -> Vec<f64> {
-        let (d, k) = (self.state.model.dim, self.state.model.context);
+        let (d, k) = (self.state.model.features, self.state.model.context);
         eval::log_prob_rows(&self.model, rows, d, k, device)
     }
 }
@@ -281,7 +281,7 @@ impl VectorFlow {
         let data = TableData::from_tables(table, opts.validation.as_ref(), &table_opts, opts.seed)?;
         let mut recipe = Train2dOptions::new(crate::data::Target::Normals);
         recipe.steps = opts.steps;
-        recipe.batch = opts.batch_size;
+        recipe.batch_size = opts.batch_size;
         recipe.lr = opts.lr;
         recipe.lr_step = opts.lr_step;
         recipe.lr_gamma = opts.lr_gamma;
@@ -401,7 +401,7 @@ impl GlowImage {
         let device = crate::default_device();
         let mut recipe = ImageTrainOptions::recipe("(images in memory)".into());
         recipe.steps = opts.steps;
-        recipe.batch = opts.batch_size;
+        recipe.batch_size = opts.batch_size;
         recipe.lr = opts.lr;
         recipe.warmup = opts.warmup;
         recipe.seed = opts.seed;

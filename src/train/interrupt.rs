@@ -68,12 +68,15 @@ pub fn requested() -> bool {
     SIGNALS.load(Ordering::SeqCst) > 0
 }
 
-/// The error a trainer returns after saving at `step` because of an interrupt; `resume` is the
-/// command that continues the run.
-pub fn interrupted(step: usize, resume: String) -> crate::error::Interrupted {
+/// The error a trainer returns after saving its run directory `dir` at `step` because of an
+/// interrupt.
+pub fn interrupted(step: usize, dir: &std::path::Path) -> crate::error::Interrupted {
     crate::error::Interrupted {
         signal: "SIGINT/SIGTERM",
         step,
-        saved: format!("checkpoint saved; continue with `{resume}`"),
+        saved: format!(
+            "checkpoint saved in {dir}; continue it with `resume` {dir}",
+            dir = dir.display()
+        ),
     }
 }

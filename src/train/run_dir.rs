@@ -6,7 +6,7 @@ use std::path::{Path, PathBuf};
 
 use anyhow::{Context, Result};
 
-use super::checkpoint::{self, STATE_FILE};
+use super::checkpoint::{self, RunKind, STATE_FILE};
 use crate::error::InputError;
 
 /// The lock file inside a run directory.
@@ -47,7 +47,7 @@ impl Drop for RunLock {
 pub fn lock(out: &Path) -> Result<RunLock> {
     let created = !out.exists();
     std::fs::create_dir_all(out)
-        .map_err(|e| InputError::flag("--out", out.display(), format!("cannot create: {e}")))?;
+        .map_err(|e| InputError::option("out", out.display(), format!("cannot create: {e}")))?;
     let path = out.join(LOCK_FILE);
     let mut file = std::fs::OpenOptions::new()
         .read(true)
@@ -55,19 +55,19 @@ pub fn lock(out: &Path) -> Result<RunLock> {
         .create(true)
         .truncate(false)
         .open(&path)
-        .map_err(|e| InputError::flag("--out", out.display(), format!("cannot lock: {e}")))?;
+        .map_err(|e| InputError::option("out", out.display(), format!("cannot lock: {e}")))?;
     match file.try_lock() {
         Ok(()) => {}
         Err(std::fs::TryLockError::WouldBlock) => {
             let mut holder = String::new();
             file.read_to_string(&mut holder).ok();
             let holder = holder.trim();
-            return Err(InputError::flag(
-                "--out",
+            return Err(InputError::option(
+                "out",
                 out.display(),
                 format!(
                     "another glowflow process{} is writing this run directory; wait for it to \
-                     finish or choose another --out",
+                     finish or choose another `out`",
                     if holder.is_empty() {
                         String::new()
                     } else {
@@ -79,7 +79,7 @@ pub fn lock(out: &Path) -> Result<RunLock> {
         }
         Err(std::fs::TryLockError::Error(e)) => {
             return Err(
-                InputError::flag("--out", out.display(), format!("cannot lock: {e}")).into(),
+                InputError::option("out", out.display(), format!("cannot lock: {e}")).into(),
             )
         }
     }
@@ -122,11 +122,11 @@ use crate::fsutil::RUN_OUTPUTS;
 pub fn prepare_fresh(out: &Path, force: bool) -> Result<()> {
     if let Some(what) = existing_run(out) {
         if !force {
-            return Err(InputError::flag(
-                "--out",
+            return Err(InputError::option(
+                "out",
                 out.display(),
                 format!(
-                    "already holds {what}; continue it with --resume {} or replace it with --force",
+                    "already holds {what}; continue it with `resume` {} or replace it with `force`",
                     out.display()
                 ),
             )
@@ -141,7 +141,7 @@ pub fn prepare_fresh(out: &Path, force: bool) -> Result<()> {
             } else {
                 Ok(())
             }
-            .with_context(|| format!("--force: cannot remove {}", p.display()))?;
+            .with_context(|| format!("`force`: cannot remove {}", p.display()))?;
         }
         if let Ok(entries) = std::fs::read_dir(out) {
             for e in entries.flatten() {
@@ -206,35 +206,106 @@ pub fn truncate_log(path: &Path, step: usize) -> Result<()> {
     crate::fsutil::write_atomic(path, out.as_bytes())
 }
 
-/// Settings a resumed run may change; every other setting is part of the saved run. Each change
-/// is applied from the resumed step on and recorded in the checkpoint (`resumes`).
-#[derive(Clone, Debug, Default)]
-pub struct ResumeChanges {
+/// Defines [`ResumeChanges`] from one list: each option a resume may change, its type and the
+/// kinds of run it applies to.
+macro_rules! resume_changes {
+    ($($(#[doc = $doc:literal])* $name:ident: $ty:ty => [$($kind:ident),+],)+) => {
+        /// Settings a resumed run may change; every other setting is part of the saved run. Each
+        /// change is applied from the resumed step on and recorded in the checkpoint
+        /// (`resumes`). The list is the one place that says what a resume may change: the
+        /// command line reads it ([`ResumeChanges::from_options`]) and a resume refuses a change
+        /// its kind of run does not take ([`ResumeChanges::check`]).
+        #[derive(Clone, Debug, Default)]
+        pub struct ResumeChanges {
+            $($(#[doc = $doc])* pub $name: Option<$ty>,)+
+        }
+
+        impl ResumeChanges {
+            /// Every option of the list with the kinds of run it applies to.
+            pub const OPTIONS: &'static [(&'static str, &'static [RunKind])] =
+                &[$((stringify!($name), &[$(RunKind::$kind),+]),)+];
+
+            /// The changes of `given` (option name, value as text) for a run of `kind`. An option
+            /// that a resume of this kind may not change, or a value that does not parse, is an
+            /// [`InputError`] naming it.
+            pub fn from_options<'a>(
+                kind: RunKind,
+                given: impl IntoIterator<Item = (&'a str, &'a str)>,
+            ) -> Result<Self, InputError> {
+                let mut changes = ResumeChanges::default();
+                for (option, value) in given {
+                    match option {
+                        $(stringify!($name) if [$(RunKind::$kind),+].contains(&kind) => {
+                            changes.$name = Some(value.parse().map_err(|e| {
+                                InputError::option(option, value, format!("{e}"))
+                            })?);
+                        })+
+                        _ => return Err(InputError::option(option, value, Self::refusal(kind))),
+                    }
+                }
+                Ok(changes)
+            }
+
+            /// Refuse a change that a run of `kind` does not take, naming it.
+            pub fn check(&self, kind: RunKind) -> Result<(), InputError> {
+                $(if self.$name.is_some() && ![$(RunKind::$kind),+].contains(&kind) {
+                    return Err(InputError::option(stringify!($name), "", Self::refusal(kind)));
+                })+
+                Ok(())
+            }
+        }
+    };
+}
+
+resume_changes! {
     /// A new total step count.
-    pub steps: Option<usize>,
+    steps: usize => [Vector, Image],
     /// A new (base) learning rate.
-    pub lr: Option<f64>,
-    /// 2D runs: a new StepLR period and factor.
-    pub lr_step: Option<usize>,
-    /// New StepLR factor.
-    pub lr_gamma: Option<f64>,
-    /// Image runs: the data set at a new place (same images: checked by their fingerprint).
-    pub data: Option<String>,
-    /// Image runs: a training-time limit for this invocation.
-    pub time_limit: Option<f64>,
+    lr: f64 => [Vector, Image],
+    /// A new StepLR period.
+    lr_step: usize => [Vector],
+    /// A new StepLR factor.
+    lr_gamma: f64 => [Vector],
+    /// The data at a new place (the same rows or images: checked by their fingerprint).
+    data: String => [Vector, Image],
+    /// A training-time limit in minutes for this invocation.
+    time_limit: f64 => [Image],
     /// Data-parallel threads: allowed, but results then differ from an uninterrupted run in
     /// float32 summation order (a note says so).
-    pub threads: Option<usize>,
-    /// New checkpoint interval.
-    pub checkpoint_every: Option<usize>,
-    /// Image runs: sample-grid period and test-image limit.
-    pub sample_every: Option<usize>,
-    /// New test-image limit.
-    pub test_limit: Option<usize>,
-    /// 2D runs: held-out points and GIF frames.
-    pub test_samples: Option<usize>,
-    /// New number of density frames.
-    pub frames: Option<usize>,
+    threads: usize => [Vector, Image],
+    /// A new checkpoint interval.
+    checkpoint_every: usize => [Vector, Image],
+    /// A new sample-grid period.
+    sample_every: usize => [Image],
+    /// A new test-image limit.
+    test_limit: usize => [Image],
+    /// New held-out points of a target run.
+    test_samples: usize => [Vector],
+    /// A new number of density frames.
+    frames: usize => [Vector],
+}
+
+impl ResumeChanges {
+    /// The options a resume of a run of `kind` may change.
+    pub fn options(kind: RunKind) -> Vec<&'static str> {
+        Self::OPTIONS
+            .iter()
+            .filter(|(_, kinds)| kinds.contains(&kind))
+            .map(|(name, _)| *name)
+            .collect()
+    }
+
+    fn refusal(kind: RunKind) -> String {
+        let names: Vec<String> = Self::options(kind)
+            .iter()
+            .map(|o| format!("`{o}`"))
+            .collect();
+        format!(
+            "may not be given on `resume`, even with the run's own value: it is part of the \
+             saved run (its checkpoint's state.json); a resume may change only {}",
+            names.join(", ")
+        )
+    }
 }
 
 /// One resume of a run, as recorded in its `state.json`: the step it continued from and what
@@ -279,7 +350,10 @@ pub(crate) use apply_changes;
 /// The note printed when a resume changes the thread count.
 pub fn threads_note(old: usize, new: usize) {
     eprintln!(
-        "note: --threads {new} differs from the run's {old}: the resumed run is no longer \
-         bit-identical to an uninterrupted one (float32 sums in another order)"
+        "note: {}",
+        crate::error::name_options(&format!(
+            "`threads` {new} differs from the run's {old}: the resumed run is no longer \
+             bit-identical to an uninterrupted one (float32 sums in another order)"
+        ))
     );
 }

@@ -64,7 +64,7 @@ impl StabilityOptions {
         use crate::limits::{count, number};
         number(
             "stability.clip_grad_norm",
-            "--clip-grad-norm",
+            "clip_grad_norm",
             self.clip_grad_norm,
             0.0,
             false,
@@ -73,14 +73,14 @@ impl StabilityOptions {
         if !(self.ema_decay.is_finite() && (0.0..1.0).contains(&self.ema_decay)) {
             return Err(crate::error::FieldError::new(
                 "stability.ema_decay",
-                "--ema-decay",
+                "ema_decay",
                 self.ema_decay,
                 "must be in [0, 1) (0: off)",
             ));
         }
         count(
             "stability.max_skips",
-            "--max-skips",
+            "max_skips",
             self.max_skips,
             1,
             1_000_000,
@@ -445,7 +445,7 @@ impl Guard {
             self.total_skips += 1;
             (self.consecutive >= self.options.max_skips).then(|| {
                 format!(
-                    "{} consecutive steps were skipped (--max-skips {}); at the last one {why}",
+                    "{} consecutive steps were skipped (`max_skips` {}); at the last one {why}",
                     self.consecutive, self.options.max_skips
                 )
             })
@@ -520,6 +520,6 @@ pub fn intact_message(saved: Option<(std::path::PathBuf, usize)>) -> String {
             "the last checkpoint, {} (step {step}), is intact",
             ck.display()
         ),
-        None => "no checkpoint was written (use --checkpoint-every to keep one)".into(),
+        None => "no checkpoint was written (use `checkpoint_every` to keep one)".into(),
     }
 }

@@ -29,7 +29,9 @@ pub struct Train2dOptions {
     /// Total number of optimisation steps.
     pub steps: usize,
     /// Rows (points) per batch.
-    pub batch: usize,
+    /// (Saved before format 4 as `batch`.)
+    #[serde(alias = "batch")]
+    pub batch_size: usize,
     /// Adam's learning rate.
     pub lr: f64,
     /// StepLR: multiply the learning rate by `lr_gamma` every `lr_step` steps.
@@ -65,7 +67,7 @@ impl Train2dOptions {
         Train2dOptions {
             target,
             steps: 20_000,
-            batch: 1024,
+            batch_size: 1024,
             lr: 1e-4,
             lr_step: 10_000,
             lr_gamma: 0.5,
@@ -83,27 +85,27 @@ impl Train2dOptions {
     /// Check every option against [`crate::limits`]; the error names the field and its flag.
     pub fn validate(&self) -> std::result::Result<(), crate::error::FieldError> {
         use crate::limits::{count, number, MAX_STEPS};
-        count("steps", "--steps", self.steps, 1, MAX_STEPS)?;
-        count("batch", "--batch", self.batch, 1, 1 << 24)?;
-        number("lr", "--lr", self.lr, 0.0, true, crate::limits::MAX_LR)?;
-        count("lr_step", "--lr-step", self.lr_step, 1, MAX_STEPS)?;
-        number("lr_gamma", "--lr-gamma", self.lr_gamma, 0.0, true, 10.0)?;
-        count("log_every", "--log-every", self.log_every, 1, MAX_STEPS)?;
+        count("steps", "steps", self.steps, 1, MAX_STEPS)?;
+        count("batch_size", "batch_size", self.batch_size, 1, 1 << 24)?;
+        number("lr", "lr", self.lr, 0.0, true, crate::limits::MAX_LR)?;
+        count("lr_step", "lr_step", self.lr_step, 1, MAX_STEPS)?;
+        number("lr_gamma", "lr_gamma", self.lr_gamma, 0.0, true, 10.0)?;
+        count("log_every", "log_every", self.log_every, 1, MAX_STEPS)?;
         count(
             "test_samples",
-            "--test-samples",
+            "test_samples",
             self.test_samples,
             1,
             1 << 26,
         )?;
-        count("grid", "--grid", self.grid, 2, 4096)?;
-        count("frames", "--frames", self.frames, 0, 10_000)?;
+        count("grid", "grid", self.grid, 2, 4096)?;
+        count("frames", "frames", self.frames, 0, 10_000)?;
         if let Some(t) = &self.table {
             let no_test = t.in_memory && t.test_fraction == 0.0;
             if !(no_test || t.test_fraction > 0.0 && t.test_fraction < 1.0) {
                 return Err(FieldError::new(
                     "test_fraction",
-                    "--test-fraction",
+                    "test_fraction",
                     t.test_fraction,
                     "must be in (0, 1)",
                 ));
@@ -278,22 +280,27 @@ fn check_batch(
     opts: &Train2dOptions,
     batch_statistics: bool,
 ) -> std::result::Result<(), FieldError> {
-    if batch_statistics && opts.batch < 2 {
+    if batch_statistics && opts.batch_size < 2 {
         return Err(FieldError::new(
-            "batch",
-            "--batch",
-            opts.batch,
+            "batch_size",
+            "batch_size",
+            opts.batch_size,
             "Real NVP's batch norm needs at least 2 points per batch",
         ));
     }
     // A target's test points are scored in one pass; a table's rows in chunks without a graph.
     let points = match opts.table {
-        Some(_) => opts.batch,
-        None => opts.batch.max(opts.test_samples.min(1 << 16)),
+        Some(_) => opts.batch_size,
+        None => opts.batch_size.max(opts.test_samples.min(1 << 16)),
     };
     let need = cfg.activation_bytes_per_point() * points as f64;
     match crate::limits::memory_shortfall(need) {
-        Some(why) => Err(FieldError::new("batch", "--batch", opts.batch, why)),
+        Some(why) => Err(FieldError::new(
+            "batch_size",
+            "batch_size",
+            opts.batch_size,
+            why,
+        )),
         None => Ok(()),
     }
 }
@@ -311,37 +318,37 @@ pub const MAX_STEP_SECONDS: f64 = 300.0;
 /// above [`MAX_STEP_SECONDS`], naming the columns, `--layers` and `--batch`; warn on stderr
 /// when a step or the set-up is estimated above a few seconds.
 fn check_cost(cfg: &VectorFlowConfig, opts: &Train2dOptions) -> Result<()> {
-    let (setup, step, bytes) = cfg.cost(opts.batch);
+    let (setup, step, bytes) = cfg.cost(opts.batch_size);
     let data = opts.table.as_ref().map_or_else(
         || opts.target.name().to_string(),
         |t| t.path.display().to_string(),
     );
     let what = format!(
-        "{} columns, --layers {}, --batch {}",
-        cfg.dim + cfg.context,
-        cfg.layers,
-        opts.batch
+        "{} columns, `flow_steps` {}, `batch_size` {}",
+        cfg.features + cfg.context,
+        cfg.flow_steps,
+        opts.batch_size
     );
     if let Some(why) = crate::limits::memory_shortfall(bytes) {
-        let why = format!("{what}: the weights, gradients and Adam's moments {why}; use fewer columns (--columns) or --layers");
-        return Err(InputError::flag("--data", data, why).into());
+        let why = format!("{what}: the weights, gradients and Adam's moments {why}; use fewer columns (`columns`) or `flow_steps`");
+        return Err(InputError::option("data", data, why).into());
     }
     // A batch's activations must fit before its time is worth estimating.
-    check_batch(cfg, opts, false).map_err(FieldError::on_flag)?;
+    check_batch(cfg, opts, false).map_err(FieldError::on_option)?;
     let (setup_s, step_s) = (setup / ASSUMED_FLOPS, step / ASSUMED_FLOPS);
     if step_s > MAX_STEP_SECONDS {
         let why = format!(
-            "{what}: one training step needs about {step:.1e} floating-point operations, about {:.0} minutes at {:.0e} per second, and a signal could stop the run only between steps; use fewer columns (--columns), --layers or --batch",
+            "{what}: one training step needs about {step:.1e} floating-point operations, about {:.0} minutes at {:.0e} per second, and a signal could stop the run only between steps; use fewer columns (`columns`), `flow_steps` or `batch_size`",
             step_s / 60.0,
             ASSUMED_FLOPS
         );
-        return Err(InputError::flag("--data", data, why).into());
+        return Err(InputError::option("data", data, why).into());
     }
     if step_s > 2.0 || setup_s > 10.0 {
-        eprintln!(
-            "warning: {what}: about {step_s:.0} s per training step and {setup_s:.0} s of set-up (estimated at {ASSUMED_FLOPS:.0e} floating-point operations per second); {} of weights and optimizer state",
+        crate::error::warn(&format!(
+            "{what}: about {step_s:.0} s per training step and {setup_s:.0} s of set-up (estimated at {ASSUMED_FLOPS:.0e} floating-point operations per second); {} of weights and optimizer state",
             crate::limits::human_bytes(bytes)
-        );
+        ));
     }
     Ok(())
 }
@@ -366,10 +373,7 @@ pub fn train2d(
     };
     match run_vector(start, options, run, device)? {
         Outcome::Finished { summary, .. } => Ok(*summary),
-        Outcome::Interrupted(done) => {
-            let resume = format!("glowflow train2d --resume {}", io.out.display());
-            Err(super::interrupt::interrupted(done.step, resume).into())
-        }
+        Outcome::Interrupted(done) => Err(super::interrupt::interrupted(done.step, &io.out).into()),
     }
 }
 
@@ -447,7 +451,7 @@ pub(crate) fn run_vector(
     let (mut model, optim, ema, run, saved) = match start {
         Start::Fresh(mut cfg) => {
             let mut opts = options.context("training options are required for a fresh run")?;
-            opts.validate().map_err(FieldError::on_flag)?;
+            opts.validate().map_err(FieldError::on_option)?;
             if let Some(t) = &mut opts.table {
                 let data = match preloaded.take() {
                     Some(d) => d,
@@ -455,16 +459,16 @@ pub(crate) fn run_vector(
                 };
                 t.fingerprint = Some(data.fingerprint.clone());
                 t.resolved = Some(data.resolved.clone());
-                (cfg.dim, cfg.context, cfg.standardize) = (data.dim, data.context, true);
+                (cfg.features, cfg.context, cfg.standardize) = (data.dim, data.context, true);
                 table = Some(data);
             }
-            cfg.validate().map_err(FieldError::on_flag)?;
+            cfg.validate().map_err(FieldError::on_option)?;
             check_cost(&cfg, &opts)?;
             let mut model = VectorFlow::new(&cfg, &train_device);
             check_batch(&cfg, &opts, model.flow.uses_batch_statistics())
-                .map_err(FieldError::on_flag)?;
+                .map_err(FieldError::on_option)?;
             if let Some(d) = &table {
-                d.check_batch(opts.batch)?;
+                d.check_batch(opts.batch_size)?;
                 let (data, context) = d.standardization()?;
                 model.set_standardization((&data.0, &data.1), (&context.0, &context.1));
             }
@@ -474,6 +478,7 @@ pub(crate) fn run_vector(
             (model, optim, None, run, None)
         }
         Start::Resume(dir, changes) => {
+            changes.check(super::checkpoint::RunKind::Vector)?;
             let r = trainer::resume::<VectorFlow>(&dir, &train_device)?;
             let mut run = r.state;
             let (opts, mut changed) = (&mut run.options, Vec::new());
@@ -486,8 +491,8 @@ pub(crate) fn run_vector(
                     t.path = PathBuf::from(path);
                 }
                 (Some(new), None) => {
-                    return Err(InputError::flag(
-                        "--data",
+                    return Err(InputError::option(
+                        "data",
                         new,
                         "this run trained on a built-in target, not a table",
                     )
@@ -495,7 +500,7 @@ pub(crate) fn run_vector(
                 }
                 (None, _) => {}
             }
-            opts.validate().map_err(FieldError::on_flag)?;
+            opts.validate().map_err(FieldError::on_option)?;
             // Runs saved before the thread count was recorded ran with the caller's.
             let mut threads = run.threads.unwrap_or(io.threads);
             if let Some(t) = changes.threads.filter(|&t| t != threads) {
@@ -513,8 +518,8 @@ pub(crate) fn run_vector(
         let data = match preloaded.take() {
             Some(d) => d,
             None if t.in_memory => {
-                return Err(InputError::flag(
-                    "--resume",
+                return Err(InputError::option(
+                    "resume",
                     out.map_or_else(String::new, |o| o.display().to_string()),
                     "this run was fitted by a program on rows it held in memory (no file to read them from); resume it from that program, with the same rows",
                 )
@@ -525,7 +530,7 @@ pub(crate) fn run_vector(
                     e
                 } else {
                     e.context(format!(
-                        "the run's table {} is gone; if it moved, give its new place with --data on --resume",
+                        "the run's table {} is gone; if it moved, give its new place with `data` on `resume`",
                         t.path.display()
                     ))
                 }
@@ -535,8 +540,8 @@ pub(crate) fn run_vector(
             .as_ref()
             .is_some_and(|f| *f != data.fingerprint)
         {
-            return Err(InputError::flag(
-                "--data",
+            return Err(InputError::option(
+                "data",
                 t.path.display(),
                 "is not the table this run was trained on (its values changed)",
             )
@@ -546,8 +551,8 @@ pub(crate) fn run_vector(
     }
     trainer::check_steps(run.step, opts.steps)?;
     if !io.replicas.is_empty() && model.flow.uses_batch_statistics() {
-        return Err(InputError::flag(
-            "--device",
+        return Err(InputError::option(
+            "device",
             format!("{} devices", 1 + io.replicas.len()),
             "Real NVP's batch norm normalises with batch statistics, which splitting the batch over devices would change; train it on one device",
         )
@@ -555,13 +560,13 @@ pub(crate) fn run_vector(
     }
     // A degenerate table: refused (duplicate columns) or warned about (integer columns) before
     // the first step of a fresh run.
-    let table_warnings = match (&table, run.step) {
+    let table_warnings: Vec<String> = match (&table, run.step) {
         (Some(t), 0) => t.degeneracy()?,
         _ => Vec::new(),
-    };
-    for w in &table_warnings {
-        eprintln!("warning: {w}");
     }
+    .iter()
+    .map(|w| crate::error::warn(w))
+    .collect();
     if let Some(out) = out {
         // Everything is checked: only now is an old run replaced by --force cleared (a refused
         // run never touches the run it would have replaced).
@@ -578,8 +583,8 @@ pub(crate) fn run_vector(
     }
 
     let mut data = match &table {
-        Some(t) => DataStream::table(t, opts.seed, opts.batch),
-        None => DataStream::new(opts.target, opts.seed, opts.batch),
+        Some(t) => DataStream::table(t, opts.seed, opts.batch_size),
+        None => DataStream::new(opts.target, opts.seed, opts.batch_size),
     };
     // The model's own statistics (float64, saved with it) standardise every batch on the host.
     if let Some((mean, std)) = model.standardization() {
@@ -587,8 +592,8 @@ pub(crate) fn run_vector(
     }
     if run.step == 0 && model.flow.needs_data_init() {
         let (rows, n) = data.init_rows();
-        let rows = from_vec(rows, [n, cfg.dim + cfg.context], &train_device);
-        let (x, c) = split_context(rows, cfg.dim, cfg.context);
+        let rows = from_vec(rows, [n, cfg.features + cfg.context], &train_device);
+        let (x, c) = split_context(rows, cfg.features, cfg.context);
         model.initialize_standardized(x, c.as_ref());
     }
 
@@ -700,7 +705,7 @@ impl VectorTask {
         &self,
         x: burn::tensor::Tensor<2>,
     ) -> (burn::tensor::Tensor<2>, Option<burn::tensor::Tensor<2>>) {
-        split_context(x, self.run.model.dim, self.run.model.context)
+        split_context(x, self.run.model.features, self.run.model.context)
     }
 }
 
@@ -720,11 +725,11 @@ impl Task for VectorTask {
     }
 
     fn width(&self) -> usize {
-        self.run.model.dim + self.run.model.context
+        self.run.model.features + self.run.model.context
     }
 
     fn batch_size(&self) -> usize {
-        self.run.options.batch
+        self.run.options.batch_size
     }
 
     fn shards(&self) -> usize {
@@ -743,7 +748,7 @@ impl Task for VectorTask {
     fn progress(&self, loss: f64, rows_per_second: f64) -> String {
         format!(
             "loss {loss:.4}  {:.1} it/s",
-            rows_per_second / self.run.options.batch as f64
+            rows_per_second / self.run.options.batch_size as f64
         )
     }
 

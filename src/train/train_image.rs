@@ -38,7 +38,9 @@ pub struct ImageTrainOptions {
     /// Total training steps.
     pub steps: usize,
     /// Images per batch.
-    pub batch: usize,
+    /// (Saved before format 4 as `batch`.)
+    #[serde(alias = "batch")]
+    pub batch_size: usize,
     /// Peak learning rate (after the warm-up).
     pub lr: f64,
     /// Linear learning-rate warm-up over this many steps.
@@ -100,7 +102,7 @@ impl ImageTrainOptions {
             size: None,
             grey: false,
             steps: 2000,
-            batch: 64,
+            batch_size: 64,
             lr: 1e-3,
             warmup: 200,
             seed: 0,
@@ -121,26 +123,26 @@ impl ImageTrainOptions {
     /// Check every option against [`crate::limits`]; the error names the field and its flag.
     pub fn validate(&self) -> std::result::Result<(), FieldError> {
         use crate::limits::{count, number, MAX_IMAGE_SIDE, MAX_STEPS, MAX_THREADS};
-        count("steps", "--steps", self.steps, 1, MAX_STEPS)?;
-        count("batch", "--batch", self.batch, 1, 1 << 20)?;
-        number("lr", "--lr", self.lr, 0.0, true, crate::limits::MAX_LR)?;
-        count("warmup", "--warmup", self.warmup, 0, MAX_STEPS)?;
-        count("init_batch", "--init-batch", self.init_batch, 1, 1 << 20)?;
-        count("log_every", "--log-every", self.log_every, 1, MAX_STEPS)?;
-        count("shards", "--threads", self.shards, 1, MAX_THREADS)?;
+        count("steps", "steps", self.steps, 1, MAX_STEPS)?;
+        count("batch_size", "batch_size", self.batch_size, 1, 1 << 20)?;
+        number("lr", "lr", self.lr, 0.0, true, crate::limits::MAX_LR)?;
+        count("warmup", "warmup", self.warmup, 0, MAX_STEPS)?;
+        count("init_batch", "init_batch", self.init_batch, 1, 1 << 20)?;
+        count("log_every", "log_every", self.log_every, 1, MAX_STEPS)?;
+        count("shards", "threads", self.shards, 1, MAX_THREADS)?;
         if let Some(p) = self.pad {
-            count("pad", "--pad", p, 1, MAX_IMAGE_SIDE)?;
+            count("pad", "pad", p, 1, MAX_IMAGE_SIDE)?;
         }
         if let Some(p) = self.size {
-            count("size", "--size", p, 1, MAX_IMAGE_SIDE)?;
+            count("size", "size", p, 1, MAX_IMAGE_SIDE)?;
         }
         if let Some(t) = self.time_limit_minutes {
-            number("time_limit_minutes", "--time-limit", t, 0.0, true, 1e8)?;
+            number("time_limit_minutes", "time_limit", t, 0.0, true, 1e8)?;
         }
-        number("weight_y", "--weight-y", self.weight_y, 0.0, false, 1e6)?;
+        number("weight_y", "weight_y", self.weight_y, 0.0, false, 1e6)?;
         number(
             "label_dropout",
-            "--label-dropout",
+            "label_dropout",
             self.label_dropout,
             0.0,
             false,
@@ -156,17 +158,22 @@ fn check_batch(
     opts: &ImageTrainOptions,
     n: usize,
 ) -> std::result::Result<(), FieldError> {
-    if opts.batch > n {
+    if opts.batch_size > n {
         return Err(FieldError::new(
-            "batch",
-            "--batch",
-            opts.batch,
+            "batch_size",
+            "batch_size",
+            opts.batch_size,
             format!("is larger than the training set ({n} images)"),
         ));
     }
-    let need = cfg.activation_bytes_per_image() * opts.batch.max(256) as f64;
+    let need = cfg.activation_bytes_per_image() * opts.batch_size.max(256) as f64;
     match crate::limits::memory_shortfall(need) {
-        Some(why) => Err(FieldError::new("batch", "--batch", opts.batch, why)),
+        Some(why) => Err(FieldError::new(
+            "batch_size",
+            "batch_size",
+            opts.batch_size,
+            why,
+        )),
         None => Ok(()),
     }
 }
@@ -314,10 +321,7 @@ pub fn train_image(start: ImageStart, io: &RunIo, device: &Device) -> Result<Ima
     };
     match run_image(start, run, device)?.1 {
         ImageEnd::Finished(summary) => Ok(*summary),
-        ImageEnd::Interrupted { step } => {
-            let resume = format!("glowflow train --resume {}", io.out.display());
-            Err(super::interrupt::interrupted(step, resume).into())
-        }
+        ImageEnd::Interrupted { step } => Err(super::interrupt::interrupted(step, &io.out).into()),
     }
 }
 
@@ -374,15 +378,15 @@ pub(crate) fn run_image(
     };
     let (mut model, optim, ema, mut run, saved) = match start {
         ImageStart::Fresh(cfg, mut opts) => {
-            cfg.validate().map_err(FieldError::on_flag)?;
-            opts.validate().map_err(FieldError::on_flag)?;
+            cfg.validate().map_err(FieldError::on_option)?;
+            opts.validate().map_err(FieldError::on_option)?;
             if cfg.classes == 0 && opts.weight_y > 0.0 {
-                let why = "needs a class-conditional model (--classes K)";
-                return Err(InputError::flag("--weight-y", opts.weight_y, why).into());
+                let why = "needs a class-conditional model (`classes` K)";
+                return Err(InputError::option("weight_y", opts.weight_y, why).into());
             }
             if cfg.classes == 0 && opts.label_dropout > 0.0 {
-                let why = "needs a class-conditional model (--classes K)";
-                return Err(InputError::flag("--label-dropout", opts.label_dropout, why).into());
+                let why = "needs a class-conditional model (`classes` K)";
+                return Err(InputError::option("label_dropout", opts.label_dropout, why).into());
             }
             if !opts.in_memory {
                 opts.data = absolute_spec(&opts.data)?;
@@ -392,6 +396,7 @@ pub(crate) fn run_image(
             (model, optim, None, RunState::fresh(cfg, opts), None)
         }
         ImageStart::Resume(dir, changes) => {
+            changes.check(super::checkpoint::RunKind::Image)?;
             let r = trainer::resume::<GlowImage>(&dir, &train_device)?;
             let mut run = r.state;
             let (opts, mut changed) = (&mut run.options, Vec::new());
@@ -405,7 +410,7 @@ pub(crate) fn run_image(
             apply_changes!(changed, opts, changes; checkpoint_every, sample_every, test_limit);
             // The time limit is for this invocation only: not part of the run.
             opts.time_limit_minutes = changes.time_limit;
-            opts.validate().map_err(FieldError::on_flag)?;
+            opts.validate().map_err(FieldError::on_option)?;
             run.resumes =
                 trainer::record_resume(std::mem::take(&mut run.resumes), run.step, changed);
             (r.model, r.optim, r.ema, run, Some(r.saved))
@@ -416,8 +421,8 @@ pub(crate) fn run_image(
     let data = match preloaded.take() {
         Some(d) => d,
         None if opts.in_memory => {
-            return Err(InputError::flag(
-                "--resume",
+            return Err(InputError::option(
+                "resume",
                 out.map_or_else(String::new, |o| o.display().to_string()),
                 "this run was fitted by a program on images it held in memory (no files to read them from); resume it from that program, with the same images",
             )
@@ -430,8 +435,8 @@ pub(crate) fn run_image(
     let print = data.train.fingerprint();
     if let Some(want) = &run.data_fingerprint {
         if *want != print {
-            return Err(InputError::flag(
-                "--data",
+            return Err(InputError::option(
+                "data",
                 &opts.data,
                 format!(
                     "not the training images this run was trained on (fingerprint {print}, the run's {want})"
@@ -441,7 +446,7 @@ pub(crate) fn run_image(
         }
     }
     run.data_fingerprint = Some(print);
-    check_batch(&cfg, &opts, data.train.n).map_err(FieldError::on_flag)?;
+    check_batch(&cfg, &opts, data.train.n).map_err(FieldError::on_option)?;
     let labels = data.labels(cfg.classes, &opts.data)?;
 
     if first == 0 && model.needs_data_init() {
@@ -553,7 +558,7 @@ pub(crate) fn run_image(
         skipped_steps: guard.total_skips,
         ema: guard.ema.is_some(),
         train_seconds,
-        images_per_second: (last * opts.batch) as f64 / train_seconds.max(1e-9),
+        images_per_second: (last * opts.batch_size) as f64 / train_seconds.max(1e-9),
         parameters: crate::tensor_util::trainable_count(&model),
         bpd_meaning: bpd_meaning(&cfg),
         config: cfg,
@@ -654,7 +659,7 @@ impl Task for ImageTask {
 
     fn batch(&mut self, step: usize) -> Vec<f32> {
         let (train, opts) = (&self.data.train, &self.run.options);
-        let idx = crate::data::stream::epoch_batch(train.n, opts.batch, opts.seed, step);
+        let idx = crate::data::stream::epoch_batch(train.n, opts.batch_size, opts.seed, step);
         let cfg = &self.run.model;
         let rows = input_rows(cfg, train, &idx, &mut step_rng(opts.seed, step));
         let Some((train_labels, _)) = &self.labels else {
@@ -680,7 +685,7 @@ impl Task for ImageTask {
     }
 
     fn batch_size(&self) -> usize {
-        self.run.options.batch
+        self.run.options.batch_size
     }
 
     fn shards(&self) -> usize {

@@ -130,7 +130,7 @@ pub fn open_state<M: RunModel>(dir: &Path) -> Result<(Checkpoint, RunState<M>)> 
         .validate()
         .map_err(|e| e.in_file(ck.state_path(), "options"))?;
     if let Some(t) = state.threads {
-        crate::limits::count("threads", "--threads", t, 1, crate::limits::MAX_THREADS)
+        crate::limits::count("threads", "threads", t, 1, crate::limits::MAX_THREADS)
             .map_err(|e| e.in_file(ck.state_path(), "run"))?;
     }
     Ok((ck, state))
@@ -188,7 +188,7 @@ pub struct Resumed<M: RunModel> {
 pub fn resume<M: RunModel>(dir: &Path, device: &Device) -> Result<Resumed<M>> {
     use anyhow::Context;
     let (ck, state) =
-        open_state::<M>(dir).with_context(|| format!("--resume {}", dir.display()))?;
+        open_state::<M>(dir).with_context(|| format!("`resume` {}", dir.display()))?;
     let model = load_weights(&ck, &state, device)?;
     let (optim, ema) =
         ck.load_training_state(&model, state.options.stability(), state.ema_updates)?;
@@ -544,8 +544,8 @@ pub fn clear_old_run(out: &Path, continues_here: bool, force: bool) -> Result<()
 /// Refuse a total of `steps` below the `done` steps of a resumed checkpoint (names `--steps`).
 pub fn check_steps(done: usize, steps: usize) -> Result<()> {
     if done > steps {
-        return Err(crate::error::InputError::flag(
-            "--steps",
+        return Err(crate::error::InputError::option(
+            "steps",
             steps,
             format!("is below the {done} steps the checkpoint has already done"),
         )
