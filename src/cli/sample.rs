@@ -169,7 +169,15 @@ fn sample_vectors(a: &SampleArgs, device: &burn::tensor::Device) -> Result<()> {
             }
         }
     }
-    let s = sample_rows(&model, &state, a.n, t, &a.context, a.seed, device)?;
+    let s = sample_rows(
+        &model,
+        state.table_run(),
+        a.n,
+        t,
+        &a.context,
+        a.seed,
+        device,
+    )?;
     if !s.left_out.is_empty() {
         let why = format!(
             "{} of {} samples are non-finite even in float64 (samples {:?})",

@@ -37,8 +37,13 @@ pub fn run(a: ScoreArgs) -> Result<()> {
     let device = a.device.open()?;
     let (model, state) = load_trained(&a.checkpoint, &device)
         .with_context(|| format!("--checkpoint {}", a.checkpoint.display()))?;
-    let (mut lp, source, numbers) =
-        score_rows(&model, &state, &a.checkpoint, a.data.as_deref(), &device)?;
+    let (mut lp, source, numbers) = score_rows(
+        &model,
+        state.table_run(),
+        &a.checkpoint,
+        a.data.as_deref(),
+        &device,
+    )?;
     // Rows even float64 cannot score (values near float64's range): ranked lowest, as -inf
     // (the density's limit), never NaN, and named.
     let beyond: Vec<usize> = (0..lp.len()).filter(|&i| !lp[i].is_finite()).collect();

@@ -10,12 +10,13 @@ use rand::SeedableRng;
 use rand_chacha::ChaCha8Rng;
 use rayon::prelude::*;
 
+use crate::data::stream::TableOptions;
 use crate::data::stream::{test_points, TableData};
 use crate::data::toy2d::Target;
 use crate::error::InputError;
 use crate::models::VectorFlow;
+use crate::models::VectorFlowConfig;
 use crate::tensor_util::{from_vec, from_vec_f64, to_vec, to_vec_f64};
-use crate::train::train2d::{RunState, Summary};
 use crate::viz::charts::{self, Panel};
 use crate::viz::DensityGrid;
 
@@ -198,6 +199,61 @@ pub fn density_scale(target: Target, grid: usize) -> f64 {
     target_density_grid(target, grid).max().max(1e-12)
 }
 
+/// What the evaluation of a vector flow reports: the test NLL and, by kind of run, the
+/// target's figures or the table's. A run's `summary.json` holds it with the run's record
+/// (`train::train2d::Summary`).
+#[derive(Clone, Debug, Default, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct VectorReport {
+    /// Mean negative log-likelihood of the test points (rows), nats.
+    pub test_nll: f64,
+    /// Targets: the target's entropy (Monte Carlo), nats, where its density is known.
+    pub entropy: Option<f64>,
+    /// Targets: test NLL minus the entropy, the KL divergence from target to model, nats.
+    pub test_nll_minus_entropy: Option<f64>,
+    /// Mixture targets: share of samples farther than 3 sigma from every mode.
+    pub off_mode_share: Option<f64>,
+    /// Mixture targets: the same share for the target's own samples.
+    pub target_off_mode_share: Option<f64>,
+    /// Tables: rows in the training and test splits.
+    pub rows: Option<(usize, usize)>,
+    /// Tables: mean NLL (nats per row, data units) of the training rows.
+    pub train_nll: Option<f64>,
+    /// Tables: test NLL of a full-covariance Gaussian fitted to the training rows.
+    pub gaussian_test_nll: Option<f64>,
+    /// Pictures that could not be written, and why.
+    pub warnings: Vec<String>,
+}
+
+/// The inputs of a 2D target run's evaluation, explicitly: its model's config, the target, the
+/// run's seed (the test points and sample draws derive from it), and the pictures' sizes.
+#[derive(Clone, Debug)]
+pub struct TargetEval<'a> {
+    /// The model's config (its name titles the pictures).
+    pub config: &'a VectorFlowConfig,
+    /// The target.
+    pub target: Target,
+    /// The run's seed.
+    pub seed: u64,
+    /// Held-out points for the test NLL.
+    pub test_samples: usize,
+    /// Side of the density maps, in cells.
+    pub grid: usize,
+    /// Frames of `training.gif`.
+    pub frames: usize,
+}
+
+/// The inputs of scoring, sampling and evaluating a table run, explicitly: its model's config,
+/// its table's options (`None`: a run on a target), and the run's seed.
+#[derive(Clone, Copy, Debug)]
+pub struct TableRun<'a> {
+    /// The model's config (`features`, `context`).
+    pub config: &'a VectorFlowConfig,
+    /// The table the run trained on: its path, split, columns and dequantised columns.
+    pub table: Option<&'a TableOptions>,
+    /// The run's seed (the test split's and the sample draws' seeds derive from it).
+    pub seed: u64,
+}
+
 /// Test metrics and every picture of a finished run on a 2D target (`target.png`,
 /// `samples.png`, `density.png`, `training.gif` from the frames in `out/frames`); `vmax` is
 /// the density scale of the pictures ([`density_scale`]). A picture that cannot be written is
@@ -207,12 +263,11 @@ pub fn density_scale(target: Target, grid: usize) -> f64 {
 /// None today; the `Result` leaves room for evaluation failures.
 pub fn evaluate_and_draw(
     model: &VectorFlow,
-    state: &RunState,
+    opts: &TargetEval,
     out: Option<&Path>,
     device: &Device,
     vmax: f64,
-) -> Result<Summary> {
-    let opts = &state.options;
+) -> Result<VectorReport> {
     let target = opts.target;
     let test = test_points(target, opts.seed, opts.test_samples);
     let logp = log_prob_points(model, &test, device);
@@ -232,7 +287,7 @@ pub fn evaluate_and_draw(
         .iter()
         .map(|p| target.log_prob(*p).map(f64::exp))
         .collect();
-    let name = state.model.model.name();
+    let name = opts.config.model.name();
     // Pictures are side products: one that cannot be written (a full disk) is a warning in the
     // summary, never the loss of the run's figures.
     let mut warnings = Vec::new();
@@ -272,13 +327,14 @@ pub fn evaluate_and_draw(
         }
     }
 
-    Ok(Summary {
+    Ok(VectorReport {
+        test_nll,
         entropy,
         test_nll_minus_entropy: entropy.map(|e| test_nll - e),
         off_mode_share: target.off_mode_share(&samples),
         target_off_mode_share: target.off_mode_share(&test),
         warnings,
-        ..Summary::of_run(state, target.name().into(), test_nll)
+        ..VectorReport::default()
     })
 }
 
@@ -287,11 +343,12 @@ pub fn evaluate_and_draw(
 /// samples (drawn for the test rows' contexts when the model is conditional).
 pub fn evaluate_table(
     model: &VectorFlow,
-    state: &RunState,
+    config: &VectorFlowConfig,
+    seed: u64,
     data: &TableData,
     out: Option<&Path>,
     device: &Device,
-) -> Result<Summary> {
+) -> Result<VectorReport> {
     let test_lp = log_prob_rows(model, &data.test, data.dim, data.context, device);
     let train_lp = log_prob_rows(
         model,
@@ -305,43 +362,48 @@ pub fn evaluate_table(
     let gaussian = data.gaussian_test_nll();
     let mut warnings = Vec::new();
     if let Some(out) = out.filter(|_| data.test_rows() > 0) {
-        draw_corner(model, state, data, out, test_nll, device, &mut warnings);
+        let title = config.model.name();
+        draw_corner(
+            model,
+            title,
+            seed,
+            data,
+            out,
+            test_nll,
+            device,
+            &mut warnings,
+        );
     }
-    Ok(Summary {
+    Ok(VectorReport {
+        test_nll,
         rows: Some((data.train_rows(), data.test_rows())),
         train_nll: Some(train_nll),
         gaussian_test_nll: gaussian,
         warnings,
-        ..Summary::of_run(state, data.source.clone(), test_nll)
+        ..VectorReport::default()
     })
 }
 
 /// `corner.png`: test rows against samples (a failure is a warning in `warnings`).
+#[allow(clippy::too_many_arguments)]
 fn draw_corner(
     model: &VectorFlow,
-    state: &RunState,
+    name: &str,
+    seed: u64,
     data: &TableData,
     out: &Path,
     test_nll: f64,
     device: &Device,
     warnings: &mut Vec<String>,
 ) {
-    let samples = samples_for_test(
-        data,
-        model,
-        state.options.seed ^ crate::rng::EVAL_SAMPLES,
-        device,
-    );
+    let samples = samples_for_test(data, model, seed ^ crate::rng::EVAL_SAMPLES, device);
     let drawn = crate::viz::charts::corner_plot(
         &out.join("corner.png"),
         &data.names[..data.dim],
         &data.test,
         data.dim + data.context,
         &samples,
-        &format!(
-            "{}: test rows (blue) vs samples (orange), test NLL {test_nll:.3}",
-            state.model.model.name()
-        ),
+        &format!("{name}: test rows (blue) vs samples (orange), test NLL {test_nll:.3}"),
     );
     if let Err(e) = drawn {
         let w = format!("corner.png not written: {e:#}");
@@ -408,12 +470,12 @@ pub fn pick_frames(steps: &[usize], count: usize) -> Vec<usize> {
 /// table without the run's columns, and the file for a malformed one.
 pub fn score_rows(
     model: &VectorFlow,
-    state: &RunState,
+    run: TableRun,
     checkpoint: &Path,
     data: Option<&Path>,
     device: &Device,
 ) -> Result<(Vec<f64>, String, Vec<usize>)> {
-    let Some(topts) = state.options.table.clone() else {
+    let Some(topts) = run.table.cloned() else {
         return Err(InputError::option(
             "checkpoint",
             checkpoint.display(),
@@ -421,10 +483,10 @@ pub fn score_rows(
         )
         .into());
     };
-    let (dim, k) = (state.model.features, state.model.context);
+    let (dim, k) = (run.config.features, run.config.context);
     let (rows, source, numbers) = match data {
         None => {
-            let d = TableData::load(&topts, state.options.seed)?;
+            let d = TableData::load(&topts, run.seed)?;
             for note in &d.notes {
                 crate::error::warn(note);
             }
@@ -512,7 +574,7 @@ pub fn score_rows(
                     .into());
                 }
             }
-            let seed = crate::data::stream::test_seed(topts.split_seed_or(state.options.seed));
+            let seed = crate::data::stream::test_seed(topts.split_seed_or(run.seed));
             crate::data::stream::add_uniform_noise(&mut rows, dim + k, deq, seed);
             (rows, p.display().to_string(), numbers)
         }
@@ -543,15 +605,15 @@ pub struct SampleRows {
 /// Names `--context` when its values are not finite or not one per context column.
 pub fn sample_rows(
     model: &VectorFlow,
-    state: &RunState,
+    run: TableRun,
     n: usize,
     temperature: f64,
     context: &[f64],
     seed: u64,
     device: &Device,
 ) -> Result<SampleRows> {
-    let (d, k) = (state.model.features, state.model.context);
-    let names = match &state.options.table {
+    let (d, k) = (run.config.features, run.config.context);
+    let names = match run.table {
         Some(t) => t.resolved_columns()?.map(|(n, _, _)| n),
         None => None,
     }
@@ -583,7 +645,7 @@ pub fn sample_rows(
     let (mut x, logp) = (to_vec_f64(x), to_vec_f64(logp));
     // Dequantised columns: back to the integers they model (the cell x + [0, 1) a value falls
     // in); `log_prob` stays the density of the continuous draw.
-    let deq = match &state.options.table {
+    let deq = match run.table {
         Some(t) => t.resolved.as_ref().map(|r| r.dequantized.clone()),
         None => None,
     }

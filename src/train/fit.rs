@@ -343,7 +343,7 @@ impl VectorFlow {
     /// The figures of a fit stopped early (see [`Fitted::interrupted`]).
     fn stopped(s: Stopped, device: &Device) -> Result<Fitted> {
         let data = s.table.expect("a fit trains on a table");
-        let summary = eval::evaluate_table(&s.model, &s.state, &data, None, device)?;
+        let summary = super::train2d::evaluate(&s.model, &s.state, Some(&data), None, device, 1.0)?;
         let test = data.test_rows() > 0;
         Ok(Fitted {
             steps: s.step,

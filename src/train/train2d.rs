@@ -123,6 +123,17 @@ impl Train2dOptions {
 /// What a vector run's `state.json` holds.
 pub type RunState = trainer::RunState<VectorFlow>;
 
+impl trainer::RunState<VectorFlow> {
+    /// The run's inputs to scoring and sampling: its config, table and seed.
+    pub fn table_run(&self) -> eval::TableRun<'_> {
+        eval::TableRun {
+            config: &self.model,
+            table: self.options.table.as_ref(),
+            seed: self.options.seed,
+        }
+    }
+}
+
 impl trainer::RunModel for VectorFlow {
     const KIND: trainer::RunKind = trainer::RunKind::Vector;
     type Config = VectorFlowConfig;
@@ -197,32 +208,62 @@ pub struct Summary {
 }
 
 impl Summary {
-    /// The figures every run has: the run's model, steps, timing and `test_nll` on `target`
-    /// (a target's name or a table's file); the target- and table-only figures empty, and
-    /// `parameters` 0 (`train2d` counts the training model's trainable values).
-    pub fn of_run(state: &RunState, target: String, test_nll: f64) -> Self {
+    /// The summary of the run in `state` on `target` (a target's name or a table's file) with
+    /// the figures of its evaluation; `parameters` 0 (`train2d` counts the training model's
+    /// trainable values).
+    pub fn of_run(state: &RunState, target: String, report: eval::VectorReport) -> Self {
         Summary {
             model: state.model.model.name().into(),
             target,
             steps: state.step,
-            test_nll,
-            entropy: None,
-            test_nll_minus_entropy: None,
-            off_mode_share: None,
-            target_off_mode_share: None,
+            test_nll: report.test_nll,
+            entropy: report.entropy,
+            test_nll_minus_entropy: report.test_nll_minus_entropy,
+            off_mode_share: report.off_mode_share,
+            target_off_mode_share: report.target_off_mode_share,
             train_seconds: state.train_seconds,
             seconds_per_step: state.train_seconds / state.step.max(1) as f64,
             skipped_steps: state.skipped_steps,
-            // Trainable values: counted on the training model by `train2d`.
             parameters: 0,
             config: state.model.clone(),
             options: state.options.clone(),
-            rows: None,
-            train_nll: None,
-            gaussian_test_nll: None,
-            warnings: Vec::new(),
+            rows: report.rows,
+            train_nll: report.train_nll,
+            gaussian_test_nll: report.gaussian_test_nll,
+            warnings: report.warnings,
         }
     }
+}
+
+/// The summary of the run in `state`: evaluated on its table `table`, or on its target (with
+/// pictures into `out` on the density scale `vmax`).
+pub(crate) fn evaluate(
+    model: &VectorFlow,
+    state: &RunState,
+    table: Option<&TableData>,
+    out: Option<&Path>,
+    device: &Device,
+    vmax: f64,
+) -> Result<Summary> {
+    let (cfg, opts) = (&state.model, &state.options);
+    Ok(match table {
+        Some(t) => {
+            let report = eval::evaluate_table(model, cfg, opts.seed, t, out, device)?;
+            Summary::of_run(state, t.source.clone(), report)
+        }
+        None => {
+            let target = eval::TargetEval {
+                config: cfg,
+                target: opts.target,
+                seed: opts.seed,
+                test_samples: opts.test_samples,
+                grid: opts.grid,
+                frames: opts.frames,
+            };
+            let report = eval::evaluate_and_draw(model, &target, out, device, vmax)?;
+            Summary::of_run(state, opts.target.name().into(), report)
+        }
+    })
 }
 
 /// How a run starts.
@@ -646,10 +687,7 @@ pub(crate) fn run_vector(
             parameters,
         })));
     }
-    let mut summary = match &table {
-        Some(t) => eval::evaluate_table(&eval, &done.state, t, out, device)?,
-        None => eval::evaluate_and_draw(&eval, &done.state, out, device, vmax)?,
-    };
+    let mut summary = evaluate(&eval, &done.state, table.as_ref(), out, device, vmax)?;
     summary.parameters = parameters;
     summary.warnings.splice(0..0, table_warnings);
     if let Some(out) = out {
