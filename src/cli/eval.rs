@@ -84,45 +84,28 @@ pub fn load(a: &EvalArgs, refuse: impl FnOnce(&ImageRunState) -> Result<()>) -> 
 }
 
 pub fn run(a: EvalArgs) -> Result<()> {
-    use glowflow::eval::images::{class_eval, importance_bpd, BpdReport};
-    let l = load(&a, |state| {
-        let Some(k) = a.importance_samples else {
-            return Ok(());
-        };
-        let why = if state.model.classes > 0 {
-            "is for unconditional models (a class-conditional one reports test_bpd_marginal)"
-        } else if state.model.noise_sigma > 0.0 {
-            "is not defined for a noise-augmented model (its Gaussian noise is not a dequantiser)"
-        } else {
-            return Ok(());
-        };
-        Err(InputError::flag("--importance-samples", k, why).into())
+    use glowflow::eval::images::{check_importance, test_report};
+    let l = load(&a, |state| match a.importance_samples {
+        Some(k) => Ok(check_importance(&state.model, k)?),
+        None => Ok(()),
     })?;
     let cfg = &l.state.model;
     let labels = l.data.labels(cfg.classes, &l.opts.data)?;
     let test_labels = labels.as_ref().map(|(_, t)| &t[..]);
-    let figures = class_eval(&l.model, &l.data.test, test_labels, cfg, 256, &l.device);
-    let bpd = &figures.bpd;
-    let r = BpdReport::new(bpd);
+    let (set, k) = (&l.data.test, a.importance_samples);
+    let r = test_report(&l.model, set, test_labels, cfg, k, 256, &l.device)?;
     // Written after the figures are printed (`finish`), so a failed write loses nothing.
-    let per_image = a.per_image.clone().map(|p| (p, bpd.clone()));
-    let failure = r.nonfinite_message(bpd.len()).map(anyhow::Error::msg);
-    let importance = a.importance_samples.map(|k| {
-        let v = importance_bpd(&l.model, &l.data.test, cfg, k, 256, &l.device);
-        json!({"draws": k, "test_bpd": BpdReport::new(&v).mean})
-    });
-    let report = json!({
+    let failure = r.test_report.nonfinite_message(set.n).map(anyhow::Error::msg);
+    let mut report = json!({
         "checkpoint": a.checkpoint,
         "ema_weights": l.ema,
         "data": l.opts.data,
-        "test_images": l.data.test.n,
-        "test_bpd": r.mean,
-        "test_bpd_marginal": figures.marginal_mean(),
-        "test_accuracy": figures.accuracy,
-        "bpd_meaning": glowflow::eval::images::bpd_meaning(cfg),
-        "importance_sampled": importance,
-        "test_report": r,
     });
+    report
+        .as_object_mut()
+        .expect("an object")
+        .extend(serde_json::to_value(&r)?.as_object().cloned().unwrap_or_default());
+    let per_image = a.per_image.clone().map(|p| (p, r.per_image));
     finish(&a, &report, per_image, failure)
 }
 

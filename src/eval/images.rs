@@ -180,6 +180,96 @@ pub fn importance_bpd(
     out
 }
 
+/// Refuse importance sampling ([`importance_bpd`]) for a model it is not defined for, naming
+/// the option `importance_samples`: class-conditional models (their density is `log p(x | y)`;
+/// they report the marginal instead) and noise-augmented ones (their noise is no dequantiser).
+pub fn check_importance(cfg: &GlowImageConfig, k: usize) -> Result<(), InputError> {
+    let why = if cfg.classes > 0 {
+        "is for unconditional models (a class-conditional one reports test_bpd_marginal)"
+    } else if cfg.noise_sigma > 0.0 {
+        "is not defined for a noise-augmented model (its Gaussian noise is not a dequantiser)"
+    } else {
+        return Ok(());
+    };
+    Err(InputError::option("importance_samples", k, why))
+}
+
+/// The importance-sampled figure of a test set ([`importance_bpd`]).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct ImportanceReport {
+    /// Dequantisation draws per image.
+    pub draws: usize,
+    /// Mean importance-sampled bits/dim; NaN (null in JSON) when any image's is not finite.
+    #[serde(deserialize_with = "crate::fsutil::null_as_nan")]
+    pub test_bpd: f64,
+}
+
+/// What `eval` reports of an image model on a test set: the bits/dim (and, class-conditional,
+/// the marginal bits/dim and the training-free classifier's accuracy), what the figure means
+/// for this model, and optionally the importance-sampled figure.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct TestReport {
+    /// Test images evaluated.
+    pub test_images: usize,
+    /// Mean bits/dim (`-log p(x | y)` with the true class for a class-conditional model given
+    /// labels); NaN (null in JSON) when any image's is not finite.
+    #[serde(deserialize_with = "crate::fsutil::null_as_nan")]
+    pub test_bpd: f64,
+    /// Class-conditional models: mean bits/dim of the marginal `p(x)`.
+    pub test_bpd_marginal: Option<f64>,
+    /// Class-conditional models given labels: the training-free classifier's accuracy.
+    pub test_accuracy: Option<f64>,
+    /// What the bits/dim is a bound of, for this model ([`bpd_meaning`]).
+    pub bpd_meaning: String,
+    /// The importance-sampled figure, when asked for.
+    pub importance_sampled: Option<ImportanceReport>,
+    /// The distribution of the per-image figures.
+    pub test_report: BpdReport,
+    /// Every image's bits/dim, in the set's order (not serialised).
+    #[serde(skip)]
+    pub per_image: Vec<f64>,
+}
+
+/// Evaluate `model` on every image of `set` (with its `labels` for a class-conditional model),
+/// in batches of `batch`: [`class_eval`], and with `importance = Some(k)` also
+/// [`importance_bpd`] over `k` draws.
+///
+/// # Errors
+/// `importance_samples` for a model importance sampling is not defined for
+/// ([`check_importance`]).
+pub fn test_report(
+    model: &GlowImage,
+    set: &ImageSet,
+    labels: Option<&[u8]>,
+    cfg: &GlowImageConfig,
+    importance: Option<usize>,
+    batch: usize,
+    device: &Device,
+) -> Result<TestReport, InputError> {
+    if let Some(k) = importance {
+        check_importance(cfg, k)?;
+    }
+    let figures = class_eval(model, set, labels, cfg, batch, device);
+    let importance_sampled = importance.map(|k| {
+        let v = importance_bpd(model, set, cfg, k, batch, device);
+        ImportanceReport {
+            draws: k,
+            test_bpd: BpdReport::new(&v).mean,
+        }
+    });
+    let report = BpdReport::new(&figures.bpd);
+    Ok(TestReport {
+        test_images: set.n,
+        test_bpd: report.mean,
+        test_bpd_marginal: figures.marginal_mean(),
+        test_accuracy: figures.accuracy,
+        bpd_meaning: bpd_meaning(cfg),
+        importance_sampled,
+        test_report: report,
+        per_image: figures.bpd,
+    })
+}
+
 /// Per-image figures of a test set under a class-conditional model.
 pub struct ClassEval {
     /// Bits/dim of each image: `-log p(x | y)` with its true class `y` when labels are given to
