@@ -95,16 +95,21 @@ pub fn run(a: EvalArgs) -> Result<()> {
     let (set, k) = (&l.data.test, a.importance_samples);
     let r = test_report(&l.model, set, test_labels, cfg, k, 256, &l.device)?;
     // Written after the figures are printed (`finish`), so a failed write loses nothing.
-    let failure = r.test_report.nonfinite_message(set.n).map(anyhow::Error::msg);
+    let failure = r
+        .test_report
+        .nonfinite_message(set.n)
+        .map(anyhow::Error::msg);
     let mut report = json!({
         "checkpoint": a.checkpoint,
         "ema_weights": l.ema,
         "data": l.opts.data,
     });
-    report
-        .as_object_mut()
-        .expect("an object")
-        .extend(serde_json::to_value(&r)?.as_object().cloned().unwrap_or_default());
+    report.as_object_mut().expect("an object").extend(
+        serde_json::to_value(&r)?
+            .as_object()
+            .cloned()
+            .unwrap_or_default(),
+    );
     let per_image = a.per_image.clone().map(|p| (p, r.per_image));
     finish(&a, &report, per_image, failure)
 }

@@ -146,6 +146,42 @@ impl trainer::RunModel for VectorFlow {
     fn check(cfg: &VectorFlowConfig) -> std::result::Result<(), FieldError> {
         cfg.validate()
     }
+
+    fn apply_changes(
+        run: &mut RunState,
+        changes: &ResumeChanges,
+        threads: usize,
+        changed: &mut Vec<String>,
+    ) -> Result<()> {
+        let opts = &mut run.options;
+        apply_changes!(*changed, opts, changes; steps, lr, lr_step, lr_gamma, checkpoint_every, test_samples, frames);
+        // A table given again at a new place (the same values: checked when it is read).
+        match (&changes.data, opts.table.as_mut()) {
+            (Some(new), Some(t)) => {
+                let mut path = t.path.display().to_string();
+                apply_change(changed, "data", &mut path, Some(new.clone()));
+                t.path = PathBuf::from(path);
+            }
+            (Some(new), None) => {
+                return Err(InputError::option(
+                    "data",
+                    new,
+                    "this run trained on a built-in target, not a table",
+                )
+                .into())
+            }
+            (None, _) => {}
+        }
+        opts.validate().map_err(FieldError::on_option)?;
+        // Runs saved before the thread count was recorded ran with the caller's.
+        let mut now = run.threads.unwrap_or(threads);
+        if let Some(t) = changes.threads.filter(|&t| t != now) {
+            run_dir::threads_note(now, t);
+            apply_change(changed, "threads", &mut now, Some(t));
+        }
+        run.threads = Some(now.max(1));
+        Ok(())
+    }
 }
 
 impl trainer::Recipe for Train2dOptions {
@@ -481,13 +517,7 @@ pub(crate) fn run_vector(
         Start::Resume(d, _) => Some(d.clone()),
         Start::Fresh(_) => None,
     };
-    let (_lock, continues_here) = match out {
-        Some(out) => {
-            let (lock, here) = trainer::open_run(out, resumed_from.as_deref(), io.force)?;
-            (Some(lock), here)
-        }
-        None => (None, false),
-    };
+    let (_lock, continues_here) = trainer::open_session(out, resumed_from.as_deref(), io.force)?;
     let mut table: Option<TableData> = None;
     let (mut model, optim, ema, run, saved) = match start {
         Start::Fresh(mut cfg) => {
@@ -519,39 +549,8 @@ pub(crate) fn run_vector(
             (model, optim, None, run, None)
         }
         Start::Resume(dir, changes) => {
-            changes.check(super::checkpoint::RunKind::Vector)?;
-            let r = trainer::resume::<VectorFlow>(&dir, &train_device)?;
-            let mut run = r.state;
-            let (opts, mut changed) = (&mut run.options, Vec::new());
-            apply_changes!(changed, opts, changes; steps, lr, lr_step, lr_gamma, checkpoint_every, test_samples, frames);
-            // A table given again at a new place (the same values: checked below).
-            match (&changes.data, opts.table.as_mut()) {
-                (Some(new), Some(t)) => {
-                    let mut path = t.path.display().to_string();
-                    apply_change(&mut changed, "data", &mut path, Some(new.clone()));
-                    t.path = PathBuf::from(path);
-                }
-                (Some(new), None) => {
-                    return Err(InputError::option(
-                        "data",
-                        new,
-                        "this run trained on a built-in target, not a table",
-                    )
-                    .into())
-                }
-                (None, _) => {}
-            }
-            opts.validate().map_err(FieldError::on_option)?;
-            // Runs saved before the thread count was recorded ran with the caller's.
-            let mut threads = run.threads.unwrap_or(io.threads);
-            if let Some(t) = changes.threads.filter(|&t| t != threads) {
-                run_dir::threads_note(threads, t);
-                apply_change(&mut changed, "threads", &mut threads, Some(t));
-            }
-            run.threads = Some(threads.max(1));
-            run.resumes =
-                trainer::record_resume(std::mem::take(&mut run.resumes), run.step, changed);
-            (r.model, r.optim, r.ema, run, Some(r.saved))
+            let r = trainer::resume_with::<VectorFlow>(&dir, &changes, io.threads, &train_device)?;
+            (r.model, r.optim, r.ema, r.state, Some(r.saved))
         }
     };
     let (cfg, opts) = (run.model.clone(), run.options.clone());

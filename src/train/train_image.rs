@@ -205,6 +205,27 @@ impl trainer::RunModel for GlowImage {
     fn check(cfg: &GlowImageConfig) -> std::result::Result<(), FieldError> {
         cfg.validate()
     }
+
+    fn apply_changes(
+        run: &mut ImageRunState,
+        changes: &ResumeChanges,
+        _threads: usize,
+        changed: &mut Vec<String>,
+    ) -> Result<()> {
+        let opts = &mut run.options;
+        let data = changes.data.as_deref().map(absolute_spec).transpose()?;
+        apply_changes!(*changed, opts, changes; steps, lr);
+        apply_change(changed, "data", &mut opts.data, data);
+        if let Some(t) = changes.threads.filter(|&t| t != opts.shards) {
+            run_dir::threads_note(opts.shards, t);
+            apply_change(changed, "threads", &mut opts.shards, Some(t));
+        }
+        apply_changes!(*changed, opts, changes; checkpoint_every, sample_every, test_limit);
+        // The time limit is for this invocation only: not part of the run.
+        opts.time_limit_minutes = changes.time_limit;
+        opts.validate().map_err(FieldError::on_option)?;
+        Ok(())
+    }
 }
 
 impl trainer::Recipe for ImageTrainOptions {
@@ -369,13 +390,7 @@ pub(crate) fn run_image(
         ImageStart::Resume(d, _) => Some(d.clone()),
         ImageStart::Fresh(..) => None,
     };
-    let (_lock, continues_here) = match out {
-        Some(out) => {
-            let (lock, here) = trainer::open_run(out, resumed_from.as_deref(), io.force)?;
-            (Some(lock), here)
-        }
-        None => (None, false),
-    };
+    let (_lock, continues_here) = trainer::open_session(out, resumed_from.as_deref(), io.force)?;
     let (mut model, optim, ema, mut run, saved) = match start {
         ImageStart::Fresh(cfg, mut opts) => {
             cfg.validate().map_err(FieldError::on_option)?;
@@ -396,24 +411,8 @@ pub(crate) fn run_image(
             (model, optim, None, RunState::fresh(cfg, opts), None)
         }
         ImageStart::Resume(dir, changes) => {
-            changes.check(super::checkpoint::RunKind::Image)?;
-            let r = trainer::resume::<GlowImage>(&dir, &train_device)?;
-            let mut run = r.state;
-            let (opts, mut changed) = (&mut run.options, Vec::new());
-            let data = changes.data.as_deref().map(absolute_spec).transpose()?;
-            apply_changes!(changed, opts, changes; steps, lr);
-            apply_change(&mut changed, "data", &mut opts.data, data);
-            if let Some(t) = changes.threads.filter(|&t| t != opts.shards) {
-                run_dir::threads_note(opts.shards, t);
-                apply_change(&mut changed, "threads", &mut opts.shards, Some(t));
-            }
-            apply_changes!(changed, opts, changes; checkpoint_every, sample_every, test_limit);
-            // The time limit is for this invocation only: not part of the run.
-            opts.time_limit_minutes = changes.time_limit;
-            opts.validate().map_err(FieldError::on_option)?;
-            run.resumes =
-                trainer::record_resume(std::mem::take(&mut run.resumes), run.step, changed);
-            (r.model, r.optim, r.ema, run, Some(r.saved))
+            let r = trainer::resume_with::<GlowImage>(&dir, &changes, io.threads, &train_device)?;
+            (r.model, r.optim, r.ema, r.state, Some(r.saved))
         }
     };
     let (cfg, opts, first) = (run.model.clone(), run.options.clone(), run.step);

@@ -39,6 +39,21 @@ pub trait RunModel: Module + burn::store::ModuleSnapshot + Clone + Send + Sync {
     /// # Errors
     /// Names the field and its flag.
     fn check(cfg: &Self::Config) -> std::result::Result<(), FieldError>;
+    /// Apply a resume's `changes` to the saved run `run` (its options, its thread count),
+    /// recording each as `name old -> new` in `changed`. `threads` is the caller's thread count
+    /// (a run saved before it recorded its own ran with it). Called by [`resume_with`] after
+    /// [`ResumeChanges::check`](super::run_dir::ResumeChanges::check) refused what this kind
+    /// of run does not take.
+    ///
+    /// # Errors
+    /// A change that leaves the options invalid (naming it), or data given at a new place that
+    /// this run cannot take.
+    fn apply_changes(
+        run: &mut RunState<Self>,
+        changes: &super::run_dir::ResumeChanges,
+        threads: usize,
+        changed: &mut Vec<String>,
+    ) -> Result<()>;
 }
 
 /// A workload's training options, as far as the shared code needs them.
@@ -182,6 +197,27 @@ pub struct Resumed<M: RunModel> {
     pub state: RunState<M>,
     /// The checkpoint folder and its step.
     pub saved: (PathBuf, usize),
+}
+
+/// The resume of every kind of run: refuse the changes its kind does not take, load the run
+/// saved in `dir` onto `device`, apply `changes` ([`RunModel::apply_changes`]) and record them
+/// in the run's `resumes`.
+///
+/// # Errors
+/// As [`resume`], and a change refused by name.
+pub fn resume_with<M: RunModel>(
+    dir: &Path,
+    changes: &super::run_dir::ResumeChanges,
+    threads: usize,
+    device: &Device,
+) -> Result<Resumed<M>> {
+    changes.check(M::KIND)?;
+    let mut r = resume::<M>(dir, device)?;
+    let mut changed = Vec::new();
+    M::apply_changes(&mut r.state, changes, threads, &mut changed)?;
+    let step = r.state.step;
+    r.state.resumes = record_resume(std::mem::take(&mut r.state.resumes), step, changed);
+    Ok(r)
 }
 
 /// Load everything a resume from `dir` needs onto `device` (errors name `--resume dir`).
@@ -530,6 +566,25 @@ pub fn open_run(
         super::run_dir::prepare_fresh(out, false)?;
     }
     Ok((lock, here))
+}
+
+/// [`open_run`] when the session writes a run directory `out`; nothing (no lock, not
+/// continuing in place) when it writes none.
+///
+/// # Errors
+/// As [`open_run`].
+pub fn open_session(
+    out: Option<&Path>,
+    resumed_from: Option<&Path>,
+    force: bool,
+) -> Result<(Option<super::run_dir::RunLock>, bool)> {
+    match out {
+        Some(out) => {
+            let (lock, here) = open_run(out, resumed_from, force)?;
+            Ok((Some(lock), here))
+        }
+        None => Ok((None, false)),
+    }
 }
 
 /// Remove the old run a `--force`d fresh run replaces (see [`open_run`]); call it after every
