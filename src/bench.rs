@@ -24,7 +24,8 @@ use glowflow::flow::Flow;
 use glowflow::layers::coupling::{AffineCoupling, AffineScale, TanhScale};
 use glowflow::layers::{ActNorm, FlowSequence, InvConv1x1Lu, Layer};
 use glowflow::models::{
-    CouplingKind, GlowImage, GlowImageConfig, ModelKind, Permutation, VectorFlow, VectorFlowConfig,
+    CouplingKind, DensityModel, GlowImage, GlowImageConfig, ModelKind, Permutation, VectorFlow,
+    VectorFlowConfig,
 };
 use glowflow::nets::{CouplingNet, PlainConvNet};
 use glowflow::ops::adam::adam;

@@ -9,7 +9,7 @@
 //! `log|det dz/dx|` per sample; `inverse` maps back.
 //!
 //! ```
-//! use glowflow::models::{VectorFlow, VectorFlowConfig, ModelKind};
+//! use glowflow::models::{DensityModel, VectorFlow, VectorFlowConfig, ModelKind};
 //! use glowflow::tensor_util::{from_vec, to_vec};
 //!
 //! let device = glowflow::default_device();
@@ -17,8 +17,8 @@
 //! cfg.flow_steps = 4;
 //! let model = VectorFlow::new(&cfg, &device);
 //! let x = from_vec(vec![0.1, -0.2, 0.5, 0.3], [2, 2], &device);
-//! let (z, _logdet) = model.encode(x.clone(), None); // no context
-//! let (back, _) = model.decode(z, None);
+//! let z = model.encode(x.clone(), None); // no context
+//! let back = model.decode(&z, None);
 //! let err: Vec<f64> = to_vec(back - x).iter().map(|v| v.abs() as f64).collect();
 //! // NaN is a failure, never a small error.
 //! assert!(glowflow::tensor_util::finite_max(&err).unwrap() < 1e-5);

@@ -50,13 +50,13 @@ fn vector_flow_with_context_inverts_and_matches_brute_force_jacobian() {
     let x = nchw_to_vec(random_input([n, d, 1, 1], 4, &ad));
     let c = context(n, k, 5, &ad);
 
-    let (z, ld) = m.encode(x.clone(), Some(&c));
-    let (back, ld_inv) = m.decode(z, Some(&c));
+    let (z, ld) = m.encode_with_logdet(x.clone(), Some(&c));
+    let (back, ld_inv) = m.decode_with_logdet(z, Some(&c));
     assert!(max_abs_diff(vec_to_nchw(back), vec_to_nchw(x.clone())) < 1e-4);
     assert!(max_abs_diff1(ld.clone(), ld_inv.neg()) < 1e-3);
 
     let brute = jacobian_logdets(
-        |t| vec_to_nchw(m.encode(nchw_to_vec(t), Some(&c)).0),
+        |t| vec_to_nchw(m.encode_with_logdet(nchw_to_vec(t), Some(&c)).0),
         vec_to_nchw(x.clone()),
     );
     for (a, b) in to_vec(ld).iter().zip(&brute) {
@@ -101,7 +101,7 @@ fn conditional_samples_carry_their_log_density() {
         let m = m.valid();
         let c = context(n, k, 9, &device);
         let mut rng = <rand_chacha::ChaCha8Rng as rand::SeedableRng>::seed_from_u64(0);
-        let (x, logp) = m.sample(n, 1.0, Some(&c), &mut rng, &device);
+        let (x, logp) = m.sample_and_log_prob(n, 1.0, Some(&c), &mut rng, &device);
         let direct = m.log_prob(x.clone(), Some(&c));
         assert!(max_abs_diff1(logp, direct) < 2e-3, "{model:?}");
         // The DensityModel contract: encode then decode is the identity.

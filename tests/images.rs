@@ -13,7 +13,7 @@ use common::*;
 use glowflow::data::{cifar, idx, DataSpec, LoadOptions};
 use glowflow::distributions::LN_2PI;
 use glowflow::linalg::{slogdet, Mat};
-use glowflow::models::{GlowImage, GlowImageConfig, ImageCoupling, Permutation};
+use glowflow::models::{DensityModel, GlowImage, GlowImageConfig, ImageCoupling, Permutation};
 use glowflow::tensor_util::{cast_module, to_vec, to_vec_f64};
 use glowflow::train::train_image::{train_image, ImageStart, ImageTrainOptions};
 
@@ -66,7 +66,7 @@ fn multiscale_inverse_reuses_latents_exactly() {
         let x = random_input([4, 3, 8, 8], 2, &ad_device()).mul_scalar(0.3);
         let (_, zs) = m.forward_latents(x.clone(), None);
         assert_eq!(zs.len(), 2);
-        let back = m.decode(&zs);
+        let back = m.decode(&zs, None);
         let err = max_abs_diff(back, x.clone());
         assert!(
             err <= 1e-4,
@@ -78,7 +78,7 @@ fn multiscale_inverse_reuses_latents_exactly() {
         let x64 = x.clone().cast(DType::F64);
         let (logp64, zs64) = m64.forward_latents(x64.clone(), None);
         assert_eq!(logp64.dtype(), DType::F64);
-        let err64 = to_vec_f64(m64.decode(&zs64) - x64)
+        let err64 = to_vec_f64(m64.decode(&zs64, None) - x64)
             .iter()
             .fold(0f64, |a, v| a.max(v.abs()));
         assert!(

@@ -4,7 +4,7 @@
 use std::path::Path;
 
 use glowflow::data::Target;
-use glowflow::models::{ModelKind, VectorFlowConfig};
+use glowflow::models::{DensityModel, ModelKind, VectorFlowConfig};
 use glowflow::train::{train2d, RunIo, Start, Summary, Train2dOptions};
 use glowflow::Flow;
 

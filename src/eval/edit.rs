@@ -3,7 +3,7 @@
 //! along the difference of mean latents, and temperature sweeps.
 //!
 //! Images are encoded from their bins' centres (no dequantisation noise), so an edit of scale
-//! 0 reproduces the image; latents are decoded exactly ([`GlowImage::decode`]). Every level's
+//! 0 reproduces the image; latents are decoded exactly ([`DensityModel::decode`]). Every level's
 //! latent is edited, not only the top one: a multi-scale Glow keeps much of an image in its
 //! early splits. All work is float32; results come back as 8-bit pixels, and a decoded image
 //! holding non-finite values is an error naming it, never a black tile.
@@ -14,7 +14,7 @@ use burn::tensor::{Device, Tensor};
 use crate::data::dequant::{bin_centres, to_pixels};
 use crate::data::images::ImageSet;
 use crate::models::glow_image::Latents;
-use crate::models::{GlowImage, GlowImageConfig};
+use crate::models::{DensityModel, GlowImage, GlowImageConfig};
 use crate::tensor_util::{from_vec, to_vec};
 
 /// The latents of images `indices` of `set` (every level's, in
@@ -52,7 +52,7 @@ pub fn encode(
 /// # Errors
 /// Names the images whose decoding holds non-finite values.
 pub fn decode_pixels(model: &GlowImage, cfg: &GlowImageConfig, zs: &Latents) -> Result<Vec<u8>> {
-    checked_pixels(model.decode(zs), cfg)
+    checked_pixels(model.decode(zs, None), cfg)
 }
 
 /// Decoded images `x: [n, c, h, w]` as 8-bit pixels; an error naming the non-finite ones.

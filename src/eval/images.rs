@@ -12,7 +12,7 @@ use crate::data::dequant::to_pixels;
 use crate::data::stream::image_batch;
 use crate::data::ImageSet;
 use crate::error::InputError;
-use crate::models::{GlowImage, GlowImageConfig};
+use crate::models::{DensityModel, GlowImage, GlowImageConfig};
 use crate::tensor_util::{cast_module, to_vec, to_vec_f64};
 use crate::viz::Canvas;
 
@@ -691,7 +691,7 @@ pub fn reconstruction_error(
     let x = image_batch(set, &idx, n_bits, &mut ChaCha8Rng::seed_from_u64(1), device).cast(dtype);
     let model = cast_module(model.clone(), dtype);
     let (_, zs) = model.forward_latents(x.clone(), None);
-    let back = model.decode(&zs);
+    let back = model.decode(&zs, None);
     let err: Vec<f64> = to_vec_f64(back - x).iter().map(|v| v.abs()).collect();
     crate::tensor_util::finite_max(&err).map_err(|bad| {
         anyhow::anyhow!(

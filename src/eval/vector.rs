@@ -14,8 +14,7 @@ use crate::data::stream::TableOptions;
 use crate::data::stream::{test_points, TableData};
 use crate::data::toy2d::Target;
 use crate::error::InputError;
-use crate::models::VectorFlow;
-use crate::models::VectorFlowConfig;
+use crate::models::{DensityModel, VectorFlow, VectorFlowConfig};
 use crate::tensor_util::{from_vec, from_vec_f64, to_vec, to_vec_f64};
 use crate::viz::charts::{self, Panel};
 use crate::viz::DensityGrid;
@@ -165,7 +164,7 @@ pub fn model_samples(
     device: &Device,
 ) -> (Vec<[f64; 2]>, Vec<f64>) {
     let mut rng = ChaCha8Rng::seed_from_u64(seed);
-    let (x, logp) = model.sample(n, 1.0, None, &mut rng, device);
+    let (x, logp) = model.sample_and_log_prob(n, 1.0, None, &mut rng, device);
     let xs = to_vec(x);
     let pts = xs.chunks(2).map(|c| [c[0] as f64, c[1] as f64]).collect();
     (pts, to_vec(logp).into_iter().map(f64::from).collect())
@@ -190,7 +189,7 @@ pub fn samples_for_test(
             .collect();
         from_vec(v, [n, data.context], device)
     });
-    let (x, _) = model.sample(n, 1.0, ctx.as_ref(), &mut rng, device);
+    let x = model.sample(n, 1.0, ctx.as_ref(), &mut rng, device);
     to_vec(x).into_iter().map(f64::from).collect()
 }
 
@@ -641,7 +640,7 @@ pub fn sample_rows(
     };
     let mut rng = ChaCha8Rng::seed_from_u64(seed);
     let model64 = crate::tensor_util::cast_module(model.clone(), DType::F64);
-    let (x, logp) = model64.sample(n, temperature, ctx.as_ref(), &mut rng, device);
+    let (x, logp) = model64.sample_and_log_prob(n, temperature, ctx.as_ref(), &mut rng, device);
     let (mut x, logp) = (to_vec_f64(x), to_vec_f64(logp));
     // Dequantised columns: back to the integers they model (the cell x + [0, 1) a value falls
     // in); `log_prob` stays the density of the continuous draw.

@@ -16,6 +16,7 @@ use rand_chacha::ChaCha8Rng;
 use serde::{Deserialize, Serialize};
 
 use super::dequantizer::{DequantizerConfig, VariationalDequantizer};
+use super::DensityModel;
 use crate::distributions::LN_2PI;
 use crate::flow::{Context, Flow};
 use crate::layers::squeeze::{squeeze, unsqueeze, Squeeze};
@@ -562,17 +563,6 @@ impl GlowImage {
         Tensor::cat(parts, 1)
     }
 
-    /// Continuous log-density of dequantised images, nats per sample: `log p(x | y)` for a
-    /// class one-hot `ctx` `[N, classes]`, else `log p(x)`.
-    pub fn log_prob(&self, x: Tensor<4>, ctx: Context) -> Tensor<1> {
-        self.forward_latents(x, ctx).0
-    }
-
-    /// Invert given latents exactly (reconstruction).
-    pub fn decode(&self, zs: &Latents) -> Tensor<4> {
-        self.generate(|_, _, _| None, zs.len(), Some(zs), None)
-    }
-
     /// `n` images with every prior's standard deviation scaled by `temperature` (for a class
     /// one-hot `ctx` `[n, classes]`, or none), and the latents drawn (one per level, in
     /// [`forward_latents`](Self::forward_latents)'s order), so a failure can be traced with
@@ -722,22 +712,33 @@ pub fn one_hot(labels: &[usize], classes: usize, device: &Device) -> Tensor<2> {
     crate::tensor_util::from_vec(v, [labels.len(), classes], device)
 }
 
-impl super::DensityModel for GlowImage {
+impl DensityModel for GlowImage {
     type Data = Tensor<4>;
     type Latent = Latents;
 
+    /// Continuous log-density of dequantised images `x: [N, C, H, W]`, nats per sample `[N]`:
+    /// `log p(x | y)` for a class one-hot `ctx` `[N, classes]`, else `log p(x)`; the sum over
+    /// levels of the flow steps' `log|det|` and each factored-out latent's prior log-density
+    /// (Glow's multi-scale model, Fig. 2). [`forward_latents`](GlowImage::forward_latents) also
+    /// returns the latents.
     fn log_prob(&self, x: Tensor<4>, ctx: Context) -> Tensor<1> {
-        self.log_prob(x, ctx)
+        self.forward_latents(x, ctx).0
     }
 
+    /// The latents of `x: [N, C, H, W]`, one per level (`[N, C_l, H_l, W_l]`, the
+    /// factored-out halves, then the top).
     fn encode(&self, x: Tensor<4>, ctx: Context) -> Latents {
         self.forward_latents(x, ctx).1
     }
 
+    /// The images `[N, C, H, W]` of given latents, inverted exactly (reconstruction); the
+    /// context does not change the result, since every latent is given.
     fn decode(&self, z: &Latents, ctx: Context) -> Tensor<4> {
         self.generate(|_, _, _| None, z.len(), Some(z), ctx)
     }
 
+    /// `n` images `[n, C, H, W]`: [`sample_with_latents`](GlowImage::sample_with_latents)
+    /// without the latents, on the model's device.
     fn sample<R: rand::Rng>(
         &self,
         n: usize,

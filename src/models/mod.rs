@@ -26,9 +26,12 @@ pub trait DensityModel {
     /// `log p(x | ctx)` per sample, `[N]`, nats (continuous density; for dequantised images
     /// see [`crate::eval::images::bpd_of`] for bits/dim).
     fn log_prob(&self, x: Self::Data, ctx: Context) -> Tensor<1>;
-    /// The latent of `x` (exactly invertible by [`decode`](DensityModel::decode)).
+    /// The latent of `x`: the flow's data-to-latent map, exactly inverted by
+    /// [`decode`](DensityModel::decode) for the same context (models give its log-determinant
+    /// with their own methods, e.g. [`VectorFlow::encode_with_logdet`]).
     fn encode(&self, x: Self::Data, ctx: Context) -> Self::Latent;
-    /// The data of a latent.
+    /// The data of a latent `z` (the latent-to-data map, e.g.
+    /// [`VectorFlow::decode_with_logdet`] without its log-determinant).
     fn decode(&self, z: &Self::Latent, ctx: Context) -> Self::Data;
     /// `n` samples with every prior's standard deviation scaled by `temperature` (Glow §5.3),
     /// deterministic for the RNG's state; a context, when given, is `[n, K]`.

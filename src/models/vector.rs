@@ -14,6 +14,7 @@ use rand::SeedableRng;
 use rand_chacha::ChaCha8Rng;
 use serde::{Deserialize, Serialize};
 
+use super::DensityModel;
 use crate::distributions::{standard_normal_log_prob, standard_normal_sample};
 use crate::flow::{nchw_to_vec, vec_to_nchw, Context, Flow};
 use crate::layers::{
@@ -366,19 +367,21 @@ impl VectorFlow {
         (nchw_to_vec(z), ld)
     }
 
-    /// Map raw points `[N, D]` (any float type; float64 keeps every digit of raw data) to
-    /// latents `[N, D]` and `log|det dz/dx|` `[N]` (including the standardisation), in the
-    /// flow's float type.
-    pub fn encode(&self, x: Tensor<2>, ctx: Context) -> (Tensor<2>, Tensor<1>) {
+    /// Map raw points `x: [N, D]` (any float type; float64 keeps every digit of raw data) to
+    /// latents `z: [N, D]` and `log|det dz/dx|` `[N]` in nats (the standardisation's included),
+    /// both in the flow's float type. [`DensityModel::encode`] is the latent alone.
+    pub fn encode_with_logdet(&self, x: Tensor<2>, ctx: Context) -> (Tensor<2>, Tensor<1>) {
         let c = self.ctx(ctx);
         let (h, ld0) = self.pre(x);
         self.encode_from(h, ld0, c.as_ref())
     }
 
-    /// Map latents `[N, D]` to raw points (un-standardised in float64, returned in the flow's
-    /// float type: a [float64 copy](crate::tensor_util::cast_module) of the model keeps every
-    /// digit of a column like `1e9 + N(0, 1)`) and `log|det dx/dz|` `[N]`.
-    pub fn decode(&self, z: Tensor<2>, ctx: Context) -> (Tensor<2>, Tensor<1>) {
+    /// Map latents `z: [N, D]` to raw points `[N, D]` (un-standardised in float64, returned in
+    /// the flow's float type: a [float64 copy](crate::tensor_util::cast_module) of the model
+    /// keeps every digit of a column like `1e9 + N(0, 1)`) and `log|det dx/dz|` `[N]` in nats,
+    /// the negative of [`encode_with_logdet`](Self::encode_with_logdet)'s at the same point.
+    /// [`DensityModel::decode`] is the points alone.
+    pub fn decode_with_logdet(&self, z: Tensor<2>, ctx: Context) -> (Tensor<2>, Tensor<1>) {
         let c = self.ctx(ctx);
         let (x, ld) = self.flow.inverse_ctx(vec_to_nchw(z), c.as_ref());
         match &self.standardize {
@@ -391,12 +394,6 @@ impl VectorFlow {
         }
     }
 
-    /// `log p(x | ctx)` per raw point `x: [N, D]`, `[N]`, nats in the data's units.
-    pub fn log_prob(&self, x: Tensor<2>, ctx: Context) -> Tensor<1> {
-        let (z, ld) = self.encode(x, ctx);
-        standard_normal_log_prob(vec_to_nchw(z)) + ld
-    }
-
     /// `log p(x | ctx)` in the raw data's units, from rows and context already standardised
     /// with [`standardization`](Self::standardization) (the training loop's path).
     pub fn log_prob_standardized(&self, x: Tensor<2>, ctx: Context) -> Tensor<1> {
@@ -406,9 +403,12 @@ impl VectorFlow {
         standard_normal_log_prob(vec_to_nchw(z)) + ld
     }
 
-    /// Draw `n` points with prior temperature `t` (standard deviation scaled by `t`), for a
-    /// context `[n, K]` or none; returns points `[n, D]` and their model log-density `[n]`.
-    pub fn sample(
+    /// Draw `n` points with every prior standard deviation scaled by `temperature` (Glow
+    /// §5.3), for a context `[n, K]` or none, deterministic for the RNG's state: the points
+    /// `[n, D]` and their model log-density `[n]` in nats, `log p(x) = log N(z; 0, I) -
+    /// log|det dx/dz|` at the drawn latent `z` (the model's density, not the tempered one's).
+    /// [`DensityModel::sample`] is the points alone.
+    pub fn sample_and_log_prob(
         &self,
         n: usize,
         temperature: f64,
@@ -419,7 +419,7 @@ impl VectorFlow {
         let dim = self.dim();
         let z = standard_normal_sample([n, dim, 1, 1], temperature, rng, device)
             .cast(self.compute_dtype());
-        let (x, ld_inv) = self.decode(nchw_to_vec(z.clone()), ctx);
+        let (x, ld_inv) = self.decode_with_logdet(nchw_to_vec(z.clone()), ctx);
         // log p(x) = log N(z) - log|det dx/dz|.
         let logp = standard_normal_log_prob(z) - ld_inv;
         (x, logp)
@@ -431,22 +431,31 @@ impl VectorFlow {
     }
 }
 
-impl super::DensityModel for VectorFlow {
+impl DensityModel for VectorFlow {
     type Data = Tensor<2>;
     type Latent = Tensor<2>;
 
+    /// `log p(x | ctx) = log N(z; 0, I) + log|det dz/dx|` per raw point `x: [N, D]`, `[N]`,
+    /// nats in the data's units (the standardisation's log-determinant included).
     fn log_prob(&self, x: Tensor<2>, ctx: Context) -> Tensor<1> {
-        self.log_prob(x, ctx)
+        let (z, ld) = self.encode_with_logdet(x, ctx);
+        standard_normal_log_prob(vec_to_nchw(z)) + ld
     }
 
+    /// The latents `[N, D]` of raw points `x: [N, D]`:
+    /// [`encode_with_logdet`](VectorFlow::encode_with_logdet) without the log-determinant.
     fn encode(&self, x: Tensor<2>, ctx: Context) -> Tensor<2> {
-        self.encode(x, ctx).0
+        self.encode_with_logdet(x, ctx).0
     }
 
+    /// The raw points `[N, D]` of latents `z: [N, D]`:
+    /// [`decode_with_logdet`](VectorFlow::decode_with_logdet) without the log-determinant.
     fn decode(&self, z: &Tensor<2>, ctx: Context) -> Tensor<2> {
-        self.decode(z.clone(), ctx).0
+        self.decode_with_logdet(z.clone(), ctx).0
     }
 
+    /// `n` points `[n, D]`: [`sample_and_log_prob`](VectorFlow::sample_and_log_prob) without
+    /// the log-densities.
     fn sample<R: rand::Rng>(
         &self,
         n: usize,
@@ -455,6 +464,6 @@ impl super::DensityModel for VectorFlow {
         rng: &mut R,
         device: &Device,
     ) -> Tensor<2> {
-        self.sample(n, temperature, ctx, rng, device).0
+        self.sample_and_log_prob(n, temperature, ctx, rng, device).0
     }
 }

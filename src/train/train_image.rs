@@ -20,7 +20,7 @@ use crate::eval::images::{
     bpd_meaning, bpd_of, class_eval, input_images, input_rows, input_width, minus_log_q,
     sample_grid, BpdReport, SampleBatch,
 };
-use crate::models::{GlowImage, GlowImageConfig};
+use crate::models::{DensityModel, GlowImage, GlowImageConfig};
 use crate::ops::adam::optimizer;
 use crate::tensor_util::from_vec;
 
