@@ -638,29 +638,51 @@ impl GlowImage {
     pub fn trace_decode(&self, zs: &Latents) -> Option<String> {
         use crate::tensor_util::count_nonfinite;
         let last = self.levels.len() - 1;
-        let mut h = zs[last].clone();
-        if count_nonfinite(h.clone()) > 0 {
+        if count_nonfinite(zs[last].clone()) > 0 {
             return Some(format!("level {last}, the top latent (prior draw)"));
         }
+        self.walk_back(
+            zs[last].clone(),
+            |l, mean, logs| {
+                if count_nonfinite(mean) + count_nonfinite(logs) > 0 {
+                    return Err(format!("level {l}, split prior (mean / log-std)"));
+                }
+                if count_nonfinite(zs[l].clone()) > 0 {
+                    return Err(format!("level {l}, split latent (prior draw)"));
+                }
+                Ok(zs[l].clone())
+            },
+            |l, flow, h| {
+                flow.trace_nonfinite(h, None, true)
+                    .map_err(|e| format!("level {l}, {e}"))
+            },
+        )
+        .err()
+    }
+
+    /// The one level walk of the generative direction, from the top latent `top` down: each
+    /// level with a split prior takes its latent from `latent` (given that prior's mean and
+    /// log-std at the level above's output) and joins it to that output, runs its flow steps
+    /// backwards (`flow`), and unsqueezes. `latent` and `flow` may stop the walk with a message.
+    fn walk_back(
+        &self,
+        top: Tensor<4>,
+        mut latent: impl FnMut(usize, Tensor<4>, Tensor<4>) -> Result<Tensor<4>, String>,
+        mut flow: impl FnMut(usize, &FlowSequence, Tensor<4>) -> Result<Tensor<4>, String>,
+    ) -> Result<Tensor<4>, String> {
+        let mut h = top;
         for (l, level) in self.levels.iter().enumerate().rev() {
             if let Some(prior) = &level.split {
                 let (mean, logs) = prior.params(h.clone());
-                if count_nonfinite(mean) + count_nonfinite(logs) > 0 {
-                    return Some(format!("level {l}, split prior (mean / log-std)"));
-                }
-                if count_nonfinite(zs[l].clone()) > 0 {
-                    return Some(format!("level {l}, split latent (prior draw)"));
-                }
-                h = Tensor::cat(vec![zs[l].clone(), h], 1);
+                h = Tensor::cat(vec![latent(l, mean, logs)?, h], 1);
             }
-            h = match level.flow.trace_nonfinite(h, None, true) {
-                Ok(x) => unsqueeze(x),
-                Err(e) => return Some(format!("level {l}, {e}")),
-            };
+            h = unsqueeze(flow(l, &level.flow, h)?);
         }
-        None
+        Ok(h)
     }
 
+    /// The images of the latents `given` (one per level), or of latents drawn by `pick` from
+    /// each prior's mean and log-std (top prior for `n` images and the class one-hot `ctx`).
     fn generate(
         &self,
         mut pick: impl FnMut(Tensor<4>, Tensor<4>, usize) -> Option<Tensor<4>>,
@@ -671,22 +693,21 @@ impl GlowImage {
         let n = given.map(|g| g[0].dims()[0]).unwrap_or(n);
         let last = self.levels.len() - 1;
         let (mean, logs) = self.top_params(n, ctx);
-        let mut h = match given {
+        let top = match given {
             Some(g) => g[last].clone(),
             None => pick(mean, logs, last).expect("sampling draws every latent"),
         };
-        for (l, level) in self.levels.iter().enumerate().rev() {
-            if let Some(prior) = &level.split {
-                let (mean, logs) = prior.params(h.clone());
-                let z = match given {
+        self.walk_back(
+            top,
+            |l, mean, logs| {
+                Ok(match given {
                     Some(g) => g[l].clone(),
                     None => pick(mean, logs, l).expect("sampling draws every latent"),
-                };
-                h = Tensor::cat(vec![z, h], 1);
-            }
-            h = unsqueeze(level.flow.inverse(h).0);
-        }
-        h
+                })
+            },
+            |_, flow, h| Ok(flow.inverse(h).0),
+        )
+        .unwrap_or_else(|_| unreachable!("the plain walk never stops"))
     }
 }
 

@@ -3,11 +3,13 @@
 
 pub mod dequantizer;
 pub mod glow_image;
+pub mod objective;
 pub mod vector;
 
 pub use crate::layers::Permutation;
 pub use dequantizer::{DequantizerConfig, VariationalDequantizer};
 pub use glow_image::{GlowImage, GlowImageConfig, ImageCoupling};
+pub use objective::Dequantization;
 pub use vector::{CouplingKind, ModelKind, VectorFlow, VectorFlowConfig};
 
 use burn::tensor::{Device, Tensor};

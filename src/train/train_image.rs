@@ -13,14 +13,12 @@ use super::stability::{Guard, StabilityOptions};
 use super::trainer::{self, Schedule, Task};
 use super::RunIo;
 use crate::data::images::absolute_spec;
-use crate::data::stream::{drop_labels, epoch_batch, image_batch, step_rng, with_one_hot};
+use crate::data::stream::{epoch_batch, image_batch, step_rng};
 use crate::data::LoadOptions;
 use crate::error::{FieldError, InputError};
-use crate::eval::images::{
-    bpd_meaning, bpd_of, class_eval, input_images, input_rows, input_width, minus_log_q,
-    sample_grid, BpdReport, SampleBatch,
-};
-use crate::models::{DensityModel, GlowImage, GlowImageConfig};
+use crate::eval::images::{class_eval, sample_grid, BpdReport, SampleBatch};
+use crate::models::objective::{self, bpd_meaning, input_images, input_rows, BatchLayout};
+use crate::models::{GlowImage, GlowImageConfig};
 use crate::ops::adam::optimizer;
 use crate::tensor_util::from_vec;
 
@@ -493,6 +491,7 @@ pub(crate) fn run_image(
         hooks,
     };
     let mut task = ImageTask {
+        layout: BatchLayout::new(&run.model, run.options.label_dropout),
         run,
         data,
         labels,
@@ -629,20 +628,11 @@ struct ImageTask {
     data: crate::data::Splits,
     /// Training and test labels of a class-conditional run.
     labels: Option<(Vec<u8>, Vec<u8>)>,
+    /// The columns of a batch's rows.
+    layout: BatchLayout,
     out: PathBuf,
     /// The evaluation device (traces).
     device: Device,
-}
-
-impl ImageTask {
-    /// One-hot copies per row: the prior's, and with label dropout the true label's too.
-    fn label_copies(&self) -> usize {
-        if self.run.options.label_dropout > 0.0 {
-            2
-        } else {
-            1
-        }
-    }
 }
 
 impl Task for ImageTask {
@@ -659,28 +649,15 @@ impl Task for ImageTask {
     fn batch(&mut self, step: usize) -> Vec<f32> {
         let (train, opts) = (&self.data.train, &self.run.options);
         let idx = crate::data::stream::epoch_batch(train.n, opts.batch_size, opts.seed, step);
-        let cfg = &self.run.model;
-        let rows = input_rows(cfg, train, &idx, &mut step_rng(opts.seed, step));
-        let Some((train_labels, _)) = &self.labels else {
-            return rows;
-        };
-        let (w, k) = (input_width(cfg), cfg.classes);
-        let rows = with_one_hot(&rows, w, &idx, train_labels, k);
-        if opts.label_dropout == 0.0 {
-            return rows;
-        }
-        // With label dropout a row is [input | true one-hot | prior's one-hot]: the prior's copy
-        // is dropped (the null class), the class loss keeps the true label. The dropout draws
-        // have their own stream, so the data and the dequantisation noise are those of a run
-        // without dropout.
-        let mut rows = with_one_hot(&rows, w + k, &idx, train_labels, k);
-        let mut rng = step_rng(opts.seed ^ crate::rng::LABEL_DROPOUT, step);
-        drop_labels(&mut rows, w + k, k, opts.label_dropout, &mut rng);
-        rows
+        let rows = input_rows(&self.run.model, train, &idx, &mut step_rng(opts.seed, step));
+        let labels = self.labels.as_ref().map(|(train, _)| &train[..]);
+        let mut dropout = step_rng(opts.seed ^ crate::rng::LABEL_DROPOUT, step);
+        let dropout = (opts.label_dropout, &mut dropout);
+        self.layout.pack(rows, &idx, labels, dropout)
     }
 
     fn width(&self) -> usize {
-        input_width(&self.run.model) + self.run.model.classes * self.label_copies()
+        self.layout.width()
     }
 
     fn batch_size(&self) -> usize {
@@ -692,38 +669,8 @@ impl Task for ImageTask {
     }
 
     fn loss(&self, m: &GlowImage, x: Tensor<2>) -> Tensor<1> {
-        let (d, k, n_bits) = (
-            self.run.model.dims(),
-            self.run.model.classes,
-            self.run.model.n_bits,
-        );
-        let cfg = &self.run.model;
-        let w = input_width(cfg);
-        let (img, log_q) = input_images(m, cfg, x.clone().narrow(1, 0, w));
-        if k == 0 {
-            return bpd_of(minus_log_q(m.log_prob(img, None), log_q), d, n_bits);
-        }
-        // The prior's one-hot is the last copy (dropped rows are zero); the class loss reads the
-        // first (the true label).
-        let copies = self.label_copies();
-        let y = x.clone().narrow(1, w + (copies - 1) * k, k);
-        let truth = x.narrow(1, w, k);
-        let (logp, zs) = m.forward_latents(img, Some(&y));
-        let bpd = bpd_of(minus_log_q(logp, log_q), d, n_bits);
-        if self.run.options.weight_y == 0.0 {
-            return bpd;
-        }
-        let top = zs.last().expect("a top latent").clone();
-        let logits = m.class_logits(top).expect("conditional model");
-        let log_q = burn::tensor::activation::log_softmax(logits, 1);
-        // Cross-entropy in bits per image (openai/glow's bits_y).
-        let bits_y = (log_q * truth)
-            .sum_dim(1)
-            .mean()
-            .neg()
-            .div_scalar(std::f64::consts::LN_2)
-            .reshape([1]);
-        bpd + bits_y.mul_scalar(self.run.options.weight_y)
+        let weight_y = self.run.options.weight_y;
+        objective::batch_loss(m, &self.run.model, &self.layout, x, weight_y)
     }
 
     fn row(&self, bpd: f64, lr: f64, seconds: f64, rate: Option<f64>, guard: &str) -> String {
@@ -741,8 +688,8 @@ impl Task for ImageTask {
         // The images the density saw: x + u with u drawn from q(u | x) for a variational run.
         let cfg = &self.run.model;
         let n = rows.len() / self.width();
-        let rows = from_vec(rows, [n, self.width()], &self.device).narrow(1, 0, input_width(cfg));
-        let (x, log_q) = input_images(model, cfg, rows);
+        let rows = from_vec(rows, [n, self.width()], &self.device);
+        let (x, log_q) = input_images(model, cfg, self.layout.split(rows).input);
         if log_q.is_some_and(|q| crate::tensor_util::count_nonfinite(q) > 0) {
             return Some("the variational dequantiser's log q(u | x)".into());
         }
