@@ -6,6 +6,7 @@ pub mod fit;
 pub mod interrupt;
 pub use crate::ops::parallel;
 pub mod run_dir;
+mod session;
 pub mod stability;
 pub mod train2d;
 pub mod train_image;

@@ -10,15 +10,15 @@ use burn::tensor::Device;
 use serde::{Deserialize, Serialize};
 
 use super::run_dir::{self, apply_change, apply_changes, ResumeChanges};
-use super::stability::{Guard, StabilityOptions};
-use super::trainer::{self, Schedule, Task};
+use super::session::{Begin, Session, Workload};
+use super::stability::StabilityOptions;
+use super::trainer::{self, Task, Trained};
 use crate::data::stream::{DataStream, TableData, TableOptions};
 use crate::data::toy2d::Target;
 use crate::error::{FieldError, InputError};
 use crate::eval::vector as eval;
 use crate::flow::Flow;
 use crate::models::{VectorFlow, VectorFlowConfig};
-use crate::ops::adam::optimizer;
 use crate::tensor_util::from_vec;
 
 /// Training hyper-parameters (defaults: the tutorial's recipe).
@@ -191,6 +191,18 @@ impl trainer::Recipe for Train2dOptions {
 
     fn stability(&self) -> &StabilityOptions {
         &self.stability
+    }
+
+    fn steps(&self) -> usize {
+        self.steps
+    }
+
+    fn log_every(&self) -> usize {
+        self.log_every
+    }
+
+    fn checkpoint_every(&self) -> usize {
+        self.checkpoint_every
     }
 }
 
@@ -499,7 +511,8 @@ pub(crate) struct Stopped {
     pub parameters: usize,
 }
 
-/// The run itself, for [`train2d`] and the library's in-memory fit.
+/// The run itself, for [`train2d`] and the library's in-memory fit: the one session
+/// ([`super::session::run`]) with a vector flow's [`VectorWork`].
 pub(crate) fn run_vector(
     start: Start,
     options: Option<Train2dOptions>,
@@ -509,208 +522,246 @@ pub(crate) fn run_vector(
     let VectorRun {
         out,
         io,
-        data: mut preloaded,
+        data,
         hooks,
     } = vr;
-    let train_device = device.clone().autodiff();
-    let resumed_from = match &start {
-        Start::Resume(d, _) => Some(d.clone()),
-        Start::Fresh(_) => None,
+    let begin = match start {
+        Start::Fresh(cfg) => Begin::Fresh(
+            cfg,
+            options.context("training options are required for a fresh run")?,
+        ),
+        Start::Resume(dir, changes) => Begin::Resume(dir, changes),
     };
-    let (_lock, continues_here) = trainer::open_session(out, resumed_from.as_deref(), io.force)?;
-    let mut table: Option<TableData> = None;
-    let (mut model, optim, ema, run, saved) = match start {
-        Start::Fresh(mut cfg) => {
-            let mut opts = options.context("training options are required for a fresh run")?;
-            opts.validate().map_err(FieldError::on_option)?;
-            if let Some(t) = &mut opts.table {
-                let data = match preloaded.take() {
-                    Some(d) => d,
-                    None => TableData::load(t, opts.seed)?,
-                };
-                t.fingerprint = Some(data.fingerprint.clone());
-                t.resolved = Some(data.resolved.clone());
-                (cfg.features, cfg.context, cfg.standardize) = (data.dim, data.context, true);
-                table = Some(data);
-            }
-            cfg.validate().map_err(FieldError::on_option)?;
-            check_cost(&cfg, &opts)?;
-            let mut model = VectorFlow::new(&cfg, &train_device);
-            check_batch(&cfg, &opts, model.flow.uses_batch_statistics())
-                .map_err(FieldError::on_option)?;
-            if let Some(d) = &table {
-                d.check_batch(opts.batch_size)?;
-                let (data, context) = d.standardization()?;
-                model.set_standardization((&data.0, &data.1), (&context.0, &context.1));
-            }
-            let optim = optimizer(opts.stability.optimizer);
-            let mut run = RunState::fresh(cfg, opts);
-            run.threads = Some(io.threads.max(1));
-            (model, optim, None, run, None)
-        }
-        Start::Resume(dir, changes) => {
-            let r = trainer::resume_with::<VectorFlow>(&dir, &changes, io.threads, &train_device)?;
-            (r.model, r.optim, r.ema, r.state, Some(r.saved))
-        }
+    let work = VectorWork {
+        io,
+        out,
+        preloaded: data,
+        table: None,
+        data: None,
+        warnings: Vec::new(),
+        batch_statistics: false,
     };
-    let (cfg, opts) = (run.model.clone(), run.options.clone());
-    if let (None, Some(t)) = (&table, &opts.table) {
-        let data = match preloaded.take() {
-            Some(d) => d,
-            None if t.in_memory => {
-                return Err(InputError::option(
-                    "resume",
-                    out.map_or_else(String::new, |o| o.display().to_string()),
-                    "this run was fitted by a program on rows it held in memory (no file to read them from); resume it from that program, with the same rows",
-                )
-                .into())
-            }
-            None => TableData::load(t, opts.seed).map_err(|e| {
-                if t.path.exists() {
-                    e
-                } else {
-                    e.context(format!(
-                        "the run's table {} is gone; if it moved, give its new place with `data` on `resume`",
-                        t.path.display()
-                    ))
+    super::session::run(work, begin, Session { out, io, hooks }, device)
+}
+
+/// A vector flow's part of the one session: its table (or 2D target), standardisation,
+/// ActNorm initialisation, split and frames, evaluation and summary.
+struct VectorWork<'a> {
+    io: &'a RunIo,
+    out: Option<&'a Path>,
+    /// The table the caller holds in memory, not yet taken.
+    preloaded: Option<TableData>,
+    /// The run's table (`None`: a 2D target).
+    table: Option<TableData>,
+    /// The batches, once the data is checked.
+    data: Option<DataStream>,
+    /// Warnings about the table, for the summary.
+    warnings: Vec<String>,
+    /// Whether the model normalises with batch statistics (then one shard per batch).
+    batch_statistics: bool,
+}
+
+impl Workload for VectorWork<'_> {
+    type Model = VectorFlow;
+    type Task = VectorTask;
+    type End = Outcome;
+
+    fn fresh(
+        &mut self,
+        mut cfg: VectorFlowConfig,
+        mut opts: Train2dOptions,
+        device: &Device,
+    ) -> Result<(VectorFlow, RunState)> {
+        opts.validate().map_err(FieldError::on_option)?;
+        if let Some(t) = &mut opts.table {
+            let data = match self.preloaded.take() {
+                Some(d) => d,
+                None => TableData::load(t, opts.seed)?,
+            };
+            t.fingerprint = Some(data.fingerprint.clone());
+            t.resolved = Some(data.resolved.clone());
+            (cfg.features, cfg.context, cfg.standardize) = (data.dim, data.context, true);
+            self.table = Some(data);
+        }
+        cfg.validate().map_err(FieldError::on_option)?;
+        check_cost(&cfg, &opts)?;
+        let mut model = VectorFlow::new(&cfg, device);
+        check_batch(&cfg, &opts, model.flow.uses_batch_statistics())
+            .map_err(FieldError::on_option)?;
+        if let Some(d) = &self.table {
+            d.check_batch(opts.batch_size)?;
+            let (data, context) = d.standardization()?;
+            model.set_standardization((&data.0, &data.1), (&context.0, &context.1));
+        }
+        let mut run = RunState::fresh(cfg, opts);
+        run.threads = Some(self.io.threads.max(1));
+        Ok((model, run))
+    }
+
+    fn prepare(&mut self, model: &VectorFlow, run: &mut RunState) -> Result<()> {
+        let opts = &run.options;
+        if let (None, Some(t)) = (&self.table, &opts.table) {
+            let data = match self.preloaded.take() {
+                Some(d) => d,
+                None if t.in_memory => {
+                    return Err(InputError::option(
+                        "resume",
+                        self.out.map_or_else(String::new, |o| o.display().to_string()),
+                        "this run was fitted by a program on rows it held in memory (no file to read them from); resume it from that program, with the same rows",
+                    )
+                    .into())
                 }
-            })?,
-        };
-        if t.fingerprint
-            .as_ref()
-            .is_some_and(|f| *f != data.fingerprint)
-        {
+                None => TableData::load(t, opts.seed).map_err(|e| {
+                    if t.path.exists() {
+                        e
+                    } else {
+                        e.context(format!(
+                            "the run's table {} is gone; if it moved, give its new place with `data` on `resume`",
+                            t.path.display()
+                        ))
+                    }
+                })?,
+            };
+            if t.fingerprint
+                .as_ref()
+                .is_some_and(|f| *f != data.fingerprint)
+            {
+                return Err(InputError::option(
+                    "data",
+                    t.path.display(),
+                    "is not the table this run was trained on (its values changed)",
+                )
+                .into());
+            }
+            self.table = Some(data);
+        }
+        self.batch_statistics = model.flow.uses_batch_statistics();
+        if !self.io.replicas.is_empty() && self.batch_statistics {
             return Err(InputError::option(
-                "data",
-                t.path.display(),
-                "is not the table this run was trained on (its values changed)",
+                "device",
+                format!("{} devices", 1 + self.io.replicas.len()),
+                "Real NVP's batch norm normalises with batch statistics, which splitting the batch over devices would change; train it on one device",
             )
             .into());
         }
-        table = Some(data);
-    }
-    trainer::check_steps(run.step, opts.steps)?;
-    if !io.replicas.is_empty() && model.flow.uses_batch_statistics() {
-        return Err(InputError::option(
-            "device",
-            format!("{} devices", 1 + io.replicas.len()),
-            "Real NVP's batch norm normalises with batch statistics, which splitting the batch over devices would change; train it on one device",
-        )
-        .into());
-    }
-    // A degenerate table: refused (duplicate columns) or warned about (integer columns) before
-    // the first step of a fresh run.
-    let table_warnings: Vec<String> = match (&table, run.step) {
-        (Some(t), 0) => t.degeneracy()?,
-        _ => Vec::new(),
-    }
-    .iter()
-    .map(|w| crate::error::warn(w))
-    .collect();
-    if let Some(out) = out {
-        // Everything is checked: only now is an old run replaced by --force cleared (a refused
-        // run never touches the run it would have replaced).
-        trainer::clear_old_run(out, continues_here, io.force)?;
-        if let Some(d) = &table {
-            d.write_split(out)?;
+        // A degenerate table: refused (duplicate columns) or warned about (integer columns)
+        // before the first step of a fresh run.
+        self.warnings = match (&self.table, run.step) {
+            (Some(t), 0) => t.degeneracy()?,
+            _ => Vec::new(),
         }
-        if table.is_none() {
-            std::fs::create_dir_all(frames_dir(out))?;
-            // Frames past the checkpoint (drawn before a crash or a second Ctrl-C) belong to
-            // steps this run will take again: drop them, as the logs drop their rows.
-            remove_frames_after(out, run.step);
+        .iter()
+        .map(|w| crate::error::warn(w))
+        .collect();
+        let mut data = match &self.table {
+            Some(t) => DataStream::table(t, opts.seed, opts.batch_size),
+            None => DataStream::new(opts.target, opts.seed, opts.batch_size),
+        };
+        // The model's own statistics (float64, saved with it) standardise every batch on the
+        // host.
+        if let Some((mean, std)) = model.standardization() {
+            data.standardize_with(mean, &std);
         }
+        self.data = Some(data);
+        Ok(())
     }
 
-    let mut data = match &table {
-        Some(t) => DataStream::table(t, opts.seed, opts.batch_size),
-        None => DataStream::new(opts.target, opts.seed, opts.batch_size),
-    };
-    // The model's own statistics (float64, saved with it) standardise every batch on the host.
-    if let Some((mean, std)) = model.standardization() {
-        data.standardize_with(mean, &std);
-    }
-    if run.step == 0 && model.flow.needs_data_init() {
+    fn initialize(&mut self, model: &mut VectorFlow, run: &RunState, device: &Device) {
+        if !model.flow.needs_data_init() {
+            return;
+        }
+        let cfg = &run.model;
+        let data = self.data.as_mut().expect("prepared before initialising");
         let (rows, n) = data.init_rows();
-        let rows = from_vec(rows, [n, cfg.features + cfg.context], &train_device);
+        let rows = from_vec(rows, [n, cfg.features + cfg.context], device);
         let (x, c) = split_context(rows, cfg.features, cfg.context);
         model.initialize_standardized(x, c.as_ref());
     }
 
-    let guard = Guard::new(&model, opts.stability.clone(), ema, run.skipped_steps);
-    // Density frames are pictures of a 2D target's plane.
-    let frames = if table.is_some() { 0 } else { opts.frames };
-    let vmax = eval::density_scale(opts.target, opts.grid);
-    let threads = run.threads.unwrap_or(1).max(1);
-    let schedule = Schedule {
-        out: out.map(Path::to_path_buf),
-        progress: io.progress,
-        first: run.step,
-        steps: opts.steps,
-        log_every: opts.log_every,
-        checkpoint_every: opts.checkpoint_every,
-        time_limit_minutes: None,
-        train_seconds: run.train_seconds,
-        append_logs: run.step > 0 || continues_here,
-        saved,
-        device: train_device,
-        replicas: io.replicas.iter().map(|d| d.clone().autodiff()).collect(),
-        hooks,
-    };
-    let mut task = VectorTask {
-        shards: if model.flow.uses_batch_statistics() {
-            1
-        } else {
-            threads
-        },
-        frame_every: opts
-            .steps
-            .checked_div(frames)
-            .map_or(usize::MAX, |e| e.max(1)),
-        frames,
-        vmax,
-        data,
-        run,
-        out: out.map(Path::to_path_buf).unwrap_or_default(),
-        device: device.clone(),
-    };
-    let done = trainer::train(&mut task, model, optim, guard, schedule)?;
-    let parameters = crate::tensor_util::trainable_count(&done.model);
-    let eval = done.guard.eval_weights(done.model.valid());
-    if done.interrupted {
-        return Ok(Outcome::Interrupted(Box::new(Stopped {
-            step: done.step,
-            model: eval,
-            state: done.state,
-            table,
-            parameters,
-        })));
+    fn write_files(&mut self, out: &Path, run: &RunState) -> Result<()> {
+        match &self.table {
+            Some(d) => d.write_split(out)?,
+            None => {
+                std::fs::create_dir_all(frames_dir(out))?;
+                // Frames past the checkpoint (drawn before a crash or a second Ctrl-C) belong
+                // to steps this run will take again: drop them, as the logs drop their rows.
+                remove_frames_after(out, run.step);
+            }
+        }
+        Ok(())
     }
-    let mut summary = evaluate(&eval, &done.state, table.as_ref(), out, device, vmax)?;
-    summary.parameters = parameters;
-    summary.warnings.splice(0..0, table_warnings);
-    if let Some(out) = out {
-        // The figures first: a picture that cannot be written (a full disk) is a warning.
-        super::save_summary(&summary, &out.join("summary.json"))?;
-        let curve = crate::viz::charts::loss_curve(out, "step", "loss", "training NLL (nats)");
-        if let Err(e) = curve {
-            let w = format!("loss.png not written: {e:#}");
-            eprintln!("warning: {w}");
-            summary.warnings.push(w);
-            super::save_summary(&summary, &out.join("summary.json"))?;
+
+    fn task(self, run: RunState, out: Option<&Path>, device: &Device) -> VectorTask {
+        let opts = &run.options;
+        // Density frames are pictures of a 2D target's plane.
+        let frames = if self.table.is_some() { 0 } else { opts.frames };
+        let vmax = eval::density_scale(opts.target, opts.grid);
+        let threads = run.threads.unwrap_or(1).max(1);
+        VectorTask {
+            shards: if self.batch_statistics { 1 } else { threads },
+            frame_every: opts
+                .steps
+                .checked_div(frames)
+                .map_or(usize::MAX, |e| e.max(1)),
+            frames,
+            vmax,
+            data: self.data.expect("prepared before training"),
+            run,
+            out: out.map(Path::to_path_buf).unwrap_or_default(),
+            device: device.clone(),
+            table: self.table,
+            warnings: self.warnings,
         }
     }
-    Ok(Outcome::Finished {
-        model: eval,
-        summary: Box::new(summary),
-        state: Box::new(done.state),
-    })
+
+    fn finish(
+        task: VectorTask,
+        done: Trained<VectorFlow>,
+        out: Option<&Path>,
+        device: &Device,
+    ) -> Result<Outcome> {
+        let parameters = crate::tensor_util::trainable_count(&done.model);
+        let eval = done.guard.eval_weights(done.model.valid());
+        if done.interrupted {
+            return Ok(Outcome::Interrupted(Box::new(Stopped {
+                step: done.step,
+                model: eval,
+                state: done.state,
+                table: task.table,
+                parameters,
+            })));
+        }
+        let (table, vmax) = (task.table.as_ref(), task.vmax);
+        let mut summary = evaluate(&eval, &done.state, table, out, device, vmax)?;
+        summary.parameters = parameters;
+        summary.warnings.splice(0..0, task.warnings);
+        if let Some(out) = out {
+            // The figures first: a picture that cannot be written (a full disk) is a warning.
+            super::save_summary(&summary, &out.join("summary.json"))?;
+            let curve = crate::viz::charts::loss_curve(out, "step", "loss", "training NLL (nats)");
+            if let Err(e) = curve {
+                let w = format!("loss.png not written: {e:#}");
+                eprintln!("warning: {w}");
+                summary.warnings.push(w);
+                super::save_summary(&summary, &out.join("summary.json"))?;
+            }
+        }
+        Ok(Outcome::Finished {
+            model: eval,
+            summary: Box::new(summary),
+            state: Box::new(done.state),
+        })
+    }
 }
 
 /// A vector flow's part of the one training loop: batches from a 2D target or a table, the
 /// mean negative log-likelihood (with the context columns split off), density frames.
 struct VectorTask {
     data: DataStream,
+    /// The run's table (`None`: a 2D target), for the evaluation.
+    table: Option<TableData>,
+    /// Warnings about the table, for the summary.
+    warnings: Vec<String>,
     /// The run: model config, options (`run.options`), threads, resumes.
     run: RunState,
     shards: usize,

@@ -9,8 +9,9 @@ use burn::tensor::{Device, Tensor};
 use serde::{Deserialize, Serialize};
 
 use super::run_dir::{self, apply_change, apply_changes, ResumeChanges};
-use super::stability::{Guard, StabilityOptions};
-use super::trainer::{self, Schedule, Task};
+use super::session::{Begin, Session, Workload};
+use super::stability::StabilityOptions;
+use super::trainer::{self, Task, Trained};
 use super::RunIo;
 use crate::data::images::absolute_spec;
 use crate::data::stream::{epoch_batch, image_batch, step_rng};
@@ -19,7 +20,6 @@ use crate::error::{FieldError, InputError};
 use crate::eval::images::{class_eval, sample_grid, BpdReport, SampleBatch};
 use crate::models::objective::{self, bpd_meaning, input_images, input_rows, BatchLayout};
 use crate::models::{GlowImage, GlowImageConfig};
-use crate::ops::adam::optimizer;
 use crate::tensor_util::from_vec;
 
 /// Training options of image Glow (the recipe; stored in checkpoints).
@@ -234,6 +234,22 @@ impl trainer::Recipe for ImageTrainOptions {
     fn stability(&self) -> &StabilityOptions {
         &self.stability
     }
+
+    fn steps(&self) -> usize {
+        self.steps
+    }
+
+    fn log_every(&self) -> usize {
+        self.log_every
+    }
+
+    fn checkpoint_every(&self) -> usize {
+        self.checkpoint_every
+    }
+
+    fn time_limit_minutes(&self) -> Option<f64> {
+        self.time_limit_minutes
+    }
 }
 
 /// `summary.json` of an image run.
@@ -369,8 +385,9 @@ pub(crate) struct ImageRun<'a> {
     pub hooks: trainer::Hooks,
 }
 
-/// The run itself, for [`train_image`] and the library's in-memory fit: the evaluation weights
-/// and how the run ended.
+/// The run itself, for [`train_image`] and the library's in-memory fit: the one session
+/// ([`super::session::run`]) with image Glow's [`ImageWork`]; the evaluation weights and how
+/// the run ended.
 pub(crate) fn run_image(
     start: ImageStart,
     ir: ImageRun<'_>,
@@ -379,76 +396,110 @@ pub(crate) fn run_image(
     let ImageRun {
         out,
         io,
-        data: mut preloaded,
+        data,
         hooks,
     } = ir;
-    let progress = io.progress;
-    let train_device = device.clone().autodiff();
-    let resumed_from = match &start {
-        ImageStart::Resume(d, _) => Some(d.clone()),
-        ImageStart::Fresh(..) => None,
+    let begin = match start {
+        ImageStart::Fresh(cfg, opts) => Begin::Fresh(cfg, opts),
+        ImageStart::Resume(dir, changes) => Begin::Resume(dir, changes),
     };
-    let (_lock, continues_here) = trainer::open_session(out, resumed_from.as_deref(), io.force)?;
-    let (mut model, optim, ema, mut run, saved) = match start {
-        ImageStart::Fresh(cfg, mut opts) => {
-            cfg.validate().map_err(FieldError::on_option)?;
-            opts.validate().map_err(FieldError::on_option)?;
-            if cfg.classes == 0 && opts.weight_y > 0.0 {
-                let why = "needs a class-conditional model (`classes` K)";
-                return Err(InputError::option("weight_y", opts.weight_y, why).into());
-            }
-            if cfg.classes == 0 && opts.label_dropout > 0.0 {
-                let why = "needs a class-conditional model (`classes` K)";
-                return Err(InputError::option("label_dropout", opts.label_dropout, why).into());
-            }
-            if !opts.in_memory {
-                opts.data = absolute_spec(&opts.data)?;
-            }
-            let model = GlowImage::new(&cfg, &train_device);
-            let optim = optimizer(opts.stability.optimizer);
-            (model, optim, None, RunState::fresh(cfg, opts), None)
-        }
-        ImageStart::Resume(dir, changes) => {
-            let r = trainer::resume_with::<GlowImage>(&dir, &changes, io.threads, &train_device)?;
-            (r.model, r.optim, r.ema, r.state, Some(r.saved))
-        }
+    let work = ImageWork {
+        out,
+        preloaded: data,
+        data: None,
+        labels: None,
     };
-    let (cfg, opts, first) = (run.model.clone(), run.options.clone(), run.step);
-    trainer::check_steps(first, opts.steps)?;
-    let data = match preloaded.take() {
-        Some(d) => d,
-        None if opts.in_memory => {
-            return Err(InputError::option(
-                "resume",
-                out.map_or_else(String::new, |o| o.display().to_string()),
-                "this run was fitted by a program on images it held in memory (no files to read them from); resume it from that program, with the same images",
-            )
-            .into())
-        }
-        None => load_data(&opts)?,
-    };
-    data.train
-        .check_shape([cfg.channels, cfg.height, cfg.width], &opts.data)?;
-    let print = data.train.fingerprint();
-    if let Some(want) = &run.data_fingerprint {
-        if *want != print {
-            return Err(InputError::option(
-                "data",
-                &opts.data,
-                format!(
-                    "not the training images this run was trained on (fingerprint {print}, the run's {want})"
-                ),
-            )
-            .into());
-        }
-    }
-    run.data_fingerprint = Some(print);
-    check_batch(&cfg, &opts, data.train.n).map_err(FieldError::on_option)?;
-    let labels = data.labels(cfg.classes, &opts.data)?;
+    super::session::run(work, begin, Session { out, io, hooks }, device)
+}
 
-    if first == 0 && model.needs_data_init() {
+/// Image Glow's part of the one session: its images (and labels), ActNorm initialisation,
+/// test evaluation, sample grid and summary.
+struct ImageWork<'a> {
+    out: Option<&'a Path>,
+    /// The images the caller holds in memory, not yet taken.
+    preloaded: Option<crate::data::Splits>,
+    /// The run's images, once checked.
+    data: Option<crate::data::Splits>,
+    /// Training and test labels of a class-conditional run.
+    labels: Option<(Vec<u8>, Vec<u8>)>,
+}
+
+impl Workload for ImageWork<'_> {
+    type Model = GlowImage;
+    type Task = ImageTask;
+    type End = (GlowImage, ImageEnd);
+
+    fn fresh(
+        &mut self,
+        cfg: GlowImageConfig,
+        mut opts: ImageTrainOptions,
+        device: &Device,
+    ) -> Result<(GlowImage, ImageRunState)> {
+        cfg.validate().map_err(FieldError::on_option)?;
+        opts.validate().map_err(FieldError::on_option)?;
+        if cfg.classes == 0 && opts.weight_y > 0.0 {
+            let why = "needs a class-conditional model (`classes` K)";
+            return Err(InputError::option("weight_y", opts.weight_y, why).into());
+        }
+        if cfg.classes == 0 && opts.label_dropout > 0.0 {
+            let why = "needs a class-conditional model (`classes` K)";
+            return Err(InputError::option("label_dropout", opts.label_dropout, why).into());
+        }
+        if !opts.in_memory {
+            opts.data = absolute_spec(&opts.data)?;
+        }
+        let model = GlowImage::new(&cfg, device);
+        Ok((model, RunState::fresh(cfg, opts)))
+    }
+
+    fn prepare(&mut self, _model: &GlowImage, run: &mut ImageRunState) -> Result<()> {
+        let (cfg, opts) = (&run.model, &run.options);
+        let data = match self.preloaded.take() {
+            Some(d) => d,
+            None if opts.in_memory => {
+                return Err(InputError::option(
+                    "resume",
+                    self.out.map_or_else(String::new, |o| o.display().to_string()),
+                    "this run was fitted by a program on images it held in memory (no files to read them from); resume it from that program, with the same images",
+                )
+                .into())
+            }
+            None => load_data(opts)?,
+        };
+        data.train
+            .check_shape([cfg.channels, cfg.height, cfg.width], &opts.data)?;
+        let print = data.train.fingerprint();
+        if let Some(want) = &run.data_fingerprint {
+            if *want != print {
+                return Err(InputError::option(
+                    "data",
+                    &opts.data,
+                    format!(
+                        "not the training images this run was trained on (fingerprint {print}, the run's {want})"
+                    ),
+                )
+                .into());
+            }
+        }
+        check_batch(cfg, opts, data.train.n).map_err(FieldError::on_option)?;
+        self.labels = data.labels(cfg.classes, &opts.data)?;
+        run.data_fingerprint = Some(print);
+        self.data = Some(data);
+        Ok(())
+    }
+
+    fn initialize(&mut self, model: &mut GlowImage, run: &ImageRunState, device: &Device) {
+        if !model.needs_data_init() {
+            return;
+        }
+        let (cfg, opts) = (&run.model, &run.options);
+        let train = &self
+            .data
+            .as_ref()
+            .expect("prepared before initialising")
+            .train;
         let idx = epoch_batch(
-            data.train.n,
+            train.n,
             opts.init_batch.max(1),
             opts.seed ^ crate::rng::IMAGE_INIT,
             0,
@@ -457,126 +508,119 @@ pub(crate) fn run_image(
         // Variational runs initialise on uniformly dequantised images (q starts near uniform);
         // noise-augmented runs on the noisy images they model.
         let x = if cfg.dequantizer.is_some() {
-            image_batch(&data.train, &idx, cfg.n_bits, &mut rng, &train_device)
+            image_batch(train, &idx, cfg.n_bits, &mut rng, device)
         } else {
-            let rows = input_rows(&cfg, &data.train, &idx, &mut rng);
+            let rows = input_rows(cfg, train, &idx, &mut rng);
             from_vec(
                 rows,
                 [idx.len(), cfg.channels, cfg.height, cfg.width],
-                &train_device,
+                device,
             )
         };
         model.initialize(x);
     }
 
-    // Everything is checked: only now is an old run replaced by --force cleared (a refused run
-    // never touches the run it would have replaced).
-    if let Some(out) = out {
-        trainer::clear_old_run(out, continues_here, io.force)?;
+    fn write_files(&mut self, _out: &Path, _run: &ImageRunState) -> Result<()> {
+        Ok(())
     }
-    let guard = Guard::new(&model, opts.stability.clone(), ema, run.skipped_steps);
-    let schedule = Schedule {
-        out: out.map(Path::to_path_buf),
-        progress,
-        first,
-        steps: opts.steps,
-        log_every: opts.log_every,
-        checkpoint_every: opts.checkpoint_every,
-        time_limit_minutes: opts.time_limit_minutes,
-        train_seconds: run.train_seconds,
-        append_logs: first > 0 || continues_here,
-        saved,
-        device: train_device,
-        replicas: io.replicas.iter().map(|d| d.clone().autodiff()).collect(),
-        hooks,
-    };
-    let mut task = ImageTask {
-        layout: BatchLayout::new(&run.model, run.options.label_dropout),
-        run,
-        data,
-        labels,
-        out: out.map(Path::to_path_buf).unwrap_or_default(),
-        device: device.clone(),
-    };
-    let done = trainer::train(&mut task, model, optim, guard, schedule)?;
-    if done.interrupted {
-        let eval = done.guard.eval_weights(done.model.valid());
-        return Ok((eval, ImageEnd::Interrupted { step: done.step }));
-    }
-    let (model, guard, last, train_seconds) =
-        (done.model, done.guard, done.step, done.train_seconds);
-    let (data, labels) = (&task.data, &task.labels);
-    // A picture: a failure (a full disk) is a warning in the summary, never the run's failure.
-    let loss_png =
-        out.map(|o| crate::viz::charts::loss_curve(o, "step", "bpd", "training bits/dim"));
-    let eval = guard.eval_weights(model.valid());
-    let test = if opts.test_limit > 0 {
-        data.test.take(opts.test_limit)
-    } else {
-        data.test.clone()
-    };
-    let test_labels = labels.as_ref().map(|(_, t)| &t[..test.n]);
-    let figures = class_eval(&eval, &test, test_labels, &cfg, 256, device);
-    let report = BpdReport::new(&figures.bpd);
-    // A preview: non-finite samples are marked cells, counted and reported, never a failure.
-    let mut warnings = Vec::new();
-    if let Some(Err(e)) = loss_png {
-        let w = format!("loss.png not written: {e:#}");
-        eprintln!("warning: {w}");
-        warnings.push(w);
-    }
-    let preview = match out {
-        Some(_) => Some(sample_grid(&eval, &cfg, 64, PREVIEW_TEMPERATURE, opts.seed)),
-        None => None,
-    };
-    let samples_nonfinite = match (out, preview) {
-        (None, _) | (_, None) => 0,
-        (Some(out), Some(Ok((grid, batch)))) => {
-            log_preview(out, last, "samples.png", &batch)?;
-            if let Some(why) = batch.nonfinite_message() {
-                let w = format!("samples.png: {why}; drawn as marked (striped) cells");
-                eprintln!("warning: {w}");
-                warnings.push(w);
-            }
-            save_preview(&grid, &out.join("samples.png"), &mut warnings);
-            batch.nonfinite.len()
+
+    fn task(self, run: ImageRunState, out: Option<&Path>, device: &Device) -> ImageTask {
+        ImageTask {
+            layout: BatchLayout::new(&run.model, run.options.label_dropout),
+            run,
+            data: self.data.expect("prepared before training"),
+            labels: self.labels,
+            out: out.map(Path::to_path_buf).unwrap_or_default(),
+            device: device.clone(),
         }
-        (Some(_), Some(Err(e))) => {
-            let w = format!("no samples.png written: {e:#}");
+    }
+
+    fn finish(
+        task: ImageTask,
+        done: Trained<GlowImage>,
+        out: Option<&Path>,
+        device: &Device,
+    ) -> Result<(GlowImage, ImageEnd)> {
+        if done.interrupted {
+            let eval = done.guard.eval_weights(done.model.valid());
+            return Ok((eval, ImageEnd::Interrupted { step: done.step }));
+        }
+        let (cfg, opts) = (task.run.model.clone(), task.run.options.clone());
+        let (model, guard, last, train_seconds) =
+            (done.model, done.guard, done.step, done.train_seconds);
+        let (data, labels) = (&task.data, &task.labels);
+        // A picture: a failure (a full disk) is a warning in the summary, never the run's failure.
+        let loss_png =
+            out.map(|o| crate::viz::charts::loss_curve(o, "step", "bpd", "training bits/dim"));
+        let eval = guard.eval_weights(model.valid());
+        let test = if opts.test_limit > 0 {
+            data.test.take(opts.test_limit)
+        } else {
+            data.test.clone()
+        };
+        let test_labels = labels.as_ref().map(|(_, t)| &t[..test.n]);
+        let figures = class_eval(&eval, &test, test_labels, &cfg, 256, device);
+        let report = BpdReport::new(&figures.bpd);
+        // A preview: non-finite samples are marked cells, counted and reported, never a failure.
+        let mut warnings = Vec::new();
+        if let Some(Err(e)) = loss_png {
+            let w = format!("loss.png not written: {e:#}");
             eprintln!("warning: {w}");
             warnings.push(w);
-            0
         }
-    };
-    let summary = ImageSummary {
-        steps: last,
-        test_bpd: report.mean,
-        test_images: test.n,
-        test_report: report,
-        skipped_steps: guard.total_skips,
-        ema: guard.ema.is_some(),
-        train_seconds,
-        images_per_second: (last * opts.batch_size) as f64 / train_seconds.max(1e-9),
-        parameters: crate::tensor_util::trainable_count(&model),
-        bpd_meaning: bpd_meaning(&cfg),
-        config: cfg,
-        options: opts,
-        test_bpd_marginal: figures.marginal_mean(),
-        test_accuracy: figures.accuracy,
-        samples_nonfinite,
-        warnings,
-    };
-    if let Some(out) = out {
-        super::save_summary(&summary, &out.join("summary.json"))?;
-    }
-    // The run and its checkpoint are saved; a non-finite evaluation is still a failure.
-    if let Some(why) = summary.test_report.nonfinite_message(summary.test_images) {
-        match out {
-            Some(out) => bail!("{why}; see {}", out.join("summary.json").display()),
-            None => bail!("{why}"),
+        let preview = match out {
+            Some(_) => Some(sample_grid(&eval, &cfg, 64, PREVIEW_TEMPERATURE, opts.seed)),
+            None => None,
+        };
+        let samples_nonfinite = match (out, preview) {
+            (None, _) | (_, None) => 0,
+            (Some(out), Some(Ok((grid, batch)))) => {
+                log_preview(out, last, "samples.png", &batch)?;
+                if let Some(why) = batch.nonfinite_message() {
+                    let w = format!("samples.png: {why}; drawn as marked (striped) cells");
+                    eprintln!("warning: {w}");
+                    warnings.push(w);
+                }
+                save_preview(&grid, &out.join("samples.png"), &mut warnings);
+                batch.nonfinite.len()
+            }
+            (Some(_), Some(Err(e))) => {
+                let w = format!("no samples.png written: {e:#}");
+                eprintln!("warning: {w}");
+                warnings.push(w);
+                0
+            }
+        };
+        let summary = ImageSummary {
+            steps: last,
+            test_bpd: report.mean,
+            test_images: test.n,
+            test_report: report,
+            skipped_steps: guard.total_skips,
+            ema: guard.ema.is_some(),
+            train_seconds,
+            images_per_second: (last * opts.batch_size) as f64 / train_seconds.max(1e-9),
+            parameters: crate::tensor_util::trainable_count(&model),
+            bpd_meaning: bpd_meaning(&cfg),
+            config: cfg,
+            options: opts,
+            test_bpd_marginal: figures.marginal_mean(),
+            test_accuracy: figures.accuracy,
+            samples_nonfinite,
+            warnings,
+        };
+        if let Some(out) = out {
+            super::save_summary(&summary, &out.join("summary.json"))?;
         }
+        // The run and its checkpoint are saved; a non-finite evaluation is still a failure.
+        if let Some(why) = summary.test_report.nonfinite_message(summary.test_images) {
+            match out {
+                Some(out) => bail!("{why}; see {}", out.join("summary.json").display()),
+                None => bail!("{why}"),
+            }
+        }
+        Ok((eval, ImageEnd::Finished(Box::new(summary))))
     }
-    Ok((eval, ImageEnd::Finished(Box::new(summary))))
 }
 
 /// The temperature of the sample grids drawn during and after training.

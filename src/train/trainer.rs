@@ -65,6 +65,16 @@ pub trait Recipe: Clone + Serialize + DeserializeOwned {
     fn validate(&self) -> std::result::Result<(), FieldError>;
     /// Clipping, weight average, skip limit and optimizer.
     fn stability(&self) -> &StabilityOptions;
+    /// Total steps of the run.
+    fn steps(&self) -> usize;
+    /// A metrics row every this many steps.
+    fn log_every(&self) -> usize;
+    /// A checkpoint every this many steps (0: at the end only).
+    fn checkpoint_every(&self) -> usize;
+    /// A training-time limit for this invocation, in minutes (`None`: none).
+    fn time_limit_minutes(&self) -> Option<f64> {
+        None
+    }
 }
 
 pub use super::checkpoint::{run_kind, RunKind};
