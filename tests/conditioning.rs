@@ -128,8 +128,7 @@ fn class_glow(classes: usize) -> GlowImage {
         learn_top: true,
         init_seed: 5,
         classes,
-        noise_sigma: 0.0,
-        dequantizer: None,
+        dequantization: glowflow::models::Dequantization::Uniform,
         affine_scale: glowflow::layers::AffineScale::Bounded,
     };
     let ad = ad_device();

@@ -56,9 +56,9 @@ pub fn run(a: QualityArgs) -> Result<()> {
         check_guidance(&state.options, &cfg, *w)?;
     }
     // A noise-augmented model is measured raw and denoised: the pair is the point.
-    let denoise: Vec<Option<f64>> = match cfg.noise_sigma {
-        s if s > 0.0 => vec![None, Some(s)],
-        _ => vec![None],
+    let denoise: Vec<Option<f64>> = match cfg.dequantization.noise_sigma() {
+        Some(s) => vec![None, Some(s)],
+        None => vec![None],
     };
     let opts = QualityOptions {
         n: a.n,

@@ -88,7 +88,7 @@ pub fn run(a: SampleArgs) -> Result<()> {
     }
     let per_class = a.n.div_ceil(model.classes().max(1)).max(1);
     check_guidance(&state.options, &state.model, a.guidance)?;
-    if a.raw && state.model.noise_sigma == 0.0 {
+    if a.raw && state.model.dequantization.noise_sigma().is_none() {
         let why = "is for noise-augmented models (trained with --noise-sigma); this one's samples are not denoised";
         return Err(InputError::flag("--raw", "", why).into());
     }

@@ -75,8 +75,8 @@ pub fn run(a: TemperaturesArgs) -> Result<()> {
         a.seed,
         ctx.as_ref(),
     )?;
-    if cfg.noise_sigma > 0.0 {
-        what.push_str(&format!(", denoised (sigma {})", cfg.noise_sigma));
+    if let Some(sigma) = cfg.dequantization.noise_sigma() {
+        what.push_str(&format!(", denoised (sigma {sigma})"));
     }
     save_edit_grid(&px, &cfg, a.n, &a.out, &what)
 }

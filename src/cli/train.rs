@@ -82,7 +82,7 @@ pub struct TrainArgs {
     /// [-0.5, 0.5]) added to every dequantised training and test image; samples are then
     /// denoised with one score step. Its bits/dim is that of the noisy images (labelled so, not
     /// comparable). 0: none.
-    #[arg(long, default_value_t = image_model().noise_sigma, value_parser = parse::sigma)]
+    #[arg(long, default_value_t = 0.0, value_parser = parse::sigma)]
     pub noise_sigma: f64,
     /// Dequantisation: uniform noise in each pixel's bin, or a small conditional flow q(u | x)
     /// trained with the model on the variational bound (Flow++).
@@ -190,7 +190,11 @@ pub fn check_dequant_flags(a: &TrainArgs, given: &[(String, String)]) -> Result<
         refuse_given(given, &["--affine-scale"], why)?;
     }
     if a.dequantization == Dequantization::Variational {
-        return Ok(());
+        let why = "cannot be combined with variational dequantisation (--dequantization variational): the bound would mix two noise models";
+        return match a.noise_sigma > 0.0 {
+            true => Err(InputError::flag("--noise-sigma", a.noise_sigma, why).into()),
+            false => Ok(()),
+        };
     }
     let why = "shapes the variational dequantiser: it needs --dequantization variational";
     refuse_given(given, &["--dequant-depth", "--dequant-width"], why)
@@ -240,13 +244,20 @@ pub fn fresh_image_run(a: &TrainArgs) -> Result<(GlowImageConfig, ImageTrainOpti
         learn_top: !a.fixed_top,
         init_seed: a.seed,
         classes: a.classes,
-        noise_sigma: a.noise_sigma,
-        dequantizer: (a.dequantization == Dequantization::Variational).then_some(
-            glowflow::models::DequantizerConfig {
-                depth: a.dequant_depth,
-                hidden: a.dequant_width,
-            },
-        ),
+        dequantization: match a.dequantization {
+            Dequantization::Variational => {
+                glowflow::models::Dequantization::Variational(glowflow::models::DequantizerConfig {
+                    depth: a.dequant_depth,
+                    hidden: a.dequant_width,
+                })
+            }
+            Dequantization::Uniform if a.noise_sigma > 0.0 => {
+                glowflow::models::Dequantization::Noisy {
+                    sigma: a.noise_sigma,
+                }
+            }
+            Dequantization::Uniform => glowflow::models::Dequantization::Uniform,
+        },
         ..GlowImageConfig::new(probe.train.c, probe.train.h, probe.train.w)
     };
     cfg.validate().map_err(FieldError::on_option)?;

@@ -237,8 +237,8 @@ pub fn temperature_sweep(
     for &t in temperatures {
         let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(seed);
         let (mut x, _) = model.sample_with_latents(n, t, ctx, &mut rng);
-        if cfg.noise_sigma > 0.0 {
-            x = crate::eval::images::denoise(model, x, cfg.noise_sigma, ctx);
+        if let Some(sigma) = cfg.dequantization.noise_sigma() {
+            x = crate::eval::images::denoise(model, x, sigma, ctx);
         }
         px.extend(checked_pixels(x, cfg)?);
     }

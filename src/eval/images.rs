@@ -78,7 +78,7 @@ pub fn importance_bpd(
 pub fn check_importance(cfg: &GlowImageConfig, k: usize) -> Result<(), InputError> {
     let why = if cfg.classes > 0 {
         "is for unconditional models (a class-conditional one reports test_bpd_marginal)"
-    } else if cfg.noise_sigma > 0.0 {
+    } else if cfg.dequantization.noise_sigma().is_some() {
         "is not defined for a noise-augmented model (its Gaussian noise is not a dequantiser)"
     } else {
         return Ok(());
@@ -362,7 +362,7 @@ impl Draw {
     /// when it is noise-augmented.
     pub fn for_model(cfg: &GlowImageConfig, temperature: f64) -> Self {
         Draw {
-            denoise: (cfg.noise_sigma > 0.0).then_some(cfg.noise_sigma),
+            denoise: cfg.dequantization.noise_sigma(),
             ..Draw::at(temperature)
         }
     }

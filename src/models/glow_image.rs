@@ -15,7 +15,8 @@ use rand::SeedableRng;
 use rand_chacha::ChaCha8Rng;
 use serde::{Deserialize, Serialize};
 
-use super::dequantizer::{DequantizerConfig, VariationalDequantizer};
+use super::dequantizer::VariationalDequantizer;
+use super::objective::Dequantization;
 use super::DensityModel;
 use crate::distributions::LN_2PI;
 use crate::flow::{Context, Flow};
@@ -78,17 +79,10 @@ pub struct GlowImageConfig {
     /// existed are unconditional).
     #[serde(default)]
     pub classes: usize,
-    /// Standard deviation of the Gaussian noise added to the dequantised images in training
-    /// and evaluation, in the data range's units (`[-0.5, 0.5]`): noise augmentation (TarFlow,
-    /// Zhai et al. 2024, §2.4). The model's density is then that of the noisy images, so its
-    /// bits/dim is not comparable with a model's without noise; samples are denoised with
-    /// one score step (see [`crate::eval::images::denoise`]). 0: none.
+    /// How pixels become continuous images: uniform, variational (Flow++ §3.1) or noisy
+    /// (noise augmentation); see [`Dequantization`].
     #[serde(default)]
-    pub noise_sigma: f64,
-    /// Variational dequantisation (Flow++ §3.1): `q(u | x)` trained with the model; `None`:
-    /// uniform dequantisation.
-    #[serde(default)]
-    pub dequantizer: Option<DequantizerConfig>,
+    pub dequantization: Dequantization,
     /// The affine couplings' scale form (runs saved before it existed: Glow's exact form,
     /// which they were trained with). Unused by additive couplings.
     #[serde(default = "AffineScale::legacy")]
@@ -113,8 +107,7 @@ impl GlowImageConfig {
             learn_top: true,
             init_seed: 0,
             classes: 0,
-            noise_sigma: 0.0,
-            dequantizer: None,
+            dequantization: Dequantization::Uniform,
             affine_scale: AffineScale::Bounded,
         }
     }
@@ -151,36 +144,31 @@ impl GlowImageConfig {
         }
         count("n_bits", "n_bits", self.n_bits as usize, 1, 8)?;
         count("classes", "classes", self.classes, 0, 1 << 16)?;
-        crate::limits::number(
-            "noise_sigma",
-            "noise_sigma",
-            self.noise_sigma,
-            0.0,
-            false,
-            1.0,
-        )?;
-        if let Some(q) = &self.dequantizer {
-            count(
-                "dequantizer.depth",
-                "dequant_depth",
-                q.depth,
-                0,
-                MAX_FLOW_STEPS,
-            )?;
-            count(
-                "dequantizer.hidden",
-                "dequant_width",
-                q.hidden,
-                1,
-                MAX_WIDTH,
-            )?;
-            if self.noise_sigma > 0.0 {
-                return Err(FieldError::new(
-                    "noise_sigma",
-                    "noise_sigma",
-                    self.noise_sigma,
-                    "cannot be combined with variational dequantisation (`dequantization` variational): the bound would mix two noise models",
-                ));
+        match &self.dequantization {
+            Dequantization::Uniform => {}
+            Dequantization::Noisy { sigma } => crate::limits::number(
+                "dequantization.sigma",
+                "noise_sigma",
+                *sigma,
+                0.0,
+                true,
+                1.0,
+            )?,
+            Dequantization::Variational(q) => {
+                count(
+                    "dequantization.depth",
+                    "dequant_depth",
+                    q.depth,
+                    0,
+                    MAX_FLOW_STEPS,
+                )?;
+                count(
+                    "dequantization.hidden",
+                    "dequant_width",
+                    q.hidden,
+                    1,
+                    MAX_WIDTH,
+                )?;
             }
         }
         Ok(())
@@ -385,8 +373,8 @@ impl GlowImage {
             (None, None)
         };
         let dequantizer = cfg
-            .dequantizer
-            .as_ref()
+            .dequantization
+            .variational()
             .map(|q| VariationalDequantizer::new(q, cfg.channels, &mut rng, device));
         with_sequential_param_ids(GlowImage {
             levels,

@@ -7,36 +7,77 @@
 
 use burn::tensor::{Device, Tensor};
 use rand_chacha::ChaCha8Rng;
+use serde::{Deserialize, Serialize};
 
 use super::{DensityModel, DequantizerConfig, GlowImage, GlowImageConfig};
 use crate::data::ImageSet;
 
-/// How the discrete pixels become the continuous images the flow's density is of.
-#[derive(Clone, Copy, Debug, PartialEq)]
-pub enum Dequantization<'a> {
+/// How the discrete pixels become the continuous images the flow's density is of: part of an
+/// image model's config (`state.json`: `{"kind": "uniform"}`, `{"kind": "variational", "depth":
+/// 0, "hidden": 16}`, `{"kind": "noisy", "sigma": 0.05}`; runs saved before format 4 held
+/// `noise_sigma` and `dequantizer` instead and load as these).
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "lowercase")]
+pub enum Dequantization {
     /// `x + u`, `u ~ U[0, 2^-n_bits)`: the bits/dim is an upper bound on the discrete one, and
     /// comparable with published figures at 8 bits.
+    #[default]
     Uniform,
-    /// `x + u`, `u ~ q(u | x)` from a learned flow (Flow++ §3.1): a tighter bound,
-    /// `log p(x + u) - log q(u | x)`.
-    Variational(&'a DequantizerConfig),
-    /// Uniform dequantisation plus Gaussian noise of standard deviation `sigma` (noise
-    /// augmentation, TarFlow §2.4): the density is that of the noisy images, not comparable.
+    /// `x + u`, `u ~ q(u | x)` from a flow trained with the model (Flow++ §3.1): a tighter
+    /// bound, `log p(x + u) - log q(u | x)`.
+    Variational(DequantizerConfig),
+    /// Uniform dequantisation plus Gaussian noise of standard deviation `sigma` in training and
+    /// evaluation (noise augmentation, TarFlow, Zhai et al. 2024, §2.4): the density is that
+    /// of the noisy images, so its bits/dim is not comparable with a model's without noise;
+    /// samples are denoised with one score step (see [`crate::eval::images::denoise`]).
     Noisy {
-        /// Standard deviation in the data range's units (`[-0.5, 0.5]`).
+        /// Standard deviation in the data range's units (`[-0.5, 0.5]`), in `(0, 1]`.
         sigma: f64,
     },
 }
 
-impl GlowImageConfig {
-    /// The model's dequantisation: variational when it has a dequantiser, noisy when its noise
-    /// is positive, else uniform (`validate` refuses both at once).
-    pub fn dequantization(&self) -> Dequantization<'_> {
-        match (&self.dequantizer, self.noise_sigma) {
-            (Some(q), _) => Dequantization::Variational(q),
-            (None, sigma) if sigma > 0.0 => Dequantization::Noisy { sigma },
-            (None, _) => Dequantization::Uniform,
+impl Dequantization {
+    /// The noise's standard deviation of a noise-augmented model.
+    pub fn noise_sigma(&self) -> Option<f64> {
+        match self {
+            Dequantization::Noisy { sigma } => Some(*sigma),
+            _ => None,
         }
+    }
+
+    /// The variational dequantiser's config.
+    pub fn variational(&self) -> Option<&DequantizerConfig> {
+        match self {
+            Dequantization::Variational(q) => Some(q),
+            _ => None,
+        }
+    }
+
+    /// The `state.json` model of a run saved before format 4 (`noise_sigma`, `dequantizer`)
+    /// rewritten as this type's field `dequantization`; a model that has it is left alone.
+    pub fn migrate_legacy(model: &mut serde_json::Value) {
+        let Some(m) = model.as_object_mut() else {
+            return;
+        };
+        if m.contains_key("dequantization") || !m.contains_key("levels") {
+            return;
+        }
+        let sigma = m
+            .remove("noise_sigma")
+            .and_then(|v| v.as_f64())
+            .unwrap_or(0.0);
+        let q = m.remove("dequantizer").filter(|v| !v.is_null());
+        let kind = match (q, sigma) {
+            (Some(mut q), _) => {
+                if let Some(o) = q.as_object_mut() {
+                    o.insert("kind".into(), "variational".into());
+                }
+                q
+            }
+            (None, s) if s > 0.0 => serde_json::json!({"kind": "noisy", "sigma": s}),
+            (None, _) => serde_json::json!({"kind": "uniform"}),
+        };
+        m.insert("dequantization".into(), kind);
     }
 }
 
@@ -52,7 +93,7 @@ pub fn bpd_of(logp: Tensor<1>, d: usize, n_bits: u32) -> Tensor<1> {
 /// Columns of one image's model-input row: `D` values, or `2D` with a variational
 /// dequantiser (the bin edges, then the standard normal noise `q(u | x)` is drawn from).
 pub fn input_width(cfg: &GlowImageConfig) -> usize {
-    match cfg.dequantization() {
+    match &cfg.dequantization {
         Dequantization::Variational(_) => 2 * cfg.dims(),
         Dequantization::Uniform | Dequantization::Noisy { .. } => cfg.dims(),
     }
@@ -72,7 +113,7 @@ pub fn input_rows(
 ) -> Vec<f32> {
     use rand_distr::{Distribution, StandardNormal};
     let d = cfg.dims();
-    let deq = cfg.dequantization();
+    let deq = &cfg.dequantization;
     if let Dequantization::Variational(_) = deq {
         let mut out = Vec::with_capacity(2 * idx.len() * d);
         for &i in idx {
@@ -88,7 +129,7 @@ pub fn input_rows(
     if let Dequantization::Noisy { sigma } = deq {
         for v in &mut rows {
             let e: f64 = StandardNormal.sample(rng);
-            *v += (sigma * e) as f32;
+            *v += (*sigma * e) as f32;
         }
     }
     rows
@@ -105,7 +146,7 @@ pub fn input_images(
     let n = rows.dims()[0];
     let (d, shape) = (cfg.dims(), [n, cfg.channels, cfg.height, cfg.width]);
     let x = rows.clone().narrow(1, 0, d).reshape(shape);
-    let Dequantization::Variational(_) = cfg.dequantization() else {
+    let Dequantization::Variational(_) = cfg.dequantization else {
         return (x, None);
     };
     let eps = rows.narrow(1, d, d).reshape(shape);
@@ -142,7 +183,7 @@ pub fn minus_log_q(logp: Tensor<1>, log_q: Option<Tensor<1>>) -> Tensor<1> {
 /// with published figures at 8 bits), the variational bound, or a noise-augmented density
 /// (not comparable).
 pub fn bpd_meaning(cfg: &GlowImageConfig) -> String {
-    match cfg.dequantization() {
+    match &cfg.dequantization {
         Dequantization::Noisy { sigma } => format!(
             "noise-augmented (sigma {sigma}): bits/dim of the noisy images, not comparable with other models"
         ),
@@ -286,4 +327,54 @@ pub fn batch_loss(
     let top = zs.last().expect("a top latent").clone();
     let logits = model.class_logits(top).expect("conditional model");
     bpd + class_bits(logits, truth).mul_scalar(weight_y)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A model saved before format 4 (`noise_sigma`, `dequantizer`) loads with the same
+    /// dequantisation; one saved since keeps its own.
+    #[test]
+    fn legacy_dequantisation_fields_migrate() {
+        let q = DequantizerConfig {
+            depth: 1,
+            hidden: 4,
+        };
+        let cases = [
+            (
+                serde_json::json!(0.0),
+                serde_json::Value::Null,
+                Dequantization::Uniform,
+            ),
+            (
+                serde_json::json!(0.05),
+                serde_json::Value::Null,
+                Dequantization::Noisy { sigma: 0.05 },
+            ),
+            (
+                serde_json::json!(0.0),
+                serde_json::to_value(&q).unwrap(),
+                Dequantization::Variational(q.clone()),
+            ),
+        ];
+        for (sigma, dequantizer, want) in cases {
+            let cfg = GlowImageConfig {
+                dequantization: want.clone(),
+                ..GlowImageConfig::new(1, 8, 8)
+            };
+            let mut v = serde_json::to_value(&cfg).unwrap();
+            let m = v.as_object_mut().unwrap();
+            m.remove("dequantization");
+            m.insert("noise_sigma".into(), sigma);
+            m.insert("dequantizer".into(), dequantizer);
+            Dequantization::migrate_legacy(&mut v);
+            let back: GlowImageConfig = serde_json::from_value(v).unwrap();
+            assert_eq!(back, cfg);
+            // Written in the new form, read back unchanged and left alone by the migration.
+            let mut v = serde_json::to_value(&cfg).unwrap();
+            Dequantization::migrate_legacy(&mut v);
+            assert_eq!(serde_json::from_value::<GlowImageConfig>(v).unwrap(), cfg);
+        }
+    }
 }

@@ -198,6 +198,9 @@ impl Checkpoint {
             })?),
             _ => None,
         };
+        if format < 4 {
+            crate::models::objective::Dequantization::migrate_legacy(&mut value["model"]);
+        }
         // The run's kind, to name it when a command is given a run of the other kind.
         let kind = kind_of_state(&value).map(|k| match k {
             RunKind::Image => "an image Glow run (`train`)",
@@ -209,7 +212,7 @@ impl Checkpoint {
                     "is {k}; this command takes an image run (`train`): use `score` or `sample` for a vector flow"
                 ),
                 (Some(k), false) if k.starts_with("an image") => format!(
-                    "is {k}; this command takes a vector flow run (`train2d`): use `eval`, `sample` or `train `resume`` for an image run"
+                    "is {k}; this command takes a vector flow run (`train2d`): use `eval`, `sample` or a resume of `train` for an image run"
                 ),
                 _ => format!("not a state of this kind: {e}"),
             };

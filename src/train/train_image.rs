@@ -507,7 +507,7 @@ impl Workload for ImageWork<'_> {
         let mut rng = step_rng(opts.seed, usize::MAX - 1);
         // Variational runs initialise on uniformly dequantised images (q starts near uniform);
         // noise-augmented runs on the noisy images they model.
-        let x = if cfg.dequantizer.is_some() {
+        let x = if cfg.dequantization.variational().is_some() {
             image_batch(train, &idx, cfg.n_bits, &mut rng, device)
         } else {
             let rows = input_rows(cfg, train, &idx, &mut rng);
