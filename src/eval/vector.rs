@@ -617,43 +617,18 @@ pub fn sample_rows(
         None => None,
     }
     .unwrap_or_else(|| (0..d + k).map(|i| format!("x{i}")).collect());
-    if let Some(v) = context.iter().find(|v| !v.is_finite()) {
-        return Err(InputError::option("context", v, "must be finite").into());
+    // The command line gives one context for every sample.
+    if context.len() != k {
+        let why = match k {
+            0 => "the model has no context columns".to_string(),
+            _ => format!(
+                "the model is conditioned on {k} context column(s) ({}): give {k} comma-separated value(s)",
+                names[d..].join(", ")
+            ),
+        };
+        return Err(InputError::option("context", format!("{context:?}"), why).into());
     }
-    let ctx = match (k, context.len()) {
-        (0, 0) => None,
-        (k, n) if n != k => {
-            let why = if k == 0 {
-                "the model has no context columns".to_string()
-            } else {
-                format!(
-                    "the model is conditioned on {k} context column(s) ({}): give {k} comma-separated value(s)",
-                    names[d..].join(", ")
-                )
-            };
-            return Err(InputError::option("context", format!("{:?}", context), why).into());
-        }
-        (k, _) => {
-            let v: Vec<f64> = (0..n).flat_map(|_| context.iter().copied()).collect();
-            Some(from_vec_f64(v, [n, k], (device, DType::F64)))
-        }
-    };
-    let mut rng = ChaCha8Rng::seed_from_u64(seed);
-    let model64 = crate::tensor_util::cast_module(model.clone(), DType::F64);
-    let (x, logp) = model64.sample_and_log_prob(n, temperature, ctx.as_ref(), &mut rng, device);
-    let (mut x, logp) = (to_vec_f64(x), to_vec_f64(logp));
-    // Dequantised columns: back to the integers they model (the cell x + [0, 1) a value falls
-    // in); `log_prob` stays the density of the continuous draw.
-    let deq = match run.table {
-        Some(t) => t.resolved.as_ref().map(|r| r.dequantized.clone()),
-        None => None,
-    }
-    .unwrap_or_default();
-    for row in x.chunks_mut(d) {
-        for &c in &deq {
-            row[c] = row[c].floor();
-        }
-    }
+    let (x, logp) = sample_values(model, run, n, temperature, context, seed, device)?;
     // Each row: the sample, its context (conditional runs), its log-density.
     let context: Vec<String> = context
         .iter()
@@ -679,6 +654,70 @@ pub fn sample_rows(
         rows,
         left_out,
     })
+}
+
+/// `n` samples of a vector flow at `temperature` (seeded `seed`), `[n, features]` row-major,
+/// and their log-densities `[n]` (nats, data units): decoded with the whole model in float64
+/// (the float32 weights cast exactly) and un-standardised in float64; columns the run
+/// dequantised floored back to the integers they model (`log_prob` stays the density of the
+/// continuous draw). `context` holds one context row (`K` values, for every sample) or one per
+/// sample (`n * K`), in the run's context-column order; none for an unconditional model. A
+/// sample may hold non-finite values (left for the caller to drop or report).
+///
+/// # Errors
+/// `context` with a non-finite value, or not `0`, `K` or `n * K` values (the value is then
+/// empty: the caller names what it was given).
+pub fn sample_values(
+    model: &VectorFlow,
+    run: TableRun,
+    n: usize,
+    temperature: f64,
+    context: &[f64],
+    seed: u64,
+    device: &Device,
+) -> Result<(Vec<f64>, Vec<f64>), InputError> {
+    let (d, k) = (run.config.features, run.config.context);
+    if let Some(v) = context.iter().find(|v| !v.is_finite()) {
+        return Err(InputError::option("context", v, "must be finite"));
+    }
+    let ctx = match (k, context.len()) {
+        (0, 0) => None,
+        (k, m) if k > 0 && m == k => {
+            let v: Vec<f64> = (0..n).flat_map(|_| context.iter().copied()).collect();
+            Some(from_vec_f64(v, [n, k], (device, DType::F64)))
+        }
+        (k, m) if k > 0 && m == n * k => {
+            Some(from_vec_f64(context.to_vec(), [n, k], (device, DType::F64)))
+        }
+        (0, _) => {
+            let why = "the model has no context columns";
+            return Err(InputError::option("context", "", why));
+        }
+        (k, m) => {
+            let why = format!(
+                "{m} value(s) for a model conditioned on {k} context column(s): give {k} (one context for every sample) or {} (one per sample)",
+                n * k
+            );
+            return Err(InputError::option("context", "", why));
+        }
+    };
+    let mut rng = ChaCha8Rng::seed_from_u64(seed);
+    let model64 = crate::tensor_util::cast_module(model.clone(), DType::F64);
+    let (x, logp) = model64.sample_and_log_prob(n, temperature, ctx.as_ref(), &mut rng, device);
+    let (mut x, logp) = (to_vec_f64(x), to_vec_f64(logp));
+    // Dequantised columns: back to the integers they model (the cell x + [0, 1) a value falls
+    // in); `log_prob` stays the density of the continuous draw.
+    let deq = match run.table {
+        Some(t) => t.resolved.as_ref().map(|r| r.dequantized.clone()),
+        None => None,
+    }
+    .unwrap_or_default();
+    for row in x.chunks_mut(d) {
+        for &c in &deq {
+            row[c] = row[c].floor();
+        }
+    }
+    Ok((x, logp))
 }
 
 /// The density frames saved in run `out` (`frames/STEP.idx`), as `(step, path)` sorted by step.

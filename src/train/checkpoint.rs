@@ -361,15 +361,16 @@ pub fn recover(out: &Path) -> Result<()> {
     Ok(())
 }
 
-/// Save weights, their average (if any), optimizer state and the JSON state into
-/// `out/checkpoint/` as one unit (see the module documentation): on any error, the previous
+/// Save weights, their average (if any), optimizer state (if any: a model saved for scoring and
+/// sampling has none, and cannot be resumed) and the JSON state into `out/checkpoint/` as one
+/// unit (see the module documentation): on any error, the previous
 /// checkpoint is unchanged and nothing new is left behind. Refuses, before writing anything,
 /// weights that hold a non-finite value.
 pub fn save_checkpoint<M: Module + ModuleSnapshot, E: Module + ModuleSnapshot, S: Serialize>(
     out: &Path,
     model: &M,
     ema: Option<&E>,
-    optim: &ModuleOptimizer,
+    optim: Option<&ModuleOptimizer>,
     state: &S,
 ) -> Result<()> {
     let ck = checkpoint_dir(out);
@@ -392,10 +393,12 @@ pub fn save_checkpoint<M: Module + ModuleSnapshot, E: Module + ModuleSnapshot, S
         if let Some(e) = ema {
             put(EMA_FILE, &model_bytes(e)?)?;
         }
-        let optim_bytes = optim
-            .into_bytes()
-            .map_err(|e| anyhow::anyhow!("cannot serialise optimizer state: {e:?}"))?;
-        put(OPTIMIZER_FILE, &optim_bytes)?;
+        if let Some(optim) = optim {
+            let optim_bytes = optim
+                .into_bytes()
+                .map_err(|e| anyhow::anyhow!("cannot serialise optimizer state: {e:?}"))?;
+            put(OPTIMIZER_FILE, &optim_bytes)?;
+        }
         let mut value = serde_json::to_value(state)?;
         let obj = value
             .as_object_mut()

@@ -27,7 +27,7 @@
 //! assert!(fitted.train_nll.is_finite());
 //! ```
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 use anyhow::Result;
 use burn::tensor::Device;
@@ -239,6 +239,14 @@ pub struct Fitted {
 }
 
 impl Fitted {
+    /// Save the model for evaluation and sampling into `dir` (see [`save_model`]).
+    ///
+    /// # Errors
+    /// As [`save_model`].
+    pub fn save(&self, dir: &Path) -> Result<()> {
+        save_model(dir, &self.model, &self.state)
+    }
+
     /// Log-density of each row of `rows` (`[n, features + context]` row-major, the modelled
     /// columns then the context columns, in the data's units), nats, float64.
     pub fn log_prob(&self, rows: &[f64], device: &Device) -> Vec<f64> {
@@ -374,6 +382,41 @@ pub struct FittedImage {
     pub interrupted: bool,
     /// Test bits/dim and the other figures of `train`'s `summary.json` (a finished fit).
     pub summary: Option<ImageSummary>,
+    /// The run's state: config, options, steps (what [`save`](Self::save) writes beside the
+    /// weights).
+    pub state: super::train_image::ImageRunState,
+}
+
+impl FittedImage {
+    /// Save the model for evaluation and sampling into `dir` (see [`save_model`]).
+    ///
+    /// # Errors
+    /// As [`save_model`].
+    pub fn save(&self, dir: &Path) -> Result<()> {
+        save_model(dir, &self.model, &self.state)
+    }
+}
+
+/// Save `model` (its evaluation weights) and its run's `state` into `dir/checkpoint/` as a
+/// checkpoint without optimizer state: `glowflow::train::trainer::load_for_eval`, the
+/// command line's `eval`, `sample`, `score`, and Python's `glowflow.load` read it; it cannot be
+/// resumed (fit with a run directory for that). A previous save in `dir` is replaced as one
+/// unit; a run with optimizer state (a resumable run) is never overwritten.
+///
+/// # Errors
+/// `dir` holds a resumable run; weights with a non-finite value; a write that fails (the
+/// previous save is then unchanged).
+pub fn save_model<M: super::trainer::RunModel>(
+    dir: &Path,
+    model: &M,
+    state: &super::trainer::RunState<M>,
+) -> Result<()> {
+    let ck = super::checkpoint::checkpoint_dir(dir);
+    if ck.join(super::checkpoint::OPTIMIZER_FILE).exists() {
+        let why = "holds a resumable run (a checkpoint with optimizer state); save into another directory";
+        return Err(crate::error::InputError::option("path", dir.display(), why).into());
+    }
+    super::checkpoint::save_checkpoint::<M, M, _>(dir, model, None, None, state)
 }
 
 impl GlowImage {
@@ -446,19 +489,21 @@ impl GlowImage {
             data: Some(data.clone()),
             hooks: opts.hooks.clone(),
         };
-        let (model, end) = run_image(start, run, &device)?;
+        let (model, state, end) = run_image(start, run, &device)?;
         Ok(match end {
             ImageEnd::Finished(summary) => FittedImage {
                 steps: summary.steps,
                 interrupted: false,
                 summary: Some(*summary),
                 model,
+                state,
             },
             ImageEnd::Interrupted { step } => FittedImage {
                 steps: step,
                 interrupted: true,
                 summary: None,
                 model,
+                state,
             },
         })
     }

@@ -354,7 +354,7 @@ pub fn train_image(start: ImageStart, io: &RunIo, device: &Device) -> Result<Ima
         data: None,
         hooks: trainer::Hooks::default(),
     };
-    match run_image(start, run, device)?.1 {
+    match run_image(start, run, device)?.2 {
         ImageEnd::Finished(summary) => Ok(*summary),
         ImageEnd::Interrupted { step } => Err(super::interrupt::interrupted(step, &io.out).into()),
     }
@@ -386,13 +386,13 @@ pub(crate) struct ImageRun<'a> {
 }
 
 /// The run itself, for [`train_image`] and the library's in-memory fit: the one session
-/// ([`super::session::run`]) with image Glow's [`ImageWork`]; the evaluation weights and how
-/// the run ended.
+/// ([`super::session::run`]) with image Glow's [`ImageWork`]; the evaluation weights, the run's
+/// state and how the run ended.
 pub(crate) fn run_image(
     start: ImageStart,
     ir: ImageRun<'_>,
     device: &Device,
-) -> Result<(GlowImage, ImageEnd)> {
+) -> Result<(GlowImage, ImageRunState, ImageEnd)> {
     let ImageRun {
         out,
         io,
@@ -427,7 +427,7 @@ struct ImageWork<'a> {
 impl Workload for ImageWork<'_> {
     type Model = GlowImage;
     type Task = ImageTask;
-    type End = (GlowImage, ImageEnd);
+    type End = (GlowImage, ImageRunState, ImageEnd);
 
     fn fresh(
         &mut self,
@@ -540,11 +540,12 @@ impl Workload for ImageWork<'_> {
         done: Trained<GlowImage>,
         out: Option<&Path>,
         device: &Device,
-    ) -> Result<(GlowImage, ImageEnd)> {
+    ) -> Result<(GlowImage, ImageRunState, ImageEnd)> {
         if done.interrupted {
             let eval = done.guard.eval_weights(done.model.valid());
-            return Ok((eval, ImageEnd::Interrupted { step: done.step }));
+            return Ok((eval, done.state, ImageEnd::Interrupted { step: done.step }));
         }
+        let state = done.state;
         let (cfg, opts) = (task.run.model.clone(), task.run.options.clone());
         let (model, guard, last, train_seconds) =
             (done.model, done.guard, done.step, done.train_seconds);
@@ -619,7 +620,7 @@ impl Workload for ImageWork<'_> {
                 None => bail!("{why}"),
             }
         }
-        Ok((eval, ImageEnd::Finished(Box::new(summary))))
+        Ok((eval, state, ImageEnd::Finished(Box::new(summary))))
     }
 }
 

@@ -235,6 +235,10 @@ pub fn resume<M: RunModel>(dir: &Path, device: &Device) -> Result<Resumed<M>> {
     use anyhow::Context;
     let (ck, state) =
         open_state::<M>(dir).with_context(|| format!("`resume` {}", dir.display()))?;
+    if !ck.has(super::checkpoint::OPTIMIZER_FILE) {
+        let why = "holds a model saved for scoring and sampling, without the optimizer's state: it cannot be resumed (fit with a run directory to keep a resumable run)";
+        return Err(crate::error::InputError::option("resume", dir.display(), why).into());
+    }
     let model = load_weights(&ck, &state, device)?;
     let (optim, ema) =
         ck.load_training_state(&model, state.options.stability(), state.ema_updates)?;
@@ -648,5 +652,5 @@ fn save_checkpoint<M: Module + burn::store::ModuleSnapshot, S: Serialize>(
         .ema
         .as_ref()
         .map(|e| e.to_float64_module(model.valid()));
-    super::checkpoint::save_checkpoint(out, model, ema.as_ref(), optim, state)
+    super::checkpoint::save_checkpoint(out, model, ema.as_ref(), Some(optim), state)
 }
