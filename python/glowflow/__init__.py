@@ -184,13 +184,16 @@ class ImageGlow:
         """Fit by maximum likelihood (loss in bits/dim); returns self."""
         x = self._images(images)
         self._grey = np.asarray(images).ndim == 3
-        tx = x[:1] if test_images is None else self._images(test_images)
+        if test_images is None:
+            # No held-out images: the fit's summary is measured on the first training image.
+            test_images = x[:1]
+            test_labels = None if labels is None else np.asarray(labels)[:1]
+        tx = self._images(test_images)
         report, close = _reporter(progress, callback)
         try:
             core, pending = _core.fit_images(
                 self.levels, self.steps_per_level, self.net_width, self.coupling, self.permutation,
-                int(self.classes or 0), self.n_bits, x, self._labels(labels), tx,
-                self._labels(test_labels if test_images is not None else (None if labels is None else np.asarray(labels)[:1])),
+                int(self.classes or 0), self.n_bits, x, self._labels(labels), tx, self._labels(test_labels),
                 int(steps), int(batch_size), float(lr), int(warmup), int(seed),
                 None if run_dir is None else str(run_dir), False, threads, int(log_every),
                 int(test_limit), report)

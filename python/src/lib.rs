@@ -146,6 +146,9 @@ fn rows_of(x: &PyReadonlyArray2<'_, f64>) -> (Vec<f64>, usize, usize) {
     (a.iter().copied().collect(), n, w)
 }
 
+/// Samples `[n, features]` and their log-densities `[n]`.
+type Samples<'py> = (Bound<'py, PyArray2<f64>>, Bound<'py, PyArray1<f64>>);
+
 /// A fitted vector flow: the model, its run state and the figures of its fit.
 #[pyclass(module = "glowflow._core", frozen)]
 struct VectorCore {
@@ -190,7 +193,7 @@ impl VectorCore {
         temperature: f64,
         context: Option<PyReadonlyArray2<'py, f64>>,
         seed: u64,
-    ) -> PyResult<(Bound<'py, PyArray2<f64>>, Bound<'py, PyArray1<f64>>)> {
+    ) -> PyResult<Samples<'py>> {
         let ctx = context.map(|c| rows_of(&c).0).unwrap_or_default();
         let run = TableRun {
             config: &self.state.model,
@@ -456,8 +459,7 @@ impl ImageCore {
     }
 
     /// The latents of images `[N, H, W, C]` uint8 (at their bins' centres), one float32 array
-    /// per level `[N, C_l, H_l, W_l]`, with the class one-hots `labels` for a class-conditional
-    /// model.
+    /// per level `[N, C_l, H_l, W_l]` (the flow's bijection; no class is read).
     fn encode<'py>(
         &self,
         py: Python<'py>,
