@@ -17,13 +17,13 @@ use std::time::Duration;
 use numpy::ndarray::{Array1, Array2, Array4};
 use numpy::{IntoPyArray, PyArray1, PyArray2, PyArray4, PyReadonlyArray1, PyReadonlyArray2};
 use numpy::{PyReadonlyArray4, PyUntypedArrayMethods};
-use pyo3::exceptions::{PyRuntimeError, PyValueError};
+use pyo3::exceptions::{PyFileNotFoundError, PyRuntimeError, PyValueError};
 use pyo3::prelude::*;
 
 use glowflow::data::table::Table;
 use glowflow::data::{ImageSet, Splits};
 use glowflow::error::{FieldError, InputError};
-use glowflow::eval::vector::{log_prob_rows, sample_values, TableRun};
+use glowflow::eval::vector::{sample_values, score_values};
 use glowflow::models::{
     DensityModel, GlowImage, GlowImageConfig, ModelKind, VectorFlow, VectorFlowConfig,
 };
@@ -34,11 +34,18 @@ use glowflow::train::{Cancel, FitOptions, Hooks, Progress};
 
 /// A library error as the Python exception a user expects.
 fn py_error(e: anyhow::Error) -> PyErr {
-    let msg = format!("{e:#}");
+    // The library's option names, as this package's keywords spell them.
+    let msg = format!("{e:#}").replace("`class`", "`label`");
+    let missing = |c: &(dyn std::error::Error + 'static)| {
+        c.downcast_ref::<std::io::Error>()
+            .is_some_and(|io| io.kind() == std::io::ErrorKind::NotFound)
+    };
     if e.chain()
         .any(|c| c.is::<InputError>() || c.is::<FieldError>())
     {
         PyValueError::new_err(msg)
+    } else if e.chain().any(missing) {
+        PyFileNotFoundError::new_err(msg)
     } else {
         PyRuntimeError::new_err(msg)
     }
@@ -130,14 +137,19 @@ fn fit_with_reports<T: Send>(
     })
 }
 
-/// A value of one of the library's enums from its name (`"glow"`, `"affine"`, `"lu"`).
-fn named<T: serde::de::DeserializeOwned>(option: &str, name: &str) -> PyResult<T> {
+/// A value of one of the library's enums from its name (`"glow"`, `"affine"`, `"lu"`); the
+/// error lists the `accepted` names.
+fn named<T: serde::de::DeserializeOwned>(option: &str, name: &str, accepted: &[&str]) -> PyResult<T> {
     serde_json::from_value(serde_json::Value::String(name.into())).map_err(|_| {
         PyValueError::new_err(format!(
-            "`{option}` {name:?}: not one of the accepted names"
+            "`{option}` {name:?}: not one of {}",
+            accepted.join(", ")
         ))
     })
 }
+
+/// The names `permutation` accepts.
+const PERMUTATIONS: &[&str] = &["lu", "plain", "shuffle", "reverse"];
 
 /// Rows `[n, w]` of a float64 array, row-major.
 fn rows_of(x: &PyReadonlyArray2<'_, f64>) -> (Vec<f64>, usize, usize) {
@@ -176,9 +188,14 @@ impl VectorCore {
             let why = format!("row {}, column {}: not a finite number", i / w, i % w);
             return Err(PyValueError::new_err(why));
         }
+        let columns = self.columns()?;
+        let run = self.state.table_run();
         let device = glowflow::default_device();
         let lp = compute(py, || {
-            Ok(log_prob_rows(&self.model, &values, d, k, &device))
+            let at = |i: usize, c: usize, why: String| {
+                InputError::option("X", format!("row {i}, column '{}'", columns[c]), why)
+            };
+            Ok(score_values(&self.model, run, values, &device, at)?)
         })?;
         Ok(Array1::from(lp).into_pyarray(py))
     }
@@ -194,12 +211,9 @@ impl VectorCore {
         context: Option<PyReadonlyArray2<'py, f64>>,
         seed: u64,
     ) -> PyResult<Samples<'py>> {
+        check_temperature(temperature)?;
         let ctx = context.map(|c| rows_of(&c).0).unwrap_or_default();
-        let run = TableRun {
-            config: &self.state.model,
-            table: self.state.options.table.as_ref(),
-            seed,
-        };
+        let run = self.state.table_run();
         let device = glowflow::default_device();
         let (x, lp) = compute(py, || {
             Ok(sample_values(
@@ -298,12 +312,12 @@ fn fit_vectors<'py>(
     log_every: usize,
     report: Option<Bound<'py, PyAny>>,
 ) -> PyResult<(VectorCore, Option<PyErr>)> {
-    let mut cfg = VectorFlowConfig::new(named::<ModelKind>("model", model)?);
+    let mut cfg = VectorFlowConfig::new(named::<ModelKind>("model", model, &["glow", "realnvp"])?);
     cfg.flow_steps = flow_steps;
     cfg.net_width = net_width;
     cfg.net_depth = net_depth;
-    cfg.coupling = named("coupling", coupling)?;
-    cfg.permutation = named("permutation", permutation)?;
+    cfg.coupling = named("coupling", coupling, &["tanh", "sigmoid", "additive"])?;
+    cfg.permutation = named("permutation", permutation, PERMUTATIONS)?;
     let table = {
         let (values, _, _) = rows_of(&data);
         Table::from_rows("X", columns.clone(), values).map_err(|e| py_error(e.into()))?
@@ -421,6 +435,7 @@ impl ImageCore {
         guidance: Option<f64>,
         seed: u64,
     ) -> PyResult<Bound<'py, PyArray4<u8>>> {
+        check_temperature(temperature)?;
         let cfg = &self.state.model;
         glowflow::eval::images::check_class(label, cfg.classes).map_err(py_error)?;
         if guidance.is_some() && label.is_none() {
@@ -428,6 +443,9 @@ impl ImageCore {
         }
         let device = glowflow::default_device();
         let (c, h, w) = (cfg.channels, cfg.height, cfg.width);
+        if n == 0 {
+            return Ok(Array4::<u8>::zeros((0, h, w, c)).into_pyarray(py));
+        }
         let px = compute(py, || {
             let ctx = label.map(|l| {
                 glowflow::models::glow_image::guided_context(
@@ -550,6 +568,16 @@ impl ImageCore {
     }
 }
 
+/// A sampling temperature: finite and above zero (the prior's standard deviation is scaled by it).
+fn check_temperature(t: f64) -> PyResult<()> {
+    if t.is_finite() && t > 0.0 {
+        Ok(())
+    } else {
+        let why = format!("`temperature` {t}: must be a finite number above 0");
+        Err(PyValueError::new_err(why))
+    }
+}
+
 fn check_labels(labels: &[u8], n: usize, classes: usize) -> PyResult<()> {
     if labels.len() != n {
         let why = format!("{} labels for {n} images", labels.len());
@@ -617,8 +645,8 @@ fn fit_images<'py>(
         levels,
         steps_per_level,
         net_width,
-        coupling: named("coupling", coupling)?,
-        permutation: named("permutation", permutation)?,
+        coupling: named("coupling", coupling, &["affine", "additive"])?,
+        permutation: named("permutation", permutation, PERMUTATIONS)?,
         classes,
         n_bits,
         ..GlowImageConfig::new(train.c, train.h, train.w)
@@ -695,6 +723,13 @@ fn load(py: Python<'_>, path: PathBuf) -> PyResult<Py<PyAny>> {
     }
 }
 
+/// Panics inside a computation, for the test that a Rust panic reaches Python as a
+/// `RuntimeError` and leaves the interpreter running (not part of the API).
+#[pyfunction]
+fn _panic_for_test(py: Python<'_>) -> PyResult<()> {
+    compute(py, || -> anyhow::Result<()> { panic!("a panic raised on purpose by a test") })
+}
+
 /// The Rust side of the `glowflow` package.
 #[pymodule]
 fn _core(m: &Bound<'_, PyModule>) -> PyResult<()> {
@@ -703,6 +738,7 @@ fn _core(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(fit_vectors, m)?)?;
     m.add_function(wrap_pyfunction!(fit_images, m)?)?;
     m.add_function(wrap_pyfunction!(load, m)?)?;
+    m.add_function(wrap_pyfunction!(_panic_for_test, m)?)?;
     m.add("__version__", env!("CARGO_PKG_VERSION"))?;
     Ok(())
 }

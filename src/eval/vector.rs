@@ -554,31 +554,68 @@ pub fn score_rows(
             let all: Vec<usize> = (0..t.rows).collect();
             let numbers = (0..t.rows).collect();
             let mut rows = t.gather(&all, &idx);
-            // Dequantised columns: integers only, with one seeded draw of the noise, the draw
-            // the run's test rows got (scoring the run's --test-data file gives its test NLL).
-            let deq = topts
-                .resolved
-                .as_ref()
-                .map_or(&[][..], |r| &r.dequantized[..]);
-            for &c in deq {
-                if let Some(i) = rows.chunks(dim + k).position(|r| r[c].fract() != 0.0) {
-                    return Err(InputError::file(
-                        p,
-                        Some(format!("{}, column '{}'", t.locate(i), t.columns[idx[c]])),
-                        format!(
-                            "{} is not an integer, but the run dequantised this column (`dequantize`): it models integers",
-                            rows[i * (dim + k) + c]
-                        ),
-                    )
-                    .into());
-                }
-            }
-            let seed = crate::data::stream::test_seed(topts.split_seed_or(run.seed));
-            crate::data::stream::add_uniform_noise(&mut rows, dim + k, deq, seed);
+            let names: Vec<&str> = idx.iter().map(|&j| t.columns[j].as_str()).collect();
+            dequantize_rows(&topts, run.seed, &mut rows, dim + k, |i, c, why| {
+                InputError::file(
+                    p,
+                    Some(format!("{}, column '{}'", t.locate(i), names[c])),
+                    why,
+                )
+            })?;
             (rows, p.display().to_string(), numbers)
         }
     };
     Ok((log_prob_rows(model, &rows, dim, k, device), source, numbers))
+}
+
+/// Rows to score under a table run, made as the run's test rows were: each column the run
+/// dequantised (`dequantize`) must hold integers and gets one seeded draw of uniform noise in
+/// [0, 1), the draw the run's test rows got (so scoring the run's test table gives its test
+/// NLL). `rows` is `[n, width]` row-major, in the run's column order.
+///
+/// # Errors
+/// A non-integer in a dequantised column: `locate(row, column, why)` builds the error, so that
+/// it names the file and line, or the array and index, the rows came from.
+pub fn dequantize_rows(
+    table: &TableOptions,
+    seed: u64,
+    rows: &mut [f64],
+    width: usize,
+    locate: impl Fn(usize, usize, String) -> InputError,
+) -> Result<(), InputError> {
+    let deq = table.resolved.as_ref().map_or(&[][..], |r| &r.dequantized[..]);
+    for &c in deq {
+        if let Some(i) = rows.chunks(width).position(|r| r[c].fract() != 0.0) {
+            let why = format!(
+                "{} is not an integer, but the run dequantised this column (`dequantize`): it models integers",
+                rows[i * width + c]
+            );
+            return Err(locate(i, c, why));
+        }
+    }
+    let seed = crate::data::stream::test_seed(table.split_seed_or(seed));
+    crate::data::stream::add_uniform_noise(rows, width, deq, seed);
+    Ok(())
+}
+
+/// `log p(x | context)` of rows held in memory (`[n, features + context]` row-major, the
+/// modelled columns then the context columns, in data units), as `score` scores a table's rows:
+/// float64, with the run's dequantisation of integer columns ([`dequantize_rows`]). Nats, `[n]`.
+///
+/// # Errors
+/// A non-integer in a column the run dequantised; `locate` names it (see [`dequantize_rows`]).
+pub fn score_values(
+    model: &VectorFlow,
+    run: TableRun,
+    mut rows: Vec<f64>,
+    device: &Device,
+    locate: impl Fn(usize, usize, String) -> InputError,
+) -> Result<Vec<f64>, InputError> {
+    let (dim, k) = (run.config.features, run.config.context);
+    if let Some(t) = run.table {
+        dequantize_rows(t, run.seed, &mut rows, dim + k, locate)?;
+    }
+    Ok(log_prob_rows(model, &rows, dim, k, device))
 }
 
 /// Vector samples as CSV rows: the header, the rows of the finite samples, and the 0-based
@@ -701,6 +738,9 @@ pub fn sample_values(
             return Err(InputError::option("context", "", why));
         }
     };
+    if n == 0 {
+        return Ok((Vec::new(), Vec::new()));
+    }
     let mut rng = ChaCha8Rng::seed_from_u64(seed);
     let model64 = crate::tensor_util::cast_module(model.clone(), DType::F64);
     let (x, logp) = model64.sample_and_log_prob(n, temperature, ctx.as_ref(), &mut rng, device);
