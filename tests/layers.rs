@@ -786,6 +786,68 @@ fn conv2d_gemm_paths_match_direct_convolution() {
 }
 
 #[test]
+fn fused_tanh_affine_matches_tensor_op_composition() {
+    use glowflow::ops::tanh_affine::{tanh_affine, tanh_affine_composed};
+    use glowflow::tensor_util::from_vec;
+    let mut rng = ChaCha8Rng::seed_from_u64(23);
+    let mut draw = |k: usize, r: f32| -> Vec<f32> {
+        (0..k)
+            .map(|_| rand::Rng::gen_range(&mut rng, -r..r))
+            .collect()
+    };
+    let max_diff =
+        |u: &[f32], v: &[f32]| u.iter().zip(v).fold(0f32, |e, (p, q)| e.max((p - q).abs()));
+    for (n, cb) in [(33, 1), (33, 4), (7, 3)] {
+        let (xs, hs) = (draw(n * (cb + 1), 2.0), draw(n * 2 * cb, 3.0));
+        let (ry, rl) = (draw(n * cb, 1.0), draw(n, 1.0));
+        for device in [ad_device(), plain_device()] {
+            let tracked = device.is_autodiff();
+            let leaf2 = |t: Tensor<2>| if tracked { t.require_grad() } else { t };
+            let leaf1 = |t: Tensor<1>| if tracked { t.require_grad() } else { t };
+            // x_b is a strided column slice of a wider tensor, as a coupling's half is.
+            let wide = leaf2(from_vec(xs.clone(), [n, cb + 1], &device));
+            let h = leaf2(from_vec(hs.clone(), [n, 2 * cb], &device));
+            let alpha = leaf1(from_vec(vec![0.7f32], [1], &device));
+            let beta = leaf1(from_vec(vec![-0.2f32], [1], &device));
+            let xb = || wide.clone().narrow(1, 1, cb);
+            let fused = tanh_affine(xb(), h.clone(), alpha.clone(), beta.clone());
+            let plain = tanh_affine_composed(xb(), h.clone(), alpha.clone(), beta.clone());
+            // The same element-wise operations in the same order: the same bits.
+            assert_eq!(
+                to_vec(fused.0.clone()),
+                to_vec(plain.0.clone()),
+                "{n}x{cb}: y_b"
+            );
+            let e = max_diff(&to_vec(fused.1.clone()), &to_vec(plain.1.clone()));
+            assert!(e <= 1e-6, "{n}x{cb}: log-determinant differs by {e}");
+            if !tracked {
+                continue;
+            }
+            let r = from_vec(ry.clone(), [n, cb], &device);
+            let rl = from_vec(rl.clone(), [n], &device);
+            let grads_of = |(y, ld): (Tensor<2>, Tensor<1>)| {
+                let g = ((y * r.clone()).sum() + (ld * rl.clone()).sum()).backward();
+                [
+                    to_vec(wide.grad(&g).unwrap()),
+                    to_vec(h.grad(&g).unwrap()),
+                    to_vec(alpha.grad(&g).unwrap()),
+                    to_vec(beta.grad(&g).unwrap()),
+                ]
+            };
+            for ((name, u), v) in ["x_b", "h", "alpha", "beta"]
+                .into_iter()
+                .zip(grads_of(fused))
+                .zip(grads_of(plain))
+            {
+                let scale = v.iter().fold(1f32, |m, x| m.max(x.abs()));
+                let e = max_diff(&u, &v) / scale;
+                assert!(e <= 1e-5, "{n}x{cb}: d/d{name} differs by {e} (relative)");
+            }
+        }
+    }
+}
+
+#[test]
 fn fused_dense_matches_tensor_op_composition() {
     use glowflow::ops::dense::{dense, dense_composed, fused_supported};
     use glowflow::tensor_util::from_vec;

@@ -48,6 +48,8 @@ class VectorFlow:
         run_dir: Optional[PathLike] = None,
         threads: Optional[int] = None,
         log_every: int = 100,
+        ema_decay: float = 0.0,
+        clip_grad_norm: float = 0.0,
     ) -> "VectorFlow": ...
     def log_prob(self, X: ArrayLike, context: Optional[ArrayLike] = None) -> npt.NDArray[np.float64]: ...
     @overload
@@ -99,6 +101,8 @@ class ImageGlow:
         threads: Optional[int] = None,
         log_every: int = 10,
         test_limit: int = 0,
+        ema_decay: float = 0.999,
+        clip_grad_norm: float = 50.0,
     ) -> "ImageGlow": ...
     def bits_per_dim(self, images: ArrayLike, labels: Optional[ArrayLike] = None) -> npt.NDArray[np.float64]: ...
     def sample(

@@ -39,7 +39,7 @@ def fit_vectors(
     columns: list[str], data: npt.NDArray[np.float64], context_columns: list[str],
     validation: Optional[npt.NDArray[np.float64]], steps: int, batch_size: int, lr: float,
     seed: int, run_dir: Optional[str], resume: bool, threads: Optional[int], log_every: int,
-    report: Optional[Report],
+    ema_decay: float, clip_grad_norm: float, report: Optional[Report],
 ) -> Tuple[VectorCore, Optional[BaseException]]: ...
 def fit_images(
     levels: int, steps_per_level: int, net_width: int, coupling: str, permutation: str,
@@ -47,7 +47,8 @@ def fit_images(
     labels: Optional[npt.NDArray[np.uint8]], test_images: npt.NDArray[np.uint8],
     test_labels: Optional[npt.NDArray[np.uint8]], steps: int, batch_size: int, lr: float,
     warmup: int, seed: int, run_dir: Optional[str], resume: bool, threads: Optional[int],
-    log_every: int, test_limit: int, report: Optional[Report],
+    log_every: int, test_limit: int, ema_decay: float, clip_grad_norm: float,
+    report: Optional[Report],
 ) -> Tuple[ImageCore, Optional[BaseException]]: ...
 def load(path: str) -> VectorCore | ImageCore: ...
 def _panic_for_test() -> None: ...

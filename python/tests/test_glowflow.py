@@ -249,6 +249,8 @@ BAD_VECTOR_CALLS = [
      ValueError, "context"),
     ("text", lambda: small_flow().fit([["a", "b", "c"]], steps=2, progress=False), TypeError, "X"),
     ("3-D", lambda: small_flow().fit(np.zeros((4, 3, 2)), steps=2, progress=False), ValueError, "2-D"),
+    ("ema_decay", lambda: small_flow().fit(table(), steps=2, ema_decay=1.0, progress=False),
+     ValueError, "ema_decay"),
     ("callback", lambda: small_flow().fit(table(), steps=2, callback=3, progress=False), TypeError, "callback"),
     ("unfitted", lambda: small_flow().log_prob(table()), RuntimeError, "not fitted"),
 ]

@@ -583,7 +583,10 @@ pub fn dequantize_rows(
     width: usize,
     locate: impl Fn(usize, usize, String) -> InputError,
 ) -> Result<(), InputError> {
-    let deq = table.resolved.as_ref().map_or(&[][..], |r| &r.dequantized[..]);
+    let deq = table
+        .resolved
+        .as_ref()
+        .map_or(&[][..], |r| &r.dequantized[..]);
     for &c in deq {
         if let Some(i) = rows.chunks(width).position(|r| r[c].fract() != 0.0) {
             let why = format!(

@@ -12,6 +12,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::flow::{zero_logdet, Context, Flow};
 use crate::nets::CouplingNet;
+use crate::ops::tanh_affine::tanh_affine;
 use crate::tensor_util::trainable;
 
 /// `(x_a, x_b)`: the conditioning and the transformed half.
@@ -216,6 +217,17 @@ impl AffineCoupling {
 
 impl Flow for AffineCoupling {
     fn forward_ctx(&self, x: Tensor<4>, ctx: Context) -> (Tensor<4>, Tensor<1>) {
+        let [n, _, height, width] = x.dims();
+        if let (Some(ts), 1, 1) = (&self.tanh_scale, height, width) {
+            // Vectors with the bounded tanh scale: the transform and its log-determinant as
+            // two fused ops (`ops::tanh_affine`; tensor ops off the CPU or in float64).
+            let (xa, xb) = split(x, self.swap);
+            let cb = xb.dims()[1];
+            let h = self.net.forward(xa.clone(), ctx).reshape([n, 2 * cb]);
+            let (alpha, beta) = (ts.alpha.val(), ts.beta.val());
+            let (yb, logdet) = tanh_affine(xb.reshape([n, cb]), h, alpha, beta);
+            return (join(xa, yb.reshape([n, cb, 1, 1]), self.swap), logdet);
+        }
         let (xa, xb) = split(x, self.swap);
         let cb = xb.dims()[1];
         let (shift, log_scale, scale) = self.params(xa.clone(), ctx, cb);

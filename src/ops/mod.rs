@@ -4,6 +4,7 @@
 pub mod adam;
 pub mod dense;
 pub mod parallel;
+pub mod tanh_affine;
 
 pub use dense::dense;
 
