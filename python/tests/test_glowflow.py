@@ -395,3 +395,11 @@ def test_stub_names_the_core_module():
     for name in ("VectorCore", "ImageCore", "fit_vectors", "fit_images", "load"):
         assert hasattr(glowflow._core, name) and name in stub
     assert (Path(glowflow.__file__).parent / "py.typed").exists()
+
+
+def test_progress_is_shown_on_stderr(capfd):
+    small_flow().fit(table(), steps=30, batch_size=100, log_every=10, progress=True, threads=1)
+    err = capfd.readouterr().err
+    assert "30/30" in err  # tqdm's bar, or the one-line fallback: "step 30/30 loss ..."
+    small_flow().fit(table(), steps=30, batch_size=100, log_every=10, progress=False, threads=1)
+    assert "30/30" not in capfd.readouterr().err
