@@ -6,6 +6,7 @@ pub mod batchnorm;
 pub mod coupling;
 pub mod inv_conv;
 pub mod permute;
+pub mod spline;
 pub mod squeeze;
 pub mod standardize;
 
