@@ -204,8 +204,19 @@ fn coupling(
         CouplingKind::Additive => {
             Layer::AdditiveCoupling(AdditiveCoupling::new(net(net_of, cond, out, seed), swap))
         }
+        CouplingKind::Spline => {
+            let p = glowflow::layers::spline::params_per_value(SPLINE_TEST_BINS);
+            Layer::SplineCoupling(glowflow::layers::spline::SplineCoupling::new(
+                net(net_of, cond, out * p, seed),
+                swap,
+                SPLINE_TEST_BINS,
+            ))
+        }
     }
 }
+
+/// Bins of the spline couplings under test (few, so every bin is visited by the inputs).
+const SPLINE_TEST_BINS: usize = 4;
 
 /// Every layer to check, in every form: the one list the round-trip, log-determinant and
 /// Jacobian checks iterate.
@@ -247,7 +258,7 @@ fn cases() -> Vec<Case> {
 
     // Couplings of every kind and scale form, both halves, every network, with and without a
     // context (conditional couplings).
-    for kind in every!(CouplingKind: Tanh, Sigmoid, Additive) {
+    for kind in every!(CouplingKind: Tanh, Sigmoid, Additive, Spline) {
         let (scales, types) = match kind {
             CouplingKind::Sigmoid => (
                 every!(AffineScale: Glow, Bounded),
@@ -261,6 +272,7 @@ fn cases() -> Vec<Case> {
                 vec![AffineScale::Bounded],
                 &["Layer", "AdditiveCoupling"][..],
             ),
+            CouplingKind::Spline => (vec![AffineScale::Bounded], &["Layer", "SplineCoupling"][..]),
         };
         for scale in scales {
             for net_of in every!(Net: Mlp, Conv, PlainConv) {
@@ -426,13 +438,14 @@ fn every_layer_inverts_with_opposite_logdets_equal_to_its_jacobians() {
 }
 
 /// The sources of `src/layers/`, read at compile time (the guard's view of the layers).
-const LAYER_SOURCES: [(&str, &str); 8] = [
+const LAYER_SOURCES: [(&str, &str); 9] = [
     ("mod", include_str!("../src/layers/mod.rs")),
     ("actnorm", include_str!("../src/layers/actnorm.rs")),
     ("batchnorm", include_str!("../src/layers/batchnorm.rs")),
     ("coupling", include_str!("../src/layers/coupling.rs")),
     ("inv_conv", include_str!("../src/layers/inv_conv.rs")),
     ("permute", include_str!("../src/layers/permute.rs")),
+    ("spline", include_str!("../src/layers/spline.rs")),
     ("squeeze", include_str!("../src/layers/squeeze.rs")),
     ("standardize", include_str!("../src/layers/standardize.rs")),
 ];

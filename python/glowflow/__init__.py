@@ -154,9 +154,10 @@ class VectorFlow:
         Flow steps (each: ActNorm, permutation, coupling).
     net_width, net_depth : int
         Hidden width and depth of each coupling network (an MLP).
-    coupling : {"tanh", "sigmoid", "additive"}
+    coupling : {"tanh", "sigmoid", "additive", "spline"}
         The affine coupling's scale: ``exp(tanh(raw) * alpha + beta)`` (the default), Glow's
-        ``sigmoid(raw + 2)``, or none (NICE's additive coupling).
+        ``sigmoid(raw + 2)``, none (NICE's additive coupling), or a rational-quadratic spline
+        of 8 bins per value (neural spline flows; slower per step, more expressive).
     permutation : {"lu", "plain", "shuffle", "reverse"}
         Invertible 1x1 "convolution" with W = P L U, an unconstrained W, a fixed shuffle, or
         reversal.

@@ -31,7 +31,7 @@ class VectorFlow:
         flow_steps: int = 32,
         net_width: int = 64,
         net_depth: int = 2,
-        coupling: Literal["tanh", "sigmoid", "additive"] = "tanh",
+        coupling: Literal["tanh", "sigmoid", "additive", "spline"] = "tanh",
         permutation: Literal["lu", "plain", "shuffle", "reverse"] = "lu",
     ) -> None: ...
     def fit(

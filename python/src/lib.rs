@@ -329,7 +329,11 @@ fn fit_vectors<'py>(
     cfg.flow_steps = flow_steps;
     cfg.net_width = net_width;
     cfg.net_depth = net_depth;
-    cfg.coupling = named("coupling", coupling, &["tanh", "sigmoid", "additive"])?;
+    cfg.coupling = named(
+        "coupling",
+        coupling,
+        &["tanh", "sigmoid", "additive", "spline"],
+    )?;
     cfg.permutation = named("permutation", permutation, PERMUTATIONS)?;
     let table = {
         let (values, _, _) = rows_of(&data);

@@ -238,8 +238,8 @@ BAD_VECTOR_CALLS = [
     ("lr nan", lambda: small_flow().fit(table(), steps=2, lr=float("nan"), progress=False), ValueError, "lr"),
     ("model", lambda: glowflow.VectorFlow(3, model="maf").fit(table(), steps=2, progress=False),
      ValueError, "`model` \"maf\": not one of glow, realnvp"),
-    ("coupling", lambda: glowflow.VectorFlow(3, coupling="spline").fit(table(), steps=2, progress=False),
-     ValueError, "coupling"),
+    ("coupling", lambda: glowflow.VectorFlow(3, coupling="maf").fit(table(), steps=2, progress=False),
+     ValueError, "`coupling` \"maf\": not one of tanh, sigmoid, additive, spline"),
     ("columns", lambda: small_flow().fit(table()[:, :2], steps=2, progress=False), ValueError, "2 columns"),
     ("one feature", lambda: glowflow.VectorFlow(1), ValueError, "`features` 1: must be at least 2"),
     ("context missing", lambda: glowflow.VectorFlow(3, context=1).fit(table(), steps=2, progress=False),
@@ -403,3 +403,13 @@ def test_progress_is_shown_on_stderr(capfd):
     assert "30/30" in err  # tqdm's bar, or the one-line fallback: "step 30/30 loss ..."
     small_flow().fit(table(), steps=30, batch_size=100, log_every=10, progress=False, threads=1)
     assert "30/30" not in capfd.readouterr().err
+
+
+def test_spline_couplings_fit_score_and_sample():
+    X = table()
+    f = glowflow.VectorFlow(features=3, flow_steps=2, net_width=16, coupling="spline").fit(
+        X, steps=40, batch_size=100, lr=1e-3, progress=False, threads=1)
+    lp = f.log_prob(X)
+    assert np.isfinite(lp).all()
+    s = f.sample(50, seed=0)
+    assert s.shape == (50, 3) and np.isfinite(s).all()

@@ -28,6 +28,17 @@ fn split(x: Tensor<4>, swap: bool) -> (Tensor<4>, Tensor<4>) {
     }
 }
 
+/// The conditioning and transformed halves of `x` along channels (`swap`: the second half
+/// conditions), as every coupling splits them.
+pub(crate) fn split_halves(x: Tensor<4>, swap: bool) -> (Tensor<4>, Tensor<4>) {
+    split(x, swap)
+}
+
+/// The inverse of [`split_halves`].
+pub(crate) fn join_halves(xa: Tensor<4>, yb: Tensor<4>, swap: bool) -> Tensor<4> {
+    join(xa, yb, swap)
+}
+
 fn join(xa: Tensor<4>, yb: Tensor<4>, swap: bool) -> Tensor<4> {
     if swap {
         Tensor::cat(vec![yb, xa], 1)

@@ -65,6 +65,7 @@ macro_rules! each_layer {
             Layer::InvConv1x1($l) => $e,
             Layer::AffineCoupling($l) => $e,
             Layer::AdditiveCoupling($l) => $e,
+            Layer::SplineCoupling($l) => $e,
             Layer::Reverse($l) => $e,
             Layer::Shuffle($l) => $e,
             Layer::FlowBatchNorm($l) => $e,
@@ -85,6 +86,8 @@ pub enum Layer {
     AffineCoupling(AffineCoupling),
     /// Additive coupling (NICE): volume preserving.
     AdditiveCoupling(AdditiveCoupling),
+    /// Rational-quadratic spline coupling (neural spline flows, 1906.04032 §3).
+    SplineCoupling(spline::SplineCoupling),
     /// Fixed channel reversal.
     Reverse(Reverse),
     /// Fixed random channel permutation.
@@ -102,6 +105,7 @@ impl Layer {
             Layer::InvConv1x1(_) => "InvConv1x1",
             Layer::AffineCoupling(_) => "AffineCoupling",
             Layer::AdditiveCoupling(_) => "AdditiveCoupling",
+            Layer::SplineCoupling(_) => "SplineCoupling",
             Layer::Reverse(_) => "Reverse",
             Layer::Shuffle(_) => "Shuffle",
             Layer::FlowBatchNorm(_) => "FlowBatchNorm",

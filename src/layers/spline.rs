@@ -157,3 +157,79 @@ pub fn rq_spline_inverse(y: Tensor<2>, params: Tensor<3>, bound: f64) -> (Tensor
         zero.mask_where(inside, logdet),
     )
 }
+
+/// The default number of bins `K` of a spline coupling (the paper's tabular models use 8).
+pub const DEFAULT_BINS: usize = 8;
+
+/// The interval `[-B, B]` a spline coupling transforms (identity outside), in the coupling's
+/// input units; vector flows standardise their data first, so `B = 5` covers all but the
+/// farthest tails (zuko's NSF uses the same bound).
+pub const SPLINE_BOUND: f64 = 5.0;
+
+/// Rational-quadratic spline coupling (1906.04032 §3.1–3.3, "RQ-NSF (C)"): the conditioning half
+/// `x_a` (with any context) gives each value of the transformed half `x_b` its own spline of
+/// `bins` bins on `[-SPLINE_BOUND, SPLINE_BOUND]`; `y_b = RQS(x_b)`, `log|det J| = Σ log
+/// RQS'(x_b)`.
+#[derive(burn::module::Module, Debug)]
+pub struct SplineCoupling {
+    /// The conditioner: `x_a` (and context) to `C_b * (3K - 1)` channels, `[C_b, 3K - 1]` per
+    /// position.
+    pub net: crate::nets::CouplingNet,
+    /// Whether the second channel half conditions and the first is transformed.
+    pub swap: bool,
+    /// Bins `K` (rebuilt from the model's config).
+    #[module(skip)]
+    pub bins: usize,
+}
+
+impl SplineCoupling {
+    /// A coupling over `net`, which must output `C_b * (3 bins - 1)` channels.
+    pub fn new(net: crate::nets::CouplingNet, swap: bool, bins: usize) -> Self {
+        SplineCoupling { net, swap, bins }
+    }
+
+    /// The spline (or its inverse) of `v` (`[n, C_b, H, W]`) with parameters `h`
+    /// (`[n, C_b (3K - 1), H, W]`): the values and the per-sample log-determinant.
+    fn apply(&self, v: Tensor<4>, h: Tensor<4>, inverse: bool) -> (Tensor<4>, Tensor<1>) {
+        let [n, cb, hh, ww] = v.dims();
+        let p = params_per_value(self.bins);
+        let m = n * cb * hh * ww;
+        let params = h
+            .reshape([n, cb, p, hh, ww])
+            .permute([0, 1, 3, 4, 2])
+            .reshape([m, 1, p]);
+        let v = v.reshape([m, 1]);
+        let (out, ld) = if inverse {
+            rq_spline_inverse(v, params, SPLINE_BOUND)
+        } else {
+            rq_spline(v, params, SPLINE_BOUND)
+        };
+        let ld = ld.reshape([n, cb * hh * ww]).sum_dim(1).reshape([n]);
+        (out.reshape([n, cb, hh, ww]), ld)
+    }
+}
+
+impl crate::flow::Flow for SplineCoupling {
+    fn forward_ctx(&self, x: Tensor<4>, ctx: crate::flow::Context) -> (Tensor<4>, Tensor<1>) {
+        let (xa, xb) = crate::layers::coupling::split_halves(x, self.swap);
+        let h = self.net.forward(xa.clone(), ctx);
+        let (yb, ld) = self.apply(xb, h, false);
+        (crate::layers::coupling::join_halves(xa, yb, self.swap), ld)
+    }
+
+    fn inverse_ctx(&self, y: Tensor<4>, ctx: crate::flow::Context) -> (Tensor<4>, Tensor<1>) {
+        let (xa, yb) = crate::layers::coupling::split_halves(y, self.swap);
+        let h = self.net.forward(xa.clone(), ctx);
+        let (xb, ld) = self.apply(yb, h, true);
+        (crate::layers::coupling::join_halves(xa, xb, self.swap), ld)
+    }
+
+    fn data_init(&mut self, x: &Tensor<4>, ctx: crate::flow::Context) {
+        let (xa, _) = crate::layers::coupling::split_halves(x.clone(), self.swap);
+        self.net.data_init(xa, ctx);
+    }
+
+    fn needs_data_init(&self) -> bool {
+        self.net.needs_data_init()
+    }
+}

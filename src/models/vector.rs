@@ -57,6 +57,9 @@ pub enum CouplingKind {
     Sigmoid,
     /// NICE's `x + t`.
     Additive,
+    /// A rational-quadratic spline per value (neural spline flows, 1906.04032 §3) of
+    /// `spline_bins` bins on `[-5, 5]` of the standardised data, identity outside.
+    Spline,
 }
 
 /// Everything needed to rebuild a 2D model (stored in checkpoints).
@@ -93,10 +96,17 @@ pub struct VectorFlowConfig {
     /// form, which they were trained with).
     #[serde(default = "AffineScale::legacy")]
     pub affine_scale: AffineScale,
+    /// Bins `K` of `spline` couplings (unused by the others).
+    #[serde(default = "default_bins")]
+    pub spline_bins: usize,
 }
 
 fn two() -> usize {
     2
+}
+
+fn default_bins() -> usize {
+    crate::layers::spline::DEFAULT_BINS
 }
 
 impl VectorFlowConfig {
@@ -115,6 +125,7 @@ impl VectorFlowConfig {
             context: 0,
             standardize: false,
             affine_scale: AffineScale::Bounded,
+            spline_bins: default_bins(),
         }
     }
 
@@ -202,10 +213,10 @@ pub struct VectorFlow {
 fn coupling(cfg: &VectorFlowConfig, swap: bool, rng: &mut ChaCha8Rng, device: &Device) -> Layer {
     let cond = crate::layers::coupling::conditioning_channels(cfg.features, swap);
     let out = crate::layers::coupling::transformed_channels(cfg.features, swap);
-    let net_out = if cfg.coupling == CouplingKind::Additive {
-        out
-    } else {
-        2 * out
+    let net_out = match cfg.coupling {
+        CouplingKind::Additive => out,
+        CouplingKind::Spline => out * crate::layers::spline::params_per_value(cfg.spline_bins),
+        CouplingKind::Tanh | CouplingKind::Sigmoid => 2 * out,
     };
     let net = CouplingNet::Mlp(Mlp::new(
         cond + cfg.context,
@@ -227,6 +238,11 @@ fn coupling(cfg: &VectorFlowConfig, swap: bool, rng: &mut ChaCha8Rng, device: &D
             Layer::AffineCoupling(AffineCoupling::new(net, None, swap, cfg.affine_scale))
         }
         CouplingKind::Additive => Layer::AdditiveCoupling(AdditiveCoupling::new(net, swap)),
+        CouplingKind::Spline => Layer::SplineCoupling(crate::layers::spline::SplineCoupling::new(
+            net,
+            swap,
+            cfg.spline_bins,
+        )),
     }
 }
 
