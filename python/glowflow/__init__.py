@@ -66,6 +66,17 @@ def _threads(threads):
     return _integer("threads", threads, low=1, none=True)
 
 
+def _fit_numbers(steps, batch_size, lr, seed, threads, log_every, ema_decay, clip_grad_norm, callback):
+    """The keywords both fits share, checked: (steps, batch_size, lr, seed, threads, log_every,
+    ema_decay, clip_grad_norm)."""
+    if callback is not None and not callable(callback):
+        raise TypeError(f"`callback` must be callable, got {callback!r}")
+    return (_integer("steps", steps, low=1), _integer("batch_size", batch_size, low=1),
+            _number("lr", lr), _integer("seed", seed, low=0), _threads(threads),
+            _integer("log_every", log_every, low=1), _number("ema_decay", ema_decay),
+            _number("clip_grad_norm", clip_grad_norm))
+
+
 def _seed(seed):
     """A seed for the core: the one given, or a fresh one from the OS."""
     if seed is None:
@@ -232,12 +243,8 @@ class VectorFlow:
         x, names = _matrix(X, "X")
         if x.shape[1] != self.features:
             raise ValueError(f"`X` has {x.shape[1]} columns; this flow models features={self.features}")
-        steps, batch_size = _integer("steps", steps, low=1), _integer("batch_size", batch_size, low=1)
-        lr, seed, threads = _number("lr", lr), _integer("seed", seed, low=0), _threads(threads)
-        log_every = _integer("log_every", log_every, low=1)
-        ema_decay, clip = _number("ema_decay", ema_decay), _number("clip_grad_norm", clip_grad_norm)
-        if callback is not None and not callable(callback):
-            raise TypeError(f"`callback` must be callable, got {callback!r}")
+        steps, batch_size, lr, seed, threads, log_every, ema_decay, clip = _fit_numbers(
+            steps, batch_size, lr, seed, threads, log_every, ema_decay, clip_grad_norm, callback)
         self._named = names is not None
         names = names or [f"x{i}" for i in range(self.features)]
         ctx_names = []
@@ -446,13 +453,9 @@ class ImageGlow:
             :meth:`VectorFlow.fit` (the defaults are the command line's ``train`` recipe).
         """
         x = self._images(images)
-        steps, batch_size = _integer("steps", steps, low=1), _integer("batch_size", batch_size, low=1)
-        lr, seed, threads = _number("lr", lr), _integer("seed", seed, low=0), _threads(threads)
-        warmup = _integer("warmup", warmup, low=0)
-        ema_decay, clip = _number("ema_decay", ema_decay), _number("clip_grad_norm", clip_grad_norm)
-        log_every, test_limit = _integer("log_every", log_every, low=1), _integer("test_limit", test_limit, low=0)
-        if callback is not None and not callable(callback):
-            raise TypeError(f"`callback` must be callable, got {callback!r}")
+        steps, batch_size, lr, seed, threads, log_every, ema_decay, clip = _fit_numbers(
+            steps, batch_size, lr, seed, threads, log_every, ema_decay, clip_grad_norm, callback)
+        warmup, test_limit = _integer("warmup", warmup, low=0), _integer("test_limit", test_limit, low=0)
         self._grey = x.shape[3] == 1 and np.asarray(images).ndim == 3
         lab = _labels(labels, len(x))
         if test_images is None:

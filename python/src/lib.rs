@@ -39,10 +39,16 @@ use glowflow::train::{Cancel, FitOptions, Hooks, Progress};
 #[global_allocator]
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
+/// The keyword of this package for an option of the library where the two differ (`class`
+/// is `label` here); every other option is a keyword of the same name.
+fn option_keyword(option: &str) -> Option<String> {
+    (option == "class").then(|| "`label`".to_string())
+}
+
 /// A library error as the Python exception a user expects.
 fn py_error(e: anyhow::Error) -> PyErr {
-    // The library's option names, as this package's keywords spell them.
-    let msg = format!("{e:#}").replace("`class`", "`label`");
+    // Options named as this package's keywords spell them (see `option_keyword`).
+    let msg = glowflow::error::name_options(&format!("{e:#}"));
     let missing = |c: &(dyn std::error::Error + 'static)| {
         c.downcast_ref::<std::io::Error>()
             .is_some_and(|io| io.kind() == std::io::ErrorKind::NotFound)
@@ -346,10 +352,10 @@ fn fit_vectors<'py>(
         }
         None => None,
     };
-    let threads =
-        threads.unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()));
     let (fitted, pending) = fit_with_reports(py, report, move |hooks| {
         let defaults = FitOptions::vectors();
+        // None: the library's default, every core.
+        let threads = threads.unwrap_or(defaults.threads);
         let stability = StabilityOptions {
             ema_decay,
             clip_grad_norm,
@@ -465,36 +471,20 @@ impl ImageCore {
         if guidance.is_some() && label.is_none() {
             return Err(PyValueError::new_err("`guidance` needs a `label`"));
         }
-        let device = glowflow::default_device();
         let (c, h, w) = (cfg.channels, cfg.height, cfg.width);
-        if n == 0 {
-            return Ok(Array4::<u8>::zeros((0, h, w, c)).into_pyarray(py));
-        }
         let px = compute(py, || {
-            let ctx = label.map(|l| {
-                glowflow::models::glow_image::guided_context(
-                    &vec![l; n],
-                    cfg.classes,
-                    guidance.unwrap_or(1.0),
-                    &device,
-                )
-            });
-            let mut rng = <rand_chacha::ChaCha8Rng as rand::SeedableRng>::seed_from_u64(seed);
-            let model64 =
-                glowflow::tensor_util::cast_module(self.model.clone(), burn::tensor::DType::F64);
-            let ctx64 = ctx.map(|t| t.cast(burn::tensor::DType::F64));
-            let x = model64.sample(n, temperature, ctx64.as_ref(), &mut rng, &device);
-            let x = match cfg.dequantization.noise_sigma() {
-                Some(sigma) => glowflow::eval::images::denoise(&model64, x, sigma, ctx64.as_ref()),
-                None => x,
+            use glowflow::eval::images::{sample_batch_drawn, Draw};
+            // The command line's draw: guided when asked, denoised when noise-augmented.
+            let draw = Draw {
+                guidance,
+                ..Draw::for_model(cfg, temperature)
             };
-            let v = glowflow::tensor_util::to_vec(x.cast(burn::tensor::DType::F32));
-            if let Some(i) = v.iter().position(|v| !v.is_finite()) {
-                anyhow::bail!(
-                    "sample {} holds non-finite values (at temperature {temperature}); try a lower temperature",
-                    i / (c * h * w)
-                );
+            let labels = label.map(|l| vec![l; n]);
+            let batch = sample_batch_drawn(&self.model, n, &draw, seed, labels.as_deref());
+            if let Some(why) = batch.nonfinite_message() {
+                anyhow::bail!("{why} (at temperature {temperature}); try a lower temperature");
             }
+            let v: Vec<f32> = batch.values.iter().map(|&v| v as f32).collect();
             Ok(glowflow::data::dequant::to_pixels(&v, cfg.n_bits))
         })?;
         Ok(nhwc(&px, n, c, h, w).into_pyarray(py))
@@ -689,10 +679,9 @@ fn fit_images<'py>(
         test_labels: lab(test_labels, test.n)?,
         ..Splits::unlabelled(train, test)
     };
-    let threads =
-        threads.unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()));
     let (fitted, pending) = fit_with_reports(py, report, move |hooks| {
         let defaults = FitOptions::images();
+        let threads = threads.unwrap_or(defaults.threads);
         let stability = StabilityOptions {
             ema_decay,
             clip_grad_norm,
@@ -772,6 +761,8 @@ fn _core(m: &Bound<'_, PyModule>) -> PyResult<()> {
     // (re-faulting zeroed pages every step is a measurable share of a step). mimalloc v3's
     // `mi_option_purge_delay` is 15 (its `mimalloc.h`; the -sys crate has no constant).
     unsafe { libmimalloc_sys::mi_option_set(15, -1) };
+    // The library's errors, notes and warnings name options by this package's keywords.
+    glowflow::error::set_option_namer(option_keyword);
     m.add_class::<VectorCore>()?;
     m.add_class::<ImageCore>()?;
     m.add_function(wrap_pyfunction!(fit_vectors, m)?)?;

@@ -398,7 +398,8 @@ pub fn sample_batch_of(
     sample_batch_drawn(model, n, &Draw::at(temperature), seed, labels)
 }
 
-/// Like [`sample_batch_of`], drawn as `draw` says (guidance needs `labels`).
+/// Like [`sample_batch_of`], drawn as `draw` says (guidance needs `labels`); `n = 0` gives an
+/// empty batch.
 pub fn sample_batch_drawn(
     model: &GlowImage,
     n: usize,
@@ -406,6 +407,17 @@ pub fn sample_batch_drawn(
     seed: u64,
     labels: Option<&[usize]>,
 ) -> SampleBatch {
+    if n == 0 {
+        // Nothing to draw (the flow's tensors cannot have a zero-size batch).
+        return SampleBatch {
+            values: Vec::new(),
+            n: 0,
+            nonfinite: Vec::new(),
+            first_nonfinite: None,
+            clipped_low: 0.0,
+            clipped_high: 0.0,
+        };
+    }
     let mut rng = ChaCha8Rng::seed_from_u64(seed);
     let model64 = cast_module(model.clone(), DType::F64);
     let device = model.top.device();
