@@ -180,7 +180,7 @@ fn ignored_flags_are_refused() {
         .collect();
     std::fs::write(&table, format!("a,b\n{rows}")).unwrap();
     let t = table.to_str().unwrap();
-    let cases: [(&[&str], &str); 7] = [
+    let cases: [(&[&str], &str); 8] = [
         (
             &[
                 "train2d",
@@ -218,6 +218,10 @@ fn ignored_flags_are_refused() {
         (
             &["train", "--coupling", "additive", "--affine-scale", "glow"],
             "--affine-scale glow: shapes the scale of affine couplings",
+        ),
+        (
+            &["train2d", "--spline-bins", "4"],
+            "--spline-bins 4: shapes spline couplings: it needs --coupling spline",
         ),
     ];
     for (args, needle) in cases {

@@ -128,13 +128,16 @@ fn strictly_increasing_on_a_fine_grid() {
 
 #[test]
 fn a_case_worked_by_hand() {
-    // K = 2, all raw parameters 0: knots at -B, 0, B in x and y (softmax of equal values),
-    // inner derivative delta = softplus(0) + MIN_DERIVATIVE = ln 2 + 1e-3. At x = B/2 (bin 1,
+    // K = 2, raw widths and heights 0: knots at -B, 0, B in x and y (softmax of equal values);
+    // raw inner derivative 1: delta = softplus(1 + c) + MIN_DERIVATIVE with the shift
+    // c = ln(e^(1 - MIN_DERIVATIVE) - 1) (a raw 0 is a derivative of 1). At x = B/2 (bin 1,
     // xi = 1/2, slope s = 1, d_k = delta, d_{k+1} = 1), eq. 4 gives
     // y = B (1/4 + delta/4) / (1 + (delta - 1)/4) = B (1 + delta) / (3 + delta), and eq. 5
     // dy/dx = (1/4 + 1/2 + delta/4) / ((3 + delta)/4)^2 = 4 / (3 + delta).
-    let delta = 2f64.ln() + MIN_DERIVATIVE;
-    let (y, ld) = spline(&[B / 2.0], &[0.0; 5], 1, 1, 2);
+    let c = ((1.0 - MIN_DERIVATIVE).exp() - 1.0).ln();
+    let delta = (1.0 + (1.0 + c).exp()).ln() + MIN_DERIVATIVE;
+    let raw = [0.0, 0.0, 0.0, 0.0, 1.0];
+    let (y, ld) = spline(&[B / 2.0], &raw, 1, 1, 2);
     assert!(
         (y[0] - B * (1.0 + delta) / (3.0 + delta)).abs() < 1e-12,
         "{}",
@@ -147,12 +150,25 @@ fn a_case_worked_by_hand() {
     );
     // And by symmetry of the knots, x = -B/2 sits in bin 0 with d_k = 1, d_{k+1} = delta:
     // y = -B + B (1/4 + 1/4) / (1 + (delta - 1)/4) = -B + 2B / (3 + delta).
-    let (y, _) = spline(&[-B / 2.0], &[0.0; 5], 1, 1, 2);
+    let (y, _) = spline(&[-B / 2.0], &raw, 1, 1, 2);
     assert!(
         (y[0] - (-B + 2.0 * B / (3.0 + delta))).abs() < 1e-12,
         "{}",
         y[0]
     );
+}
+
+#[test]
+fn all_zero_raw_parameters_are_the_identity() {
+    let k = 8;
+    let x: Vec<f64> = (0..41).map(|i| -B + 2.0 * B * i as f64 / 40.0).collect();
+    let (y, ld) = spline(&x, &vec![0.0; 41 * params_per_value(k)], 41, 1, k);
+    for ((x, y), ld) in x.iter().zip(&y).zip(&ld) {
+        assert!(
+            (x - y).abs() < 1e-12 && ld.abs() < 1e-12,
+            "{x} -> {y}, log-derivative {ld}"
+        );
+    }
 }
 
 #[test]
@@ -203,5 +219,60 @@ fn autodiff_gradients_match_finite_differences() {
             "dp[{j}]: {numeric} vs {}",
             gp[j]
         );
+    }
+}
+
+#[test]
+fn fused_spline_matches_tensor_ops_values_and_gradients_both_directions() {
+    // The fused CPU op (float32 in and out, float64 inside) against the tensor ops in float64 on
+    // the same float32 inputs: values, summed log-derivatives and the gradients of
+    // sum(r * out) + sum(rl * logdet) with respect to the values and the raw parameters.
+    use glowflow::ops::rq_spline::{rq_spline_values, rq_spline_values_composed};
+    let device = glowflow::default_device().autodiff();
+    for (n, c, s, k, seed) in [(9, 2, 1, 8, 31), (3, 3, 5, 4, 32), (5, 1, 4, 2, 33)] {
+        let p = params_per_value(k);
+        let mut rng = ChaCha8Rng::seed_from_u64(seed);
+        let mut draw = |len: usize, r: f64| -> Vec<f64> {
+            (0..len)
+                .map(|_| (rng.gen_range(-r..r) as f32) as f64)
+                .collect()
+        };
+        // Values spread over and past [-B, B]; one column more, so v is a strided slice.
+        let wide = draw(n * (c + 1) * s, 1.4 * B);
+        let h = draw(n * c * p * s, 2.0);
+        let (r, rl) = (draw(n * c * s, 1.0), draw(n, 1.0));
+        for inverse in [false, true] {
+            let run = |dtype: DType| {
+                let opts = (&device, dtype);
+                let wt = from_vec_f64(wide.clone(), [n, c + 1, s], opts).require_grad();
+                let ht = from_vec_f64(h.clone(), [n, c * p, s], opts).require_grad();
+                let v = wt.clone().narrow(1, 1, c);
+                let (out, ld) = if dtype == DType::F32 {
+                    rq_spline_values(v, ht.clone(), k, B, inverse)
+                } else {
+                    rq_spline_values_composed(v, ht.clone(), k, B, inverse)
+                };
+                let loss = (out.clone() * from_vec_f64(r.clone(), [n, c, s], opts)).sum()
+                    + (ld.clone() * from_vec_f64(rl.clone(), [n], opts)).sum();
+                let g = loss.backward();
+                let gw = to_vec_f64(wt.grad(&g).unwrap());
+                let gh = to_vec_f64(ht.grad(&g).unwrap());
+                [to_vec_f64(out), to_vec_f64(ld), gw, gh]
+            };
+            let (fused, exact) = (run(DType::F32), run(DType::F64));
+            for (name, u, v) in [
+                ("values", &fused[0], &exact[0]),
+                ("log-det", &fused[1], &exact[1]),
+                ("d/dv", &fused[2], &exact[2]),
+                ("d/dh", &fused[3], &exact[3]),
+            ] {
+                let scale = v.iter().fold(1f64, |m, x| m.max(x.abs()));
+                let e = u.iter().zip(v).fold(0f64, |m, (a, b)| m.max((a - b).abs())) / scale;
+                assert!(
+                    e < 1e-5,
+                    "{n}x{c}x{s} K{k} inverse {inverse}: {name} differs by {e} (relative)"
+                );
+            }
+        }
     }
 }

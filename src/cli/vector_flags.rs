@@ -78,9 +78,13 @@ pub struct CommonArgs {
     #[arg(long, visible_alias = "depth", default_value_t = vector_model().net_depth, value_parser = parse::count::<1, 64>)]
     pub net_depth: usize,
     /// Coupling form: tanh (the tutorial's x * exp(tanh(s) * a + b) + t), sigmoid (Glow's
-    /// (x + t) * sigmoid(s + 2), which can only contract) or additive.
+    /// (x + t) * sigmoid(s + 2), which can only contract), additive, or spline (neural spline
+    /// flows' rational-quadratic spline on [-5, 5], identity outside).
     #[arg(long, value_enum, default_value_t = vector_model().coupling)]
     pub coupling: CouplingKind,
+    /// Bins K of each spline (--coupling spline): 3K - 1 network outputs per transformed value.
+    #[arg(long, default_value_t = vector_model().spline_bins, value_parser = parse::count::<2, 64>)]
+    pub spline_bins: usize,
     /// Scale of sigmoid couplings: bounded (sigmoid(s + 2) floored at 1e-5, so a sample
     /// cannot overflow) or glow (Glow's exact sigmoid(s + 2), unbounded below).
     #[arg(long, value_enum, default_value_t = vector_model().affine_scale)]
@@ -159,6 +163,7 @@ impl CommonArgs {
         c.net_width = self.net_width;
         c.net_depth = self.net_depth;
         c.coupling = self.coupling;
+        c.spline_bins = self.spline_bins;
         c.affine_scale = self.affine_scale;
         c.permutation = permutation;
         c.init_seed = self.seed;
@@ -175,6 +180,10 @@ pub fn check_table_flags(c: &CommonArgs, given: &[(String, String)]) -> Result<(
     if c.coupling != CouplingKind::Sigmoid {
         let why = "shapes the scale of sigmoid couplings: it needs --coupling sigmoid";
         refuse_given(given, &["--affine-scale"], why)?;
+    }
+    if c.coupling != CouplingKind::Spline {
+        let why = "shapes spline couplings: it needs --coupling spline";
+        refuse_given(given, &["--spline-bins"], why)?;
     }
     if c.data.is_some() {
         if c.test_data.is_some() {

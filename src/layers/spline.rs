@@ -6,7 +6,8 @@
 //! Parameters per value: `K` unnormalised widths, `K` unnormalised heights and `K - 1`
 //! unnormalised derivatives at the inner knots (`3K - 1` in all, the layout of the paper's
 //! coupling networks). Widths and heights are a softmax scaled to `2B` (each at least
-//! [`MIN_BIN`] of it); inner derivatives are `MIN_DERIVATIVE + softplus(d)`; the derivatives at
+//! [`MIN_BIN`] of it); inner derivatives are `MIN_DERIVATIVE + softplus(d + c)` with `c =`
+//! [`derivative_shift`]`()`, so all-zero raw parameters give the identity; the derivatives at
 //! `±B` are 1, so the spline joins the identity tails smoothly.
 //!
 //! In bin `k` (knots `x_k < x_{k+1}`, `y_k < y_{k+1}`, width `w_k`, height `h_k`, slope
@@ -35,6 +36,14 @@ pub const MIN_BIN: f64 = 1e-3;
 /// The smallest knot derivative (nflows' `1e-3`): keeps the spline strictly increasing.
 pub const MIN_DERIVATIVE: f64 = 1e-3;
 
+/// The shift `c = ln(e^(1 - MIN_DERIVATIVE) - 1)` added to raw inner derivatives, so a raw
+/// value of 0 is a derivative of exactly 1 (nflows' constant for its boundary derivatives):
+/// with uniform bins (equal raw widths and heights) the spline is then the identity, and a
+/// coupling network whose output starts near zero starts near the identity.
+pub fn derivative_shift() -> f64 {
+    (1.0 - MIN_DERIVATIVE).exp_m1().ln()
+}
+
 /// The number of raw parameters per value for `bins` bins: `3 * bins - 1`.
 pub fn params_per_value(bins: usize) -> usize {
     3 * bins - 1
@@ -60,7 +69,7 @@ fn knots(params: Tensor<3>, bound: f64) -> (Tensor<3>, Tensor<3>, Tensor<3>) {
     };
     let xs = cumulative(params.clone().narrow(2, 0, k));
     let ys = cumulative(params.clone().narrow(2, k, k));
-    let inner = softplus(params.narrow(2, 2 * k, k - 1), 1.0) + MIN_DERIVATIVE;
+    let inner = softplus(params.narrow(2, 2 * k, k - 1) + derivative_shift(), 1.0) + MIN_DERIVATIVE;
     let one = inner.clone().narrow(2, 0, 1).ones_like();
     let ds = Tensor::cat(vec![one.clone(), inner, one], 2);
     (xs, ys, ds)
@@ -193,18 +202,13 @@ impl SplineCoupling {
     fn apply(&self, v: Tensor<4>, h: Tensor<4>, inverse: bool) -> (Tensor<4>, Tensor<1>) {
         let [n, cb, hh, ww] = v.dims();
         let p = params_per_value(self.bins);
-        let m = n * cb * hh * ww;
-        let params = h
-            .reshape([n, cb, p, hh, ww])
-            .permute([0, 1, 3, 4, 2])
-            .reshape([m, 1, p]);
-        let v = v.reshape([m, 1]);
-        let (out, ld) = if inverse {
-            rq_spline_inverse(v, params, SPLINE_BOUND)
-        } else {
-            rq_spline(v, params, SPLINE_BOUND)
-        };
-        let ld = ld.reshape([n, cb * hh * ww]).sum_dim(1).reshape([n]);
+        let (out, ld) = crate::ops::rq_spline::rq_spline_values(
+            v.reshape([n, cb, hh * ww]),
+            h.reshape([n, cb * p, hh * ww]),
+            self.bins,
+            SPLINE_BOUND,
+            inverse,
+        );
         (out.reshape([n, cb, hh, ww]), ld)
     }
 }

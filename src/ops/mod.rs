@@ -1,12 +1,30 @@
 //! Hand-written operations for the CPU backend, each behind a small function that falls back to
 //! plain tensor ops elsewhere.
 
+/// Registers, in a hand-written backward, the gradient of each parent that wants one.
+macro_rules! register {
+    ($grads:expr, $(($node:expr, $grad:expr)),* $(,)?) => {
+        $(if let Some(node) = $node {
+            $grads.register::<burn::backend::Flex>(node.id, $grad);
+        })*
+    };
+}
+
 pub mod adam;
 pub mod dense;
 pub mod parallel;
+pub mod rq_spline;
 pub mod tanh_affine;
 
 pub use dense::dense;
+
+/// A row-major float32 Flex tensor of `shape` from `values`.
+fn flex(values: Vec<f32>, shape: &[usize]) -> burn::backend::flex::FlexTensor {
+    burn::backend::flex::FlexTensor::from_data(burn::tensor::TensorData::new(
+        values,
+        shape.to_vec(),
+    ))
+}
 
 /// Run `f` compiled for the widest vector instructions this CPU has — AVX-512 (x86-64-v4),
 /// AVX2 + FMA (v3) or the baseline — chosen at run time (pulp's dispatch), so one binary uses

@@ -28,7 +28,9 @@ use burn::backend::autodiff::Autodiff;
 use burn::backend::flex::FlexTensor;
 use burn::backend::tensor::FloatTensor;
 use burn::backend::{backend_extension, Backend, Dispatch, Flex};
-use burn::tensor::{DType, Tensor, TensorData};
+use burn::tensor::{DType, Tensor};
+
+use super::flex;
 
 use crate::tensor_util::is_flex_device;
 
@@ -121,10 +123,6 @@ fn scalar(t: &FlexTensor) -> f32 {
     t.storage::<f32>()[t.layout().start_offset()]
 }
 
-fn flex(values: Vec<f32>, shape: &[usize]) -> FlexTensor {
-    FlexTensor::from_data(TensorData::new(values, shape.to_vec()))
-}
-
 /// `s` and `tanh(raw)` (kept for the backward), both `[n, C_b]` row-major.
 fn log_scale_forward(h: &FlexTensor, alpha: f32, beta: f32) -> (Vec<f32>, Vec<f32>, usize, usize) {
     let (h, n, w) = matrix(h);
@@ -171,15 +169,6 @@ impl FusedTanhAffine for Flex {
         let (y, _, n, cb) = affine_forward(&xb, &h, &s);
         flex(y, &[n, cb])
     }
-}
-
-/// Registers the gradient of each parent that wants one.
-macro_rules! register {
-    ($grads:expr, $(($node:expr, $grad:expr)),* $(,)?) => {
-        $(if let Some(node) = $node {
-            $grads.register::<Flex>(node.id, $grad);
-        })*
-    };
 }
 
 #[derive(Debug)]
