@@ -180,7 +180,7 @@ fn ignored_flags_are_refused() {
         .collect();
     std::fs::write(&table, format!("a,b\n{rows}")).unwrap();
     let t = table.to_str().unwrap();
-    let cases: [(&[&str], &str); 8] = [
+    let cases: [(&[&str], &str); 9] = [
         (
             &[
                 "train2d",
@@ -222,6 +222,10 @@ fn ignored_flags_are_refused() {
         (
             &["train2d", "--spline-bins", "4"],
             "--spline-bins 4: shapes spline couplings: it needs --coupling spline",
+        ),
+        (
+            &["train2d", "--context-embedding", "8"],
+            "--context-embedding 8: embeds the context: it needs context columns (--context-columns)",
         ),
     ];
     for (args, needle) in cases {

@@ -298,6 +298,23 @@ fn cases() -> Vec<Case> {
         }
     }
 
+    // One column (a one-dimensional density or conditional, as the vector models build it):
+    // nothing conditions, the spline's MLP reads a constant 1 and the context.
+    for (s, k, net_of) in [([5, 1, 1, 1], 0, Net::Mlp), ([5, 1, 1, 1], 2, Net::Mlp)] {
+        let form = format!("one channel {net_of:?}");
+        let case = Case::new(&["Layer", "SplineCoupling"], form, s, 12, move || {
+            let p = glowflow::layers::spline::params_per_value(SPLINE_TEST_BINS);
+            let l = Layer::SplineCoupling(glowflow::layers::spline::SplineCoupling::new(
+                net(net_of, 1 + k, p, 5),
+                false,
+                SPLINE_TEST_BINS,
+            ));
+            let noise = if net_of == Net::Mlp { 0.5 } else { 0.1 };
+            ready(l, s, k, noise, 6)
+        });
+        cases.push(case.context(k));
+    }
+
     for (s, seed) in [([3, 2, 4, 4], 21), ([2, 1, 2, 2], 22)] {
         cases.push(Case::new(&["Squeeze"], "2x2 blocks", s, seed, || {
             Box::new(Squeeze)

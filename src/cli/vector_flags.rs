@@ -82,6 +82,11 @@ pub struct CommonArgs {
     /// flows' rational-quadratic spline on [-5, 5], identity outside).
     #[arg(long, value_enum, default_value_t = vector_model().coupling)]
     pub coupling: CouplingKind,
+    /// Width E of a learned context embedding (with --context-columns): an MLP
+    /// context -> [E, ReLU] -> E applied once per row, whose output every coupling network
+    /// reads instead of the context itself, trained with the flow (0: none).
+    #[arg(long, default_value_t = 0, value_parser = parse::count::<0, MAX_WIDTH>)]
+    pub context_embedding: usize,
     /// Bins K of each spline (--coupling spline): 3K - 1 network outputs per transformed value.
     #[arg(long, default_value_t = vector_model().spline_bins, value_parser = parse::count::<2, 64>)]
     pub spline_bins: usize,
@@ -164,6 +169,7 @@ impl CommonArgs {
         c.net_depth = self.net_depth;
         c.coupling = self.coupling;
         c.spline_bins = self.spline_bins;
+        c.context_embedding = self.context_embedding;
         c.affine_scale = self.affine_scale;
         c.permutation = permutation;
         c.init_seed = self.seed;

@@ -248,7 +248,7 @@ impl TableData {
     ///
     /// # Errors
     /// Names the file, row and column of a bad cell ([`read_table_as`]), `--columns` /
-    /// `--context-columns` for an unknown column, `--data` for fewer than 2 modelled columns or
+    /// `--context-columns` for an unknown column, `--data` for no modelled column or
     /// too few rows, `--test-data` for a test table whose columns differ.
     pub fn load(opts: &TableOptions, seed: u64) -> Result<Self> {
         if let Some(t) = &opts.test_path {
@@ -293,13 +293,12 @@ impl TableData {
             )
             .into());
         }
-        if cols.len() < 2 {
+        if cols.is_empty() {
             return Err(InputError::option(
                 "data",
                 opts.path.display(),
                 format!(
-                    "has {} modelled column(s); a flow needs at least 2 (columns: {})",
-                    cols.len(),
+                    "has no modelled column; a flow needs at least 1 (columns: {})",
                     table.columns.join(", ")
                 ),
             )

@@ -179,6 +179,10 @@ pub const SPLINE_BOUND: f64 = 5.0;
 /// `x_a` (with any context) gives each value of the transformed half `x_b` its own spline of
 /// `bins` bins on `[-SPLINE_BOUND, SPLINE_BOUND]`; `y_b = RQS(x_b)`, `log|det J| = Σ log
 /// RQS'(x_b)`.
+///
+/// On a one-channel input nothing conditions: the network reads a constant 1 channel (and the
+/// context), so the whole input gets one spline whose parameters are learned constants, or a
+/// function of the context alone (a one-dimensional density or conditional density).
 #[derive(burn::module::Module, Debug)]
 pub struct SplineCoupling {
     /// The conditioner: `x_a` (and context) to `C_b * (3K - 1)` channels, `[C_b, 3K - 1]` per
@@ -215,6 +219,10 @@ impl SplineCoupling {
 
 impl crate::flow::Flow for SplineCoupling {
     fn forward_ctx(&self, x: Tensor<4>, ctx: crate::flow::Context) -> (Tensor<4>, Tensor<1>) {
+        if x.dims()[1] == 1 {
+            let h = self.net.forward(x.ones_like(), ctx);
+            return self.apply(x, h, false);
+        }
         let (xa, xb) = crate::layers::coupling::split_halves(x, self.swap);
         let h = self.net.forward(xa.clone(), ctx);
         let (yb, ld) = self.apply(xb, h, false);
@@ -222,6 +230,10 @@ impl crate::flow::Flow for SplineCoupling {
     }
 
     fn inverse_ctx(&self, y: Tensor<4>, ctx: crate::flow::Context) -> (Tensor<4>, Tensor<1>) {
+        if y.dims()[1] == 1 {
+            let h = self.net.forward(y.ones_like(), ctx);
+            return self.apply(y, h, true);
+        }
         let (xa, yb) = crate::layers::coupling::split_halves(y, self.swap);
         let h = self.net.forward(xa.clone(), ctx);
         let (xb, ld) = self.apply(yb, h, true);
@@ -229,6 +241,9 @@ impl crate::flow::Flow for SplineCoupling {
     }
 
     fn data_init(&mut self, x: &Tensor<4>, ctx: crate::flow::Context) {
+        if x.dims()[1] == 1 {
+            return self.net.data_init(x.ones_like(), ctx);
+        }
         let (xa, _) = crate::layers::coupling::split_halves(x.clone(), self.swap);
         self.net.data_init(xa, ctx);
     }

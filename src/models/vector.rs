@@ -62,6 +62,18 @@ pub enum CouplingKind {
     Spline,
 }
 
+impl CouplingKind {
+    /// The name used in options and summaries (`tanh`, `sigmoid`, `additive`, `spline`).
+    pub fn name(self) -> &'static str {
+        match self {
+            CouplingKind::Tanh => "tanh",
+            CouplingKind::Sigmoid => "sigmoid",
+            CouplingKind::Additive => "additive",
+            CouplingKind::Spline => "spline",
+        }
+    }
+}
+
 /// Everything needed to rebuild a 2D model (stored in checkpoints).
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct VectorFlowConfig {
@@ -99,6 +111,11 @@ pub struct VectorFlowConfig {
     /// Bins `K` of `spline` couplings (unused by the others).
     #[serde(default = "default_bins")]
     pub spline_bins: usize,
+    /// Width `E` of a learned context embedding (0: none, the coupling networks read the
+    /// standardised context itself): an MLP `K -> [E, ReLU] -> E` applied once to the context,
+    /// whose `E` outputs every coupling network reads, trained with the flow.
+    #[serde(default)]
+    pub context_embedding: usize,
 }
 
 fn two() -> usize {
@@ -110,6 +127,15 @@ fn default_bins() -> usize {
 }
 
 impl VectorFlowConfig {
+    /// The width of the context the coupling networks read: the embedding's, else `context`.
+    pub fn context_width(&self) -> usize {
+        if self.context_embedding > 0 {
+            self.context_embedding
+        } else {
+            self.context
+        }
+    }
+
     /// The tutorial's model of this kind: 32 steps, couplings of width 64 and 2 hidden layers,
     /// `tanh` scale, LU mixing, 2D, unconditional, no standardisation.
     pub fn new(model: ModelKind) -> Self {
@@ -126,6 +152,7 @@ impl VectorFlowConfig {
             standardize: false,
             affine_scale: AffineScale::Bounded,
             spline_bins: default_bins(),
+            context_embedding: 0,
         }
     }
 
@@ -141,8 +168,32 @@ impl VectorFlowConfig {
         )?;
         count("net_width", "net_width", self.net_width, 1, MAX_WIDTH)?;
         count("net_depth", "net_depth", self.net_depth, 1, MAX_MLP_DEPTH)?;
-        count("features", "data", self.features, 2, MAX_WIDTH)?;
+        count("features", "data", self.features, 1, MAX_WIDTH)?;
         count("context", "context_columns", self.context, 0, MAX_WIDTH)?;
+        count(
+            "context_embedding",
+            "context_embedding",
+            self.context_embedding,
+            0,
+            MAX_WIDTH,
+        )?;
+        if self.context_embedding > 0 && self.context == 0 {
+            return Err(crate::error::FieldError::new(
+                "context_embedding",
+                "context_embedding",
+                self.context_embedding,
+                "embeds the context: it needs context columns (`context_columns`)",
+            ));
+        }
+        if self.features == 1 && self.coupling != CouplingKind::Spline {
+            return Err(crate::error::FieldError::new(
+                "coupling",
+                "coupling",
+                self.coupling.name(),
+                "cannot model one column (an affine or additive coupling splits the columns in \
+                 two); one modelled column needs `coupling` spline",
+            ));
+        }
         Ok(())
     }
 
@@ -208,10 +259,18 @@ pub struct VectorFlow {
     pub context_norm: Option<Standardize>,
     /// The data dimension `D`.
     pub dim: usize,
+    /// The learned context embedding (when the config asks for one), applied after the
+    /// context's standardisation.
+    pub context_embedding: Option<Mlp>,
 }
 
 fn coupling(cfg: &VectorFlowConfig, swap: bool, rng: &mut ChaCha8Rng, device: &Device) -> Layer {
-    let cond = crate::layers::coupling::conditioning_channels(cfg.features, swap);
+    // One column: no half conditions; the spline's network reads a constant 1 (and the
+    // context), so without context its parameters are learned constants.
+    let cond = match cfg.features {
+        1 => 1,
+        d => crate::layers::coupling::conditioning_channels(d, swap),
+    };
     let out = crate::layers::coupling::transformed_channels(cfg.features, swap);
     let net_out = match cfg.coupling {
         CouplingKind::Additive => out,
@@ -219,7 +278,7 @@ fn coupling(cfg: &VectorFlowConfig, swap: bool, rng: &mut ChaCha8Rng, device: &D
         CouplingKind::Tanh | CouplingKind::Sigmoid => 2 * out,
     };
     let net = CouplingNet::Mlp(Mlp::new(
-        cond + cfg.context,
+        cond + cfg.context_width(),
         net_out,
         cfg.net_width,
         cfg.net_depth,
@@ -254,11 +313,14 @@ impl VectorFlow {
         let dim = cfg.features;
         let mut layers = Vec::new();
         for k in 0..cfg.flow_steps {
-            let swap = k % 2 == 1;
+            let swap = k % 2 == 1 && dim > 1;
             match cfg.model {
                 ModelKind::Glow => {
                     layers.push(Layer::ActNorm(ActNorm::new(dim, device)));
-                    layers.push(cfg.permutation.layer(dim, &mut rng, device));
+                    // A 1x1 mixing of one column would be a second per-column scale.
+                    if dim > 1 {
+                        layers.push(cfg.permutation.layer(dim, &mut rng, device));
+                    }
                 }
                 ModelKind::Realnvp => {
                     layers.push(Layer::FlowBatchNorm(FlowBatchNorm::new(dim, device)));
@@ -269,11 +331,15 @@ impl VectorFlow {
         let standardize = cfg.standardize.then(|| Standardize::new(dim, device));
         let context_norm =
             (cfg.standardize && cfg.context > 0).then(|| Standardize::new(cfg.context, device));
+        let e = cfg.context_embedding;
+        let context_embedding = (e > 0 && cfg.context > 0)
+            .then(|| Mlp::new(cfg.context, e, e, 1, false, &mut rng, device));
         with_sequential_param_ids(VectorFlow {
             flow: FlowSequence::new(layers),
             standardize,
             context_norm,
             dim,
+            context_embedding,
         })
     }
 
@@ -312,16 +378,25 @@ impl VectorFlow {
     /// flow's float type.
     fn ctx(&self, ctx: Context) -> Option<Tensor<2>> {
         let dtype = self.compute_dtype();
-        ctx.map(|c| match &self.context_norm {
+        let c = ctx.map(|c| match &self.context_norm {
             Some(s) => s.apply_2d(c.clone(), dtype),
             None => c.clone().cast(dtype),
-        })
+        });
+        self.embed(c)
     }
 
-    /// A standardised context, in the flow's float type.
+    /// A standardised context, in the flow's float type, as the coupling networks read it.
     fn ctx_standardized(&self, ctx: Context) -> Option<Tensor<2>> {
         let dtype = self.compute_dtype();
-        ctx.map(|c| c.clone().cast(dtype))
+        self.embed(ctx.map(|c| c.clone().cast(dtype)))
+    }
+
+    /// The context embedding of a standardised context (itself without one).
+    fn embed(&self, c: Option<Tensor<2>>) -> Option<Tensor<2>> {
+        match (&self.context_embedding, c) {
+            (Some(e), Some(c)) => Some(e.forward_vec(c)),
+            (_, c) => c,
+        }
     }
 
     /// Raw data `[N, D]` standardised in float64 (as `[N, D, 1, 1]`, in the flow's float type)

@@ -98,10 +98,15 @@ impl Mlp {
 
     /// Applies the MLP to `[N, C, 1, 1]` vectors.
     pub fn forward(&self, x: Tensor<4>) -> Tensor<4> {
-        let mut h = nchw_to_vec(x);
+        vec_to_nchw(self.forward_vec(nchw_to_vec(x)))
+    }
+
+    /// Applies the MLP to rows `[N, C]`, giving `[N, output]`.
+    pub fn forward_vec(&self, x: Tensor<2>) -> Tensor<2> {
+        let mut h = x;
         for layer in &self.hidden {
             h = layer.forward_relu(h);
         }
-        vec_to_nchw(self.out.forward(h))
+        self.out.forward(h)
     }
 }
