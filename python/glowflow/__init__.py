@@ -155,7 +155,10 @@ class VectorFlow:
     Parameters
     ----------
     features : int
-        Modelled columns (at least 2: a coupling splits them in two).
+        Modelled columns. One column (a one-dimensional density, or a conditional density of
+        one variable given ``context``) needs ``coupling="spline"``: nothing conditions, so
+        each flow step is one spline whose parameters are learned constants or a function of
+        the context.
     context : int
         Context columns the density is conditioned on (0: unconditional).
     model : {"glow", "realnvp"}
@@ -168,10 +171,16 @@ class VectorFlow:
     coupling : {"tanh", "sigmoid", "additive", "spline"}
         The affine coupling's scale: ``exp(tanh(raw) * alpha + beta)`` (the default), Glow's
         ``sigmoid(raw + 2)``, none (NICE's additive coupling), or a rational-quadratic spline
-        of 8 bins per value (neural spline flows; slower per step, more expressive).
+        of ``spline_bins`` bins per value on [-5, 5] of the standardised data, identity
+        outside (neural spline flows; slower per step, more expressive).
     permutation : {"lu", "plain", "shuffle", "reverse"}
         Invertible 1x1 "convolution" with W = P L U, an unconstrained W, a fixed shuffle, or
         reversal.
+    spline_bins : int
+        Bins K of each spline (``coupling="spline"``): 3K - 1 network outputs per value.
+    context_embedding : int
+        Width E of a learned context embedding (0: none): an MLP context -> [E, ReLU] -> E
+        applied once per row, whose output every coupling network reads, trained jointly.
 
     Attributes
     ----------
@@ -198,9 +207,16 @@ class VectorFlow:
     """
 
     def __init__(self, features, context=0, model="glow", flow_steps=32, net_width=64, net_depth=2,
-                 coupling="tanh", permutation="lu"):
-        self.features = _integer("features", features, low=2)
+                 coupling="tanh", permutation="lu", spline_bins=8, context_embedding=0):
+        self.features = _integer("features", features, low=1)
         self.context = _integer("context", context, low=0)
+        self.spline_bins = _integer("spline_bins", spline_bins, low=2)
+        self.context_embedding = _integer("context_embedding", context_embedding, low=0)
+        if self.features == 1 and str(coupling) != "spline":
+            raise ValueError(f"features=1: coupling={str(coupling)!r} splits the columns in two; "
+                             "one modelled column needs coupling='spline'")
+        if self.context_embedding and not self.context:
+            raise ValueError("`context_embedding` embeds the context: it needs context > 0")
         self.model = str(model)
         self.flow_steps = _integer("flow_steps", flow_steps, low=1)
         self.net_width = _integer("net_width", net_width, low=1)
@@ -213,7 +229,10 @@ class VectorFlow:
     def __repr__(self):
         return (f"VectorFlow(features={self.features}, context={self.context}, model={self.model!r}, "
                 f"flow_steps={self.flow_steps}, net_width={self.net_width}, net_depth={self.net_depth}, "
-                f"coupling={self.coupling!r}, permutation={self.permutation!r})")
+                f"coupling={self.coupling!r}, permutation={self.permutation!r}"
+                + (f", spline_bins={self.spline_bins}" if self.coupling == "spline" else "")
+                + (f", context_embedding={self.context_embedding}" if self.context_embedding else "")
+                + ")")
 
     def fit(self, X, context=None, steps=20000, batch_size=1024, lr=1e-4, seed=0, validation=None,
             progress=True, callback=None, run_dir=None, threads=None, log_every=100, ema_decay=0.0,
@@ -274,7 +293,7 @@ class VectorFlow:
         try:
             core, pending = _core.fit_vectors(
                 self.model, self.flow_steps, self.net_width, self.net_depth, self.coupling,
-                self.permutation, names + ctx_names, x, ctx_names, val, steps, batch_size,
+                self.spline_bins, self.context_embedding, self.permutation, names + ctx_names, x, ctx_names, val, steps, batch_size,
                 lr, seed, None if run_dir is None else str(run_dir), False, threads,
                 log_every, ema_decay, clip, report)
         finally:
@@ -536,7 +555,8 @@ def load(path):
     cfg = json.loads(core.config_json())
     if isinstance(core, _core.VectorCore):
         f = VectorFlow(cfg["features"], cfg["context"], cfg["model"], cfg["flow_steps"], cfg["net_width"],
-                       cfg["net_depth"], cfg["coupling"], cfg["permutation"])
+                       cfg["net_depth"], cfg["coupling"], cfg["permutation"], cfg["spline_bins"],
+                       cfg["context_embedding"])
         names = core.columns()
         f._core, f.columns, f.context_columns = core, names[:f.features], names[f.features:]
         default = [f"x{i}" for i in range(len(names))]

@@ -21,6 +21,8 @@ class VectorFlow:
     net_depth: int
     coupling: str
     permutation: str
+    spline_bins: int
+    context_embedding: int
     columns: Optional[list[str]]
     context_columns: list[str]
     def __init__(
@@ -33,6 +35,8 @@ class VectorFlow:
         net_depth: int = 2,
         coupling: Literal["tanh", "sigmoid", "additive", "spline"] = "tanh",
         permutation: Literal["lu", "plain", "shuffle", "reverse"] = "lu",
+        spline_bins: int = 8,
+        context_embedding: int = 0,
     ) -> None: ...
     def fit(
         self,

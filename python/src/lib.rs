@@ -303,7 +303,8 @@ impl VectorCore {
 /// Fit a vector flow (see `glowflow.VectorFlow.fit`). Returns the fitted core and the exception
 /// that stopped it early (Ctrl-C, or one raised by `report`), if any.
 #[pyfunction]
-#[pyo3(signature = (model, flow_steps, net_width, net_depth, coupling, permutation, columns,
+#[pyo3(signature = (model, flow_steps, net_width, net_depth, coupling, spline_bins,
+    context_embedding, permutation, columns,
     data, context_columns, validation, steps, batch_size, lr, seed, run_dir, resume, threads,
     log_every, ema_decay, clip_grad_norm, report))]
 #[allow(clippy::too_many_arguments)]
@@ -314,6 +315,8 @@ fn fit_vectors<'py>(
     net_width: usize,
     net_depth: usize,
     coupling: &str,
+    spline_bins: usize,
+    context_embedding: usize,
     permutation: &str,
     columns: Vec<String>,
     data: PyReadonlyArray2<'py, f64>,
@@ -340,6 +343,8 @@ fn fit_vectors<'py>(
         coupling,
         &["tanh", "sigmoid", "additive", "spline"],
     )?;
+    cfg.spline_bins = spline_bins;
+    cfg.context_embedding = context_embedding;
     cfg.permutation = named("permutation", permutation, PERMUTATIONS)?;
     let table = {
         let (values, _, _) = rows_of(&data);

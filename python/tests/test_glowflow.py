@@ -241,7 +241,8 @@ BAD_VECTOR_CALLS = [
     ("coupling", lambda: glowflow.VectorFlow(3, coupling="maf").fit(table(), steps=2, progress=False),
      ValueError, "`coupling` \"maf\": not one of tanh, sigmoid, additive, spline"),
     ("columns", lambda: small_flow().fit(table()[:, :2], steps=2, progress=False), ValueError, "2 columns"),
-    ("one feature", lambda: glowflow.VectorFlow(1), ValueError, "`features` 1: must be at least 2"),
+    ("no feature", lambda: glowflow.VectorFlow(0), ValueError, "`features` 0: must be at least 1"),
+    ("one feature, affine", lambda: glowflow.VectorFlow(1), ValueError, "needs coupling='spline'"),
     ("context missing", lambda: glowflow.VectorFlow(3, context=1).fit(table(), steps=2, progress=False),
      ValueError, "context"),
     ("context shape", lambda: glowflow.VectorFlow(3, context=1).fit(table(), context=np.zeros((5, 1)),
@@ -413,3 +414,38 @@ def test_spline_couplings_fit_score_and_sample():
     assert np.isfinite(lp).all()
     s = f.sample(50, seed=0)
     assert s.shape == (50, 3) and np.isfinite(s).all()
+
+
+def test_one_column_conditional_beats_the_linear_gaussian_and_round_trips(tmp_path):
+    # y = +-c + 0.1 noise: given c, two narrow modes; a linear regression on c sees mean 0.
+    rng = np.random.default_rng(24)
+    c = rng.uniform(-2, 2, size=(3000, 1))
+    y = np.where(rng.random((3000, 1)) < 0.5, -c, c) + 0.1 * rng.normal(size=(3000, 1))
+    train, test = slice(0, 2400), slice(2400, None)
+    f = glowflow.VectorFlow(features=1, context=1, flow_steps=3, net_width=32, coupling="spline",
+                            spline_bins=8, context_embedding=16)
+    f.fit(y[train], context=c[train], steps=400, batch_size=128, lr=3e-3, progress=False, threads=1)
+    nll = -f.log_prob(y[test], context=c[test]).mean()
+    # The linear-Gaussian baseline, by least squares on the training rows.
+    A = np.hstack([c[train], np.ones((2400, 1))])
+    beta, *_ = np.linalg.lstsq(A, y[train], rcond=None)
+    var = np.mean((y[train] - A @ beta) ** 2)
+    resid = y[test] - np.hstack([c[test], np.ones((600, 1))]) @ beta
+    gauss = np.mean(0.5 * (resid ** 2 / var + np.log(2 * np.pi * var)))
+    assert gauss > 1.4 and nll < gauss - 1.2, (nll, gauss)
+    s = f.sample(500, context=[[1.5]], seed=0)
+    assert s.shape == (500, 1) and 0.3 < (s > 0).mean() < 0.7
+    f.save(tmp_path / "m")
+    g = glowflow.load(tmp_path / "m")
+    assert (g.spline_bins, g.context_embedding) == (8, 16)
+    np.testing.assert_array_equal(g.log_prob(y[test], context=c[test]),
+                                  f.log_prob(y[test], context=c[test]))
+
+
+def test_one_column_needs_spline_couplings_and_an_embedding_needs_context():
+    with pytest.raises(ValueError, match="coupling='spline'"):
+        glowflow.VectorFlow(features=1)
+    with pytest.raises(ValueError, match="context_embedding"):
+        glowflow.VectorFlow(features=2, context_embedding=8)
+    with pytest.raises(ValueError, match="spline_bins"):
+        glowflow.VectorFlow(features=2, coupling="spline", spline_bins=1)

@@ -170,6 +170,7 @@ impl VectorFlowConfig {
         count("net_depth", "net_depth", self.net_depth, 1, MAX_MLP_DEPTH)?;
         count("features", "data", self.features, 1, MAX_WIDTH)?;
         count("context", "context_columns", self.context, 0, MAX_WIDTH)?;
+        count("spline_bins", "spline_bins", self.spline_bins, 2, 64)?;
         count(
             "context_embedding",
             "context_embedding",
