@@ -20,6 +20,8 @@ Protocol, per table and seed:
       glowflow  VectorFlow(d, flow_steps=K, net_width=W, net_depth=2) (Glow: ActNorm, LU 1x1,
                 tanh affine coupling); "glowflow-ema" the same fit with ema_decay=0.99 (the
                 fitted model holds an exponential moving average of the weights)
+      glowflow  "glowflow-spline" (and "-spline-ema"): the same with coupling="spline"
+                (rational-quadratic spline couplings, 8 bins on [-5, 5]: RQ-NSF (C))
       zuko      flows.RealNVP(d, transforms=K, hidden_features=(W, W))
       zuko      flows.NSF(d, transforms=K, hidden_features=(W, W)) (8 bins, autoregressive)
       nflows    flows.SimpleRealNVP(d, hidden_features=W, num_layers=K, num_blocks_per_layer=2)
@@ -30,6 +32,11 @@ Protocol, per table and seed:
     peak resident set of a fresh process that imports the library, reads the table, fits and
     scores (ru_maxrss), so it includes each library's import.
   * threads: `--threads` for both (torch.set_num_threads, glowflow's threads=).
+  * photoz: one-dimensional conditional density of galaxy's redshift given its six magnitudes
+    (u g r i z y), the photometric-redshift problem: glowflow's spline flow of one column
+    (VectorFlow(1, context=6, coupling="spline")), zuko's NSF of one feature with context 6,
+    and the linear-Gaussian baseline (least squares of redshift on the magnitudes, the
+    residuals' ML variance). Same split and standardisation (context too).
 Each (table, library, seed) runs in its own process, one after another.
 """
 import argparse
@@ -52,8 +59,25 @@ RECIPES = {
     "sp500": dict(steps=200, batch=128, lr=1e-3, K=4, W=32),
     "cities": dict(steps=3000, batch=512, lr=1e-3, K=8, W=64),
     "galaxy": dict(steps=3000, batch=512, lr=1e-3, K=8, W=64),
+    "photoz": dict(steps=3000, batch=512, lr=1e-3, K=4, W=64),
 }
-LIBRARIES = ["glowflow", "glowflow-ema", "zuko-realnvp", "zuko-nsf", "nflows-realnvp"]
+# The file each table is read from, and its context columns (the rest are modelled).
+FILES = {"photoz": "galaxy"}
+CONTEXT = {"photoz": 6}
+LIBRARIES = ["glowflow", "glowflow-ema", "glowflow-spline", "glowflow-spline-ema",
+             "zuko-realnvp", "zuko-nsf", "nflows-realnvp"]
+# Libraries that can model one column given a context.
+ONE_COLUMN = ["glowflow-spline", "glowflow-spline-ema", "zuko-nsf"]
+
+
+def read(table):
+    """(modelled rows, context rows or None) of a table."""
+    x = np.loadtxt(os.path.join(DATA, f"{FILES.get(table, table)}.csv"), delimiter=",",
+                   skiprows=1, ndmin=2)
+    k = CONTEXT.get(table, 0)
+    if not k:
+        return x, None
+    return x[:, :x.shape[1] - k], x[:, x.shape[1] - k:]
 
 
 def split(n, seed):
@@ -65,18 +89,22 @@ def split(n, seed):
 def one(table, lib, seed, threads):
     """Fit one library on one table; returns its figures (run in a child process)."""
     r = RECIPES[table]
-    x = np.loadtxt(os.path.join(DATA, f"{table}.csv"), delimiter=",", skiprows=1, ndmin=2)
+    x, ctx = read(table)
     train_idx, test_idx = split(len(x), seed)
     train, test = x[train_idx], x[test_idx]
-    d = x.shape[1]
+    ctrain, ctest = (None, None) if ctx is None else (ctx[train_idx], ctx[test_idx])
+    d, k = x.shape[1], 0 if ctx is None else ctx.shape[1]
     if lib.startswith("glowflow"):
         import glowflow
-        flow = glowflow.VectorFlow(d, flow_steps=r["K"], net_width=r["W"], net_depth=2)
+        coupling = "spline" if "spline" in lib else "tanh"
+        flow = glowflow.VectorFlow(d, context=k, flow_steps=r["K"], net_width=r["W"], net_depth=2,
+                                   coupling=coupling)
         t0 = time.perf_counter()
-        flow.fit(train, steps=r["steps"], batch_size=r["batch"], lr=r["lr"], seed=seed,
-                 progress=False, threads=threads, ema_decay=0.99 if lib == "glowflow-ema" else 0.0)
+        flow.fit(train, context=ctrain, steps=r["steps"], batch_size=r["batch"], lr=r["lr"],
+                 seed=seed, progress=False, threads=threads,
+                 ema_decay=0.99 if lib.endswith("-ema") else 0.0)
         seconds = time.perf_counter() - t0
-        test_nll = float(-flow.log_prob(test).mean())
+        test_nll = float(-flow.log_prob(test, context=ctest).mean())
         params = flow.figures["parameters"]
     else:
         import torch
@@ -85,11 +113,15 @@ def one(table, lib, seed, threads):
         mean, std = train.mean(0), train.std(0)
         zt = torch.tensor((train - mean) / std, dtype=torch.float32)
         ze = torch.tensor((test - mean) / std, dtype=torch.float32)
+        if ctx is not None:
+            cm, cs = ctrain.mean(0), ctrain.std(0)
+            zt = torch.hstack([zt, torch.tensor((ctrain - cm) / cs, dtype=torch.float32)])
+            ze = torch.hstack([ze, torch.tensor((ctest - cm) / cs, dtype=torch.float32)])
         if lib.startswith("zuko"):
             import zuko
             make = zuko.flows.RealNVP if lib == "zuko-realnvp" else zuko.flows.NSF
-            model = make(d, transforms=r["K"], hidden_features=(r["W"], r["W"]))
-            log_prob = lambda z: model().log_prob(z)  # noqa: E731
+            model = make(d, k, transforms=r["K"], hidden_features=(r["W"], r["W"]))
+            log_prob = lambda z: model(z[:, d:] if k else None).log_prob(z[:, :d])  # noqa: E731
         else:
             from nflows.flows import SimpleRealNVP
             model = SimpleRealNVP(d, hidden_features=r["W"], num_layers=r["K"], num_blocks_per_layer=2)
@@ -115,13 +147,23 @@ def one(table, lib, seed, threads):
         params = sum(p.numel() for p in model.parameters())
     return dict(table=table, library=lib, seed=seed, test_nll=test_nll, seconds=seconds,
                 parameters=int(params), peak_mb=resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
-                rows=len(x), columns=d, **r)
+                rows=len(x), columns=d, context=k, **r)
 
 
 def gaussian_nll(table, seed):
-    """Test NLL of a full-covariance Gaussian fitted to the training rows (the floor to beat)."""
-    x = np.loadtxt(os.path.join(DATA, f"{table}.csv"), delimiter=",", skiprows=1, ndmin=2)
+    """Test NLL of a full-covariance Gaussian fitted to the training rows (the floor to beat);
+    with context columns, of the linear-Gaussian regression (least squares on the context,
+    maximum-likelihood residual covariance)."""
+    x, ctx = read(table)
     tr, te = split(len(x), seed)
+    if ctx is not None:
+        design = np.hstack([ctx, np.ones((len(ctx), 1))])
+        beta, *_ = np.linalg.lstsq(design[tr], x[tr], rcond=None)
+        resid_tr, resid_te = x[tr] - design[tr] @ beta, x[te] - design[te] @ beta
+        cov = np.atleast_2d(resid_tr.T @ resid_tr / len(tr))
+        _, logdet = np.linalg.slogdet(cov)
+        maha = np.einsum("ni,ij,nj->n", resid_te, np.linalg.inv(cov), resid_te)
+        return float(np.mean(0.5 * (maha + logdet + x.shape[1] * math.log(2 * math.pi))))
     mu, cov = x[tr].mean(0), np.cov(x[tr].T, bias=True)
     diff = x[te] - mu
     _, logdet = np.linalg.slogdet(cov)
@@ -143,9 +185,12 @@ def main():
         return
     runs = []
     for table in a.tables:
-        if not os.path.exists(os.path.join(DATA, f"{table}.csv")):
-            sys.exit(f"{table}: no bench/tables/data/{table}.csv (bench/tables/fetch.sh '' {table})")
+        name = FILES.get(table, table)
+        if not os.path.exists(os.path.join(DATA, f"{name}.csv")):
+            sys.exit(f"{table}: no bench/tables/data/{name}.csv (bench/tables/fetch.sh '' {name})")
         for lib in a.libraries:
+            if table in CONTEXT and lib not in ONE_COLUMN:
+                continue
             for seed in a.seeds:
                 out = subprocess.run([sys.executable, __file__, "--one", table, lib, str(seed),
                                       "--threads", str(a.threads)], capture_output=True, text=True)
@@ -163,16 +208,22 @@ def main():
     print("|---|---|---|---|---|---|---|")
     for table in a.tables:
         r = RECIPES[table]
-        for i, lib in enumerate(a.libraries):
+        first = True
+        for lib in a.libraries:
             mine = [x for x in runs if x["table"] == table and x["library"] == lib]
-            head = (f"{table} ({mine[0]['rows']:,} x {mine[0]['columns']}; {r['steps']} x {r['batch']})"
-                    if i == 0 else "")
+            if not mine:
+                continue
+            given = f" given {mine[0]['context']}" if mine[0].get("context") else ""
+            head = (f"{table} ({mine[0]['rows']:,} x {mine[0]['columns']}{given}; "
+                    f"{r['steps']} x {r['batch']})" if first else "")
+            first = False
             nll = " / ".join(f"{x['test_nll']:.3f}" for x in mine)
             print(f"| {head} | {lib} | {mine[0]['parameters']:,} | {nll} | "
                   f"{np.mean([x['test_nll'] for x in mine]):.3f} | {np.mean([x['seconds'] for x in mine]):.2f} | "
                   f"{max(x['peak_mb'] for x in mine):.0f} |")
         g = [gaussian_nll(table, s) for s in a.seeds]
-        print(f"|  | full-covariance Gaussian | | {' / '.join(f'{v:.3f}' for v in g)} | {np.mean(g):.3f} | | |")
+        what = "linear-Gaussian regression" if table in CONTEXT else "full-covariance Gaussian"
+        print(f"|  | {what} | | {' / '.join(f'{v:.3f}' for v in g)} | {np.mean(g):.3f} | | |")
 
 
 if __name__ == "__main__":
