@@ -57,6 +57,7 @@ fn multiscale_inverse_reuses_latents_exactly() {
     for (coupling, perm) in [
         (ImageCoupling::Affine, Permutation::Lu),
         (ImageCoupling::Additive, Permutation::Plain),
+        (ImageCoupling::Spline, Permutation::Lu),
         (ImageCoupling::Affine, Permutation::Shuffle),
         (ImageCoupling::Affine, Permutation::Reverse),
     ] {
@@ -94,8 +95,12 @@ fn multiscale_inverse_reuses_latents_exactly() {
 #[test]
 fn multiscale_log_density_equals_brute_force_jacobian() {
     // log p(x) = log N(eps; 0, I) + log|det d eps/dx| with eps the standardised latents.
-    for (c, levels) in [(1, 2), (3, 1)] {
-        let cfg = tiny(c, 4, levels, ImageCoupling::Affine, Permutation::Lu);
+    for (c, levels, coupling) in [
+        (1, 2, ImageCoupling::Affine),
+        (3, 1, ImageCoupling::Affine),
+        (1, 2, ImageCoupling::Spline),
+    ] {
+        let cfg = tiny(c, 4, levels, coupling, Permutation::Lu);
         let m = initialised(&cfg);
         let x = random_input([3, c, 4, 4], 5, &ad_device()).mul_scalar(0.3);
         let d = c * 16;
@@ -122,7 +127,7 @@ fn multiscale_log_density_equals_brute_force_jacobian() {
             let brute = base + slogdet(&jac[s]).unwrap().1;
             assert!(
                 (logp[s] as f64 - brute).abs() <= 1e-3,
-                "C={c} L={levels}: log p {} vs brute force {brute}",
+                "C={c} L={levels} {coupling:?}: log p {} vs brute force {brute}",
                 logp[s]
             );
         }

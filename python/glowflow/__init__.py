@@ -416,8 +416,9 @@ class ImageGlow:
         Flow steps K per level (ActNorm, invertible 1x1 convolution, coupling).
     net_width : int
         Channels of the coupling networks' hidden convolutions.
-    coupling : {"affine", "additive"}
-        Glow's affine coupling ``(x + t) * sigmoid(raw + 2)``, or additive ``x + t``.
+    coupling : {"affine", "additive", "spline"}
+        Glow's affine coupling ``(x + t) * sigmoid(raw + 2)``, additive ``x + t``, or a
+        rational-quadratic spline of 8 bins per value (RQ-NSF (C); slower per step).
     permutation : {"lu", "plain", "shuffle", "reverse"}
         Invertible 1x1 convolution with W = P L U (Glow's), an unconstrained W, a fixed
         shuffle, or reversal.

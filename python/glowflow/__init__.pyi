@@ -83,7 +83,7 @@ class ImageGlow:
         levels: int = 3,
         steps_per_level: int = 6,
         net_width: int = 64,
-        coupling: Literal["affine", "additive"] = "affine",
+        coupling: Literal["affine", "additive", "spline"] = "affine",
         permutation: Literal["lu", "plain", "shuffle", "reverse"] = "lu",
         classes: Optional[int] = None,
         n_bits: int = 8,

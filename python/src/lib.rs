@@ -666,7 +666,7 @@ fn fit_images<'py>(
         levels,
         steps_per_level,
         net_width,
-        coupling: named("coupling", coupling, &["affine", "additive"])?,
+        coupling: named("coupling", coupling, &["affine", "additive", "spline"])?,
         permutation: named("permutation", permutation, PERMUTATIONS)?,
         classes,
         n_bits,

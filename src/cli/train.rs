@@ -185,7 +185,7 @@ pub fn run(a: TrainArgs, given: &[(String, String)]) -> Result<()> {
 /// Refuse flags that would be ignored: `--affine-scale` with additive couplings, `q(u | x)`'s
 /// shape flags without `--dequantization variational`.
 pub fn check_dequant_flags(a: &TrainArgs, given: &[(String, String)]) -> Result<()> {
-    if a.coupling == glowflow::models::ImageCoupling::Additive {
+    if a.coupling != glowflow::models::ImageCoupling::Affine {
         let why = "shapes the scale of affine couplings: it needs --coupling affine";
         refuse_given(given, &["--affine-scale"], why)?;
     }

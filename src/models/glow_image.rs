@@ -42,6 +42,10 @@ pub enum ImageCoupling {
     Affine,
     /// Additive coupling `x + t`.
     Additive,
+    /// A rational-quadratic spline per value (neural spline flows' RQ-NSF (C), 1906.04032
+    /// §3): [`DEFAULT_BINS`](crate::layers::spline::DEFAULT_BINS) bins on `[-5, 5]`,
+    /// identity outside.
+    Spline,
 }
 
 /// Everything needed to rebuild an image Glow (stored in checkpoints).
@@ -345,6 +349,18 @@ impl GlowImage {
                     ImageCoupling::Additive => {
                         let net = GlowConvNet::new(cond, out, cfg.net_width, &mut rng, device);
                         Layer::AdditiveCoupling(AdditiveCoupling::new(CouplingNet::Conv(net), swap))
+                    }
+                    ImageCoupling::Spline => {
+                        use crate::layers::spline::{
+                            params_per_value, SplineCoupling, DEFAULT_BINS,
+                        };
+                        let p = params_per_value(DEFAULT_BINS);
+                        let net = GlowConvNet::new(cond, out * p, cfg.net_width, &mut rng, device);
+                        Layer::SplineCoupling(SplineCoupling::new(
+                            CouplingNet::Conv(net),
+                            swap,
+                            DEFAULT_BINS,
+                        ))
                     }
                 });
             }
