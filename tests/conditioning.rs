@@ -12,8 +12,8 @@ use glowflow::flow::{nchw_to_vec, vec_to_nchw};
 use glowflow::linalg::{slogdet, Mat};
 use glowflow::models::glow_image::one_hot;
 use glowflow::models::{
-    CouplingKind, DensityModel, GlowImage, GlowImageConfig, ImageCoupling, ModelKind, Permutation,
-    VectorFlow, VectorFlowConfig,
+    ClassConditioning, CouplingKind, DensityModel, GlowImage, GlowImageConfig, ImageCoupling,
+    ModelKind, Permutation, VectorFlow, VectorFlowConfig,
 };
 use glowflow::tensor_util::{from_vec, to_vec};
 
@@ -115,6 +115,11 @@ fn conditional_samples_carry_their_log_density() {
 }
 
 fn class_glow(classes: usize) -> GlowImage {
+    class_glow_of(classes, ClassConditioning::Prior)
+}
+
+/// A tiny class-conditional Glow whose class is read where `conditioning` says.
+fn class_glow_of(classes: usize, conditioning: ClassConditioning) -> GlowImage {
     let cfg = GlowImageConfig {
         channels: 1,
         height: 4,
@@ -130,6 +135,7 @@ fn class_glow(classes: usize) -> GlowImage {
         classes,
         dequantization: glowflow::models::Dequantization::Uniform,
         affine_scale: glowflow::layers::AffineScale::Bounded,
+        class_conditioning: conditioning,
     };
     let ad = ad_device();
     let mut m = GlowImage::new(&cfg, &ad);
@@ -140,8 +146,14 @@ fn class_glow(classes: usize) -> GlowImage {
 
 #[test]
 fn class_conditional_density_matches_brute_force_and_the_classifier() {
+    for conditioning in [ClassConditioning::Prior, ClassConditioning::Couplings] {
+        class_conditional_case(conditioning);
+    }
+}
+
+fn class_conditional_case(conditioning: ClassConditioning) {
     let ad = ad_device();
-    let m = class_glow(3);
+    let m = class_glow_of(3, conditioning);
     let n = 3;
     let x = random_input([n, 1, 4, 4], 5, &ad).mul_scalar(0.3);
     let all = to_vec(m.class_log_likelihoods(x.clone()).unwrap());
@@ -187,6 +199,20 @@ fn class_conditional_density_matches_brute_force_and_the_classifier() {
         .map(|s| (per_class[0][s] - per_class[1][s]).abs())
         .fold(0f32, f32::max);
     assert!(spread > 1e-2, "the class changes log p by only {spread}");
+    // The first level's factored-out latents (8 values of 16) depend on the class exactly when
+    // the couplings and split priors read it.
+    let level0 = |k: usize| {
+        let y = one_hot(&[k; 3], 3, &ad);
+        to_vec(m.standardized_latents(x.clone(), Some(&y)).narrow(1, 0, 8))
+    };
+    let moved = level0(0)
+        .iter()
+        .zip(level0(1))
+        .fold(0f32, |a, (p, q)| a.max((p - q).abs()));
+    match conditioning {
+        ClassConditioning::Prior => assert_eq!(moved, 0.0),
+        ClassConditioning::Couplings => assert!(moved > 1e-3, "level 0 moved by {moved}"),
+    }
     // Latents of a class decode back exactly under the same class.
     let y = one_hot(&[2; 3], 3, &ad);
     let z = DensityModel::encode(&m, x.clone(), Some(&y));

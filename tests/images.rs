@@ -39,6 +39,7 @@ fn tiny(
         classes: 0,
         dequantization: glowflow::models::Dequantization::Uniform,
         affine_scale: glowflow::layers::AffineScale::Bounded,
+        class_conditioning: glowflow::models::ClassConditioning::Prior,
     }
 }
 

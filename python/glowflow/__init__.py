@@ -426,6 +426,9 @@ class ImageGlow:
         Class-conditional prior with this many classes (labels 0..classes-1).
     n_bits : int
         Bits per pixel modelled (8: all 256 levels); bits/dim is per pixel value.
+    class_conditioning : {"prior", "couplings"}
+        Where a class-conditional model reads its class: the top prior only (openai/glow's
+        ``ycond``), or also every coupling network and split prior (its own flow per class).
 
     Images are uint8 ``[N, H, W]`` (grey) or ``[N, H, W, C]``; H and W must be divisible by
     2**levels. The loss and ``bits_per_dim`` are in bits per pixel value (uniform
@@ -433,19 +436,24 @@ class ImageGlow:
     """
 
     def __init__(self, levels=3, steps_per_level=6, net_width=64, coupling="affine", permutation="lu",
-                 classes=None, n_bits=8):
+                 classes=None, n_bits=8, class_conditioning="prior"):
         self.levels = _integer("levels", levels, low=1)
         self.steps_per_level = _integer("steps_per_level", steps_per_level, low=1)
         self.net_width = _integer("net_width", net_width, low=1)
         self.coupling, self.permutation = str(coupling), str(permutation)
         self.classes = _integer("classes", classes, low=1, none=True)
         self.n_bits = _integer("n_bits", n_bits, low=1)
+        self.class_conditioning = str(class_conditioning)
+        if self.class_conditioning != "prior" and not self.classes:
+            raise ValueError("`class_conditioning` needs a class-conditional model (`classes`)")
         self._core, self._grey = None, False
 
     def __repr__(self):
         return (f"ImageGlow(levels={self.levels}, steps_per_level={self.steps_per_level}, "
                 f"net_width={self.net_width}, coupling={self.coupling!r}, permutation={self.permutation!r}, "
-                f"classes={self.classes}, n_bits={self.n_bits})")
+                f"classes={self.classes}, n_bits={self.n_bits}"
+                + (f", class_conditioning={self.class_conditioning!r}"
+                   if self.class_conditioning != "prior" else "") + ")")
 
     @staticmethod
     def _images(images, name="images"):
@@ -487,7 +495,7 @@ class ImageGlow:
         try:
             core, pending = _core.fit_images(
                 self.levels, self.steps_per_level, self.net_width, self.coupling, self.permutation,
-                int(self.classes or 0), self.n_bits, x, lab, tx, tlab, steps, batch_size, lr,
+                int(self.classes or 0), self.class_conditioning, self.n_bits, x, lab, tx, tlab, steps, batch_size, lr,
                 warmup, seed, None if run_dir is None else str(run_dir), False, threads,
                 log_every, test_limit, ema_decay, clip, report)
         finally:
@@ -523,17 +531,22 @@ class ImageGlow:
         g = None if guidance is None else _number("guidance", guidance)
         return self._out(self._fitted().sample(n, temperature, label, g, _seed(seed)))
 
-    def encode(self, images):
+    def encode(self, images, labels=None):
         """The latents of every level: a list of float32 arrays [N, C_l, H_l, W_l], one per
         level (the split-off halves, then the top), of the images at their bins' centres.
-        ``decode(encode(x)) == x`` exactly."""
-        return self._fitted().encode(self._images(images))
+        ``decode(encode(x)) == x`` exactly. A model with ``class_conditioning="couplings"``
+        encodes for ``labels`` (the null class without them); other models ignore them."""
+        x = self._images(images)
+        return self._fitted().encode(x, _labels(labels, len(x)))
 
-    def decode(self, latents):
-        """The images of latents (a list as :meth:`encode` gives it)."""
+    def decode(self, latents, labels=None):
+        """The images of latents (a list as :meth:`encode` gives it), for ``labels`` as in
+        :meth:`encode`."""
         if not isinstance(latents, (list, tuple)):
             raise TypeError("`latents` must be a list of arrays, one per level, as encode() gives")
-        return self._out(self._fitted().decode([np.ascontiguousarray(z, dtype=np.float32) for z in latents]))
+        zs = [np.ascontiguousarray(z, dtype=np.float32) for z in latents]
+        n = zs[0].shape[0] if zs else 0
+        return self._out(self._fitted().decode(zs, _labels(labels, n)))
 
     @property
     def figures(self):
@@ -564,6 +577,7 @@ def load(path):
         f._named = names != default and not all(n.startswith("c") and n[1:].isdigit() for n in names)
         return f
     g = ImageGlow(cfg["levels"], cfg["steps_per_level"], cfg["net_width"], cfg["coupling"],
-                  cfg["permutation"], cfg["classes"] or None, cfg["n_bits"])
+                  cfg["permutation"], cfg["classes"] or None, cfg["n_bits"],
+                  cfg["class_conditioning"])
     g._core, g._grey = core, cfg["channels"] == 1
     return g

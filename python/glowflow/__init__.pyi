@@ -78,6 +78,7 @@ class ImageGlow:
     permutation: str
     classes: Optional[int]
     n_bits: int
+    class_conditioning: str
     def __init__(
         self,
         levels: int = 3,
@@ -87,6 +88,7 @@ class ImageGlow:
         permutation: Literal["lu", "plain", "shuffle", "reverse"] = "lu",
         classes: Optional[int] = None,
         n_bits: int = 8,
+        class_conditioning: Literal["prior", "couplings"] = "prior",
     ) -> None: ...
     def fit(
         self,
@@ -113,8 +115,14 @@ class ImageGlow:
         self, n: int, temperature: float = 0.7, label: Optional[int] = None,
         guidance: Optional[float] = None, seed: Optional[int] = None,
     ) -> npt.NDArray[np.uint8]: ...
-    def encode(self, images: ArrayLike) -> list[npt.NDArray[np.float32]]: ...
-    def decode(self, latents: Sequence[npt.NDArray[np.float32]]) -> npt.NDArray[np.uint8]: ...
+    def encode(
+        self, images: ArrayLike, labels: Optional[ArrayLike] = None
+    ) -> list[npt.NDArray[np.float32]]: ...
+    def decode(
+        self,
+        latents: Sequence[npt.NDArray[np.float32]],
+        labels: Optional[ArrayLike] = None,
+    ) -> npt.NDArray[np.uint8]: ...
     @property
     def figures(self) -> dict[str, Any]: ...
     def save(self, path: PathLike, overwrite: bool = False) -> None: ...

@@ -496,19 +496,23 @@ impl ImageCore {
     }
 
     /// The latents of images `[N, H, W, C]` uint8 (at their bins' centres), one float32 array
-    /// per level `[N, C_l, H_l, W_l]` (the flow's bijection; no class is read).
+    /// per level `[N, C_l, H_l, W_l]` (the flow's bijection; a model whose couplings read the
+    /// class reads `labels` `[N]`, the null class without them).
+    #[pyo3(signature = (images, labels))]
     fn encode<'py>(
         &self,
         py: Python<'py>,
         images: PyReadonlyArray4<'py, u8>,
+        labels: Option<PyReadonlyArray1<'py, u8>>,
     ) -> PyResult<Vec<Bound<'py, PyArray4<f32>>>> {
         let set = image_set(&images)?;
         let cfg = &self.state.model;
         let device = glowflow::default_device();
+        let ctx = class_context(labels, set.n, cfg.classes, &device)?;
         let zs = compute(py, || {
             let centres = glowflow::data::dequant::bin_centres(&set.pixels, cfg.n_bits);
             let x = glowflow::tensor_util::from_vec(centres, [set.n, set.c, set.h, set.w], &device);
-            let zs = self.model.encode(x, None);
+            let zs = self.model.encode(x, ctx.as_ref());
             Ok(zs
                 .into_iter()
                 .map(|z| {
@@ -527,11 +531,14 @@ impl ImageCore {
             .collect())
     }
 
-    /// The images `[N, H, W, C]` uint8 of latents (one array per level, as `encode` gives).
+    /// The images `[N, H, W, C]` uint8 of latents (one array per level, as `encode` gives),
+    /// for `labels` as in `encode`.
+    #[pyo3(signature = (latents, labels))]
     fn decode<'py>(
         &self,
         py: Python<'py>,
         latents: Vec<PyReadonlyArray4<'py, f32>>,
+        labels: Option<PyReadonlyArray1<'py, u8>>,
     ) -> PyResult<Bound<'py, PyArray4<u8>>> {
         let cfg = &self.state.model;
         if latents.len() != cfg.levels {
@@ -555,12 +562,13 @@ impl ImageCore {
         let device = glowflow::default_device();
         let n = parts[0].0[0];
         let (c, h, w) = (cfg.channels, cfg.height, cfg.width);
+        let ctx = class_context(labels, n, cfg.classes, &device)?;
         let px = compute(py, || {
             let zs = parts
                 .into_iter()
                 .map(|(d, v)| glowflow::tensor_util::from_vec(v, d, &device))
                 .collect();
-            let x = glowflow::tensor_util::to_vec(self.model.decode(&zs, None));
+            let x = glowflow::tensor_util::to_vec(self.model.decode(&zs, ctx.as_ref()));
             Ok(glowflow::data::dequant::to_pixels(&x, cfg.n_bits))
         })?;
         Ok(nhwc(&px, n, c, h, w).into_pyarray(py))
@@ -627,11 +635,29 @@ impl ImageCore {
     }
 }
 
+/// The class one-hots `[n, classes]` of `labels` (checked against `n` and `classes`), or none.
+fn class_context(
+    labels: Option<PyReadonlyArray1<'_, u8>>,
+    n: usize,
+    classes: usize,
+    device: &burn::tensor::Device,
+) -> PyResult<Option<burn::tensor::Tensor<2>>> {
+    let Some(l) = labels else {
+        return Ok(None);
+    };
+    let l: Vec<u8> = l.as_array().iter().copied().collect();
+    check_labels(&l, n, classes)?;
+    let idx: Vec<usize> = l.iter().map(|&k| k as usize).collect();
+    Ok(Some(glowflow::models::glow_image::one_hot(
+        &idx, classes, device,
+    )))
+}
+
 /// Fit image Glow (see `glowflow.ImageGlow.fit`). Returns the fitted core and the exception
 /// that stopped it early, if any.
 #[pyfunction]
-#[pyo3(signature = (levels, steps_per_level, net_width, coupling, permutation, classes, n_bits,
-    images, labels, test_images, test_labels, steps, batch_size, lr, warmup, seed, run_dir,
+#[pyo3(signature = (levels, steps_per_level, net_width, coupling, permutation, classes,
+    class_conditioning, n_bits, images, labels, test_images, test_labels, steps, batch_size, lr, warmup, seed, run_dir,
     resume, threads, log_every, test_limit, ema_decay, clip_grad_norm, report))]
 #[allow(clippy::too_many_arguments)]
 fn fit_images<'py>(
@@ -642,6 +668,7 @@ fn fit_images<'py>(
     coupling: &str,
     permutation: &str,
     classes: usize,
+    class_conditioning: &str,
     n_bits: u32,
     images: PyReadonlyArray4<'py, u8>,
     labels: Option<PyReadonlyArray1<'py, u8>>,
@@ -669,6 +696,11 @@ fn fit_images<'py>(
         coupling: named("coupling", coupling, &["affine", "additive", "spline"])?,
         permutation: named("permutation", permutation, PERMUTATIONS)?,
         classes,
+        class_conditioning: named(
+            "class_conditioning",
+            class_conditioning,
+            &["prior", "couplings"],
+        )?,
         n_bits,
         ..GlowImageConfig::new(train.c, train.h, train.w)
     };

@@ -69,6 +69,11 @@ pub struct TrainArgs {
     /// CIFAR-10 records): a class-conditioned top prior (openai/glow's --ycond). 0: unconditional.
     #[arg(long, default_value_t = image_model().classes, value_parser = parse::count::<0, 65_536>)]
     pub classes: usize,
+    /// Where a class-conditional model reads its class: prior (the top prior only, openai/glow's
+    /// --ycond) or couplings (also every coupling network and split prior, as extra input
+    /// channels: each class gets its own flow). Needs --classes.
+    #[arg(long, value_enum, default_value_t = image_model().class_conditioning)]
+    pub class_conditioning: glowflow::models::glow_image::ClassConditioning,
     /// Weight of the class-prediction loss on the top latent, bits per image (openai/glow's
     /// --weight-y; 0.01 there). Needs --classes.
     #[arg(long, default_value_t = image_recipe().weight_y, value_parser = parse::weight)]
@@ -244,6 +249,7 @@ pub fn fresh_image_run(a: &TrainArgs) -> Result<(GlowImageConfig, ImageTrainOpti
         learn_top: !a.fixed_top,
         init_seed: a.seed,
         classes: a.classes,
+        class_conditioning: a.class_conditioning,
         dequantization: match a.dequantization {
             Dequantization::Variational => {
                 glowflow::models::Dequantization::Variational(glowflow::models::DequantizerConfig {

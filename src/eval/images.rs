@@ -442,7 +442,7 @@ pub fn sample_batch_drawn(
         None
     } else {
         // Finite decodes with non-finite samples: the denoising step made them.
-        match model64.trace_decode(&zs) {
+        match model64.trace_decode(&zs, ctx.as_ref()) {
             None if draw.denoise.is_some() => Some("the denoising score step".into()),
             place => place,
         }

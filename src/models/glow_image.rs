@@ -48,6 +48,22 @@ pub enum ImageCoupling {
     Spline,
 }
 
+/// Where a class-conditional image Glow reads its class.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "cli", derive(clap::ValueEnum))]
+#[serde(rename_all = "lowercase")]
+pub enum ClassConditioning {
+    /// The top prior only (openai/glow's `--ycond`): a per-class shift of the top prior's mean
+    /// and log-std; the flow steps and split priors are the same for every class.
+    #[default]
+    Prior,
+    /// The top prior, and the class's one-hot as extra input channels (constant over
+    /// positions) of every coupling network and every split prior, so each class has its own
+    /// flow: the first convolution's weights on those channels are a learned class embedding
+    /// per network (conditional Glow variants; cf. SRFlow, Lugmayr et al. 2020).
+    Couplings,
+}
+
 /// Everything needed to rebuild an image Glow (stored in checkpoints).
 ///
 /// # Shapes
@@ -91,9 +107,22 @@ pub struct GlowImageConfig {
     /// which they were trained with). Unused by additive couplings.
     #[serde(default = "AffineScale::legacy")]
     pub affine_scale: AffineScale,
+    /// Where a class-conditional model reads its class (runs saved before it existed: the top
+    /// prior only). Unused when `classes` is 0.
+    #[serde(default)]
+    pub class_conditioning: ClassConditioning,
 }
 
 impl GlowImageConfig {
+    /// Classes every coupling network and split prior reads (0 unless the model conditions its
+    /// couplings on a class).
+    pub fn coupling_classes(&self) -> usize {
+        match self.class_conditioning {
+            ClassConditioning::Couplings => self.classes,
+            ClassConditioning::Prior => 0,
+        }
+    }
+
     /// The recipe's model for `[channels, height, width]` images (openai/glow's, narrowed for
     /// a CPU): 3 levels of 6 flow steps, coupling CNNs 64 wide, affine couplings, LU 1x1
     /// convolutions, 8 bits, a learned top prior, unconditional, seed 0.
@@ -113,6 +142,7 @@ impl GlowImageConfig {
             classes: 0,
             dequantization: Dequantization::Uniform,
             affine_scale: AffineScale::Bounded,
+            class_conditioning: ClassConditioning::Prior,
         }
     }
 
@@ -148,6 +178,14 @@ impl GlowImageConfig {
         }
         count("n_bits", "n_bits", self.n_bits as usize, 1, 8)?;
         count("classes", "classes", self.classes, 0, 1 << 16)?;
+        if self.class_conditioning == ClassConditioning::Couplings && self.classes == 0 {
+            return Err(FieldError::new(
+                "class_conditioning",
+                "class_conditioning",
+                "couplings",
+                "needs a class-conditional model (`classes` K)",
+            ));
+        }
         match &self.dequantization {
             Dequantization::Uniform => {}
             Dequantization::Noisy { sigma } => crate::limits::number(
@@ -240,8 +278,11 @@ impl SplitPrior {
     /// The factored half's prior `(mean, log-std)` given the kept half `keep` `[N, C, H, W]`
     /// (Glow's learned prior; the log-std softly bounded to `±ln(1/ε)` when `bounded`, so a
     /// sample's off-manifold kept half cannot make `exp(log-std)` overflow).
-    pub fn params(&self, keep: Tensor<4>) -> (Tensor<4>, Tensor<4>) {
-        let (mean, logs) = halves(self.conv.forward(keep));
+    ///
+    /// A class-conditional model whose couplings read the class also gives its split priors
+    /// the class one-hot `ctx` (`[N, classes]`) as extra channels.
+    pub fn params(&self, keep: Tensor<4>, ctx: Context) -> (Tensor<4>, Tensor<4>) {
+        let (mean, logs) = halves(self.conv.forward(crate::nets::with_context(keep, ctx)));
         if self.bounded {
             let b = (1.0 / crate::layers::MIN_AFFINE_SCALE).ln();
             (mean, soft_bound(logs, b))
@@ -281,6 +322,10 @@ pub struct GlowImage {
     pub class_head: Option<Dense>,
     /// Variational dequantisation `q(u | x)` (Flow++ §3.1), when configured.
     pub dequantizer: Option<VariationalDequantizer>,
+    /// Classes the coupling networks and split priors read (0: none; see
+    /// [`ClassConditioning`]). From the config, not stored with the weights.
+    #[module(skip)]
+    pub coupling_classes: usize,
 }
 
 /// `log N(z; mean, exp(logs)^2)` summed per sample.
@@ -325,6 +370,7 @@ impl GlowImage {
     pub fn new(cfg: &GlowImageConfig, device: &Device) -> Self {
         let mut rng = ChaCha8Rng::seed_from_u64(cfg.init_seed);
         let mut levels = Vec::new();
+        let class_channels = cfg.coupling_classes();
         for l in 0..cfg.levels {
             let [c, _, _] = cfg.level_shape(l);
             let mut layers = Vec::new();
@@ -334,7 +380,7 @@ impl GlowImage {
                 // With a learned 1x1 conv mixing channels, the halves need not alternate; with a
                 // fixed permutation alternating keeps every channel transformed.
                 let swap = k % 2 == 1 && cfg.permutation == Permutation::Reverse;
-                let cond = crate::layers::coupling::conditioning_channels(c, swap);
+                let cond = crate::layers::coupling::conditioning_channels(c, swap) + class_channels;
                 let out = crate::layers::coupling::transformed_channels(c, swap);
                 layers.push(match cfg.coupling {
                     ImageCoupling::Affine => {
@@ -366,7 +412,7 @@ impl GlowImage {
             }
             let split = (l + 1 < cfg.levels).then(|| SplitPrior {
                 bounded: cfg.affine_scale == AffineScale::Bounded,
-                conv: ZeroConv2d::new(c - c / 2, 2 * (c / 2), device),
+                conv: ZeroConv2d::new(c - c / 2 + class_channels, 2 * (c / 2), device),
             });
             levels.push(Level {
                 flow: FlowSequence::new(layers),
@@ -399,6 +445,20 @@ impl GlowImage {
             class_prior,
             class_head,
             dequantizer,
+            coupling_classes: class_channels,
+        })
+    }
+
+    /// The context the flow steps and split priors read: `None` unless the couplings are
+    /// class-conditioned; then the class one-hot `ctx`, or the null class (all zeros, the
+    /// class-free model of `--label-dropout`) for `n` rows when none is given.
+    fn flow_ctx(&self, ctx: Context, n: usize, device: &Device) -> Option<Tensor<2>> {
+        if self.coupling_classes == 0 {
+            return None;
+        }
+        Some(match ctx {
+            Some(c) => c.clone(),
+            None => Tensor::zeros([n, self.coupling_classes], device),
         })
     }
 
@@ -431,7 +491,8 @@ impl GlowImage {
     }
 
     /// `log p(x | y)` for every class `y`, `[N, classes]` in nats: one pass through the flow,
-    /// then the top prior of each class (only the top prior depends on the class).
+    /// then the top prior of each class when only the top prior depends on the class; one
+    /// whole pass per class when the couplings read it.
     pub fn class_log_likelihoods(&self, x: Tensor<4>) -> Option<Tensor<2>> {
         let classes = self.classes();
         if classes == 0 {
@@ -439,6 +500,15 @@ impl GlowImage {
         }
         let n = x.dims()[0];
         let device = x.device();
+        if self.coupling_classes > 0 {
+            let cols = (0..classes)
+                .map(|k| {
+                    let y = one_hot(&vec![k; n], classes, &device);
+                    self.forward_latents(x.clone(), Some(&y)).0.reshape([n, 1])
+                })
+                .collect();
+            return Some(Tensor::cat(cols, 1));
+        }
         let (rest, top) = self.forward_parts(x);
         let mut cols = Vec::with_capacity(classes);
         for k in 0..classes {
@@ -470,12 +540,14 @@ impl GlowImage {
         self.levels.iter().any(|l| l.flow.needs_data_init())
     }
 
-    /// Data-dependent initialisation of every ActNorm from a batch.
+    /// Data-dependent initialisation of every ActNorm from a batch (a model whose couplings
+    /// read the class sees the null class).
     pub fn initialize(&mut self, x: Tensor<4>) {
+        let c = self.flow_ctx(None, x.dims()[0], &x.device());
         let mut h = x;
         let last = self.levels.len() - 1;
         for (l, level) in self.levels.iter_mut().enumerate() {
-            h = level.flow.initialize(squeeze(h), None);
+            h = level.flow.initialize(squeeze(h), c.as_ref());
             if l < last {
                 h = halves(h).1;
             }
@@ -490,18 +562,24 @@ impl GlowImage {
         &self,
         x: Tensor<4>,
         ctx: Context,
-        mut flow: impl FnMut(usize, &FlowSequence, Tensor<4>) -> Result<(Tensor<4>, Tensor<1>), String>,
+        mut flow: impl FnMut(
+            usize,
+            &FlowSequence,
+            Tensor<4>,
+            Context,
+        ) -> Result<(Tensor<4>, Tensor<1>), String>,
         mut check: impl FnMut(usize, &Pass) -> Result<(), String>,
     ) -> Result<Vec<Pass>, String> {
         let n = x.dims()[0];
+        let fctx = self.flow_ctx(ctx, n, &x.device());
         let mut h = x;
         let mut out = Vec::with_capacity(self.levels.len());
         for (l, level) in self.levels.iter().enumerate() {
-            let (y, logdet) = flow(l, &level.flow, Squeeze.forward(h).0)?;
+            let (y, logdet) = flow(l, &level.flow, Squeeze.forward(h).0, fctx.as_ref())?;
             let (z, mean, logs, next) = match &level.split {
                 Some(prior) => {
                     let (z, keep) = halves(y);
-                    let (mean, logs) = prior.params(keep.clone());
+                    let (mean, logs) = prior.params(keep.clone(), fctx.as_ref());
                     (z, mean, logs, keep)
                 }
                 None => {
@@ -524,12 +602,12 @@ impl GlowImage {
 
     /// Every level's pass in the density direction (see [`walk`](Self::walk)).
     fn passes(&self, x: Tensor<4>, ctx: Context) -> Vec<Pass> {
-        self.walk(x, ctx, |_, f, h| Ok(f.forward(h)), |_, _| Ok(()))
+        self.walk(x, ctx, |_, f, h, c| Ok(f.forward_ctx(h, c)), |_, _| Ok(()))
             .unwrap_or_else(|_| unreachable!("the plain walk never stops"))
     }
 
     /// `(log p(x) without the top prior's term, the top latent)`: everything of the density
-    /// that does not depend on a class.
+    /// that does not depend on a class (for a model whose couplings do not read it).
     fn forward_parts(&self, x: Tensor<4>) -> (Tensor<1>, Tensor<4>) {
         let mut passes = self.passes(x, None);
         let top = passes.pop().expect("at least one level");
@@ -610,7 +688,10 @@ impl GlowImage {
     /// Run the forward (density) direction level by level and layer by layer, and name the
     /// first place a NaN or infinity appears: `Some("level 1, layer 5 (AffineCoupling): ...")`,
     /// or the split / top prior's log-density. `None` when everything is finite.
-    pub fn trace_forward(&self, x: Tensor<4>) -> Option<String> {
+    ///
+    /// A model whose couplings read the class is traced for the class one-hot `ctx` (the null
+    /// class without one).
+    pub fn trace_forward(&self, x: Tensor<4>, ctx: Context) -> Option<String> {
         use crate::tensor_util::count_nonfinite;
         if count_nonfinite(x.clone()) > 0 {
             return Some("the input itself holds non-finite values".into());
@@ -618,10 +699,10 @@ impl GlowImage {
         let last = self.levels.len() - 1;
         self.walk(
             x,
-            None,
-            |l, flow, h| {
+            ctx,
+            |l, flow, h, c| {
                 let y = flow
-                    .trace_nonfinite(h, None, false)
+                    .trace_nonfinite(h, c, false)
                     .map_err(|e| format!("level {l}, {e}"))?;
                 let ld = crate::flow::zero_logdet(&y);
                 Ok((y, ld))
@@ -639,14 +720,17 @@ impl GlowImage {
 
     /// Decode `zs` level by level and layer by layer (the generative direction) and name the
     /// first place a NaN or infinity appears; `None` when everything is finite.
-    pub fn trace_decode(&self, zs: &Latents) -> Option<String> {
+    /// A model whose couplings read the class decodes for the class one-hot `ctx`.
+    pub fn trace_decode(&self, zs: &Latents, ctx: Context) -> Option<String> {
         use crate::tensor_util::count_nonfinite;
         let last = self.levels.len() - 1;
         if count_nonfinite(zs[last].clone()) > 0 {
             return Some(format!("level {last}, the top latent (prior draw)"));
         }
+        let fctx = self.flow_ctx(ctx, zs[last].dims()[0], &zs[last].device());
         self.walk_back(
             zs[last].clone(),
+            fctx.as_ref(),
             |l, mean, logs| {
                 if count_nonfinite(mean) + count_nonfinite(logs) > 0 {
                     return Err(format!("level {l}, split prior (mean / log-std)"));
@@ -656,8 +740,8 @@ impl GlowImage {
                 }
                 Ok(zs[l].clone())
             },
-            |l, flow, h| {
-                flow.trace_nonfinite(h, None, true)
+            |l, flow, h, c| {
+                flow.trace_nonfinite(h, c, true)
                     .map_err(|e| format!("level {l}, {e}"))
             },
         )
@@ -671,16 +755,17 @@ impl GlowImage {
     fn walk_back(
         &self,
         top: Tensor<4>,
+        fctx: Context,
         mut latent: impl FnMut(usize, Tensor<4>, Tensor<4>) -> Result<Tensor<4>, String>,
-        mut flow: impl FnMut(usize, &FlowSequence, Tensor<4>) -> Result<Tensor<4>, String>,
+        mut flow: impl FnMut(usize, &FlowSequence, Tensor<4>, Context) -> Result<Tensor<4>, String>,
     ) -> Result<Tensor<4>, String> {
         let mut h = top;
         for (l, level) in self.levels.iter().enumerate().rev() {
             if let Some(prior) = &level.split {
-                let (mean, logs) = prior.params(h.clone());
+                let (mean, logs) = prior.params(h.clone(), fctx);
                 h = Tensor::cat(vec![latent(l, mean, logs)?, h], 1);
             }
-            h = unsqueeze(flow(l, &level.flow, h)?);
+            h = unsqueeze(flow(l, &level.flow, h, fctx)?);
         }
         Ok(h)
     }
@@ -701,15 +786,17 @@ impl GlowImage {
             Some(g) => g[last].clone(),
             None => pick(mean, logs, last).expect("sampling draws every latent"),
         };
+        let fctx = self.flow_ctx(ctx, n, &top.device());
         self.walk_back(
             top,
+            fctx.as_ref(),
             |l, mean, logs| {
                 Ok(match given {
                     Some(g) => g[l].clone(),
                     None => pick(mean, logs, l).expect("sampling draws every latent"),
                 })
             },
-            |_, flow, h| Ok(flow.inverse(h).0),
+            |_, flow, h, c| Ok(flow.inverse_ctx(h, c).0),
         )
         .unwrap_or_else(|_| unreachable!("the plain walk never stops"))
     }
@@ -756,8 +843,9 @@ impl DensityModel for GlowImage {
         self.forward_latents(x, ctx).1
     }
 
-    /// The images `[N, C, H, W]` of given latents, inverted exactly (reconstruction); the
-    /// context does not change the result, since every latent is given.
+    /// The images `[N, C, H, W]` of given latents, inverted exactly (reconstruction) for the
+    /// class one-hot `ctx` (a model whose couplings read the class; the null class without
+    /// one); other models ignore the context, since every latent is given.
     fn decode(&self, z: &Latents, ctx: Context) -> Tensor<4> {
         self.generate(|_, _, _| None, z.len(), Some(z), ctx)
     }

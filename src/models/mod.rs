@@ -8,7 +8,7 @@ pub mod vector;
 
 pub use crate::layers::Permutation;
 pub use dequantizer::{DequantizerConfig, VariationalDequantizer};
-pub use glow_image::{GlowImage, GlowImageConfig, ImageCoupling};
+pub use glow_image::{ClassConditioning, GlowImage, GlowImageConfig, ImageCoupling};
 pub use objective::Dequantization;
 pub use vector::{CouplingKind, ModelKind, VectorFlow, VectorFlowConfig};
 

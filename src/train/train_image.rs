@@ -734,11 +734,12 @@ impl Task for ImageTask {
         let cfg = &self.run.model;
         let n = rows.len() / self.width();
         let rows = from_vec(rows, [n, self.width()], &self.device);
-        let (x, log_q) = input_images(model, cfg, self.layout.split(rows).input);
+        let cols = self.layout.split(rows);
+        let (x, log_q) = input_images(model, cfg, cols.input);
         if log_q.is_some_and(|q| crate::tensor_util::count_nonfinite(q) > 0) {
             return Some("the variational dequantiser's log q(u | x)".into());
         }
-        model.trace_forward(x)
+        model.trace_forward(x, cols.prior.as_ref())
     }
 
     fn pictures_due(&self, done: usize) -> bool {
