@@ -426,9 +426,10 @@ class ImageGlow:
         Class-conditional prior with this many classes (labels 0..classes-1).
     n_bits : int
         Bits per pixel modelled (8: all 256 levels); bits/dim is per pixel value.
-    class_conditioning : {"prior", "couplings"}
-        Where a class-conditional model reads its class: the top prior only (openai/glow's
-        ``ycond``), or also every coupling network and split prior (its own flow per class).
+    class_conditioning : {"couplings", "prior"}
+        Where a class-conditional model reads its class: the top prior and every coupling
+        network and split prior (its own flow per class; the default), or the top prior only
+        (openai/glow's ``ycond``). Needs ``classes``.
 
     Images are uint8 ``[N, H, W]`` (grey) or ``[N, H, W, C]``; H and W must be divisible by
     2**levels. The loss and ``bits_per_dim`` are in bits per pixel value (uniform
@@ -436,24 +437,25 @@ class ImageGlow:
     """
 
     def __init__(self, levels=3, steps_per_level=6, net_width=64, coupling="affine", permutation="lu",
-                 classes=None, n_bits=8, class_conditioning="prior"):
+                 classes=None, n_bits=8, class_conditioning=None):
         self.levels = _integer("levels", levels, low=1)
         self.steps_per_level = _integer("steps_per_level", steps_per_level, low=1)
         self.net_width = _integer("net_width", net_width, low=1)
         self.coupling, self.permutation = str(coupling), str(permutation)
         self.classes = _integer("classes", classes, low=1, none=True)
         self.n_bits = _integer("n_bits", n_bits, low=1)
-        self.class_conditioning = str(class_conditioning)
-        if self.class_conditioning != "prior" and not self.classes:
-            raise ValueError("`class_conditioning` needs a class-conditional model (`classes`)")
+        if class_conditioning is not None and not self.classes:
+            raise ValueError("`class_conditioning` says where a class-conditional model reads its "
+                             "class: it needs `classes`")
+        self.class_conditioning = "couplings" if class_conditioning is None else str(class_conditioning)
         self._core, self._grey = None, False
 
     def __repr__(self):
         return (f"ImageGlow(levels={self.levels}, steps_per_level={self.steps_per_level}, "
                 f"net_width={self.net_width}, coupling={self.coupling!r}, permutation={self.permutation!r}, "
                 f"classes={self.classes}, n_bits={self.n_bits}"
-                + (f", class_conditioning={self.class_conditioning!r}"
-                   if self.class_conditioning != "prior" else "") + ")")
+                + (f", class_conditioning={self.class_conditioning!r}" if self.classes else "")
+                + ")")
 
     @staticmethod
     def _images(images, name="images"):
@@ -578,6 +580,6 @@ def load(path):
         return f
     g = ImageGlow(cfg["levels"], cfg["steps_per_level"], cfg["net_width"], cfg["coupling"],
                   cfg["permutation"], cfg["classes"] or None, cfg["n_bits"],
-                  cfg["class_conditioning"])
+                  cfg["class_conditioning"] if cfg["classes"] else None)
     g._core, g._grey = core, cfg["channels"] == 1
     return g

@@ -88,7 +88,7 @@ class ImageGlow:
         permutation: Literal["lu", "plain", "shuffle", "reverse"] = "lu",
         classes: Optional[int] = None,
         n_bits: int = 8,
-        class_conditioning: Literal["prior", "couplings"] = "prior",
+        class_conditioning: Optional[Literal["couplings", "prior"]] = None,
     ) -> None: ...
     def fit(
         self,

@@ -469,4 +469,5 @@ def test_class_conditioned_couplings_round_trip_per_class(tmp_path):
     np.testing.assert_array_equal(h.bits_per_dim(imgs[:4], labels=labels[:4]),
                                   g.bits_per_dim(imgs[:4], labels=labels[:4]))
     with pytest.raises(ValueError, match="class_conditioning"):
-        glowflow.ImageGlow(class_conditioning="couplings")
+        glowflow.ImageGlow(class_conditioning="prior")
+    assert glowflow.ImageGlow(classes=3).class_conditioning == "couplings"

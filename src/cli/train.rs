@@ -69,9 +69,9 @@ pub struct TrainArgs {
     /// CIFAR-10 records): a class-conditioned top prior (openai/glow's --ycond). 0: unconditional.
     #[arg(long, default_value_t = image_model().classes, value_parser = parse::count::<0, 65_536>)]
     pub classes: usize,
-    /// Where a class-conditional model reads its class: prior (the top prior only, openai/glow's
-    /// --ycond) or couplings (also every coupling network and split prior, as extra input
-    /// channels: each class gets its own flow). Needs --classes.
+    /// Where a class-conditional model reads its class: couplings (the top prior and, as extra
+    /// input channels, every coupling network and split prior: each class gets its own flow)
+    /// or prior (the top prior only, openai/glow's --ycond). Needs --classes.
     #[arg(long, value_enum, default_value_t = image_model().class_conditioning)]
     pub class_conditioning: glowflow::models::glow_image::ClassConditioning,
     /// Weight of the class-prediction loss on the top latent, bits per image (openai/glow's
@@ -187,9 +187,14 @@ pub fn run(a: TrainArgs, given: &[(String, String)]) -> Result<()> {
     print_json(&s)
 }
 
-/// Refuse flags that would be ignored: `--affine-scale` with additive couplings, `q(u | x)`'s
-/// shape flags without `--dequantization variational`.
+/// Refuse flags that would be ignored: `--class-conditioning` without `--classes`,
+/// `--affine-scale` with other couplings than affine, `q(u | x)`'s shape flags without
+/// `--dequantization variational`.
 pub fn check_dequant_flags(a: &TrainArgs, given: &[(String, String)]) -> Result<()> {
+    if a.classes == 0 {
+        let why = "says where a class-conditional model reads its class: it needs --classes K";
+        refuse_given(given, &["--class-conditioning"], why)?;
+    }
     if a.coupling != glowflow::models::ImageCoupling::Affine {
         let why = "shapes the scale of affine couplings: it needs --coupling affine";
         refuse_given(given, &["--affine-scale"], why)?;
