@@ -26,8 +26,8 @@ pub struct CommonArgs {
     #[arg(long, value_enum, default_value_t = vector_recipe().target)]
     pub target: Target,
     /// Train on this table instead of a target: CSV (header row optional) or NumPy .npy, one
-    /// row per sample, at least 2 modelled columns. Standardised inside the model (its
-    /// log-determinant included, so NLLs are in the data's units).
+    /// row per sample, at least 1 modelled column (one needs --coupling spline). Standardised
+    /// inside the model (its log-determinant included, so NLLs are in the data's units).
     #[arg(long, conflicts_with = "target")]
     pub data: Option<PathBuf>,
     /// Test rows in a separate table with the same columns [default: hold out
