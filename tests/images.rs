@@ -1078,7 +1078,8 @@ fn idx_labels(labels: &[u8]) -> Vec<u8> {
 /// Train the bars data of [`class_conditional_glow_learns_classes_and_samples_by_class`] with
 /// label dropout, then draw samples of classes 0, 1, 0, 1, ... at guidance weights 0, 1 and 3
 /// and classify them with the model's own `argmax_y log p(x | y)`: the class-free prior (w = 0)
-/// gives chance, the conditional one more, guidance more again.
+/// gives chance, the conditional one more, guidance more again (the top-prior form, whose
+/// guided prior is exactly classifier-free guidance's mix).
 fn guidance_sharpens_the_classes(spec: &str, root: &Path) {
     use glowflow::eval::images::{sample_batch_drawn, Draw};
     let out = root.join("cfg");
@@ -1092,10 +1093,10 @@ fn guidance_sharpens_the_classes(spec: &str, root: &Path) {
         .args([
             "--classes",
             "2",
+            "--class-conditioning",
+            "prior",
             "--label-dropout",
             "0.3",
-            "--weight-y",
-            "0.01",
         ])
         .args(["--threads", "1", "--quiet", "--out", out.to_str().unwrap()])
         .output()
@@ -1188,6 +1189,8 @@ fn class_conditional_glow_learns_classes_and_samples_by_class() {
             .args([
                 "--classes",
                 "2",
+                "--class-conditioning",
+                "prior",
                 "--weight-y",
                 "0.01",
                 "--threads",

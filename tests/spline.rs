@@ -229,7 +229,13 @@ fn fused_spline_matches_tensor_ops_values_and_gradients_both_directions() {
     // sum(r * out) + sum(rl * logdet) with respect to the values and the raw parameters.
     use glowflow::ops::rq_spline::{rq_spline_values, rq_spline_values_composed};
     let device = glowflow::default_device().autodiff();
-    for (n, c, s, k, seed) in [(9, 2, 1, 8, 31), (3, 3, 5, 4, 32), (5, 1, 4, 2, 33)] {
+    // The last case is past one rayon task (rows_per_task), so chunked rows are checked too.
+    for (n, c, s, k, seed) in [
+        (9, 2, 1, 8, 31),
+        (3, 3, 5, 4, 32),
+        (5, 1, 4, 2, 33),
+        (30_000, 1, 1, 2, 34),
+    ] {
         let p = params_per_value(k);
         let mut rng = ChaCha8Rng::seed_from_u64(seed);
         let mut draw = |len: usize, r: f64| -> Vec<f64> {

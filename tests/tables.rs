@@ -289,7 +289,11 @@ fn bad_tables_are_refused_naming_file_row_and_column() {
             "a,b\n1,2\n3,\n",
             &["row 3, column 2", "missing value"],
         ),
-        ("one.csv", "a\n1\n2\n3\n", &["--data", "needs at least 2"]),
+        (
+            "one.csv",
+            "a\n1\n2\n3\n",
+            &["one modelled column", "needs --coupling spline"],
+        ),
         ("empty.csv", "", &["no rows"]),
         ("header.csv", "a,b,c\n", &["header row but no data rows"]),
         (
@@ -1181,7 +1185,7 @@ fn one_column_densities_and_conditionals() {
         "5",
     ]);
     assert!(
-        err.contains("--coupling tanh") && err.contains("--coupling spline"),
+        err.contains("one modelled column") && err.contains("--coupling spline"),
         "{err}"
     );
 }

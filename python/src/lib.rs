@@ -645,6 +645,10 @@ fn class_context(
     let Some(l) = labels else {
         return Ok(None);
     };
+    if classes == 0 {
+        let why = "`labels` given to an unconditional model (it was fitted without `classes`)";
+        return Err(PyValueError::new_err(why));
+    }
     let l: Vec<u8> = l.as_array().iter().copied().collect();
     check_labels(&l, n, classes)?;
     let idx: Vec<usize> = l.iter().map(|&k| k as usize).collect();

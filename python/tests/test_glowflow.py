@@ -471,3 +471,9 @@ def test_class_conditioned_couplings_round_trip_per_class(tmp_path):
     with pytest.raises(ValueError, match="class_conditioning"):
         glowflow.ImageGlow(class_conditioning="prior")
     assert glowflow.ImageGlow(classes=3).class_conditioning == "couplings"
+
+
+def test_labels_for_an_unconditional_model_are_refused(image_glow):
+    imgs = np.random.default_rng(0).integers(0, 256, size=(2, 8, 8), dtype=np.uint8)
+    with pytest.raises(ValueError, match="unconditional"):
+        image_glow.encode(imgs, labels=[0, 1])

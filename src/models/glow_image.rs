@@ -445,9 +445,14 @@ impl GlowImage {
         })
     }
 
-    /// The context the flow steps and split priors read: `None` unless the couplings are
-    /// class-conditioned; then the class one-hot `ctx`, or the null class (all zeros, the
-    /// class-free model of `--label-dropout`) for `n` rows when none is given.
+    /// The context the flow steps, split priors and top prior read: `None` unless the couplings
+    /// are class-conditioned; then the class context `ctx` (a one-hot, or `w` times one for
+    /// guidance), or the null class (all zeros, the class-free model of `--label-dropout`) for
+    /// `n` rows when none is given.
+    ///
+    /// Guidance `w` reaches the coupling networks as `w` times the one-hot: the priors are affine
+    /// in the context, so theirs is classifier-free guidance's mix `θ_u + w (θ_c − θ_u)`, but the
+    /// networks are not, and for them `w > 1` is an extrapolation of the class input.
     fn flow_ctx(&self, ctx: Context, n: usize, device: &Device) -> Option<Tensor<2>> {
         if self.coupling_classes == 0 {
             return None;
@@ -568,6 +573,7 @@ impl GlowImage {
     ) -> Result<Vec<Pass>, String> {
         let n = x.dims()[0];
         let fctx = self.flow_ctx(ctx, n, &x.device());
+        let ctx = ctx.or(fctx.as_ref());
         let mut h = x;
         let mut out = Vec::with_capacity(self.levels.len());
         for (l, level) in self.levels.iter().enumerate() {
@@ -726,7 +732,7 @@ impl GlowImage {
         let fctx = self.flow_ctx(ctx, zs[last].dims()[0], &zs[last].device());
         self.walk_back(
             zs[last].clone(),
-            fctx.as_ref(),
+            &fctx,
             |l, mean, logs| {
                 if count_nonfinite(mean) + count_nonfinite(logs) > 0 {
                     return Err(format!("level {l}, split prior (mean / log-std)"));
@@ -751,17 +757,17 @@ impl GlowImage {
     fn walk_back(
         &self,
         top: Tensor<4>,
-        fctx: Context,
+        fctx: &Option<Tensor<2>>,
         mut latent: impl FnMut(usize, Tensor<4>, Tensor<4>) -> Result<Tensor<4>, String>,
         mut flow: impl FnMut(usize, &FlowSequence, Tensor<4>, Context) -> Result<Tensor<4>, String>,
     ) -> Result<Tensor<4>, String> {
         let mut h = top;
         for (l, level) in self.levels.iter().enumerate().rev() {
             if let Some(prior) = &level.split {
-                let (mean, logs) = prior.params(h.clone(), fctx);
+                let (mean, logs) = prior.params(h.clone(), fctx.as_ref());
                 h = Tensor::cat(vec![latent(l, mean, logs)?, h], 1);
             }
-            h = unsqueeze(flow(l, &level.flow, h, fctx)?);
+            h = unsqueeze(flow(l, &level.flow, h, fctx.as_ref())?);
         }
         Ok(h)
     }
@@ -777,15 +783,15 @@ impl GlowImage {
     ) -> Tensor<4> {
         let n = given.map(|g| g[0].dims()[0]).unwrap_or(n);
         let last = self.levels.len() - 1;
-        let (mean, logs) = self.top_params(n, ctx);
+        let fctx = self.flow_ctx(ctx, n, &self.top.val().device());
+        let (mean, logs) = self.top_params(n, ctx.or(fctx.as_ref()));
         let top = match given {
             Some(g) => g[last].clone(),
             None => pick(mean, logs, last).expect("sampling draws every latent"),
         };
-        let fctx = self.flow_ctx(ctx, n, &top.device());
         self.walk_back(
             top,
-            fctx.as_ref(),
+            &fctx,
             |l, mean, logs| {
                 Ok(match given {
                     Some(g) => g[l].clone(),

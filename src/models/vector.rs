@@ -116,6 +116,11 @@ pub struct VectorFlowConfig {
     /// whose `E` outputs every coupling network reads, trained with the flow.
     #[serde(default)]
     pub context_embedding: usize,
+    /// Spline couplings whose all-zero raw parameters are the identity (the inner derivatives'
+    /// shift, [`crate::layers::spline::derivative_shift`]): every model built now. Spline
+    /// models saved before it existed read their weights differently and are refused.
+    #[serde(default)]
+    pub spline_identity_at_zero: bool,
 }
 
 fn two() -> usize {
@@ -153,6 +158,7 @@ impl VectorFlowConfig {
             affine_scale: AffineScale::Bounded,
             spline_bins: default_bins(),
             context_embedding: 0,
+            spline_identity_at_zero: true,
         }
     }
 
@@ -184,6 +190,15 @@ impl VectorFlowConfig {
                 "context_embedding",
                 self.context_embedding,
                 "embeds the context: it needs context columns (`context_columns`)",
+            ));
+        }
+        if self.coupling == CouplingKind::Spline && !self.spline_identity_at_zero {
+            return Err(crate::error::FieldError::new(
+                "coupling",
+                "coupling",
+                "spline",
+                "this spline model was saved by an earlier glowflow whose splines read their \
+                 weights differently (no derivative shift); train it again",
             ));
         }
         if self.features == 1 && self.coupling != CouplingKind::Spline {

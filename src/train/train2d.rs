@@ -581,6 +581,11 @@ impl Workload for VectorWork<'_> {
             t.fingerprint = Some(data.fingerprint.clone());
             t.resolved = Some(data.resolved.clone());
             (cfg.features, cfg.context, cfg.standardize) = (data.dim, data.context, true);
+            if data.dim == 1 && cfg.coupling != crate::models::vector::CouplingKind::Spline {
+                let why = "has one modelled column: an affine or additive coupling splits the \
+                           columns in two; one modelled column needs `coupling` spline";
+                return Err(InputError::option("data", t.path.display(), why).into());
+            }
             self.table = Some(data);
         }
         cfg.validate().map_err(FieldError::on_option)?;

@@ -441,6 +441,10 @@ impl Workload for ImageWork<'_> {
             let why = "needs a class-conditional model (`classes` K)";
             return Err(InputError::option("weight_y", opts.weight_y, why).into());
         }
+        if cfg.coupling_classes() > 0 && opts.weight_y > 0.0 {
+            let why = "trains a class head on the top latent, which a model whose couplings read the class computes from the true class (the head would read the label back): it needs `class_conditioning` prior";
+            return Err(InputError::option("weight_y", opts.weight_y, why).into());
+        }
         if cfg.classes == 0 && opts.label_dropout > 0.0 {
             let why = "needs a class-conditional model (`classes` K)";
             return Err(InputError::option("label_dropout", opts.label_dropout, why).into());
