@@ -353,14 +353,14 @@ fn inner_knot(j: usize, k: usize) -> bool {
     j >= 1 && j < k
 }
 
-/// Dimensions `(n, C, S, P)` of the operands, checked.
-fn dims(vd: &[usize], hd: &[usize], k: usize) -> (usize, usize, usize, usize) {
+/// Panics unless `v` is `[n, C, S]` and `h` is `[n, C (3K - 1), S]` (checked once, where the op
+/// is entered; the forward and backward loops then read the shape from `v`).
+fn check_dims(vd: &[usize], hd: &[usize], k: usize) {
     let p = params_per_value(k);
     assert!(
         vd.len() == 3 && hd.len() == 3 && hd[0] == vd[0] && hd[1] == vd[1] * p && hd[2] == vd[2],
         "rq spline: expected v [n, C, S] and h [n, C (3K - 1), S], got {vd:?} and {hd:?}"
     );
-    (vd[0], vd[1], vd[2], p)
 }
 
 /// Rows per rayon task: enough work (values × parameters) to pay for a task, so a vector
@@ -371,7 +371,7 @@ fn rows_per_task(m: usize, p: usize) -> usize {
 
 /// `[y | log-det]` rows, `[n, C S + 1]` row-major.
 fn forward(v: &[f32], h: &[f32], dv: &[usize], k: usize, bound: f64, inverse: bool) -> Vec<f32> {
-    let (n, c, s, p) = dims(dv, &[dv[0], dv[1] * params_per_value(k), dv[2]], k);
+    let (n, c, s, p) = (dv[0], dv[1], dv[2], params_per_value(k));
     let m = c * s;
     let mut out = vec![0f32; n * (m + 1)];
     out.par_chunks_mut((m + 1) * rows_per_task(m, p))
@@ -418,7 +418,7 @@ fn backward(
     bound: f64,
     inverse: bool,
 ) -> (Vec<f32>, Vec<f32>) {
-    let (n, c, s, p) = dims(dv, &[dv[0], dv[1] * params_per_value(k), dv[2]], k);
+    let (n, c, s, p) = (dv[0], dv[1], dv[2], params_per_value(k));
     let m = c * s;
     let mut gv = vec![0f32; n * m];
     let mut gh = vec![0f32; n * m * p];
@@ -476,7 +476,7 @@ impl FusedRqSpline for Flex {
     fn fused_rq_spline(v: FlexTensor, h: FlexTensor, shape: [usize; 2], bound: f64) -> FlexTensor {
         let (vv, dv) = values(&v);
         let (hv, dh) = values(&h);
-        dims(&dv, &dh, shape[0]);
+        check_dims(&dv, &dh, shape[0]);
         let out = forward(&vv, &hv, &dv, shape[0], bound, shape[1] == 1);
         flex(out, &out_dims(&dv))
     }
@@ -514,7 +514,7 @@ impl<C: CheckpointStrategy> FusedRqSpline for Autodiff<Flex, C> {
             .stateful();
         let (vv, dv) = values(v.primitive());
         let (hv, dh) = values(h.primitive());
-        dims(&dv, &dh, shape[0]);
+        check_dims(&dv, &dh, shape[0]);
         let inverse = shape[1] == 1;
         let out = flex(
             forward(&vv, &hv, &dv, shape[0], bound, inverse),
