@@ -180,7 +180,7 @@ fn ignored_flags_are_refused() {
         .collect();
     std::fs::write(&table, format!("a,b\n{rows}")).unwrap();
     let t = table.to_str().unwrap();
-    let cases: [(&[&str], &str); 10] = [
+    let cases: [(&[&str], &str); 11] = [
         (
             &[
                 "train2d",
@@ -222,6 +222,10 @@ fn ignored_flags_are_refused() {
         (
             &["train2d", "--spline-bins", "4"],
             "--spline-bins 4: shapes spline couplings: it needs --coupling spline",
+        ),
+        (
+            &["train2d", "--spline-affine", "false"],
+            "--spline-affine false: shapes spline couplings: it needs --coupling spline",
         ),
         (
             &["train", "--class-conditioning", "prior"],

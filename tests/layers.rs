@@ -210,6 +210,7 @@ fn coupling(
                 net(net_of, cond, out * p, seed),
                 swap,
                 SPLINE_TEST_BINS,
+                None,
             ))
         }
     }
@@ -308,11 +309,45 @@ fn cases() -> Vec<Case> {
                 net(net_of, 1 + k, p, 5),
                 false,
                 SPLINE_TEST_BINS,
+                None,
             ));
             let noise = if net_of == Net::Mlp { 0.5 } else { 0.1 };
             ready(l, s, k, noise, 6)
         });
         cases.push(case.context(k));
+    }
+
+    // Spline couplings followed by their affine stage (the vector models' default), several
+    // columns (both halves) and one, with and without a context.
+    let shapes = SHAPES[..2].iter().flat_map(|&s| [(s, false), (s, true)]);
+    for (s, swap) in shapes.chain([([5, 1, 1, 1], false)]) {
+        for k in [0, 2] {
+            let form = format!("with its affine stage, {} channels swap={swap}", s[1]);
+            let types = &["Layer", "SplineCoupling", "TanhScale"][..];
+            let case = Case::new(types, form, s, 13, move || {
+                let p = glowflow::layers::spline::params_per_value(SPLINE_TEST_BINS);
+                let (cond, out) = match s[1] {
+                    1 => (1, 1),
+                    c => (
+                        coupling::conditioning_channels(c, swap),
+                        coupling::transformed_channels(c, swap),
+                    ),
+                };
+                let device = ad_device();
+                let mut scale = TanhScale::new(&device);
+                // Away from alpha = 1, beta = 0, so the learned scalars are exercised.
+                scale.alpha = glowflow::tensor_util::trainable(Tensor::full([1], 0.7, &device));
+                scale.beta = glowflow::tensor_util::trainable(Tensor::full([1], 0.2, &device));
+                let l = Layer::SplineCoupling(glowflow::layers::spline::SplineCoupling::new(
+                    net(Net::Mlp, cond + k, out * (p + 2), 7),
+                    swap,
+                    SPLINE_TEST_BINS,
+                    Some(scale),
+                ));
+                ready(l, s, k, 0.5, 6)
+            });
+            cases.push(case.context(k));
+        }
     }
 
     for (s, seed) in [([3, 2, 4, 4], 21), ([2, 1, 2, 2], 22)] {

@@ -1189,3 +1189,82 @@ fn one_column_densities_and_conditionals() {
         "{err}"
     );
 }
+
+#[test]
+fn spline_couplings_have_an_affine_stage_and_plain_spline_models_still_load() {
+    // A spline model saved before the affine stage existed has no `spline_affine` in its
+    // config: it must load as the plain spline it was trained as (same scores), and the
+    // default model carries the stage (2 more outputs per transformed column, alpha and beta).
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("banana.csv");
+    write_banana(&data, 600, 5);
+    let train = |out: &Path, affine: &str| {
+        let args = [
+            "train2d",
+            "--data",
+            data.to_str().unwrap(),
+            "--coupling",
+            "spline",
+            "--spline-bins",
+            "4",
+            "--spline-affine",
+            affine,
+            "--layers",
+            "2",
+            "--hidden",
+            "8",
+            "--steps",
+            "30",
+            "--batch-size",
+            "128",
+            "--threads",
+            "1",
+            "--quiet",
+            "--out",
+            out.to_str().unwrap(),
+        ];
+        run_json(&args)
+    };
+    let (plain, staged) = (dir.path().join("plain"), dir.path().join("staged"));
+    let p = train(&plain, "false");
+    let s = train(&staged, "true");
+    assert_eq!(s["config"]["spline_affine"], serde_json::json!(true));
+    // 3 columns: the couplings transform 1 and 2 columns in turn; each stage adds 2 outputs
+    // per transformed column (8 hidden units + bias each) and two scalars.
+    let extra = [1usize, 2].iter().map(|c| 2 * c * 9 + 2).sum::<usize>() as f64;
+    assert_eq!(number(&s, "parameters") - number(&p, "parameters"), extra);
+
+    let score = |run: &Path, name: &str| {
+        let out = dir.path().join(name);
+        let args = ["score", "--checkpoint", run.to_str().unwrap(), "--out"];
+        number(
+            &run_json(&[&args[..], &[out.to_str().unwrap()]].concat()),
+            "mean_log_prob",
+        )
+    };
+    let before = score(&plain, "before.csv");
+    let state = plain.join("checkpoint").join("state.json");
+    let mut json: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&state).unwrap()).unwrap();
+    fn drop_key(v: &mut serde_json::Value, key: &str) -> usize {
+        match v {
+            serde_json::Value::Object(m) => {
+                let here = usize::from(m.remove(key).is_some());
+                here + m.values_mut().map(|v| drop_key(v, key)).sum::<usize>()
+            }
+            serde_json::Value::Array(a) => a.iter_mut().map(|v| drop_key(v, key)).sum(),
+            _ => 0,
+        }
+    }
+    assert!(
+        drop_key(&mut json, "spline_affine") > 0,
+        "no spline_affine in {state:?}"
+    );
+    std::fs::write(&state, serde_json::to_string(&json).unwrap()).unwrap();
+    let after = score(&plain, "after.csv");
+    assert!(before.is_finite());
+    assert_eq!(
+        before, after,
+        "an old plain-spline checkpoint scores differently"
+    );
+}

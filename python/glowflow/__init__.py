@@ -181,6 +181,11 @@ class VectorFlow:
     context_embedding : int
         Width E of a learned context embedding (0: none): an MLP context -> [E, ReLU] -> E
         applied once per row, whose output every coupling network reads, trained jointly.
+    spline_affine : bool
+        Follow each spline by a conditional affine map from the same network,
+        ``y = spline(x) * exp(s) + t`` with the tanh-bounded log-scale (Flow++'s composition;
+        rescales values conditionally, tails included). False: the plain spline of neural
+        spline flows. Saved models made before this option load as plain splines.
 
     Attributes
     ----------
@@ -207,8 +212,12 @@ class VectorFlow:
     """
 
     def __init__(self, features, context=0, model="glow", flow_steps=32, net_width=64, net_depth=2,
-                 coupling="tanh", permutation="lu", spline_bins=8, context_embedding=0):
+                 coupling="tanh", permutation="lu", spline_bins=8, context_embedding=0,
+                 spline_affine=True):
         self.features = _integer("features", features, low=1)
+        if not isinstance(spline_affine, (bool, np.bool_)):
+            raise ValueError(f"`spline_affine` must be True or False, got {spline_affine!r}")
+        self.spline_affine = bool(spline_affine)
         self.context = _integer("context", context, low=0)
         self.spline_bins = _integer("spline_bins", spline_bins, low=2)
         self.context_embedding = _integer("context_embedding", context_embedding, low=0)
@@ -231,6 +240,7 @@ class VectorFlow:
                 f"flow_steps={self.flow_steps}, net_width={self.net_width}, net_depth={self.net_depth}, "
                 f"coupling={self.coupling!r}, permutation={self.permutation!r}"
                 + (f", spline_bins={self.spline_bins}" if self.coupling == "spline" else "")
+                + (", spline_affine=False" if self.coupling == "spline" and not self.spline_affine else "")
                 + (f", context_embedding={self.context_embedding}" if self.context_embedding else "")
                 + ")")
 
@@ -293,7 +303,7 @@ class VectorFlow:
         try:
             core, pending = _core.fit_vectors(
                 self.model, self.flow_steps, self.net_width, self.net_depth, self.coupling,
-                self.spline_bins, self.context_embedding, self.permutation, names + ctx_names, x, ctx_names, val, steps, batch_size,
+                self.spline_bins, self.spline_affine, self.context_embedding, self.permutation, names + ctx_names, x, ctx_names, val, steps, batch_size,
                 lr, seed, None if run_dir is None else str(run_dir), False, threads,
                 log_every, ema_decay, clip, report)
         finally:
@@ -572,7 +582,7 @@ def load(path):
     if isinstance(core, _core.VectorCore):
         f = VectorFlow(cfg["features"], cfg["context"], cfg["model"], cfg["flow_steps"], cfg["net_width"],
                        cfg["net_depth"], cfg["coupling"], cfg["permutation"], cfg["spline_bins"],
-                       cfg["context_embedding"])
+                       cfg["context_embedding"], cfg.get("spline_affine", False))
         names = core.columns()
         f._core, f.columns, f.context_columns = core, names[:f.features], names[f.features:]
         default = [f"x{i}" for i in range(len(names))]

@@ -304,7 +304,7 @@ impl VectorCore {
 /// that stopped it early (Ctrl-C, or one raised by `report`), if any.
 #[pyfunction]
 #[pyo3(signature = (model, flow_steps, net_width, net_depth, coupling, spline_bins,
-    context_embedding, permutation, columns,
+    spline_affine, context_embedding, permutation, columns,
     data, context_columns, validation, steps, batch_size, lr, seed, run_dir, resume, threads,
     log_every, ema_decay, clip_grad_norm, report))]
 #[allow(clippy::too_many_arguments)]
@@ -316,6 +316,7 @@ fn fit_vectors<'py>(
     net_depth: usize,
     coupling: &str,
     spline_bins: usize,
+    spline_affine: bool,
     context_embedding: usize,
     permutation: &str,
     columns: Vec<String>,
@@ -344,6 +345,7 @@ fn fit_vectors<'py>(
         &["tanh", "sigmoid", "additive", "spline"],
     )?;
     cfg.spline_bins = spline_bins;
+    cfg.spline_affine = spline_affine;
     cfg.context_embedding = context_embedding;
     cfg.permutation = named("permutation", permutation, PERMUTATIONS)?;
     let table = {

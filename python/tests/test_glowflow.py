@@ -449,6 +449,25 @@ def test_one_column_needs_spline_couplings_and_an_embedding_needs_context():
         glowflow.VectorFlow(features=2, context_embedding=8)
     with pytest.raises(ValueError, match="spline_bins"):
         glowflow.VectorFlow(features=2, coupling="spline", spline_bins=1)
+    with pytest.raises(ValueError, match="spline_affine"):
+        glowflow.VectorFlow(features=2, coupling="spline", spline_affine="no")
+
+
+def test_plain_spline_couplings_without_the_affine_stage_round_trip(tmp_path):
+    X = np.random.default_rng(5).normal(size=(300, 3))
+    fits = {}
+    for affine in (True, False):
+        f = glowflow.VectorFlow(features=3, flow_steps=2, net_width=8, coupling="spline",
+                                spline_bins=4, spline_affine=affine)
+        fits[affine] = f.fit(X, steps=20, batch_size=100, lr=1e-3, progress=False, threads=1)
+    # The stage: 2 outputs more per transformed column (8 hidden units + bias) and alpha, beta.
+    extra = sum(2 * c * 9 + 2 for c in (1, 2))
+    assert fits[True].figures["parameters"] - fits[False].figures["parameters"] == extra
+    assert "spline_affine=False" in repr(fits[False])
+    fits[False].save(tmp_path / "plain")
+    g = glowflow.load(tmp_path / "plain")
+    assert g.spline_affine is False
+    np.testing.assert_array_equal(g.log_prob(X), fits[False].log_prob(X))
 
 
 def test_class_conditioned_couplings_round_trip_per_class(tmp_path):

@@ -90,6 +90,11 @@ pub struct CommonArgs {
     /// Bins K of each spline (--coupling spline): 3K - 1 network outputs per transformed value.
     #[arg(long, default_value_t = vector_model().spline_bins, value_parser = parse::count::<2, 64>)]
     pub spline_bins: usize,
+    /// Follow each spline (--coupling spline) by a conditional affine map from the same
+    /// network, y = spline(x) * exp(s) + t (true, the default), or use the plain spline of
+    /// neural spline flows (false).
+    #[arg(long, default_value_t = vector_model().spline_affine, action = clap::ArgAction::Set)]
+    pub spline_affine: bool,
     /// Scale of sigmoid couplings: bounded (sigmoid(s + 2) floored at 1e-5, so a sample
     /// cannot overflow) or glow (Glow's exact sigmoid(s + 2), unbounded below).
     #[arg(long, value_enum, default_value_t = vector_model().affine_scale)]
@@ -169,6 +174,7 @@ impl CommonArgs {
         c.net_depth = self.net_depth;
         c.coupling = self.coupling;
         c.spline_bins = self.spline_bins;
+        c.spline_affine = self.spline_affine;
         c.context_embedding = self.context_embedding;
         c.affine_scale = self.affine_scale;
         c.permutation = permutation;
@@ -189,7 +195,7 @@ pub fn check_table_flags(c: &CommonArgs, given: &[(String, String)]) -> Result<(
     }
     if c.coupling != CouplingKind::Spline {
         let why = "shapes spline couplings: it needs --coupling spline";
-        refuse_given(given, &["--spline-bins"], why)?;
+        refuse_given(given, &["--spline-bins", "--spline-affine"], why)?;
     }
     if c.data.is_some() {
         if c.test_data.is_some() {

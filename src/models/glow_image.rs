@@ -402,6 +402,7 @@ impl GlowImage {
                             CouplingNet::Conv(net),
                             swap,
                             DEFAULT_BINS,
+                            None,
                         ))
                     }
                 });

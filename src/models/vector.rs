@@ -121,6 +121,12 @@ pub struct VectorFlowConfig {
     /// models saved before it existed read their weights differently and are refused.
     #[serde(default)]
     pub spline_identity_at_zero: bool,
+    /// Spline couplings followed by a conditional affine map from the same network
+    /// (`y_b = RQS(x_b) exp(s) + t`, [`crate::layers::spline::SplineCoupling::scale`]): every
+    /// model built now. Spline models saved before it existed are plain RQ-NSF (C) couplings
+    /// and load as such.
+    #[serde(default)]
+    pub spline_affine: bool,
 }
 
 fn two() -> usize {
@@ -159,6 +165,7 @@ impl VectorFlowConfig {
             spline_bins: default_bins(),
             context_embedding: 0,
             spline_identity_at_zero: true,
+            spline_affine: true,
         }
     }
 
@@ -290,7 +297,10 @@ fn coupling(cfg: &VectorFlowConfig, swap: bool, rng: &mut ChaCha8Rng, device: &D
     let out = crate::layers::coupling::transformed_channels(cfg.features, swap);
     let net_out = match cfg.coupling {
         CouplingKind::Additive => out,
-        CouplingKind::Spline => out * crate::layers::spline::params_per_value(cfg.spline_bins),
+        CouplingKind::Spline => {
+            out * crate::layers::spline::params_per_value(cfg.spline_bins)
+                + if cfg.spline_affine { 2 * out } else { 0 }
+        }
         CouplingKind::Tanh | CouplingKind::Sigmoid => 2 * out,
     };
     let net = CouplingNet::Mlp(Mlp::new(
@@ -298,7 +308,7 @@ fn coupling(cfg: &VectorFlowConfig, swap: bool, rng: &mut ChaCha8Rng, device: &D
         net_out,
         cfg.net_width,
         cfg.net_depth,
-        false,
+        cfg.coupling == CouplingKind::Spline,
         rng,
         device,
     ));
@@ -317,6 +327,7 @@ fn coupling(cfg: &VectorFlowConfig, swap: bool, rng: &mut ChaCha8Rng, device: &D
             net,
             swap,
             cfg.spline_bins,
+            cfg.spline_affine.then(|| TanhScale::new(device)),
         )),
     }
 }
