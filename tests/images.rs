@@ -1395,7 +1395,7 @@ fn latent_edits_reproduce_their_ends() {
         pixels: (0..6 * 64).map(|_| rand::Rng::gen(&mut rng)).collect(),
     };
     let steps = 5;
-    let px = interpolate(&model, &cfg, &set, &[(0, 1), (2, 5)], steps, &device).unwrap();
+    let px = interpolate(&model, &cfg, &set, None, &[(0, 1), (2, 5)], steps, &device).unwrap();
     let img = |px: &[u8], k: usize| px[k * 64..(k + 1) * 64].to_vec();
     for (row, (a, b)) in [(0, 1), (2, 5)].into_iter().enumerate() {
         assert_eq!(img(&px, row * steps), set.image(a), "pair {row}: start");
@@ -1416,6 +1416,7 @@ fn latent_edits_reproduce_their_ends() {
         &model,
         &cfg,
         &set,
+        None,
         &[3, 4],
         &dir,
         &[-1.0, 0.0, 1.0],
@@ -1429,6 +1430,49 @@ fn latent_edits_reproduce_their_ends() {
         .unwrap_err()
         .to_string();
     assert!(err.contains("class 7 has 0 of the first 6 images"), "{err}");
+
+    // A model whose couplings read the class: each image is encoded with its own label (its
+    // latents differ from those under the other class), the ends of an interpolation between
+    // two classes and an edit of scale 0 still reproduce the images, and without labels the
+    // edit is refused rather than run through the null class.
+    let mut ccfg = cfg.clone();
+    ccfg.classes = 2;
+    ccfg.class_conditioning = glowflow::models::ClassConditioning::Couplings;
+    let cmodel = initialised(&ccfg).valid();
+    let own = encode(&cmodel, &ccfg, &set, Some(&labels), &[1], &device).unwrap();
+    let other = encode(&cmodel, &ccfg, &set, Some(&[0u8; 6]), &[1], &device).unwrap();
+    let diff = glowflow::tensor_util::to_vec(own[0].clone() - other[0].clone());
+    let gap = diff.iter().fold(0f32, |m, v| m.max(v.abs()));
+    assert!(gap > 1e-3, "the class changes the level-0 latent: {gap}");
+    let px = interpolate(
+        &cmodel,
+        &ccfg,
+        &set,
+        Some(&labels),
+        &[(0, 1)],
+        steps,
+        &device,
+    )
+    .unwrap();
+    assert_eq!(img(&px, 0), set.image(0));
+    assert_eq!(img(&px, steps - 1), set.image(1));
+    let dir = attribute_direction(&cmodel, &ccfg, &set, &labels, 1, 6, &device).unwrap();
+    let px = manipulate(
+        &cmodel,
+        &ccfg,
+        &set,
+        Some(&labels),
+        &[3],
+        &dir,
+        &[0.0, 1.0],
+        &device,
+    )
+    .unwrap();
+    assert_eq!(img(&px, 0), set.image(3));
+    let err = interpolate(&cmodel, &ccfg, &set, None, &[(0, 1)], steps, &device)
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("needs their labels"), "{err}");
     let px = temperature_sweep(&model, &cfg, &[0.0, 0.8], 4, 1, None).unwrap();
     for k in 1..4 {
         assert_eq!(

@@ -51,8 +51,16 @@ pub fn run(a: AttributeArgs) -> Result<()> {
     };
     let dir = attribute_direction(&model, &cfg, &data.train, labels, a.class, a.limit, &device)
         .map_err(|e| InputError::flag("--class", a.class, format!("{e:#}")))?;
+    let test_labels = data.test_labels.as_deref();
     let px = manipulate(
-        &model, &cfg, &data.test, &a.images, &dir, &a.scales, &device,
+        &model,
+        &cfg,
+        &data.test,
+        test_labels,
+        &a.images,
+        &dir,
+        &a.scales,
+        &device,
     )
     .map_err(|e| match e.downcast_ref::<glowflow::error::NonFinite>() {
         Some(_) => e,

@@ -43,8 +43,11 @@ pub fn run(a: InterpolateArgs) -> Result<()> {
         .collect::<std::result::Result<Vec<(usize, usize)>, _>>()?;
     let (model, state, data, device) = trained_image_model(&a.checkpoint, &a.device, true)?;
     let cfg = state.model;
-    let test = &data.expect("loaded").test;
-    let px = glowflow::eval::edit::interpolate(&model, &cfg, test, &pairs, a.steps, &device)
-        .map_err(|e| InputError::flag("--pairs", a.pairs.join(","), format!("{e:#}")))?;
+    let data = data.expect("loaded");
+    let labels = data.test_labels.as_deref();
+    let px = glowflow::eval::edit::interpolate(
+        &model, &cfg, &data.test, labels, &pairs, a.steps, &device,
+    )
+    .map_err(|e| InputError::flag("--pairs", a.pairs.join(","), format!("{e:#}")))?;
     save_edit_grid(&px, &cfg, a.steps, &a.out, "interpolations")
 }

@@ -7,6 +7,12 @@
 //! latent is edited, not only the top one: a multi-scale Glow keeps much of an image in its
 //! early splits. All work is float32; results come back as 8-bit pixels, and a decoded image
 //! holding non-finite values is an error naming it, never a black tile.
+//!
+//! A model whose couplings read the class ([`GlowImageConfig::coupling_classes`]) has one flow
+//! per class: its images are encoded with their own labels and decoded with the same class
+//! (interpolations: the one-hot interpolated with the latents), never with the null class,
+//! which a model trained without label dropout never learnt. Other models' latents do not
+//! depend on the class.
 
 use anyhow::{bail, Result};
 use burn::tensor::{Device, Tensor};
@@ -17,15 +23,48 @@ use crate::models::glow_image::Latents;
 use crate::models::{DensityModel, GlowImage, GlowImageConfig};
 use crate::tensor_util::{from_vec, to_vec};
 
-/// The latents of images `indices` of `set` (every level's, in
-/// [`GlowImage::forward_latents`]'s order).
+/// The class one-hot `[n, classes]` of images `indices` a model whose couplings read the
+/// class encodes and decodes them with (`labels`: the set's); `None` for other models.
 ///
 /// # Errors
-/// An index past the set's end.
+/// Such a model without labels, or a label past its classes.
+pub fn class_context(
+    cfg: &GlowImageConfig,
+    labels: Option<&[u8]>,
+    indices: &[usize],
+    device: &Device,
+) -> Result<Option<Tensor<2>>> {
+    let classes = cfg.coupling_classes();
+    if classes == 0 {
+        return Ok(None);
+    }
+    let Some(labels) = labels else {
+        bail!("this model reads the class in every coupling: editing its images needs their labels, and the data set has none");
+    };
+    let mut ks = Vec::with_capacity(indices.len());
+    for &i in indices {
+        match labels.get(i) {
+            Some(&k) if (k as usize) < classes => ks.push(k as usize),
+            Some(&k) => bail!("image {i} has label {k}; the model has {classes} classes"),
+            None => bail!("image {i} has no label ({} labels)", labels.len()),
+        }
+    }
+    Ok(Some(crate::models::glow_image::one_hot(
+        &ks, classes, device,
+    )))
+}
+
+/// The latents of images `indices` of `set` (every level's, in
+/// [`GlowImage::forward_latents`]'s order), each encoded with its own class (`labels`, the
+/// set's) when the model's couplings read it.
+///
+/// # Errors
+/// An index past the set's end; as [`class_context`].
 pub fn encode(
     model: &GlowImage,
     cfg: &GlowImageConfig,
     set: &ImageSet,
+    labels: Option<&[u8]>,
     indices: &[usize],
     device: &Device,
 ) -> Result<Latents> {
@@ -35,6 +74,7 @@ pub fn encode(
             set.n
         );
     }
+    let ctx = class_context(cfg, labels, indices, device)?;
     let px: Vec<u8> = indices
         .iter()
         .flat_map(|&i| set.image(i).iter().copied())
@@ -44,15 +84,21 @@ pub fn encode(
         [indices.len(), set.c, set.h, set.w],
         device,
     );
-    Ok(model.forward_latents(x, None).1)
+    Ok(model.forward_latents(x, ctx.as_ref()).1)
 }
 
-/// Decode latents to 8-bit pixels `[n, c, h, w]`.
+/// Decode latents to 8-bit pixels `[n, c, h, w]`, for the class one-hot `ctx` `[n, classes]`
+/// of a model whose couplings read the class (see [`class_context`]).
 ///
 /// # Errors
 /// Names the images whose decoding holds non-finite values.
-pub fn decode_pixels(model: &GlowImage, cfg: &GlowImageConfig, zs: &Latents) -> Result<Vec<u8>> {
-    checked_pixels(model.decode(zs, None), cfg)
+pub fn decode_pixels(
+    model: &GlowImage,
+    cfg: &GlowImageConfig,
+    zs: &Latents,
+    ctx: Option<&Tensor<2>>,
+) -> Result<Vec<u8>> {
+    checked_pixels(model.decode(zs, ctx), cfg)
 }
 
 /// Decoded images `x: [n, c, h, w]` as 8-bit pixels; an error naming the non-finite ones.
@@ -101,7 +147,8 @@ fn axpy(a: &Latents, s: f64, d: &Latents) -> Latents {
 }
 
 /// Interpolations between image pairs: for each `(a, b)` of `pairs` (indices into `set`), `steps`
-/// images with latents `(1 − t) z_a + t z_b`, `t = 0, 1/(steps − 1), …, 1`, at every level.
+/// images with latents `(1 − t) z_a + t z_b`, `t = 0, 1/(steps − 1), …, 1`, at every level
+/// (and, for a model whose couplings read the class, the one-hot `(1 − t) y_a + t y_b`).
 /// Returns the pixels, one row of `steps` images per pair (the ends reproduce the two images).
 ///
 /// # Errors
@@ -110,6 +157,7 @@ pub fn interpolate(
     model: &GlowImage,
     cfg: &GlowImageConfig,
     set: &ImageSet,
+    labels: Option<&[u8]>,
     pairs: &[(usize, usize)],
     steps: usize,
     device: &Device,
@@ -121,9 +169,20 @@ pub fn interpolate(
         bail!("no image pairs to interpolate between");
     }
     let ends: Vec<usize> = pairs.iter().flat_map(|&(a, b)| [a, b]).collect();
-    let zs = encode(model, cfg, set, &ends, device)?;
+    let zs = encode(model, cfg, set, labels, &ends, device)?;
+    let ys = class_context(cfg, labels, &ends, device)?;
     let mut rows = Vec::with_capacity(pairs.len() * steps);
+    let mut ctx = Vec::new();
     for p in 0..pairs.len() {
+        if let Some(ys) = &ys {
+            let k = ys.dims()[1];
+            let ya = ys.clone().slice([2 * p..2 * p + 1, 0..k]);
+            let yb = ys.clone().slice([2 * p + 1..2 * p + 2, 0..k]);
+            for s in 0..steps {
+                let t = s as f64 / (steps - 1) as f64;
+                ctx.push(ya.clone().mul_scalar(1.0 - t) + yb.clone().mul_scalar(t));
+            }
+        }
         let (za, zb) = (row(&zs, 2 * p), row(&zs, 2 * p + 1));
         let diff: Latents = zb
             .iter()
@@ -134,7 +193,8 @@ pub fn interpolate(
             rows.push(axpy(&za, s as f64 / (steps - 1) as f64, &diff));
         }
     }
-    decode_pixels(model, cfg, &stack(rows))
+    let ctx = (!ctx.is_empty()).then(|| Tensor::cat(ctx, 0));
+    decode_pixels(model, cfg, &stack(rows), ctx.as_ref())
 }
 
 /// The attribute direction of Glow's §5.3: the mean latent (every level) of the images of
@@ -168,7 +228,7 @@ pub fn attribute_direction(
     let mean = |idx: &[usize]| -> Result<Latents> {
         let mut sum: Option<Latents> = None;
         for chunk in idx.chunks(250) {
-            let zs = encode(model, cfg, set, chunk, device)?;
+            let zs = encode(model, cfg, set, Some(labels), chunk, device)?;
             let part: Latents = zs.into_iter().map(|z| z.sum_dim(0)).collect();
             sum = Some(match sum {
                 None => part,
@@ -187,14 +247,17 @@ pub fn attribute_direction(
 }
 
 /// Images `images` of `set` moved along `direction` by each of `scales`: one row per image,
-/// one column per scale (scale 0 reproduces the image).
+/// one column per scale (scale 0 reproduces the image). A model whose couplings read the class
+/// encodes and decodes each image with its own label (`labels`, the set's).
 ///
 /// # Errors
 /// As [`encode`] and [`decode_pixels`].
+#[allow(clippy::too_many_arguments)]
 pub fn manipulate(
     model: &GlowImage,
     cfg: &GlowImageConfig,
     set: &ImageSet,
+    labels: Option<&[u8]>,
     images: &[usize],
     direction: &Latents,
     scales: &[f64],
@@ -203,7 +266,13 @@ pub fn manipulate(
     if images.is_empty() || scales.is_empty() {
         bail!("an attribute edit needs at least one image and one scale");
     }
-    let zs = encode(model, cfg, set, images, device)?;
+    let zs = encode(model, cfg, set, labels, images, device)?;
+    // Each image's own class, once per scale.
+    let per_row: Vec<usize> = images
+        .iter()
+        .flat_map(|&i| std::iter::repeat_n(i, scales.len()))
+        .collect();
+    let ctx = class_context(cfg, labels, &per_row, device)?;
     let mut rows = Vec::with_capacity(images.len() * scales.len());
     for i in 0..images.len() {
         let z = row(&zs, i);
@@ -211,7 +280,7 @@ pub fn manipulate(
             rows.push(axpy(&z, s, direction));
         }
     }
-    decode_pixels(model, cfg, &stack(rows))
+    decode_pixels(model, cfg, &stack(rows), ctx.as_ref())
 }
 
 /// Samples at each temperature of `temperatures`, `n` per row, the same standard-normal draws
