@@ -1462,13 +1462,18 @@ fn latent_edits_reproduce_their_ends() {
         &ccfg,
         &set,
         Some(&labels),
-        &[3],
+        &[3, 0],
         &dir,
         &[0.0, 1.0],
         &device,
     )
     .unwrap();
     assert_eq!(img(&px, 0), set.image(3));
+    assert_eq!(
+        img(&px, 2),
+        set.image(0),
+        "the second image, of the other class"
+    );
     let err = interpolate(&cmodel, &ccfg, &set, None, &[(0, 1)], steps, &device)
         .unwrap_err()
         .to_string();

@@ -21,7 +21,8 @@ Protocol, per table and seed:
                 tanh affine coupling); "glowflow-ema" the same fit with ema_decay=0.99 (the
                 fitted model holds an exponential moving average of the weights)
       glowflow  "glowflow-spline" (and "-spline-ema"): the same with coupling="spline"
-                (rational-quadratic spline couplings, 8 bins on [-5, 5]: RQ-NSF (C))
+                (rational-quadratic spline couplings, 8 bins on [-5, 5]: RQ-NSF (C), each
+                followed by its conditional affine stage, spline_affine=True)
       zuko      flows.RealNVP(d, transforms=K, hidden_features=(W, W))
       zuko      flows.NSF(d, transforms=K, hidden_features=(W, W)) (8 bins, autoregressive)
       nflows    flows.SimpleRealNVP(d, hidden_features=W, num_layers=K, num_blocks_per_layer=2)
