@@ -582,7 +582,7 @@ def load(path):
     if isinstance(core, _core.VectorCore):
         f = VectorFlow(cfg["features"], cfg["context"], cfg["model"], cfg["flow_steps"], cfg["net_width"],
                        cfg["net_depth"], cfg["coupling"], cfg["permutation"], cfg["spline_bins"],
-                       cfg["context_embedding"], cfg.get("spline_affine", False))
+                       cfg["context_embedding"], cfg["spline_affine"])
         names = core.columns()
         f._core, f.columns, f.context_columns = core, names[:f.features], names[f.features:]
         default = [f"x{i}" for i in range(len(names))]

@@ -68,13 +68,31 @@ pub fn encode(
     indices: &[usize],
     device: &Device,
 ) -> Result<Latents> {
+    check_indices(set, indices)?;
+    let ctx = class_context(cfg, labels, indices, device)?;
+    Ok(encode_as(model, cfg, set, indices, ctx.as_ref(), device))
+}
+
+/// An error naming the first of `indices` past the end of `set`.
+fn check_indices(set: &ImageSet, indices: &[usize]) -> Result<()> {
     if let Some(&bad) = indices.iter().find(|&&i| i >= set.n) {
         bail!(
             "image {bad} does not exist (the split has {} images)",
             set.n
         );
     }
-    let ctx = class_context(cfg, labels, indices, device)?;
+    Ok(())
+}
+
+/// [`encode`] with the class context `ctx` given (indices checked).
+fn encode_as(
+    model: &GlowImage,
+    cfg: &GlowImageConfig,
+    set: &ImageSet,
+    indices: &[usize],
+    ctx: Option<&Tensor<2>>,
+    device: &Device,
+) -> Latents {
     let px: Vec<u8> = indices
         .iter()
         .flat_map(|&i| set.image(i).iter().copied())
@@ -84,7 +102,7 @@ pub fn encode(
         [indices.len(), set.c, set.h, set.w],
         device,
     );
-    Ok(model.forward_latents(x, ctx.as_ref()).1)
+    model.forward_latents(x, ctx).1
 }
 
 /// Decode latents to 8-bit pixels `[n, c, h, w]`, for the class one-hot `ctx` `[n, classes]`
@@ -169,20 +187,12 @@ pub fn interpolate(
         bail!("no image pairs to interpolate between");
     }
     let ends: Vec<usize> = pairs.iter().flat_map(|&(a, b)| [a, b]).collect();
-    let zs = encode(model, cfg, set, labels, &ends, device)?;
+    check_indices(set, &ends)?;
     let ys = class_context(cfg, labels, &ends, device)?;
+    let zs = encode_as(model, cfg, set, &ends, ys.as_ref(), device);
     let mut rows = Vec::with_capacity(pairs.len() * steps);
     let mut ctx = Vec::new();
     for p in 0..pairs.len() {
-        if let Some(ys) = &ys {
-            let k = ys.dims()[1];
-            let ya = ys.clone().slice([2 * p..2 * p + 1, 0..k]);
-            let yb = ys.clone().slice([2 * p + 1..2 * p + 2, 0..k]);
-            for s in 0..steps {
-                let t = s as f64 / (steps - 1) as f64;
-                ctx.push(ya.clone().mul_scalar(1.0 - t) + yb.clone().mul_scalar(t));
-            }
-        }
         let (za, zb) = (row(&zs, 2 * p), row(&zs, 2 * p + 1));
         let diff: Latents = zb
             .iter()
@@ -190,7 +200,14 @@ pub fn interpolate(
             .map(|(b, a)| b.clone() - a.clone())
             .collect();
         for s in 0..steps {
-            rows.push(axpy(&za, s as f64 / (steps - 1) as f64, &diff));
+            let t = s as f64 / (steps - 1) as f64;
+            rows.push(axpy(&za, t, &diff));
+            if let Some(ys) = &ys {
+                let k = ys.dims()[1];
+                let ya = ys.clone().slice([2 * p..2 * p + 1, 0..k]);
+                let yb = ys.clone().slice([2 * p + 1..2 * p + 2, 0..k]);
+                ctx.push(ya.mul_scalar(1.0 - t) + yb.mul_scalar(t));
+            }
         }
     }
     let ctx = (!ctx.is_empty()).then(|| Tensor::cat(ctx, 0));

@@ -85,7 +85,8 @@ impl TanhScale {
         }
     }
 
-    fn log_scale(&self, raw: Tensor<4>) -> Tensor<4> {
+    /// `s = tanh(raw) * alpha + beta` for the network's raw output `[N, C, H, W]`.
+    pub(crate) fn log_scale(&self, raw: Tensor<4>) -> Tensor<4> {
         raw.tanh() * self.alpha.val().reshape([1, 1, 1, 1]) + self.beta.val().reshape([1, 1, 1, 1])
     }
 }

@@ -253,19 +253,21 @@ impl SplineCoupling {
             "spline coupling: the affine stage is for vectors"
         );
         let hs = h.clone().narrow(1, 0, cb * p);
-        let ha = h.narrow(1, cb * p, 2 * cb).reshape([n, 2 * cb]);
-        let (alpha, beta) = (ts.alpha.val(), ts.beta.val());
+        let ha = h.narrow(1, cb * p, 2 * cb);
         if !inverse {
             let (u, ld) = spline(v, hs);
+            let (alpha, beta) = (ts.alpha.val(), ts.beta.val());
+            let ha = ha.reshape([n, 2 * cb]);
             let (y, lda) =
                 crate::ops::tanh_affine::tanh_affine(u.reshape([n, cb]), ha, alpha, beta);
             return (y.reshape([n, cb, 1, 1]), ld + lda);
         }
+        // The affine coupling's inverse: the same log-scale, then the spline's inverse.
         let shift = ha.clone().narrow(1, 0, cb);
-        let s = ha.narrow(1, cb, cb).tanh() * alpha.reshape([1, 1]) + beta.reshape([1, 1]);
-        let u = (v.reshape([n, cb]) - shift) * s.clone().neg().exp();
-        let (x, ld) = spline(u.reshape([n, cb, 1, 1]), hs);
-        (x, ld - s.sum_dim(1).reshape([n]))
+        let s = ts.log_scale(ha.narrow(1, cb, cb));
+        let u = (v - shift) * s.clone().neg().exp();
+        let (x, ld) = spline(u, hs);
+        (x, ld - crate::layers::coupling::per_sample_sum(s))
     }
 }
 
