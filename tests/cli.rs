@@ -256,7 +256,7 @@ fn ignored_flags_are_refused() {
 
 #[test]
 fn bad_input_gets_a_clear_error() {
-    let cases: [(&[&str], &str); 9] = [
+    let cases: [(&[&str], &str); 10] = [
         (&["train2d", "--target", "nosuch"], "nosuch"),
         (&["train2d", "--batch", "0", "--steps", "1"], "--batch"),
         (&["train2d", "--lr=-1", "--steps", "1"], "--lr"),
@@ -276,6 +276,19 @@ fn bad_input_gets_a_clear_error() {
         (
             &["train2d", "--max-skips", "0", "--steps", "1"],
             "--max-skips",
+        ),
+        // lr * weight decay >= 1 would zero or flip the weight matrices each step.
+        (
+            &[
+                "train2d",
+                "--lr",
+                "0.01",
+                "--weight-decay",
+                "100",
+                "--steps",
+                "1",
+            ],
+            "--weight-decay",
         ),
         (
             &[

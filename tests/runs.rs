@@ -408,6 +408,7 @@ fn resume_changes_lr_and_refuses_recipe_flags() {
         ("--batch", "32"),
         ("--seed", "1"),
         ("--optimizer", "adamax"),
+        ("--weight-decay", "0.1"),
         ("--target", "rings"),
     ] {
         let out = glowflow()
@@ -457,6 +458,7 @@ fn every_numeric_flag_is_checked_up_front() {
         ("--clip-grad-norm", true),
         ("--ema-decay", true),
         ("--max-skips", false),
+        ("--weight-decay", true),
         ("--label-dropout", true),
         ("--noise-sigma", true),
         ("--dequant-depth", true),
@@ -481,6 +483,7 @@ fn every_numeric_flag_is_checked_up_front() {
         ("--clip-grad-norm", true),
         ("--ema-decay", true),
         ("--max-skips", false),
+        ("--weight-decay", true),
     ];
     let table: &[(&[&str], Flags)] = &[
         (&["train", "--data", "idx:/nonexistent"], image),
@@ -541,7 +544,7 @@ fn every_numeric_flag_is_checked_up_front() {
         "a refused command wrote output"
     );
     eprintln!("{cases} command x flag x value cases: all exit 2 naming the flag");
-    assert_eq!(cases, 326);
+    assert_eq!(cases, 338);
 }
 
 fn assert_refused(out: &Output, needles: &[&str]) {

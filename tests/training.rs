@@ -507,7 +507,7 @@ fn adamax_host_loop_matches_tensor_ops() {
     );
     let mut host = (
         start.clone(),
-        glowflow::ops::adam::optimizer(OptimizerKind::Adamax),
+        glowflow::ops::adam::optimizer(OptimizerKind::Adamax, 0.0),
     );
     // A float64 copy with fresh autodiff leaves.
     struct Leaf;
@@ -521,7 +521,7 @@ fn adamax_host_loop_matches_tensor_ops() {
     }
     let mut ops = (
         cast_module(start.clone(), DType::F64).map(&mut Leaf),
-        glowflow::ops::adam::optimizer(OptimizerKind::Adamax),
+        glowflow::ops::adam::optimizer(OptimizerKind::Adamax, 0.0),
     );
     let lr = 1e-2;
     for step in 0..5 {
@@ -633,6 +633,86 @@ fn fused_adam_matches_burns_adam() {
         assert!(
             err <= 1e-6,
             "{name}: fused Adam differs from burn's by {err}"
+        );
+    }
+}
+
+/// Decoupled weight decay: with gradients, the fused Adam's weight matrix follows burn's AdamW
+/// (an independent implementation; the loss reads the matrix alone, since AdamW would also decay
+/// the bias); with a zero gradient both optimizers only shrink the matrix, by exactly
+/// `prod(1 - lr_t * wd)`, and leave the bias (a vector) where it was.
+#[test]
+fn weight_decay_is_decoupled_and_leaves_vectors_alone() {
+    use burn::optim::{AdamConfig, AdamWConfig, GradientsParams};
+    use burn::tensor::Tensor;
+    use glowflow::nets::Dense;
+    use glowflow::ops::adam::{optimizer, OptimizerKind};
+    use glowflow::tensor_util::{from_vec, to_vec};
+    use rand::SeedableRng;
+
+    let device = common::plain_device().autodiff();
+    let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(5);
+    let start = Dense::new(6, 9, &mut rng, &device);
+    let x = from_vec(
+        (0..4 * 6).map(|i| (i as f32 * 0.53).cos()).collect(),
+        [4, 6],
+        &device,
+    );
+    let wd = 0.5;
+    let lrs: Vec<f64> = (0..6).map(|t| 2e-2 / (1 + t) as f64).collect();
+    let max_diff = |u: Vec<f32>, v: Vec<f32>| {
+        u.iter()
+            .zip(&v)
+            .fold(0f32, |e, (p, q)| e.max((p - q).abs()))
+    };
+    // With gradients: fused (decoupled decay of the matrix) against AdamW and Adam.
+    let mut fused = (start.clone(), optimizer(OptimizerKind::Adam, wd));
+    let mut adamw = (
+        start.clone(),
+        AdamWConfig::new()
+            .with_epsilon(1e-8)
+            .with_weight_decay(wd as f32)
+            .init(),
+    );
+    let mut adam = (start.clone(), AdamConfig::new().with_epsilon(1e-8).init());
+    for &lr in &lrs {
+        let step = |model: &mut Dense, optim: &mut dyn FnMut(Dense, GradientsParams) -> Dense| {
+            let y: Tensor<2> = x.clone().matmul(model.weight.val());
+            let loss = (y.clone() * y).mul_scalar(1e2).sum();
+            let grads = GradientsParams::from_grads(loss.backward(), &*model);
+            *model = optim(model.clone(), grads);
+        };
+        step(&mut fused.0, &mut |m, g| fused.1.step(lr, m, g));
+        step(&mut adamw.0, &mut |m, g| adamw.1.step(lr, m, g));
+        step(&mut adam.0, &mut |m, g| adam.1.step(lr, m, g));
+    }
+    let err = max_diff(to_vec(fused.0.weight.val()), to_vec(adamw.0.weight.val()));
+    assert!(
+        err <= 1e-6,
+        "weight: fused Adam + decay differs from AdamW by {err}"
+    );
+    let moved = max_diff(to_vec(fused.0.weight.val()), to_vec(adam.0.weight.val()));
+    assert!(moved > 1e-4, "the decay changed nothing ({moved})");
+
+    // A zero gradient: Adam's and Adamax's own updates vanish, only the decay acts.
+    let shrink: f64 = lrs.iter().map(|lr| 1.0 - lr * wd).product();
+    for kind in [OptimizerKind::Adam, OptimizerKind::Adamax] {
+        let (mut model, mut optim) = (start.clone(), optimizer(kind, wd));
+        for &lr in &lrs {
+            let loss = model.forward(x.clone()).sum().mul_scalar(0.0);
+            let grads = GradientsParams::from_grads(loss.backward(), &model);
+            model = optim.step(lr, model, grads);
+        }
+        let want: Vec<f32> = to_vec(start.weight.val())
+            .iter()
+            .map(|w| (*w as f64 * shrink) as f32)
+            .collect();
+        let err = max_diff(to_vec(model.weight.val()), want);
+        assert!(err <= 1e-6, "{kind:?}: matrix off the pure decay by {err}");
+        assert_eq!(
+            to_vec(model.bias.val()),
+            to_vec(start.bias.val()),
+            "{kind:?}: the bias moved"
         );
     }
 }

@@ -33,6 +33,13 @@ Protocol, per table and seed:
     peak resident set of a fresh process that imports the library, reads the table, fits and
     scores (ru_maxrss), so it includes each library's import.
   * threads: `--threads` for both (torch.set_num_threads, glowflow's threads=).
+  * `--weight-decay W`: decoupled weight decay in every fit (glowflow's weight_decay=, on
+    weight matrices only; PyTorch's torch.optim.AdamW(weight_decay=W), which decays every
+    parameter). Default 0 (Adam).
+  * `--holdout validation`: score rows carved out of the training rows instead of the test
+    rows (the last round(0.2 n_train) of default_rng(100 + seed).permutation(n_train); the
+    model then trains on the rest), to choose a setting such as the weight decay without
+    looking at the test rows.
   * photoz: one-dimensional conditional density of galaxy's redshift given its six magnitudes
     (u g r i z y), the photometric-redshift problem: glowflow's spline flow of one column
     (VectorFlow(1, context=6, coupling="spline")), zuko's NSF of one feature with context 6,
@@ -87,11 +94,15 @@ def split(n, seed):
     return np.sort(perm[: n - n_test]), np.sort(perm[n - n_test:])
 
 
-def one(table, lib, seed, threads):
+def one(table, lib, seed, threads, weight_decay=0.0, holdout="test"):
     """Fit one library on one table; returns its figures (run in a child process)."""
     r = RECIPES[table]
     x, ctx = read(table)
     train_idx, test_idx = split(len(x), seed)
+    if holdout == "validation":
+        perm = np.random.default_rng(100 + seed).permutation(len(train_idx))
+        n_val = round(0.2 * len(train_idx))
+        train_idx, test_idx = np.sort(train_idx[perm[n_val:]]), np.sort(train_idx[perm[:n_val]])
     train, test = x[train_idx], x[test_idx]
     ctrain, ctest = (None, None) if ctx is None else (ctx[train_idx], ctx[test_idx])
     d, k = x.shape[1], 0 if ctx is None else ctx.shape[1]
@@ -102,7 +113,7 @@ def one(table, lib, seed, threads):
                                    coupling=coupling)
         t0 = time.perf_counter()
         flow.fit(train, context=ctrain, steps=r["steps"], batch_size=r["batch"], lr=r["lr"],
-                 seed=seed, progress=False, threads=threads,
+                 seed=seed, progress=False, threads=threads, weight_decay=weight_decay,
                  ema_decay=0.99 if lib.endswith("-ema") else 0.0)
         seconds = time.perf_counter() - t0
         test_nll = float(-flow.log_prob(test, context=ctest).mean())
@@ -127,7 +138,8 @@ def one(table, lib, seed, threads):
             from nflows.flows import SimpleRealNVP
             model = SimpleRealNVP(d, hidden_features=r["W"], num_layers=r["K"], num_blocks_per_layer=2)
             log_prob = model.log_prob
-        opt = torch.optim.Adam(model.parameters(), lr=r["lr"])
+        opt = (torch.optim.AdamW(model.parameters(), lr=r["lr"], weight_decay=weight_decay)
+               if weight_decay else torch.optim.Adam(model.parameters(), lr=r["lr"]))
         rng = np.random.default_rng(seed + 1)
         n, b = len(zt), min(r["batch"], len(zt))
         perm, at = rng.permutation(n), 0
@@ -148,7 +160,7 @@ def one(table, lib, seed, threads):
         params = sum(p.numel() for p in model.parameters())
     return dict(table=table, library=lib, seed=seed, test_nll=test_nll, seconds=seconds,
                 parameters=int(params), peak_mb=resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
-                rows=len(x), columns=d, context=k, **r)
+                rows=len(x), columns=d, context=k, weight_decay=weight_decay, holdout=holdout, **r)
 
 
 def gaussian_nll(table, seed):
@@ -178,11 +190,13 @@ def main():
     ap.add_argument("--libraries", nargs="+", default=LIBRARIES)
     ap.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
     ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--weight-decay", type=float, default=0.0)
+    ap.add_argument("--holdout", choices=["test", "validation"], default="test")
     ap.add_argument("--json", help="write every run's figures here")
     ap.add_argument("--one", nargs=3, metavar=("TABLE", "LIBRARY", "SEED"), help=argparse.SUPPRESS)
     a = ap.parse_args()
     if a.one:
-        print(json.dumps(one(a.one[0], a.one[1], int(a.one[2]), a.threads)))
+        print(json.dumps(one(a.one[0], a.one[1], int(a.one[2]), a.threads, a.weight_decay, a.holdout)))
         return
     runs = []
     for table in a.tables:
@@ -194,17 +208,20 @@ def main():
                 continue
             for seed in a.seeds:
                 out = subprocess.run([sys.executable, __file__, "--one", table, lib, str(seed),
-                                      "--threads", str(a.threads)], capture_output=True, text=True)
+                                      "--threads", str(a.threads), "--weight-decay", str(a.weight_decay),
+                                      "--holdout", a.holdout], capture_output=True, text=True)
                 if out.returncode != 0:
                     sys.exit(f"{table} {lib} seed {seed} failed:\n{out.stderr}")
                 run = json.loads(out.stdout.strip().splitlines()[-1])
                 runs.append(run)
-                print(f"{table:7} {lib:15} seed {seed}: test NLL {run['test_nll']:.4f}, "
+                print(f"{table:7} {lib:15} seed {seed}: {a.holdout} NLL {run['test_nll']:.4f}, "
                       f"{run['seconds']:.2f} s, {run['peak_mb']:.0f} MB", file=sys.stderr)
     if a.json:
         with open(a.json, "w") as f:
             json.dump(runs, f, indent=1)
-    print("| table (rows x columns; steps x batch) | model | parameters | test NLL (nats/row), "
+    if a.weight_decay:
+        print(f"weight decay {a.weight_decay:g} in every fit")
+    print(f"| table (rows x columns; steps x batch) | model | parameters | {a.holdout} NLL (nats/row), "
           "seeds " + " / ".join(map(str, a.seeds)) + " | mean | fit s (mean) | peak MB |")
     print("|---|---|---|---|---|---|---|")
     for table in a.tables:
@@ -222,6 +239,8 @@ def main():
             print(f"| {head} | {lib} | {mine[0]['parameters']:,} | {nll} | "
                   f"{np.mean([x['test_nll'] for x in mine]):.3f} | {np.mean([x['seconds'] for x in mine]):.2f} | "
                   f"{max(x['peak_mb'] for x in mine):.0f} |")
+        if a.holdout != "test":
+            continue
         g = [gaussian_nll(table, s) for s in a.seeds]
         what = "linear-Gaussian regression" if table in CONTEXT else "full-covariance Gaussian"
         print(f"|  | {what} | | {' / '.join(f'{v:.3f}' for v in g)} | {np.mean(g):.3f} | | |")

@@ -66,15 +66,16 @@ def _threads(threads):
     return _integer("threads", threads, low=1, none=True)
 
 
-def _fit_numbers(steps, batch_size, lr, seed, threads, log_every, ema_decay, clip_grad_norm, callback):
+def _fit_numbers(steps, batch_size, lr, seed, threads, log_every, ema_decay, clip_grad_norm,
+                weight_decay, callback):
     """The keywords both fits share, checked: (steps, batch_size, lr, seed, threads, log_every,
-    ema_decay, clip_grad_norm)."""
+    ema_decay, clip_grad_norm, weight_decay)."""
     if callback is not None and not callable(callback):
         raise TypeError(f"`callback` must be callable, got {callback!r}")
     return (_integer("steps", steps, low=1), _integer("batch_size", batch_size, low=1),
             _number("lr", lr), _integer("seed", seed, low=0), _threads(threads),
             _integer("log_every", log_every, low=1), _number("ema_decay", ema_decay),
-            _number("clip_grad_norm", clip_grad_norm))
+            _number("clip_grad_norm", clip_grad_norm), _number("weight_decay", weight_decay))
 
 
 def _seed(seed):
@@ -246,7 +247,7 @@ class VectorFlow:
 
     def fit(self, X, context=None, steps=20000, batch_size=1024, lr=1e-4, seed=0, validation=None,
             progress=True, callback=None, run_dir=None, threads=None, log_every=100, ema_decay=0.0,
-            clip_grad_norm=0.0):
+            clip_grad_norm=0.0, weight_decay=0.0):
         """Fit by maximum likelihood (Adam, mean NLL of each batch); returns self.
 
         X : array-like [N, features] (numpy, pandas DataFrame, torch tensor); a DataFrame's
@@ -265,6 +266,10 @@ class VectorFlow:
             model (scores, samples, save) then holds the averaged weights. 0.99-0.999 often
             lowers the test NLL of a short fit.
         clip_grad_norm : clip the gradients' global L2 norm to this (0: no clipping).
+        weight_decay : decoupled weight decay (AdamW; 0: none): each step multiplies the
+            coupling networks' weight matrices (and the 1x1 convolution's L and U) by
+            ``1 - lr * weight_decay``; biases, ActNorm and scales do not decay. On small
+            tables it trades training fit for test NLL (``docs/splines.md``).
 
         Ctrl-C raises ``KeyboardInterrupt`` at the next step; the model keeps its last complete
         step (``figures["interrupted"]``).
@@ -272,8 +277,9 @@ class VectorFlow:
         x, names = _matrix(X, "X")
         if x.shape[1] != self.features:
             raise ValueError(f"`X` has {x.shape[1]} columns; this flow models features={self.features}")
-        steps, batch_size, lr, seed, threads, log_every, ema_decay, clip = _fit_numbers(
-            steps, batch_size, lr, seed, threads, log_every, ema_decay, clip_grad_norm, callback)
+        steps, batch_size, lr, seed, threads, log_every, ema_decay, clip, decay = _fit_numbers(
+            steps, batch_size, lr, seed, threads, log_every, ema_decay, clip_grad_norm,
+            weight_decay, callback)
         self._named = names is not None
         names = names or [f"x{i}" for i in range(self.features)]
         ctx_names = []
@@ -305,7 +311,7 @@ class VectorFlow:
                 self.model, self.flow_steps, self.net_width, self.net_depth, self.coupling,
                 self.spline_bins, self.spline_affine, self.context_embedding, self.permutation, names + ctx_names, x, ctx_names, val, steps, batch_size,
                 lr, seed, None if run_dir is None else str(run_dir), False, threads,
-                log_every, ema_decay, clip, report)
+                log_every, ema_decay, clip, decay, report)
         finally:
             close()
         self._core, self.columns, self.context_columns = core, names, ctx_names
@@ -482,19 +488,21 @@ class ImageGlow:
 
     def fit(self, images, labels=None, steps=1000, batch_size=64, lr=1e-3, warmup=200, seed=0,
             test_images=None, test_labels=None, progress=True, callback=None, run_dir=None,
-            threads=None, log_every=10, test_limit=0, ema_decay=0.999, clip_grad_norm=50.0):
+            threads=None, log_every=10, test_limit=0, ema_decay=0.999, clip_grad_norm=50.0,
+            weight_decay=0.0):
         """Fit by maximum likelihood (Adam with ``warmup`` steps of linear warm-up; loss in
         bits/dim); returns self.
 
         images : uint8 [N, H, W] or [N, H, W, C]; labels : [N] class numbers (with ``classes``).
         test_images, test_labels : held-out images for ``figures["summary"]``'s test bits/dim
             (without them the summary is measured on the first training image only).
-        progress, callback, run_dir, threads, ema_decay, clip_grad_norm : as in
+        progress, callback, run_dir, threads, ema_decay, clip_grad_norm, weight_decay : as in
             :meth:`VectorFlow.fit` (the defaults are the command line's ``train`` recipe).
         """
         x = self._images(images)
-        steps, batch_size, lr, seed, threads, log_every, ema_decay, clip = _fit_numbers(
-            steps, batch_size, lr, seed, threads, log_every, ema_decay, clip_grad_norm, callback)
+        steps, batch_size, lr, seed, threads, log_every, ema_decay, clip, decay = _fit_numbers(
+            steps, batch_size, lr, seed, threads, log_every, ema_decay, clip_grad_norm,
+            weight_decay, callback)
         warmup, test_limit = _integer("warmup", warmup, low=0), _integer("test_limit", test_limit, low=0)
         self._grey = x.shape[3] == 1 and np.asarray(images).ndim == 3
         lab = _labels(labels, len(x))
@@ -509,7 +517,7 @@ class ImageGlow:
                 self.levels, self.steps_per_level, self.net_width, self.coupling, self.permutation,
                 int(self.classes or 0), self.class_conditioning, self.n_bits, x, lab, tx, tlab, steps, batch_size, lr,
                 warmup, seed, None if run_dir is None else str(run_dir), False, threads,
-                log_every, test_limit, ema_decay, clip, report)
+                log_every, test_limit, ema_decay, clip, decay, report)
         finally:
             close()
         self._core = core

@@ -23,6 +23,7 @@ class VectorFlow:
     permutation: str
     spline_bins: int
     context_embedding: int
+    spline_affine: bool
     columns: Optional[list[str]]
     context_columns: list[str]
     def __init__(
@@ -37,6 +38,7 @@ class VectorFlow:
         permutation: Literal["lu", "plain", "shuffle", "reverse"] = "lu",
         spline_bins: int = 8,
         context_embedding: int = 0,
+        spline_affine: bool = True,
     ) -> None: ...
     def fit(
         self,
@@ -54,6 +56,7 @@ class VectorFlow:
         log_every: int = 100,
         ema_decay: float = 0.0,
         clip_grad_norm: float = 0.0,
+        weight_decay: float = 0.0,
     ) -> "VectorFlow": ...
     def log_prob(self, X: ArrayLike, context: Optional[ArrayLike] = None) -> npt.NDArray[np.float64]: ...
     @overload
@@ -109,6 +112,7 @@ class ImageGlow:
         test_limit: int = 0,
         ema_decay: float = 0.999,
         clip_grad_norm: float = 50.0,
+        weight_decay: float = 0.0,
     ) -> "ImageGlow": ...
     def bits_per_dim(self, images: ArrayLike, labels: Optional[ArrayLike] = None) -> npt.NDArray[np.float64]: ...
     def sample(

@@ -35,20 +35,21 @@ class ImageCore:
     def figures_json(self) -> str: ...
 
 def fit_vectors(
-    model: str, flow_steps: int, net_width: int, net_depth: int, coupling: str, permutation: str,
-    columns: list[str], data: npt.NDArray[np.float64], context_columns: list[str],
+    model: str, flow_steps: int, net_width: int, net_depth: int, coupling: str, spline_bins: int,
+    spline_affine: bool, context_embedding: int, permutation: str, columns: list[str],
+    data: npt.NDArray[np.float64], context_columns: list[str],
     validation: Optional[npt.NDArray[np.float64]], steps: int, batch_size: int, lr: float,
     seed: int, run_dir: Optional[str], resume: bool, threads: Optional[int], log_every: int,
-    ema_decay: float, clip_grad_norm: float, report: Optional[Report],
+    ema_decay: float, clip_grad_norm: float, weight_decay: float, report: Optional[Report],
 ) -> Tuple[VectorCore, Optional[BaseException]]: ...
 def fit_images(
     levels: int, steps_per_level: int, net_width: int, coupling: str, permutation: str,
-    classes: int, n_bits: int, images: npt.NDArray[np.uint8],
+    classes: int, class_conditioning: str, n_bits: int, images: npt.NDArray[np.uint8],
     labels: Optional[npt.NDArray[np.uint8]], test_images: npt.NDArray[np.uint8],
     test_labels: Optional[npt.NDArray[np.uint8]], steps: int, batch_size: int, lr: float,
     warmup: int, seed: int, run_dir: Optional[str], resume: bool, threads: Optional[int],
     log_every: int, test_limit: int, ema_decay: float, clip_grad_norm: float,
-    report: Optional[Report],
+    weight_decay: float, report: Optional[Report],
 ) -> Tuple[ImageCore, Optional[BaseException]]: ...
 def load(path: str) -> VectorCore | ImageCore: ...
 def _panic_for_test() -> None: ...

@@ -306,7 +306,7 @@ impl VectorCore {
 #[pyo3(signature = (model, flow_steps, net_width, net_depth, coupling, spline_bins,
     spline_affine, context_embedding, permutation, columns,
     data, context_columns, validation, steps, batch_size, lr, seed, run_dir, resume, threads,
-    log_every, ema_decay, clip_grad_norm, report))]
+    log_every, ema_decay, clip_grad_norm, weight_decay, report))]
 #[allow(clippy::too_many_arguments)]
 fn fit_vectors<'py>(
     py: Python<'py>,
@@ -333,6 +333,7 @@ fn fit_vectors<'py>(
     log_every: usize,
     ema_decay: f64,
     clip_grad_norm: f64,
+    weight_decay: f64,
     report: Option<Bound<'py, PyAny>>,
 ) -> PyResult<(VectorCore, Option<PyErr>)> {
     let mut cfg = VectorFlowConfig::new(named::<ModelKind>("model", model, &["glow", "realnvp"])?);
@@ -366,6 +367,7 @@ fn fit_vectors<'py>(
         let stability = StabilityOptions {
             ema_decay,
             clip_grad_norm,
+            weight_decay,
             ..defaults.stability.clone()
         };
         let opts = FitOptions {
@@ -664,7 +666,7 @@ fn class_context(
 #[pyfunction]
 #[pyo3(signature = (levels, steps_per_level, net_width, coupling, permutation, classes,
     class_conditioning, n_bits, images, labels, test_images, test_labels, steps, batch_size, lr, warmup, seed, run_dir,
-    resume, threads, log_every, test_limit, ema_decay, clip_grad_norm, report))]
+    resume, threads, log_every, test_limit, ema_decay, clip_grad_norm, weight_decay, report))]
 #[allow(clippy::too_many_arguments)]
 fn fit_images<'py>(
     py: Python<'py>,
@@ -692,6 +694,7 @@ fn fit_images<'py>(
     test_limit: usize,
     ema_decay: f64,
     clip_grad_norm: f64,
+    weight_decay: f64,
     report: Option<Bound<'py, PyAny>>,
 ) -> PyResult<(ImageCore, Option<PyErr>)> {
     let (train, test) = (image_set(&images)?, image_set(&test_images)?);
@@ -728,6 +731,7 @@ fn fit_images<'py>(
         let stability = StabilityOptions {
             ema_decay,
             clip_grad_norm,
+            weight_decay,
             ..defaults.stability.clone()
         };
         let opts = FitOptions {

@@ -66,6 +66,10 @@ pub struct StabilityArgs {
     /// Optimizer [default: adam].
     #[arg(long, value_enum)]
     pub optimizer: Option<glowflow::train::stability::OptimizerKind>,
+    /// Decoupled weight decay (AdamW): each step multiplies the weight matrices and convolution
+    /// kernels by 1 - lr * WEIGHT_DECAY; biases, ActNorm and scales do not decay [default: 0].
+    #[arg(long, value_parser = parse::weight_decay)]
+    pub weight_decay: Option<f64>,
 }
 
 impl StabilityArgs {
@@ -75,6 +79,7 @@ impl StabilityArgs {
             ema_decay: self.ema_decay.unwrap_or(defaults.ema_decay),
             max_skips: self.max_skips.unwrap_or(defaults.max_skips),
             optimizer: self.optimizer.unwrap_or(defaults.optimizer),
+            weight_decay: self.weight_decay.unwrap_or(defaults.weight_decay),
         }
     }
 }

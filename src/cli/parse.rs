@@ -66,6 +66,11 @@ pub fn threshold(s: &str) -> Result<f64, String> {
     closed(s, 0.0, 1e12, "must be in [0, 1e12] (0: off)")
 }
 
+/// A weight decay: finite, in [0, 1e6] (0: off).
+pub fn weight_decay(s: &str) -> Result<f64, String> {
+    closed(s, 0.0, 1e6, "must be in [0, 1e6] (0: off)")
+}
+
 /// An averaging decay: in [0, 1) (0: off).
 pub fn decay(s: &str) -> Result<f64, String> {
     let v = finite(s)?;

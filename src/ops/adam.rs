@@ -32,17 +32,33 @@ pub fn adam(epsilon: f32) -> ModuleOptimizer {
 }
 
 /// The optimizer a run's recipe names: Adam or Adamax, both with betas 0.9 / 0.999 and
-/// epsilon 1e-8. Both keep burn's `AdamState` (Adamax stores its infinity norm `u` in the
-/// second moment), so checkpoints have one format.
-pub fn optimizer(kind: OptimizerKind) -> ModuleOptimizer {
+/// epsilon 1e-8, and decoupled weight decay `weight_decay` (0: none; see [`decay`]). Both keep
+/// burn's `AdamState` (Adamax stores its infinity norm `u` in the second moment), so
+/// checkpoints have one format.
+pub fn optimizer(kind: OptimizerKind, weight_decay: f64) -> ModuleOptimizer {
+    let weight_decay = weight_decay as f32;
     match kind {
-        OptimizerKind::Adam => adam(1e-8),
+        OptimizerKind::Adam => ModuleOptimizer::from(FusedAdam {
+            weight_decay,
+            ..FusedAdam::new(0.9, 0.999, 1e-8)
+        }),
         OptimizerKind::Adamax => ModuleOptimizer::from(Adamax {
             beta_1: 0.9,
             beta_2: 0.999,
             epsilon: 1e-8,
+            weight_decay,
         }),
     }
+}
+
+/// Decoupled weight decay (AdamW, Loshchilov & Hutter 2019, arXiv 1711.05101, Algorithm 2):
+/// before the optimizer's own update, a parameter of two or more dimensions (a dense layer's
+/// weight matrix, a convolution kernel, the 1x1 convolution's `L` and `U`) is multiplied by
+/// `1 - lr * weight_decay`; vectors (biases, ActNorm, scales, log-determinant terms) are left
+/// alone, as the usual AdamW recipes exclude biases and normalisation parameters. The factor
+/// for a parameter of `D` dimensions, `None` when nothing decays.
+pub fn decay<const D: usize>(lr: LearningRate, weight_decay: f32) -> Option<f32> {
+    (D >= 2 && weight_decay > 0.0).then_some(1.0 - lr as f32 * weight_decay)
 }
 
 /// Adam with burn's arithmetic, one host pass per parameter on the Flex CPU backend.
@@ -51,6 +67,8 @@ pub struct FusedAdam {
     beta_1: f32,
     beta_2: f32,
     epsilon: f32,
+    /// Decoupled weight decay ([`decay`]; 0: none).
+    weight_decay: f32,
     fallback: Adam,
 }
 
@@ -63,6 +81,8 @@ pub struct Adamax {
     beta_1: f32,
     beta_2: f32,
     epsilon: f32,
+    /// Decoupled weight decay ([`decay`]; 0: none).
+    weight_decay: f32,
 }
 
 impl Optimizer for Adamax {
@@ -75,6 +95,10 @@ impl Optimizer for Adamax {
         grad: Tensor<D>,
         state: Option<Self::State<D>>,
     ) -> (Tensor<D>, Option<Self::State<D>>) {
+        let tensor = match decay::<D>(lr, self.weight_decay) {
+            Some(f) => tensor.mul_scalar(f),
+            None => tensor,
+        };
         let device = tensor.device();
         let dims: [usize; D] = tensor.dims();
         let (b1, b2, eps) = (self.beta_1, self.beta_2, self.epsilon);
@@ -137,6 +161,7 @@ impl FusedAdam {
             beta_1,
             beta_2,
             epsilon,
+            weight_decay: 0.0,
             fallback,
         }
     }
@@ -159,7 +184,12 @@ impl Optimizer for FusedAdam {
             let m = &s.momentum;
             m.moment_1.dtype() == DType::F32 && m.moment_2.dtype() == DType::F32
         });
+        let factor = decay::<D>(lr, self.weight_decay);
         if !(on_flex && float32 && moments_f32) {
+            let tensor = match factor {
+                Some(f) => tensor.mul_scalar(f),
+                None => tensor,
+            };
             return self.fallback.step(lr, tensor, grad, state);
         }
         let dims: [usize; D] = tensor.dims();
@@ -178,6 +208,9 @@ impl Optimizer for FusedAdam {
         let combined = bias_correction2_sqrt / (1.0 - b1.powi(time as i32));
         let eps = self.epsilon * bias_correction2_sqrt;
         let lr = lr as f32;
+        if let Some(f) = factor {
+            param.iter_mut().for_each(|p| *p *= f);
+        }
         adam_update(&mut param, &g, &mut m, &mut v, [b1, b2, combined, eps, lr]);
         let momentum = AdaptiveMomentumState::new(
             time,

@@ -112,7 +112,8 @@ pub(crate) fn run<W: Workload>(
     let (mut model, optim, ema, mut run, saved) = match begin {
         Begin::Fresh(cfg, opts) => {
             let (model, run) = work.fresh(cfg, opts, &train_device)?;
-            let optim = optimizer(run.options.stability().optimizer);
+            let stability = run.options.stability();
+            let optim = optimizer(stability.optimizer, stability.weight_decay);
             (model, optim, None, run, None)
         }
         Begin::Resume(dir, changes) => {

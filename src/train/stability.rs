@@ -38,6 +38,12 @@ pub struct StabilityOptions {
     pub max_skips: usize,
     /// Optimizer: Adam (default) or Adamax (openai/glow's choice).
     pub optimizer: OptimizerKind,
+    /// Decoupled weight decay (AdamW, Loshchilov & Hutter 2019; 0: none, the default): each
+    /// step multiplies every weight matrix and convolution kernel by `1 - lr * weight_decay`
+    /// before the optimizer's update; biases, ActNorm and scales do not decay
+    /// ([`crate::ops::adam::decay`]). Runs saved before it existed read 0.
+    #[serde(default)]
+    pub weight_decay: f64,
 }
 
 impl Default for StabilityOptions {
@@ -56,6 +62,7 @@ impl StabilityOptions {
             ema_decay: 0.0,
             max_skips: 20,
             optimizer: OptimizerKind::Adam,
+            weight_decay: 0.0,
         }
     }
 
@@ -78,6 +85,14 @@ impl StabilityOptions {
                 "must be in [0, 1) (0: off)",
             ));
         }
+        number(
+            "stability.weight_decay",
+            "weight_decay",
+            self.weight_decay,
+            0.0,
+            false,
+            1e6,
+        )?;
         count(
             "stability.max_skips",
             "max_skips",
@@ -85,6 +100,25 @@ impl StabilityOptions {
             1,
             1_000_000,
         )
+    }
+
+    /// [`validate`](Self::validate), and refuse a weight decay that the peak learning rate
+    /// `lr` would turn into a factor `1 - lr * weight_decay` at or below 0 (every weight
+    /// matrix zeroed or sign-flipped each step).
+    pub fn validate_with_lr(&self, lr: f64) -> Result<(), crate::error::FieldError> {
+        self.validate()?;
+        if lr * self.weight_decay >= 1.0 {
+            return Err(crate::error::FieldError::new(
+                "stability.weight_decay",
+                "weight_decay",
+                self.weight_decay,
+                format!(
+                    "times the learning rate ({lr}) must be below 1: each step multiplies the \
+                     weight matrices by 1 - lr * weight_decay"
+                ),
+            ));
+        }
+        Ok(())
     }
 }
 

@@ -111,7 +111,7 @@ impl Train2dOptions {
                 ));
             }
         }
-        self.stability.validate()
+        self.stability.validate_with_lr(self.lr)
     }
 
     /// The StepLR learning rate at `step`.

@@ -146,7 +146,7 @@ impl ImageTrainOptions {
             false,
             0.99,
         )?;
-        self.stability.validate()
+        self.stability.validate_with_lr(self.lr)
     }
 }
 
