@@ -256,7 +256,7 @@ fn ignored_flags_are_refused() {
 
 #[test]
 fn bad_input_gets_a_clear_error() {
-    let cases: [(&[&str], &str); 10] = [
+    let cases: [(&[&str], &str); 11] = [
         (&["train2d", "--target", "nosuch"], "nosuch"),
         (&["train2d", "--batch", "0", "--steps", "1"], "--batch"),
         (&["train2d", "--lr=-1", "--steps", "1"], "--lr"),
@@ -289,6 +289,23 @@ fn bad_input_gets_a_clear_error() {
                 "1",
             ],
             "--weight-decay",
+        ),
+        // ... at the schedule's largest rate: lr 0.01 grown by gamma 10 twice, then 1 * 2 >= 1.
+        (
+            &[
+                "train2d",
+                "--lr",
+                "0.01",
+                "--lr-gamma",
+                "10",
+                "--lr-step",
+                "1",
+                "--steps",
+                "3",
+                "--weight-decay",
+                "2",
+            ],
+            "times the learning rate (1",
         ),
         (
             &[

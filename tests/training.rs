@@ -398,7 +398,8 @@ fn gradient_norm_report_and_clipping() {
     let _ = to_vec(x);
 }
 
-/// The weight average, the clipping and Adamax are part of the exact-resume contract.
+/// The weight average, the clipping, Adamax and weight decay are part of the exact-resume
+/// contract.
 #[test]
 fn resume_is_exact_with_weight_average_clipping_and_adamax() {
     use glowflow::train::stability::OptimizerKind;
@@ -407,6 +408,7 @@ fn resume_is_exact_with_weight_average_clipping_and_adamax() {
         o.stability.ema_decay = 0.99;
         o.stability.clip_grad_norm = 0.5;
         o.stability.optimizer = OptimizerKind::Adamax;
+        o.stability.weight_decay = 0.5;
         o
     };
     // Real NVP's running statistics live beside the averaged weights: resume must keep both.
@@ -643,11 +645,12 @@ fn fused_adam_matches_burns_adam() {
 /// `prod(1 - lr_t * wd)`, and leave the bias (a vector) where it was.
 #[test]
 fn weight_decay_is_decoupled_and_leaves_vectors_alone() {
+    use burn::module::Module;
     use burn::optim::{AdamConfig, AdamWConfig, GradientsParams};
-    use burn::tensor::Tensor;
+    use burn::tensor::{DType, Tensor};
     use glowflow::nets::Dense;
     use glowflow::ops::adam::{optimizer, OptimizerKind};
-    use glowflow::tensor_util::{from_vec, to_vec};
+    use glowflow::tensor_util::{cast_module, from_vec, to_vec};
     use rand::SeedableRng;
 
     let device = common::plain_device().autodiff();
@@ -694,26 +697,46 @@ fn weight_decay_is_decoupled_and_leaves_vectors_alone() {
     let moved = max_diff(to_vec(fused.0.weight.val()), to_vec(adam.0.weight.val()));
     assert!(moved > 1e-4, "the decay changed nothing ({moved})");
 
-    // A zero gradient: Adam's and Adamax's own updates vanish, only the decay acts.
+    // A zero gradient: Adam's and Adamax's own updates vanish, only the decay acts; float32
+    // takes the host loops, float64 the tensor-op paths (burn's Adam underneath FusedAdam).
+    struct Leaf;
+    impl burn::module::ModuleMapper for Leaf {
+        fn map_float<const D: usize>(
+            &mut self,
+            p: burn::module::Param<Tensor<D>>,
+        ) -> burn::module::Param<Tensor<D>> {
+            p.map(|t| t.detach().require_grad())
+        }
+    }
     let shrink: f64 = lrs.iter().map(|lr| 1.0 - lr * wd).product();
     for kind in [OptimizerKind::Adam, OptimizerKind::Adamax] {
-        let (mut model, mut optim) = (start.clone(), optimizer(kind, wd));
-        for &lr in &lrs {
-            let loss = model.forward(x.clone()).sum().mul_scalar(0.0);
-            let grads = GradientsParams::from_grads(loss.backward(), &model);
-            model = optim.step(lr, model, grads);
+        for dtype in [DType::F32, DType::F64] {
+            let mut model = match dtype {
+                DType::F64 => cast_module(start.clone(), dtype).map(&mut Leaf),
+                _ => start.clone(),
+            };
+            let mut optim = optimizer(kind, wd);
+            for &lr in &lrs {
+                let loss = model.forward(x.clone().cast(dtype)).sum().mul_scalar(0.0);
+                let grads = GradientsParams::from_grads(loss.backward(), &model);
+                model = optim.step(lr, model, grads);
+            }
+            assert_eq!(model.weight.val().dtype(), dtype);
+            let want: Vec<f32> = to_vec(start.weight.val())
+                .iter()
+                .map(|w| (*w as f64 * shrink) as f32)
+                .collect();
+            let err = max_diff(to_vec(model.weight.val()), want);
+            assert!(
+                err <= 1e-6,
+                "{kind:?} {dtype:?}: matrix off the pure decay by {err}"
+            );
+            assert_eq!(
+                to_vec(model.bias.val()),
+                to_vec(start.bias.val()),
+                "{kind:?} {dtype:?}: the bias moved"
+            );
         }
-        let want: Vec<f32> = to_vec(start.weight.val())
-            .iter()
-            .map(|w| (*w as f64 * shrink) as f32)
-            .collect();
-        let err = max_diff(to_vec(model.weight.val()), want);
-        assert!(err <= 1e-6, "{kind:?}: matrix off the pure decay by {err}");
-        assert_eq!(
-            to_vec(model.bias.val()),
-            to_vec(start.bias.val()),
-            "{kind:?}: the bias moved"
-        );
     }
 }
 

@@ -266,8 +266,9 @@ class VectorFlow:
             model (scores, samples, save) then holds the averaged weights. 0.99-0.999 often
             lowers the test NLL of a short fit.
         clip_grad_norm : clip the gradients' global L2 norm to this (0: no clipping).
-        weight_decay : decoupled weight decay (AdamW; 0: none): each step multiplies the
-            coupling networks' weight matrices (and the 1x1 convolution's L and U) by
+        weight_decay : decoupled weight decay (AdamW; 0: none): each step multiplies every
+            parameter of two or more dimensions (the networks' weight matrices, the 1x1
+            convolution's matrices, image Glow's learned top prior) by
             ``1 - lr * weight_decay``; biases, ActNorm and scales do not decay. On small
             tables it trades training fit for test NLL (``docs/splines.md``).
 

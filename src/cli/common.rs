@@ -66,8 +66,9 @@ pub struct StabilityArgs {
     /// Optimizer [default: adam].
     #[arg(long, value_enum)]
     pub optimizer: Option<glowflow::train::stability::OptimizerKind>,
-    /// Decoupled weight decay (AdamW): each step multiplies the weight matrices and convolution
-    /// kernels by 1 - lr * WEIGHT_DECAY; biases, ActNorm and scales do not decay [default: 0].
+    /// Decoupled weight decay (AdamW): each step multiplies every parameter of two or more
+    /// dimensions (weight matrices, convolution kernels, a learned top prior) by
+    /// 1 - lr * WEIGHT_DECAY; biases, ActNorm and scales do not decay [default: 0].
     #[arg(long, value_parser = parse::weight_decay)]
     pub weight_decay: Option<f64>,
 }

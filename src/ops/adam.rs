@@ -53,7 +53,8 @@ pub fn optimizer(kind: OptimizerKind, weight_decay: f64) -> ModuleOptimizer {
 
 /// Decoupled weight decay (AdamW, Loshchilov & Hutter 2019, arXiv 1711.05101, Algorithm 2):
 /// before the optimizer's own update, a parameter of two or more dimensions (a dense layer's
-/// weight matrix, a convolution kernel, the 1x1 convolution's `L` and `U`) is multiplied by
+/// weight matrix, a convolution kernel, the 1x1 convolution's `W` or its `L` and `U`, image
+/// Glow's learned top prior `[2C, H, W]`, which it pulls toward N(0, I)) is multiplied by
 /// `1 - lr * weight_decay`; vectors (biases, ActNorm, scales, log-determinant terms) are left
 /// alone, as the usual AdamW recipes exclude biases and normalisation parameters. The factor
 /// for a parameter of `D` dimensions, `None` when nothing decays.

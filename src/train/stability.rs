@@ -39,8 +39,9 @@ pub struct StabilityOptions {
     /// Optimizer: Adam (default) or Adamax (openai/glow's choice).
     pub optimizer: OptimizerKind,
     /// Decoupled weight decay (AdamW, Loshchilov & Hutter 2019; 0: none, the default): each
-    /// step multiplies every weight matrix and convolution kernel by `1 - lr * weight_decay`
-    /// before the optimizer's update; biases, ActNorm and scales do not decay
+    /// step multiplies every parameter of two or more dimensions (weight matrices, convolution
+    /// kernels, image Glow's learned top prior) by `1 - lr * weight_decay` before the
+    /// optimizer's update; biases, ActNorm and scales do not decay
     /// ([`crate::ops::adam::decay`]). Runs saved before it existed read 0.
     #[serde(default)]
     pub weight_decay: f64,
@@ -102,9 +103,9 @@ impl StabilityOptions {
         )
     }
 
-    /// [`validate`](Self::validate), and refuse a weight decay that the peak learning rate
-    /// `lr` would turn into a factor `1 - lr * weight_decay` at or below 0 (every weight
-    /// matrix zeroed or sign-flipped each step).
+    /// [`validate`](Self::validate), and refuse a weight decay that the schedule's largest
+    /// learning rate `lr` would turn into a factor `1 - lr * weight_decay` at or below 0 (every
+    /// weight matrix zeroed or sign-flipped each step).
     pub fn validate_with_lr(&self, lr: f64) -> Result<(), crate::error::FieldError> {
         self.validate()?;
         if lr * self.weight_decay >= 1.0 {

@@ -111,7 +111,9 @@ impl Train2dOptions {
                 ));
             }
         }
-        self.stability.validate_with_lr(self.lr)
+        // The schedule's largest rate: the first, or the last when gamma grows it.
+        let peak = self.lr.max(self.lr_at(self.steps.saturating_sub(1)));
+        self.stability.validate_with_lr(peak)
     }
 
     /// The StepLR learning rate at `step`.
