@@ -487,6 +487,21 @@ fn resume_is_exact_with_weight_average_clipping_and_adamax() {
     );
 }
 
+/// A float64 copy of `m` whose parameters are fresh autodiff leaves (so optimizer steps on it
+/// take the tensor-op paths).
+fn float64_leaves<M: burn::module::Module>(m: M) -> M {
+    struct Leaf;
+    impl burn::module::ModuleMapper for Leaf {
+        fn map_float<const D: usize>(
+            &mut self,
+            p: burn::module::Param<burn::tensor::Tensor<D>>,
+        ) -> burn::module::Param<burn::tensor::Tensor<D>> {
+            p.map(|t| t.detach().require_grad())
+        }
+    }
+    glowflow::tensor_util::cast_module(m, burn::tensor::DType::F64).map(&mut Leaf)
+}
+
 /// Adamax on the CPU (host loop) equals the tensor-op form (used on other backends and for
 /// float64) and follows Kingma & Ba's Algorithm 2 on a hand-checked first step.
 #[test]
@@ -495,7 +510,7 @@ fn adamax_host_loop_matches_tensor_ops() {
     use burn::optim::GradientsParams;
     use burn::tensor::{DType, Tensor};
     use glowflow::nets::Dense;
-    use glowflow::tensor_util::{cast_module, from_vec, to_vec};
+    use glowflow::tensor_util::{from_vec, to_vec};
     use glowflow::train::stability::OptimizerKind;
     use rand::SeedableRng;
 
@@ -511,18 +526,8 @@ fn adamax_host_loop_matches_tensor_ops() {
         start.clone(),
         glowflow::ops::adam::optimizer(OptimizerKind::Adamax, 0.0),
     );
-    // A float64 copy with fresh autodiff leaves.
-    struct Leaf;
-    impl burn::module::ModuleMapper for Leaf {
-        fn map_float<const D: usize>(
-            &mut self,
-            p: burn::module::Param<Tensor<D>>,
-        ) -> burn::module::Param<Tensor<D>> {
-            p.map(|t| t.detach().require_grad())
-        }
-    }
     let mut ops = (
-        cast_module(start.clone(), DType::F64).map(&mut Leaf),
+        float64_leaves(start.clone()),
         glowflow::ops::adam::optimizer(OptimizerKind::Adamax, 0.0),
     );
     let lr = 1e-2;
@@ -645,12 +650,11 @@ fn fused_adam_matches_burns_adam() {
 /// `prod(1 - lr_t * wd)`, and leave the bias (a vector) where it was.
 #[test]
 fn weight_decay_is_decoupled_and_leaves_vectors_alone() {
-    use burn::module::Module;
     use burn::optim::{AdamConfig, AdamWConfig, GradientsParams};
     use burn::tensor::{DType, Tensor};
     use glowflow::nets::Dense;
     use glowflow::ops::adam::{optimizer, OptimizerKind};
-    use glowflow::tensor_util::{cast_module, from_vec, to_vec};
+    use glowflow::tensor_util::{from_vec, to_vec};
     use rand::SeedableRng;
 
     let device = common::plain_device().autodiff();
@@ -699,20 +703,11 @@ fn weight_decay_is_decoupled_and_leaves_vectors_alone() {
 
     // A zero gradient: Adam's and Adamax's own updates vanish, only the decay acts; float32
     // takes the host loops, float64 the tensor-op paths (burn's Adam underneath FusedAdam).
-    struct Leaf;
-    impl burn::module::ModuleMapper for Leaf {
-        fn map_float<const D: usize>(
-            &mut self,
-            p: burn::module::Param<Tensor<D>>,
-        ) -> burn::module::Param<Tensor<D>> {
-            p.map(|t| t.detach().require_grad())
-        }
-    }
     let shrink: f64 = lrs.iter().map(|lr| 1.0 - lr * wd).product();
     for kind in [OptimizerKind::Adam, OptimizerKind::Adamax] {
         for dtype in [DType::F32, DType::F64] {
             let mut model = match dtype {
-                DType::F64 => cast_module(start.clone(), dtype).map(&mut Leaf),
+                DType::F64 => float64_leaves(start.clone()),
                 _ => start.clone(),
             };
             let mut optim = optimizer(kind, wd);
