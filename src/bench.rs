@@ -44,6 +44,11 @@ pub enum Workload {
     Seed2d,
     /// The default Fashion-MNIST Glow of `train` (1x32x32, L=3, K=6, width 64, batch 64).
     Image,
+    /// The Glow paper's CIFAR-10 model (Kingma & Dhariwal 2018, §5: 3x32x32, L=3, K=32, width
+    /// 512, affine coupling, LU 1x1 convolution), batch 64. Memory grows with K: ordinary
+    /// backpropagation keeps every step's activations, about 0.7 GiB per K at batch 64 (24 GiB
+    /// in all: refused, not killed, where less is available).
+    PaperCifar,
     /// Sampling 64 images at T = 0.7 from the `image` model.
     Sample,
     /// The 256 x 256 density map of the `seed2d` model.
@@ -57,6 +62,7 @@ impl Workload {
             Workload::ProbeImage => "probe-image",
             Workload::Seed2d => "seed2d",
             Workload::Image => "image",
+            Workload::PaperCifar => "paper-cifar",
             Workload::Sample => "sample",
             Workload::DensityGrid => "density-grid",
         }
@@ -68,7 +74,7 @@ impl Workload {
         match self {
             Workload::Probe2d | Workload::Seed2d => 1024,
             Workload::ProbeImage => 16,
-            Workload::Image | Workload::Sample => 64,
+            Workload::Image | Workload::PaperCifar | Workload::Sample => 64,
             Workload::DensityGrid => 256 * 256,
         }
     }
@@ -78,6 +84,7 @@ impl Workload {
             Workload::Probe2d | Workload::Seed2d => 50,
             Workload::ProbeImage | Workload::Image => 10,
             Workload::Sample | Workload::DensityGrid => 5,
+            Workload::PaperCifar => 2,
         }
     }
 }
@@ -312,6 +319,18 @@ pub fn image_config() -> GlowImageConfig {
     GlowImageConfig::new(1, 32, 32)
 }
 
+/// The Glow paper's CIFAR-10 model (Kingma & Dhariwal 2018, §5 and Appendix: L = 3 levels of
+/// K = 32 steps, coupling networks of width 512) on 3x32x32 input, otherwise `train`'s defaults
+/// (affine coupling, LU 1x1 convolution, learned top prior).
+pub fn paper_cifar_config() -> GlowImageConfig {
+    GlowImageConfig {
+        levels: 3,
+        steps_per_level: 32,
+        net_width: 512,
+        ..GlowImageConfig::new(3, 32, 32)
+    }
+}
+
 /// A fixed batch of dequantised random 8-bit images (timing does not depend on the content),
 /// flattened on the host.
 fn image_rows(n: usize, cfg: &GlowImageConfig) -> Vec<f32> {
@@ -327,15 +346,29 @@ fn image_batch(rows: Vec<f32>, cfg: &GlowImageConfig, device: &Device) -> Tensor
 }
 
 fn bench_image(
+    cfg: GlowImageConfig,
     warmup: usize,
     steps: usize,
     threads: usize,
     device: &Device,
 ) -> Result<(Vec<f64>, Option<f64>)> {
     let device = device.clone().autodiff();
-    let cfg = image_config();
-    let rows = image_rows(64, &cfg);
     let mut model = GlowImage::new(&cfg, &device);
+    // Refuse up front what would be killed for memory mid-step: the activations a step keeps,
+    // five float32 copies of the weights (weights, gradients, Adam's two moments, the updated
+    // weights) and half a GiB for the process itself.
+    let need = cfg.activation_bytes_per_image() * 64.0
+        + 5.0 * 4.0 * model.num_params() as f64
+        + 0.5 * (1u64 << 30) as f64;
+    if let Some(why) = glowflow::limits::memory_shortfall(need) {
+        let what = format!(
+            "{}x{}x{}, L = {}, K = {}, width {}, batch 64",
+            cfg.channels, cfg.height, cfg.width, cfg.levels, cfg.steps_per_level, cfg.net_width
+        );
+        let reason = format!("a training step of this model {why}");
+        return Err(glowflow::error::InputError::flag("--workload", what, reason).into());
+    }
+    let rows = image_rows(64, &cfg);
     model.initialize(image_batch(rows.clone(), &cfg, &device));
     let run = TrainRun {
         rows: &rows,
@@ -398,7 +431,8 @@ pub fn run(
     let (times, last) = match workload {
         Workload::Probe2d | Workload::Seed2d => bench_2d(workload, warmup, steps, threads, device)?,
         Workload::ProbeImage => bench_probe_image(warmup, steps, threads, device)?,
-        Workload::Image => bench_image(warmup, steps, threads, device)?,
+        Workload::Image => bench_image(image_config(), warmup, steps, threads, device)?,
+        Workload::PaperCifar => bench_image(paper_cifar_config(), warmup, steps, threads, device)?,
         Workload::Sample => bench_sample(warmup, steps, device)?,
         Workload::DensityGrid => bench_density_grid(warmup, steps, device)?,
     };

@@ -323,9 +323,9 @@ def eight_gaussians(n, gen):
     return (centres + 0.1 * torch.randn(n, 2, generator=gen)).reshape(n, 2, 1, 1)
 
 
-def image_batch(n, gen):
-    px = torch.randint(0, 256, (n, 1, 32, 32), generator=gen).float()
-    return (px + torch.rand(n, 1, 32, 32, generator=gen)) / 256.0 - 0.5
+def image_batch(n, gen, c=1):
+    px = torch.randint(0, 256, (n, c, 32, 32), generator=gen).float()
+    return (px + torch.rand(n, c, 32, 32, generator=gen)) / 256.0 - 0.5
 
 
 def train_steps(model, lr, loss_fn, warmup, steps, sync):
@@ -378,11 +378,13 @@ def run(workload, steps, warmup, device):
             return -(std_normal_log_prob(z) + ld).mean() / d
 
         return train_steps(model, 1e-3, loss, warmup, steps, sync)
-    if workload in ("image", "sample"):
-        model = GlowImage(1, 32, 3, 6, 64, gen).to(device)
-        x = image_batch(64, gen).to(device)
-        d = 32 * 32
-        if workload == "image":
+    if workload in ("image", "sample", "paper-cifar"):
+        # paper-cifar: the Glow paper's CIFAR-10 model (3x32x32, L = 3, K = 32, width 512).
+        c, depth, width = (3, 32, 512) if workload == "paper-cifar" else (1, 6, 64)
+        model = GlowImage(c, 32, 3, depth, width, gen).to(device)
+        x = image_batch(64, gen, c).to(device)
+        d = c * 32 * 32
+        if workload in ("image", "paper-cifar"):
             def loss():
                 return ((-model.log_prob(x) + d * math.log(256)) / (d * math.log(2))).mean()
 
@@ -413,7 +415,7 @@ def run(workload, steps, warmup, device):
 
 
 DEFAULT_STEPS = {"probe2d": 50, "seed2d": 50, "probe-image": 10, "image": 10, "sample": 5,
-                 "density-grid": 5}
+                 "density-grid": 5, "paper-cifar": 2}
 
 
 def main():

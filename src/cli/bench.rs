@@ -55,7 +55,7 @@ pub fn run(a: BenchArgs) -> Result<()> {
             r.steps_per_s,
             r.rows_per_s,
             match a.workload {
-                W::ProbeImage | W::Image | W::Sample => "images",
+                W::ProbeImage | W::Image | W::PaperCifar | W::Sample => "images",
                 W::DensityGrid => "grid points",
                 _ => "points",
             },

@@ -220,8 +220,12 @@ impl GlowImageConfig {
         for l in 0..self.levels {
             let [c, h, w] = self.level_shape(l);
             // Per flow step: ActNorm, 1x1 convolution, coupling input/output, and the
-            // coupling CNN's three hidden activations (with their ReLU/ActNorm copies).
-            let per_step = (c * 8 + self.net_width * 6) as f64 * (h * w) as f64;
+            // coupling CNN's hidden activations (with their ReLU/ActNorm copies and what the
+            // backward pass allocates beside them). Calibrated on the paper's CIFAR-10 model
+            // (width 512, batch 64, `bench --workload paper-cifar` at K = 2 and 4: peak RSS
+            // 1,979 and 3,423 MiB, 11.3 MiB per image and flow step over the three levels;
+            // this gives 12.1, `net_width * 6` gave 8.2 and let a step be killed for memory).
+            let per_step = (c * 8 + self.net_width * 9) as f64 * (h * w) as f64;
             total += self.steps_per_level as f64 * per_step;
         }
         total * 4.0 * 2.0
