@@ -4,6 +4,7 @@
 pub mod checkpoint;
 pub mod fit;
 pub mod interrupt;
+pub mod low_memory;
 pub use crate::ops::parallel;
 pub mod run_dir;
 mod session;
