@@ -2,14 +2,14 @@
 
 mod common;
 
-use burn::module::{Module, ModuleMapper, ModuleVisitor, Param};
+use burn::module::{Module, ModuleVisitor, Param};
 use burn::optim::GradientsParams;
 use burn::tensor::{DType, Tensor};
 use common::{ad_device, perturb, random_input};
 use glowflow::flow::Flow;
 use glowflow::layers::{AffineScale, FlowSequence, Permutation};
 use glowflow::models::{GlowImage, GlowImageConfig, ImageCoupling};
-use glowflow::tensor_util::{cast_module, to_vec_f64};
+use glowflow::tensor_util::to_vec_f64;
 use glowflow::train::low_memory::sequence_grads;
 
 /// The first level's flow (ActNorm, LU 1x1 convolution, affine coupling with Glow's CNN, K
@@ -29,36 +29,6 @@ fn level_flow(k: usize) -> FlowSequence {
     m.initialize(random_input([16, 1, 8, 8], 1, &device).mul_scalar(0.3));
     let m = perturb(m, 0.05, 3);
     m.levels.into_iter().next().unwrap().flow
-}
-
-/// A float64 copy whose trainable parameters are fresh autodiff leaves (a cast is recorded and
-/// does not keep the trainable flag: it is read from the float32 module first).
-fn float64(seq: FlowSequence) -> FlowSequence {
-    struct Trainable(std::collections::HashSet<burn::module::ParamId>);
-    impl ModuleVisitor for Trainable {
-        fn visit_float<const D: usize>(&mut self, p: &Param<Tensor<D>>) {
-            if p.is_require_grad() {
-                self.0.insert(p.id);
-            }
-        }
-    }
-    struct Leaf(std::collections::HashSet<burn::module::ParamId>);
-    impl ModuleMapper for Leaf {
-        fn map_float<const D: usize>(&mut self, p: Param<Tensor<D>>) -> Param<Tensor<D>> {
-            let trainable = self.0.contains(&p.id);
-            p.map(|t| {
-                let t = t.detach();
-                if trainable {
-                    t.require_grad()
-                } else {
-                    t
-                }
-            })
-        }
-    }
-    let mut ids = Trainable(Default::default());
-    seq.visit(&mut ids);
-    cast_module(seq, DType::F64).map(&mut Leaf(ids.0))
 }
 
 /// The standard normal NLL per sample, averaged: `mean(0.5 |z|^2 - logdet)`.
@@ -122,7 +92,7 @@ fn invertible_backprop_matches_ordinary_backprop() {
         };
         for &dtype in dtypes {
             let seq = match dtype {
-                DType::F64 => float64(level_flow(k)),
+                DType::F64 => common::float64_leaves(level_flow(k)),
                 _ => level_flow(k),
             };
             let device = ad_device();

@@ -487,21 +487,6 @@ fn resume_is_exact_with_weight_average_clipping_and_adamax() {
     );
 }
 
-/// A float64 copy of `m` whose parameters are fresh autodiff leaves (so optimizer steps on it
-/// take the tensor-op paths).
-fn float64_leaves<M: burn::module::Module>(m: M) -> M {
-    struct Leaf;
-    impl burn::module::ModuleMapper for Leaf {
-        fn map_float<const D: usize>(
-            &mut self,
-            p: burn::module::Param<burn::tensor::Tensor<D>>,
-        ) -> burn::module::Param<burn::tensor::Tensor<D>> {
-            p.map(|t| t.detach().require_grad())
-        }
-    }
-    glowflow::tensor_util::cast_module(m, burn::tensor::DType::F64).map(&mut Leaf)
-}
-
 /// Adamax on the CPU (host loop) equals the tensor-op form (used on other backends and for
 /// float64) and follows Kingma & Ba's Algorithm 2 on a hand-checked first step.
 #[test]
@@ -527,7 +512,7 @@ fn adamax_host_loop_matches_tensor_ops() {
         glowflow::ops::adam::optimizer(OptimizerKind::Adamax, 0.0),
     );
     let mut ops = (
-        float64_leaves(start.clone()),
+        common::float64_leaves(start.clone()),
         glowflow::ops::adam::optimizer(OptimizerKind::Adamax, 0.0),
     );
     let lr = 1e-2;
@@ -707,7 +692,7 @@ fn weight_decay_is_decoupled_and_leaves_vectors_alone() {
     for kind in [OptimizerKind::Adam, OptimizerKind::Adamax] {
         for dtype in [DType::F32, DType::F64] {
             let mut model = match dtype {
-                DType::F64 => float64_leaves(start.clone()),
+                DType::F64 => common::float64_leaves(start.clone()),
                 _ => start.clone(),
             };
             let mut optim = optimizer(kind, wd);

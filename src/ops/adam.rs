@@ -62,6 +62,14 @@ pub fn decay<const D: usize>(lr: LearningRate, weight_decay: f32) -> Option<f32>
     (D >= 2 && weight_decay > 0.0).then_some(1.0 - lr as f32 * weight_decay)
 }
 
+/// `tensor` after [`decay`]'s factor, by tensor ops (the paths that do not run host loops).
+fn decayed<const D: usize>(tensor: Tensor<D>, factor: Option<f32>) -> Tensor<D> {
+    match factor {
+        Some(f) => tensor.mul_scalar(f),
+        None => tensor,
+    }
+}
+
 /// Adam with burn's arithmetic, one host pass per parameter on the Flex CPU backend.
 #[derive(Clone)]
 pub struct FusedAdam {
@@ -96,10 +104,7 @@ impl Optimizer for Adamax {
         grad: Tensor<D>,
         state: Option<Self::State<D>>,
     ) -> (Tensor<D>, Option<Self::State<D>>) {
-        let tensor = match decay::<D>(lr, self.weight_decay) {
-            Some(f) => tensor.mul_scalar(f),
-            None => tensor,
-        };
+        let tensor = decayed(tensor, decay::<D>(lr, self.weight_decay));
         let device = tensor.device();
         let dims: [usize; D] = tensor.dims();
         let (b1, b2, eps) = (self.beta_1, self.beta_2, self.epsilon);
@@ -187,11 +192,7 @@ impl Optimizer for FusedAdam {
         });
         let factor = decay::<D>(lr, self.weight_decay);
         if !(on_flex && float32 && moments_f32) {
-            let tensor = match factor {
-                Some(f) => tensor.mul_scalar(f),
-                None => tensor,
-            };
-            return self.fallback.step(lr, tensor, grad, state);
+            return self.fallback.step(lr, decayed(tensor, factor), grad, state);
         }
         let dims: [usize; D] = tensor.dims();
         let mut param = to_vec(tensor);

@@ -291,16 +291,15 @@ impl Checkpoint {
         Ok(model)
     }
 
-    /// The optimizer state, into a fresh optimizer of `kind` with decoupled weight decay
-    /// `weight_decay`.
+    /// The optimizer state, into a fresh optimizer of the recipe `stability`.
     pub fn load_optimizer(
         &self,
-        kind: crate::train::stability::OptimizerKind,
-        weight_decay: f64,
+        stability: &crate::train::stability::StabilityOptions,
     ) -> Result<ModuleOptimizer> {
         let path = self.path(OPTIMIZER_FILE);
         let bytes = self.read(OPTIMIZER_FILE)?;
-        crate::ops::adam::optimizer(kind, weight_decay)
+        stability
+            .build_optimizer()
             .from_bytes(burn::tensor::Bytes::from_bytes_vec(bytes))
             .map_err(|e| {
                 InputError::file(&path, None, format!("cannot load optimizer state: {e:?}")).into()
@@ -315,7 +314,7 @@ impl Checkpoint {
         stability: &crate::train::stability::StabilityOptions,
         ema_updates: u64,
     ) -> Result<(ModuleOptimizer, Option<crate::train::stability::WeightEma>)> {
-        let optim = self.load_optimizer(stability.optimizer, stability.weight_decay)?;
+        let optim = self.load_optimizer(stability)?;
         let ema = if stability.ema_decay > 0.0 {
             // Into an evaluation copy: loading maps every state cell, and a clone of the
             // training model would share (and overwrite) its running statistics.

@@ -14,7 +14,6 @@ use super::run_dir::ResumeChanges;
 use super::stability::Guard;
 use super::trainer::{self, Hooks, Recipe, RunModel, RunState, Schedule, Task, Trained};
 use super::RunIo;
-use crate::ops::adam::optimizer;
 
 /// How a session starts.
 // One per run: the size difference does not matter.
@@ -112,8 +111,7 @@ pub(crate) fn run<W: Workload>(
     let (mut model, optim, ema, mut run, saved) = match begin {
         Begin::Fresh(cfg, opts) => {
             let (model, run) = work.fresh(cfg, opts, &train_device)?;
-            let stability = run.options.stability();
-            let optim = optimizer(stability.optimizer, stability.weight_decay);
+            let optim = run.options.stability().build_optimizer();
             (model, optim, None, run, None)
         }
         Begin::Resume(dir, changes) => {

@@ -103,6 +103,12 @@ impl StabilityOptions {
         )
     }
 
+    /// A fresh optimizer of this recipe: [`optimizer`](Self::optimizer) with
+    /// [`weight_decay`](Self::weight_decay).
+    pub fn build_optimizer(&self) -> burn::optim::ModuleOptimizer {
+        crate::ops::adam::optimizer(self.optimizer, self.weight_decay)
+    }
+
     /// [`validate`](Self::validate), and refuse a weight decay that the schedule's largest
     /// learning rate `lr` would turn into a factor `1 - lr * weight_decay` at or below 0 (every
     /// weight matrix zeroed or sign-flipped each step).

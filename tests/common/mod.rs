@@ -153,3 +153,34 @@ pub fn copy_dir(from: &std::path::Path, to: &std::path::Path) {
         }
     }
 }
+
+/// A float64 copy of `m` whose trainable parameters are fresh autodiff leaves (optimizer steps
+/// and backward passes on it take the tensor-op paths). A cast is recorded and does not keep
+/// the trainable flag, so it is read from `m` first; everything else is detached.
+pub fn float64_leaves<M: Module>(m: M) -> M {
+    struct Trainable(std::collections::HashSet<burn::module::ParamId>);
+    impl burn::module::ModuleVisitor for Trainable {
+        fn visit_float<const D: usize>(&mut self, p: &Param<Tensor<D>>) {
+            if p.is_require_grad() {
+                self.0.insert(p.id);
+            }
+        }
+    }
+    struct Leaf(std::collections::HashSet<burn::module::ParamId>);
+    impl ModuleMapper for Leaf {
+        fn map_float<const D: usize>(&mut self, p: Param<Tensor<D>>) -> Param<Tensor<D>> {
+            let trainable = self.0.contains(&p.id);
+            p.map(|t| {
+                let t = t.detach();
+                if trainable {
+                    t.require_grad()
+                } else {
+                    t
+                }
+            })
+        }
+    }
+    let mut ids = Trainable(Default::default());
+    m.visit(&mut ids);
+    glowflow::tensor_util::cast_module(m, burn::tensor::DType::F64).map(&mut Leaf(ids.0))
+}
