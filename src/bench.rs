@@ -23,6 +23,7 @@ use glowflow::eval::vector::model_density_grid;
 use glowflow::flow::Flow;
 use glowflow::layers::coupling::{AffineCoupling, AffineScale, TanhScale};
 use glowflow::layers::{ActNorm, FlowSequence, InvConv1x1Lu, Layer};
+use glowflow::models::objective::BatchLayout;
 use glowflow::models::{
     CouplingKind, DensityModel, GlowImage, GlowImageConfig, ModelKind, Permutation, VectorFlow,
     VectorFlowConfig,
@@ -30,7 +31,8 @@ use glowflow::models::{
 use glowflow::nets::{CouplingNet, PlainConvNet};
 use glowflow::ops::adam::adam;
 use glowflow::tensor_util::{from_vec, to_vec, with_sequential_param_ids};
-use glowflow::train::parallel::loss_and_grads;
+use glowflow::train::low_memory::image_loss_and_grads;
+use glowflow::train::parallel::{backprop, shard_grads};
 
 /// What `glowflow bench --workload` runs.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum, Serialize)]
@@ -92,6 +94,10 @@ impl Workload {
 #[derive(Clone, Debug, Serialize)]
 pub struct BenchReport {
     pub workload: Workload,
+    /// Invertible backpropagation (image training workloads).
+    pub low_memory: bool,
+    /// Flow steps per level when not the workload's own.
+    pub steps_per_level: Option<usize>,
     pub backend: String,
     pub threads: usize,
     pub steps: usize,
@@ -189,7 +195,8 @@ struct TrainRun<'a> {
 }
 
 impl TrainRun<'_> {
-    /// Time whole steps of `model`; `loss` gives the mean loss of a `[k, width]` shard.
+    /// Time whole steps of `model`; `loss` gives the mean loss of a `[k, width]` shard
+    /// (ordinary backpropagation).
     fn time<M, F>(
         &self,
         model: M,
@@ -201,12 +208,28 @@ impl TrainRun<'_> {
         M: Module + Clone + Send + Sync,
         F: Fn(&M, Tensor<2>) -> Tensor<1> + Sync,
     {
+        self.time_grads(model, warmup, steps, |m, x, w| backprop(m, loss(m, x), w))
+    }
+
+    /// Time whole steps of `model`; `grads` gives a `[k, width]` shard's weighted mean loss
+    /// and its gradients (see `parallel::shard_grads`).
+    fn time_grads<M, G>(
+        &self,
+        model: M,
+        warmup: usize,
+        steps: usize,
+        grads: G,
+    ) -> Result<(Vec<f64>, Option<f64>)>
+    where
+        M: Module + Clone + Send + Sync,
+        G: Fn(&M, Tensor<2>, f64) -> (f64, burn::optim::GradientsParams) + Sync,
+    {
         let mut optim = adam(1e-8);
         let mut slot = Some(model);
         time_calls(warmup, steps, || {
             let m = slot.take().expect("model present between steps");
             let (value, grads) =
-                loss_and_grads(&m, self.rows, self.width, self.threads, self.device, &loss);
+                shard_grads(&m, self.rows, self.width, self.threads, self.device, &grads);
             slot = Some(optim.step(self.lr, m, grads));
             finite(value)
         })
@@ -345,25 +368,49 @@ fn image_batch(rows: Vec<f32>, cfg: &GlowImageConfig, device: &Device) -> Tensor
     from_vec(rows, [n, cfg.channels, cfg.height, cfg.width], device)
 }
 
+/// Options of the image training workloads (`image`, `paper-cifar`).
+#[derive(Clone, Copy, Debug, Default)]
+pub struct ImageOptions {
+    /// Invertible backpropagation (`train::low_memory`) instead of ordinary backpropagation.
+    pub low_memory: bool,
+    /// Flow steps per level instead of the workload's own (for memory against depth).
+    pub steps_per_level: Option<usize>,
+}
+
 fn bench_image(
     cfg: GlowImageConfig,
+    opts: ImageOptions,
     warmup: usize,
     steps: usize,
     threads: usize,
     device: &Device,
 ) -> Result<(Vec<f64>, Option<f64>)> {
+    let cfg = GlowImageConfig {
+        steps_per_level: opts.steps_per_level.unwrap_or(cfg.steps_per_level),
+        ..cfg
+    };
     let device = device.clone().autodiff();
     let mut model = GlowImage::new(&cfg, &device);
     // Refuse up front what would be killed for memory mid-step: the activations a step keeps,
     // five float32 copies of the weights (weights, gradients, Adam's two moments, the updated
     // weights) and half a GiB for the process itself.
-    let need = cfg.activation_bytes_per_image() * 64.0
+    let need = cfg.training_bytes(64, 64, opts.low_memory)
         + 5.0 * 4.0 * model.num_params() as f64
         + 0.5 * (1u64 << 30) as f64;
     if let Some(why) = glowflow::limits::memory_shortfall(need) {
         let what = format!(
-            "{}x{}x{}, L = {}, K = {}, width {}, batch 64",
-            cfg.channels, cfg.height, cfg.width, cfg.levels, cfg.steps_per_level, cfg.net_width
+            "{}x{}x{}, L = {}, K = {}, width {}, batch 64{}",
+            cfg.channels,
+            cfg.height,
+            cfg.width,
+            cfg.levels,
+            cfg.steps_per_level,
+            cfg.net_width,
+            if opts.low_memory {
+                ", --low-memory"
+            } else {
+                ""
+            }
         );
         let reason = format!("a training step of this model {why}");
         return Err(glowflow::error::InputError::flag("--workload", what, reason).into());
@@ -377,6 +424,12 @@ fn bench_image(
         threads,
         device: &device,
     };
+    if opts.low_memory {
+        let layout = BatchLayout::new(&cfg, 0.0);
+        return run.time_grads(model, warmup, steps, |m, x, w| {
+            image_loss_and_grads(m, &cfg, &layout, x, 0.0, w)
+        });
+    }
     run.time(model, warmup, steps, |m, x| {
         let k = x.dims()[0];
         let x = x.reshape([k, cfg.channels, cfg.height, cfg.width]);
@@ -419,6 +472,7 @@ fn bench_density_grid(
 /// caller, e.g. `RAYON_NUM_THREADS`).
 pub fn run(
     workload: Workload,
+    image: ImageOptions,
     steps: usize,
     warmup: usize,
     threads: usize,
@@ -431,8 +485,10 @@ pub fn run(
     let (times, last) = match workload {
         Workload::Probe2d | Workload::Seed2d => bench_2d(workload, warmup, steps, threads, device)?,
         Workload::ProbeImage => bench_probe_image(warmup, steps, threads, device)?,
-        Workload::Image => bench_image(image_config(), warmup, steps, threads, device)?,
-        Workload::PaperCifar => bench_image(paper_cifar_config(), warmup, steps, threads, device)?,
+        Workload::Image => bench_image(image_config(), image, warmup, steps, threads, device)?,
+        Workload::PaperCifar => {
+            bench_image(paper_cifar_config(), image, warmup, steps, threads, device)?
+        }
         Workload::Sample => bench_sample(warmup, steps, device)?,
         Workload::DensityGrid => bench_density_grid(warmup, steps, device)?,
     };
@@ -442,6 +498,8 @@ pub fn run(
     let median = sorted[sorted.len() / 2];
     Ok(BenchReport {
         workload,
+        low_memory: image.low_memory,
+        steps_per_level: image.steps_per_level,
         backend: backend.to_string(),
         threads,
         steps,

@@ -256,8 +256,16 @@ fn ignored_flags_are_refused() {
 
 #[test]
 fn bad_input_gets_a_clear_error() {
-    let cases: [(&[&str], &str); 11] = [
+    let cases: [(&[&str], &str); 13] = [
         (&["train2d", "--target", "nosuch"], "nosuch"),
+        (
+            &["bench", "--workload", "probe2d", "--low-memory"],
+            "--low-memory",
+        ),
+        (
+            &["bench", "--workload", "sample", "--steps-per-level", "4"],
+            "--steps-per-level",
+        ),
         (&["train2d", "--batch", "0", "--steps", "1"], "--batch"),
         (&["train2d", "--lr=-1", "--steps", "1"], "--lr"),
         (&["train2d", "--resume", "/nonexistent/run"], "--resume"),

@@ -393,6 +393,7 @@ fn small_options(dir: &Path, steps: usize) -> ImageTrainOptions {
         weight_y: 0.0,
         label_dropout: 0.0,
         in_memory: false,
+        low_memory: false,
     }
 }
 
@@ -511,6 +512,54 @@ fn image_resume_continues_exactly() {
             i + 1
         );
     }
+    // Invertible backpropagation (`--low-memory`) trains the same up to float32 round-off, and
+    // may be switched on when a run is resumed.
+    let low = tempfile::tempdir().unwrap();
+    let mut opts = small_options(data.path(), 6);
+    opts.low_memory = true;
+    let plain = tiny(1, 8, 2, ImageCoupling::Affine, Permutation::Lu);
+    train_image(
+        ImageStart::Fresh(plain.clone(), opts),
+        &rio(low.path()),
+        &device,
+    )
+    .unwrap();
+    let switched = tempfile::tempdir().unwrap();
+    train_image(
+        ImageStart::Fresh(plain, small_options(data.path(), 6)),
+        &rio(switched.path()),
+        &device,
+    )
+    .unwrap();
+    for dir in [low.path(), switched.path()] {
+        train_image(
+            ImageStart::Resume(
+                dir.into(),
+                glowflow::train::run_dir::ResumeChanges {
+                    steps: Some(12),
+                    low_memory: Some(true),
+                    ..Default::default()
+                },
+            ),
+            &rio(dir),
+            &device,
+        )
+        .unwrap();
+        assert_eq!(state_of(dir)["options"]["low_memory"], true);
+        for (i, (p, q)) in x.iter().zip(&bpd_column(dir)).enumerate() {
+            assert!(
+                (p - q).abs() < 1e-3,
+                "step {}: {p} ordinary vs {q} low-memory ({})",
+                i + 1,
+                dir.display()
+            );
+        }
+    }
+}
+
+fn state_of(dir: &Path) -> serde_json::Value {
+    let text = std::fs::read_to_string(dir.join("checkpoint/state.json")).unwrap();
+    serde_json::from_str(&text).unwrap()
 }
 
 fn glowflow_cmd() -> Command {

@@ -656,6 +656,32 @@ fn files_and_data_dependent_values_are_refused_by_name() {
     }
     std::fs::write(&state_path, &original).unwrap();
 
+    // `--low-memory` trains, is saved with the run, and may be switched on at a resume.
+    assert!(train(&[&small[..], &["--low-memory"]].concat(), "low")
+        .status
+        .success());
+    assert!(train(&small, "later").status.success());
+    for dir in ["low", "later"] {
+        let dir = root.path().join(dir);
+        let out = glowflow()
+            .args([
+                "train",
+                "--steps",
+                "4",
+                "--quiet",
+                "--low-memory",
+                "--resume",
+            ])
+            .arg(&dir)
+            .output()
+            .unwrap();
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(out.status.success(), "{}: {err}", dir.display());
+        let state = std::fs::read_to_string(dir.join("checkpoint/state.json")).unwrap();
+        assert!(state.contains("\"low_memory\": true"), "{state}");
+        assert!(state.contains("\"step\": 4"), "{state}");
+    }
+
     // An optimizer file from another run.
     assert!(train(&[&small[..], &["--seed", "5"]].concat(), "other")
         .status

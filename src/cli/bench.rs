@@ -24,6 +24,14 @@ pub struct BenchArgs {
     pub threads: Option<usize>,
     #[command(flatten)]
     pub device: DeviceFlag,
+    /// Image training workloads (image, paper-cifar): invertible backpropagation, as
+    /// `train --low-memory`.
+    #[arg(long)]
+    pub low_memory: bool,
+    /// Image training workloads: flow steps per level instead of the workload's own (peak
+    /// memory against depth).
+    #[arg(long, value_parser = parse::count::<1, { glowflow::limits::MAX_FLOW_STEPS }>)]
+    pub steps_per_level: Option<usize>,
     /// Print one JSON object instead of a line of text.
     #[arg(long)]
     pub json: bool,
@@ -35,8 +43,23 @@ pub fn run(a: BenchArgs) -> Result<()> {
     std::env::set_var("RAYON_NUM_THREADS", threads.to_string());
     let device = a.device.open()?;
     let steps = a.steps.unwrap_or_else(|| a.workload.default_steps());
+    use crate::bench::Workload as W;
+    if !matches!(a.workload, W::Image | W::PaperCifar) {
+        let why = "applies to the image training workloads (image, paper-cifar) only";
+        if a.low_memory {
+            return Err(glowflow::error::InputError::flag("--low-memory", "", why).into());
+        }
+        if let Some(k) = a.steps_per_level {
+            return Err(glowflow::error::InputError::flag("--steps-per-level", k, why).into());
+        }
+    }
+    let image = crate::bench::ImageOptions {
+        low_memory: a.low_memory,
+        steps_per_level: a.steps_per_level,
+    };
     let r = crate::bench::run(
         a.workload,
+        image,
         steps,
         a.warmup,
         threads,
@@ -46,10 +69,11 @@ pub fn run(a: BenchArgs) -> Result<()> {
     if a.json {
         outln!("{}", serde_json::to_string(&r)?);
     } else {
-        use crate::bench::Workload as W;
         outln!(
-            "{}: {:.2} ms/step (median {:.2}), {:.2} steps/s ({:.0} {}/s), peak RSS {} MiB [{} steps after {} warm-up, {} threads, {}; {}; gemm {}, element-wise {}]",
+            "{}{}{}: {:.2} ms/step (median {:.2}), {:.2} steps/s ({:.0} {}/s), peak RSS {} MiB [{} steps after {} warm-up, {} threads, {}; {}; gemm {}, element-wise {}]",
             a.workload.name(),
+            a.steps_per_level.map_or(String::new(), |k| format!(" (K = {k})")),
+            if a.low_memory { " --low-memory" } else { "" },
             r.ms_per_step,
             r.ms_per_step_median,
             r.steps_per_s,

@@ -154,14 +154,17 @@ impl FlowSequence {
 
     /// Data-dependent initialisation: push `x` through the layers, letting every layer that
     /// still [needs one](Flow::needs_data_init) initialise from the activations that reach it.
-    /// Returns the output for `x` after initialisation.
+    /// Returns the output for `x` after initialisation, detached from any autodiff graph: on an
+    /// autodiff device each layer's output is detached before the next layer reads it, so the
+    /// pass holds one layer's activations at a time, not the whole depth's (the initialisation
+    /// batch is often larger than a training batch).
     pub fn initialize(&mut self, x: Tensor<4>, ctx: Context) -> Tensor<4> {
-        let mut h = x;
+        let mut h = x.detach();
         for layer in self.layers.iter_mut() {
             if layer.needs_data_init() {
                 layer.data_init(&h, ctx);
             }
-            h = layer.forward_ctx(h, ctx).0;
+            h = layer.forward_ctx(h, ctx).0.detach();
         }
         h
     }

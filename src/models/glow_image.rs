@@ -218,17 +218,55 @@ impl GlowImageConfig {
     pub fn activation_bytes_per_image(&self) -> f64 {
         let mut total = 0.0;
         for l in 0..self.levels {
-            let [c, h, w] = self.level_shape(l);
             // Per flow step: ActNorm, 1x1 convolution, coupling input/output, and the
             // coupling CNN's hidden activations (with their ReLU/ActNorm copies and what the
             // backward pass allocates beside them). Calibrated on the paper's CIFAR-10 model
             // (width 512, batch 64, `bench --workload paper-cifar` at K = 2 and 4: peak RSS
             // 1,979 and 3,423 MiB, 11.3 MiB per image and flow step over the three levels;
             // this gives 12.1, `net_width * 6` gave 8.2 and let a step be killed for memory).
-            let per_step = (c * 8 + self.net_width * 9) as f64 * (h * w) as f64;
-            total += self.steps_per_level as f64 * per_step;
+            total += self.steps_per_level as f64 * self.step_values_per_image(l);
         }
         total * 4.0 * 2.0
+    }
+
+    /// Bytes a training step with invertible backpropagation (`train::low_memory`) holds per
+    /// image: every level's flow input, output, their gradients and the inputs kept every
+    /// [`KEEP_EVERY_STEPS`](crate::train::low_memory::KEEP_EVERY_STEPS) steps, plus the
+    /// activations of the widest single flow step (one at a time). The same calibration as
+    /// [`activation_bytes_per_image`](Self::activation_bytes_per_image).
+    pub fn low_memory_bytes_per_image(&self) -> f64 {
+        let keep = crate::train::low_memory::KEEP_EVERY_STEPS;
+        let mut kept = 0.0;
+        let mut widest: f64 = 0.0;
+        for l in 0..self.levels {
+            let [c, h, w] = self.level_shape(l);
+            let anchors = self.steps_per_level.div_ceil(keep);
+            kept += ((8 + anchors) * c * h * w) as f64;
+            widest = widest.max(self.step_values_per_image(l));
+        }
+        (kept + widest) * 4.0 * 2.0
+    }
+
+    /// Values one flow step at level `l` keeps for its backward pass per image (see
+    /// [`activation_bytes_per_image`](Self::activation_bytes_per_image)).
+    fn step_values_per_image(&self, l: usize) -> f64 {
+        let [c, h, w] = self.level_shape(l);
+        (c * 8 + self.net_width * 9) as f64 * (h * w) as f64
+    }
+
+    /// Bytes of activations a training step of `batch` images holds (ordinary or invertible
+    /// backpropagation), or the ActNorm initialisation of `init_batch` images (one layer at a
+    /// time, no backward pass), whichever is more: the figure `train` and `bench` compare with
+    /// the memory available.
+    pub fn training_bytes(&self, batch: usize, init_batch: usize, low_memory: bool) -> f64 {
+        let per_image = match low_memory {
+            true => self.low_memory_bytes_per_image(),
+            false => self.activation_bytes_per_image(),
+        };
+        let widest = (0..self.levels)
+            .map(|l| self.step_values_per_image(l))
+            .fold(0.0, f64::max);
+        (per_image * batch as f64).max(widest * 4.0 * init_batch as f64)
     }
 
     /// Values per image `D = C * H * W` (the bits/dim denominator).
@@ -458,7 +496,7 @@ impl GlowImage {
     /// Guidance `w` reaches the coupling networks as `w` times the one-hot: the priors are affine
     /// in the context, so theirs is classifier-free guidance's mix `θ_u + w (θ_c − θ_u)`, but the
     /// networks are not, and for them `w > 1` is an extrapolation of the class input.
-    fn flow_ctx(&self, ctx: Context, n: usize, device: &Device) -> Option<Tensor<2>> {
+    pub fn flow_context(&self, ctx: Context, n: usize, device: &Device) -> Option<Tensor<2>> {
         if self.coupling_classes == 0 {
             return None;
         }
@@ -549,7 +587,7 @@ impl GlowImage {
     /// Data-dependent initialisation of every ActNorm from a batch (a model whose couplings
     /// read the class sees the null class).
     pub fn initialize(&mut self, x: Tensor<4>) {
-        let c = self.flow_ctx(None, x.dims()[0], &x.device());
+        let c = self.flow_context(None, x.dims()[0], &x.device());
         let mut h = x;
         let last = self.levels.len() - 1;
         for (l, level) in self.levels.iter_mut().enumerate() {
@@ -577,7 +615,7 @@ impl GlowImage {
         mut check: impl FnMut(usize, &Pass) -> Result<(), String>,
     ) -> Result<Vec<Pass>, String> {
         let n = x.dims()[0];
-        let fctx = self.flow_ctx(ctx, n, &x.device());
+        let fctx = self.flow_context(ctx, n, &x.device());
         let ctx = ctx.or(fctx.as_ref());
         let mut h = x;
         let mut out = Vec::with_capacity(self.levels.len());
@@ -628,9 +666,31 @@ impl GlowImage {
     /// `[N, classes]` for a class-conditional model (ignored otherwise; `None` gives the
     /// class-free prior).
     pub fn forward_latents(&self, x: Tensor<4>, ctx: Context) -> (Tensor<1>, Latents) {
+        self.forward_latents_with(x, ctx, |_, f, h, c| Ok(f.forward_ctx(h, c)))
+    }
+
+    /// [`forward_latents`](Self::forward_latents) with each level's flow steps run by `flow`
+    /// (given the level, its flow sequence, the squeezed input and the context the steps read,
+    /// see [`flow_context`](Self::flow_context); it returns the output and the per-sample
+    /// log-determinant). Invertible backpropagation (`train::low_memory`) runs the steps there
+    /// without recording them and hands back leaves.
+    pub fn forward_latents_with(
+        &self,
+        x: Tensor<4>,
+        ctx: Context,
+        flow: impl FnMut(
+            usize,
+            &FlowSequence,
+            Tensor<4>,
+            Context,
+        ) -> Result<(Tensor<4>, Tensor<1>), String>,
+    ) -> (Tensor<1>, Latents) {
         let mut logp = crate::flow::zero_logdet(&x);
         let mut zs = Vec::with_capacity(self.levels.len());
-        for p in self.passes(x, ctx) {
+        let passes = self
+            .walk(x, ctx, flow, |_, _| Ok(()))
+            .unwrap_or_else(|e| panic!("the level walk stopped: {e}"));
+        for p in passes {
             logp = logp + p.logdet.clone() + p.log_prob();
             zs.push(p.z);
         }
@@ -734,7 +794,7 @@ impl GlowImage {
         if count_nonfinite(zs[last].clone()) > 0 {
             return Some(format!("level {last}, the top latent (prior draw)"));
         }
-        let fctx = self.flow_ctx(ctx, zs[last].dims()[0], &zs[last].device());
+        let fctx = self.flow_context(ctx, zs[last].dims()[0], &zs[last].device());
         self.walk_back(
             zs[last].clone(),
             &fctx,
@@ -788,7 +848,7 @@ impl GlowImage {
     ) -> Tensor<4> {
         let n = given.map(|g| g[0].dims()[0]).unwrap_or(n);
         let last = self.levels.len() - 1;
-        let fctx = self.flow_ctx(ctx, n, &self.top.val().device());
+        let fctx = self.flow_context(ctx, n, &self.top.val().device());
         let (mean, logs) = self.top_params(n, ctx.or(fctx.as_ref()));
         let top = match given {
             Some(g) => g[last].clone(),

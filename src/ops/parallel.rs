@@ -18,7 +18,7 @@ use burn::tensor::distributed::{all_reduce, ReduceOperation};
 use burn::tensor::{Device, Tensor};
 use std::sync::{Mutex, OnceLock};
 
-use crate::tensor_util::{from_vec, to_vec};
+use crate::tensor_util::from_vec;
 
 /// Mean loss over `batch` (`n` rows of `width` values) and its gradients, computed on up to
 /// `shards` threads. `loss` must return the mean loss of the rows it is given.
@@ -34,9 +34,37 @@ where
     M: Module + Clone + Send + Sync,
     F: Fn(&M, Tensor<2>) -> Tensor<1> + Sync,
 {
+    let grads = |m: &M, x: Tensor<2>, w: f64| backprop(m, loss(m, x), w);
+    shard_grads(model, batch, width, shards, device, grads)
+}
+
+/// `loss` times `weight` (`[1]`, the value returned) and its gradients for `model`, by
+/// ordinary backpropagation.
+pub fn backprop<M: Module>(model: &M, loss: Tensor<1>, weight: f64) -> (f64, GradientsParams) {
+    let l = loss.mul_scalar(weight);
+    let value = crate::tensor_util::to_vec_f64(l.clone())[0];
+    (value, GradientsParams::from_grads(l.backward(), model))
+}
+
+/// [`loss_and_grads`] for a `grads` that computes a shard's gradients itself: given a model,
+/// the shard's rows `[k, width]` and its weight `k / n`, it returns the shard's mean loss times
+/// the weight and the gradients of that (e.g. [`backprop`] of a loss, or invertible
+/// backpropagation, `train::low_memory`).
+pub fn shard_grads<M, G>(
+    model: &M,
+    batch: &[f32],
+    width: usize,
+    shards: usize,
+    device: &Device,
+    grads: G,
+) -> (f64, GradientsParams)
+where
+    M: Module + Clone + Send + Sync,
+    G: Fn(&M, Tensor<2>, f64) -> (f64, GradientsParams) + Sync,
+{
     let n = batch.len() / width;
     let shards = shards.clamp(1, n.max(1));
-    let run = |m: &M, rows: &[f32]| shard(m, rows, n, width, device, &loss);
+    let run = |m: &M, rows: &[f32]| shard(m, rows, n, width, device, &grads);
     if shards == 1 {
         return run(model, batch);
     }
@@ -89,6 +117,23 @@ where
     M: Module + Clone + Send + Sync,
     F: Fn(&M, Tensor<2>) -> Tensor<1> + Sync,
 {
+    let grads = |m: &M, x: Tensor<2>, w: f64| backprop(m, loss(m, x), w);
+    shard_grads_on_devices(model, batch, width, devices, grads)
+}
+
+/// [`loss_and_grads_on_devices`] for a `grads` that computes a shard's gradients itself (see
+/// [`shard_grads`]).
+pub fn shard_grads_on_devices<M, G>(
+    model: &M,
+    batch: &[f32],
+    width: usize,
+    devices: &[Device],
+    grads: G,
+) -> (f64, GradientsParams)
+where
+    M: Module + Clone + Send + Sync,
+    G: Fn(&M, Tensor<2>, f64) -> (f64, GradientsParams) + Sync,
+{
     use std::panic::{catch_unwind, resume_unwind, AssertUnwindSafe};
     use std::sync::atomic::{AtomicBool, Ordering};
     let n = batch.len() / width;
@@ -116,10 +161,10 @@ where
             .zip(chunks)
             .zip(devices)
             .map(|((replica, rows), device)| {
-                let (loss, group, ready, failed) = (&loss, &group, &ready, &failed);
+                let (grads, group, ready, failed) = (&grads, &group, &ready, &failed);
                 s.spawn(move || {
                     let part = catch_unwind(AssertUnwindSafe(|| {
-                        shard(&replica, rows, n, width, device, loss)
+                        shard(&replica, rows, n, width, device, grads)
                     }));
                     if part.is_err() {
                         failed.store(true, Ordering::SeqCst);
@@ -154,23 +199,21 @@ where
 
 /// The loss of the shard `rows` (of a batch of `n` rows) weighted by its share `k / n`, and
 /// its gradients for `model` (a fork on `device`).
-fn shard<M, F>(
+fn shard<M, G>(
     model: &M,
     rows: &[f32],
     n: usize,
     width: usize,
     device: &Device,
-    loss: &F,
+    grads: &G,
 ) -> (f64, GradientsParams)
 where
     M: Module,
-    F: Fn(&M, Tensor<2>) -> Tensor<1>,
+    G: Fn(&M, Tensor<2>, f64) -> (f64, GradientsParams),
 {
     let k = rows.len() / width;
     let x = from_vec(rows.to_vec(), [k, width], device);
-    let l = loss(model, x).mul_scalar(k as f64 / n as f64);
-    let value = to_vec(l.clone())[0] as f64;
-    (value, GradientsParams::from_grads(l.backward(), model))
+    grads(model, x, k as f64 / n as f64)
 }
 
 /// The shards' losses and gradients summed, in shard order, on the first shard's device.

@@ -107,6 +107,9 @@ pub struct FitOptions {
     /// Class-conditional images: probability of dropping a training image's label, for
     /// classifier-free guidance.
     pub label_dropout: f64,
+    /// Images: invertible backpropagation (less memory, about 1.3x the time per step; see
+    /// `ImageTrainOptions::low_memory`).
+    pub low_memory: bool,
 }
 
 impl FitOptions {
@@ -140,6 +143,7 @@ impl FitOptions {
             test_limit: 0,
             weight_y: 0.0,
             label_dropout: 0.0,
+            low_memory: false,
         }
     }
 
@@ -271,6 +275,7 @@ impl VectorFlow {
         FitOptions::refuse("warmup", opts.warmup > 0, what)?;
         FitOptions::refuse("weight_y", opts.weight_y != 0.0, what)?;
         FitOptions::refuse("label_dropout", opts.label_dropout != 0.0, what)?;
+        FitOptions::refuse("low_memory", opts.low_memory, what)?;
         let device = crate::default_device();
         let name = table.source.clone();
         let table_opts = TableOptions {
@@ -457,6 +462,7 @@ impl GlowImage {
         recipe.stability = opts.stability.clone();
         recipe.weight_y = opts.weight_y;
         recipe.label_dropout = opts.label_dropout;
+        recipe.low_memory = opts.low_memory;
         recipe.in_memory = true;
         let io = opts.run_io();
         let start = match opts.resumed_run()? {
@@ -468,6 +474,7 @@ impl GlowImage {
                     checkpoint_every: Some(opts.checkpoint_every),
                     sample_every: Some(opts.sample_every),
                     test_limit: Some(opts.test_limit),
+                    low_memory: Some(opts.low_memory),
                     ..ResumeChanges::default()
                 },
             ),

@@ -2,21 +2,43 @@
 //!
 //! A flow is invertible, so the backward pass can rebuild each layer's input from its output
 //! instead of storing it (Gomez, Ren, Urtasun and Grosse 2017, arXiv 1707.04585, §4; the
-//! memory-saving gradients openai/glow trained its large models with). [`sequence_grads`] runs
-//! the forward pass without recording anything, then walks the layers backwards: rebuild the
+//! memory-saving gradients openai/glow trained its large models with). The forward pass runs
+//! without recording anything; the backward pass walks the layers from the last: rebuild the
 //! layer's input with its inverse, run that one layer's forward again with autodiff on a leaf,
 //! backpropagate `sum(y * dL/dy) + sum(logdet * dL/dlogdet)` into the layer's parameters and
 //! its input, and drop the layer's graph before the next. Memory is one layer's activations
 //! (plus the sequence's input and output) whatever the depth; the price is one more forward and
-//! one inverse per layer, and a rebuilt input that differs from the original by the inverse's
-//! round-off, which the gradients inherit (measured in the tests).
+//! one inverse per layer.
+//!
+//! A rebuilt input differs from the original by the inverse's round-off, which grows with the
+//! number of layers inverted in a row. So the forward pass keeps the input of every
+//! `keep_every`-th layer (an anchor, a few values per pixel, small beside a coupling network's
+//! hidden activations) and the backward pass restarts from the kept input there: the round-off
+//! of at most `keep_every` inverses reaches any gradient. Measured on image Glow's steps
+//! (`tests/low_memory.rs`): float32 gradients through 8 flow steps (24 layers) stay at the
+//! float32 noise of ordinary backpropagation, through 64 steps inverted in a row they drift to
+//! 3e-4 of the largest gradient; [`KEEP_EVERY_STEPS`] is the image models' choice.
+//!
+//! [`image_loss_and_grads`] applies this to the whole multi-scale image Glow (split priors, the
+//! top prior, class conditioning, variational dequantisation): the levels' flow sequences are
+//! inverted, everything else (the priors, the dequantiser, the class head) is small and
+//! backpropagated ordinarily.
 
 use burn::module::{Module, ModuleVisitor, Param};
 use burn::optim::GradientsParams;
 use burn::tensor::Tensor;
 
 use crate::flow::{Context, Flow};
+use crate::layers::squeeze::unsqueeze;
 use crate::layers::FlowSequence;
+use crate::models::objective::{class_bits, BatchLayout};
+use crate::models::{GlowImage, GlowImageConfig};
+
+/// Flow steps of image Glow between kept inputs in the low-memory backward pass (each step is
+/// three layers: ActNorm, 1x1 convolution, coupling). Gradients through 8 steps inverted in a
+/// row are at float32's own noise (module docs); the kept inputs cost `3 C H W / 8` floats per
+/// image and step beside a coupling network's `width x H x W` several times over.
+pub const KEEP_EVERY_STEPS: usize = 8;
 
 /// What [`sequence_grads`] returns.
 pub struct SequenceGrads {
@@ -28,54 +50,227 @@ pub struct SequenceGrads {
     pub input_grad: Tensor<4>,
 }
 
+/// A flow sequence's forward pass on the inner backend (nothing recorded): its output, its
+/// per-sample log-determinant and the inputs of every `keep_every`-th layer (the anchors of
+/// [`Forward::backward`]).
+pub struct Forward {
+    /// The output `[N, C, H, W]` (inner backend).
+    pub y: Tensor<4>,
+    /// The log-determinant `[N]` (inner backend).
+    pub logdet: Tensor<1>,
+    /// The inputs of layers `0, k, 2k, ...` (inner backend).
+    kept: Vec<Tensor<4>>,
+    /// `k`, at least 1.
+    keep_every: usize,
+}
+
+impl Forward {
+    /// Run `seq` (on an autodiff device) forward on the inner backend from `x` (inner
+    /// backend), keeping the input of every `keep_every`-th layer (`usize::MAX`: only the
+    /// first, i.e. every input rebuilt by inversion from the output).
+    pub fn run(seq: &FlowSequence, x: Tensor<4>, ctx: Context, keep_every: usize) -> Self {
+        let keep_every = keep_every.max(1);
+        assert!(
+            !seq.layers.iter().any(|l| l.uses_batch_statistics()),
+            "invertible backpropagation needs layers whose training forward does not depend on the batch"
+        );
+        let inner = seq.valid();
+        let ctx = ctx.map(|c| c.clone().inner());
+        let mut kept = Vec::new();
+        let mut h = x;
+        let mut logdet = crate::flow::zero_logdet(&h);
+        for (i, layer) in inner.layers.iter().enumerate() {
+            if i % keep_every == 0 {
+                kept.push(h.clone());
+            }
+            let (y, ld) = layer.forward_ctx(h, ctx.as_ref());
+            h = y;
+            logdet = logdet + ld;
+        }
+        Forward {
+            y: h,
+            logdet,
+            kept,
+            keep_every,
+        }
+    }
+
+    /// The backward pass of `seq` for the gradients `grad_y` of the loss with respect to the
+    /// output and `grad_ld` with respect to the log-determinant (both inner backend): every
+    /// parameter's gradient is added to `grads`, and the gradient with respect to the input is
+    /// returned (inner backend). `seq` and `ctx` are those of [`run`](Self::run).
+    pub fn backward(
+        self,
+        seq: &FlowSequence,
+        ctx: Context,
+        mut grad_y: Tensor<4>,
+        grad_ld: Tensor<1>,
+        grads: &mut GradientsParams,
+    ) -> Tensor<4> {
+        let ctx_inner = ctx.map(|c| c.clone().inner());
+        let Forward {
+            mut y,
+            mut kept,
+            keep_every,
+            ..
+        } = self;
+        let grad_ld = Tensor::from_inner(grad_ld);
+        for (i, layer) in seq.layers.iter().enumerate().rev() {
+            let x = if i % keep_every == 0 {
+                kept.pop().expect("an input kept for every anchor")
+            } else {
+                layer.valid().inverse_ctx(y, ctx_inner.as_ref()).0
+            };
+            let x_leaf = Tensor::from_inner(x.clone()).require_grad();
+            let (y_again, ld_again) = layer.forward_ctx(x_leaf.clone(), ctx);
+            let surrogate =
+                (y_again * Tensor::from_inner(grad_y)).sum() + (ld_again * grad_ld.clone()).sum();
+            let g = surrogate.backward();
+            grad_y = x_leaf.grad(&g).expect("a layer's output reads its input");
+            move_grads(layer, GradientsParams::from_grads(g, layer), grads);
+            y = x;
+        }
+        grad_y
+    }
+}
+
 /// Gradients of `head(z, logdet)` with respect to `seq`'s parameters and its input, where
-/// `(z, logdet) = seq.forward(x)`, by invertible backpropagation (module docs). `seq` lives on
-/// an autodiff device and is initialised (ActNorm); `x` (`[N, C, H, W]`) and `ctx` are on the
+/// `(z, logdet) = seq.forward(x)`, by invertible backpropagation (module docs) with an input
+/// kept every `keep_every` layers (`usize::MAX`: none but the first). `seq` lives on an
+/// autodiff device and is initialised (ActNorm); `x` (`[N, C, H, W]`) and `ctx` are on the
 /// same device; `head` maps the output and the per-sample log-determinant (`[N]`) to a scalar
 /// loss (`[1]`) and must not read parameters of `seq` (a prior's own parameters are its
-/// caller's). The gradients equal ordinary backpropagation's up to the inverse's round-off.
+/// caller's). The gradients equal ordinary backpropagation's up to the inverses' round-off.
 pub fn sequence_grads(
     seq: &FlowSequence,
     x: Tensor<4>,
     ctx: Context,
+    keep_every: usize,
     head: impl Fn(Tensor<4>, Tensor<1>) -> Tensor<1>,
 ) -> SequenceGrads {
-    let inner = seq.valid();
-    let ctx_inner = ctx.map(|c| c.clone().inner());
-    // Forward with nothing recorded.
-    let (z, logdet) = inner.forward_ctx(x.inner(), ctx_inner.as_ref());
+    let fwd = Forward::run(seq, x.inner(), ctx, keep_every);
     // The head on leaves: dL/dz and dL/dlogdet.
-    let z_leaf = Tensor::from_inner(z.clone()).require_grad();
-    let ld_leaf = Tensor::from_inner(logdet).require_grad();
+    let z_leaf = Tensor::from_inner(fwd.y.clone()).require_grad();
+    let ld_leaf = Tensor::from_inner(fwd.logdet.clone()).require_grad();
     let loss = head(z_leaf.clone(), ld_leaf.clone());
     let g = loss.backward();
-    let mut grad_y = z_leaf.grad(&g).expect("the loss reads the flow's output");
+    let grad_y = z_leaf.grad(&g).expect("the loss reads the flow's output");
     let grad_ld = ld_leaf
         .grad(&g)
         .unwrap_or_else(|| ld_leaf.clone().inner().zeros_like());
-    let loss = loss.inner();
     let mut grads = GradientsParams::new();
-    let mut y = z;
-    for (layer, layer_inner) in seq.layers.iter().zip(&inner.layers).rev() {
-        let (x_rebuilt, _) = layer_inner.inverse_ctx(y, ctx_inner.as_ref());
-        let x_leaf = Tensor::from_inner(x_rebuilt.clone()).require_grad();
-        let (y_again, ld_again) = layer.forward_ctx(x_leaf.clone(), ctx);
-        let surrogate = (y_again * Tensor::from_inner(grad_y)).sum()
-            + (ld_again * Tensor::from_inner(grad_ld.clone())).sum();
-        let g = surrogate.backward();
-        grad_y = x_leaf.grad(&g).expect("a layer's output reads its input");
-        let mut part = GradientsParams::from_grads(g, layer);
-        layer.visit(&mut Move {
-            from: &mut part,
-            to: &mut grads,
-        });
-        y = x_rebuilt;
-    }
+    let input_grad = fwd.backward(seq, ctx, grad_y, grad_ld, &mut grads);
     SequenceGrads {
-        loss,
+        loss: loss.inner(),
         grads,
-        input_grad: grad_y,
+        input_grad,
     }
+}
+
+/// The training objective of image Glow on a batch `x` of `layout` (see
+/// [`objective::batch_loss`](crate::models::objective::batch_loss), whose value it equals)
+/// times `weight`, and its gradients for every trainable parameter of `model`, by invertible
+/// backpropagation through every level's flow steps (an input kept every
+/// [`KEEP_EVERY_STEPS`] steps). Returns the weighted loss and the gradients.
+///
+/// Memory: every level's flow input and output and the kept inputs (a few values per pixel),
+/// one flow step's activations at a time, and the priors', dequantiser's and class head's
+/// graphs. The flow steps' forward runs twice and each of their inverses once.
+pub fn image_loss_and_grads(
+    model: &GlowImage,
+    cfg: &GlowImageConfig,
+    layout: &BatchLayout,
+    x: Tensor<2>,
+    weight_y: f64,
+    weight: f64,
+) -> (f64, GradientsParams) {
+    use crate::models::objective::{bpd_of, input_images, minus_log_q};
+    let (d, n_bits) = (cfg.dims(), cfg.n_bits);
+    let cols = layout.split(x);
+    // The dequantised images: a data tensor, or a variational dequantiser's draw (its graph
+    // kept, small, for the last backward pass below).
+    let (img, log_q) = input_images(model, cfg, cols.input);
+    let img_in = Tensor::from_inner(img.clone().inner());
+    let log_q_leaf = log_q
+        .as_ref()
+        .map(|q| Tensor::from_inner(q.clone().inner()).require_grad());
+    // Each level's flow on the inner backend; its output and log-determinant enter the priors
+    // as leaves.
+    let keep_every = 3 * KEEP_EVERY_STEPS;
+    let mut levels: Vec<(Forward, Tensor<4>, Tensor<1>)> = Vec::new();
+    let (prior, zs) = model.forward_latents_with(img_in, cols.prior.as_ref(), |_, seq, h, c| {
+        let fwd = Forward::run(seq, h.inner(), c, keep_every);
+        let y = Tensor::from_inner(fwd.y.clone()).require_grad();
+        let ld = Tensor::from_inner(fwd.logdet.clone()).require_grad();
+        levels.push((fwd, y.clone(), ld.clone()));
+        Ok((y, ld))
+    });
+    let bpd = bpd_of(minus_log_q(prior, log_q_leaf.clone()), d, n_bits);
+    let loss = match (cols.truth, weight_y) {
+        (Some(truth), w) if w != 0.0 => {
+            let top = zs.last().expect("a top latent").clone();
+            let logits = model.class_logits(top).expect("conditional model");
+            bpd + class_bits(logits, truth).mul_scalar(w)
+        }
+        _ => bpd,
+    }
+    .mul_scalar(weight);
+    let value = crate::tensor_util::to_vec_f64(loss.clone().inner())[0];
+    let g = loss.backward();
+    let grad_log_q = log_q_leaf.as_ref().and_then(|q| q.grad(&g));
+    let heads: Vec<(Tensor<4>, Tensor<1>)> = levels
+        .iter()
+        .map(|(_, y, ld)| {
+            let gy = y.grad(&g).unwrap_or_else(|| y.clone().inner().zeros_like());
+            let gld = ld
+                .grad(&g)
+                .unwrap_or_else(|| ld.clone().inner().zeros_like());
+            (gy, gld)
+        })
+        .collect();
+    let mut grads = GradientsParams::from_grads(g, model);
+    // The levels from the top down: a level's output gradient is its priors' plus, through
+    // the kept half, the level above's input gradient (a squeeze's adjoint is its inverse).
+    let ctx = model.flow_context(cols.prior.as_ref(), img.dims()[0], &img.device());
+    let mut from_above: Option<Tensor<4>> = None;
+    for ((fwd, _, _), (gy, gld), level) in levels
+        .into_iter()
+        .zip(heads)
+        .zip(&model.levels)
+        .map(|((a, b), c)| (a, b, c))
+        .rev()
+    {
+        let gy = match from_above.take() {
+            None => gy,
+            Some(g_keep) => {
+                let c = gy.dims()[1];
+                let z_part = gy.clone().narrow(1, 0, c - g_keep.dims()[1]);
+                let keep_part = gy.narrow(1, c - g_keep.dims()[1], g_keep.dims()[1]) + g_keep;
+                Tensor::cat(vec![z_part, keep_part], 1)
+            }
+        };
+        let g_in = fwd.backward(&level.flow, ctx.as_ref(), gy, gld, &mut grads);
+        from_above = Some(unsqueeze(g_in));
+    }
+    // The variational dequantiser: its images' and log q's gradients through its own graph.
+    if let Some(q) = &model.dequantizer {
+        let g_img = Tensor::from_inner(from_above.expect("at least one level"));
+        let mut surrogate = (img * g_img).sum();
+        if let (Some(log_q), Some(g)) = (log_q, grad_log_q) {
+            surrogate = surrogate + (log_q * Tensor::from_inner(g)).sum();
+        }
+        let g = surrogate.backward();
+        move_grads(q, GradientsParams::from_grads(g, q), &mut grads);
+    }
+    (value, grads)
+}
+
+/// Moves `module`'s parameter gradients from `from` into `to`.
+fn move_grads<M: Module>(module: &M, mut from: GradientsParams, to: &mut GradientsParams) {
+    module.visit(&mut Move {
+        from: &mut from,
+        to,
+    });
 }
 
 /// Moves a module's parameter gradients from one [`GradientsParams`] to another.

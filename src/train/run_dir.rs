@@ -279,6 +279,9 @@ resume_changes! {
     sample_every: usize => [Image],
     /// A new test-image limit.
     test_limit: usize => [Image],
+    /// Invertible backpropagation on (`true`) or off: the same gradients up to float32
+    /// round-off, less memory.
+    low_memory: bool => [Image],
     /// New held-out points of a target run.
     test_samples: usize => [Vector],
     /// A new number of density frames.

@@ -82,6 +82,13 @@ pub struct ImageTrainOptions {
     /// holding the same images.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub in_memory: bool,
+    /// Invertible backpropagation (`train::low_memory`): the flow steps' activations are
+    /// rebuilt from their outputs in the backward pass instead of kept, so a step's memory
+    /// stays nearly flat in depth; each flow step runs forward twice and inverse once. The
+    /// gradients equal ordinary backpropagation's up to float32 round-off (like `shards`, it
+    /// may change on resume).
+    #[serde(default)]
+    pub low_memory: bool,
 }
 
 fn one_shard() -> usize {
@@ -115,6 +122,7 @@ impl ImageTrainOptions {
             weight_y: 0.0,
             label_dropout: 0.0,
             in_memory: false,
+            low_memory: false,
         }
     }
 
@@ -164,7 +172,7 @@ fn check_batch(
             format!("is larger than the training set ({n} images)"),
         ));
     }
-    let need = cfg.activation_bytes_per_image() * opts.batch_size.max(256) as f64;
+    let need = cfg.training_bytes(opts.batch_size, opts.init_batch, opts.low_memory);
     match crate::limits::memory_shortfall(need) {
         Some(why) => Err(FieldError::new(
             "batch_size",
@@ -218,7 +226,7 @@ impl trainer::RunModel for GlowImage {
             run_dir::threads_note(opts.shards, t);
             apply_change(changed, "threads", &mut opts.shards, Some(t));
         }
-        apply_changes!(*changed, opts, changes; checkpoint_every, sample_every, test_limit);
+        apply_changes!(*changed, opts, changes; checkpoint_every, sample_every, test_limit, low_memory);
         // The time limit is for this invocation only: not part of the run.
         opts.time_limit_minutes = changes.time_limit;
         opts.validate().map_err(FieldError::on_option)?;
@@ -720,6 +728,28 @@ impl Task for ImageTask {
     fn loss(&self, m: &GlowImage, x: Tensor<2>) -> Tensor<1> {
         let weight_y = self.run.options.weight_y;
         objective::batch_loss(m, &self.run.model, &self.layout, x, weight_y)
+    }
+
+    fn grads(
+        &self,
+        m: &GlowImage,
+        x: Tensor<2>,
+        weight: f64,
+    ) -> (f64, burn::optim::GradientsParams) {
+        let opts = &self.run.options;
+        if opts.low_memory {
+            let cfg = &self.run.model;
+            crate::train::low_memory::image_loss_and_grads(
+                m,
+                cfg,
+                &self.layout,
+                x,
+                opts.weight_y,
+                weight,
+            )
+        } else {
+            crate::train::parallel::backprop(m, self.loss(m, x), weight)
+        }
     }
 
     fn row(&self, bpd: f64, lr: f64, seconds: f64, rate: Option<f64>, guard: &str) -> String {
