@@ -1660,3 +1660,42 @@ fn split_prior_log_std_is_softly_bounded() {
         prev = y;
     }
 }
+
+/// ActNorm's initialisation runs on the inner backend (so it holds one layer's activations,
+/// not the whole depth's) and hands the model back as it was: the same trainable and fixed
+/// parameters (a fixed top prior stays fixed, the flags stay buffers), on autodiff, so a
+/// backward pass reaches every trainable parameter.
+#[test]
+fn initialisation_keeps_every_parameter_trainable_as_before() {
+    use burn::module::{ModuleVisitor, Param, ParamId};
+    use burn::tensor::Tensor;
+    struct Flags(Vec<(ParamId, bool)>);
+    impl ModuleVisitor for Flags {
+        fn visit_float<const D: usize>(&mut self, p: &Param<Tensor<D>>) {
+            self.0.push((p.id, p.is_require_grad()));
+        }
+    }
+    let flags = |m: &GlowImage| {
+        let mut f = Flags(Vec::new());
+        m.visit(&mut f);
+        f.0
+    };
+    for learn_top in [true, false] {
+        let cfg = GlowImageConfig {
+            learn_top,
+            ..tiny(1, 8, 2, ImageCoupling::Affine, Permutation::Lu)
+        };
+        let device = ad_device();
+        let mut m = GlowImage::new(&cfg, &device);
+        let before = flags(&m);
+        assert!(m.needs_data_init());
+        m.initialize(random_input([8, 1, 8, 8], 1, &device).mul_scalar(0.3));
+        assert!(!m.needs_data_init());
+        assert_eq!(flags(&m), before, "learn_top {learn_top}");
+        let trainable = before.iter().filter(|f| f.1).count();
+        let x = random_input([4, 1, 8, 8], 2, &device).mul_scalar(0.3);
+        let g = m.log_prob(x, None).mean().backward();
+        let grads = burn::optim::GradientsParams::from_grads(g, &m);
+        assert_eq!(grads.len(), trainable, "learn_top {learn_top}");
+    }
+}

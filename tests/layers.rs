@@ -821,8 +821,9 @@ fn flow_batchnorm_train_mode_uses_batch_statistics() {
 fn conv2d_gemm_paths_match_direct_convolution() {
     use glowflow::nets::Conv2d;
     let device = ad_device();
-    // (c_in, c_out, k): 1x1, im2col (c_in <= c_out), shifted responses (c_in > c_out).
-    for (cin, cout, k) in [(5, 7, 1), (3, 8, 3), (8, 3, 3), (6, 6, 3)] {
+    // (c_in, c_out, k): 1x1, im2col (c_in <= c_out), shifted responses (c_in > c_out),
+    // Winograd (wide on both sides, small images; `ops::winograd::preferred`).
+    for (cin, cout, k) in [(5, 7, 1), (3, 8, 3), (8, 3, 3), (6, 6, 3), (256, 256, 3)] {
         let mut rng = ChaCha8Rng::seed_from_u64(cin as u64 * 31 + k as u64);
         let conv = perturb(Conv2d::new(cin, cout, k, true, &mut rng, &device), 0.3, 9);
         let x = random_input([2, cin, 5, 6], 4, &device).require_grad();
@@ -836,16 +837,24 @@ fn conv2d_gemm_paths_match_direct_convolution() {
             (to_vec(gx), to_vec(gw), to_vec(gb))
         };
         let (ours, direct) = (conv.forward(x.clone()), conv.forward_direct(x.clone()));
-        let err = max_abs_diff(ours.clone(), direct.clone());
-        assert!(err <= 1e-5, "{cin}->{cout} k{k}: forward differs by {err}");
+        // Relative to the largest value: 256 channels sum 2,304 products per output.
+        let scale = |v: &[f32]| v.iter().fold(1f32, |m, a| m.max(a.abs()));
+        let err = max_abs_diff(ours.clone(), direct.clone()) / scale(&to_vec(direct.clone()));
+        assert!(
+            err <= 1e-5,
+            "{cin}->{cout} k{k}: forward differs by {err} (relative)"
+        );
         let (a, b) = (grads_of(ours), grads_of(direct));
         for (name, u, v) in [
             ("x", &a.0, &b.0),
             ("weight", &a.1, &b.1),
             ("bias", &a.2, &b.2),
         ] {
-            let e = u.iter().zip(v).fold(0f32, |m, (p, q)| m.max((p - q).abs()));
-            assert!(e <= 1e-4, "{cin}->{cout} k{k}: d/d{name} differs by {e}");
+            let e = u.iter().zip(v).fold(0f32, |m, (p, q)| m.max((p - q).abs())) / scale(v);
+            assert!(
+                e <= 1e-5,
+                "{cin}->{cout} k{k}: d/d{name} differs by {e} (relative)"
+            );
         }
     }
 }
@@ -972,6 +981,62 @@ fn fused_dense_matches_tensor_op_composition() {
                         "{n}x{k}->{m} relu {relu_out}: d/d{name} differs by {e}"
                     );
                 }
+            }
+        }
+    }
+}
+
+/// Winograd's F(2x2, 3x3) against the backend's direct conv2d: the output and the gradients
+/// of the input and the kernel, for even and odd sides (whole and cut tiles), narrow and wide
+/// channels, float32 and float64. Bound: float32 within 3e-6 of the largest value of each
+/// (a few ulps of the transforms' sums of up to 16 terms), float64 within 1e-13.
+#[test]
+fn winograd_conv3x3_matches_direct_convolution() {
+    use burn::tensor::module::conv2d;
+    use burn::tensor::ops::ConvOptions;
+    use burn::tensor::DType;
+    use glowflow::ops::winograd::conv3x3;
+    use glowflow::tensor_util::to_vec_f64;
+    let device = ad_device();
+    for (cin, cout, h, w) in [
+        (3, 5, 4, 4),
+        (8, 3, 5, 7),
+        (64, 64, 8, 8),
+        (70, 12, 9, 6),
+        (4, 9, 1, 3),
+    ] {
+        for dtype in [DType::F32, DType::F64] {
+            let x = random_input([2, cin, h, w], 4, &device)
+                .cast(dtype)
+                .require_grad();
+            let k = random_input([cout, cin, 3, 3], 6, &device)
+                .mul_scalar(0.2)
+                .cast(dtype)
+                .require_grad();
+            let r = random_input([2, cout, h, w], 5, &device).cast(dtype);
+            let run = |y: Tensor<4>| {
+                let g = (y.clone() * r.clone()).sum().backward();
+                [
+                    to_vec_f64(y),
+                    to_vec_f64(x.grad(&g).unwrap()),
+                    to_vec_f64(k.grad(&g).unwrap()),
+                ]
+            };
+            let ours = run(conv3x3(x.clone(), k.clone()));
+            let options = ConvOptions::new([1, 1], [1, 1], [1, 1], 1);
+            let direct = run(conv2d(x.clone(), k.clone(), None, options));
+            let tol = if dtype == DType::F64 { 1e-13 } else { 3e-6 };
+            for (name, u, v) in [
+                ("output", &ours[0], &direct[0]),
+                ("d/dx", &ours[1], &direct[1]),
+                ("d/dkernel", &ours[2], &direct[2]),
+            ] {
+                let scale = v.iter().fold(0f64, |m, a| m.max(a.abs())).max(1.0);
+                let e = u.iter().zip(v).fold(0f64, |m, (p, q)| m.max((p - q).abs())) / scale;
+                assert!(
+                    e <= tol,
+                    "{cin}->{cout} {h}x{w} {dtype:?}: {name} off by {e:.1e} of {scale:.1}"
+                );
             }
         }
     }

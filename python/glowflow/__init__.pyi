@@ -113,6 +113,7 @@ class ImageGlow:
         ema_decay: float = 0.999,
         clip_grad_norm: float = 50.0,
         weight_decay: float = 0.0,
+        low_memory: bool = False,
     ) -> "ImageGlow": ...
     def bits_per_dim(self, images: ArrayLike, labels: Optional[ArrayLike] = None) -> npt.NDArray[np.float64]: ...
     def sample(

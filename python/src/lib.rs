@@ -666,7 +666,8 @@ fn class_context(
 #[pyfunction]
 #[pyo3(signature = (levels, steps_per_level, net_width, coupling, permutation, classes,
     class_conditioning, n_bits, images, labels, test_images, test_labels, steps, batch_size, lr, warmup, seed, run_dir,
-    resume, threads, log_every, test_limit, ema_decay, clip_grad_norm, weight_decay, report))]
+    resume, threads, log_every, test_limit, ema_decay, clip_grad_norm, weight_decay, low_memory,
+    report))]
 #[allow(clippy::too_many_arguments)]
 fn fit_images<'py>(
     py: Python<'py>,
@@ -695,6 +696,7 @@ fn fit_images<'py>(
     ema_decay: f64,
     clip_grad_norm: f64,
     weight_decay: f64,
+    low_memory: bool,
     report: Option<Bound<'py, PyAny>>,
 ) -> PyResult<(ImageCore, Option<PyErr>)> {
     let (train, test) = (image_set(&images)?, image_set(&test_images)?);
@@ -746,6 +748,7 @@ fn fit_images<'py>(
             threads,
             log_every,
             test_limit,
+            low_memory,
             progress: false,
             hooks,
             ..defaults

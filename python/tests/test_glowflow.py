@@ -514,3 +514,16 @@ def test_weight_decay_reaches_the_fit_and_is_deterministic():
     assert np.all(np.isfinite(scores[5.0][0]))
     np.testing.assert_array_equal(scores[5.0][0], scores[5.0][1])
     assert np.abs(scores[5.0][0] - scores[0.0][0]).max() > 1e-3
+
+
+def test_low_memory_fit_trains_the_same_model(images):
+    """`low_memory=True` (invertible backpropagation) gives ordinary backpropagation's gradients
+    up to float32 round-off, so the same seed fits the same model (bits/dim within 1e-3)."""
+    fits = [glowflow.ImageGlow(levels=2, steps_per_level=2, net_width=8).fit(
+        images, steps=6, batch_size=8, seed=2, threads=1, progress=False, low_memory=low)
+        for low in (False, True)]
+    a, b = (f.bits_per_dim(images[:16]) for f in fits)
+    assert np.all(np.isfinite(a))
+    np.testing.assert_allclose(a, b, atol=1e-3)
+    with pytest.raises(TypeError, match="low_memory"):
+        glowflow.ImageGlow().fit(images, steps=1, progress=False, low_memory="yes")

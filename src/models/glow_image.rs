@@ -221,12 +221,12 @@ impl GlowImageConfig {
             // Per flow step: ActNorm, 1x1 convolution, coupling input/output, and the
             // coupling CNN's hidden activations (with their ReLU/ActNorm copies and what the
             // backward pass allocates beside them). Calibrated on the paper's CIFAR-10 model
-            // (width 512, batch 64, `bench --workload paper-cifar` at K = 2 and 4: peak RSS
-            // 1,979 and 3,423 MiB, 11.3 MiB per image and flow step over the three levels;
-            // this gives 12.1, `net_width * 6` gave 8.2 and let a step be killed for memory).
+            // (width 512, batch 64, `bench --workload paper-cifar --steps-per-level 8 / 16`:
+            // peak RSS 3,333 and 6,271 MiB, 5.7 MiB per image and flow step over the three
+            // levels; this gives 6.4).
             total += self.steps_per_level as f64 * self.step_values_per_image(l);
         }
-        total * 4.0 * 2.0
+        total * 4.0
     }
 
     /// Bytes a training step with invertible backpropagation (`train::low_memory`) holds per
@@ -244,7 +244,7 @@ impl GlowImageConfig {
             kept += ((8 + anchors) * c * h * w) as f64;
             widest = widest.max(self.step_values_per_image(l));
         }
-        (kept + widest) * 4.0 * 2.0
+        (kept + widest) * 4.0
     }
 
     /// Values one flow step at level `l` keeps for its backward pass per image (see
@@ -586,7 +586,19 @@ impl GlowImage {
 
     /// Data-dependent initialisation of every ActNorm from a batch (a model whose couplings
     /// read the class sees the null class).
+    ///
+    /// On an autodiff device the pass runs on the inner backend and the model is handed back
+    /// trainable as before: a forward pass on autodiff records every layer's activations, and
+    /// burn frees a recording nobody backpropagates only at the next backward pass, so the
+    /// initialisation batch would otherwise hold the whole depth's activations (the paper's
+    /// CIFAR-10 model at K = 16: 6.8 GiB).
     pub fn initialize(&mut self, x: Tensor<4>) {
+        if x.is_autodiff() {
+            let mut inner = self.valid();
+            inner.initialize(x.inner());
+            *self = inner.train();
+            return;
+        }
         let c = self.flow_context(None, x.dims()[0], &x.device());
         let mut h = x;
         let last = self.levels.len() - 1;

@@ -67,11 +67,16 @@ impl Conv2d {
     /// - k x k with more input than output channels: one GEMM to k*k*C_out channels (a
     ///   response per kernel offset), then the k*k shifted responses summed; the shifting
     ///   happens on the small side.
+    /// - 3x3 with wide channels on both sides on the CPU: Winograd's F(2x2, 3x3), 2.25x fewer
+    ///   multiply-adds ([`crate::ops::winograd`]; the choice is
+    ///   [`winograd::preferred`](crate::ops::winograd::preferred)).
     pub fn forward(&self, x: Tensor<4>) -> Tensor<4> {
         let [n, cin, h, w] = x.dims();
         let [cout, _, k, _] = self.weight.dims();
         let p = self.padding;
-        let y = if k == 1 {
+        let y = if k == 3 && crate::ops::winograd::preferred(cin, cout, h, w, &x.device()) {
+            crate::ops::winograd::conv3x3(x, self.weight.val()).reshape([n, cout, h * w])
+        } else if k == 1 {
             let wm = self.weight.val().reshape([1, cout, cin]);
             wm.matmul(x.reshape([n, cin, h * w]))
         } else if cin <= cout {

@@ -15,6 +15,7 @@ pub mod dense;
 pub mod parallel;
 pub mod rq_spline;
 pub mod tanh_affine;
+pub mod winograd;
 
 pub use dense::dense;
 
