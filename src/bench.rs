@@ -392,12 +392,8 @@ fn bench_image(
     };
     let device = device.clone().autodiff();
     let mut model = GlowImage::new(&cfg, &device);
-    // Refuse up front what would be killed for memory mid-step: the activations a step keeps,
-    // five float32 copies of the weights (weights, gradients, Adam's two moments, the updated
-    // weights) and half a GiB for the process itself.
-    let need = cfg.training_bytes(64, 64, opts.low_memory)
-        + 5.0 * 4.0 * model.num_params() as f64
-        + 0.5 * (1u64 << 30) as f64;
+    // Refuse up front what would be killed for memory mid-step.
+    let need = cfg.training_bytes(64, 64, opts.low_memory);
     if let Some(why) = glowflow::limits::memory_shortfall(need) {
         let what = format!(
             "{}x{}x{}, L = {}, K = {}, width {}, batch 64{}",

@@ -1699,3 +1699,54 @@ fn initialisation_keeps_every_parameter_trainable_as_before() {
         assert_eq!(grads.len(), trainable, "learn_top {learn_top}");
     }
 }
+
+/// The memory estimates' weight count (`GlowImageConfig::weight_count`, used to refuse what
+/// cannot fit before building the model) is within 5 % of the built model's, for every coupling
+/// kind, class conditioning and the paper's CIFAR-10 shape.
+#[test]
+fn weight_count_estimate_matches_the_built_model() {
+    use glowflow::models::ClassConditioning;
+    let device = plain_device();
+    let paper = GlowImageConfig {
+        levels: 3,
+        steps_per_level: 2,
+        net_width: 512,
+        ..GlowImageConfig::new(3, 32, 32)
+    };
+    for (name, cfg) in [
+        ("paper's shape, K = 2", paper.clone()),
+        (
+            "additive",
+            GlowImageConfig {
+                coupling: ImageCoupling::Additive,
+                ..paper.clone()
+            },
+        ),
+        (
+            "spline",
+            GlowImageConfig {
+                coupling: ImageCoupling::Spline,
+                net_width: 64,
+                ..paper.clone()
+            },
+        ),
+        (
+            "classes in the couplings",
+            GlowImageConfig {
+                classes: 10,
+                class_conditioning: ClassConditioning::Couplings,
+                net_width: 64,
+                levels: 2,
+                ..GlowImageConfig::new(1, 28, 28)
+            },
+        ),
+    ] {
+        let built = GlowImage::new(&cfg, &device).num_params() as f64;
+        let estimate = cfg.weight_count() as f64;
+        let off = (estimate / built - 1.0).abs();
+        assert!(
+            off <= 0.05,
+            "{name}: estimate {estimate} vs {built} ({off:.3})"
+        );
+    }
+}

@@ -270,9 +270,11 @@ fn random_2d(shape: [usize; 2], seed: u64) -> Tensor<2> {
 fn whole_image_glow_matches_ordinary_backprop() {
     use glowflow::models::glow_image::ClassConditioning;
     let device = ad_device();
+    // 9 steps (27 layers) per level: the backward pass restarts from a kept input (every 8
+    // steps) inside every level.
     let base = GlowImageConfig {
         levels: 2,
-        steps_per_level: 3,
+        steps_per_level: 9,
         net_width: 8,
         ..GlowImageConfig::new(2, 8, 8)
     };

@@ -436,6 +436,8 @@ def main():
                     help="image training workloads: flow steps per level instead of their own")
     a = ap.parse_args()
     global STEPS_PER_LEVEL
+    if a.steps_per_level is not None and a.workload not in ("image", "paper-cifar"):
+        raise SystemExit("--steps-per-level: applies to the image training workloads (image, paper-cifar) only")
     STEPS_PER_LEVEL = a.steps_per_level
     torch.set_num_threads(a.threads)
     torch.manual_seed(0)

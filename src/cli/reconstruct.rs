@@ -16,8 +16,8 @@ pub fn run(a: EvalArgs) -> Result<()> {
             let why = "is for eval (reconstruct measures the inverse)";
             return Err(InputError::flag("--importance-samples", k, why).into());
         }
-        // Float64 activations of a forward and an inverse pass.
-        let need = state.model.activation_bytes_per_image() * 2.0 * a.n as f64;
+        // Float64 activations (twice the float32 estimate) of a forward and an inverse pass.
+        let need = state.model.activation_bytes_per_image() * 4.0 * a.n as f64;
         if let Some(why) = glowflow::limits::memory_shortfall(need) {
             return Err(InputError::flag("--n", a.n, why).into());
         }

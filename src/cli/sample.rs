@@ -79,10 +79,11 @@ pub fn run(a: SampleArgs) -> Result<()> {
     if a.raw {
         draw.denoise = None;
     }
-    // Float64 decoding activations, plus the grid; the denoising step's reverse pass keeps a
-    // forward pass's activations for its backward (about three times as much).
+    // Float64 decoding activations (twice the float32 estimate), plus the grid; the denoising
+    // step's reverse pass keeps a forward pass's activations for its backward (about three
+    // times as much).
     let factor = if draw.denoise.is_some() { 3.0 } else { 1.0 };
-    let need = state.model.activation_bytes_per_image() * a.n as f64 * factor;
+    let need = state.model.activation_bytes_per_image() * 2.0 * a.n as f64 * factor;
     if let Some(why) = glowflow::limits::memory_shortfall(need) {
         return Err(InputError::flag("--n", a.n, why).into());
     }

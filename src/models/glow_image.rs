@@ -240,7 +240,10 @@ impl GlowImageConfig {
         let mut widest: f64 = 0.0;
         for l in 0..self.levels {
             let [c, h, w] = self.level_shape(l);
-            let anchors = self.steps_per_level.div_ceil(keep);
+            let anchors = match self.coupling {
+                ImageCoupling::Spline => 3 * self.steps_per_level,
+                _ => self.steps_per_level.div_ceil(keep),
+            };
             kept += ((8 + anchors) * c * h * w) as f64;
             widest = widest.max(self.step_values_per_image(l));
         }
@@ -254,10 +257,12 @@ impl GlowImageConfig {
         (c * 8 + self.net_width * 9) as f64 * (h * w) as f64
     }
 
-    /// Bytes of activations a training step of `batch` images holds (ordinary or invertible
-    /// backpropagation), or the ActNorm initialisation of `init_batch` images (one layer at a
-    /// time, no backward pass), whichever is more: the figure `train` and `bench` compare with
-    /// the memory available.
+    /// Bytes a training step of `batch` images needs: the activations it holds (ordinary or
+    /// invertible backpropagation) or those of the ActNorm initialisation of `init_batch`
+    /// images (one layer at a time, no backward pass), whichever is more, plus five float32
+    /// copies of the weights (weights, gradients, Adam's two moments, the updated weights) and
+    /// half a GiB for the process: the figure `train` and `bench` compare with the memory
+    /// available.
     pub fn training_bytes(&self, batch: usize, init_batch: usize, low_memory: bool) -> f64 {
         let per_image = match low_memory {
             true => self.low_memory_bytes_per_image(),
@@ -266,7 +271,36 @@ impl GlowImageConfig {
         let widest = (0..self.levels)
             .map(|l| self.step_values_per_image(l))
             .fold(0.0, f64::max);
-        (per_image * batch as f64).max(widest * 4.0 * init_batch as f64)
+        let activations = (per_image * batch as f64).max(widest * 4.0 * init_batch as f64);
+        activations + 5.0 * 4.0 * self.weight_count() as f64 + 0.5 * (1u64 << 30) as f64
+    }
+
+    /// About how many weights the model has (within a few percent: the coupling networks'
+    /// convolutions, the 1x1 convolutions and the split priors; biases and ActNorms counted
+    /// roughly), for memory estimates without building it.
+    pub fn weight_count(&self) -> usize {
+        let classes = self.coupling_classes();
+        let per_value = match self.coupling {
+            ImageCoupling::Affine => 2,
+            ImageCoupling::Additive => 1,
+            ImageCoupling::Spline => {
+                crate::layers::spline::params_per_value(crate::layers::spline::DEFAULT_BINS)
+            }
+        };
+        let wd = self.net_width;
+        let mut total = 0;
+        for l in 0..self.levels {
+            let [c, h, w] = self.level_shape(l);
+            let (cond, out) = (c / 2 + classes, c - c / 2);
+            let net = 9 * cond * wd + wd * wd + 9 * wd * out * per_value + 6 * wd;
+            total += self.steps_per_level * (net + c * c + 4 * c);
+            total += if l + 1 < self.levels {
+                9 * (c - c / 2 + classes) * 2 * (c / 2)
+            } else {
+                2 * c * h * w
+            };
+        }
+        total
     }
 
     /// Values per image `D = C * H * W` (the bits/dim denominator).
@@ -593,9 +627,10 @@ impl GlowImage {
     /// initialisation batch would otherwise hold the whole depth's activations (the paper's
     /// CIFAR-10 model at K = 16: 6.8 GiB).
     pub fn initialize(&mut self, x: Tensor<4>) {
-        if x.is_autodiff() {
+        if self.top.val().is_autodiff() {
+            let x = if x.is_autodiff() { x.inner() } else { x };
             let mut inner = self.valid();
-            inner.initialize(x.inner());
+            inner.initialize(x);
             *self = inner.train();
             return;
         }

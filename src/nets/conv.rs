@@ -74,7 +74,8 @@ impl Conv2d {
         let [n, cin, h, w] = x.dims();
         let [cout, _, k, _] = self.weight.dims();
         let p = self.padding;
-        let y = if k == 3 && crate::ops::winograd::preferred(cin, cout, h, w, &x.device()) {
+        let winograd = k == 3 && p == 1;
+        let y = if winograd && crate::ops::winograd::preferred(cin, cout, h, w, &x.device()) {
             crate::ops::winograd::conv3x3(x, self.weight.val()).reshape([n, cout, h * w])
         } else if k == 1 {
             let wm = self.weight.val().reshape([1, cout, cin]);

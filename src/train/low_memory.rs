@@ -17,7 +17,10 @@
 //! of at most `keep_every` inverses reaches any gradient. Measured on image Glow's steps
 //! (`tests/low_memory.rs`): float32 gradients through 8 flow steps (24 layers) stay at the
 //! float32 noise of ordinary backpropagation, through 64 steps inverted in a row they drift to
-//! 3e-4 of the largest gradient; [`KEEP_EVERY_STEPS`] is the image models' choice.
+//! 3e-4 of the largest gradient; [`KEEP_EVERY_STEPS`] is the image models' choice for affine
+//! and additive couplings. Spline couplings keep every layer's input (the float32 spline
+//! inverse is too inexact, see [`image_loss_and_grads`]): ordinary gradient checkpointing, at
+//! `C H W` floats per layer.
 //!
 //! [`image_loss_and_grads`] applies this to the whole multi-scale image Glow (split priors, the
 //! top prior, class conditioning, variational dequantisation): the levels' flow sequences are
@@ -32,11 +35,11 @@ use crate::flow::{Context, Flow};
 use crate::layers::squeeze::unsqueeze;
 use crate::layers::FlowSequence;
 use crate::models::objective::{class_bits, BatchLayout};
-use crate::models::{GlowImage, GlowImageConfig};
+use crate::models::{GlowImage, GlowImageConfig, ImageCoupling};
 
 /// Flow steps of image Glow between kept inputs in the low-memory backward pass (each step is
 /// three layers: ActNorm, 1x1 convolution, coupling). Gradients through 8 steps inverted in a
-/// row are at float32's own noise (module docs); the kept inputs cost `3 C H W / 8` floats per
+/// row are at float32's own noise (module docs); the kept inputs cost `C H W / 8` floats per
 /// image and step beside a coupling network's `width x H x W` several times over.
 pub const KEEP_EVERY_STEPS: usize = 8;
 
@@ -97,8 +100,9 @@ impl Forward {
 
     /// The backward pass of `seq` for the gradients `grad_y` of the loss with respect to the
     /// output and `grad_ld` with respect to the log-determinant (both inner backend): every
-    /// parameter's gradient is added to `grads`, and the gradient with respect to the input is
-    /// returned (inner backend). `seq` and `ctx` are those of [`run`](Self::run).
+    /// parameter's gradient is registered in `grads` (a parameter of `seq` must not already have
+    /// one there), and the gradient with respect to the input is returned (inner backend).
+    /// `seq` and `ctx` are those of [`run`](Self::run).
     pub fn backward(
         self,
         seq: &FlowSequence,
@@ -196,7 +200,13 @@ pub fn image_loss_and_grads(
         .map(|q| Tensor::from_inner(q.clone().inner()).require_grad());
     // Each level's flow on the inner backend; its output and log-determinant enter the priors
     // as leaves.
-    let keep_every = 3 * KEEP_EVERY_STEPS;
+    // Spline couplings keep every layer's input (recomputed, never inverted): the float32
+    // inverse of a rational-quadratic spline (the root of a quadratic) rebuilds inputs far less
+    // exactly, and 9 perturbed spline steps in a row gave gradients 0.49 (relative) off.
+    let keep_every = match cfg.coupling {
+        ImageCoupling::Spline => 1,
+        _ => 3 * KEEP_EVERY_STEPS,
+    };
     let mut levels: Vec<(Forward, Tensor<4>, Tensor<1>)> = Vec::new();
     let (prior, zs) = model.forward_latents_with(img_in, cols.prior.as_ref(), |_, seq, h, c| {
         let fwd = Forward::run(seq, h.inner(), c, keep_every);

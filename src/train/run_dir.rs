@@ -280,7 +280,8 @@ resume_changes! {
     /// A new test-image limit.
     test_limit: usize => [Image],
     /// Invertible backpropagation on (`true`) or off: the same gradients up to float32
-    /// round-off, less memory.
+    /// round-off, less memory (the command line's `--low-memory` switches it on; a program's
+    /// `fit` sets what it is given).
     low_memory: bool => [Image],
     /// New held-out points of a target run.
     test_samples: usize => [Vector],
