@@ -65,6 +65,8 @@ pub struct Forward {
     kept: Vec<Tensor<4>>,
     /// `k`, at least 1.
     keep_every: usize,
+    /// The sequence on the inner backend (its layers' inverses rebuild the inputs).
+    inner: FlowSequence,
 }
 
 impl Forward {
@@ -95,6 +97,7 @@ impl Forward {
             logdet,
             kept,
             keep_every,
+            inner,
         }
     }
 
@@ -116,14 +119,15 @@ impl Forward {
             mut y,
             mut kept,
             keep_every,
+            inner,
             ..
         } = self;
         let grad_ld = Tensor::from_inner(grad_ld);
-        for (i, layer) in seq.layers.iter().enumerate().rev() {
+        for (i, (layer, layer_inner)) in seq.layers.iter().zip(&inner.layers).enumerate().rev() {
             let x = if i % keep_every == 0 {
                 kept.pop().expect("an input kept for every anchor")
             } else {
-                layer.valid().inverse_ctx(y, ctx_inner.as_ref()).0
+                layer_inner.inverse_ctx(y, ctx_inner.as_ref()).0
             };
             let x_leaf = Tensor::from_inner(x.clone()).require_grad();
             let (y_again, ld_again) = layer.forward_ctx(x_leaf.clone(), ctx);
