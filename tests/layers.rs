@@ -859,6 +859,128 @@ fn conv2d_gemm_paths_match_direct_convolution() {
     }
 }
 
+/// Builds a test input on demand.
+type InputFn<'a> = Box<dyn Fn() -> Tensor<4> + Sync + 'a>;
+
+/// The fused convolution (`ops::conv`: one node, hand-written backward) against the same GEMMs
+/// as tensor operations and the backend's conv2d: every case (1x1, im2col, shifted responses),
+/// with and without bias and ReLU, a channel slice of a wider tensor and a permuted
+/// (non-contiguous) input, odd sides, one-pixel images, several images split over threads and
+/// inside a single-thread pool (as data-parallel shards run), with and without autodiff.
+#[test]
+fn fused_conv2d_matches_tensor_op_composition() {
+    use burn::tensor::module::conv2d as direct;
+    use burn::tensor::ops::ConvOptions;
+    use glowflow::ops::conv::{conv2d, conv2d_composed, fused_supported};
+    let scale = |v: &[f32]| v.iter().fold(1f32, |m, a| m.max(a.abs()));
+    let rel = |u: &[f32], v: &[f32]| {
+        assert_eq!(u.len(), v.len());
+        u.iter().zip(v).fold(0f32, |m, (p, q)| m.max((p - q).abs())) / scale(v)
+    };
+    let single = rayon::ThreadPoolBuilder::new()
+        .num_threads(1)
+        .build()
+        .unwrap();
+    // (n, c_in, c_out, k, h, w)
+    let cases = [
+        (3, 5, 7, 1, 4, 5),
+        (3, 3, 8, 3, 5, 6),
+        (3, 8, 3, 3, 5, 6),
+        (2, 6, 6, 3, 7, 3),
+        (2, 4, 9, 3, 1, 1),
+        (1, 9, 2, 3, 1, 4),
+        (4, 2, 5, 5, 6, 6),
+    ];
+    for (case, &(n, cin, cout, k, h, w)) in cases.iter().enumerate() {
+        let seed = case as u64 * 7;
+        for device in [ad_device(), plain_device()] {
+            let tracked = device.is_autodiff();
+            let leaf = |t: Tensor<4>| if tracked { t.require_grad() } else { t };
+            let weight = leaf(random_input([cout, cin, k, k], seed + 1, &device));
+            let b = random_input([1, 1, 1, cout], seed + 2, &device).reshape([cout]);
+            let b = if tracked { b.require_grad() } else { b };
+            // A wider tensor whose channels 1..1+cin are the input (a coupling's half), and a
+            // [N, H, W, C] tensor permuted to [N, C, H, W].
+            let wide = leaf(random_input([n, cin + 2, h, w], seed + 3, &device));
+            let nhwc = leaf(random_input([n, h, w, cin], seed + 4, &device));
+            let r = random_input([n, cout, h, w], seed + 5, &device);
+            let inputs: [(&str, InputFn); 2] = [
+                ("slice", Box::new(|| wide.clone().narrow(1, 1, cin))),
+                ("permuted", Box::new(|| nhwc.clone().permute([0, 3, 1, 2]))),
+            ];
+            for (what, x) in &inputs {
+                for (with_bias, relu_out) in [(true, false), (false, true), (true, true)] {
+                    let bias = with_bias.then(|| b.clone());
+                    let label = format!(
+                        "{n}x{cin}->{cout} k{k} {h}x{w} {what} bias {with_bias} relu {relu_out} autodiff {tracked}"
+                    );
+                    assert!(
+                        fused_supported(&x(), &weight, bias.as_ref(), k / 2),
+                        "{label}: not fused"
+                    );
+                    let run = |y: Tensor<4>| {
+                        let yv = to_vec(y.clone());
+                        if !tracked {
+                            return (yv, vec![]);
+                        }
+                        let g = (y * r.clone()).sum().backward();
+                        let source = if *what == "slice" { &wide } else { &nhwc };
+                        let mut gs = vec![
+                            to_vec(source.grad(&g).unwrap()),
+                            to_vec(weight.grad(&g).unwrap()),
+                        ];
+                        if with_bias {
+                            gs.push(to_vec(b.grad(&g).unwrap()));
+                        }
+                        (yv, gs)
+                    };
+                    let fused = run(conv2d(x(), weight.clone(), bias.clone(), k / 2, relu_out));
+                    let one_thread = single.install(|| {
+                        run(conv2d(x(), weight.clone(), bias.clone(), k / 2, relu_out))
+                    });
+                    let plain = run(conv2d_composed(
+                        x(),
+                        weight.clone(),
+                        bias.clone(),
+                        k / 2,
+                        relu_out,
+                    ));
+                    let reference = direct(
+                        x(),
+                        weight.clone(),
+                        bias.clone(),
+                        ConvOptions::new([1, 1], [k / 2, k / 2], [1, 1], 1),
+                    );
+                    let reference = if relu_out {
+                        burn::tensor::activation::relu(reference)
+                    } else {
+                        reference
+                    };
+                    let e = rel(&fused.0, &to_vec(reference));
+                    assert!(e <= 1e-5, "{label}: output differs from conv2d by {e}");
+                    if relu_out {
+                        assert!(
+                            fused.0.contains(&0.0) && fused.0.iter().any(|&v| v > 0.0),
+                            "{label}"
+                        );
+                    }
+                    for (other, name) in [(&plain, "composition"), (&one_thread, "one thread")] {
+                        let e = rel(&fused.0, &other.0);
+                        assert!(e <= 1e-5, "{label}: output differs from the {name} by {e}");
+                        for (j, (u, v)) in fused.1.iter().zip(&other.1).enumerate() {
+                            let e = rel(u, v);
+                            assert!(
+                                e <= 1e-5,
+                                "{label}: gradient {j} differs from the {name} by {e}"
+                            );
+                        }
+                    }
+                }
+            }
+        }
+    }
+}
+
 #[test]
 fn fused_tanh_affine_matches_tensor_op_composition() {
     use glowflow::ops::tanh_affine::{tanh_affine, tanh_affine_composed};

@@ -19,7 +19,7 @@ use std::path::{Path, PathBuf};
 use anyhow::{bail, Result};
 use burn::module::Module;
 use burn::optim::GradientsParams;
-use burn::tensor::activation::{log_softmax, relu};
+use burn::tensor::activation::log_softmax;
 use burn::tensor::{Device, Tensor};
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
@@ -100,8 +100,8 @@ impl FeatureNet {
 
     /// The penultimate features, `[N, FEATURES]`, of images `x: [N, C, H, W]` in [-0.5, 0.5].
     pub fn features(&self, x: Tensor<4>) -> Tensor<2> {
-        let y = pool(relu(self.conv1.forward(x)));
-        let y = pool(relu(self.conv2.forward(y)));
+        let y = pool(self.conv1.forward_relu(x));
+        let y = pool(self.conv2.forward_relu(y));
         let [n, c, h, w] = y.dims();
         self.hidden.forward_relu(y.reshape([n, c * h * w]))
     }

@@ -15,7 +15,7 @@
 //! the same, `u` the same in `(0, 1)` bin units, `log q(u | x)` `[N]` nats in those units.
 
 use burn::module::Module;
-use burn::tensor::activation::{log_sigmoid, relu, sigmoid};
+use burn::tensor::activation::{log_sigmoid, sigmoid};
 use burn::tensor::{Device, Tensor};
 use rand::Rng;
 use serde::{Deserialize, Serialize};
@@ -107,7 +107,7 @@ impl VariationalDequantizer {
     /// of the pixels would do: it only conditions).
     pub fn sample(&self, x: Tensor<4>, eps: Tensor<4>) -> (Tensor<4>, Tensor<1>) {
         let xs = squeeze(x);
-        let f = relu(self.feat_mid.forward(relu(self.feat_in.forward(xs))));
+        let f = self.feat_mid.forward_relu(self.feat_in.forward_relu(xs));
         let e = squeeze(eps);
         let c = e.dims()[1];
         let mut log_q = standard_normal_log_prob(e.clone());

@@ -6,7 +6,6 @@ use burn::module::{Module, Param};
 use burn::tensor::activation::relu;
 use burn::tensor::module::conv2d;
 use burn::tensor::ops::ConvOptions;
-use burn::tensor::ops::PadMode;
 use burn::tensor::{Device, Tensor};
 use rand::Rng;
 use rand_distr::{Distribution, Normal};
@@ -57,73 +56,50 @@ impl Conv2d {
         }
     }
 
-    /// Every convolution here is computed as batched GEMMs `[C_out, K] x [K, H*W]` per image,
-    /// whose backward is GEMMs too. The backend's generic convolution backward (a transposed
-    /// convolution for the input and a convolution with an H x W kernel for the weights) runs
-    /// far below the GEMM rate on a CPU.
+    /// `conv(x) + bias` for `x: [N, C_in, H, W]`, giving `[N, C_out, H, W]`.
+    ///
+    /// Every convolution here is computed as GEMMs `[C_out, K] x [K, H*W]` per image, whose
+    /// backward is GEMMs too (the backend's generic convolution backward, a transposed
+    /// convolution for the input and a convolution with an H x W kernel for the weights, runs
+    /// far below the GEMM rate on a CPU):
     /// - 1x1: one channel-mixing matrix at every pixel.
     /// - k x k with few input channels: im2col, the k*k shifted copies of the (padded) input
     ///   stacked as channels, then one GEMM with K = k*k*C_in.
     /// - k x k with more input than output channels: one GEMM to k*k*C_out channels (a
     ///   response per kernel offset), then the k*k shifted responses summed; the shifting
     ///   happens on the small side.
-    /// - 3x3 with wide channels on both sides on the CPU: Winograd's F(2x2, 3x3), 2.25x fewer
-    ///   multiply-adds ([`crate::ops::winograd`]; the choice is
-    ///   [`winograd::preferred`](crate::ops::winograd::preferred)).
+    ///
+    /// On the CPU in float32 each is one fused operation with a hand-written backward
+    /// ([`crate::ops::conv`]); elsewhere the same GEMMs as tensor operations. 3x3 convolutions
+    /// with wide channels on both sides on the CPU take Winograd's F(2x2, 3x3), 2.25x fewer
+    /// multiply-adds ([`crate::ops::winograd`]; the choice is
+    /// [`winograd::preferred`](crate::ops::winograd::preferred)).
     pub fn forward(&self, x: Tensor<4>) -> Tensor<4> {
-        let [n, cin, h, w] = x.dims();
+        self.apply(x, false)
+    }
+
+    /// `relu(conv(x) + bias)`, fused into the convolution on the CPU (see
+    /// [`forward`](Self::forward)).
+    pub fn forward_relu(&self, x: Tensor<4>) -> Tensor<4> {
+        self.apply(x, true)
+    }
+
+    fn apply(&self, x: Tensor<4>, relu_out: bool) -> Tensor<4> {
+        let [_, cin, h, w] = x.dims();
         let [cout, _, k, _] = self.weight.dims();
-        let p = self.padding;
-        let winograd = k == 3 && p == 1;
-        let y = if winograd && crate::ops::winograd::preferred(cin, cout, h, w, &x.device()) {
-            crate::ops::winograd::conv3x3(x, self.weight.val()).reshape([n, cout, h * w])
-        } else if k == 1 {
-            let wm = self.weight.val().reshape([1, cout, cin]);
-            wm.matmul(x.reshape([n, cin, h * w]))
-        } else if cin <= cout {
-            let xp = x.pad([(p, p), (p, p)], PadMode::Constant(0.0));
-            let cols: Vec<Tensor<4>> = offsets(k)
-                .map(|(dy, dx)| xp.clone().slice([0..n, 0..cin, dy..dy + h, dx..dx + w]))
-                .collect();
-            let cols = Tensor::cat(cols, 1).reshape([n, k * k * cin, h * w]);
-            // [C_out, C_in, kh, kw] -> [C_out, kh, kw, C_in]: the column order of `cols`.
-            let wm = self
-                .weight
-                .val()
-                .permute([0, 2, 3, 1])
-                .reshape([1, cout, k * k * cin]);
-            wm.matmul(cols)
-        } else {
-            // [C_out, C_in, kh, kw] -> [kh, kw, C_out, C_in]: one C_out block per offset.
-            let wm = self
-                .weight
-                .val()
-                .permute([2, 3, 0, 1])
-                .reshape([1, k * k * cout, cin]);
-            let z = wm
-                .matmul(x.reshape([n, cin, h * w]))
-                .reshape([n, k * k * cout, h, w]);
-            let mut acc: Option<Tensor<4>> = None;
-            for (o, (dy, dx)) in offsets(k).enumerate() {
-                // y[i, j] += z_o[i + dy - p, j + dx - p], zero outside the image.
-                let shifted = z
-                    .clone()
-                    .narrow(1, o * cout, cout)
-                    .pad([(p, p), (p, p)], PadMode::Constant(0.0))
-                    .slice([0..n, 0..cout, dy..dy + h, dx..dx + w]);
-                acc = Some(match acc {
-                    Some(a) => a + shifted,
-                    None => shifted,
-                });
-            }
-            acc.expect("kernel has at least one offset")
-                .reshape([n, cout, h * w])
-        };
-        let y = match &self.bias {
-            Some(b) => y + b.val().reshape([1, cout, 1]),
-            None => y,
-        };
-        y.reshape([n, cout, h, w])
+        let bias = self.bias.as_ref().map(|b| b.val());
+        if k == 3
+            && self.padding == 1
+            && crate::ops::winograd::preferred(cin, cout, h, w, &x.device())
+        {
+            let y = crate::ops::winograd::conv3x3(x, self.weight.val());
+            let y = match bias {
+                Some(b) => y + b.reshape([1, cout, 1, 1]),
+                None => y,
+            };
+            return if relu_out { relu(y) } else { y };
+        }
+        crate::ops::conv::conv2d(x, self.weight.val(), bias, self.padding, relu_out)
     }
 
     /// The same convolution through the backend's conv2d (the reference in tests).
@@ -136,11 +112,6 @@ impl Conv2d {
             ConvOptions::new([1, 1], [p, p], [1, 1], 1),
         )
     }
-}
-
-/// Kernel offsets `(dy, dx)` in row-major order.
-fn offsets(k: usize) -> impl Iterator<Item = (usize, usize)> {
-    (0..k).flat_map(move |dy| (0..k).map(move |dx| (dy, dx)))
 }
 
 /// Zero-initialised 3x3 convolution whose output is scaled by `exp(3 * logs)` (per channel,
@@ -247,8 +218,8 @@ impl PlainConvNet {
 
     /// Apply the network to `x: [N, C_in, H, W]`, giving `[N, C_out, H, W]`.
     pub fn forward(&self, x: Tensor<4>) -> Tensor<4> {
-        let h = relu(self.conv_in.forward(x));
-        let h = relu(self.conv_mid.forward(h));
+        let h = self.conv_in.forward_relu(x);
+        let h = self.conv_mid.forward_relu(h);
         self.conv_out.forward(h)
     }
 }

@@ -11,6 +11,7 @@ macro_rules! register {
 }
 
 pub mod adam;
+pub mod conv;
 pub mod dense;
 pub mod parallel;
 pub mod rq_spline;

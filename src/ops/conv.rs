@@ -1,0 +1,903 @@
+//! Fused 2D convolution `y = act(conv(x, W) + b)` as one operation on the Flex CPU backend.
+//!
+//! Image Glow spends most of a step in its coupling networks' convolutions. Written with tensor
+//! ops ([`conv2d_composed`]), a 3x3 convolution is a padding, nine slices and a concatenation
+//! (im2col), a permuted weight, a batched matmul, a bias broadcast-add and a ReLU, and the
+//! backward pass about twice as many: every one allocates a tensor (the Flex backend zero-fills
+//! and then copies each matmul output to align it) and records a graph node. Measured on
+//! `probe-image`, the multiply-adds took under half of the step; the rest was those copies.
+//!
+//! Here the convolution is one graph node with a hand-written backward, per image:
+//! - 1x1: `Y = W X` (`W: [C_out, C_in]`, `X: [C_in, H W]`); `dX = Wᵀ dY`, `dW += dY Xᵀ`.
+//! - k x k with `C_in <= C_out` (few input channels): the im2col columns `U: [C_in k k, H W]`
+//!   (the `k k` zero-padded shifts of each input channel, in the weight's own `(c, ky, kx)`
+//!   order) and `Y = W U`; the backward pass rebuilds `U` from the saved input (nothing of size
+//!   `k k C_in H W` is kept between the passes), `dW += dY Uᵀ`, `dX = col2im(Wᵀ dY)`.
+//! - k x k with `C_in > C_out` (few output channels): one response per kernel offset,
+//!   `Z = W' X` with `W': [k k C_out, C_in]`, and `Y` the sum of the nine shifted responses, so
+//!   the shifting happens on the small side; backward `dZ` = the shifts' adjoints of `dY`,
+//!   `dX = W'ᵀ dZ`, `dW' += dZ Xᵀ`.
+//!
+//! Bias and ReLU follow the GEMM in one pass over the output; the backward pass masks the
+//! incoming gradient in place. Outputs are written by the GEMM into fresh buffers without
+//! zero-filling. The products are the same as the composition's, summed in another order, so
+//! results agree to float32 round-off (tested against [`conv2d_composed`] and the backend's
+//! `conv2d`, outputs and all three gradients).
+//!
+//! [`conv2d`] is the interface: it takes this path for float32 tensors on the Flex device and
+//! the composition everywhere else (other backends, float64). `GLOWFLOW_CONV=composed` forces
+//! the composition (benchmarks, tests).
+
+use burn::backend::autodiff::checkpoint::base::Checkpointer;
+use burn::backend::autodiff::checkpoint::strategy::CheckpointStrategy;
+use burn::backend::autodiff::grads::Gradients;
+use burn::backend::autodiff::ops::{Backward, Ops, OpsKind};
+use burn::backend::autodiff::Autodiff;
+use burn::backend::flex::FlexTensor;
+use burn::backend::tensor::FloatTensor;
+use burn::backend::{backend_extension, Backend, Dispatch, Flex};
+use burn::tensor::activation::relu;
+use burn::tensor::ops::PadMode;
+use burn::tensor::{DType, Tensor};
+
+use super::flex;
+use crate::tensor_util::is_flex_device;
+
+/// `act(conv(x, weight) + bias)`: the 2D cross-correlation of `x: [N, C_in, H, W]` with
+/// `weight: [C_out, C_in, k, k]` (odd `k`), zero padding `padding` on every side, stride 1,
+/// plus `bias: [C_out]` when given, then ReLU when `relu_out` is set: `[N, C_out, H', W']` with
+/// `H' = H + 2 padding - k + 1` (the same size for `padding = k / 2`).
+///
+/// # Panics
+/// On mismatched channel counts or an even kernel (a programming error, not user input).
+pub fn conv2d(
+    x: Tensor<4>,
+    weight: Tensor<4>,
+    bias: Option<Tensor<1>>,
+    padding: usize,
+    relu_out: bool,
+) -> Tensor<4> {
+    if fused_supported(&x, &weight, bias.as_ref(), padding) {
+        let cout = weight.dims()[0];
+        let bias = bias.unwrap_or_else(|| Tensor::zeros([cout], &x.device()));
+        Tensor::from_dispatch(<Dispatch as FusedConvBackend>::fused_conv2d(
+            x.into_dispatch(),
+            weight.into_dispatch(),
+            bias.into_dispatch(),
+            padding,
+            relu_out,
+        ))
+    } else {
+        conv2d_composed(x, weight, bias, padding, relu_out)
+    }
+}
+
+/// Whether [`conv2d`] takes the fused path for these operands: float32 on the Flex device, a
+/// square odd kernel with `padding = k / 2`, and `GLOWFLOW_CONV` not set to `composed`.
+pub fn fused_supported(
+    x: &Tensor<4>,
+    weight: &Tensor<4>,
+    bias: Option<&Tensor<1>>,
+    padding: usize,
+) -> bool {
+    let [_, _, kh, kw] = weight.dims();
+    is_flex_device(&x.device())
+        && x.dtype() == DType::F32
+        && weight.dtype() == DType::F32
+        && bias.is_none_or(|b| b.dtype() == DType::F32)
+        && kh == kw
+        && kh % 2 == 1
+        && padding == kh / 2
+        && !composed_forced()
+}
+
+fn composed_forced() -> bool {
+    static FORCED: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    *FORCED.get_or_init(|| std::env::var("GLOWFLOW_CONV").as_deref() == Ok("composed"))
+}
+
+/// The same convolution from plain tensor ops (any backend, any float type): batched GEMMs
+/// `[C_out, K] x [K, H W]` per image, as described in the module docs (im2col by slices and a
+/// concatenation, or the shifted responses summed by padding and slicing).
+pub fn conv2d_composed(
+    x: Tensor<4>,
+    weight: Tensor<4>,
+    bias: Option<Tensor<1>>,
+    padding: usize,
+    relu_out: bool,
+) -> Tensor<4> {
+    let [n, cin, h, w] = x.dims();
+    let [cout, _, k, _] = weight.dims();
+    let p = padding;
+    let (ho, wo) = (h + 2 * p + 1 - k, w + 2 * p + 1 - k);
+    let y = if k == 1 && p == 0 {
+        let wm = weight.reshape([1, cout, cin]);
+        wm.matmul(x.reshape([n, cin, h * w]))
+    } else if cin <= cout {
+        let xp = x.pad([(p, p), (p, p)], PadMode::Constant(0.0));
+        let cols: Vec<Tensor<4>> = offsets(k)
+            .map(|(dy, dx)| xp.clone().slice([0..n, 0..cin, dy..dy + ho, dx..dx + wo]))
+            .collect();
+        let cols = Tensor::cat(cols, 1).reshape([n, k * k * cin, ho * wo]);
+        // [C_out, C_in, kh, kw] -> [C_out, kh, kw, C_in]: the column order of `cols`.
+        let wm = weight.permute([0, 2, 3, 1]).reshape([1, cout, k * k * cin]);
+        wm.matmul(cols)
+    } else {
+        // [C_out, C_in, kh, kw] -> [kh, kw, C_out, C_in]: one C_out block per offset.
+        let wm = weight.permute([2, 3, 0, 1]).reshape([1, k * k * cout, cin]);
+        let z = wm
+            .matmul(x.reshape([n, cin, h * w]))
+            .reshape([n, k * k * cout, h, w]);
+        let mut acc: Option<Tensor<4>> = None;
+        for (o, (dy, dx)) in offsets(k).enumerate() {
+            // y[i, j] += z_o[i + dy - p, j + dx - p], zero outside the image.
+            let shifted = z
+                .clone()
+                .narrow(1, o * cout, cout)
+                .pad([(p, p), (p, p)], PadMode::Constant(0.0))
+                .slice([0..n, 0..cout, dy..dy + ho, dx..dx + wo]);
+            acc = Some(match acc {
+                Some(a) => a + shifted,
+                None => shifted,
+            });
+        }
+        acc.expect("kernel has at least one offset")
+            .reshape([n, cout, ho * wo])
+    };
+    let y = match bias {
+        Some(b) => y + b.reshape([1, cout, 1]),
+        None => y,
+    };
+    let y = y.reshape([n, cout, ho, wo]);
+    if relu_out {
+        relu(y)
+    } else {
+        y
+    }
+}
+
+/// Kernel offsets `(dy, dx)` in row-major order.
+fn offsets(k: usize) -> impl Iterator<Item = (usize, usize)> {
+    (0..k).flat_map(move |dy| (0..k).map(move |dx| (dy, dx)))
+}
+
+/// The fused convolution as a burn backend extension: implemented for Flex (float32) and for
+/// Autodiff over Flex (one graph node with a hand-written backward). Call it through
+/// [`conv2d`], which checks that the operands qualify.
+#[backend_extension(Flex, Autodiff)]
+pub trait FusedConvBackend: Backend {
+    /// `act(conv(x, weight) + bias)` for float32 `x: [N, C_in, H, W]`, `weight: [C_out, C_in,
+    /// k, k]` (odd `k`, `padding = k / 2`), `bias: [C_out]`, giving `[N, C_out, H, W]`; `act`
+    /// is ReLU when `relu_out` is set, the identity otherwise.
+    fn fused_conv2d(
+        x: FloatTensor<Self>,
+        weight: FloatTensor<Self>,
+        bias: FloatTensor<Self>,
+        padding: usize,
+        relu_out: bool,
+    ) -> FloatTensor<Self>;
+}
+
+impl FusedConvBackend for Flex {
+    fn fused_conv2d(
+        x: FlexTensor,
+        weight: FlexTensor,
+        bias: FlexTensor,
+        padding: usize,
+        relu_out: bool,
+    ) -> FlexTensor {
+        let (x, w) = (Images::of(&x), Kernel::of(&weight, padding));
+        forward(&x, &w, &bias_values(&bias), relu_out)
+    }
+}
+
+/// Saved for the backward pass: the input, the weight, the padding and, for ReLU, the output
+/// (its sign is the ReLU mask).
+type ConvState = (FlexTensor, FlexTensor, usize, Option<FlexTensor>);
+
+#[derive(Debug)]
+struct ConvBackward;
+
+impl Backward<Flex, 3> for ConvBackward {
+    type State = ConvState;
+
+    fn backward(self, ops: Ops<Self::State, 3>, grads: &mut Gradients, _: &mut Checkpointer) {
+        let [node_x, node_w, node_b] = ops.parents;
+        let grad = grads.consume::<Flex>(&ops.node);
+        let (x, w, padding, out) = ops.state;
+        let parts = backward(
+            &Images::of(&x),
+            &Kernel::of(&w, padding),
+            out.as_ref(),
+            grad,
+            [node_x.is_some(), node_w.is_some(), node_b.is_some()],
+        );
+        for (node, g) in [node_x, node_w, node_b].into_iter().zip(parts) {
+            if let (Some(node), Some(g)) = (node, g) {
+                grads.register::<Flex>(node.id, g);
+            }
+        }
+    }
+}
+
+impl<C: CheckpointStrategy> FusedConvBackend for Autodiff<Flex, C> {
+    fn fused_conv2d(
+        x: FloatTensor<Self>,
+        weight: FloatTensor<Self>,
+        bias: FloatTensor<Self>,
+        padding: usize,
+        relu_out: bool,
+    ) -> FloatTensor<Self> {
+        let prepared = ConvBackward
+            .prepare::<C>([x.node(), weight.node(), bias.node()])
+            .compute_bound()
+            .stateful();
+        let out = forward(
+            &Images::of(x.primitive()),
+            &Kernel::of(weight.primitive(), padding),
+            &bias_values(bias.primitive()),
+            relu_out,
+        );
+        match prepared {
+            OpsKind::Tracked(prep) => {
+                let state = (
+                    x.into_primitive(),
+                    weight.into_primitive(),
+                    padding,
+                    relu_out.then(|| out.clone()),
+                );
+                prep.finish(state, out)
+            }
+            OpsKind::UnTracked(prep) => prep.finish(out),
+        }
+    }
+}
+
+/// A float32 `[N, C, H, W]` tensor whose channel planes are each contiguous (`H W` values in
+/// row-major order), as a contiguous tensor or a channel slice of one (a coupling's half) is;
+/// other layouts are copied to contiguous first.
+struct Images {
+    tensor: FlexTensor,
+    dims: [usize; 4],
+    /// Element offset of image 0, channel 0.
+    start: usize,
+    /// Element strides of the image and channel dimensions.
+    image_stride: usize,
+    channel_stride: usize,
+}
+
+impl Images {
+    fn of(t: &FlexTensor) -> Self {
+        let s = t.layout().shape();
+        assert_eq!(s.num_dims(), 4, "fused conv2d: expected [N, C, H, W]");
+        let dims = [s[0], s[1], s[2], s[3]];
+        let st = t.layout().strides();
+        let planes_contiguous = (dims[3] <= 1 || st[3] == 1)
+            && (dims[2] <= 1 || st[2] == dims[3] as isize)
+            && st[0] >= 0
+            && st[1] >= 0;
+        let tensor = match planes_contiguous {
+            true => t.clone(),
+            false => t.to_contiguous(),
+        };
+        let st = tensor.layout().strides();
+        Images {
+            start: tensor.layout().start_offset(),
+            image_stride: st[0] as usize,
+            channel_stride: st[1] as usize,
+            tensor,
+            dims,
+        }
+    }
+
+    /// The values, shareable between threads.
+    fn view(&self) -> ImageData<'_> {
+        ImageData {
+            data: self.tensor.storage::<f32>(),
+            dims: self.dims,
+            start: self.start,
+            image_stride: self.image_stride,
+            channel_stride: self.channel_stride,
+        }
+    }
+}
+
+/// [`Images`]' values and layout.
+#[derive(Clone, Copy)]
+struct ImageData<'a> {
+    data: &'a [f32],
+    dims: [usize; 4],
+    start: usize,
+    image_stride: usize,
+    channel_stride: usize,
+}
+
+impl<'a> ImageData<'a> {
+    /// Image `i` as the matrix `[C, H W]`.
+    fn matrix(&self, i: usize) -> Mat<'a> {
+        let [_, c, h, w] = self.dims;
+        Mat {
+            data: self.data,
+            offset: self.start + i * self.image_stride,
+            rows: c,
+            cols: h * w,
+            row_stride: self.channel_stride as isize,
+            col_stride: 1,
+        }
+    }
+
+    /// Channel `c` of image `i`, `H W` values.
+    fn plane(&self, i: usize, c: usize) -> &'a [f32] {
+        let [_, _, h, w] = self.dims;
+        let at = self.start + i * self.image_stride + c * self.channel_stride;
+        &self.data[at..at + h * w]
+    }
+}
+
+/// The images `0..n` in contiguous runs, one per worker: one run inside a data-parallel shard
+/// (already on its own thread) or a rayon worker, else one per thread of the pool. Fixed for a
+/// given thread count, so the order of every sum is too.
+fn image_runs(n: usize) -> Vec<std::ops::Range<usize>> {
+    let threads = match rayon::current_thread_index() {
+        Some(_) => 1,
+        None => rayon::current_num_threads(),
+    };
+    let parts = threads.min(n).max(1);
+    (0..parts)
+        .map(|j| (j * n / parts)..((j + 1) * n / parts))
+        .collect()
+}
+
+/// Run `f` on every run of [`image_runs`] with its part of `buf` (`per_image` values per image),
+/// in parallel when there are several, and collect the results in run order.
+fn over_runs<T: Send, R: Send>(
+    n: usize,
+    buf: &mut [T],
+    per_image: usize,
+    f: impl Fn(std::ops::Range<usize>, &mut [T]) -> R + Sync,
+) -> Vec<R> {
+    use rayon::prelude::*;
+    let runs = image_runs(n);
+    let mut parts = Vec::with_capacity(runs.len());
+    let mut rest = buf;
+    for r in &runs {
+        let (head, tail) = rest.split_at_mut(r.len() * per_image);
+        parts.push(head);
+        rest = tail;
+    }
+    if runs.len() == 1 {
+        let part = parts.pop().expect("one run");
+        return vec![f(runs[0].clone(), part)];
+    }
+    runs.into_par_iter()
+        .zip(parts)
+        .map(|(r, part)| f(r, part))
+        .collect()
+}
+
+/// The kernel `[C_out, C_in, k, k]` as the GEMM operand its case needs (module docs).
+struct Kernel {
+    cout: usize,
+    cin: usize,
+    k: usize,
+    padding: usize,
+    /// 1x1 and im2col: `[C_out, C_in k k]` in the weight's own order; shifted responses:
+    /// `[k k C_out, C_in]`, rows `(offset, output channel)`.
+    matrix: Vec<f32>,
+}
+
+impl Kernel {
+    fn of(t: &FlexTensor, padding: usize) -> Self {
+        let s = t.layout().shape();
+        assert_eq!(
+            s.num_dims(),
+            4,
+            "fused conv2d: expected [C_out, C_in, k, k]"
+        );
+        let (cout, cin, k) = (s[0], s[1], s[2]);
+        assert!(
+            s[3] == k && k % 2 == 1 && padding == k / 2,
+            "fused conv2d: needs a square odd kernel with padding k / 2"
+        );
+        let contiguous = t.to_contiguous();
+        let w = contiguous
+            .as_slice::<f32>()
+            .expect("fused conv2d: float32 kernel");
+        let matrix = if k == 1 || cin <= cout {
+            w.to_vec()
+        } else {
+            let kk = k * k;
+            let mut m = vec![0.0f32; kk * cout * cin];
+            for co in 0..cout {
+                for ci in 0..cin {
+                    for o in 0..kk {
+                        m[(o * cout + co) * cin + ci] = w[(co * cin + ci) * kk + o];
+                    }
+                }
+            }
+            m
+        };
+        Kernel {
+            cout,
+            cin,
+            k,
+            padding,
+            matrix,
+        }
+    }
+
+    fn shifted_responses(&self) -> bool {
+        self.k > 1 && self.cin > self.cout
+    }
+
+    /// The GEMM operand: `[C_out, C_in k k]`, or `[k k C_out, C_in]` for shifted responses.
+    fn mat(&self) -> Mat<'_> {
+        let (rows, cols) = match self.shifted_responses() {
+            true => (self.k * self.k * self.cout, self.cin),
+            false => (self.cout, self.cin * self.k * self.k),
+        };
+        Mat {
+            data: &self.matrix,
+            offset: 0,
+            rows,
+            cols,
+            row_stride: cols as isize,
+            col_stride: 1,
+        }
+    }
+
+    /// A gradient of [`mat`](Self::mat)'s shape as the weight's `[C_out, C_in, k, k]` values.
+    fn to_weight_order(&self, g: Vec<f32>) -> Vec<f32> {
+        if !self.shifted_responses() {
+            return g;
+        }
+        let (kk, cout, cin) = (self.k * self.k, self.cout, self.cin);
+        let mut w = vec![0.0f32; kk * cout * cin];
+        for co in 0..cout {
+            for ci in 0..cin {
+                for o in 0..kk {
+                    w[(co * cin + ci) * kk + o] = g[(o * cout + co) * cin + ci];
+                }
+            }
+        }
+        w
+    }
+}
+
+fn bias_values(b: &FlexTensor) -> Vec<f32> {
+    b.to_contiguous()
+        .as_slice::<f32>()
+        .expect("fused conv2d: float32 bias")
+        .to_vec()
+}
+
+/// A float32 matrix as a GEMM operand: buffer, offset, shape and element strides.
+#[derive(Clone, Copy)]
+struct Mat<'a> {
+    data: &'a [f32],
+    offset: usize,
+    rows: usize,
+    cols: usize,
+    row_stride: isize,
+    col_stride: isize,
+}
+
+impl<'a> Mat<'a> {
+    fn dense(data: &'a [f32], rows: usize, cols: usize) -> Self {
+        Mat {
+            data,
+            offset: 0,
+            rows,
+            cols,
+            row_stride: cols as isize,
+            col_stride: 1,
+        }
+    }
+
+    fn t(self) -> Self {
+        Mat {
+            rows: self.cols,
+            cols: self.rows,
+            row_stride: self.col_stride,
+            col_stride: self.row_stride,
+            ..self
+        }
+    }
+}
+
+/// `dst (+)= lhs · rhs` into the row-major `lhs.rows x rhs.cols` buffer `dst`; with
+/// `accumulate` unset `dst` is only written, never read.
+fn gemm_into(dst: &mut [std::mem::MaybeUninit<f32>], accumulate: bool, lhs: Mat, rhs: Mat) {
+    let (m, k, n) = (lhs.rows, lhs.cols, rhs.cols);
+    assert_eq!(rhs.rows, k, "fused conv2d: inner dimensions differ");
+    assert_eq!(dst.len(), m * n, "fused conv2d: destination size");
+    if m == 0 || n == 0 {
+        return;
+    }
+    if k == 0 {
+        if !accumulate {
+            dst.iter_mut().for_each(|v| {
+                v.write(0.0);
+            });
+        }
+        return;
+    }
+    // The operands' last addressed elements lie inside their buffers.
+    for a in [&lhs, &rhs] {
+        let last = a.offset as isize
+            + (a.rows as isize - 1) * a.row_stride
+            + (a.cols as isize - 1) * a.col_stride;
+        assert!(
+            a.row_stride >= 0 && a.col_stride >= 0 && (last as usize) < a.data.len(),
+            "fused conv2d: operand out of bounds"
+        );
+    }
+    // Parallel inside the GEMM only on a thread outside rayon's workers (one image on the main
+    // thread); runs of images are already one per worker.
+    let threads = rayon::current_num_threads();
+    let parallelism =
+        if rayon::current_thread_index().is_none() && threads > 1 && m * n * k >= 1 << 21 {
+            gemm::Parallelism::Rayon(threads)
+        } else {
+            gemm::Parallelism::None
+        };
+    // Safety: the destination holds exactly m x n elements (asserted), written row-major with
+    // row stride n; with `accumulate` unset the GEMM writes every element and reads none, with
+    // it set the caller passes initialised values. The operands index inside their buffers
+    // (checked above, strides non-negative).
+    unsafe {
+        gemm::gemm(
+            m,
+            n,
+            k,
+            dst.as_mut_ptr().cast::<f32>(),
+            1,
+            n as isize,
+            accumulate,
+            lhs.data.as_ptr().add(lhs.offset),
+            lhs.col_stride,
+            lhs.row_stride,
+            rhs.data.as_ptr().add(rhs.offset),
+            rhs.col_stride,
+            rhs.row_stride,
+            1.0,
+            1.0,
+            false,
+            false,
+            false,
+            parallelism,
+        );
+    }
+}
+
+/// `lhs · rhs` as a new row-major buffer, written by the GEMM without zero-filling first.
+fn gemm_new(lhs: Mat, rhs: Mat) -> Vec<f32> {
+    let len = lhs.rows * rhs.cols;
+    let mut v = Vec::with_capacity(len);
+    gemm_into(&mut v.spare_capacity_mut()[..len], false, lhs, rhs);
+    // Safety: `gemm_into` wrote all `len` elements (it writes every element without
+    // `accumulate`, including the k = 0 case).
+    unsafe { v.set_len(len) };
+    v
+}
+
+/// The im2col columns of image `i` into `cols: [C_in k k, H W]` (rows in the weight's
+/// `(c, ky, kx)` order): `cols[(c, ky, kx), (y, x)] = x[c, y + ky - p, x + kx - p]`, zero
+/// outside the image.
+fn im2col(x: &ImageData, i: usize, k: usize, p: usize, cols: &mut [f32]) {
+    let [_, cin, h, w] = x.dims;
+    let hw = h * w;
+    for c in 0..cin {
+        let plane = x.plane(i, c);
+        for ky in 0..k {
+            for kx in 0..k {
+                let row = &mut cols[((c * k + ky) * k + kx) * hw..][..hw];
+                shift_copy(
+                    plane,
+                    row,
+                    h,
+                    w,
+                    ky as isize - p as isize,
+                    kx as isize - p as isize,
+                );
+            }
+        }
+    }
+}
+
+/// `dst[y, x] = src[y + dy, x + dx]`, zero where that falls outside the `h x w` plane.
+fn shift_copy(src: &[f32], dst: &mut [f32], h: usize, w: usize, dy: isize, dx: isize) {
+    let (x0, x1) = column_range(w, dx);
+    for y in 0..h {
+        let out = &mut dst[y * w..(y + 1) * w];
+        let sy = y as isize + dy;
+        if sy < 0 || sy >= h as isize || x0 >= x1 {
+            out.fill(0.0);
+            continue;
+        }
+        let s = &src[sy as usize * w..][..w];
+        out[..x0].fill(0.0);
+        out[x0..x1].copy_from_slice(&s[(x0 as isize + dx) as usize..(x1 as isize + dx) as usize]);
+        out[x1..].fill(0.0);
+    }
+}
+
+/// `dst[y + dy, x + dx] += src[y, x]` where that falls inside the `h x w` plane (the adjoint of
+/// [`shift_copy`]).
+fn shift_add(src: &[f32], dst: &mut [f32], h: usize, w: usize, dy: isize, dx: isize) {
+    let (x0, x1) = column_range(w, dx);
+    if x0 >= x1 {
+        return;
+    }
+    for y in 0..h {
+        let ty = y as isize + dy;
+        if ty < 0 || ty >= h as isize {
+            continue;
+        }
+        let s = &src[y * w..][x0..x1];
+        let d =
+            &mut dst[ty as usize * w..][(x0 as isize + dx) as usize..(x1 as isize + dx) as usize];
+        add_into(d, s);
+    }
+}
+
+/// The columns `x0..x1` of a row of width `w` whose shift by `dx` stays inside the row.
+fn column_range(w: usize, dx: isize) -> (usize, usize) {
+    let x0 = (-dx).clamp(0, w as isize) as usize;
+    let x1 = (w as isize - dx).clamp(0, w as isize) as usize;
+    (x0, x1)
+}
+
+#[inline(never)]
+fn add_into(dst: &mut [f32], src: &[f32]) {
+    super::vectorized(|| {
+        for (d, s) in dst.iter_mut().zip(src) {
+            *d += s;
+        }
+    })
+}
+
+// Kept out of line, like `dense`'s: small loops are reliably vectorised that way.
+#[inline(never)]
+fn add_bias_relu(row: &mut [f32], bias: f32) {
+    super::vectorized(|| {
+        for v in row.iter_mut() {
+            let y = *v + bias;
+            *v = if y < 0.0 { 0.0 } else { y };
+        }
+    })
+}
+
+#[inline(never)]
+fn add_bias(row: &mut [f32], bias: f32) {
+    super::vectorized(|| {
+        for v in row.iter_mut() {
+            *v += bias;
+        }
+    })
+}
+
+#[inline(never)]
+fn relu_mask(grad: &mut [f32], out: &[f32]) {
+    super::vectorized(|| {
+        for (d, &o) in grad.iter_mut().zip(out) {
+            *d = if o > 0.0 { *d } else { 0.0 };
+        }
+    })
+}
+
+fn forward(x: &Images, w: &Kernel, bias: &[f32], relu_out: bool) -> FlexTensor {
+    let [n, cin, h, wd] = x.dims;
+    assert_eq!(
+        cin, w.cin,
+        "fused conv2d: input channels differ from the kernel's"
+    );
+    assert_eq!(bias.len(), w.cout, "fused conv2d: bias length differs");
+    let (cout, k, p, hw) = (w.cout, w.k, w.padding, h * wd);
+    let per_image = cout * hw;
+    let mut out: Vec<f32> = Vec::with_capacity(n * per_image);
+    let (xs, wm) = (x.view(), w.mat());
+    over_runs(
+        n,
+        &mut out.spare_capacity_mut()[..n * per_image],
+        per_image,
+        |run, buf| {
+            let mut cols = match k > 1 && !w.shifted_responses() {
+                true => vec![0.0f32; cin * k * k * hw],
+                false => Vec::new(),
+            };
+            for (i, dst) in run.zip(buf.chunks_exact_mut(per_image.max(1))) {
+                if k == 1 {
+                    gemm_into(dst, false, wm, xs.matrix(i));
+                } else if !w.shifted_responses() {
+                    im2col(&xs, i, k, p, &mut cols);
+                    gemm_into(dst, false, wm, Mat::dense(&cols, cin * k * k, hw));
+                } else {
+                    let z = gemm_new(wm, xs.matrix(i));
+                    let dst = init_zero(dst);
+                    for (o, (ky, kx)) in offsets(k).enumerate() {
+                        for co in 0..cout {
+                            // y[y, x] += z_o[y + ky - p, x + kx - p]: z_o shifted by (p - ky, p - kx).
+                            shift_add(
+                                &z[(o * cout + co) * hw..][..hw],
+                                &mut dst[co * hw..(co + 1) * hw],
+                                h,
+                                wd,
+                                p as isize - ky as isize,
+                                p as isize - kx as isize,
+                            );
+                        }
+                    }
+                }
+                // Safety: the block was written above.
+                let dst: &mut [f32] = unsafe { assume_init(dst) };
+                for (row, &b) in dst.chunks_exact_mut(hw.max(1)).zip(bias) {
+                    if relu_out {
+                        add_bias_relu(row, b);
+                    } else {
+                        add_bias(row, b);
+                    }
+                }
+            }
+        },
+    );
+    // Safety: every image's block was written above (the runs cover 0..n).
+    unsafe { out.set_len(n * per_image) };
+    flex(out, &[n, cout, h, wd])
+}
+
+/// Gradients `[dx, dW, db]` for the output gradient `grad`; only the `wanted` ones are
+/// computed. Each run of images sums its own kernel gradient; the runs' sums are added in run
+/// order.
+fn backward(
+    x: &Images,
+    w: &Kernel,
+    out: Option<&FlexTensor>,
+    grad: FlexTensor,
+    wanted: [bool; 3],
+) -> [Option<FlexTensor>; 3] {
+    let [n, cin, h, wd] = x.dims;
+    let (cout, k, p, hw) = (w.cout, w.k, w.padding, h * wd);
+    let mut g = grad
+        .into_data()
+        .try_into_vec::<f32>()
+        .expect("fused conv2d: float32 gradient");
+    if let Some(out) = out {
+        let out = out
+            .as_slice::<f32>()
+            .expect("fused conv2d: contiguous output");
+        relu_mask(&mut g, out);
+    }
+    let per_image = cout * hw;
+    let (xs, wm, g) = (x.view(), w.mat(), &g[..]);
+    let gy = |i: usize| Mat::dense(&g[i * per_image..(i + 1) * per_image], cout, hw);
+    let [want_x, want_w, want_b] = wanted;
+    // dx is written image by image; without it the runs still split the images.
+    let mut dx: Vec<f32> = Vec::with_capacity(if want_x { n * cin * hw } else { 0 });
+    let mut none: Vec<std::mem::MaybeUninit<f32>> = Vec::new();
+    let (buf, per_x) = match want_x {
+        true => (&mut dx.spare_capacity_mut()[..n * cin * hw], cin * hw),
+        false => {
+            none.resize_with(n, std::mem::MaybeUninit::uninit);
+            (&mut none[..], 1)
+        }
+    };
+    let partial = over_runs(n, buf, per_x, |run, buf| {
+        let mut dw = want_w.then(|| vec![0.0f32; wm.rows * wm.cols]);
+        let rows = match w.shifted_responses() {
+            true => k * k * cout,
+            false => cin * k * k,
+        };
+        let mut scratch = match k > 1 {
+            true => vec![0.0f32; rows * hw],
+            false => Vec::new(),
+        };
+        for (i, dxi) in run.zip(buf.chunks_exact_mut(per_x.max(1))) {
+            if k == 1 {
+                if want_x {
+                    gemm_into(dxi, false, wm.t(), gy(i));
+                }
+                if let Some(dw) = &mut dw {
+                    gemm_acc(dw, gy(i), xs.matrix(i).t());
+                }
+            } else if !w.shifted_responses() {
+                if let Some(dw) = &mut dw {
+                    im2col(&xs, i, k, p, &mut scratch);
+                    gemm_acc(dw, gy(i), Mat::dense(&scratch, rows, hw).t());
+                }
+                if want_x {
+                    // dcols = Wᵀ dy, then col2im: the adjoint of im2col.
+                    gemm_into(as_uninit(&mut scratch), false, wm.t(), gy(i));
+                    let image = init_zero(dxi);
+                    for c in 0..cin {
+                        for ky in 0..k {
+                            for kx in 0..k {
+                                let r = (c * k + ky) * k + kx;
+                                shift_add(
+                                    &scratch[r * hw..(r + 1) * hw],
+                                    &mut image[c * hw..(c + 1) * hw],
+                                    h,
+                                    wd,
+                                    ky as isize - p as isize,
+                                    kx as isize - p as isize,
+                                );
+                            }
+                        }
+                    }
+                }
+            } else {
+                let gi = &g[i * per_image..(i + 1) * per_image];
+                // dz_o[a, b] = dy[a - (ky - p), b - (kx - p)]: the adjoint of the shifted sum.
+                for (o, (ky, kx)) in offsets(k).enumerate() {
+                    for co in 0..cout {
+                        shift_copy(
+                            &gi[co * hw..(co + 1) * hw],
+                            &mut scratch[(o * cout + co) * hw..][..hw],
+                            h,
+                            wd,
+                            p as isize - ky as isize,
+                            p as isize - kx as isize,
+                        );
+                    }
+                }
+                let dz = Mat::dense(&scratch, rows, hw);
+                if want_x {
+                    gemm_into(dxi, false, wm.t(), dz);
+                }
+                if let Some(dw) = &mut dw {
+                    gemm_acc(dw, dz, xs.matrix(i).t());
+                }
+            }
+        }
+        dw
+    });
+    if want_x {
+        // Safety: every image's block was written above (the runs cover 0..n).
+        unsafe { dx.set_len(n * cin * hw) };
+    }
+    let dw = want_w.then(|| {
+        let mut parts = partial.into_iter().flatten();
+        let mut total = parts
+            .next()
+            .unwrap_or_else(|| vec![0.0f32; wm.rows * wm.cols]);
+        for part in parts {
+            add_into(&mut total, &part);
+        }
+        flex(w.to_weight_order(total), &[cout, cin, k, k])
+    });
+    let db = want_b.then(|| {
+        let mut db = vec![0.0f32; cout];
+        for (r, row) in g.chunks_exact(hw.max(1)).enumerate() {
+            db[r % cout.max(1)] += row.iter().sum::<f32>();
+        }
+        flex(db, &[cout])
+    });
+    [want_x.then(|| flex(dx, &[n, cin, h, wd])), dw, db]
+}
+
+/// Zero `v` and hand it back initialised.
+fn init_zero(v: &mut [std::mem::MaybeUninit<f32>]) -> &mut [f32] {
+    v.iter_mut().for_each(|e| {
+        e.write(0.0);
+    });
+    // Safety: every element was just written.
+    unsafe { assume_init(v) }
+}
+
+/// # Safety
+/// Every element of `v` must be initialised.
+unsafe fn assume_init(v: &mut [std::mem::MaybeUninit<f32>]) -> &mut [f32] {
+    // Safety: `MaybeUninit<f32>` has the layout of `f32`; the caller guarantees initialisation.
+    unsafe { &mut *(v as *mut [std::mem::MaybeUninit<f32>] as *mut [f32]) }
+}
+
+/// `dst += lhs · rhs` for an initialised row-major `dst`.
+fn gemm_acc(dst: &mut [f32], lhs: Mat, rhs: Mat) {
+    gemm_into(as_uninit(dst), true, lhs, rhs);
+}
+
+fn as_uninit(v: &mut [f32]) -> &mut [std::mem::MaybeUninit<f32>] {
+    // Safety: `MaybeUninit<f32>` has the layout of `f32`, and every value written through it
+    // is an initialised `f32`.
+    unsafe { &mut *(v as *mut [f32] as *mut [std::mem::MaybeUninit<f32>]) }
+}
