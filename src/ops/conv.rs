@@ -570,15 +570,36 @@ fn gemm_into(dst: &mut [std::mem::MaybeUninit<f32>], accumulate: bool, lhs: Mat,
     }
 }
 
-/// `lhs · rhs` as a new row-major buffer, written by the GEMM without zero-filling first.
-fn gemm_new(lhs: Mat, rhs: Mat) -> Vec<f32> {
-    let len = lhs.rows * rhs.cols;
-    let mut v = Vec::with_capacity(len);
-    gemm_into(&mut v.spare_capacity_mut()[..len], false, lhs, rhs);
-    // Safety: `gemm_into` wrote all `len` elements (it writes every element without
-    // `accumulate`, including the k = 0 case).
-    unsafe { v.set_len(len) };
-    v
+/// A per-thread scratch buffer, reused across calls so that the im2col columns and shifted
+/// responses of every convolution do not each fault in fresh zeroed pages; handed back to the
+/// thread when dropped. Its values are whatever the last user left: every user writes the
+/// part it reads first.
+struct Scratch(Vec<f32>);
+
+thread_local! {
+    static SCRATCH: std::cell::RefCell<Vec<f32>> = const { std::cell::RefCell::new(Vec::new()) };
+}
+
+impl Scratch {
+    fn take(len: usize) -> Self {
+        let mut v = SCRATCH.with(|s| std::mem::take(&mut *s.borrow_mut()));
+        if v.len() < len {
+            v.resize(len, 0.0);
+        }
+        Scratch(v)
+    }
+}
+
+impl Drop for Scratch {
+    fn drop(&mut self) {
+        let v = std::mem::take(&mut self.0);
+        SCRATCH.with(|s| {
+            let mut s = s.borrow_mut();
+            if v.capacity() > s.capacity() {
+                *s = v;
+            }
+        });
+    }
 }
 
 /// The im2col columns of image `i` into `cols: [C_in k k, H W]` (rows in the weight's
@@ -702,18 +723,22 @@ fn forward(x: &Images, w: &Kernel, bias: &[f32], relu_out: bool) -> FlexTensor {
         &mut out.spare_capacity_mut()[..n * per_image],
         per_image,
         |run, buf| {
-            let mut cols = match k > 1 && !w.shifted_responses() {
-                true => vec![0.0f32; cin * k * k * hw],
-                false => Vec::new(),
+            let len = match (k > 1, w.shifted_responses()) {
+                (false, _) => 0,
+                (true, false) => cin * k * k * hw,
+                (true, true) => k * k * cout * hw,
             };
+            let mut scratch = Scratch::take(len);
+            let cols = &mut scratch.0[..len];
             for (i, dst) in run.zip(buf.chunks_exact_mut(per_image.max(1))) {
                 if k == 1 {
                     gemm_into(dst, false, wm, xs.matrix(i));
                 } else if !w.shifted_responses() {
-                    im2col(&xs, i, k, p, &mut cols);
-                    gemm_into(dst, false, wm, Mat::dense(&cols, cin * k * k, hw));
+                    im2col(&xs, i, k, p, cols);
+                    gemm_into(dst, false, wm, Mat::dense(cols, cin * k * k, hw));
                 } else {
-                    let z = gemm_new(wm, xs.matrix(i));
+                    gemm_into(as_uninit(cols), false, wm, xs.matrix(i));
+                    let z = &*cols;
                     let dst = init_zero(dst);
                     for (o, (ky, kx)) in offsets(k).enumerate() {
                         for co in 0..cout {
@@ -788,10 +813,9 @@ fn backward(
             true => k * k * cout,
             false => cin * k * k,
         };
-        let mut scratch = match k > 1 {
-            true => vec![0.0f32; rows * hw],
-            false => Vec::new(),
-        };
+        let len = if k > 1 { rows * hw } else { 0 };
+        let mut taken = Scratch::take(len);
+        let scratch = &mut taken.0[..len];
         for (i, dxi) in run.zip(buf.chunks_exact_mut(per_x.max(1))) {
             if k == 1 {
                 if want_x {
@@ -802,12 +826,12 @@ fn backward(
                 }
             } else if !w.shifted_responses() {
                 if let Some(dw) = &mut dw {
-                    im2col(&xs, i, k, p, &mut scratch);
-                    gemm_acc(dw, gy(i), Mat::dense(&scratch, rows, hw).t());
+                    im2col(&xs, i, k, p, scratch);
+                    gemm_acc(dw, gy(i), Mat::dense(scratch, rows, hw).t());
                 }
                 if want_x {
                     // dcols = Wᵀ dy, then col2im: the adjoint of im2col.
-                    gemm_into(as_uninit(&mut scratch), false, wm.t(), gy(i));
+                    gemm_into(as_uninit(scratch), false, wm.t(), gy(i));
                     let image = init_zero(dxi);
                     for c in 0..cin {
                         for ky in 0..k {
@@ -840,7 +864,7 @@ fn backward(
                         );
                     }
                 }
-                let dz = Mat::dense(&scratch, rows, hw);
+                let dz = Mat::dense(scratch, rows, hw);
                 if want_x {
                     gemm_into(dxi, false, wm.t(), dz);
                 }
