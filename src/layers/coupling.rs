@@ -227,6 +227,80 @@ impl AffineCoupling {
     }
 }
 
+/// A coupling's input rebuilt from its output and its forward run again with autodiff, the
+/// conditioning network evaluated once for both (invertible backpropagation,
+/// [`crate::train::low_memory`]): the inverse uses the network's values, the forward its graph.
+pub(crate) struct Rebuilt {
+    /// The input, rebuilt (inner backend).
+    pub x: Tensor<4>,
+    /// The conditioning half of the input, an autodiff leaf.
+    pub xa: Tensor<4>,
+    /// The transformed half of the input, an autodiff leaf.
+    pub xb: Tensor<4>,
+    /// The forward output from the leaves (autodiff).
+    pub y: Tensor<4>,
+    /// The forward log-determinant `[N]` (autodiff).
+    pub logdet: Tensor<1>,
+    /// The coupling's `swap`: how the halves join.
+    pub swap: bool,
+}
+
+impl Rebuilt {
+    /// The gradient with respect to the whole input from the leaves' gradients in `grads`.
+    pub fn input_grad(&self, grads: &burn::tensor::Gradients) -> Tensor<4> {
+        let ga = self
+            .xa
+            .grad(grads)
+            .expect("the output reads the conditioning half");
+        let gb = self
+            .xb
+            .grad(grads)
+            .expect("the output reads the transformed half");
+        join(ga, gb, self.swap)
+    }
+}
+
+/// The halves of `y` (inner backend) as autodiff values: the conditioning half as a leaf, the
+/// transformed half as it is.
+fn rebuild_halves(y: Tensor<4>, swap: bool) -> (Tensor<4>, Tensor<4>, Tensor<4>) {
+    let (ya, yb) = split(y, swap);
+    let xa = Tensor::from_inner(ya.clone()).require_grad();
+    (ya, xa, yb)
+}
+
+impl AffineCoupling {
+    /// [`Rebuilt`] from the output `y` (inner backend), or `None` where the forward takes the
+    /// fused vector path (the tutorial scale on `1 x 1` images), which the caller rebuilds the
+    /// general way. The same arithmetic as [`Flow::inverse_ctx`] and [`Flow::forward_ctx`].
+    pub(crate) fn rebuild(&self, y: Tensor<4>, ctx: Context) -> Option<Rebuilt> {
+        let [_, _, height, width] = y.dims();
+        if self.tanh_scale.is_some() && height == 1 && width == 1 {
+            return None;
+        }
+        let (ya, xa, yb) = rebuild_halves(y, self.swap);
+        let cb = yb.dims()[1];
+        let (shift, log_scale, scale) = self.params(xa.clone(), ctx, cb);
+        let (s, ls) = (shift.clone().inner(), log_scale.clone().inner());
+        let xb_inner = match &scale {
+            None => (yb - s) * ls.neg().exp(),
+            Some(scale) => yb / scale.clone().inner() - s,
+        };
+        let xb = Tensor::from_inner(xb_inner.clone()).require_grad();
+        let yb_again = match scale {
+            None => xb.clone() * log_scale.clone().exp() + shift,
+            Some(scale) => (xb.clone() + shift) * scale,
+        };
+        Some(Rebuilt {
+            x: join(ya, xb_inner, self.swap),
+            y: join(xa.clone(), yb_again, self.swap),
+            logdet: per_sample_sum(log_scale),
+            xa,
+            xb,
+            swap: self.swap,
+        })
+    }
+}
+
 impl Flow for AffineCoupling {
     fn forward_ctx(&self, x: Tensor<4>, ctx: Context) -> (Tensor<4>, Tensor<1>) {
         let [n, _, height, width] = x.dims();
@@ -285,6 +359,26 @@ impl AdditiveCoupling {
     /// channels.
     pub fn new(net: CouplingNet, swap: bool) -> Self {
         AdditiveCoupling { net, swap }
+    }
+}
+
+impl AdditiveCoupling {
+    /// [`Rebuilt`] from the output `y` (inner backend): the same arithmetic as
+    /// [`Flow::inverse_ctx`] and [`Flow::forward_ctx`], the network evaluated once.
+    pub(crate) fn rebuild(&self, y: Tensor<4>, ctx: Context) -> Rebuilt {
+        let (ya, xa, yb) = rebuild_halves(y, self.swap);
+        let shift = self.net.forward(xa.clone(), ctx);
+        let xb_inner = yb - shift.clone().inner();
+        let xb = Tensor::from_inner(xb_inner.clone()).require_grad();
+        let logdet = zero_logdet(&xb);
+        Rebuilt {
+            x: join(ya, xb_inner, self.swap),
+            y: join(xa.clone(), xb.clone() + shift, self.swap),
+            logdet,
+            xa,
+            xb,
+            swap: self.swap,
+        }
     }
 }
 

@@ -33,7 +33,7 @@ use burn::tensor::Tensor;
 
 use crate::flow::{Context, Flow};
 use crate::layers::squeeze::unsqueeze;
-use crate::layers::FlowSequence;
+use crate::layers::{FlowSequence, Layer};
 use crate::models::objective::{class_bits, BatchLayout};
 use crate::models::{GlowImage, GlowImageConfig, ImageCoupling};
 
@@ -124,6 +124,23 @@ impl Forward {
         } = self;
         let grad_ld = Tensor::from_inner(grad_ld);
         for (i, (layer, layer_inner)) in seq.layers.iter().zip(&inner.layers).enumerate().rev() {
+            // A coupling whose input is rebuilt evaluates its network once for the inverse and
+            // the forward (the same values either way).
+            let rebuilt = match layer {
+                _ if i % keep_every == 0 => None,
+                Layer::AffineCoupling(c) => c.rebuild(y.clone(), ctx),
+                Layer::AdditiveCoupling(c) => Some(c.rebuild(y.clone(), ctx)),
+                _ => None,
+            };
+            if let Some(r) = rebuilt {
+                let surrogate = (r.y.clone() * Tensor::from_inner(grad_y)).sum()
+                    + (r.logdet.clone() * grad_ld.clone()).sum();
+                let g = surrogate.backward();
+                grad_y = r.input_grad(&g);
+                move_grads(layer, GradientsParams::from_grads(g, layer), grads);
+                y = r.x;
+                continue;
+            }
             let x = if i % keep_every == 0 {
                 kept.pop().expect("an input kept for every anchor")
             } else {
