@@ -823,12 +823,21 @@ fn conv2d_gemm_paths_match_direct_convolution() {
     let device = ad_device();
     // (c_in, c_out, k): 1x1, im2col (c_in <= c_out), shifted responses (c_in > c_out),
     // Winograd (wide on both sides, small images; `ops::winograd::preferred`).
-    for (cin, cout, k) in [(5, 7, 1), (3, 8, 3), (8, 3, 3), (6, 6, 3), (256, 256, 3)] {
+    for (cin, cout, k, h, w) in [
+        (5, 7, 1, 5, 6),
+        (3, 8, 3, 5, 6),
+        (8, 3, 3, 5, 6),
+        (6, 6, 3, 5, 6),
+        (512, 512, 3, 4, 3),
+    ] {
         let mut rng = ChaCha8Rng::seed_from_u64(cin as u64 * 31 + k as u64);
         let conv = perturb(Conv2d::new(cin, cout, k, true, &mut rng, &device), 0.3, 9);
-        let x = random_input([2, cin, 5, 6], 4, &device).require_grad();
+        let x = random_input([2, cin, h, w], 4, &device).require_grad();
         // A random linear functional of the output, so every output element gets a gradient.
-        let r = random_input([2, cout, 5, 6], 5, &device);
+        let r = random_input([2, cout, h, w], 5, &device);
+        if cin == 512 {
+            assert!(glowflow::ops::winograd::preferred(cin, cout, h, w, &device));
+        }
         let grads_of = |y: Tensor<4>| {
             let g = (y * r.clone()).sum().backward();
             let gx = x.grad(&g).unwrap();
@@ -837,7 +846,7 @@ fn conv2d_gemm_paths_match_direct_convolution() {
             (to_vec(gx), to_vec(gw), to_vec(gb))
         };
         let (ours, direct) = (conv.forward(x.clone()), conv.forward_direct(x.clone()));
-        // Relative to the largest value: 256 channels sum 2,304 products per output.
+        // Relative to the largest value: 512 channels sum 4,608 products per output.
         let scale = |v: &[f32]| v.iter().fold(1f32, |m, a| m.max(a.abs()));
         let err = max_abs_diff(ours.clone(), direct.clone()) / scale(&to_vec(direct.clone()));
         assert!(

@@ -19,17 +19,20 @@
 use burn::tensor::ops::PadMode;
 use burn::tensor::Tensor;
 
-/// The smallest `min(C_in, C_out)` for which [`conv3x3`] beat the direct GEMM convolution of
-/// `nets::Conv2d` (forward and backward, 2-core Intel Xeon with AVX-512, batch 64): 256 -> 256
-/// channels on 8x8 images 1.16x faster, 512 -> 48 on 4x4 1.03x; on 16x16 images, and wherever
-/// one side is narrow (Glow's coupling networks: `C/2 -> width` in, `width -> C` out), the
-/// transforms, written as tensor operations, cost more than the 2.25x fewer multiply-adds save
-/// (256 -> 256 at 16x16: 0.72x; 512 -> 12: 0.12x; 6 -> 512: 0.03x).
-pub const MIN_CHANNELS: usize = 256;
+/// The smallest `min(C_in, C_out)` for which [`conv3x3`] beat the direct convolution of
+/// `nets::Conv2d` (the fused GEMM operation of [`crate::ops::conv`]; forward and backward of 32
+/// images on one thread, as a data-parallel shard runs, best of 5, 2-core Intel Xeon with
+/// AVX-512): 512 -> 512 channels on 4x4 images 1.13x faster (116 vs 131 ms); 512 -> 512 on 8x8
+/// 0.81x, 256 -> 256 on 8x8 0.57x, on 16x16 0.30x. Against the earlier direct path written as
+/// tensor operations it won more often (256 -> 256 on 8x8: 1.16x); wherever one side is narrow
+/// (Glow's coupling networks: `C/2 -> width` in, `width -> C` out) the transforms, written as
+/// tensor operations, cost more than the 2.25x fewer multiply-adds save (512 -> 12: 0.12x;
+/// 6 -> 512: 0.03x, measured against that earlier path).
+pub const MIN_CHANNELS: usize = 512;
 
 /// The largest image side `H * W` for which [`conv3x3`] was measured faster (see
-/// [`MIN_CHANNELS`]): 8x8.
-pub const MAX_PIXELS: usize = 64;
+/// [`MIN_CHANNELS`]): 4x4.
+pub const MAX_PIXELS: usize = 16;
 
 /// Whether [`conv3x3`] is the faster way to run a 3x3 convolution from `cin` to `cout` channels
 /// on images of `h x w` on `device`: on the CPU backend with at least [`MIN_CHANNELS`] channels

@@ -107,7 +107,7 @@ pub struct FitOptions {
     /// Class-conditional images: probability of dropping a training image's label, for
     /// classifier-free guidance.
     pub label_dropout: f64,
-    /// Images: invertible backpropagation (less memory, about 1.4x the time per step; see
+    /// Images: invertible backpropagation (less memory, about 1.25x the time per step; see
     /// `ImageTrainOptions::low_memory`).
     pub low_memory: bool,
 }
