@@ -158,11 +158,13 @@ impl ImageTrainOptions {
     }
 }
 
-/// Refuse a batch that does not fit the training set (`n` images) or the memory.
+/// Refuse a batch that does not fit the training set (`n` images) or the memory; the ActNorm
+/// initialisation's memory counts only when it will run (`initializes`: not on a resume).
 fn check_batch(
     cfg: &GlowImageConfig,
     opts: &ImageTrainOptions,
     n: usize,
+    initializes: bool,
 ) -> std::result::Result<(), FieldError> {
     if opts.batch_size > n {
         return Err(FieldError::new(
@@ -172,7 +174,8 @@ fn check_batch(
             format!("is larger than the training set ({n} images)"),
         ));
     }
-    let need = cfg.training_bytes(opts.batch_size, opts.init_batch, opts.low_memory);
+    let init_batch = if initializes { opts.init_batch } else { 0 };
+    let need = cfg.training_bytes(opts.batch_size, init_batch, opts.low_memory);
     match crate::limits::memory_shortfall(need) {
         Some(why) => Err(FieldError::new(
             "batch_size",
@@ -464,7 +467,7 @@ impl Workload for ImageWork<'_> {
         Ok((model, RunState::fresh(cfg, opts)))
     }
 
-    fn prepare(&mut self, _model: &GlowImage, run: &mut ImageRunState) -> Result<()> {
+    fn prepare(&mut self, model: &GlowImage, run: &mut ImageRunState) -> Result<()> {
         let (cfg, opts) = (&run.model, &run.options);
         let data = match self.preloaded.take() {
             Some(d) => d,
@@ -493,7 +496,8 @@ impl Workload for ImageWork<'_> {
                 .into());
             }
         }
-        check_batch(cfg, opts, data.train.n).map_err(FieldError::on_option)?;
+        check_batch(cfg, opts, data.train.n, model.needs_data_init())
+            .map_err(FieldError::on_option)?;
         self.labels = data.labels(cfg.classes, &opts.data)?;
         run.data_fingerprint = Some(print);
         self.data = Some(data);
