@@ -14,13 +14,14 @@
 //!   order) and `Y = W U`; the backward pass rebuilds `U` from the saved input (nothing of size
 //!   `k k C_in H W` is kept between the passes), `dW += dY Uᵀ`, `dX = col2im(Wᵀ dY)`.
 //! - k x k with `C_in > C_out` (few output channels): one response per kernel offset,
-//!   `Z = W' X` with `W': [k k C_out, C_in]`, and `Y` the sum of the nine shifted responses, so
+//!   `Z = W' X` with `W': [k k C_out, C_in]`, and `Y` the sum of the `k k` shifted responses, so
 //!   the shifting happens on the small side; backward `dZ` = the shifts' adjoints of `dY`,
 //!   `dX = W'ᵀ dZ`, `dW' += dZ Xᵀ`.
 //!
 //! Bias and ReLU follow the GEMM in one pass over the output; the backward pass masks the
-//! incoming gradient in place. Outputs are written by the GEMM into fresh buffers without
-//! zero-filling. The products are the same as the composition's, summed in another order, so
+//! incoming gradient in place. Outputs of the 1x1 and im2col forward passes, and the input
+//! gradients of the 1x1 and shifted-response cases, are written by the GEMM into fresh buffers
+//! without zero-filling (the others are sums of shifted blocks into a zeroed buffer). The products are the same as the composition's, summed in another order, so
 //! results agree to float32 round-off (tested against [`conv2d_composed`] and the backend's
 //! `conv2d`, outputs and all three gradients).
 //!
@@ -48,8 +49,10 @@ use crate::tensor_util::is_flex_device;
 /// plus `bias: [C_out]` when given, then ReLU when `relu_out` is set: `[N, C_out, H', W']` with
 /// `H' = H + 2 padding - k + 1` (the same size for `padding = k / 2`).
 ///
+/// An even kernel, or another padding than `k / 2`, takes the tensor-op composition.
+///
 /// # Panics
-/// On mismatched channel counts or an even kernel (a programming error, not user input).
+/// On mismatched channel counts (a programming error, not user input).
 pub fn conv2d(
     x: Tensor<4>,
     weight: Tensor<4>,
@@ -737,7 +740,8 @@ fn forward(x: &Images, w: &Kernel, bias: &[f32], relu_out: bool) -> FlexTensor {
                     im2col(&xs, i, k, p, cols);
                     gemm_into(dst, false, wm, Mat::dense(cols, cin * k * k, hw));
                 } else {
-                    gemm_into(as_uninit(cols), false, wm, xs.matrix(i));
+                    // Safety: the GEMM writes values only.
+                    gemm_into(unsafe { as_uninit(cols) }, false, wm, xs.matrix(i));
                     let z = &*cols;
                     let dst = init_zero(dst);
                     for (o, (ky, kx)) in offsets(k).enumerate() {
@@ -831,7 +835,8 @@ fn backward(
                 }
                 if want_x {
                     // dcols = Wᵀ dy, then col2im: the adjoint of im2col.
-                    gemm_into(as_uninit(scratch), false, wm.t(), gy(i));
+                    // Safety: the GEMM writes values only.
+                    gemm_into(unsafe { as_uninit(scratch) }, false, wm.t(), gy(i));
                     let image = init_zero(dxi);
                     for c in 0..cin {
                         for ky in 0..k {
@@ -917,11 +922,14 @@ unsafe fn assume_init(v: &mut [std::mem::MaybeUninit<f32>]) -> &mut [f32] {
 
 /// `dst += lhs · rhs` for an initialised row-major `dst`.
 fn gemm_acc(dst: &mut [f32], lhs: Mat, rhs: Mat) {
-    gemm_into(as_uninit(dst), true, lhs, rhs);
+    // Safety: the GEMM writes values only.
+    gemm_into(unsafe { as_uninit(dst) }, true, lhs, rhs);
 }
 
-fn as_uninit(v: &mut [f32]) -> &mut [std::mem::MaybeUninit<f32>] {
-    // Safety: `MaybeUninit<f32>` has the layout of `f32`, and every value written through it
-    // is an initialised `f32`.
+/// # Safety
+/// The caller may only write initialised `f32` values through the result (never
+/// `MaybeUninit::uninit()`), as [`gemm_into`] does.
+unsafe fn as_uninit(v: &mut [f32]) -> &mut [std::mem::MaybeUninit<f32>] {
+    // Safety: `MaybeUninit<f32>` has the layout of `f32`; the caller writes only values.
     unsafe { &mut *(v as *mut [f32] as *mut [std::mem::MaybeUninit<f32>]) }
 }

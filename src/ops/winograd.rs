@@ -30,7 +30,7 @@ use burn::tensor::Tensor;
 /// 6 -> 512: 0.03x, measured against that earlier path).
 pub const MIN_CHANNELS: usize = 512;
 
-/// The largest image side `H * W` for which [`conv3x3`] was measured faster (see
+/// The largest image area `H * W` (pixels) for which [`conv3x3`] was measured faster (see
 /// [`MIN_CHANNELS`]): 4x4.
 pub const MAX_PIXELS: usize = 16;
 

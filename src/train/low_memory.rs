@@ -8,7 +8,10 @@
 //! backpropagate `sum(y * dL/dy) + sum(logdet * dL/dlogdet)` into the layer's parameters and
 //! its input, and drop the layer's graph before the next. Memory is one layer's activations
 //! (plus the sequence's input and output) whatever the depth; the price is one more forward and
-//! one inverse per layer.
+//! one inverse per layer. A coupling (affine or additive) evaluates its network once for both:
+//! the autodiff forward of the network on the conditioning half (which the output carries
+//! unchanged) gives the values the inverse needs and the graph the re-run needs, so a coupling's
+//! inverse adds only its element-wise part.
 //!
 //! A rebuilt input differs from the original by the inverse's round-off, which grows with the
 //! number of layers inverted in a row. So the forward pass keeps the input of every
@@ -200,7 +203,8 @@ pub fn sequence_grads(
 ///
 /// Memory: every level's flow input and output and the kept inputs (a few values per pixel),
 /// one flow step's activations at a time, and the priors', dequantiser's and class head's
-/// graphs. The flow steps' forward runs twice and each of their inverses once.
+/// graphs. The flow steps' forward runs twice and each of their inverses once (a coupling's
+/// network once for both, see the module docs).
 pub fn image_loss_and_grads(
     model: &GlowImage,
     cfg: &GlowImageConfig,
