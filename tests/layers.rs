@@ -962,6 +962,7 @@ fn fused_conv2d_matches_tensor_op_composition() {
                         x(),
                         weight.clone(),
                         bias.clone(),
+                        None,
                         k / 2,
                         relu_out,
                     ));
@@ -1008,7 +1009,7 @@ fn fused_conv2d_matches_tensor_op_composition() {
                         let bias = Some(b.clone());
                         let y = match fused {
                             true => conv2d(xin, wt, bias, k / 2, true),
-                            false => conv2d_composed(xin, wt, bias, k / 2, true),
+                            false => conv2d_composed(xin, wt, bias, None, k / 2, true),
                         };
                         let g = (y * r.clone()).sum().backward();
                         [
@@ -1041,6 +1042,86 @@ fn fused_conv2d_matches_tensor_op_composition() {
             }
         }
     }
+}
+
+/// The fused convolution with ActNorm's shift and log-scale after it (`conv2d_scaled`, as
+/// Glow's coupling network runs `conv -> ActNorm -> ReLU`) against the tensor-op composition,
+/// and `Conv2d::forward_actnorm` against `relu(ActNorm(conv2d(x)))` with the backend's
+/// convolution: outputs and the gradients of the input, the kernel, the shift and the
+/// log-scale, within 1e-5 of the largest value.
+#[test]
+fn fused_conv2d_with_actnorm_matches_composition() {
+    use glowflow::nets::Conv2d;
+    use glowflow::ops::conv::{conv2d_composed, conv2d_scaled};
+    let device = ad_device();
+    let scale = |v: &[f32]| v.iter().fold(1f32, |m, a| m.max(a.abs()));
+    let rel = |u: &[f32], v: &[f32]| {
+        assert_eq!(u.len(), v.len());
+        u.iter().zip(v).fold(0f32, |m, (p, q)| m.max((p - q).abs())) / scale(v)
+    };
+    // (n, c_in, c_out, k, h, w): im2col, 1x1, shifted responses.
+    for (n, cin, cout, k, h, w) in [(3, 3, 8, 3, 5, 6), (2, 6, 6, 1, 4, 4), (2, 9, 4, 3, 3, 5)] {
+        let seed = (cin * 10 + cout) as u64;
+        let wide = random_input([n, cin + 1, h, w], seed, &device).require_grad();
+        let weight = random_input([cout, cin, k, k], seed + 1, &device).require_grad();
+        let shift = random_input([1, 1, 1, cout], seed + 2, &device)
+            .reshape([cout])
+            .require_grad();
+        let logs = random_input([1, 1, 1, cout], seed + 3, &device)
+            .reshape([cout])
+            .mul_scalar(0.5)
+            .require_grad();
+        let r = random_input([n, cout, h, w], seed + 4, &device);
+        let x = || wide.clone().narrow(1, 1, cin);
+        for relu_out in [false, true] {
+            let label = format!("{n}x{cin}->{cout} k{k} relu {relu_out}");
+            let run = |y: Tensor<4>| {
+                let yv = to_vec(y.clone());
+                let g = (y * r.clone()).sum().backward();
+                let gs = [
+                    to_vec(wide.grad(&g).unwrap()),
+                    to_vec(weight.grad(&g).unwrap()),
+                    to_vec(shift.grad(&g).unwrap()),
+                    to_vec(logs.grad(&g).unwrap()),
+                ];
+                (yv, gs)
+            };
+            let (s, l) = (Some(shift.clone()), Some(logs.clone()));
+            let fused = run(conv2d_scaled(
+                x(),
+                weight.clone(),
+                s.clone(),
+                l.clone(),
+                k / 2,
+                relu_out,
+            ));
+            let plain = run(conv2d_composed(x(), weight.clone(), s, l, k / 2, relu_out));
+            let e = rel(&fused.0, &plain.0);
+            assert!(e <= 1e-5, "{label}: output differs by {e}");
+            for (name, (u, v)) in ["x", "weight", "shift", "log-scale"]
+                .iter()
+                .zip(fused.1.iter().zip(&plain.1))
+            {
+                let e = rel(u, v);
+                assert!(e <= 1e-5, "{label}: d/d{name} differs by {e}");
+            }
+        }
+    }
+    // Through the network's own types: Conv2d + ActNorm.
+    let mut rng = ChaCha8Rng::seed_from_u64(5);
+    let conv = Conv2d::new(4, 16, 3, false, &mut rng, &device);
+    let mut norm = ActNorm::new(16, &device);
+    let x = random_input([3, 4, 6, 5], 6, &device);
+    norm.initialize(&conv.forward_direct(x.clone()));
+    let ours = conv.forward_actnorm(x.clone(), &norm, true);
+    let reference = burn::tensor::activation::relu(norm.forward(conv.forward_direct(x)).0);
+    let e = rel(&to_vec(ours.clone()), &to_vec(reference));
+    assert!(
+        e <= 1e-5,
+        "Conv2d::forward_actnorm differs from conv2d + ActNorm by {e}"
+    );
+    let v = to_vec(ours);
+    assert!(v.contains(&0.0) && v.iter().any(|&a| a > 0.0));
 }
 
 #[test]

@@ -84,6 +84,34 @@ impl Conv2d {
         self.apply(x, true)
     }
 
+    /// `act(ActNorm(conv(x) + bias))` with `norm`'s shift and log-scale, ReLU when `relu_out`:
+    /// Glow's coupling network's `conv -> ActNorm -> ReLU` as one fused operation on the CPU
+    /// ([`crate::ops::conv::conv2d_scaled`]); the ActNorm's log-determinant is not computed
+    /// (the network's inner ActNorms are not flow layers).
+    pub fn forward_actnorm(&self, x: Tensor<4>, norm: &ActNorm, relu_out: bool) -> Tensor<4> {
+        let [_, cin, h, w] = x.dims();
+        let [cout, _, k, _] = self.weight.dims();
+        let act = |y: Tensor<4>| if relu_out { relu(y) } else { y };
+        if k == 3
+            && self.padding == 1
+            && crate::ops::winograd::preferred(cin, cout, h, w, &x.device())
+        {
+            return act(norm.forward(self.forward(x)).0);
+        }
+        let shift = match &self.bias {
+            Some(b) => b.val() + norm.bias.val(),
+            None => norm.bias.val(),
+        };
+        crate::ops::conv::conv2d_scaled(
+            x,
+            self.weight.val(),
+            Some(shift),
+            Some(norm.logs.val()),
+            self.padding,
+            relu_out,
+        )
+    }
+
     fn apply(&self, x: Tensor<4>, relu_out: bool) -> Tensor<4> {
         let [_, cin, h, w] = x.dims();
         let [cout, _, k, _] = self.weight.dims();
@@ -175,8 +203,8 @@ impl GlowConvNet {
 
     /// Apply the network to `x: [N, C_in, H, W]`, giving `[N, C_out, H, W]`.
     pub fn forward(&self, x: Tensor<4>) -> Tensor<4> {
-        let h = relu(self.norm_in.forward(self.conv_in.forward(x)).0);
-        let h = relu(self.norm_mid.forward(self.conv_mid.forward(h)).0);
+        let h = self.conv_in.forward_actnorm(x, &self.norm_in, true);
+        let h = self.conv_mid.forward_actnorm(h, &self.norm_mid, true);
         self.conv_out.forward(h)
     }
 

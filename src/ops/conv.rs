@@ -60,18 +60,46 @@ pub fn conv2d(
     padding: usize,
     relu_out: bool,
 ) -> Tensor<4> {
-    if fused_supported(&x, &weight, bias.as_ref(), padding) {
+    conv2d_scaled(x, weight, bias, None, padding, relu_out)
+}
+
+/// `act((conv(x, weight) + shift) * exp(log_scale))`: [`conv2d`] followed by a per-channel
+/// affine map, as a convolution followed by ActNorm (Glow §3.1: `shift` = ActNorm's bias,
+/// `log_scale` = its log-scale, both `[C_out]`) in Glow's coupling network; `None` leaves
+/// either out. One fused operation on the CPU in float32 (the gradients of `shift` and
+/// `log_scale` included), the tensor-op composition elsewhere.
+///
+/// # Panics
+/// On mismatched channel counts (a programming error, not user input).
+pub fn conv2d_scaled(
+    x: Tensor<4>,
+    weight: Tensor<4>,
+    shift: Option<Tensor<1>>,
+    log_scale: Option<Tensor<1>>,
+    padding: usize,
+    relu_out: bool,
+) -> Tensor<4> {
+    let f32s = [shift.as_ref(), log_scale.as_ref()]
+        .into_iter()
+        .flatten()
+        .all(|t| t.dtype() == DType::F32);
+    if f32s && fused_supported(&x, &weight, None, padding) {
         let cout = weight.dims()[0];
-        let bias = bias.unwrap_or_else(|| Tensor::zeros([cout], &x.device()));
+        let zeros = || Tensor::zeros([cout], &x.device());
+        let scaled = log_scale.is_some();
+        let shift = shift.unwrap_or_else(zeros);
+        let log_scale = log_scale.unwrap_or_else(zeros);
         Tensor::from_dispatch(<Dispatch as FusedConvBackend>::fused_conv2d(
             x.into_dispatch(),
             weight.into_dispatch(),
-            bias.into_dispatch(),
+            shift.into_dispatch(),
+            log_scale.into_dispatch(),
             padding,
+            scaled,
             relu_out,
         ))
     } else {
-        conv2d_composed(x, weight, bias, padding, relu_out)
+        conv2d_composed(x, weight, shift, log_scale, padding, relu_out)
     }
 }
 
@@ -99,13 +127,15 @@ fn composed_forced() -> bool {
     *FORCED.get_or_init(|| std::env::var("GLOWFLOW_CONV").as_deref() == Ok("composed"))
 }
 
-/// The same convolution from plain tensor ops (any backend, any float type): batched GEMMs
-/// `[C_out, K] x [K, H W]` per image, as described in the module docs (im2col by slices and a
-/// concatenation, or the shifted responses summed by padding and slicing).
+/// The same operation as [`conv2d_scaled`] from plain tensor ops (any backend, any float
+/// type): batched GEMMs `[C_out, K] x [K, H W]` per image, as described in the module docs
+/// (im2col by slices and a concatenation, or the shifted responses summed by padding and
+/// slicing), then `+ bias`, `* exp(log_scale)` and the ReLU.
 pub fn conv2d_composed(
     x: Tensor<4>,
     weight: Tensor<4>,
     bias: Option<Tensor<1>>,
+    log_scale: Option<Tensor<1>>,
     padding: usize,
     relu_out: bool,
 ) -> Tensor<4> {
@@ -151,6 +181,10 @@ pub fn conv2d_composed(
         Some(b) => y + b.reshape([1, cout, 1]),
         None => y,
     };
+    let y = match log_scale {
+        Some(ls) => y * ls.reshape([1, cout, 1]).exp(),
+        None => y,
+    };
     let y = y.reshape([n, cout, ho, wo]);
     if relu_out {
         relu(y)
@@ -169,14 +203,17 @@ fn offsets(k: usize) -> impl Iterator<Item = (usize, usize)> {
 /// [`conv2d`], which checks that the operands qualify.
 #[backend_extension(Flex, Autodiff)]
 pub trait FusedConvBackend: Backend {
-    /// `act(conv(x, weight) + bias)` for float32 `x: [N, C_in, H, W]`, `weight: [C_out, C_in,
-    /// k, k]` (odd `k`, `padding = k / 2`), `bias: [C_out]`, giving `[N, C_out, H, W]`; `act`
-    /// is ReLU when `relu_out` is set, the identity otherwise.
+    /// `act((conv(x, weight) + shift) * s)` for float32 `x: [N, C_in, H, W]`, `weight: [C_out,
+    /// C_in, k, k]` (odd `k`, `padding = k / 2`), `shift: [C_out]`, `log_scale: [C_out]` with
+    /// `s = exp(log_scale)` when `scaled` (else `s = 1` and `log_scale` unused), giving `[N,
+    /// C_out, H, W]`; `act` is ReLU when `relu_out` is set, the identity otherwise.
     fn fused_conv2d(
         x: FloatTensor<Self>,
         weight: FloatTensor<Self>,
-        bias: FloatTensor<Self>,
+        shift: FloatTensor<Self>,
+        log_scale: FloatTensor<Self>,
         padding: usize,
+        scaled: bool,
         relu_out: bool,
     ) -> FloatTensor<Self>;
 }
@@ -185,37 +222,57 @@ impl FusedConvBackend for Flex {
     fn fused_conv2d(
         x: FlexTensor,
         weight: FlexTensor,
-        bias: FlexTensor,
+        shift: FlexTensor,
+        log_scale: FlexTensor,
         padding: usize,
+        scaled: bool,
         relu_out: bool,
     ) -> FlexTensor {
         let (x, w) = (Images::of(&x), Kernel::of(&weight, padding));
-        forward(&x, &w, &bias_values(&bias), relu_out)
+        let scale = scaled.then(|| scale_values(&log_scale));
+        forward(&x, &w, &bias_values(&shift), scale.as_deref(), relu_out)
     }
 }
 
-/// Saved for the backward pass: the input, the weight, the padding and, for ReLU, the output
-/// (its sign is the ReLU mask).
-type ConvState = (FlexTensor, FlexTensor, usize, Option<FlexTensor>);
+/// Saved for the backward pass: the input, the weight, the padding, the output when the ReLU
+/// mask or the log-scale's gradient needs it, the scale `exp(log_scale)` when scaled, and
+/// whether the ReLU was applied.
+type ConvState = (
+    FlexTensor,
+    FlexTensor,
+    usize,
+    Option<FlexTensor>,
+    Option<Vec<f32>>,
+    bool,
+);
 
 #[derive(Debug)]
 struct ConvBackward;
 
-impl Backward<Flex, 3> for ConvBackward {
+impl Backward<Flex, 4> for ConvBackward {
     type State = ConvState;
 
-    fn backward(self, ops: Ops<Self::State, 3>, grads: &mut Gradients, _: &mut Checkpointer) {
-        let [node_x, node_w, node_b] = ops.parents;
+    fn backward(self, ops: Ops<Self::State, 4>, grads: &mut Gradients, _: &mut Checkpointer) {
+        let [node_x, node_w, node_b, node_s] = ops.parents;
         let grad = grads.consume::<Flex>(&ops.node);
-        let (x, w, padding, out) = ops.state;
+        let (x, w, padding, out, scale, relu_out) = ops.state;
         let parts = backward(
             &Images::of(&x),
             &Kernel::of(&w, padding),
-            out.as_ref(),
+            Output {
+                values: out.as_ref(),
+                relu: relu_out,
+                scale: scale.as_deref(),
+            },
             grad,
-            [node_x.is_some(), node_w.is_some(), node_b.is_some()],
+            [
+                node_x.is_some(),
+                node_w.is_some(),
+                node_b.is_some(),
+                node_s.is_some(),
+            ],
         );
-        for (node, g) in [node_x, node_w, node_b].into_iter().zip(parts) {
+        for (node, g) in [node_x, node_w, node_b, node_s].into_iter().zip(parts) {
             if let (Some(node), Some(g)) = (node, g) {
                 grads.register::<Flex>(node.id, g);
             }
@@ -227,18 +284,22 @@ impl<C: CheckpointStrategy> FusedConvBackend for Autodiff<Flex, C> {
     fn fused_conv2d(
         x: FloatTensor<Self>,
         weight: FloatTensor<Self>,
-        bias: FloatTensor<Self>,
+        shift: FloatTensor<Self>,
+        log_scale: FloatTensor<Self>,
         padding: usize,
+        scaled: bool,
         relu_out: bool,
     ) -> FloatTensor<Self> {
         let prepared = ConvBackward
-            .prepare::<C>([x.node(), weight.node(), bias.node()])
+            .prepare::<C>([x.node(), weight.node(), shift.node(), log_scale.node()])
             .compute_bound()
             .stateful();
+        let scale = scaled.then(|| scale_values(log_scale.primitive()));
         let out = forward(
             &Images::of(x.primitive()),
             &Kernel::of(weight.primitive(), padding),
-            &bias_values(bias.primitive()),
+            &bias_values(shift.primitive()),
+            scale.as_deref(),
             relu_out,
         );
         match prepared {
@@ -247,7 +308,9 @@ impl<C: CheckpointStrategy> FusedConvBackend for Autodiff<Flex, C> {
                     x.into_primitive(),
                     weight.into_primitive(),
                     padding,
-                    relu_out.then(|| out.clone()),
+                    (relu_out || scaled).then(|| out.clone()),
+                    scale,
+                    relu_out,
                 );
                 prep.finish(state, out)
             }
@@ -465,6 +528,11 @@ impl Kernel {
         }
         w
     }
+}
+
+/// `exp(log_scale)` per channel, as ActNorm computes its scale.
+fn scale_values(log_scale: &FlexTensor) -> Vec<f32> {
+    bias_values(log_scale).into_iter().map(f32::exp).collect()
 }
 
 fn bias_values(b: &FlexTensor) -> Vec<f32> {
@@ -692,6 +760,26 @@ fn add_bias_relu(row: &mut [f32], bias: f32) {
     })
 }
 
+/// `act((v + shift) * scale)`, ActNorm's order of operations.
+#[inline(never)]
+fn shift_scale(row: &mut [f32], shift: f32, scale: f32, relu_out: bool) {
+    super::vectorized(|| {
+        for v in row.iter_mut() {
+            let y = (*v + shift) * scale;
+            *v = if relu_out && y < 0.0 { 0.0 } else { y };
+        }
+    })
+}
+
+#[inline(never)]
+fn scale_row(row: &mut [f32], s: f32) {
+    super::vectorized(|| {
+        for v in row.iter_mut() {
+            *v *= s;
+        }
+    })
+}
+
 #[inline(never)]
 fn add_bias(row: &mut [f32], bias: f32) {
     super::vectorized(|| {
@@ -710,7 +798,13 @@ fn relu_mask(grad: &mut [f32], out: &[f32]) {
     })
 }
 
-fn forward(x: &Images, w: &Kernel, bias: &[f32], relu_out: bool) -> FlexTensor {
+fn forward(
+    x: &Images,
+    w: &Kernel,
+    bias: &[f32],
+    scale: Option<&[f32]>,
+    relu_out: bool,
+) -> FlexTensor {
     let [n, cin, h, wd] = x.dims;
     assert_eq!(
         cin, w.cin,
@@ -760,11 +854,11 @@ fn forward(x: &Images, w: &Kernel, bias: &[f32], relu_out: bool) -> FlexTensor {
                 }
                 // Safety: the block was written above.
                 let dst: &mut [f32] = unsafe { assume_init(dst) };
-                for (row, &b) in dst.chunks_exact_mut(hw.max(1)).zip(bias) {
-                    if relu_out {
-                        add_bias_relu(row, b);
-                    } else {
-                        add_bias(row, b);
+                for (c, row) in dst.chunks_exact_mut(hw.max(1)).enumerate() {
+                    match (scale, relu_out) {
+                        (None, true) => add_bias_relu(row, bias[c]),
+                        (None, false) => add_bias(row, bias[c]),
+                        (Some(s), _) => shift_scale(row, bias[c], s[c], relu_out),
                     }
                 }
             }
@@ -775,32 +869,63 @@ fn forward(x: &Images, w: &Kernel, bias: &[f32], relu_out: bool) -> FlexTensor {
     flex(out, &[n, cout, h, wd])
 }
 
-/// Gradients `[dx, dW, db]` for the output gradient `grad`; only the `wanted` ones are
-/// computed. Each run of images sums its own kernel gradient; the runs' sums are added in run
-/// order.
+/// The forward output as the backward pass needs it.
+struct Output<'a> {
+    /// The output (kept for the ReLU mask and the log-scale's gradient).
+    values: Option<&'a FlexTensor>,
+    relu: bool,
+    /// `exp(log_scale)` per channel, when scaled.
+    scale: Option<&'a [f32]>,
+}
+
+/// Gradients `[dx, dW, d shift, d log_scale]` for the output gradient `grad`; only the
+/// `wanted` ones are computed. Each run of images sums its own kernel gradient; the runs' sums
+/// are added in run order.
 fn backward(
     x: &Images,
     w: &Kernel,
-    out: Option<&FlexTensor>,
+    out: Output,
     grad: FlexTensor,
-    wanted: [bool; 3],
-) -> [Option<FlexTensor>; 3] {
+    wanted: [bool; 4],
+) -> [Option<FlexTensor>; 4] {
     let [n, cin, h, wd] = x.dims;
     let (cout, k, p, hw) = (w.cout, w.k, w.padding, h * wd);
     let mut g = grad
         .into_data()
         .try_into_vec::<f32>()
         .expect("fused conv2d: float32 gradient");
-    if let Some(out) = out {
-        let out = out
-            .as_slice::<f32>()
-            .expect("fused conv2d: contiguous output");
-        relu_mask(&mut g, out);
+    let values = out.values.map(|o| {
+        o.as_slice::<f32>()
+            .expect("fused conv2d: contiguous output")
+    });
+    if out.relu {
+        relu_mask(
+            &mut g,
+            values.expect("fused conv2d: output kept for the ReLU"),
+        );
+    }
+    // y = act((v + shift) s): d log_s = sum(dy y) (zero where the ReLU cut), then dv = dy s.
+    let d_log_scale = match (out.scale, wanted[3]) {
+        (Some(_), true) => {
+            let y = values.expect("fused conv2d: output kept for the log-scale");
+            let mut d = vec![0.0f32; cout];
+            let (gs, ys) = (g.chunks_exact(hw.max(1)), y.chunks_exact(hw.max(1)));
+            for (r, (gr, yr)) in gs.zip(ys).enumerate() {
+                d[r % cout.max(1)] += gr.iter().zip(yr).map(|(a, b)| a * b).sum::<f32>();
+            }
+            Some(flex(d, &[cout]))
+        }
+        _ => None,
+    };
+    if let Some(s) = out.scale {
+        for (r, row) in g.chunks_exact_mut(hw.max(1)).enumerate() {
+            scale_row(row, s[r % cout.max(1)]);
+        }
     }
     let per_image = cout * hw;
     let (xs, wm, g) = (x.view(), w.mat(), &g[..]);
     let gy = |i: usize| Mat::dense(&g[i * per_image..(i + 1) * per_image], cout, hw);
-    let [want_x, want_w, want_b] = wanted;
+    let [want_x, want_w, want_b, _] = wanted;
     // dx is written image by image; without it the runs still split the images.
     let mut dx: Vec<f32> = Vec::with_capacity(if want_x { n * cin * hw } else { 0 });
     let mut none: Vec<std::mem::MaybeUninit<f32>> = Vec::new();
@@ -901,7 +1026,12 @@ fn backward(
         }
         flex(db, &[cout])
     });
-    [want_x.then(|| flex(dx, &[n, cin, h, wd])), dw, db]
+    [
+        want_x.then(|| flex(dx, &[n, cin, h, wd])),
+        dw,
+        db,
+        d_log_scale,
+    ]
 }
 
 /// Zero `v` and hand it back initialised.
