@@ -1750,3 +1750,22 @@ fn weight_count_estimate_matches_the_built_model() {
         );
     }
 }
+
+/// A loss curve's y range ignores a single spike (a clipped degenerate batch) but keeps the
+/// curve's own spread.
+#[test]
+fn loss_curve_range_survives_one_spike() {
+    use glowflow::viz::charts::curve_range;
+    let mut ys: Vec<f64> = (0..2000)
+        .map(|i| 3.0 + 0.5 * ((i as f64) * 0.37).sin())
+        .collect();
+    ys[1500] = 991_945.9;
+    let (lo, hi) = curve_range(&ys);
+    assert!(
+        (lo - 2.5).abs() < 1e-3 && hi > 3.49 && hi < 3.51,
+        "range {lo}..{hi}"
+    );
+    // Short runs keep their maximum.
+    assert_eq!(curve_range(&[3.0, 9.0, 4.0]), (3.0, 9.0));
+    assert_eq!(curve_range(&[]), (0.0, 1.0));
+}

@@ -183,21 +183,46 @@ pub fn loss_curve(out: &Path, x: &str, y: &str, title: &str) -> Result<()> {
     let xmax = pts.iter().map(|p| p.0).fold(1.0, f64::max);
     // The y range of the last 90% of the run, so the first steps' large values do not flatten
     // the curve.
-    let tail = &pts[pts.len() / 10..];
-    let lo = tail.iter().map(|p| p.1).fold(f64::INFINITY, f64::min);
-    let hi = tail.iter().map(|p| p.1).fold(f64::NEG_INFINITY, f64::max);
+    let tail: Vec<f64> = pts[pts.len() / 10..].iter().map(|p| p.1).collect();
+    let (lo, hi) = curve_range(&tail);
     let pad = 0.05 * (hi - lo).max(1e-6);
     // The curve starts where it enters that range (the first steps' values are off the chart).
     let from = pts.iter().position(|p| p.1 <= hi + pad).unwrap_or(0);
+    let above = pts[from..].iter().filter(|p| p.1 > hi + pad).count();
+    let title = match above {
+        0 => title.to_string(),
+        k => format!(
+            "{title} ({k} value{} above the chart)",
+            if k == 1 { "" } else { "s" }
+        ),
+    };
     let series = [(String::new(), pts[from..].to_vec())];
     line_chart(
         &out.join("loss.png"),
-        title,
+        &title,
         (x, y),
         (xmax, (lo - pad, hi + pad)),
         &series,
         false,
     )
+}
+
+/// The y range `(lo, hi)` a loss curve shows for the values `ys`: from the smallest value to
+/// the 99.5th percentile, so that a few isolated spikes (a degenerate batch whose step the
+/// stability guard clipped: one such window of 1e6 bits/dim among thousands near 3) do not
+/// flatten the curve; they run off the top of the chart and the title counts them. Fewer than
+/// 200 values keep their maximum. `(0, 1)` for no values.
+pub fn curve_range(ys: &[f64]) -> (f64, f64) {
+    let mut v: Vec<f64> = ys.iter().copied().filter(|y| y.is_finite()).collect();
+    if v.is_empty() {
+        return (0.0, 1.0);
+    }
+    v.sort_by(f64::total_cmp);
+    let top = match v.len() {
+        n if n < 200 => n - 1,
+        n => ((n - 1) as f64 * 0.995).floor() as usize,
+    };
+    (v[0], v[top])
 }
 
 /// One panel of a picture of the plane `[-b, b]^2`.
