@@ -41,6 +41,7 @@ use burn::tensor::activation::relu;
 use burn::tensor::ops::PadMode;
 use burn::tensor::{DType, Tensor};
 
+use super::dense::relu_mask;
 use super::flex;
 use crate::tensor_util::is_flex_device;
 
@@ -785,15 +786,6 @@ fn add_bias(row: &mut [f32], bias: f32) {
     super::vectorized(|| {
         for v in row.iter_mut() {
             *v += bias;
-        }
-    })
-}
-
-#[inline(never)]
-fn relu_mask(grad: &mut [f32], out: &[f32]) {
-    super::vectorized(|| {
-        for (d, &o) in grad.iter_mut().zip(out) {
-            *d = if o > 0.0 { *d } else { 0.0 };
         }
     })
 }

@@ -342,8 +342,10 @@ fn backward(
     [dx, dw, db]
 }
 
+/// Zero `grad` where the ReLU output `out` is not positive (its backward pass; shared with
+/// `ops::conv`).
 #[inline(never)]
-fn relu_mask(grad: &mut [f32], out: &[f32]) {
+pub(super) fn relu_mask(grad: &mut [f32], out: &[f32]) {
     super::vectorized(|| {
         for (d, &o) in grad.iter_mut().zip(out) {
             *d = if o > 0.0 { *d } else { 0.0 };
