@@ -31,8 +31,8 @@ use glowflow::models::{
 use glowflow::nets::{CouplingNet, PlainConvNet};
 use glowflow::ops::adam::adam;
 use glowflow::tensor_util::{from_vec, to_vec, with_sequential_param_ids};
-use glowflow::train::low_memory::image_loss_and_grads;
-use glowflow::train::parallel::{backprop, shard_grads};
+use glowflow::train::low_memory::image_loss_and_grads_into;
+use glowflow::train::parallel::{backprop, shard_grads_into, GradSink, ShardSink};
 
 /// What `glowflow bench --workload` runs.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum, Serialize)]
@@ -208,12 +208,16 @@ impl TrainRun<'_> {
         M: Module + Clone + Send + Sync,
         F: Fn(&M, Tensor<2>) -> Tensor<1> + Sync,
     {
-        self.time_grads(model, warmup, steps, |m, x, w| backprop(m, loss(m, x), w))
+        self.time_grads_into(model, warmup, steps, |m, x, w, sink| {
+            let (value, grads) = backprop(m, loss(m, x), w);
+            sink.deposit(m, grads);
+            value
+        })
     }
 
-    /// Time whole steps of `model`; `grads` gives a `[k, width]` shard's weighted mean loss
-    /// and its gradients (see `parallel::shard_grads`).
-    fn time_grads<M, G>(
+    /// Time whole steps of `model`; `grads` gives a `[k, width]` shard's weighted mean loss and
+    /// deposits its gradients (see `parallel::shard_grads_into`).
+    fn time_grads_into<M, G>(
         &self,
         model: M,
         warmup: usize,
@@ -222,14 +226,14 @@ impl TrainRun<'_> {
     ) -> Result<(Vec<f64>, Option<f64>)>
     where
         M: Module + Clone + Send + Sync,
-        G: Fn(&M, Tensor<2>, f64) -> (f64, burn::optim::GradientsParams) + Sync,
+        G: Fn(&M, Tensor<2>, f64, &mut ShardSink) -> f64 + Sync,
     {
         let mut optim = adam(1e-8);
         let mut slot = Some(model);
         time_calls(warmup, steps, || {
             let m = slot.take().expect("model present between steps");
             let (value, grads) =
-                shard_grads(&m, self.rows, self.width, self.threads, self.device, &grads);
+                shard_grads_into(&m, self.rows, self.width, self.threads, self.device, &grads);
             slot = Some(optim.step(self.lr, m, grads));
             finite(value)
         })
@@ -423,8 +427,8 @@ fn bench_image(
     };
     if opts.low_memory {
         let layout = BatchLayout::new(&cfg, 0.0);
-        return run.time_grads(model, warmup, steps, |m, x, w| {
-            image_loss_and_grads(m, &cfg, &layout, x, 0.0, w)
+        return run.time_grads_into(model, warmup, steps, |m, x, w, sink| {
+            image_loss_and_grads_into(m, &cfg, &layout, x, 0.0, w, sink)
         });
     }
     run.time(model, warmup, steps, |m, x| {

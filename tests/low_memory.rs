@@ -6,14 +6,17 @@ use burn::module::{Module, ModuleVisitor, Param};
 use burn::optim::GradientsParams;
 use burn::tensor::{DType, Tensor};
 use common::{ad_device, perturb, random_input};
+use glowflow::flow::Context;
 use glowflow::flow::Flow;
 use glowflow::layers::{AffineScale, FlowSequence, Permutation};
 use glowflow::models::objective::{batch_loss, BatchLayout};
 use glowflow::models::{Dequantization, DequantizerConfig, VectorFlow, VectorFlowConfig};
 use glowflow::models::{GlowImage, GlowImageConfig, ImageCoupling};
 use glowflow::tensor_util::to_vec_f64;
-use glowflow::train::low_memory::{image_loss_and_grads, sequence_grads, KEEP_EVERY_STEPS};
-use glowflow::train::parallel::backprop;
+use glowflow::train::low_memory::{
+    image_loss_and_grads, image_loss_and_grads_into, sequence_grads, Forward, KEEP_EVERY_STEPS,
+};
+use glowflow::train::parallel::{backprop, shard_grads_into};
 
 /// The first level's flow (ActNorm, LU 1x1 convolution, affine coupling with Glow's CNN, K
 /// times) of a small image Glow, initialised and perturbed so no layer is the identity.
@@ -218,8 +221,13 @@ fn every_layer_kind_matches_ordinary_backprop() {
             let g = head(z, ld).backward();
             let input_grad = x_leaf.grad(&g).unwrap();
             let ordinary = GradientsParams::from_grads(g, &seq);
+            let (chunked, chunked_input) =
+                chunked_grads(&seq, x.clone(), ctx.as_ref(), shape[0] / 2 + 1);
             let low = sequence_grads(&seq, x, ctx.as_ref(), usize::MAX, head);
             let (err, count) = relative_error(&seq, &low.grads, &ordinary);
+            // The backward pass in two unequal chunks.
+            let (chunk_err, _) = relative_error(&seq, &chunked, &ordinary);
+            let chunk_input_err = max_abs_diff(&chunked_input, &input_grad);
             let (u, v) = (to_vec_f64(low.input_grad), to_vec_f64(input_grad));
             let si = v.iter().fold(1f64, |m, x| m.max(x.abs()));
             let di = u
@@ -234,11 +242,130 @@ fn every_layer_kind_matches_ordinary_backprop() {
             assert!(count >= 6, "{name}: only {count} parameters compared");
             assert!(err <= tol, "{name} {dtype:?}: relative error {err}");
             assert!(
+                chunk_err <= tol && chunk_input_err <= tol * si,
+                "{name} {dtype:?}: chunked backward off by {chunk_err} (parameters), {chunk_input_err} (input)"
+            );
+            assert!(
                 di <= tol,
                 "{name} {dtype:?}: input gradient off by {di} (relative)"
             );
         }
     }
+}
+
+/// [`sequence_grads`] with every layer inverted and the backward pass run `chunk` images at a
+/// time ([`Forward::backward_chunk`]): the parameter gradients and the input gradient.
+fn chunked_grads(
+    seq: &FlowSequence,
+    x: Tensor<4>,
+    ctx: Context,
+    chunk: usize,
+) -> (GradientsParams, Tensor<4>) {
+    assert!(
+        x.dims()[0] > chunk && !x.dims()[0].is_multiple_of(chunk),
+        "chunks of unequal sizes"
+    );
+    let fwd = Forward::run(seq, x.inner(), ctx, usize::MAX).backward_chunk(chunk);
+    let z = Tensor::from_inner(fwd.y.clone()).require_grad();
+    let ld = Tensor::from_inner(fwd.logdet.clone()).require_grad();
+    let g = head(z.clone(), ld.clone()).backward();
+    let (gz, gld) = (z.grad(&g).unwrap(), ld.grad(&g).unwrap());
+    let mut grads = GradientsParams::new();
+    let input = fwd.backward(seq, ctx, gz, gld, &mut grads);
+    (grads, Tensor::from_inner(input))
+}
+
+/// The largest absolute difference between two tensors' values.
+fn max_abs_diff<const D: usize>(a: &Tensor<D>, b: &Tensor<D>) -> f64 {
+    let (a, b) = (to_vec_f64(a.clone()), to_vec_f64(b.clone()));
+    assert_eq!(a.len(), b.len());
+    a.iter()
+        .zip(&b)
+        .fold(0f64, |m, (u, v)| m.max((u - v).abs()))
+}
+
+/// Data-parallel shards of invertible backpropagation deposit their gradients layer by layer
+/// into one sum (`parallel::shard_grads_into`); that sum is bitwise the shards' whole gradient
+/// sets added in shard order, whatever order the shards' layers arrive in, and equals ordinary
+/// backpropagation of the whole batch.
+#[test]
+fn sharded_invertible_backprop_sums_in_shard_order() {
+    let device = ad_device();
+    let cfg = GlowImageConfig {
+        levels: 2,
+        steps_per_level: 3,
+        net_width: 8,
+        ..GlowImageConfig::new(2, 8, 8)
+    };
+    let mut m = GlowImage::new(&cfg, &device);
+    m.initialize(random_input([16, 2, 8, 8], 1, &device).mul_scalar(0.2));
+    let m = perturb(m, 0.05, 3);
+    let layout = BatchLayout::new(&cfg, 0.0);
+    let (n, width) = (7, layout.width());
+    let rows = batch_rows(&cfg, &layout, n);
+    let tensor = |rows: &[f32]| {
+        Tensor::<2>::from_data(
+            burn::tensor::TensorData::new(rows.to_vec(), [rows.len() / width, width]),
+            &device,
+        )
+    };
+    // Shards of 3, 3 and 1 rows, each summed in shard order by hand, each on one thread as
+    // the shards are (a convolution splits its images over the threads it has).
+    let one_thread = rayon::ThreadPoolBuilder::new()
+        .num_threads(1)
+        .build()
+        .unwrap();
+    let mut by_hand: Option<(f64, GradientsParams)> = None;
+    for part in rows.chunks(3 * width) {
+        let k = part.len() / width;
+        let w = k as f64 / n as f64;
+        let (v, g) =
+            one_thread.install(|| image_loss_and_grads(&m, &cfg, &layout, tensor(part), 0.0, w));
+        by_hand = Some(match by_hand {
+            None => (v, g),
+            Some((acc_v, acc)) => (acc_v + v, add_grads(&m, acc, g)),
+        });
+    }
+    let (v_hand, hand) = by_hand.unwrap();
+    let (v_sum, summed) = shard_grads_into(&m, &rows, width, 3, &device, |m, x, w, sink| {
+        image_loss_and_grads_into(m, &cfg, &layout, x, 0.0, w, sink)
+    });
+    let (exact, count) = relative_error(&m, &summed, &hand);
+    assert!(count >= 24, "only {count} parameters compared");
+    assert_eq!(exact, 0.0, "the in-place sum differs from shard order");
+    assert!((v_sum - v_hand).abs() <= 1e-12 * v_hand.abs());
+    let (v0, ordinary) = backprop(&m, batch_loss(&m, &cfg, &layout, tensor(&rows), 0.0), 1.0);
+    let (err, _) = relative_error(&m, &summed, &ordinary);
+    assert!(
+        err <= 1e-4,
+        "sharded invertible backprop vs ordinary: {err}"
+    );
+    assert!(
+        (v0 - v_sum).abs() <= 1e-5 * v0.abs(),
+        "loss {v0} vs {v_sum}"
+    );
+}
+
+/// `a + b` for every parameter of `m` (a parameter with one side only keeps it).
+fn add_grads<M: Module>(m: &M, mut a: GradientsParams, mut b: GradientsParams) -> GradientsParams {
+    struct V<'a>(
+        &'a mut GradientsParams,
+        &'a mut GradientsParams,
+        GradientsParams,
+    );
+    impl ModuleVisitor for V<'_> {
+        fn visit_float<const D: usize>(&mut self, p: &Param<Tensor<D>>) {
+            let t = match (self.0.remove::<D>(p.id), self.1.remove::<D>(p.id)) {
+                (Some(x), Some(y)) => x + y,
+                (Some(x), None) | (None, Some(x)) => x,
+                (None, None) => return,
+            };
+            self.2.register(p.id, t);
+        }
+    }
+    let mut v = V(&mut a, &mut b, GradientsParams::new());
+    m.visit(&mut v);
+    v.2
 }
 
 /// The largest absolute gradient over every parameter of `m`.

@@ -12,11 +12,12 @@
 //!   device forks at the next step (the broadcast). This is PyTorch DDP's arithmetic with one
 //!   optimizer instead of one per replica.
 
-use burn::module::{Module, ModuleVisitor, Param};
+use burn::module::{Module, ModuleVisitor, Param, ParamId};
 use burn::optim::GradientsParams;
 use burn::tensor::distributed::{all_reduce, ReduceOperation};
 use burn::tensor::{Device, Tensor};
-use std::sync::{Mutex, OnceLock};
+use std::collections::{BTreeMap, HashMap};
+use std::sync::{Arc, Mutex, OnceLock};
 
 use crate::tensor_util::from_vec;
 
@@ -48,8 +49,8 @@ pub fn backprop<M: Module>(model: &M, loss: Tensor<1>, weight: f64) -> (f64, Gra
 
 /// [`loss_and_grads`] for a `grads` that computes a shard's gradients itself: given a model,
 /// the shard's rows `[k, width]` and its weight `k / n`, it returns the shard's mean loss times
-/// the weight and the gradients of that (e.g. [`backprop`] of a loss, or invertible
-/// backpropagation, `train::low_memory`).
+/// the weight and the gradients of that (e.g. [`backprop`] of a loss). See [`shard_grads_into`]
+/// for a `grads` that hands its gradients over piece by piece.
 pub fn shard_grads<M, G>(
     model: &M,
     batch: &[f32],
@@ -62,35 +63,216 @@ where
     M: Module + Clone + Send + Sync,
     G: Fn(&M, Tensor<2>, f64) -> (f64, GradientsParams) + Sync,
 {
+    shard_grads_into(model, batch, width, shards, device, |m, x, w, sink| {
+        let (value, g) = grads(m, x, w);
+        sink.deposit(m, g);
+        value
+    })
+}
+
+/// [`shard_grads`] for a `grads` that deposits its gradients into the shard's [`ShardSink`]
+/// as it computes them (any number of deposits, each parameter at most once per shard) and
+/// returns the shard's weighted loss. Deposits are summed across shards as they arrive, in
+/// place, in shard order (a later shard's gradient waits until the earlier shards' are in), so
+/// the result is bitwise that of summing whole per-shard gradient sets in shard order, but a
+/// `grads` that deposits layer by layer (invertible backpropagation, `train::low_memory`)
+/// never has a second full gradient set alive.
+pub fn shard_grads_into<M, G>(
+    model: &M,
+    batch: &[f32],
+    width: usize,
+    shards: usize,
+    device: &Device,
+    grads: G,
+) -> (f64, GradientsParams)
+where
+    M: Module + Clone + Send + Sync,
+    G: Fn(&M, Tensor<2>, f64, &mut ShardSink) -> f64 + Sync,
+{
     let n = batch.len() / width;
     let shards = shards.clamp(1, n.max(1));
-    let run = |m: &M, rows: &[f32]| shard(m, rows, n, width, device, &grads);
+    let sum = OrderedSum::default();
+    let run = |m: &M, rows: &[f32], index: usize| {
+        let k = rows.len() / width;
+        let x = from_vec(rows.to_vec(), [k, width], device);
+        let mut sink = ShardSink {
+            shard: index,
+            sum: &sum,
+        };
+        grads(m, x, k as f64 / n as f64, &mut sink)
+    };
     if shards == 1 {
-        return run(model, batch);
+        let value = run(model, batch, 0);
+        return (value, sum.into_grads(model));
     }
     let per = n.div_ceil(shards);
     let chunks: Vec<&[f32]> = batch.chunks(per * width).collect();
     let pools = shard_pools(chunks.len());
-    let slots: Vec<Mutex<Option<(f64, GradientsParams)>>> =
-        chunks.iter().map(|_| Mutex::new(None)).collect();
+    let values: Vec<Mutex<f64>> = chunks.iter().map(|_| Mutex::new(0.0)).collect();
     rayon::scope(|s| {
-        for ((rows, pool), slot) in chunks.iter().zip(&pools).zip(&slots) {
+        for (index, ((rows, pool), value)) in chunks.iter().zip(&pools).zip(&values).enumerate() {
             let run = &run;
             s.spawn(move |_| {
-                let part = pool.install(|| run(&model.clone().fork(device), rows));
-                *slot.lock().expect("shard result lock") = Some(part);
+                let v = pool.install(|| run(&model.clone().fork(device), rows, index));
+                *value.lock().expect("shard result lock") = v;
             });
         }
     });
-    let parts: Vec<(f64, GradientsParams)> = slots
+    let value = values
         .into_iter()
-        .map(|m| {
-            m.into_inner()
-                .expect("shard result lock")
-                .expect("every shard ran")
-        })
-        .collect();
-    sum_parts(model, parts)
+        .map(|v| v.into_inner().expect("shard result lock"))
+        .sum();
+    (value, sum.into_grads(model))
+}
+
+/// Where gradients go as they are computed: a whole set ([`GradientsParams`]) or a
+/// data-parallel shard's share of a sum ([`ShardSink`]).
+pub trait GradSink {
+    /// Take `module`'s parameter gradients out of `grads` (gradients of parameters outside
+    /// `module` are dropped). A [`GradientsParams`] adds a parameter's deposits up in deposit
+    /// order (the chunks of one batch); a [`ShardSink`] takes one per parameter.
+    fn deposit<M: Module>(&mut self, module: &M, grads: GradientsParams);
+}
+
+impl GradSink for GradientsParams {
+    fn deposit<M: Module>(&mut self, module: &M, mut grads: GradientsParams) {
+        module.visit(&mut AddGrads {
+            from: &mut grads,
+            to: self,
+        });
+    }
+}
+
+/// One shard's handle on the sum of [`shard_grads_into`].
+pub struct ShardSink<'a> {
+    shard: usize,
+    sum: &'a OrderedSum,
+}
+
+impl GradSink for ShardSink<'_> {
+    fn deposit<M: Module>(&mut self, module: &M, mut grads: GradientsParams) {
+        module.visit(&mut DepositGrads {
+            from: &mut grads,
+            shard: self.shard,
+            sum: self.sum,
+        });
+    }
+}
+
+/// Per-parameter sums of the shards' gradients (flattened), each added in shard order.
+#[derive(Default)]
+pub struct OrderedSum {
+    slots: Mutex<HashMap<ParamId, Arc<Mutex<Slot>>>>,
+}
+
+/// One parameter's sum: shards `0..next` added into `acc`; later shards' gradients that came
+/// early wait in `waiting`.
+#[derive(Default)]
+struct Slot {
+    next: usize,
+    acc: Option<Tensor<1>>,
+    waiting: BTreeMap<usize, Tensor<1>>,
+}
+
+impl OrderedSum {
+    fn add(&self, shard: usize, id: ParamId, g: Tensor<1>) {
+        let slot = self
+            .slots
+            .lock()
+            .expect("gradient sum lock")
+            .entry(id)
+            .or_default()
+            .clone();
+        let mut guard = slot.lock().expect("gradient slot lock");
+        let slot = &mut *guard;
+        assert!(
+            shard >= slot.next && !slot.waiting.contains_key(&shard),
+            "a parameter's gradient deposited twice by one shard"
+        );
+        slot.waiting.insert(shard, g);
+        while let Some(g) = slot.waiting.remove(&{ slot.next }) {
+            slot.acc = Some(match slot.acc.take() {
+                Some(acc) => acc + g,
+                None => g,
+            });
+            slot.next += 1;
+        }
+    }
+
+    /// The sums, reshaped to `model`'s parameters. A shard that deposited nothing for a
+    /// parameter is skipped (the others still add in shard order).
+    fn into_grads<M: Module>(self, model: &M) -> GradientsParams {
+        let mut out = GradientsParams::new();
+        model.visit(&mut CollectSums {
+            slots: self.slots.into_inner().expect("gradient sum lock"),
+            out: &mut out,
+        });
+        out
+    }
+}
+
+/// Moves a module's parameter gradients from one [`GradientsParams`] to another, adding
+/// them to any already there.
+struct AddGrads<'a> {
+    from: &'a mut GradientsParams,
+    to: &'a mut GradientsParams,
+}
+
+impl ModuleVisitor for AddGrads<'_> {
+    fn visit_float<const D: usize>(&mut self, param: &Param<Tensor<D>>) {
+        if let Some(g) = self.from.remove::<D>(param.id) {
+            let total = match self.to.remove::<D>(param.id) {
+                Some(acc) => acc + g,
+                None => g,
+            };
+            self.to.register(param.id, total);
+        }
+    }
+}
+
+/// Adds a module's parameter gradients to an [`OrderedSum`] as one shard's.
+struct DepositGrads<'a> {
+    from: &'a mut GradientsParams,
+    shard: usize,
+    sum: &'a OrderedSum,
+}
+
+impl ModuleVisitor for DepositGrads<'_> {
+    fn visit_float<const D: usize>(&mut self, param: &Param<Tensor<D>>) {
+        if let Some(g) = self.from.remove::<D>(param.id) {
+            let n = g.shape().num_elements();
+            self.sum.add(self.shard, param.id, g.reshape([n]));
+        }
+    }
+}
+
+/// Registers an [`OrderedSum`]'s totals, each in its parameter's shape.
+struct CollectSums<'a> {
+    slots: HashMap<ParamId, Arc<Mutex<Slot>>>,
+    out: &'a mut GradientsParams,
+}
+
+impl ModuleVisitor for CollectSums<'_> {
+    fn visit_float<const D: usize>(&mut self, param: &Param<Tensor<D>>) {
+        let Some(slot) = self.slots.remove(&param.id) else {
+            return;
+        };
+        let slot = Arc::try_unwrap(slot)
+            .ok()
+            .expect("every shard has finished")
+            .into_inner()
+            .expect("gradient slot lock");
+        let total = slot.waiting.into_values().fold(slot.acc, |acc, g| {
+            Some(match acc {
+                Some(acc) => acc + g,
+                None => g,
+            })
+        });
+        if let Some(t) = total {
+            self.out
+                .register::<D>(param.id, t.reshape::<D, _>(param.shape()));
+        }
+    }
 }
 
 /// Mean loss over `batch` (`n` rows of `width` values) and its gradients, with one shard of
@@ -324,6 +506,52 @@ impl ModuleVisitor for SumGrads<'_> {
         }
         if let Some(t) = total {
             self.out.register(param.id, t);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Whatever order the shards' deposits arrive in, a parameter's sum is `(g0 + g1) + g2`
+    /// (shard order), a shard without a deposit skipped: values whose float32 sum depends on
+    /// the order (1e8 - 1e8 + 3 is 3 only in that order) pin it down.
+    #[test]
+    fn ordered_sum_adds_in_shard_order_whatever_the_arrival() {
+        let device = Device::default();
+        let param = Param::from_tensor(Tensor::<1>::zeros([2], &device));
+        let values = [[1e8f32, 1.0], [-1e8, 2.0], [3.0, 4.0]];
+        let orders = [
+            [0, 1, 2],
+            [0, 2, 1],
+            [1, 0, 2],
+            [1, 2, 0],
+            [2, 0, 1],
+            [2, 1, 0],
+        ];
+        for order in orders {
+            for skip in [None, Some(1)] {
+                let sum = OrderedSum::default();
+                for shard in order {
+                    if Some(shard) == skip {
+                        continue;
+                    }
+                    let mut g = GradientsParams::new();
+                    g.register(param.id, Tensor::<1>::from_floats(values[shard], &device));
+                    ShardSink { shard, sum: &sum }.deposit(&param, g);
+                }
+                let total = sum.into_grads(&param).remove::<1>(param.id).unwrap();
+                let total = crate::tensor_util::to_vec_f64(total);
+                let want = match skip {
+                    None => vec![3.0, 7.0],
+                    Some(_) => vec![f64::from(1e8f32 + 3.0), 5.0],
+                };
+                assert_eq!(
+                    total, want,
+                    "arrival order {order:?}, shard {skip:?} missing"
+                );
+            }
         }
     }
 }

@@ -30,7 +30,7 @@
 //! inverted, everything else (the priors, the dequantiser, the class head) is small and
 //! backpropagated ordinarily.
 
-use burn::module::{Module, ModuleVisitor, Param};
+use burn::module::Module;
 use burn::optim::GradientsParams;
 use burn::tensor::Tensor;
 
@@ -39,12 +39,24 @@ use crate::layers::squeeze::unsqueeze;
 use crate::layers::{FlowSequence, Layer};
 use crate::models::objective::{class_bits, BatchLayout};
 use crate::models::{GlowImage, GlowImageConfig, ImageCoupling};
+use crate::ops::parallel::GradSink;
 
 /// Flow steps of image Glow between kept inputs in the low-memory backward pass (each step is
 /// three layers: ActNorm, 1x1 convolution, coupling). Gradients through 8 steps inverted in a
 /// row are at float32's own noise (module docs); the kept inputs cost `C H W / 8` floats per
 /// image and step beside a coupling network's `width x H x W` several times over.
 pub const KEEP_EVERY_STEPS: usize = 8;
+
+/// The size of one hidden activation of a coupling network (`net_width x H x W` floats per
+/// image) that sets how many images the backward pass of [`image_loss_and_grads`] recomputes at
+/// a time ([`Forward::backward_chunk`]): the recomputed network's activations and their
+/// gradients are a few such tensors, so its memory stays near a few times this whatever the
+/// batch. 2 MiB is 4 images of the Glow paper's CIFAR-10 model at its first level (width 512,
+/// 16 x 16), 16 at its second; its third level and narrower models (width 96 on 28 x 28: 27
+/// images) mostly run a data-parallel shard in one chunk. Measured on that model at K = 32
+/// (batch 64, two shards): peak 1,063 MiB unchunked, 1,019 / 989 / 931 / 907 MiB with 8 / 4 /
+/// 2 / 1 MiB, no slower (smaller GEMM outputs stay in cache).
+pub const BACKWARD_CHUNK_BYTES: usize = 2 << 20;
 
 /// What [`sequence_grads`] returns.
 pub struct SequenceGrads {
@@ -68,6 +80,8 @@ pub struct Forward {
     kept: Vec<Tensor<4>>,
     /// `k`, at least 1.
     keep_every: usize,
+    /// Images per chunk of the backward pass ([`backward_chunk`](Self::backward_chunk)).
+    chunk: usize,
     /// The sequence on the inner backend (its layers' inverses rebuild the inputs).
     inner: FlowSequence,
 }
@@ -100,65 +114,128 @@ impl Forward {
             logdet,
             kept,
             keep_every,
+            chunk: usize::MAX,
             inner,
         }
     }
 
+    /// Run the backward pass ([`backward`](Self::backward)) on at most `images` images at a
+    /// time, layer by layer: each layer's recomputation (a coupling network's hidden
+    /// activations and their gradients, the largest thing it holds) then lives for `images`
+    /// images instead of the whole batch; the layer's parameter gradients are the chunks' sum
+    /// (in chunk order). The layers see no batch statistics ([`run`](Self::run) checks), so the
+    /// gradients are those of the whole batch up to float32 rounding. Default: the whole batch.
+    pub fn backward_chunk(mut self, images: usize) -> Self {
+        self.chunk = images.max(1);
+        self
+    }
+
     /// The backward pass of `seq` for the gradients `grad_y` of the loss with respect to the
     /// output and `grad_ld` with respect to the log-determinant (both inner backend): every
-    /// parameter's gradient is registered in `grads` (a parameter of `seq` must not already have
-    /// one there), and the gradient with respect to the input is returned (inner backend).
-    /// `seq` and `ctx` are those of [`run`](Self::run).
+    /// parameter's gradient is deposited in `grads` layer by layer, from the last layer (a
+    /// parameter of `seq` must not already have one there), and the gradient with respect to
+    /// the input is returned (inner backend). `seq` and `ctx` are those of [`run`](Self::run).
     pub fn backward(
         self,
         seq: &FlowSequence,
         ctx: Context,
         mut grad_y: Tensor<4>,
         grad_ld: Tensor<1>,
-        grads: &mut GradientsParams,
+        grads: &mut impl GradSink,
     ) -> Tensor<4> {
-        let ctx_inner = ctx.map(|c| c.clone().inner());
         let Forward {
             mut y,
             mut kept,
             keep_every,
+            chunk,
             inner,
             ..
         } = self;
         let grad_ld = Tensor::from_inner(grad_ld);
+        let n = y.dims()[0];
         for (i, (layer, layer_inner)) in seq.layers.iter().zip(&inner.layers).enumerate().rev() {
-            // A coupling whose input is rebuilt evaluates its network once for the inverse and
-            // the forward (the same values either way).
-            let rebuilt = match layer {
-                _ if i % keep_every == 0 => None,
-                Layer::AffineCoupling(c) => c.rebuild(y.clone(), ctx),
-                Layer::AdditiveCoupling(c) => Some(c.rebuild(y.clone(), ctx)),
-                _ => None,
-            };
-            if let Some(r) = rebuilt {
-                let surrogate = (r.y.clone() * Tensor::from_inner(grad_y)).sum()
-                    + (r.logdet.clone() * grad_ld.clone()).sum();
-                let g = surrogate.backward();
-                grad_y = r.input_grad(&g);
-                move_grads(layer, GradientsParams::from_grads(g, layer), grads);
-                y = r.x;
+            let anchor =
+                (i % keep_every == 0).then(|| kept.pop().expect("an input kept for every anchor"));
+            let step = LayerStep { layer, layer_inner };
+            if n <= chunk {
+                (y, grad_y) = step.run(y, grad_y, grad_ld.clone(), anchor, ctx, grads);
                 continue;
             }
-            let x = if i % keep_every == 0 {
-                kept.pop().expect("an input kept for every anchor")
-            } else {
-                layer_inner.inverse_ctx(y, ctx_inner.as_ref()).0
-            };
-            let x_leaf = Tensor::from_inner(x.clone()).require_grad();
-            let (y_again, ld_again) = layer.forward_ctx(x_leaf.clone(), ctx);
-            let surrogate =
-                (y_again * Tensor::from_inner(grad_y)).sum() + (ld_again * grad_ld.clone()).sum();
-            let g = surrogate.backward();
-            grad_y = x_leaf.grad(&g).expect("a layer's output reads its input");
-            move_grads(layer, GradientsParams::from_grads(g, layer), grads);
-            y = x;
+            let mut layer_grads = GradientsParams::new();
+            let (mut xs, mut gs) = (Vec::new(), Vec::new());
+            for start in (0..n).step_by(chunk) {
+                let len = chunk.min(n - start);
+                let ctx_piece = ctx.map(|c| c.clone().narrow(0, start, len));
+                let (x, g) = step.run(
+                    y.clone().narrow(0, start, len),
+                    grad_y.clone().narrow(0, start, len),
+                    grad_ld.clone().narrow(0, start, len),
+                    anchor.as_ref().map(|a| a.clone().narrow(0, start, len)),
+                    ctx_piece.as_ref(),
+                    &mut layer_grads,
+                );
+                xs.push(x);
+                gs.push(g);
+            }
+            grads.deposit(layer, layer_grads);
+            y = Tensor::cat(xs, 0);
+            grad_y = Tensor::cat(gs, 0);
         }
         grad_y
+    }
+}
+
+/// One layer of [`Forward::backward`]: the layer on the autodiff device and on the inner one.
+struct LayerStep<'a> {
+    layer: &'a Layer,
+    layer_inner: &'a Layer,
+}
+
+impl LayerStep<'_> {
+    /// From the layer's output `y` and the gradients of the loss with respect to it and to
+    /// the log-determinant (`grad_ld`, autodiff device), the layer's input (rebuilt by its
+    /// inverse, or the kept `anchor`) and the gradient with respect to it; the parameter
+    /// gradients go to `grads`.
+    fn run(
+        &self,
+        y: Tensor<4>,
+        grad_y: Tensor<4>,
+        grad_ld: Tensor<1>,
+        anchor: Option<Tensor<4>>,
+        ctx: Context,
+        grads: &mut impl GradSink,
+    ) -> (Tensor<4>, Tensor<4>) {
+        let layer = self.layer;
+        // A coupling whose input is rebuilt evaluates its network once for the inverse and
+        // the forward (the same values either way).
+        let rebuilt = match (layer, &anchor) {
+            (_, Some(_)) => None,
+            (Layer::AffineCoupling(c), None) => c.rebuild(y.clone(), ctx),
+            (Layer::AdditiveCoupling(c), None) => Some(c.rebuild(y.clone(), ctx)),
+            _ => None,
+        };
+        if let Some(r) = rebuilt {
+            let surrogate = (r.y.clone() * Tensor::from_inner(grad_y)).sum()
+                + (r.logdet.clone() * grad_ld).sum();
+            let g = surrogate.backward();
+            let grad_x = r.input_grad(&g);
+            grads.deposit(layer, GradientsParams::from_grads(g, layer));
+            return (r.x, grad_x);
+        }
+        let x = match anchor {
+            Some(x) => x,
+            None => {
+                let ctx_inner = ctx.map(|c| c.clone().inner());
+                self.layer_inner.inverse_ctx(y, ctx_inner.as_ref()).0
+            }
+        };
+        let x_leaf = Tensor::from_inner(x.clone()).require_grad();
+        let (y_again, ld_again) = layer.forward_ctx(x_leaf.clone(), ctx);
+        let surrogate = (y_again * Tensor::from_inner(grad_y)).sum() + (ld_again * grad_ld).sum();
+        let g = surrogate.backward();
+        let grad_x = x_leaf.grad(&g).expect("a layer's output reads its input");
+        grads.deposit(layer, GradientsParams::from_grads(g, layer));
+        (x, grad_x)
     }
 }
 
@@ -199,7 +276,8 @@ pub fn sequence_grads(
 /// [`objective::batch_loss`](crate::models::objective::batch_loss), whose value it equals)
 /// times `weight`, and its gradients for every trainable parameter of `model`, by invertible
 /// backpropagation through every level's flow steps (an input kept every
-/// [`KEEP_EVERY_STEPS`] steps). Returns the weighted loss and the gradients.
+/// [`KEEP_EVERY_STEPS`] steps). Returns the weighted loss and the gradients; see
+/// [`image_loss_and_grads_into`] for gradients deposited as they are computed.
 ///
 /// Memory: every level's flow input and output and the kept inputs (a few values per pixel),
 /// one flow step's activations at a time, and the priors', dequantiser's and class head's
@@ -213,6 +291,26 @@ pub fn image_loss_and_grads(
     weight_y: f64,
     weight: f64,
 ) -> (f64, GradientsParams) {
+    let mut grads = GradientsParams::new();
+    let value = image_loss_and_grads_into(model, cfg, layout, x, weight_y, weight, &mut grads);
+    (value, grads)
+}
+
+/// [`image_loss_and_grads`] depositing the gradients into `grads` as they are computed: the
+/// priors', class head's and top level's first, then each flow layer's from the top level
+/// down, the dequantiser's last (so a data-parallel shard's [`ShardSink`] sums them in place
+/// and no shard keeps a whole gradient set). Returns the weighted loss.
+///
+/// [`ShardSink`]: crate::ops::parallel::ShardSink
+pub fn image_loss_and_grads_into(
+    model: &GlowImage,
+    cfg: &GlowImageConfig,
+    layout: &BatchLayout,
+    x: Tensor<2>,
+    weight_y: f64,
+    weight: f64,
+    grads: &mut impl GradSink,
+) -> f64 {
     use crate::models::objective::{bpd_of, input_images, minus_log_q};
     let (d, n_bits) = (cfg.dims(), cfg.n_bits);
     let cols = layout.split(x);
@@ -234,7 +332,10 @@ pub fn image_loss_and_grads(
     };
     let mut levels: Vec<(Forward, Tensor<4>, Tensor<1>)> = Vec::new();
     let (prior, zs) = model.forward_latents_with(img_in, cols.prior.as_ref(), |_, seq, h, c| {
-        let fwd = Forward::run(seq, h.inner(), c, keep_every);
+        let [_, _, height, width] = h.dims();
+        let per_image = cfg.net_width * height * width * std::mem::size_of::<f32>();
+        let chunk = (BACKWARD_CHUNK_BYTES / per_image.max(1)).max(1);
+        let fwd = Forward::run(seq, h.inner(), c, keep_every).backward_chunk(chunk);
         let y = Tensor::from_inner(fwd.y.clone()).require_grad();
         let ld = Tensor::from_inner(fwd.logdet.clone()).require_grad();
         levels.push((fwd, y.clone(), ld.clone()));
@@ -263,7 +364,7 @@ pub fn image_loss_and_grads(
             (gy, gld)
         })
         .collect();
-    let mut grads = GradientsParams::from_grads(g, model);
+    grads.deposit(model, GradientsParams::from_grads(g, model));
     // The levels from the top down: a level's output gradient is its priors' plus, through
     // the kept half, the level above's input gradient (a squeeze's adjoint is its inverse).
     let ctx = model.flow_context(cols.prior.as_ref(), img.dims()[0], &img.device());
@@ -284,7 +385,7 @@ pub fn image_loss_and_grads(
                 Tensor::cat(vec![z_part, keep_part], 1)
             }
         };
-        let g_in = fwd.backward(&level.flow, ctx.as_ref(), gy, gld, &mut grads);
+        let g_in = fwd.backward(&level.flow, ctx.as_ref(), gy, gld, grads);
         from_above = Some(unsqueeze(g_in));
     }
     // The variational dequantiser: its images' and log q's gradients through its own graph.
@@ -295,29 +396,7 @@ pub fn image_loss_and_grads(
             surrogate = surrogate + (log_q * Tensor::from_inner(g)).sum();
         }
         let g = surrogate.backward();
-        move_grads(q, GradientsParams::from_grads(g, q), &mut grads);
+        grads.deposit(q, GradientsParams::from_grads(g, q));
     }
-    (value, grads)
-}
-
-/// Moves `module`'s parameter gradients from `from` into `to`.
-fn move_grads<M: Module>(module: &M, mut from: GradientsParams, to: &mut GradientsParams) {
-    module.visit(&mut Move {
-        from: &mut from,
-        to,
-    });
-}
-
-/// Moves a module's parameter gradients from one [`GradientsParams`] to another.
-struct Move<'a> {
-    from: &'a mut GradientsParams,
-    to: &'a mut GradientsParams,
-}
-
-impl ModuleVisitor for Move<'_> {
-    fn visit_float<const D: usize>(&mut self, param: &Param<Tensor<D>>) {
-        if let Some(g) = self.from.remove::<D>(param.id) {
-            self.to.register(param.id, g);
-        }
-    }
+    value
 }

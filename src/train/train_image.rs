@@ -734,25 +734,29 @@ impl Task for ImageTask {
         objective::batch_loss(m, &self.run.model, &self.layout, x, weight_y)
     }
 
-    fn grads(
+    fn grads<S: crate::train::parallel::GradSink>(
         &self,
         m: &GlowImage,
         x: Tensor<2>,
         weight: f64,
-    ) -> (f64, burn::optim::GradientsParams) {
+        sink: &mut S,
+    ) -> f64 {
         let opts = &self.run.options;
         if opts.low_memory {
             let cfg = &self.run.model;
-            crate::train::low_memory::image_loss_and_grads(
+            crate::train::low_memory::image_loss_and_grads_into(
                 m,
                 cfg,
                 &self.layout,
                 x,
                 opts.weight_y,
                 weight,
+                sink,
             )
         } else {
-            crate::train::parallel::backprop(m, self.loss(m, x), weight)
+            let (value, grads) = crate::train::parallel::backprop(m, self.loss(m, x), weight);
+            sink.deposit(m, grads);
+            value
         }
     }
 

@@ -271,16 +271,20 @@ pub trait Task: Sync {
     fn shards(&self) -> usize;
     /// Mean loss of the rows `x: [n, width]` (nats, or bits/dim for images).
     fn loss(&self, model: &Self::Model, x: Tensor<2>) -> Tensor<1>;
-    /// [`loss`](Task::loss) times `weight` and its gradients (a data-parallel shard's share of
-    /// the batch's mean): ordinary backpropagation unless the task computes them otherwise
-    /// (image runs with `--low-memory`: invertible backpropagation).
-    fn grads(
+    /// [`loss`](Task::loss) times `weight` (returned) and its gradients, deposited into `sink`
+    /// (a data-parallel shard's share of the batch's mean): ordinary backpropagation unless
+    /// the task computes them otherwise (image runs with `--low-memory`: invertible
+    /// backpropagation, depositing layer by layer).
+    fn grads<S: parallel::GradSink>(
         &self,
         model: &Self::Model,
         x: Tensor<2>,
         weight: f64,
-    ) -> (f64, burn::optim::GradientsParams) {
-        parallel::backprop(model, self.loss(model, x), weight)
+        sink: &mut S,
+    ) -> f64 {
+        let (value, grads) = parallel::backprop(model, self.loss(model, x), weight);
+        sink.deposit(model, grads);
+        value
     }
     /// A metrics row after its step: the loss, the learning rate, the training seconds so
     /// far, the images (rows) per second of the window (`None` on a stop row), and the guard's
@@ -475,11 +479,16 @@ pub fn train<T: Task>(
         let batch = task.batch(step);
         let (value, grads) = {
             let t: &T = task;
-            let grads = |m: &T::Model, x, w| t.grads(m, x, w);
             if devices.len() > 1 {
+                let grads = |m: &T::Model, x, w| {
+                    let mut g = burn::optim::GradientsParams::new();
+                    (t.grads(m, x, w, &mut g), g)
+                };
                 parallel::shard_grads_on_devices(&model, &batch, t.width(), &devices, grads)
             } else {
-                parallel::shard_grads(&model, &batch, t.width(), t.shards(), &s.device, grads)
+                let grads =
+                    |m: &T::Model, x, w, sink: &mut parallel::ShardSink| t.grads(m, x, w, sink);
+                parallel::shard_grads_into(&model, &batch, t.width(), t.shards(), &s.device, grads)
             }
         };
         let (next, outcome, report, stop) = guard.step(model, &mut optim, lr, value, grads);
