@@ -154,7 +154,7 @@ pub struct TrainArgs {
     pub threads: Option<usize>,
     /// Invertible backpropagation: rebuild each flow step's input from its output in the
     /// backward pass instead of keeping the activations, so memory stays nearly flat in depth
-    /// (the Glow paper's CIFAR-10 model at batch 64: 1.2 GiB instead of 3.9) for about 1.25x the
+    /// (the Glow paper's CIFAR-10 model at batch 64: 0.9 GiB instead of 3.9) for about 1.22x the
     /// time per step. Same gradients up to float32 round-off; may be switched on at --resume
     /// (and stays on).
     #[arg(long)]
