@@ -397,7 +397,7 @@ fn bench_image(
     let device = device.clone().autodiff();
     let mut model = GlowImage::new(&cfg, &device);
     // Refuse up front what would be killed for memory mid-step.
-    let need = cfg.training_bytes(64, 64, opts.low_memory);
+    let need = cfg.training_bytes(64, threads, 64, opts.low_memory);
     if let Some(why) = glowflow::limits::memory_shortfall(need) {
         let what = format!(
             "{}x{}x{}, L = {}, K = {}, width {}, batch 64{}",

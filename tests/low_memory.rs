@@ -14,7 +14,8 @@ use glowflow::models::{Dequantization, DequantizerConfig, VectorFlow, VectorFlow
 use glowflow::models::{GlowImage, GlowImageConfig, ImageCoupling};
 use glowflow::tensor_util::to_vec_f64;
 use glowflow::train::low_memory::{
-    image_loss_and_grads, image_loss_and_grads_into, sequence_grads, Forward, KEEP_EVERY_STEPS,
+    image_loss_and_grads, image_loss_and_grads_chunked, image_loss_and_grads_into, sequence_grads,
+    Forward, KEEP_EVERY_STEPS,
 };
 use glowflow::train::parallel::{backprop, shard_grads_into};
 
@@ -286,8 +287,9 @@ fn max_abs_diff<const D: usize>(a: &Tensor<D>, b: &Tensor<D>) -> f64 {
 
 /// Data-parallel shards of invertible backpropagation deposit their gradients layer by layer
 /// into one sum (`parallel::shard_grads_into`); that sum is bitwise the shards' whole gradient
-/// sets added in shard order, whatever order the shards' layers arrive in, and equals ordinary
-/// backpropagation of the whole batch.
+/// sets added in shard order (the shards' threads decide the arrival order; the unit test in
+/// `ops::parallel` forces every order), and equals ordinary backpropagation of the whole
+/// batch.
 #[test]
 fn sharded_invertible_backprop_sums_in_shard_order() {
     let device = ad_device();
@@ -488,6 +490,32 @@ fn whole_image_glow_matches_ordinary_backprop() {
             );
             assert!(err <= tol, "{name} {dtype:?}: relative error {err}");
         }
+        // Two data-parallel shards of 3 images depositing layer by layer into one sum, the
+        // backward pass 2 images at a time at the first level (1 KiB of 512-byte hidden
+        // activations): ordinary backpropagation's mean gradients.
+        let width = layout.width();
+        let (v2, sharded) = shard_grads_into(&m, &rows, width, 2, &device, |m, x, w, sink| {
+            image_loss_and_grads_chunked(m, &cfg, &layout, x, weight_y, w, 1024, sink)
+        });
+        let x = Tensor::<2>::from_data(
+            burn::tensor::TensorData::new(rows.clone(), [6, width]),
+            &device,
+        );
+        let (v0, ordinary) = backprop(&m, batch_loss(&m, &cfg, &layout, x, weight_y), 1.0);
+        let (err, count) = relative_error(&m, &sharded, &ordinary);
+        eprintln!("{name}, 2 shards, chunks of 2: loss {v0} / {v2}, relative error {err:.1e}");
+        assert!(
+            (v0 - v2).abs() <= 1e-4 * v0.abs(),
+            "{name}: sharded loss {v0} vs {v2}"
+        );
+        assert!(
+            count >= 12 * cfg.levels,
+            "{name}: only {count} parameters compared"
+        );
+        assert!(
+            err <= 1e-4,
+            "{name}: 2 shards in chunks, relative error {err}"
+        );
     }
 }
 

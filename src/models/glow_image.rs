@@ -229,25 +229,29 @@ impl GlowImageConfig {
         total * 4.0
     }
 
-    /// Bytes a training step with invertible backpropagation (`train::low_memory`) holds per
-    /// image: every level's flow input, output, their gradients and the inputs kept every
-    /// [`KEEP_EVERY_STEPS`](crate::train::low_memory::KEEP_EVERY_STEPS) steps, plus the
-    /// activations of the widest single flow step (one at a time). The same calibration as
-    /// [`activation_bytes_per_image`](Self::activation_bytes_per_image).
-    pub fn low_memory_bytes_per_image(&self) -> f64 {
-        let keep = crate::train::low_memory::KEEP_EVERY_STEPS;
+    /// Bytes the activations of a training step of `batch` images in `shards` data-parallel
+    /// shards hold with invertible backpropagation (`train::low_memory`): every level's flow
+    /// input, output, their gradients and the inputs kept every
+    /// [`KEEP_EVERY_STEPS`](crate::train::low_memory::KEEP_EVERY_STEPS) steps for every image,
+    /// plus the widest flow step's activations for one backward chunk per shard
+    /// ([`BACKWARD_CHUNK_BYTES`](crate::train::low_memory::BACKWARD_CHUNK_BYTES)). The same
+    /// calibration as [`activation_bytes_per_image`](Self::activation_bytes_per_image).
+    pub fn low_memory_bytes(&self, batch: usize, shards: usize) -> f64 {
+        use crate::train::low_memory::{chunk_images, BACKWARD_CHUNK_BYTES, KEEP_EVERY_STEPS};
         let mut kept = 0.0;
         let mut widest: f64 = 0.0;
         for l in 0..self.levels {
             let [c, h, w] = self.level_shape(l);
             let anchors = match self.coupling {
                 ImageCoupling::Spline => 3 * self.steps_per_level,
-                _ => self.steps_per_level.div_ceil(keep),
+                _ => self.steps_per_level.div_ceil(KEEP_EVERY_STEPS),
             };
             kept += ((8 + anchors) * c * h * w) as f64;
-            widest = widest.max(self.step_values_per_image(l));
+            let chunk = chunk_images(self.net_width * h * w * 4, BACKWARD_CHUNK_BYTES);
+            let images = batch.min(chunk * shards.max(1));
+            widest = widest.max(self.step_values_per_image(l) * images as f64);
         }
-        (kept + widest) * 4.0
+        (kept * batch as f64 + widest) * 4.0
     }
 
     /// Values one flow step at level `l` keeps for its backward pass per image (see
@@ -257,21 +261,27 @@ impl GlowImageConfig {
         (c * 8 + self.net_width * 9) as f64 * (h * w) as f64
     }
 
-    /// Bytes a training step of `batch` images needs: the activations it holds (ordinary or
-    /// invertible backpropagation) or those of the ActNorm initialisation of `init_batch`
-    /// images (one layer at a time, no backward pass), whichever is more, plus five float32
-    /// copies of the weights (weights, gradients, Adam's two moments, the updated weights) and
-    /// half a GiB for the process: the figure `train` and `bench` compare with the memory
-    /// available.
-    pub fn training_bytes(&self, batch: usize, init_batch: usize, low_memory: bool) -> f64 {
-        let per_image = match low_memory {
-            true => self.low_memory_bytes_per_image(),
-            false => self.activation_bytes_per_image(),
+    /// Bytes a training step of `batch` images in `shards` data-parallel shards needs: the
+    /// activations it holds (ordinary or invertible backpropagation) or those of the ActNorm
+    /// initialisation of `init_batch` images (one layer at a time, no backward pass),
+    /// whichever is more, plus five float32 copies of the weights (weights, gradients, Adam's
+    /// two moments, the updated weights) and half a GiB for the process: the figure `train`
+    /// and `bench` compare with the memory available.
+    pub fn training_bytes(
+        &self,
+        batch: usize,
+        shards: usize,
+        init_batch: usize,
+        low_memory: bool,
+    ) -> f64 {
+        let step = match low_memory {
+            true => self.low_memory_bytes(batch, shards),
+            false => self.activation_bytes_per_image() * batch as f64,
         };
         let widest = (0..self.levels)
             .map(|l| self.step_values_per_image(l))
             .fold(0.0, f64::max);
-        let activations = (per_image * batch as f64).max(widest * 4.0 * init_batch as f64);
+        let activations = step.max(widest * 4.0 * init_batch as f64);
         activations + 5.0 * 4.0 * self.weight_count() as f64 + 0.5 * (1u64 << 30) as f64
     }
 

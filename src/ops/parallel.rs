@@ -76,7 +76,9 @@ where
 /// place, in shard order (a later shard's gradient waits until the earlier shards' are in), so
 /// the result is bitwise that of summing whole per-shard gradient sets in shard order, but a
 /// `grads` that deposits layer by layer (invertible backpropagation, `train::low_memory`)
-/// never has a second full gradient set alive.
+/// keeps one gradient set for all shards, not one each (a shard that runs ahead of an
+/// earlier one parks its layers' gradients until that one catches up; the shards do the same
+/// work, so that is a few layers').
 pub fn shard_grads_into<M, G>(
     model: &M,
     batch: &[f32],
@@ -161,7 +163,7 @@ impl GradSink for ShardSink<'_> {
 
 /// Per-parameter sums of the shards' gradients (flattened), each added in shard order.
 #[derive(Default)]
-pub struct OrderedSum {
+struct OrderedSum {
     slots: Mutex<HashMap<ParamId, Arc<Mutex<Slot>>>>,
 }
 

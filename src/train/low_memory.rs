@@ -58,6 +58,12 @@ pub const KEEP_EVERY_STEPS: usize = 8;
 /// 2 / 1 MiB, no slower (smaller GEMM outputs stay in cache).
 pub const BACKWARD_CHUNK_BYTES: usize = 2 << 20;
 
+/// Images per chunk of the backward pass when one image's coupling-network hidden activation
+/// is `hidden` bytes and a chunk may hold `chunk_bytes` of it (at least 1).
+pub fn chunk_images(hidden: usize, chunk_bytes: usize) -> usize {
+    (chunk_bytes / hidden.max(1)).max(1)
+}
+
 /// What [`sequence_grads`] returns.
 pub struct SequenceGrads {
     /// The loss value `head(z, logdet)` (`[1]`, inner backend).
@@ -132,9 +138,9 @@ impl Forward {
 
     /// The backward pass of `seq` for the gradients `grad_y` of the loss with respect to the
     /// output and `grad_ld` with respect to the log-determinant (both inner backend): every
-    /// parameter's gradient is deposited in `grads` layer by layer, from the last layer (a
-    /// parameter of `seq` must not already have one there), and the gradient with respect to
-    /// the input is returned (inner backend). `seq` and `ctx` are those of [`run`](Self::run).
+    /// parameter's gradient is deposited in `grads` layer by layer, from the last layer (once
+    /// per parameter: a [`ShardSink`](crate::ops::parallel::ShardSink) refuses a second), and
+    /// the gradient with respect to the input is returned (inner backend). `seq` and `ctx` are those of [`run`](Self::run).
     pub fn backward(
         self,
         seq: &FlowSequence,
@@ -280,8 +286,9 @@ pub fn sequence_grads(
 /// [`image_loss_and_grads_into`] for gradients deposited as they are computed.
 ///
 /// Memory: every level's flow input and output and the kept inputs (a few values per pixel),
-/// one flow step's activations at a time, and the priors', dequantiser's and class head's
-/// graphs. The flow steps' forward runs twice and each of their inverses once (a coupling's
+/// one flow layer's recomputation at a time on at most [`BACKWARD_CHUNK_BYTES`] of its
+/// coupling network's hidden activation (a few such tensors), and the priors', dequantiser's
+/// and class head's graphs. The flow steps' forward runs twice and each of their inverses once (a coupling's
 /// network once for both, see the module docs).
 pub fn image_loss_and_grads(
     model: &GlowImage,
@@ -297,9 +304,10 @@ pub fn image_loss_and_grads(
 }
 
 /// [`image_loss_and_grads`] depositing the gradients into `grads` as they are computed: the
-/// priors', class head's and top level's first, then each flow layer's from the top level
-/// down, the dequantiser's last (so a data-parallel shard's [`ShardSink`] sums them in place
-/// and no shard keeps a whole gradient set). Returns the weighted loss.
+/// priors', class prior's and class head's first, then each flow layer's from the top level
+/// down, the dequantiser's last (so a data-parallel shard's [`ShardSink`] adds them to the
+/// shards' one sum as they come instead of keeping a whole gradient set of its own). Returns
+/// the weighted loss.
 ///
 /// [`ShardSink`]: crate::ops::parallel::ShardSink
 pub fn image_loss_and_grads_into(
@@ -309,6 +317,24 @@ pub fn image_loss_and_grads_into(
     x: Tensor<2>,
     weight_y: f64,
     weight: f64,
+    grads: &mut impl GradSink,
+) -> f64 {
+    let chunk_bytes = BACKWARD_CHUNK_BYTES;
+    image_loss_and_grads_chunked(model, cfg, layout, x, weight_y, weight, chunk_bytes, grads)
+}
+
+/// [`image_loss_and_grads_into`] with the backward pass's chunk set by `chunk_bytes` instead of
+/// [`BACKWARD_CHUNK_BYTES`] (tests run small models in several chunks with it).
+#[doc(hidden)]
+#[allow(clippy::too_many_arguments)]
+pub fn image_loss_and_grads_chunked(
+    model: &GlowImage,
+    cfg: &GlowImageConfig,
+    layout: &BatchLayout,
+    x: Tensor<2>,
+    weight_y: f64,
+    weight: f64,
+    chunk_bytes: usize,
     grads: &mut impl GradSink,
 ) -> f64 {
     use crate::models::objective::{bpd_of, input_images, minus_log_q};
@@ -333,8 +359,8 @@ pub fn image_loss_and_grads_into(
     let mut levels: Vec<(Forward, Tensor<4>, Tensor<1>)> = Vec::new();
     let (prior, zs) = model.forward_latents_with(img_in, cols.prior.as_ref(), |_, seq, h, c| {
         let [_, _, height, width] = h.dims();
-        let per_image = cfg.net_width * height * width * std::mem::size_of::<f32>();
-        let chunk = (BACKWARD_CHUNK_BYTES / per_image.max(1)).max(1);
+        let hidden = cfg.net_width * height * width * h.dtype().size();
+        let chunk = chunk_images(hidden, chunk_bytes);
         let fwd = Forward::run(seq, h.inner(), c, keep_every).backward_chunk(chunk);
         let y = Tensor::from_inner(fwd.y.clone()).require_grad();
         let ld = Tensor::from_inner(fwd.logdet.clone()).require_grad();

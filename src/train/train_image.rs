@@ -175,7 +175,7 @@ fn check_batch(
         ));
     }
     let init_batch = if initializes { opts.init_batch } else { 0 };
-    let need = cfg.training_bytes(opts.batch_size, init_batch, opts.low_memory);
+    let need = cfg.training_bytes(opts.batch_size, opts.shards, init_batch, opts.low_memory);
     match crate::limits::memory_shortfall(need) {
         Some(why) => Err(FieldError::new(
             "batch_size",
