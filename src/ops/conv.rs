@@ -43,6 +43,7 @@ use burn::tensor::{DType, Tensor};
 
 use super::dense::relu_mask;
 use super::flex;
+use super::gemm::{as_uninit, assume_init, gemm_acc, gemm_into, Mat, Split};
 use crate::tensor_util::is_flex_device;
 
 /// `act(conv(x, weight) + bias)`: the 2D cross-correlation of `x: [N, C_in, H, W]` with
@@ -543,105 +544,6 @@ fn bias_values(b: &FlexTensor) -> Vec<f32> {
         .to_vec()
 }
 
-/// A float32 matrix as a GEMM operand: buffer, offset, shape and element strides.
-#[derive(Clone, Copy)]
-struct Mat<'a> {
-    data: &'a [f32],
-    offset: usize,
-    rows: usize,
-    cols: usize,
-    row_stride: isize,
-    col_stride: isize,
-}
-
-impl<'a> Mat<'a> {
-    fn dense(data: &'a [f32], rows: usize, cols: usize) -> Self {
-        Mat {
-            data,
-            offset: 0,
-            rows,
-            cols,
-            row_stride: cols as isize,
-            col_stride: 1,
-        }
-    }
-
-    fn t(self) -> Self {
-        Mat {
-            rows: self.cols,
-            cols: self.rows,
-            row_stride: self.col_stride,
-            col_stride: self.row_stride,
-            ..self
-        }
-    }
-}
-
-/// `dst (+)= lhs · rhs` into the row-major `lhs.rows x rhs.cols` buffer `dst`; with
-/// `accumulate` unset `dst` is only written, never read.
-fn gemm_into(dst: &mut [std::mem::MaybeUninit<f32>], accumulate: bool, lhs: Mat, rhs: Mat) {
-    let (m, k, n) = (lhs.rows, lhs.cols, rhs.cols);
-    assert_eq!(rhs.rows, k, "fused conv2d: inner dimensions differ");
-    assert_eq!(dst.len(), m * n, "fused conv2d: destination size");
-    if m == 0 || n == 0 {
-        return;
-    }
-    if k == 0 {
-        if !accumulate {
-            dst.iter_mut().for_each(|v| {
-                v.write(0.0);
-            });
-        }
-        return;
-    }
-    // The operands' last addressed elements lie inside their buffers.
-    for a in [&lhs, &rhs] {
-        let last = a.offset as isize
-            + (a.rows as isize - 1) * a.row_stride
-            + (a.cols as isize - 1) * a.col_stride;
-        assert!(
-            a.row_stride >= 0 && a.col_stride >= 0 && (last as usize) < a.data.len(),
-            "fused conv2d: operand out of bounds"
-        );
-    }
-    // Parallel inside the GEMM only on a thread outside rayon's workers (one image on the main
-    // thread); runs of images are already one per worker.
-    let threads = rayon::current_num_threads();
-    let parallelism =
-        if rayon::current_thread_index().is_none() && threads > 1 && m * n * k >= 1 << 21 {
-            gemm::Parallelism::Rayon(threads)
-        } else {
-            gemm::Parallelism::None
-        };
-    // Safety: the destination holds exactly m x n elements (asserted), written row-major with
-    // row stride n; with `accumulate` unset the GEMM writes every element and reads none, with
-    // it set the caller passes initialised values. The operands index inside their buffers
-    // (checked above, strides non-negative).
-    unsafe {
-        gemm::gemm(
-            m,
-            n,
-            k,
-            dst.as_mut_ptr().cast::<f32>(),
-            1,
-            n as isize,
-            accumulate,
-            lhs.data.as_ptr().add(lhs.offset),
-            lhs.col_stride,
-            lhs.row_stride,
-            rhs.data.as_ptr().add(rhs.offset),
-            rhs.col_stride,
-            rhs.row_stride,
-            1.0,
-            1.0,
-            false,
-            false,
-            false,
-            parallelism,
-        );
-    }
-}
-
 /// A per-thread scratch buffer, reused across calls so that the im2col columns and shifted
 /// responses of every convolution do not each fault in fresh zeroed pages; handed back to the
 /// thread when dropped. Its values are whatever the last user left: every user writes the
@@ -821,13 +723,25 @@ fn forward(
             let cols = &mut scratch.0[..len];
             for (i, dst) in run.zip(buf.chunks_exact_mut(per_image.max(1))) {
                 if k == 1 {
-                    gemm_into(dst, false, wm, xs.matrix(i));
+                    gemm_into(dst, false, wm, xs.matrix(i), Split::Outside);
                 } else if !w.shifted_responses() {
                     im2col(&xs, i, k, p, cols);
-                    gemm_into(dst, false, wm, Mat::dense(cols, cin * k * k, hw));
+                    gemm_into(
+                        dst,
+                        false,
+                        wm,
+                        Mat::dense(cols, cin * k * k, hw),
+                        Split::Outside,
+                    );
                 } else {
                     // Safety: the GEMM writes values only.
-                    gemm_into(unsafe { as_uninit(cols) }, false, wm, xs.matrix(i));
+                    gemm_into(
+                        unsafe { as_uninit(cols) },
+                        false,
+                        wm,
+                        xs.matrix(i),
+                        Split::Outside,
+                    );
                     let z = &*cols;
                     let dst = init_zero(dst);
                     for (o, (ky, kx)) in offsets(k).enumerate() {
@@ -940,20 +854,26 @@ fn backward(
         for (i, dxi) in run.zip(buf.chunks_exact_mut(per_x.max(1))) {
             if k == 1 {
                 if want_x {
-                    gemm_into(dxi, false, wm.t(), gy(i));
+                    gemm_into(dxi, false, wm.t(), gy(i), Split::Outside);
                 }
                 if let Some(dw) = &mut dw {
-                    gemm_acc(dw, gy(i), xs.matrix(i).t());
+                    gemm_acc(dw, gy(i), xs.matrix(i).t(), Split::Outside);
                 }
             } else if !w.shifted_responses() {
                 if let Some(dw) = &mut dw {
                     im2col(&xs, i, k, p, scratch);
-                    gemm_acc(dw, gy(i), Mat::dense(scratch, rows, hw).t());
+                    gemm_acc(dw, gy(i), Mat::dense(scratch, rows, hw).t(), Split::Outside);
                 }
                 if want_x {
                     // dcols = Wᵀ dy, then col2im: the adjoint of im2col.
                     // Safety: the GEMM writes values only.
-                    gemm_into(unsafe { as_uninit(scratch) }, false, wm.t(), gy(i));
+                    gemm_into(
+                        unsafe { as_uninit(scratch) },
+                        false,
+                        wm.t(),
+                        gy(i),
+                        Split::Outside,
+                    );
                     let image = init_zero(dxi);
                     for c in 0..cin {
                         for ky in 0..k {
@@ -988,10 +908,10 @@ fn backward(
                 }
                 let dz = Mat::dense(scratch, rows, hw);
                 if want_x {
-                    gemm_into(dxi, false, wm.t(), dz);
+                    gemm_into(dxi, false, wm.t(), dz, Split::Outside);
                 }
                 if let Some(dw) = &mut dw {
-                    gemm_acc(dw, dz, xs.matrix(i).t());
+                    gemm_acc(dw, dz, xs.matrix(i).t(), Split::Outside);
                 }
             }
         }
@@ -1033,25 +953,4 @@ fn init_zero(v: &mut [std::mem::MaybeUninit<f32>]) -> &mut [f32] {
     });
     // Safety: every element was just written.
     unsafe { assume_init(v) }
-}
-
-/// # Safety
-/// Every element of `v` must be initialised.
-unsafe fn assume_init(v: &mut [std::mem::MaybeUninit<f32>]) -> &mut [f32] {
-    // Safety: `MaybeUninit<f32>` has the layout of `f32`; the caller guarantees initialisation.
-    unsafe { &mut *(v as *mut [std::mem::MaybeUninit<f32>] as *mut [f32]) }
-}
-
-/// `dst += lhs · rhs` for an initialised row-major `dst`.
-fn gemm_acc(dst: &mut [f32], lhs: Mat, rhs: Mat) {
-    // Safety: the GEMM writes values only.
-    gemm_into(unsafe { as_uninit(dst) }, true, lhs, rhs);
-}
-
-/// # Safety
-/// The caller may only write initialised `f32` values through the result (never
-/// `MaybeUninit::uninit()`), as [`gemm_into`] does.
-unsafe fn as_uninit(v: &mut [f32]) -> &mut [std::mem::MaybeUninit<f32>] {
-    // Safety: `MaybeUninit<f32>` has the layout of `f32`; the caller writes only values.
-    unsafe { &mut *(v as *mut [f32] as *mut [std::mem::MaybeUninit<f32>]) }
 }

@@ -22,6 +22,7 @@ use burn::backend::{backend_extension, Backend, Dispatch, Flex};
 use burn::tensor::activation::relu;
 use burn::tensor::{DType, Tensor, TensorData};
 
+use super::gemm::{gemm_new, Mat, Split};
 use crate::tensor_util::is_flex_device;
 
 /// `act(x W + b)` with `x: [n, k]`, `W: [k, m]`, `b: [m]`; `act` is ReLU when `relu_out` is set,
@@ -146,48 +147,6 @@ impl<C: CheckpointStrategy> FusedDenseBackend for Autodiff<Flex, C> {
     }
 }
 
-/// A float32 matrix as GEMM operands: base pointer, row stride and column stride (elements).
-#[derive(Clone, Copy)]
-struct MatRef<'a> {
-    data: &'a [f32],
-    offset: usize,
-    rows: usize,
-    cols: usize,
-    row_stride: isize,
-    col_stride: isize,
-}
-
-impl<'a> MatRef<'a> {
-    fn of(t: &'a FlexTensor) -> Self {
-        let layout = t.layout();
-        let dims = layout.shape();
-        assert_eq!(dims.num_dims(), 2, "fused dense: expected a matrix");
-        let strides = layout.strides();
-        MatRef {
-            data: t.storage::<f32>(),
-            offset: layout.start_offset(),
-            rows: dims[0],
-            cols: dims[1],
-            row_stride: strides[0],
-            col_stride: strides[1],
-        }
-    }
-
-    fn ptr(&self) -> *const f32 {
-        self.data[self.offset..].as_ptr()
-    }
-
-    fn transposed(self) -> Self {
-        MatRef {
-            rows: self.cols,
-            cols: self.rows,
-            row_stride: self.col_stride,
-            col_stride: self.row_stride,
-            ..self
-        }
-    }
-}
-
 // Kept out of line, like `relu_mask`: a small function of one simple loop is reliably
 // vectorised, the same loop inlined into a larger body was not (measured: 3x slower).
 #[inline(never)]
@@ -198,64 +157,6 @@ fn add_bias_relu(row: &mut [f32], bias: &[f32]) {
             *v = if y < 0.0 { 0.0 } else { y };
         }
     })
-}
-
-/// `lhs · rhs` as a new row-major buffer (written by the GEMM without zero-filling first).
-fn gemm_new(lhs: &MatRef, rhs: &MatRef) -> Vec<f32> {
-    let len = lhs.rows * rhs.cols;
-    if lhs.cols == 0 {
-        return vec![0.0; len];
-    }
-    let mut dst = Vec::with_capacity(len);
-    // Safety: with `read_dst = false` and k > 0 the GEMM writes every element of the m x n
-    // destination through the raw pointer and never reads it, so all `len` are initialised.
-    unsafe {
-        gemm_raw(
-            dst.spare_capacity_mut().as_mut_ptr().cast(),
-            false,
-            lhs,
-            rhs,
-        );
-        dst.set_len(len);
-    }
-    dst
-}
-
-/// # Safety
-/// `dst` must address an exclusive row-major `lhs.rows x rhs.cols` buffer, initialised when
-/// `accumulate` is set.
-unsafe fn gemm_raw(dst: *mut f32, accumulate: bool, lhs: &MatRef, rhs: &MatRef) {
-    let (m, k, n) = (lhs.rows, lhs.cols, rhs.cols);
-    assert_eq!(rhs.rows, k, "fused dense: inner dimensions differ");
-    if m == 0 || n == 0 || k == 0 {
-        return;
-    }
-    // Safety: MatRef's strides come from the tensor layouts, which index inside their buffers
-    // for every (row, col) in range.
-    unsafe {
-        gemm::gemm(
-            m,
-            n,
-            k,
-            dst,
-            1,
-            n as isize,
-            accumulate,
-            lhs.ptr(),
-            lhs.col_stride,
-            lhs.row_stride,
-            rhs.ptr(),
-            rhs.col_stride,
-            rhs.row_stride,
-            1.0,
-            1.0,
-            false,
-            false,
-            false,
-            // Callers already run one shard per thread.
-            gemm::Parallelism::None,
-        );
-    }
 }
 
 fn vector(t: &FlexTensor) -> Vec<f32> {
@@ -269,7 +170,7 @@ fn vector(t: &FlexTensor) -> Vec<f32> {
 }
 
 fn forward(x: &FlexTensor, w: &FlexTensor, b: &FlexTensor, relu_out: bool) -> FlexTensor {
-    let (x, w) = (MatRef::of(x), MatRef::of(w));
+    let (x, w) = (Mat::of(x), Mat::of(w));
     let bias = vector(b);
     let (n, m) = (x.rows, w.cols);
     assert_eq!(
@@ -277,7 +178,7 @@ fn forward(x: &FlexTensor, w: &FlexTensor, b: &FlexTensor, relu_out: bool) -> Fl
         m,
         "fused dense: bias length differs from the output width"
     );
-    let mut out = gemm_new(&x, &w);
+    let mut out = gemm_new(x, w, Split::Never);
     // Bias and ReLU in one pass; the ReLU is a select, not a branch, so it vectorises, and
     // `v < 0` keeps NaN as NaN.
     for row in out.chunks_exact_mut(m.max(1)) {
@@ -299,7 +200,7 @@ fn backward(
     grad: FlexTensor,
     wanted: [bool; 3],
 ) -> [Option<FlexTensor>; 3] {
-    let (x, w) = (MatRef::of(x), MatRef::of(w));
+    let (x, w) = (Mat::of(x), Mat::of(w));
     let (n, k, m) = (x.rows, x.cols, w.cols);
     // Gradient at the pre-activation, contiguous n x m: the incoming gradient itself when this
     // step owns it (masked in place), else a copy.
@@ -311,20 +212,13 @@ fn backward(
             .expect("fused dense: contiguous output");
         relu_mask(&mut gp, out);
     }
-    let gp_ref = MatRef {
-        data: &gp,
-        offset: 0,
-        rows: n,
-        cols: m,
-        row_stride: m as isize,
-        col_stride: 1,
-    };
+    let gp_ref = Mat::dense(&gp, n, m);
     let dx = wanted[0].then(|| {
-        let dx = gemm_new(&gp_ref, &w.transposed());
+        let dx = gemm_new(gp_ref, w.t(), Split::Never);
         FlexTensor::from_data(TensorData::new(dx, [n, k]))
     });
     let dw = wanted[1].then(|| {
-        let dw = gemm_new(&x.transposed(), &gp_ref);
+        let dw = gemm_new(x.t(), gp_ref, Split::Never);
         FlexTensor::from_data(TensorData::new(dw, [k, m]))
     });
     let db = wanted[2].then(|| {

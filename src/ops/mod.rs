@@ -13,6 +13,7 @@ macro_rules! register {
 pub mod adam;
 pub mod conv;
 pub mod dense;
+mod gemm;
 pub mod parallel;
 pub mod rq_spline;
 pub mod tanh_affine;
