@@ -30,6 +30,7 @@ use glowflow::models::{
 };
 use glowflow::nets::{CouplingNet, PlainConvNet};
 use glowflow::ops::adam::adam;
+use glowflow::ops::conv::fused_on;
 use glowflow::tensor_util::{from_vec, to_vec, with_sequential_param_ids};
 use glowflow::train::low_memory::image_loss_and_grads_into;
 use glowflow::train::parallel::{backprop, shard_grads_into, GradSink, ShardSink};
@@ -397,7 +398,7 @@ fn bench_image(
     let device = device.clone().autodiff();
     let mut model = GlowImage::new(&cfg, &device);
     // Refuse up front what would be killed for memory mid-step.
-    let need = cfg.training_bytes(64, threads, 64, opts.low_memory);
+    let need = cfg.training_bytes(64, threads, 64, opts.low_memory, fused_on(&device));
     if let Some(why) = glowflow::limits::memory_shortfall(need) {
         let what = format!(
             "{}x{}x{}, L = {}, K = {}, width {}, batch 64{}",

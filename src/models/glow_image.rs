@@ -212,19 +212,20 @@ impl GlowImageConfig {
         Ok(())
     }
 
-    /// Bytes a training step holds per image (activations kept for the backward pass, float32),
+    /// Bytes a training step holds per image (activations kept for the backward pass, float32)
+    /// with the coupling networks' convolutions composed of tensor ops (any backend, float64),
     /// a rough upper estimate used to refuse batch sizes that cannot fit in memory. A sampling
     /// or evaluation pass holds about half.
     pub fn activation_bytes_per_image(&self) -> f64 {
+        self.kept_bytes_per_image(false)
+    }
+
+    /// [`activation_bytes_per_image`](Self::activation_bytes_per_image) of a training step,
+    /// with the convolutions `fused` ([`crate::ops::conv::fused_on`]) or composed.
+    fn kept_bytes_per_image(&self, fused: bool) -> f64 {
         let mut total = 0.0;
         for l in 0..self.levels {
-            // Per flow step: ActNorm, 1x1 convolution, coupling input/output, and the
-            // coupling CNN's hidden activations (with their ReLU/ActNorm copies and what the
-            // backward pass allocates beside them). Calibrated on the paper's CIFAR-10 model
-            // (width 512, batch 64, `bench --workload paper-cifar --steps-per-level 8 / 16`:
-            // peak RSS 3,333 and 6,271 MiB, 5.7 MiB per image and flow step over the three
-            // levels; this gives 6.4).
-            total += self.steps_per_level as f64 * self.step_values_per_image(l);
+            total += self.steps_per_level as f64 * self.step_values_per_image(l, fused);
         }
         total * 4.0
     }
@@ -236,7 +237,7 @@ impl GlowImageConfig {
     /// plus the widest flow step's activations for one backward chunk per shard
     /// ([`BACKWARD_CHUNK_BYTES`](crate::train::low_memory::BACKWARD_CHUNK_BYTES)). The same
     /// calibration as [`activation_bytes_per_image`](Self::activation_bytes_per_image).
-    pub fn low_memory_bytes(&self, batch: usize, shards: usize) -> f64 {
+    pub fn low_memory_bytes(&self, batch: usize, shards: usize, fused: bool) -> f64 {
         use crate::train::low_memory::{chunk_images, BACKWARD_CHUNK_BYTES, KEEP_EVERY_STEPS};
         let mut kept = 0.0;
         let mut widest: f64 = 0.0;
@@ -249,37 +250,45 @@ impl GlowImageConfig {
             kept += ((8 + anchors) * c * h * w) as f64;
             let chunk = chunk_images(self.net_width * h * w * 4, BACKWARD_CHUNK_BYTES);
             let images = batch.min(chunk * shards.max(1));
-            widest = widest.max(self.step_values_per_image(l) * images as f64);
+            widest = widest.max(self.step_values_per_image(l, fused) * images as f64);
         }
         (kept * batch as f64 + widest) * 4.0
     }
 
-    /// Values one flow step at level `l` keeps for its backward pass per image (see
-    /// [`activation_bytes_per_image`](Self::activation_bytes_per_image)).
-    fn step_values_per_image(&self, l: usize) -> f64 {
+    /// Values one flow step at level `l` keeps for its backward pass per image: ActNorm, 1x1
+    /// convolution, coupling input/output (8 per input value), and the coupling CNN's hidden
+    /// activations with what the backward pass allocates beside them (per hidden channel: 9
+    /// composed, 3 fused). Calibrated on the paper's CIFAR-10 model (width 512, batch 64,
+    /// `bench --workload paper-cifar --steps-per-level K`): composed, K = 8 / 16 peaked at 3,333
+    /// and 6,271 MiB, 5.7 MiB per image and K over the three levels (this gives 6.4); fused
+    /// with their ActNorms, K = 8 / 32 at 1,175 and 4,013 MiB, 1.85 MiB (this gives 2.1).
+    fn step_values_per_image(&self, l: usize, fused: bool) -> f64 {
         let [c, h, w] = self.level_shape(l);
-        (c * 8 + self.net_width * 9) as f64 * (h * w) as f64
+        let hidden = if fused { 3 } else { 9 };
+        (c * 8 + self.net_width * hidden) as f64 * (h * w) as f64
     }
 
-    /// Bytes a training step of `batch` images in `shards` data-parallel shards needs: the
-    /// activations it holds (ordinary or invertible backpropagation) or those of the ActNorm
-    /// initialisation of `init_batch` images (one layer at a time, no backward pass),
-    /// whichever is more, plus five float32 copies of the weights (weights, gradients, Adam's
-    /// two moments, the updated weights) and half a GiB for the process: the figure `train`
-    /// and `bench` compare with the memory available.
+    /// Bytes a training step of `batch` images in `shards` data-parallel shards needs, with
+    /// the convolutions `fused` ([`crate::ops::conv::fused_on`]) or composed: the activations
+    /// it holds (ordinary or invertible backpropagation) or those of the ActNorm initialisation
+    /// of `init_batch` images (one layer at a time, no backward pass, composed), whichever is
+    /// more, plus five float32 copies of the weights (weights, gradients, Adam's two moments,
+    /// the updated weights) and half a GiB for the process: the figure `train` and `bench`
+    /// compare with the memory available.
     pub fn training_bytes(
         &self,
         batch: usize,
         shards: usize,
         init_batch: usize,
         low_memory: bool,
+        fused: bool,
     ) -> f64 {
         let step = match low_memory {
-            true => self.low_memory_bytes(batch, shards),
-            false => self.activation_bytes_per_image() * batch as f64,
+            true => self.low_memory_bytes(batch, shards, fused),
+            false => self.kept_bytes_per_image(fused) * batch as f64,
         };
         let widest = (0..self.levels)
-            .map(|l| self.step_values_per_image(l))
+            .map(|l| self.step_values_per_image(l, false))
             .fold(0.0, f64::max);
         let activations = step.max(widest * 4.0 * init_batch as f64);
         activations + 5.0 * 4.0 * self.weight_count() as f64 + 0.5 * (1u64 << 30) as f64

@@ -124,6 +124,13 @@ pub fn fused_supported(
         && !composed_forced()
 }
 
+/// Whether float32 training on `device` runs its convolutions fused ([`conv2d`]): the Flex
+/// device, `GLOWFLOW_CONV` not set to `composed`. Fused convolutions keep about a third of the
+/// composition's activations (memory estimates use it).
+pub fn fused_on(device: &burn::tensor::Device) -> bool {
+    is_flex_device(device) && !composed_forced()
+}
+
 fn composed_forced() -> bool {
     static FORCED: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
     *FORCED.get_or_init(|| std::env::var("GLOWFLOW_CONV").as_deref() == Ok("composed"))

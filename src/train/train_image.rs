@@ -158,13 +158,15 @@ impl ImageTrainOptions {
     }
 }
 
-/// Refuse a batch that does not fit the training set (`n` images) or the memory; the ActNorm
-/// initialisation's memory counts only when it will run (`initializes`: not on a resume).
+/// Refuse a batch that does not fit the training set (`n` images) or the memory (training on
+/// `device`); the ActNorm initialisation's memory counts only when it will run (`initializes`:
+/// not on a resume).
 fn check_batch(
     cfg: &GlowImageConfig,
     opts: &ImageTrainOptions,
     n: usize,
     initializes: bool,
+    device: &Device,
 ) -> std::result::Result<(), FieldError> {
     if opts.batch_size > n {
         return Err(FieldError::new(
@@ -175,7 +177,14 @@ fn check_batch(
         ));
     }
     let init_batch = if initializes { opts.init_batch } else { 0 };
-    let need = cfg.training_bytes(opts.batch_size, opts.shards, init_batch, opts.low_memory);
+    let fused = crate::ops::conv::fused_on(device);
+    let need = cfg.training_bytes(
+        opts.batch_size,
+        opts.shards,
+        init_batch,
+        opts.low_memory,
+        fused,
+    );
     match crate::limits::memory_shortfall(need) {
         Some(why) => Err(FieldError::new(
             "batch_size",
@@ -496,8 +505,14 @@ impl Workload for ImageWork<'_> {
                 .into());
             }
         }
-        check_batch(cfg, opts, data.train.n, model.needs_data_init())
-            .map_err(FieldError::on_option)?;
+        check_batch(
+            cfg,
+            opts,
+            data.train.n,
+            model.needs_data_init(),
+            &model.top.val().device(),
+        )
+        .map_err(FieldError::on_option)?;
         self.labels = data.labels(cfg.classes, &opts.data)?;
         run.data_fingerprint = Some(print);
         self.data = Some(data);
