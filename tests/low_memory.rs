@@ -254,8 +254,8 @@ fn every_layer_kind_matches_ordinary_backprop() {
     }
 }
 
-/// [`sequence_grads`] with every layer inverted and the backward pass run `chunk` images at a
-/// time ([`Forward::backward_chunk`]): the parameter gradients and the input gradient.
+/// [`sequence_grads`] with every layer inverted and run `chunk` images at a time, forward and
+/// backward ([`Forward::run_in_chunks`]): the parameter gradients and the input gradient.
 fn chunked_grads(
     seq: &FlowSequence,
     x: Tensor<4>,
@@ -266,7 +266,7 @@ fn chunked_grads(
         x.dims()[0] > chunk && !x.dims()[0].is_multiple_of(chunk),
         "chunks of unequal sizes"
     );
-    let fwd = Forward::run(seq, x.inner(), ctx, usize::MAX).backward_chunk(chunk);
+    let fwd = Forward::run_in_chunks(seq, x.inner(), ctx, usize::MAX, chunk);
     let z = Tensor::from_inner(fwd.y.clone()).require_grad();
     let ld = Tensor::from_inner(fwd.logdet.clone()).require_grad();
     let g = head(z.clone(), ld.clone()).backward();

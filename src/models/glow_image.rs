@@ -235,10 +235,10 @@ impl GlowImageConfig {
     /// input, output, their gradients and the inputs kept every
     /// [`KEEP_EVERY_STEPS`](crate::train::low_memory::KEEP_EVERY_STEPS) steps for every image,
     /// plus the widest flow step's activations for one backward chunk per shard
-    /// ([`BACKWARD_CHUNK_BYTES`](crate::train::low_memory::BACKWARD_CHUNK_BYTES)). The same
+    /// ([`LAYER_CHUNK_BYTES`](crate::train::low_memory::LAYER_CHUNK_BYTES)). The same
     /// calibration as [`activation_bytes_per_image`](Self::activation_bytes_per_image).
     pub fn low_memory_bytes(&self, batch: usize, shards: usize, fused: bool) -> f64 {
-        use crate::train::low_memory::{chunk_images, BACKWARD_CHUNK_BYTES, KEEP_EVERY_STEPS};
+        use crate::train::low_memory::{chunk_images, KEEP_EVERY_STEPS, LAYER_CHUNK_BYTES};
         let mut kept = 0.0;
         let mut widest: f64 = 0.0;
         for l in 0..self.levels {
@@ -248,7 +248,7 @@ impl GlowImageConfig {
                 _ => self.steps_per_level.div_ceil(KEEP_EVERY_STEPS),
             };
             kept += ((8 + anchors) * c * h * w) as f64;
-            let chunk = chunk_images(self.net_width * h * w * 4, BACKWARD_CHUNK_BYTES);
+            let chunk = chunk_images(self.net_width * h * w * 4, LAYER_CHUNK_BYTES);
             let images = batch.min(chunk * shards.max(1));
             widest = widest.max(self.step_values_per_image(l, fused) * images as f64);
         }

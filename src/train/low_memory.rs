@@ -48,15 +48,15 @@ use crate::ops::parallel::GradSink;
 pub const KEEP_EVERY_STEPS: usize = 8;
 
 /// The size of one hidden activation of a coupling network (`net_width x H x W` floats per
-/// image) that sets how many images the backward pass of [`image_loss_and_grads`] recomputes at
-/// a time ([`Forward::backward_chunk`]): the recomputed network's activations and their
-/// gradients are a few such tensors, so its memory stays near a few times this whatever the
-/// batch. 2 MiB is 4 images of the Glow paper's CIFAR-10 model at its first level (width 512,
+/// image) that sets how many images each flow layer of [`image_loss_and_grads`] runs at a time,
+/// forward and backward ([`Forward::run_in_chunks`]): the network's activations, and in the
+/// backward pass their gradients, are a few such tensors, so a layer's memory stays near a few
+/// times this whatever the batch. 2 MiB is 4 images of the Glow paper's CIFAR-10 model at its first level (width 512,
 /// 16 x 16), 16 at its second; its third level and narrower models (width 96 on 28 x 28: 27
 /// images) mostly run a data-parallel shard in one chunk. Measured on that model at K = 32
 /// (batch 64, two shards): peak 1,063 MiB unchunked, 1,019 / 989 / 931 / 907 MiB with 8 / 4 /
 /// 2 / 1 MiB, no slower (smaller GEMM outputs stay in cache).
-pub const BACKWARD_CHUNK_BYTES: usize = 2 << 20;
+pub const LAYER_CHUNK_BYTES: usize = 2 << 20;
 
 /// Images per chunk of the backward pass when one image's coupling-network hidden activation
 /// is `hidden` bytes and a chunk may hold `chunk_bytes` of it (at least 1).
@@ -86,7 +86,7 @@ pub struct Forward {
     kept: Vec<Tensor<4>>,
     /// `k`, at least 1.
     keep_every: usize,
-    /// Images per chunk of the backward pass ([`backward_chunk`](Self::backward_chunk)).
+    /// Images per chunk of a layer ([`run_in_chunks`](Self::run_in_chunks)).
     chunk: usize,
     /// The sequence on the inner backend (its layers' inverses rebuild the inputs).
     inner: FlowSequence,
@@ -97,7 +97,24 @@ impl Forward {
     /// backend), keeping the input of every `keep_every`-th layer (`usize::MAX`: only the
     /// first, i.e. every input rebuilt by inversion from the output).
     pub fn run(seq: &FlowSequence, x: Tensor<4>, ctx: Context, keep_every: usize) -> Self {
-        let keep_every = keep_every.max(1);
+        Self::run_in_chunks(seq, x, ctx, keep_every, usize::MAX)
+    }
+
+    /// [`run`](Self::run) with every layer applied to at most `chunk` images at a time, here
+    /// and in the [`backward`](Self::backward) pass: a layer's transient activations (a
+    /// coupling network's hidden ones, and in the backward pass their gradients, the largest
+    /// things it holds) then live for `chunk` images instead of the whole batch; a layer's
+    /// parameter gradients are the chunks' sum (in chunk order). The layers see no batch
+    /// statistics (checked), so values and gradients are the whole batch's up to float32
+    /// rounding.
+    pub fn run_in_chunks(
+        seq: &FlowSequence,
+        x: Tensor<4>,
+        ctx: Context,
+        keep_every: usize,
+        chunk: usize,
+    ) -> Self {
+        let (keep_every, chunk) = (keep_every.max(1), chunk.max(1));
         assert!(
             !seq.layers.iter().any(|l| l.uses_batch_statistics()),
             "invertible backpropagation needs layers whose training forward does not depend on the batch"
@@ -107,11 +124,25 @@ impl Forward {
         let mut kept = Vec::new();
         let mut h = x;
         let mut logdet = crate::flow::zero_logdet(&h);
+        let n = h.dims()[0];
         for (i, layer) in inner.layers.iter().enumerate() {
             if i % keep_every == 0 {
                 kept.push(h.clone());
             }
-            let (y, ld) = layer.forward_ctx(h, ctx.as_ref());
+            let (y, ld) = if n <= chunk {
+                layer.forward_ctx(h, ctx.as_ref())
+            } else {
+                let (mut ys, mut lds) = (Vec::new(), Vec::new());
+                for start in (0..n).step_by(chunk) {
+                    let len = chunk.min(n - start);
+                    let ctx_piece = ctx.as_ref().map(|c| c.clone().narrow(0, start, len));
+                    let (y, ld) =
+                        layer.forward_ctx(h.clone().narrow(0, start, len), ctx_piece.as_ref());
+                    ys.push(y);
+                    lds.push(ld);
+                }
+                (Tensor::cat(ys, 0), Tensor::cat(lds, 0))
+            };
             h = y;
             logdet = logdet + ld;
         }
@@ -120,20 +151,9 @@ impl Forward {
             logdet,
             kept,
             keep_every,
-            chunk: usize::MAX,
+            chunk,
             inner,
         }
-    }
-
-    /// Run the backward pass ([`backward`](Self::backward)) on at most `images` images at a
-    /// time, layer by layer: each layer's recomputation (a coupling network's hidden
-    /// activations and their gradients, the largest thing it holds) then lives for `images`
-    /// images instead of the whole batch; the layer's parameter gradients are the chunks' sum
-    /// (in chunk order). The layers see no batch statistics ([`run`](Self::run) checks), so the
-    /// gradients are those of the whole batch up to float32 rounding. Default: the whole batch.
-    pub fn backward_chunk(mut self, images: usize) -> Self {
-        self.chunk = images.max(1);
-        self
     }
 
     /// The backward pass of `seq` for the gradients `grad_y` of the loss with respect to the
@@ -286,7 +306,7 @@ pub fn sequence_grads(
 /// [`image_loss_and_grads_into`] for gradients deposited as they are computed.
 ///
 /// Memory: every level's flow input and output and the kept inputs (a few values per pixel),
-/// one flow layer's recomputation at a time on at most [`BACKWARD_CHUNK_BYTES`] of its
+/// one flow layer's recomputation at a time on at most [`LAYER_CHUNK_BYTES`] of its
 /// coupling network's hidden activation (a few such tensors), and the priors', dequantiser's
 /// and class head's graphs. The flow steps' forward runs twice and each of their inverses once (a coupling's
 /// network once for both, see the module docs).
@@ -319,12 +339,12 @@ pub fn image_loss_and_grads_into(
     weight: f64,
     grads: &mut impl GradSink,
 ) -> f64 {
-    let chunk_bytes = BACKWARD_CHUNK_BYTES;
+    let chunk_bytes = LAYER_CHUNK_BYTES;
     image_loss_and_grads_chunked(model, cfg, layout, x, weight_y, weight, chunk_bytes, grads)
 }
 
 /// [`image_loss_and_grads_into`] with the backward pass's chunk set by `chunk_bytes` instead of
-/// [`BACKWARD_CHUNK_BYTES`] (tests run small models in several chunks with it).
+/// [`LAYER_CHUNK_BYTES`] (tests run small models in several chunks with it).
 #[doc(hidden)]
 #[allow(clippy::too_many_arguments)]
 pub fn image_loss_and_grads_chunked(
@@ -361,7 +381,7 @@ pub fn image_loss_and_grads_chunked(
         let [_, _, height, width] = h.dims();
         let hidden = cfg.net_width * height * width * h.dtype().size();
         let chunk = chunk_images(hidden, chunk_bytes);
-        let fwd = Forward::run(seq, h.inner(), c, keep_every).backward_chunk(chunk);
+        let fwd = Forward::run_in_chunks(seq, h.inner(), c, keep_every, chunk);
         let y = Tensor::from_inner(fwd.y.clone()).require_grad();
         let ld = Tensor::from_inner(fwd.logdet.clone()).require_grad();
         levels.push((fwd, y.clone(), ld.clone()));
