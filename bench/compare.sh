@@ -4,7 +4,7 @@
 #   bench/compare.sh                      # all workloads, 3 rounds, 2 threads
 #   ROUNDS=5 THREADS=1 WORKLOADS="probe2d seed2d" bench/compare.sh
 #   DEVICE=cuda bench/compare.sh          # GPU: glowflow built with --features cuda
-#   WORKLOADS=paper-cifar ROUNDS=1 bench/compare.sh   # the Glow paper's CIFAR-10 model (~12 GiB, minutes)
+#   WORKLOADS=paper-cifar ROUNDS=1 bench/compare.sh   # the Glow paper's CIFAR-10 model (ours ~4 GiB, PyTorch ~7.6; minutes)
 #
 # Installs PyTorch into bench/.venv on first use (from PyPI; TORCH=... picks the version).
 # Prints a Markdown table of medians and the ratio ours/PyTorch in steps/s (> 1: we are faster),
