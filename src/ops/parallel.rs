@@ -95,13 +95,12 @@ where
     let shards = shards.clamp(1, n.max(1));
     let sum = OrderedSum::default();
     let run = |m: &M, rows: &[f32], index: usize| {
-        let k = rows.len() / width;
-        let x = from_vec(rows.to_vec(), [k, width], device);
+        let (x, w) = shard_input(rows, n, width, device);
         let mut sink = ShardSink {
             shard: index,
             sum: &sum,
         };
-        grads(m, x, k as f64 / n as f64, &mut sink)
+        grads(m, x, w, &mut sink)
     };
     if shards == 1 {
         let value = run(model, batch, 0);
@@ -348,7 +347,8 @@ where
                 let (grads, group, ready, failed) = (&grads, &group, &ready, &failed);
                 s.spawn(move || {
                     let part = catch_unwind(AssertUnwindSafe(|| {
-                        shard(&replica, rows, n, width, device, grads)
+                        let (x, w) = shard_input(rows, n, width, device);
+                        grads(&replica, x, w)
                     }));
                     if part.is_err() {
                         failed.store(true, Ordering::SeqCst);
@@ -381,23 +381,14 @@ where
     sum_parts(model, parts)
 }
 
-/// The loss of the shard `rows` (of a batch of `n` rows) weighted by its share `k / n`, and
-/// its gradients for `model` (a fork on `device`).
-fn shard<M, G>(
-    model: &M,
-    rows: &[f32],
-    n: usize,
-    width: usize,
-    device: &Device,
-    grads: &G,
-) -> (f64, GradientsParams)
-where
-    M: Module,
-    G: Fn(&M, Tensor<2>, f64) -> (f64, GradientsParams),
-{
+/// The shard `rows` (`k` rows of `width` values, of a batch of `n`) as a `[k, width]` tensor
+/// on `device`, and its share `k / n` of the batch's mean loss.
+fn shard_input(rows: &[f32], n: usize, width: usize, device: &Device) -> (Tensor<2>, f64) {
     let k = rows.len() / width;
-    let x = from_vec(rows.to_vec(), [k, width], device);
-    grads(model, x, k as f64 / n as f64)
+    (
+        from_vec(rows.to_vec(), [k, width], device),
+        k as f64 / n as f64,
+    )
 }
 
 /// The shards' losses and gradients summed, in shard order, on the first shard's device.

@@ -133,8 +133,7 @@ impl Forward {
                 layer.forward_ctx(h, ctx.as_ref())
             } else {
                 let (mut ys, mut lds) = (Vec::new(), Vec::new());
-                for start in (0..n).step_by(chunk) {
-                    let len = chunk.min(n - start);
+                for (start, len) in chunk_ranges(n, chunk) {
                     let ctx_piece = ctx.as_ref().map(|c| c.clone().narrow(0, start, len));
                     let (y, ld) =
                         layer.forward_ctx(h.clone().narrow(0, start, len), ctx_piece.as_ref());
@@ -160,7 +159,8 @@ impl Forward {
     /// output and `grad_ld` with respect to the log-determinant (both inner backend): every
     /// parameter's gradient is deposited in `grads` layer by layer, from the last layer (once
     /// per parameter: a [`ShardSink`](crate::ops::parallel::ShardSink) refuses a second), and
-    /// the gradient with respect to the input is returned (inner backend). `seq` and `ctx` are those of [`run`](Self::run).
+    /// the gradient with respect to the input is returned (inner backend). `seq` and `ctx` are
+    /// those of [`run`](Self::run).
     pub fn backward(
         self,
         seq: &FlowSequence,
@@ -189,8 +189,7 @@ impl Forward {
             }
             let mut layer_grads = GradientsParams::new();
             let (mut xs, mut gs) = (Vec::new(), Vec::new());
-            for start in (0..n).step_by(chunk) {
-                let len = chunk.min(n - start);
+            for (start, len) in chunk_ranges(n, chunk) {
                 let ctx_piece = ctx.map(|c| c.clone().narrow(0, start, len));
                 let (x, g) = step.run(
                     y.clone().narrow(0, start, len),
@@ -209,6 +208,13 @@ impl Forward {
         }
         grad_y
     }
+}
+
+/// `(start, len)` of the chunks of at most `chunk` images that `n` images split into, in order.
+fn chunk_ranges(n: usize, chunk: usize) -> impl Iterator<Item = (usize, usize)> {
+    (0..n)
+        .step_by(chunk)
+        .map(move |start| (start, chunk.min(n - start)))
 }
 
 /// One layer of [`Forward::backward`]: the layer on the autodiff device and on the inner one.
